@@ -1,0 +1,38 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// describe turns a gRPC error into one that says what went wrong in words,
+// without the transport's framing.
+func describe(err error) error {
+	st, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	msg := st.Message()
+	if st.Code() == codes.Unavailable && strings.Contains(msg, "CA hash") {
+		// The pin check failed inside the TLS handshake.
+		if i := strings.Index(msg, "controller CA does not match"); i >= 0 {
+			msg = msg[i:]
+		}
+		return errors.New(msg)
+	}
+	return fmt.Errorf("%s: %s", st.Code(), msg)
+}
+
+// permanent reports whether err means the controller will refuse this node
+// until an operator acts, as opposed to a passing fault.
+func permanent(err error) bool {
+	switch status.Code(err) {
+	case codes.PermissionDenied, codes.Unauthenticated:
+		return true
+	}
+	return false
+}

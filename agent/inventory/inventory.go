@@ -1,0 +1,169 @@
+// Package inventory collects the host facts an agent reports: hostname,
+// machine id, OS and kernel, CPU, memory and addresses.
+package inventory
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/bud-ecosystem/budfleet/version"
+)
+
+// Host is a snapshot of the host.
+type Host struct {
+	Hostname     string   `json:"hostname"`
+	MachineID    string   `json:"machine_id"`
+	OS           string   `json:"os"`
+	Kernel       string   `json:"kernel"`
+	Architecture string   `json:"architecture"`
+	CPUModel     string   `json:"cpu_model"`
+	CPUCores     uint32   `json:"cpu_cores"`
+	MemoryBytes  uint64   `json:"memory_bytes"`
+	IPAddresses  []string `json:"ip_addresses"`
+	AgentVersion string   `json:"agent_version"`
+}
+
+// Fingerprint identifies a snapshot's content, to send only on change.
+func (h Host) Fingerprint() string {
+	b, _ := json.Marshal(h)
+	sum := sha256.Sum256(b)
+	return fmt.Sprintf("%x", sum[:8])
+}
+
+// Collector reads host facts from a root file system, "/" in production and
+// a fixture tree in tests.
+type Collector struct {
+	Root string
+	// Hostname overrides the detected hostname (several simulated agents on
+	// one machine).
+	Hostname string
+	// Interfaces lists addresses; nil means the host's.
+	Interfaces func() ([]net.Addr, error)
+}
+
+// Collect takes a snapshot. Facts that cannot be read are left empty rather
+// than failing the whole snapshot.
+func (c *Collector) Collect(ctx context.Context) (Host, error) {
+	root := c.Root
+	if root == "" {
+		root = "/"
+	}
+	h := Host{Architecture: runtime.GOARCH, AgentVersion: version.Version}
+	if err := ctx.Err(); err != nil {
+		return h, err
+	}
+	h.Hostname = c.Hostname
+	if h.Hostname == "" {
+		h.Hostname, _ = os.Hostname()
+	}
+	h.MachineID = MachineID(root)
+	h.OS = osName(root)
+	var u unix.Utsname
+	if err := unix.Uname(&u); err == nil {
+		h.Kernel = unix.ByteSliceToString(u.Release[:])
+	}
+	h.CPUModel, h.CPUCores = cpuInfo(root)
+	if h.CPUCores == 0 {
+		h.CPUCores = uint32(runtime.NumCPU())
+	}
+	h.MemoryBytes = memTotal(root)
+	ifaces := c.Interfaces
+	if ifaces == nil {
+		ifaces = net.InterfaceAddrs
+	}
+	if addrs, err := ifaces(); err == nil {
+		for _, a := range addrs {
+			ipn, ok := a.(*net.IPNet)
+			if !ok || ipn.IP.IsLoopback() || ipn.IP.IsLinkLocalUnicast() {
+				continue
+			}
+			h.IPAddresses = append(h.IPAddresses, ipn.IP.String())
+		}
+		sort.Strings(h.IPAddresses)
+	}
+	return h, nil
+}
+
+// MachineID reads /etc/machine-id under root.
+func MachineID(root string) string {
+	b, err := os.ReadFile(filepath.Join(root, "etc/machine-id"))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func osName(root string) string {
+	for _, p := range []string{"etc/os-release", "usr/lib/os-release"} {
+		b, err := os.ReadFile(filepath.Join(root, p))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "PRETTY_NAME="); ok {
+				if s, err := strconv.Unquote(v); err == nil {
+					return s
+				}
+				return strings.Trim(v, `"'`)
+			}
+		}
+	}
+	return ""
+}
+
+func cpuInfo(root string) (model string, cores uint32) {
+	b, err := os.ReadFile(filepath.Join(root, "proc/cpuinfo"))
+	if err != nil {
+		return "", 0
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if !ok {
+			continue
+		}
+		switch strings.TrimSpace(k) {
+		case "processor":
+			cores++
+		case "model name":
+			if model == "" {
+				model = strings.TrimSpace(v)
+			}
+		}
+	}
+	return model, cores
+}
+
+func memTotal(root string) uint64 {
+	b, err := os.ReadFile(filepath.Join(root, "proc/meminfo"))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+			f := strings.Fields(v)
+			if len(f) == 0 {
+				return 0
+			}
+			kb, err := strconv.ParseUint(f[0], 10, 64)
+			if err != nil {
+				return 0
+			}
+			return kb * 1024
+		}
+	}
+	return 0
+}

@@ -1,0 +1,255 @@
+// Package state keeps the agent's durable state in bbolt: its identity and
+// the commands it has run.
+//
+// Schema (version 1):
+//
+//	meta/
+//	  schema_version     -> uint64 big-endian
+//	identity/
+//	  node_id            -> string
+//	  controller         -> host:port the agent enrolled with
+//	  server_name        -> name checked in the controller certificate
+//	  key                -> PKCS#8 PEM private key (made here, never sent)
+//	  cert               -> DER node certificate
+//	  ca                 -> DER controller CA certificate
+//	commands/
+//	  <command id>       -> JSON CommandRecord
+package state
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+)
+
+var (
+	bucketMeta     = []byte("meta")
+	bucketIdentity = []byte("identity")
+	bucketCommands = []byte("commands")
+
+	keySchemaVersion = []byte("schema_version")
+	keyNodeID        = []byte("node_id")
+	keyController    = []byte("controller")
+	keyServerName    = []byte("server_name")
+	keyKey           = []byte("key")
+	keyCert          = []byte("cert")
+	keyCA            = []byte("ca")
+)
+
+// FileName is the state database inside the state dir.
+const FileName = "agent.db"
+
+var (
+	ErrNotEnrolled = errors.New("agent is not enrolled")
+	ErrLocked      = errors.New("state is locked by another process")
+	ErrNotFound    = errors.New("not found")
+)
+
+var migrations = []func(tx *bolt.Tx) error{
+	func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketIdentity, bucketCommands} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	},
+}
+
+// DB is the agent's state database.
+type DB struct {
+	db *bolt.DB
+}
+
+// Open opens the state in dir, creating it if needed.
+func Open(dir string, lockTimeout time.Duration) (*DB, error) {
+	if lockTimeout == 0 {
+		lockTimeout = time.Second
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state dir: %w", err)
+	}
+	path := filepath.Join(dir, FileName)
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout})
+	if err != nil {
+		if errors.Is(err, bolterrors.ErrTimeout) {
+			return nil, fmt.Errorf("%w: %s is in use (is another bud-agent running with the same --state-dir?)", ErrLocked, path)
+		}
+		return nil, fmt.Errorf("open agent state %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		var v uint64
+		if raw := meta.Get(keySchemaVersion); len(raw) == 8 {
+			v = binary.BigEndian.Uint64(raw)
+		}
+		if v > uint64(len(migrations)) {
+			return fmt.Errorf("%s has schema version %d, this bud-agent knows up to %d: upgrade bud-agent", path, v, len(migrations))
+		}
+		for ; v < uint64(len(migrations)); v++ {
+			if err := migrations[v](tx); err != nil {
+				return fmt.Errorf("migrate agent state to version %d: %w", v+1, err)
+			}
+		}
+		b := make([]byte, 8)
+		binary.BigEndian.PutUint64(b, v)
+		return meta.Put(keySchemaVersion, b)
+	})
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	return &DB{db: db}, nil
+}
+
+// Close closes the database.
+func (d *DB) Close() error { return d.db.Close() }
+
+// Identity is what the agent holds after enrolling.
+type Identity struct {
+	NodeID     string
+	Controller string
+	ServerName string
+	KeyPEM     []byte
+	CertDER    []byte
+	CADER      []byte
+}
+
+// SaveIdentity replaces the identity.
+func (d *DB) SaveIdentity(id Identity) error {
+	return d.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketIdentity)
+		for k, v := range map[string][]byte{
+			string(keyNodeID): []byte(id.NodeID), string(keyController): []byte(id.Controller),
+			string(keyServerName): []byte(id.ServerName), string(keyKey): id.KeyPEM,
+			string(keyCert): id.CertDER, string(keyCA): id.CADER,
+		} {
+			if err := b.Put([]byte(k), v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Identity returns the stored identity or ErrNotEnrolled.
+func (d *DB) Identity() (Identity, error) {
+	var id Identity
+	err := d.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketIdentity)
+		cp := func(k []byte) []byte { return append([]byte(nil), b.Get(k)...) }
+		id = Identity{
+			NodeID: string(b.Get(keyNodeID)), Controller: string(b.Get(keyController)),
+			ServerName: string(b.Get(keyServerName)), KeyPEM: cp(keyKey), CertDER: cp(keyCert), CADER: cp(keyCA),
+		}
+		return nil
+	})
+	if err == nil && (id.NodeID == "" || len(id.CertDER) == 0) {
+		return id, ErrNotEnrolled
+	}
+	return id, err
+}
+
+// UpdateCertificate stores a renewed certificate.
+func (d *DB) UpdateCertificate(der []byte) error {
+	return d.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketIdentity).Put(keyCert, der) })
+}
+
+// CommandRecord is what the agent remembers of a command it was given.
+type CommandRecord struct {
+	ID         string            `json:"id"`
+	Kind       string            `json:"kind"`
+	StartedAt  time.Time         `json:"started_at"`
+	FinishedAt time.Time         `json:"finished_at,omitzero"`
+	Success    bool              `json:"success"`
+	Message    string            `json:"message,omitempty"`
+	Output     map[string]string `json:"output,omitempty"`
+	Deliveries uint32            `json:"deliveries"`
+}
+
+// Finished reports whether the command ran to an end.
+func (r CommandRecord) Finished() bool { return !r.FinishedAt.IsZero() }
+
+// BeginCommand records that a command was delivered and returns what was
+// known of it before. first is true when the command was never seen: only
+// then may it run. The record is durable before BeginCommand returns, so a
+// crash while running shows up as started-but-not-finished and the command is
+// not run a second time.
+func (d *DB) BeginCommand(id, kind string, now time.Time) (rec CommandRecord, first bool, err error) {
+	err = d.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketCommands)
+		if raw := b.Get([]byte(id)); raw != nil {
+			if err := json.Unmarshal(raw, &rec); err != nil {
+				return err
+			}
+		} else {
+			rec = CommandRecord{ID: id, Kind: kind, StartedAt: now}
+			first = true
+		}
+		rec.Deliveries++
+		raw, err := json.Marshal(rec)
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte(id), raw)
+	})
+	return rec, first, err
+}
+
+// FinishCommand stores a command's result.
+func (d *DB) FinishCommand(rec CommandRecord) error {
+	return d.db.Update(func(tx *bolt.Tx) error {
+		raw, err := json.Marshal(rec)
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bucketCommands).Put([]byte(rec.ID), raw)
+	})
+}
+
+// Command returns the record of one command.
+func (d *DB) Command(id string) (CommandRecord, error) {
+	var rec CommandRecord
+	err := d.db.View(func(tx *bolt.Tx) error {
+		raw := tx.Bucket(bucketCommands).Get([]byte(id))
+		if raw == nil {
+			return fmt.Errorf("command %s: %w", id, ErrNotFound)
+		}
+		return json.Unmarshal(raw, &rec)
+	})
+	return rec, err
+}
+
+// PruneCommands forgets records finished before cutoff; the controller never
+// redelivers a command it has a result for, so old records are dead weight.
+func (d *DB) PruneCommands(cutoff time.Time) (int, error) {
+	n := 0
+	err := d.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketCommands)
+		c := b.Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			var rec CommandRecord
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return err
+			}
+			if rec.Finished() && rec.FinishedAt.Before(cutoff) {
+				if err := c.Delete(); err != nil {
+					return err
+				}
+				n++
+			}
+		}
+		return nil
+	})
+	return n, err
+}

@@ -1,0 +1,136 @@
+// bud-agent is the node agent daemon.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/bud-ecosystem/budfleet/agent"
+	"github.com/bud-ecosystem/budfleet/agent/inventory"
+	"github.com/bud-ecosystem/budfleet/agent/state"
+	"github.com/bud-ecosystem/budfleet/internal/cli"
+	"github.com/bud-ecosystem/budfleet/version"
+)
+
+func main() { cli.Main(newRoot()) }
+
+func newRoot() *cobra.Command {
+	var logFormat, logLevel, stateDir string
+	root := &cobra.Command{
+		Use:   "bud-agent",
+		Short: "The budfleet node agent",
+	}
+	cli.LogFlags(root, &logFormat, &logLevel)
+	root.PersistentFlags().StringVar(&stateDir, "state-dir", "/var/lib/bud-agent", "agent state dir")
+
+	var controllerAddr, token, tokenFile, serverName, hostname string
+	join := &cobra.Command{
+		Use:   "join",
+		Short: "Enroll this node with a controller using a join token",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if tokenFile != "" {
+				b, err := os.ReadFile(tokenFile)
+				if err != nil {
+					return fmt.Errorf("read --token-file: %w", err)
+				}
+				token = strings.TrimSpace(string(b))
+			}
+			if token == "" {
+				return errors.New("--token or --token-file is required")
+			}
+			if controllerAddr == "" {
+				return errors.New("--controller is required")
+			}
+			host := hostname
+			if host == "" {
+				host, _ = os.Hostname()
+			}
+			db, err := state.Open(stateDir, time.Second)
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			id, err := agent.Enroll(cmd.Context(), agent.EnrollOptions{
+				Controller: controllerAddr, Token: token, ServerName: serverName,
+				Hostname: host, MachineID: inventory.MachineID("/"), State: db,
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "enrolled as node %s\n", id)
+			return nil
+		},
+	}
+	jf := join.Flags()
+	jf.StringVar(&controllerAddr, "controller", "", "controller address, host:port")
+	jf.StringVar(&token, "token", "", "join token from 'budctl tokens create'")
+	jf.StringVar(&tokenFile, "token-file", "", "read the join token from this file instead")
+	jf.StringVar(&serverName, "server-name", "", "name to check in the controller certificate (default: the host in --controller)")
+	jf.StringVar(&hostname, "hostname", "", "hostname to enroll as (default: this host's)")
+
+	var configPath string
+	var runController, runHostname string
+	run := &cobra.Command{
+		Use:   "run",
+		Short: "Run the agent daemon",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := agent.LoadConfig(configPath)
+			if err != nil {
+				return err
+			}
+			if cfg.LogLevel != "" && !cmd.Flags().Changed("log-level") {
+				logLevel = cfg.LogLevel
+			}
+			log, err := cli.NewLogger(os.Stderr, logFormat, logLevel)
+			if err != nil {
+				return err
+			}
+			if runController != "" {
+				cfg.Controller = runController
+			}
+			if runHostname != "" {
+				cfg.Hostname = runHostname
+			}
+			db, err := state.Open(stateDir, time.Second)
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			a, err := agent.New(agent.Options{
+				State:          db,
+				Inventory:      &inventory.Collector{Hostname: cfg.Hostname},
+				Logger:         log,
+				Controller:     cfg.Controller,
+				ServerName:     cfg.ServerName,
+				BackoffInitial: cfg.Reconnect.Initial,
+				BackoffMax:     cfg.Reconnect.Max,
+				InventoryCheck: cfg.InventoryInterval,
+			})
+			if err != nil {
+				return err
+			}
+			log.Info("agent starting", "node_id", a.NodeID(), "version", version.Version, "state_dir", stateDir)
+			err = a.Run(cmd.Context())
+			log.Info("agent stopped")
+			return err
+		},
+	}
+	rf := run.Flags()
+	rf.StringVar(&configPath, "config", "", "agent config file (YAML)")
+	rf.StringVar(&runController, "controller", "", "controller address, overriding the one stored at enrollment")
+	rf.StringVar(&runHostname, "hostname", "", "hostname to report (default: this host's)")
+
+	root.AddCommand(join, run, &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), version.Version) },
+	})
+	return root
+}

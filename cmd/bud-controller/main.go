@@ -1,0 +1,81 @@
+// bud-controller is the fleet controller daemon.
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/bud-ecosystem/budfleet/controller"
+	"github.com/bud-ecosystem/budfleet/controller/pki"
+	"github.com/bud-ecosystem/budfleet/internal/cli"
+	"github.com/bud-ecosystem/budfleet/version"
+)
+
+func main() { cli.Main(newRoot()) }
+
+func newRoot() *cobra.Command {
+	var logFormat, logLevel string
+	root := &cobra.Command{
+		Use:   "bud-controller",
+		Short: "The budfleet controller: enrolls node agents and serves the fleet API",
+	}
+	cli.LogFlags(root, &logFormat, &logLevel)
+
+	var dataDir, advertise string
+	var names []string
+	initCmd := &cobra.Command{
+		Use:   "init",
+		Short: "Create the CA, server certificate and an admin credential in a new data dir",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := controller.Init(controller.InitConfig{DataDir: dataDir, ServerNames: names, Advertise: advertise}); err != nil {
+				return err
+			}
+			ca, err := pki.LoadCA(dataDir)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "initialised %s\n  CA hash:       sha256:%s\n  budctl config: %s\n",
+				dataDir, pki.PublicKeyHash(ca.Cert), filepath.Join(dataDir, controller.AdminConfigFile))
+			return nil
+		},
+	}
+	initCmd.Flags().StringVar(&dataDir, "data-dir", "", "controller data dir (created)")
+	initCmd.Flags().StringSliceVar(&names, "server-name", nil, "DNS name or IP for the server certificate (repeatable); localhost and 127.0.0.1 are always included")
+	initCmd.Flags().StringVar(&advertise, "advertise", "127.0.0.1:7443", "controller address written into the admin budctl config")
+	_ = initCmd.MarkFlagRequired("data-dir")
+
+	var sc controller.ServeConfig
+	serveCmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the controller",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := cli.NewLogger(os.Stderr, logFormat, logLevel)
+			if err != nil {
+				return err
+			}
+			sc.Logger = log
+			return controller.Serve(cmd.Context(), sc)
+		},
+	}
+	f := serveCmd.Flags()
+	f.StringVar(&sc.DataDir, "data-dir", "", "controller data dir made by 'bud-controller init'")
+	f.StringVar(&sc.Listen, "listen", "127.0.0.1:7443", "gRPC listen address")
+	f.StringVar(&sc.MetricsListen, "metrics-listen", "", "Prometheus metrics listen address (off when empty)")
+	f.DurationVar(&sc.Server.AgentCertTTL, "agent-cert-ttl", controller.DefaultAgentCertTTL, "lifetime of node certificates; agents renew after two thirds of it")
+	f.DurationVar(&sc.Server.HeartbeatInterval, "heartbeat-interval", controller.DefaultHeartbeatInterval, "heartbeat interval agents are told to use")
+	f.DurationVar(&sc.Server.HeartbeatGrace, "heartbeat-grace", controller.DefaultHeartbeatGrace, "a node is NotReady this long after its last heartbeat")
+	f.DurationVar(&sc.Server.FullInventoryInterval, "full-inventory-interval", controller.DefaultFullInventoryInterval, "how often agents resend unchanged inventory")
+	_ = serveCmd.MarkFlagRequired("data-dir")
+
+	root.AddCommand(initCmd, serveCmd, &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), version.Version) },
+	})
+	return root
+}

@@ -1,0 +1,124 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	fleetv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1"
+)
+
+func statusWord(s fleetv1.NodeStatus) string {
+	switch s {
+	case fleetv1.NodeStatus_NODE_STATUS_READY:
+		return "Ready"
+	case fleetv1.NodeStatus_NODE_STATUS_NOT_READY:
+		return "NotReady"
+	}
+	return "Unknown"
+}
+
+func (a *app) nodesCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "nodes", Short: "Inspect and remove nodes"}
+
+	var listOut outputFlag
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List nodes",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := listOut.check(); err != nil {
+				return err
+			}
+			c, err := a.fleet()
+			if err != nil {
+				return err
+			}
+			resp, err := call(a, cmd.Context(), c.ListNodes, &fleetv1.ListNodesRequest{})
+			if err != nil {
+				return err
+			}
+			now := time.Now()
+			return listOut.print(cmd.OutOrStdout(), resp, func(tw *tabwriter.Writer) {
+				fmt.Fprintln(tw, "ID\tHOSTNAME\tSTATUS\tLAST HEARTBEAT\tADDRESSES\tVERSION\tAGE")
+				for _, n := range resp.GetNodes() {
+					inv := n.GetInventory()
+					addrs, ver := "-", "-"
+					if inv != nil {
+						if len(inv.GetIpAddresses()) > 0 {
+							addrs = strings.Join(inv.GetIpAddresses(), ",")
+						}
+						ver = inv.GetAgentVersion()
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.GetId(), n.GetHostname(), statusWord(n.GetStatus()), age(n.GetLastHeartbeat(), now), addrs, ver, age(n.GetEnrolledAt(), now))
+				}
+			})
+		},
+	}
+	listOut.add(list)
+
+	var getOut outputFlag
+	get := &cobra.Command{
+		Use:   "get ID",
+		Short: "Show one node",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := getOut.check(); err != nil {
+				return err
+			}
+			c, err := a.fleet()
+			if err != nil {
+				return err
+			}
+			resp, err := call(a, cmd.Context(), c.GetNode, &fleetv1.GetNodeRequest{Id: args[0]})
+			if err != nil {
+				return err
+			}
+			now := time.Now()
+			return getOut.print(cmd.OutOrStdout(), resp, func(tw *tabwriter.Writer) {
+				n := resp.GetNode()
+				row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
+				row("ID", n.GetId())
+				row("Hostname", n.GetHostname())
+				row("Status", statusWord(n.GetStatus()))
+				row("Connected", fmt.Sprint(n.GetConnected()))
+				row("Last heartbeat", age(n.GetLastHeartbeat(), now))
+				row("Labels", labelString(n.GetLabels()))
+				row("Enrolled", age(n.GetEnrolledAt(), now)+" ago with token "+n.GetTokenId())
+				row("Certificate expires", age(n.GetCertificateExpiresAt(), now))
+				if inv := n.GetInventory(); inv != nil {
+					row("OS", inv.GetOs())
+					row("Kernel", inv.GetKernel()+" ("+inv.GetArchitecture()+")")
+					row("CPU", fmt.Sprintf("%s, %d cores", inv.GetCpuModel(), inv.GetCpuCores()))
+					row("Memory", fmt.Sprintf("%.1f GiB", float64(inv.GetMemoryBytes())/(1<<30)))
+					row("Addresses", strings.Join(inv.GetIpAddresses(), ", "))
+					row("Machine ID", inv.GetMachineId())
+					row("Agent version", inv.GetAgentVersion())
+				}
+			})
+		},
+	}
+	getOut.add(get)
+
+	del := &cobra.Command{
+		Use:   "delete ID",
+		Short: "Remove a node and revoke its certificate",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.fleet()
+			if err != nil {
+				return err
+			}
+			if _, err := call(a, cmd.Context(), c.DeleteNode, &fleetv1.DeleteNodeRequest{Id: args[0]}); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "node %s deleted\n", args[0])
+			return nil
+		},
+	}
+	cmd.AddCommand(list, get, del)
+	return cmd
+}

@@ -1,0 +1,58 @@
+// Package command lists the kinds of command the controller can queue for an
+// agent. The controller refuses kinds it does not know and the agent
+// registers one handler per kind, so adding a kind is one entry here and one
+// handler in the agent.
+package command
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// Spec describes a command kind.
+type Spec struct {
+	Description string
+	// Params names the parameters the kind accepts and whether each is
+	// required.
+	Params map[string]bool
+}
+
+// Kinds known to this build.
+var Kinds = map[string]Spec{
+	InventoryCollect: {Description: "collect and report the host inventory now"},
+}
+
+// Kind names.
+const (
+	InventoryCollect = "inventory.collect"
+)
+
+// Validate checks a kind and its parameters.
+func Validate(kind string, params map[string]string) error {
+	spec, ok := Kinds[kind]
+	if !ok {
+		return fmt.Errorf("unknown command kind %q (known: %s)", kind, strings.Join(KindNames(), ", "))
+	}
+	for k := range params {
+		if _, ok := spec.Params[k]; !ok {
+			return fmt.Errorf("command %s takes no parameter %q", kind, k)
+		}
+	}
+	for k, required := range spec.Params {
+		if required && params[k] == "" {
+			return fmt.Errorf("command %s needs parameter %q", kind, k)
+		}
+	}
+	return nil
+}
+
+// KindNames returns the known kinds, sorted.
+func KindNames() []string {
+	out := make([]string, 0, len(Kinds))
+	for k := range Kinds {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,46 @@
+package controller
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	connected   prometheus.Gauge
+	heartbeats  prometheus.Counter
+	enrollments *prometheus.CounterVec
+	cmdLatency  prometheus.Histogram
+	cmdResults  *prometheus.CounterVec
+	renewals    prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		connected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "bud_controller_connected_agents",
+			Help: "Agents with an open session.",
+		}),
+		heartbeats: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bud_controller_heartbeats_total",
+			Help: "Heartbeats received from agents.",
+		}),
+		enrollments: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bud_controller_enrollments_total",
+			Help: "Enrollment attempts by result.",
+		}, []string{"result"}),
+		cmdLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "bud_controller_command_latency_seconds",
+			Help:    "Time from a command being queued to its result arriving.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2.5, 12),
+		}),
+		cmdResults: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bud_controller_command_results_total",
+			Help: "Command results by kind and outcome.",
+		}, []string{"kind", "outcome"}),
+		renewals: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bud_controller_certificate_renewals_total",
+			Help: "Node certificates renewed over agent sessions.",
+		}),
+	}
+	reg.MustRegister(m.connected, m.heartbeats, m.enrollments, m.cmdLatency, m.cmdResults, m.renewals)
+	return m
+}

@@ -1,0 +1,145 @@
+// Package controller is the fleet controller: it enrolls agents, holds their
+// sessions, queues their commands and serves the operator API.
+package controller
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/bud-ecosystem/budfleet/controller/pki"
+	"github.com/bud-ecosystem/budfleet/controller/store"
+)
+
+// Options configure a Server.
+type Options struct {
+	Store  *store.Store
+	CA     *pki.CA
+	Logger *slog.Logger
+	// Registerer receives the controller's metrics; nil means none.
+	Registerer prometheus.Registerer
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+
+	// AgentCertTTL is the lifetime of node certificates. Agents renew them
+	// over their session after two thirds of it.
+	AgentCertTTL time.Duration
+	// HeartbeatInterval is what agents are told to use.
+	HeartbeatInterval time.Duration
+	// HeartbeatGrace is how long after its last heartbeat a node is Ready.
+	HeartbeatGrace time.Duration
+	// FullInventoryInterval is how often agents resend unchanged inventory.
+	FullInventoryInterval time.Duration
+}
+
+// Defaults for Options.
+const (
+	DefaultAgentCertTTL          = 7 * 24 * time.Hour
+	DefaultHeartbeatInterval     = 10 * time.Second
+	DefaultHeartbeatGrace        = 40 * time.Second
+	DefaultFullInventoryInterval = 10 * time.Minute
+	DefaultTokenTTL              = 24 * time.Hour
+	MaxTokenTTL                  = 365 * 24 * time.Hour
+)
+
+// Server implements the agent and fleet services.
+type Server struct {
+	opts    Options
+	log     *slog.Logger
+	store   *store.Store
+	ca      *pki.CA
+	metrics *metrics
+
+	mu       sync.Mutex
+	sessions map[string]*session // by node id
+	lastSeen map[string]time.Time
+}
+
+// New checks opts and returns a Server.
+func New(opts Options) (*Server, error) {
+	if opts.Store == nil {
+		return nil, errors.New("controller: Store must be set")
+	}
+	if opts.CA == nil {
+		return nil, errors.New("controller: CA must be set")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Registerer == nil {
+		opts.Registerer = prometheus.NewRegistry()
+	}
+	if opts.AgentCertTTL == 0 {
+		opts.AgentCertTTL = DefaultAgentCertTTL
+	}
+	if opts.HeartbeatInterval == 0 {
+		opts.HeartbeatInterval = DefaultHeartbeatInterval
+	}
+	if opts.HeartbeatGrace == 0 {
+		opts.HeartbeatGrace = DefaultHeartbeatGrace
+	}
+	if opts.FullInventoryInterval == 0 {
+		opts.FullInventoryInterval = DefaultFullInventoryInterval
+	}
+	if opts.HeartbeatGrace <= opts.HeartbeatInterval {
+		return nil, fmt.Errorf("controller: heartbeat grace (%s) must be longer than the heartbeat interval (%s)", opts.HeartbeatGrace, opts.HeartbeatInterval)
+	}
+	if opts.AgentCertTTL < time.Minute {
+		return nil, fmt.Errorf("controller: agent certificate TTL %s is under a minute", opts.AgentCertTTL)
+	}
+	s := &Server{
+		opts:     opts,
+		log:      opts.Logger,
+		store:    opts.Store,
+		ca:       opts.CA,
+		sessions: map[string]*session{},
+		lastSeen: map[string]time.Time{},
+	}
+	s.metrics = newMetrics(opts.Registerer)
+	if err := opts.Registerer.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "bud_controller_ready_nodes",
+		Help: "Nodes whose last heartbeat is within the grace period.",
+	}, s.countReady)); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) countReady() float64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.opts.Now()
+	n := 0
+	for _, t := range s.lastSeen {
+		if now.Sub(t) < s.opts.HeartbeatGrace {
+			n++
+		}
+	}
+	return float64(n)
+}
+
+// nodeLiveness reports a node's last heartbeat seen by this process and
+// whether it has a session open.
+func (s *Server) nodeLiveness(id string) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, connected := s.sessions[id]
+	return s.lastSeen[id], connected
+}
+
+func (s *Server) ready(last time.Time) bool {
+	return !last.IsZero() && s.opts.Now().Sub(last) < s.opts.HeartbeatGrace
+}
+
+func (s *Server) sawHeartbeat(id string) {
+	s.mu.Lock()
+	s.lastSeen[id] = s.opts.Now()
+	s.mu.Unlock()
+}

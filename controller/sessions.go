@@ -1,0 +1,131 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"time"
+
+	"github.com/bud-ecosystem/budfleet/controller/store"
+
+	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
+)
+
+var (
+	errSessionReplaced = errors.New("a newer session of the same node replaced this one")
+	errNodeDeleted     = errors.New("node was deleted: its certificate is revoked")
+)
+
+// session is one open Connect stream.
+type session struct {
+	nodeID string
+	peer   string
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	// out carries replies to the agent; wakeC asks the sender to look for
+	// commands to deliver.
+	out   chan *agentv1.ConnectResponse
+	wakeC chan struct{}
+}
+
+// send queues m for the agent unless the session has ended.
+func (s *session) send(m *agentv1.ConnectResponse) {
+	select {
+	case s.out <- m:
+	case <-s.ctx.Done():
+	}
+}
+
+func (s *session) wake() {
+	select {
+	case s.wakeC <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Server) openSession(ctx context.Context, nodeID, peer string) *session {
+	sctx, cancel := context.WithCancelCause(ctx)
+	sess := &session{nodeID: nodeID, peer: peer, ctx: sctx, cancel: cancel, out: make(chan *agentv1.ConnectResponse, 16), wakeC: make(chan struct{}, 1)}
+	s.mu.Lock()
+	old := s.sessions[nodeID]
+	s.sessions[nodeID] = sess
+	s.mu.Unlock()
+	if old != nil {
+		old.cancel(errSessionReplaced)
+	} else {
+		s.metrics.connected.Inc()
+	}
+	return sess
+}
+
+func (s *Server) closeSession(sess *session) {
+	sess.cancel(context.Canceled)
+	s.mu.Lock()
+	last := s.sessions[sess.nodeID] == sess
+	if last {
+		delete(s.sessions, sess.nodeID)
+	}
+	seen := s.lastSeen[sess.nodeID]
+	s.mu.Unlock()
+	if last {
+		s.metrics.connected.Dec()
+		s.persistHeartbeat(sess.nodeID, seen)
+	}
+}
+
+// wakeNode tells a connected node's session to deliver pending commands.
+func (s *Server) wakeNode(nodeID string) {
+	s.mu.Lock()
+	sess := s.sessions[nodeID]
+	s.mu.Unlock()
+	if sess != nil {
+		sess.wake()
+	}
+}
+
+// dropNode ends a deleted node's session and forgets its liveness.
+func (s *Server) dropNode(nodeID string) {
+	s.mu.Lock()
+	sess := s.sessions[nodeID]
+	delete(s.lastSeen, nodeID)
+	s.mu.Unlock()
+	if sess != nil {
+		sess.cancel(errNodeDeleted)
+	}
+}
+
+// closeAllSessions ends every session, for shutdown: agents reconnect to the
+// next controller on their own.
+func (s *Server) closeAllSessions() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, sess := range s.sessions {
+		sess.cancel(errShuttingDown)
+	}
+}
+
+var errShuttingDown = errors.New("controller is shutting down")
+
+// persistLiveness writes each node's last heartbeat to the store, so that
+// 'nodes get' shows when a node was last seen across restarts.
+func (s *Server) persistLiveness() {
+	s.mu.Lock()
+	seen := maps.Clone(s.lastSeen)
+	s.mu.Unlock()
+	for id, t := range seen {
+		s.persistHeartbeat(id, t)
+	}
+}
+
+func (s *Server) persistHeartbeat(id string, t time.Time) {
+	if t.IsZero() {
+		return
+	}
+	_, err := s.store.UpdateNode(id, func(n *store.Node) error {
+		n.LastHeartbeat = t
+		return nil
+	})
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		s.log.Warn("persist last heartbeat", "node_id", id, "error", err)
+	}
+}
