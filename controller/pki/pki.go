@@ -100,25 +100,32 @@ func backdate(ttl time.Duration) time.Duration {
 // IssueServer signs a server certificate for the given DNS names and IPs;
 // localhost, 127.0.0.1 and ::1 are always included.
 func (ca *CA) IssueServer(pub crypto.PublicKey, names []string, now time.Time, ttl time.Duration) (*x509.Certificate, error) {
-	var dns []string
+	dns := []string{"localhost"}
 	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
-	seen := map[string]bool{"localhost": true}
-	dns = append(dns, "localhost")
+	seen := map[string]bool{"localhost": true, "127.0.0.1": true, "::1": true}
+	cn := "bud-controller"
 	for _, n := range names {
 		n = strings.TrimSpace(n)
-		if n == "" || seen[n] {
+		if n == "" {
 			continue
 		}
-		seen[n] = true
-		if ip := net.ParseIP(n); ip != nil {
+		key := n
+		ip := net.ParseIP(n)
+		if ip != nil {
+			key = ip.String() // one spelling per address
+		}
+		if seen[key] {
+			continue
+		}
+		seen[key] = true
+		if cn == "bud-controller" {
+			cn = n
+		}
+		if ip != nil {
 			ips = append(ips, ip)
 			continue
 		}
 		dns = append(dns, n)
-	}
-	cn := "bud-controller"
-	if len(names) > 0 && names[0] != "" {
-		cn = names[0]
 	}
 	tmpl := &x509.Certificate{
 		Subject:     pkix.Name{CommonName: cn, Organization: []string{"budfleet"}},
@@ -151,6 +158,9 @@ func OperatorSubject(name, role string) pkix.Name {
 }
 
 func (ca *CA) sign(tmpl *x509.Certificate, pub crypto.PublicKey, now time.Time, ttl time.Duration) (*x509.Certificate, error) {
+	if ttl <= 0 {
+		return nil, fmt.Errorf("certificate lifetime must be positive, got %s", ttl)
+	}
 	sn, err := serial()
 	if err != nil {
 		return nil, err
@@ -160,6 +170,9 @@ func (ca *CA) sign(tmpl *x509.Certificate, pub crypto.PublicKey, now time.Time, 
 	tmpl.NotAfter = now.Add(ttl)
 	if tmpl.NotAfter.After(ca.Cert.NotAfter) {
 		tmpl.NotAfter = ca.Cert.NotAfter
+	}
+	if !tmpl.NotAfter.After(now) {
+		return nil, fmt.Errorf("the CA expired at %s: it can no longer issue certificates", ca.Cert.NotAfter.UTC().Format(time.RFC3339))
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.Key)
 	if err != nil {
@@ -203,8 +216,9 @@ func NewCSR(key *ecdsa.PrivateKey, cn string) ([]byte, error) {
 	return x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: cn}}, key)
 }
 
-// PublicKeyHash is the pin of a CA: "sha256:" and the hex SHA-256 of its
-// SubjectPublicKeyInfo, as kubeadm's discovery-token-ca-cert-hash.
+// PublicKeyHash is the pin of a CA: the hex SHA-256 of its
+// SubjectPublicKeyInfo, as kubeadm's discovery-token-ca-cert-hash (which
+// shows it with a "sha256:" prefix).
 func PublicKeyHash(cert *x509.Certificate) string {
 	sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
 	return hex.EncodeToString(sum[:])
@@ -331,7 +345,9 @@ func LoadCA(dir string) (*CA, error) {
 // client certificates verified against the CA when one is presented. Which
 // calls need one is decided per method by the server.
 func ServerTLS(ca *CA, cert tls.Certificate) *tls.Config {
-	cert.Certificate = append(cert.Certificate[:1:1], ca.Cert.Raw)
+	if len(cert.Certificate) > 0 {
+		cert.Certificate = append(cert.Certificate[:1:1], ca.Cert.Raw)
+	}
 	return &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{cert},

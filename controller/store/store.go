@@ -106,8 +106,12 @@ func (s *Store) migrate(path string) error {
 	var current uint64
 	if err := s.db.View(func(tx *bolt.Tx) error {
 		if b := tx.Bucket(bucketMeta); b != nil {
-			if v := b.Get(keySchemaVersion); len(v) == 8 {
+			switch v := b.Get(keySchemaVersion); len(v) {
+			case 0:
+			case 8:
 				current = binary.BigEndian.Uint64(v)
+			default:
+				return fmt.Errorf("%s: corrupt schema version (%d bytes)", path, len(v))
 			}
 		}
 		return nil
@@ -230,7 +234,12 @@ func (s *Store) ListTokens() ([]Token, error) {
 			return nil
 		})
 	})
-	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].CreatedAt.Equal(out[j].CreatedAt) {
+			return out[i].CreatedAt.Before(out[j].CreatedAt)
+		}
+		return out[i].ID < out[j].ID
+	})
 	return out, err
 }
 
@@ -296,16 +305,16 @@ func (s *Store) Enroll(tokenID string, check func(Token) error, node Node) (Toke
 		if err := check(t); err != nil {
 			return err
 		}
+		nb := tx.Bucket(bucketNodes)
+		if nb.Get([]byte(node.ID)) != nil {
+			return fmt.Errorf("node %s: %w", node.ID, ErrAlreadyExists)
+		}
 		t.Uses++
 		if len(t.Labels) > 0 {
 			node.Labels = maps.Clone(t.Labels)
 		}
 		if err := putJSON(tb, []byte(tokenID), t); err != nil {
 			return err
-		}
-		nb := tx.Bucket(bucketNodes)
-		if nb.Get([]byte(node.ID)) != nil {
-			return fmt.Errorf("node %s: %w", node.ID, ErrAlreadyExists)
 		}
 		return putJSON(nb, []byte(node.ID), node)
 	})
