@@ -2,6 +2,7 @@
 package main
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
@@ -127,7 +128,30 @@ func newRoot() *cobra.Command {
 	rf.StringVar(&runController, "controller", "", "controller address, overriding the one stored at enrollment")
 	rf.StringVar(&runHostname, "hostname", "", "hostname to report (default: this host's)")
 
-	root.AddCommand(join, run, &cobra.Command{
+	status := &cobra.Command{
+		Use:   "status",
+		Short: "Print this node's enrollment: node id, controller and certificate expiry (exit 1 when not enrolled)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			db, err := state.Open(stateDir, time.Second)
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			id, err := db.Identity()
+			if err != nil {
+				return err
+			}
+			cert, err := x509.ParseCertificate(id.CertDER)
+			if err != nil {
+				return fmt.Errorf("stored certificate: %w", err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "node_id: %s\ncontroller: %s\ncertificate_expires: %s\n", id.NodeID, id.Controller, cert.NotAfter.UTC().Format(time.RFC3339))
+			return nil
+		},
+	}
+
+	root.AddCommand(join, run, status, &cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
 		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), version.Version) },

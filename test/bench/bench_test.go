@@ -1,0 +1,502 @@
+// Package bench holds benchmarks that run against a real bud-controller
+// process: enrollment latency and the controller's memory per connected
+// agent.
+//
+// Run:
+//
+//	go test ./test/bench/ -run '^$' -bench . -benchtime=1x -count=1
+//	go test ./test/bench/ -run '^$' -bench Enroll -benchtime=200x -count=1
+//	BENCH_AGENTS=1000 go test ./test/bench/ -run '^$' -bench ConnectedAgentMemory -benchtime=1x
+//
+// The controller binary is built once by TestMain (only when a benchmark is
+// selected); set BUD_BIN_DIR to a directory holding a prebuilt bud-controller
+// to skip the build.
+//
+// BenchmarkConnectedAgentMemory does its measurement once per invocation
+// whatever b.N is: use -benchtime=1x. It starts its own controller process so
+// that its baseline is not polluted by other benchmarks.
+package bench
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/bud-ecosystem/budfleet/agent"
+	"github.com/bud-ecosystem/budfleet/agent/inventory"
+	"github.com/bud-ecosystem/budfleet/agent/state"
+	"github.com/bud-ecosystem/budfleet/client"
+	"github.com/bud-ecosystem/budfleet/controller"
+	fleetv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1"
+)
+
+// controllerBin is the bud-controller binary; set by TestMain.
+var controllerBin string
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if f := flag.Lookup("test.bench"); f == nil || f.Value.String() == "" {
+		// No benchmark selected: nothing here needs a binary.
+		os.Exit(m.Run())
+	}
+	os.Exit(runBenchmarks(m))
+}
+
+func runBenchmarks(m *testing.M) int {
+	if dir := os.Getenv("BUD_BIN_DIR"); dir != "" {
+		controllerBin = filepath.Join(dir, "bud-controller")
+		if _, err := os.Stat(controllerBin); err != nil {
+			fmt.Fprintf(os.Stderr, "BUD_BIN_DIR: %v\n", err)
+			return 1
+		}
+	} else {
+		tmp, err := os.MkdirTemp("", "budbench-bin-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(tmp)
+		controllerBin = filepath.Join(tmp, "bud-controller")
+		cmd := exec.Command("go", "build", "-o", controllerBin, "github.com/bud-ecosystem/budfleet/cmd/bud-controller")
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintf(os.Stderr, "build bud-controller: %v\n", err)
+			return 1
+		}
+	}
+	code := m.Run()
+	if shared != nil {
+		if err := shared.stop(); err != nil {
+			fmt.Fprintf(os.Stderr, "shared controller: %v\n", err)
+			if code == 0 {
+				code = 1
+			}
+		}
+		os.RemoveAll(shared.root)
+	}
+	return code
+}
+
+// ctrl is a running bud-controller serve process.
+type ctrl struct {
+	root        string // temp dir holding data/ and the log
+	dataDir     string
+	addr        string // gRPC
+	metricsAddr string
+	cmd         *exec.Cmd
+	logPath     string
+	exited      chan struct{}
+	waitErr     error
+	stopOnce    sync.Once
+	stopErr     error
+}
+
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// startController inits a fresh data dir and starts serve on free ports,
+// returning once /healthz answers.
+func startController() (*ctrl, error) {
+	root, err := os.MkdirTemp("", "budbench-ctrl-")
+	if err != nil {
+		return nil, err
+	}
+	c := &ctrl{root: root, dataDir: filepath.Join(root, "data"), logPath: filepath.Join(root, "controller.log"), exited: make(chan struct{})}
+	fail := func(err error) (*ctrl, error) {
+		os.RemoveAll(root)
+		return nil, err
+	}
+	if c.addr, err = freeAddr(); err != nil {
+		return fail(err)
+	}
+	if c.metricsAddr, err = freeAddr(); err != nil {
+		return fail(err)
+	}
+	if out, err := exec.Command(controllerBin, "init", "--data-dir", c.dataDir, "--advertise", c.addr).CombinedOutput(); err != nil {
+		return fail(fmt.Errorf("bud-controller init: %v\n%s", err, out))
+	}
+	logf, err := os.Create(c.logPath)
+	if err != nil {
+		return fail(err)
+	}
+	defer logf.Close() // the child holds its own copy
+	c.cmd = exec.Command(controllerBin, "serve", "--data-dir", c.dataDir, "--listen", c.addr, "--metrics-listen", c.metricsAddr)
+	c.cmd.Stdout, c.cmd.Stderr = logf, logf
+	if err := c.cmd.Start(); err != nil {
+		return fail(fmt.Errorf("start bud-controller serve: %w", err))
+	}
+	go func() { c.waitErr = c.cmd.Wait(); close(c.exited) }()
+
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get("http://" + c.metricsAddr + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		select {
+		case <-c.exited:
+			return fail(fmt.Errorf("bud-controller serve exited early (%v):\n%s", c.waitErr, c.logTail()))
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			c.stop()
+			return fail(fmt.Errorf("bud-controller serve not ready after 30s:\n%s", c.logTail()))
+		}
+	}
+	return c, nil
+}
+
+// stop sends SIGTERM and waits; a controller that does not stop within 20s
+// is killed and reported.
+func (c *ctrl) stop() error {
+	c.stopOnce.Do(func() {
+		select {
+		case <-c.exited:
+		default:
+			_ = c.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-c.exited:
+			case <-time.After(20 * time.Second):
+				_ = c.cmd.Process.Kill()
+				<-c.exited
+				c.stopErr = fmt.Errorf("bud-controller did not stop within 20s of SIGTERM:\n%s", c.logTail())
+				return
+			}
+		}
+		if c.waitErr != nil {
+			c.stopErr = fmt.Errorf("bud-controller exited with %v:\n%s", c.waitErr, c.logTail())
+		}
+	})
+	return c.stopErr
+}
+
+func (c *ctrl) logTail() string {
+	b, _ := os.ReadFile(c.logPath)
+	if len(b) > 4000 {
+		b = b[len(b)-4000:]
+	}
+	return string(b)
+}
+
+// mintToken creates a join token with unlimited uses through the fleet API,
+// as an operator would with budctl.
+func (c *ctrl) mintToken(ctx context.Context) (string, error) {
+	cfg, err := client.Load(filepath.Join(c.dataDir, controller.AdminConfigFile))
+	if err != nil {
+		return "", err
+	}
+	conn, err := client.Dial(cfg)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	resp, err := fleetv1.NewFleetServiceClient(conn).CreateToken(ctx, &fleetv1.CreateTokenRequest{MaxUses: 0, Description: "bench"})
+	if err != nil {
+		return "", fmt.Errorf("CreateToken: %w", err)
+	}
+	return resp.GetJoinToken(), nil
+}
+
+// metrics scrapes the controller's /metrics and returns the unlabelled
+// samples.
+func (c *ctrl) metrics() (map[string]float64, error) {
+	resp, err := http.Get("http://" + c.metricsAddr + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("/metrics: %s", resp.Status)
+	}
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		name, val, ok := strings.Cut(line, " ")
+		if !ok || strings.ContainsRune(name, '{') {
+			continue
+		}
+		if v, err := strconv.ParseFloat(strings.TrimSpace(val), 64); err == nil {
+			out[name] = v
+		}
+	}
+	return out, sc.Err()
+}
+
+// rssKiB reads VmRSS of the controller process.
+func (c *ctrl) rssKiB() (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(rest) // "12345 kB"
+			if len(f) >= 1 {
+				return strconv.ParseInt(f[0], 10, 64)
+			}
+		}
+	}
+	return 0, errors.New("no VmRSS in /proc/PID/status")
+}
+
+var (
+	shared     *ctrl
+	sharedTok  string
+	sharedErr  error
+	sharedOnce sync.Once
+	hostSeq    atomic.Int64
+)
+
+// sharedController is started once and stopped by TestMain, so that the
+// b.N ramp of BenchmarkEnroll reuses one process.
+func sharedController() (*ctrl, string, error) {
+	sharedOnce.Do(func() {
+		shared, sharedErr = startController()
+		if sharedErr != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		sharedTok, sharedErr = shared.mintToken(ctx)
+	})
+	return shared, sharedTok, sharedErr
+}
+
+// BenchmarkEnroll measures agent.Enroll (key, CSR, TLS handshake pinned to
+// the token's CA hash, controller signing and bbolt commits on both sides)
+// against a real controller process. Opening and closing the agent state is
+// excluded from the timing.
+func BenchmarkEnroll(b *testing.B) {
+	c, tok, err := sharedController()
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	base := b.TempDir()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		st, err := state.Open(filepath.Join(base, strconv.Itoa(i)), 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		host := fmt.Sprintf("bench-%06d", hostSeq.Add(1))
+		b.StartTimer()
+		_, err = agent.Enroll(ctx, agent.EnrollOptions{Controller: c.addr, Token: tok, Hostname: host, State: st})
+		b.StopTimer()
+		if cerr := st.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			b.Fatalf("enroll %d: %v\ncontroller log:\n%s", i, err, c.logTail())
+		}
+		b.StartTimer()
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/1000/float64(b.N), "ms/enroll")
+}
+
+func benchAgents(b *testing.B) int {
+	n := 300
+	if s := os.Getenv("BENCH_AGENTS"); s != "" {
+		v, err := strconv.Atoi(s)
+		if err != nil || v <= 0 {
+			b.Fatalf("BENCH_AGENTS=%q: want a positive integer", s)
+		}
+		n = v
+	}
+	return n
+}
+
+// BenchmarkConnectedAgentMemory measures what an idle connected agent costs
+// the controller process: RSS and Go heap in use, before and after N agents
+// (running in this process) hold their sessions. The measurement is done once
+// per invocation; run it with -benchtime=1x.
+func BenchmarkConnectedAgentMemory(b *testing.B) {
+	n := benchAgents(b)
+	c, err := startController()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer os.RemoveAll(c.root)
+	stopped := false
+	defer func() {
+		if !stopped {
+			_ = c.stop()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+
+	rssReady, err := c.rssKiB()
+	if err != nil {
+		b.Fatal(err)
+	}
+	tok, err := c.mintToken(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+
+	// Enroll N agents, each with its own state dir, a few at a time.
+	base := b.TempDir()
+	states := make([]*state.DB, n)
+	defer func() {
+		for _, st := range states {
+			if st != nil {
+				st.Close()
+			}
+		}
+	}()
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for i := range n {
+		g.Go(func() error {
+			st, err := state.Open(filepath.Join(base, fmt.Sprintf("agent-%04d", i)), 0)
+			if err != nil {
+				return err
+			}
+			states[i] = st
+			if _, err := agent.Enroll(gctx, agent.EnrollOptions{Controller: c.addr, Token: tok, Hostname: fmt.Sprintf("sim-%03d", i), State: st}); err != nil {
+				return fmt.Errorf("enroll agent %d: %w", i, err)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		b.Fatalf("%v\ncontroller log:\n%s", err, c.logTail())
+	}
+
+	// Let enrollment settle, then take the baseline.
+	time.Sleep(3 * time.Second)
+	rssBase, err := c.rssKiB()
+	if err != nil {
+		b.Fatal(err)
+	}
+	mBase, err := c.metrics()
+	if err != nil {
+		b.Fatal(err)
+	}
+	heapBase, ok := mBase["go_memstats_heap_inuse_bytes"]
+	if !ok {
+		b.Fatal("controller /metrics has no go_memstats_heap_inuse_bytes")
+	}
+	if v := mBase["bud_controller_connected_agents"]; v != 0 {
+		b.Fatalf("bud_controller_connected_agents = %v before any agent runs", v)
+	}
+
+	quiet := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelError + 1}))
+	agents := make([]*agent.Agent, n)
+	for i, st := range states {
+		a, err := agent.New(agent.Options{State: st, Inventory: &inventory.Collector{Hostname: fmt.Sprintf("sim-%03d", i)}, Logger: quiet})
+		if err != nil {
+			b.Fatal(err)
+		}
+		agents[i] = a
+	}
+
+	actx, stopAgents := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	runErrs := make(chan error, n)
+	stopAll := func() {
+		stopAgents()
+		wg.Wait()
+	}
+	defer stopAll()
+
+	start := time.Now()
+	for _, a := range agents {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.Run(actx); err != nil {
+				runErrs <- err
+			}
+		}()
+	}
+	var connected float64
+	deadline := start.Add(3 * time.Minute)
+	for {
+		m, err := c.metrics()
+		if err != nil {
+			b.Fatal(err)
+		}
+		connected = m["bud_controller_connected_agents"]
+		if int(connected) >= n {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("only %v of %d agents connected after 3m\ncontroller log:\n%s", connected, n, c.logTail())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	connectAll := time.Since(start)
+
+	time.Sleep(3 * time.Second) // settle; nothing is forced in the controller
+	rssConn, err := c.rssKiB()
+	if err != nil {
+		b.Fatal(err)
+	}
+	mConn, err := c.metrics()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if v := mConn["bud_controller_connected_agents"]; int(v) != n {
+		b.Fatalf("bud_controller_connected_agents = %v after settling, want %d (sessions dropped?)\ncontroller log:\n%s", v, n, c.logTail())
+	}
+	heapConn := mConn["go_memstats_heap_inuse_bytes"]
+
+	// Clean stop: agents first, then the controller.
+	stopAll()
+	close(runErrs)
+	for err := range runErrs {
+		b.Errorf("agent Run: %v", err)
+	}
+	stopped = true
+	if err := c.stop(); err != nil {
+		b.Error(err)
+	}
+	b.StopTimer()
+
+	fn := float64(n)
+	b.ReportMetric(float64(rssConn-rssBase)/fn, "KiB/agent")
+	b.ReportMetric(float64(rssConn-rssReady)/fn, "KiB/agent-incl-enroll")
+	b.ReportMetric((heapConn-heapBase)/1024/fn, "controller-heap-KiB/agent")
+	b.ReportMetric(float64(rssConn)/1024, "controller-RSS-MiB")
+	b.ReportMetric(float64(rssBase)/1024, "controller-RSS-base-MiB")
+	b.ReportMetric((mConn["go_goroutines"]-mBase["go_goroutines"])/fn, "goroutines/agent")
+	b.ReportMetric(float64(connectAll.Microseconds())/1000, "ms/connect-all")
+	b.Logf("agents=%d RSS ready=%d KiB, enrolled=%d KiB, connected=%d KiB; heap_inuse base=%.0f connected=%.0f bytes; connect-all=%s",
+		n, rssReady, rssBase, rssConn, heapBase, heapConn, connectAll)
+}
