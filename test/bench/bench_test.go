@@ -84,6 +84,9 @@ func runBenchmarks(m *testing.M) int {
 	}
 	code := m.Run()
 	if shared != nil {
+		if lines, k := shared.problems(); k > 0 {
+			fmt.Fprintf(os.Stderr, "shared controller logged %d WARN/ERROR lines, first ones:\n%s\n", k, strings.Join(lines, "\n"))
+		}
 		if err := shared.stop(); err != nil {
 			fmt.Fprintf(os.Stderr, "shared controller: %v\n", err)
 			if code == 0 {
@@ -195,6 +198,23 @@ func (c *ctrl) stop() error {
 		}
 	})
 	return c.stopErr
+}
+
+// problems returns the controller's WARN and ERROR log lines (at most 5)
+// and how many there were.
+func (c *ctrl) problems() ([]string, int) {
+	b, _ := os.ReadFile(c.logPath)
+	var out []string
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, `"level":"WARN"`) || strings.Contains(line, `"level":"ERROR"`) {
+			n++
+			if len(out) < 5 {
+				out = append(out, line)
+			}
+		}
+	}
+	return out, n
 }
 
 func (c *ctrl) logTail() string {
@@ -486,6 +506,9 @@ func BenchmarkConnectedAgentMemory(b *testing.B) {
 	stopped = true
 	if err := c.stop(); err != nil {
 		b.Error(err)
+	}
+	if lines, k := c.problems(); k > 0 {
+		b.Logf("controller logged %d WARN/ERROR lines, first ones:\n%s", k, strings.Join(lines, "\n"))
 	}
 	b.StopTimer()
 
