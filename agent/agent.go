@@ -56,6 +56,8 @@ type Options struct {
 	Now func() time.Time
 }
 
+var errCertExpired = errors.New("certificate expired")
+
 // Agent is a node agent.
 type Agent struct {
 	opts     Options
@@ -149,6 +151,10 @@ func (a *Agent) Run(ctx context.Context) error {
 func backoff(initial, max time.Duration, attempt int) time.Duration {
 	d := initial
 	for i := 0; i < attempt && d < max; i++ {
+		if d > max/2 {
+			d = max
+			break
+		}
 		d *= 2
 	}
 	d = min(d, max)
@@ -179,6 +185,9 @@ func (a *Agent) dial() (*grpc.ClientConn, *x509.Certificate, error) {
 	cert, err := x509.ParseCertificate(id.CertDER)
 	if err != nil {
 		return nil, nil, fmt.Errorf("stored certificate: %w", err)
+	}
+	if now := a.opts.Now(); now.After(cert.NotAfter) {
+		return nil, nil, fmt.Errorf("%w: the node certificate expired at %s (the agent was offline longer than its lifetime); join again with a new token and an empty --state-dir", errCertExpired, cert.NotAfter.UTC().Format(time.RFC3339))
 	}
 	ca, err := x509.ParseCertificate(id.CADER)
 	if err != nil {

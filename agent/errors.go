@@ -30,6 +30,9 @@ func describe(err error) error {
 // permanent reports whether err means the controller will refuse this node
 // until an operator acts, as opposed to a passing fault.
 func permanent(err error) bool {
+	if errors.Is(err, errCertExpired) {
+		return true
+	}
 	switch status.Code(err) {
 	case codes.PermissionDenied, codes.Unauthenticated:
 		return true

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -36,7 +37,8 @@ var (
 
 func validateLabels(labels map[string]string) error {
 	for k, v := range labels {
-		if len(k) > 316 || !labelKeyRe.MatchString(k) {
+		prefix, _, hasPrefix := strings.Cut(k, "/")
+		if (hasPrefix && len(prefix) > 253) || !labelKeyRe.MatchString(k) {
 			return fmt.Errorf("label key %q is not a valid Kubernetes label key", truncate(k, 64))
 		}
 		if !labelValueRe.MatchString(v) {
@@ -74,7 +76,7 @@ func (a *FleetAPI) CreateToken(ctx context.Context, req *fleetv1.CreateTokenRequ
 		}
 		ttl = req.GetTtl().AsDuration()
 	}
-	if ttl <= 0 || ttl > MaxTokenTTL {
+	if ttl < time.Second || ttl > MaxTokenTTL {
 		return nil, status.Errorf(codes.InvalidArgument, "ttl must be between 1s and %s, got %s", MaxTokenTTL, ttl)
 	}
 	if err := validateLabels(req.GetLabels()); err != nil {
