@@ -14,16 +14,27 @@ GRPCURL := $(CACHE)/bin/grpcurl
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v /test/)
 
 export BUD_BIN_DIR := $(BIN)
+# go-nvml wraps functions NVML marks deprecated; the warnings are noise.
+export CGO_CFLAGS := -O2 -g -Wno-deprecated-declarations
 export GRPCURL
 
-.PHONY: all build run test lint fmt-check vet buf-lint buf-breaking proto proto-check proto-baseline \
+.PHONY: all build run test lint fmt-check vet buf-lint buf-breaking proto proto-check proto-baseline gpu-check \
         test-unit test-e2e test-units bench clean
 
 all: build
 
+# The controller and budctl are static; the agent needs cgo for NVML (it
+# dlopens the driver's library at run time and links only libc).
 build:
 	@mkdir -p $(BIN)
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/bud-controller ./cmd/bud-agent ./cmd/budctl
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/bud-controller ./cmd/budctl
+	CGO_ENABLED=1 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/bud-agent
+
+## gpu-check: the agent for linux/amd64 with cgo, printing this host's GPUs through NVML.
+gpu-check:
+	@mkdir -p $(BIN)/linux-amd64
+	CGO_ENABLED=1 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/linux-amd64/ ./cmd/bud-agent
+	$(BIN)/linux-amd64/bud-agent gpus --gpu-backend nvml -o json
 
 ## run: a local controller with its embedded store and an agent for this host, until Ctrl-C.
 run: build

@@ -50,6 +50,10 @@ type Options struct {
 	// CommandStopTimeout is how long a running command may go on after
 	// shutdown begins.
 	CommandStopTimeout time.Duration
+	// GPU reads GPU inventory and health; nil reports none.
+	GPU GPUSource
+	// GPUHealthInterval is how often GPU health is sampled.
+	GPUHealthInterval time.Duration
 	// Handlers adds or replaces command handlers by kind.
 	Handlers map[string]Handler
 	// Now is the clock; nil means time.Now.
@@ -90,6 +94,9 @@ func New(opts Options) (*Agent, error) {
 	}
 	if opts.InventoryCheck == 0 {
 		opts.InventoryCheck = time.Minute
+	}
+	if opts.GPUHealthInterval == 0 {
+		opts.GPUHealthInterval = 30 * time.Second
 	}
 	if opts.CommandStopTimeout == 0 {
 		opts.CommandStopTimeout = 10 * time.Second
@@ -255,6 +262,7 @@ func (a *Agent) session(ctx context.Context) error {
 	run(s.sendLoop)
 	run(func() error { return s.heartbeats(hb) })
 	run(func() error { return s.inventoryLoop(fullInv) })
+	run(func() error { return s.gpuLoop(fullInv) })
 	run(func() error { return s.renewLoop(cert) })
 	run(s.commandLoop)
 	run(s.recvLoop)

@@ -24,6 +24,21 @@ type Config struct {
 	// InventoryInterval is how often the inventory is checked for changes.
 	InventoryInterval time.Duration `yaml:"inventory_interval"`
 	LogLevel          string        `yaml:"log_level"`
+	GPU               GPUConfig     `yaml:"gpu"`
+}
+
+// GPUConfig configures GPU inventory and health.
+type GPUConfig struct {
+	// Backend is nvml (default), none, or mock:dgxa100|dgxh100|dgxh200.
+	Backend string `yaml:"backend"`
+	// HealthInterval is how often health is sampled (default 30s).
+	HealthInterval time.Duration `yaml:"health_interval"`
+	// IgnoredXIDs replaces the default list of XIDs that do not mark a GPU
+	// unhealthy (application faults: 13, 31, 43, 45, 68, 109).
+	IgnoredXIDs []uint64 `yaml:"ignored_xids"`
+	// MockEventsPath is a file of JSON lines the mock backends read faults
+	// from, for demos and tests.
+	MockEventsPath string `yaml:"mock_events_path"`
 }
 
 // ReconnectConfig bounds the reconnect backoff.
@@ -60,6 +75,9 @@ func (c Config) Validate() error {
 	}
 	if c.Reconnect.Initial > 0 && c.Reconnect.Max > 0 && c.Reconnect.Initial > c.Reconnect.Max {
 		return fmt.Errorf("reconnect.initial (%s) is longer than reconnect.max (%s)", c.Reconnect.Initial, c.Reconnect.Max)
+	}
+	if c.GPU.HealthInterval < 0 || (c.GPU.HealthInterval > 0 && c.GPU.HealthInterval < 100*time.Millisecond) {
+		return fmt.Errorf("gpu.health_interval %s is under 100ms", c.GPU.HealthInterval)
 	}
 	if c.InventoryInterval > 0 && c.InventoryInterval < time.Second {
 		return fmt.Errorf("inventory_interval %s is under a second", c.InventoryInterval)

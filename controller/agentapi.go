@@ -200,6 +200,14 @@ func (s *Server) handleAgentMessage(sess *session, msg *agentv1.ConnectRequest) 
 		}); err != nil {
 			return status.Errorf(codes.Internal, "store inventory: %v", err)
 		}
+	case *agentv1.ConnectRequest_GpuInventory:
+		if err := s.recordGPUInventory(sess.nodeID, m.GpuInventory); err != nil {
+			return status.Errorf(codes.Internal, "store GPU inventory: %v", err)
+		}
+	case *agentv1.ConnectRequest_GpuHealth:
+		if err := s.recordGPUHealth(sess.nodeID, m.GpuHealth); err != nil {
+			return status.Errorf(codes.Internal, "store GPU health: %v", err)
+		}
 	case *agentv1.ConnectRequest_CommandResult:
 		return s.recordResult(ctx, sess, m.CommandResult)
 	case *agentv1.ConnectRequest_RenewRequest:

@@ -267,6 +267,16 @@ func (s *Server) nodeToProto(n store.Node) *fleetv1.Node {
 	if s := s.sessionPeer(n.ID); s != "" {
 		p.RemoteAddress = s
 	}
+	if g, err := decodeGPUs(n); err == nil {
+		if len(n.GPUs) > 0 {
+			p.Gpus = g
+		}
+		p.KubernetesLabels = gpuLabels(g.GetInventory())
+		p.ProposedTaints = gpuTaints(g.GetInventory())
+		p.Problems = gpuProblems(g)
+	} else {
+		p.Problems = append(p.Problems, err.Error())
+	}
 	if inv := n.Inventory; inv != nil {
 		p.Inventory = &fleetv1.HostInventory{
 			Hostname:     inv.Hostname,

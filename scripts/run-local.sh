@@ -8,6 +8,11 @@ BIN=${BIN:-$PWD/bin}
 RUN=${RUN_DIR:-$PWD/.run}
 LISTEN=${BUD_LISTEN:-127.0.0.1:7443}
 METRICS=${BUD_METRICS_LISTEN:-127.0.0.1:9464}
+# With no NVIDIA driver here, the agent simulates a DGX H100 so there is
+# something to see; BUD_GPU_BACKEND=nvml|none|mock:dgxa100|... overrides.
+if [ -z "${BUD_GPU_BACKEND:-}" ]; then
+	if ldconfig -p 2>/dev/null | grep -q libnvidia-ml.so.1; then BUD_GPU_BACKEND=nvml; else BUD_GPU_BACKEND=mock:dgxh100; fi
+fi
 CTL_DIR=$RUN/controller
 AGENT_DIR=$RUN/agent
 export BUDCTL_CONFIG=$CTL_DIR/admin.budctl.yaml
@@ -44,7 +49,7 @@ if ! "$BIN/bud-agent" status --state-dir "$AGENT_DIR" >/dev/null 2>&1; then
 	"$BIN/bud-agent" join --state-dir "$AGENT_DIR" --controller "$LISTEN" --token "$token"
 fi
 
-"$BIN/bud-agent" run --state-dir "$AGENT_DIR" --log-format text 2>"$RUN/agent.log" &
+"$BIN/bud-agent" run --state-dir "$AGENT_DIR" --gpu-backend "$BUD_GPU_BACKEND" --log-format text 2>"$RUN/agent.log" &
 pids+=($!)
 
 node=$("$BIN/bud-agent" status --state-dir "$AGENT_DIR" 2>/dev/null | awk '/^node_id:/{print $2}') || true
@@ -55,12 +60,15 @@ for _ in $(seq 100); do
 done
 
 "$BIN/budctl" nodes list
+echo
+"$BIN/budctl" gpus summary
 cat <<MSG
 
 budfleet is running (Ctrl-C stops both).
   controller   $LISTEN   metrics http://$METRICS/metrics
   state        $CTL_DIR (CA, certificates, controller.db)
                $AGENT_DIR (agent.db: identity and command records)
+  GPUs         --gpu-backend $BUD_GPU_BACKEND   ($BIN/budctl gpus list)
   logs         $RUN/controller.log  $RUN/agent.log
   budctl       export BUDCTL_CONFIG=$BUDCTL_CONFIG
                $BIN/budctl nodes list

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/bud-ecosystem/budfleet/agent"
+	"github.com/bud-ecosystem/budfleet/agent/gpu"
 	"github.com/bud-ecosystem/budfleet/agent/inventory"
 	"github.com/bud-ecosystem/budfleet/agent/state"
 	"github.com/bud-ecosystem/budfleet/internal/cli"
@@ -76,7 +77,7 @@ func newRoot() *cobra.Command {
 	jf.StringVar(&hostname, "hostname", "", "hostname to enroll as (default: this host's)")
 
 	var configPath string
-	var runController, runHostname string
+	var runController, runHostname, gpuBackend string
 	run := &cobra.Command{
 		Use:   "run",
 		Short: "Run the agent daemon",
@@ -99,6 +100,14 @@ func newRoot() *cobra.Command {
 			if runHostname != "" {
 				cfg.Hostname = runHostname
 			}
+			if gpuBackend != "" {
+				cfg.GPU.Backend = gpuBackend
+			}
+			gpus, err := openGPUs(cfg.GPU, cfg.Hostname, log)
+			if err != nil {
+				return err
+			}
+			defer gpus.Close()
 			db, err := state.Open(stateDir, time.Second)
 			if err != nil {
 				return err
@@ -113,6 +122,9 @@ func newRoot() *cobra.Command {
 				BackoffInitial: cfg.Reconnect.Initial,
 				BackoffMax:     cfg.Reconnect.Max,
 				InventoryCheck: cfg.InventoryInterval,
+				GPU:            gpus,
+
+				GPUHealthInterval: cfg.GPU.HealthInterval,
 			})
 			if err != nil {
 				return err
@@ -127,6 +139,7 @@ func newRoot() *cobra.Command {
 	rf.StringVar(&configPath, "config", "", "agent config file (YAML)")
 	rf.StringVar(&runController, "controller", "", "controller address, overriding the one stored at enrollment")
 	rf.StringVar(&runHostname, "hostname", "", "hostname to report (default: this host's)")
+	rf.StringVar(&gpuBackend, "gpu-backend", "", "GPU backend: "+strings.Join(gpu.Backends(), ", ")+" (default nvml, or the config's gpu.backend)")
 
 	status := &cobra.Command{
 		Use:   "status",
@@ -151,7 +164,7 @@ func newRoot() *cobra.Command {
 		},
 	}
 
-	root.AddCommand(join, run, status, &cobra.Command{
+	root.AddCommand(join, run, status, gpusCmd(), &cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
 		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), version.Version) },

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	fleetv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1"
+	gpuv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/gpu/v1"
 )
 
 func statusWord(s fleetv1.NodeStatus) string {
@@ -43,7 +44,7 @@ func (a *app) nodesCmd() *cobra.Command {
 			}
 			now := time.Now()
 			return listOut.print(cmd.OutOrStdout(), resp, func(tw *tabwriter.Writer) {
-				fmt.Fprintln(tw, "ID\tHOSTNAME\tSTATUS\tLAST HEARTBEAT\tADDRESSES\tVERSION\tAGE")
+				fmt.Fprintln(tw, "ID\tHOSTNAME\tSTATUS\tGPUS\tLAST HEARTBEAT\tADDRESSES\tVERSION\tAGE\tPROBLEMS")
 				for _, n := range resp.GetNodes() {
 					inv := n.GetInventory()
 					addrs, ver := "-", "-"
@@ -53,7 +54,11 @@ func (a *app) nodesCmd() *cobra.Command {
 						}
 						ver = inv.GetAgentVersion()
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.GetId(), n.GetHostname(), statusWord(n.GetStatus()), age(n.GetLastHeartbeat(), now), addrs, ver, age(n.GetEnrolledAt(), now))
+					problems := "-"
+					if len(n.GetProblems()) > 0 {
+						problems = strings.Join(n.GetProblems(), " | ")
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.GetId(), n.GetHostname(), statusWord(n.GetStatus()), gpuCount(n), age(n.GetLastHeartbeat(), now), addrs, ver, age(n.GetEnrolledAt(), now), problems)
 				}
 			})
 		},
@@ -89,6 +94,9 @@ func (a *app) nodesCmd() *cobra.Command {
 				row("Labels", labelString(n.GetLabels()))
 				row("Enrolled", age(n.GetEnrolledAt(), now)+" ago with token "+n.GetTokenId())
 				row("Certificate expires", age(n.GetCertificateExpiresAt(), now))
+				if len(n.GetProblems()) > 0 {
+					row("Problems", strings.Join(n.GetProblems(), "\n\t"))
+				}
 				if inv := n.GetInventory(); inv != nil {
 					row("OS", inv.GetOs())
 					row("Kernel", inv.GetKernel()+" ("+inv.GetArchitecture()+")")
@@ -98,6 +106,7 @@ func (a *app) nodesCmd() *cobra.Command {
 					row("Machine ID", inv.GetMachineId())
 					row("Agent version", inv.GetAgentVersion())
 				}
+				printNodeGPUs(tw, n)
 			})
 		},
 	}
@@ -121,4 +130,56 @@ func (a *app) nodesCmd() *cobra.Command {
 	}
 	cmd.AddCommand(list, get, del)
 	return cmd
+}
+
+func gpuCount(n *fleetv1.Node) string {
+	g := n.GetGpus()
+	if g == nil {
+		return "-"
+	}
+	if !g.GetInventory().GetAvailable() {
+		return "0"
+	}
+	unhealthy := 0
+	for _, h := range g.GetHealth() {
+		if h.GetState() == gpuv1.HealthState_HEALTH_STATE_UNHEALTHY {
+			unhealthy++
+		}
+	}
+	s := fmt.Sprint(len(g.GetInventory().GetGpus()))
+	if unhealthy > 0 {
+		s += fmt.Sprintf(" (%d unhealthy)", unhealthy)
+	}
+	return s
+}
+
+func printNodeGPUs(tw *tabwriter.Writer, n *fleetv1.Node) {
+	g := n.GetGpus()
+	if g == nil {
+		return
+	}
+	inv := g.GetInventory()
+	if !inv.GetAvailable() {
+		fmt.Fprintf(tw, "GPUs:\tnone (%s)\n", inv.GetReason())
+		return
+	}
+	fmt.Fprintf(tw, "GPU driver:\t%s (CUDA %s, NVML %s)\n", inv.GetDriverVersion(), inv.GetCudaDriverVersion(), inv.GetNvmlVersion())
+	health := map[string]*gpuv1.GpuHealth{}
+	for _, h := range g.GetHealth() {
+		health[h.GetUuid()] = h
+	}
+	for _, gpu := range inv.GetGpus() {
+		h := health[gpu.GetUuid()]
+		line := fmt.Sprintf("%s, %s, %s, %s", gpu.GetProduct(), gpu.GetUuid(), mib(gpu.GetMemoryTotalBytes()), healthWord(h.GetState()))
+		if len(h.GetReasons()) > 0 {
+			line += ": " + strings.Join(h.GetReasons(), "; ")
+		}
+		fmt.Fprintf(tw, "GPU %d:\t%s\n", gpu.GetIndex(), line)
+	}
+	if len(n.GetKubernetesLabels()) > 0 {
+		fmt.Fprintf(tw, "Kubernetes labels:\t%s\n", labelString(n.GetKubernetesLabels()))
+	}
+	for _, t := range n.GetProposedTaints() {
+		fmt.Fprintf(tw, "Proposed taint:\t%s=%s:%s\n", t.GetKey(), t.GetValue(), t.GetEffect())
+	}
 }

@@ -272,6 +272,10 @@ type Node struct {
 	LastHeartbeat     time.Time         `json:"last_heartbeat,omitzero"`
 	Inventory         *Inventory        `json:"inventory,omitempty"`
 	InventoryUpdateAt time.Time         `json:"inventory_updated_at,omitzero"`
+	// GPUs is the node's GPU inventory and health as the protobuf encoding
+	// of budfleet.fleet.v1.NodeGpus: a versioned wire schema that new
+	// fields extend without a store migration.
+	GPUs []byte `json:"gpus,omitempty"`
 }
 
 // Inventory is a node's host inventory as last reported.

@@ -10,6 +10,7 @@
 package agentv1
 
 import (
+	v1 "github.com/bud-ecosystem/budfleet/proto/budfleet/gpu/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
@@ -175,6 +176,8 @@ type ConnectRequest struct {
 	//	*ConnectRequest_Inventory
 	//	*ConnectRequest_CommandResult
 	//	*ConnectRequest_RenewRequest
+	//	*ConnectRequest_GpuInventory
+	//	*ConnectRequest_GpuHealth
 	Msg           isConnectRequest_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -262,6 +265,24 @@ func (x *ConnectRequest) GetRenewRequest() *RenewRequest {
 	return nil
 }
 
+func (x *ConnectRequest) GetGpuInventory() *v1.GpuInventory {
+	if x != nil {
+		if x, ok := x.Msg.(*ConnectRequest_GpuInventory); ok {
+			return x.GpuInventory
+		}
+	}
+	return nil
+}
+
+func (x *ConnectRequest) GetGpuHealth() *v1.GpuHealthReport {
+	if x != nil {
+		if x, ok := x.Msg.(*ConnectRequest_GpuHealth); ok {
+			return x.GpuHealth
+		}
+	}
+	return nil
+}
+
 type isConnectRequest_Msg interface {
 	isConnectRequest_Msg()
 }
@@ -286,6 +307,16 @@ type ConnectRequest_RenewRequest struct {
 	RenewRequest *RenewRequest `protobuf:"bytes,5,opt,name=renew_request,json=renewRequest,proto3,oneof"`
 }
 
+type ConnectRequest_GpuInventory struct {
+	// Sent at connect and when the GPU inventory changes.
+	GpuInventory *v1.GpuInventory `protobuf:"bytes,6,opt,name=gpu_inventory,json=gpuInventory,proto3,oneof"`
+}
+
+type ConnectRequest_GpuHealth struct {
+	// Sent at connect and as soon as any GPU's health changes.
+	GpuHealth *v1.GpuHealthReport `protobuf:"bytes,7,opt,name=gpu_health,json=gpuHealth,proto3,oneof"`
+}
+
 func (*ConnectRequest_Hello) isConnectRequest_Msg() {}
 
 func (*ConnectRequest_Heartbeat) isConnectRequest_Msg() {}
@@ -295,6 +326,10 @@ func (*ConnectRequest_Inventory) isConnectRequest_Msg() {}
 func (*ConnectRequest_CommandResult) isConnectRequest_Msg() {}
 
 func (*ConnectRequest_RenewRequest) isConnectRequest_Msg() {}
+
+func (*ConnectRequest_GpuInventory) isConnectRequest_Msg() {}
+
+func (*ConnectRequest_GpuHealth) isConnectRequest_Msg() {}
 
 type ConnectResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -932,7 +967,7 @@ var File_budfleet_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_budfleet_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x1dbudfleet/agent/v1/agent.proto\x12\x11budfleet.agent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa1\x01\n" +
+	"\x1dbudfleet/agent/v1/agent.proto\x12\x11budfleet.agent.v1\x1a\x19budfleet/gpu/v1/gpu.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa1\x01\n" +
 	"\rEnrollRequest\x12\x19\n" +
 	"\btoken_id\x18\x01 \x01(\tR\atokenId\x12!\n" +
 	"\ftoken_secret\x18\x02 \x01(\tR\vtokenSecret\x12\x17\n" +
@@ -943,13 +978,16 @@ const file_budfleet_agent_v1_agent_proto_rawDesc = "" +
 	"\x0eEnrollResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12'\n" +
 	"\x0fcertificate_der\x18\x02 \x01(\fR\x0ecertificateDer\x12,\n" +
-	"\x12ca_certificate_der\x18\x03 \x01(\fR\x10caCertificateDer\"\xd8\x02\n" +
+	"\x12ca_certificate_der\x18\x03 \x01(\fR\x10caCertificateDer\"\xe1\x03\n" +
 	"\x0eConnectRequest\x120\n" +
 	"\x05hello\x18\x01 \x01(\v2\x18.budfleet.agent.v1.HelloH\x00R\x05hello\x12<\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x1c.budfleet.agent.v1.HeartbeatH\x00R\theartbeat\x12<\n" +
 	"\tinventory\x18\x03 \x01(\v2\x1c.budfleet.agent.v1.InventoryH\x00R\tinventory\x12I\n" +
 	"\x0ecommand_result\x18\x04 \x01(\v2 .budfleet.agent.v1.CommandResultH\x00R\rcommandResult\x12F\n" +
-	"\rrenew_request\x18\x05 \x01(\v2\x1f.budfleet.agent.v1.RenewRequestH\x00R\frenewRequestB\x05\n" +
+	"\rrenew_request\x18\x05 \x01(\v2\x1f.budfleet.agent.v1.RenewRequestH\x00R\frenewRequest\x12D\n" +
+	"\rgpu_inventory\x18\x06 \x01(\v2\x1d.budfleet.gpu.v1.GpuInventoryH\x00R\fgpuInventory\x12A\n" +
+	"\n" +
+	"gpu_health\x18\a \x01(\v2 .budfleet.gpu.v1.GpuHealthReportH\x00R\tgpuHealthB\x05\n" +
 	"\x03msg\"\xd3\x01\n" +
 	"\x0fConnectResponse\x126\n" +
 	"\awelcome\x18\x01 \x01(\v2\x1a.budfleet.agent.v1.WelcomeH\x00R\awelcome\x126\n" +
@@ -1040,7 +1078,9 @@ var file_budfleet_agent_v1_agent_proto_goTypes = []any{
 	(*RenewResponse)(nil),         // 11: budfleet.agent.v1.RenewResponse
 	nil,                           // 12: budfleet.agent.v1.Command.ParamsEntry
 	nil,                           // 13: budfleet.agent.v1.CommandResult.OutputEntry
-	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
+	(*v1.GpuInventory)(nil),       // 14: budfleet.gpu.v1.GpuInventory
+	(*v1.GpuHealthReport)(nil),    // 15: budfleet.gpu.v1.GpuHealthReport
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
 }
 var file_budfleet_agent_v1_agent_proto_depIdxs = []int32{
 	4,  // 0: budfleet.agent.v1.ConnectRequest.hello:type_name -> budfleet.agent.v1.Hello
@@ -1048,24 +1088,26 @@ var file_budfleet_agent_v1_agent_proto_depIdxs = []int32{
 	7,  // 2: budfleet.agent.v1.ConnectRequest.inventory:type_name -> budfleet.agent.v1.Inventory
 	9,  // 3: budfleet.agent.v1.ConnectRequest.command_result:type_name -> budfleet.agent.v1.CommandResult
 	10, // 4: budfleet.agent.v1.ConnectRequest.renew_request:type_name -> budfleet.agent.v1.RenewRequest
-	5,  // 5: budfleet.agent.v1.ConnectResponse.welcome:type_name -> budfleet.agent.v1.Welcome
-	8,  // 6: budfleet.agent.v1.ConnectResponse.command:type_name -> budfleet.agent.v1.Command
-	11, // 7: budfleet.agent.v1.ConnectResponse.renew_response:type_name -> budfleet.agent.v1.RenewResponse
-	14, // 8: budfleet.agent.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
-	12, // 9: budfleet.agent.v1.Command.params:type_name -> budfleet.agent.v1.Command.ParamsEntry
-	14, // 10: budfleet.agent.v1.Command.created_at:type_name -> google.protobuf.Timestamp
-	13, // 11: budfleet.agent.v1.CommandResult.output:type_name -> budfleet.agent.v1.CommandResult.OutputEntry
-	14, // 12: budfleet.agent.v1.CommandResult.started_at:type_name -> google.protobuf.Timestamp
-	14, // 13: budfleet.agent.v1.CommandResult.finished_at:type_name -> google.protobuf.Timestamp
-	0,  // 14: budfleet.agent.v1.AgentService.Enroll:input_type -> budfleet.agent.v1.EnrollRequest
-	2,  // 15: budfleet.agent.v1.AgentService.Connect:input_type -> budfleet.agent.v1.ConnectRequest
-	1,  // 16: budfleet.agent.v1.AgentService.Enroll:output_type -> budfleet.agent.v1.EnrollResponse
-	3,  // 17: budfleet.agent.v1.AgentService.Connect:output_type -> budfleet.agent.v1.ConnectResponse
-	16, // [16:18] is the sub-list for method output_type
-	14, // [14:16] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	14, // 5: budfleet.agent.v1.ConnectRequest.gpu_inventory:type_name -> budfleet.gpu.v1.GpuInventory
+	15, // 6: budfleet.agent.v1.ConnectRequest.gpu_health:type_name -> budfleet.gpu.v1.GpuHealthReport
+	5,  // 7: budfleet.agent.v1.ConnectResponse.welcome:type_name -> budfleet.agent.v1.Welcome
+	8,  // 8: budfleet.agent.v1.ConnectResponse.command:type_name -> budfleet.agent.v1.Command
+	11, // 9: budfleet.agent.v1.ConnectResponse.renew_response:type_name -> budfleet.agent.v1.RenewResponse
+	16, // 10: budfleet.agent.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
+	12, // 11: budfleet.agent.v1.Command.params:type_name -> budfleet.agent.v1.Command.ParamsEntry
+	16, // 12: budfleet.agent.v1.Command.created_at:type_name -> google.protobuf.Timestamp
+	13, // 13: budfleet.agent.v1.CommandResult.output:type_name -> budfleet.agent.v1.CommandResult.OutputEntry
+	16, // 14: budfleet.agent.v1.CommandResult.started_at:type_name -> google.protobuf.Timestamp
+	16, // 15: budfleet.agent.v1.CommandResult.finished_at:type_name -> google.protobuf.Timestamp
+	0,  // 16: budfleet.agent.v1.AgentService.Enroll:input_type -> budfleet.agent.v1.EnrollRequest
+	2,  // 17: budfleet.agent.v1.AgentService.Connect:input_type -> budfleet.agent.v1.ConnectRequest
+	1,  // 18: budfleet.agent.v1.AgentService.Enroll:output_type -> budfleet.agent.v1.EnrollResponse
+	3,  // 19: budfleet.agent.v1.AgentService.Connect:output_type -> budfleet.agent.v1.ConnectResponse
+	18, // [18:20] is the sub-list for method output_type
+	16, // [16:18] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_budfleet_agent_v1_agent_proto_init() }
@@ -1079,6 +1121,8 @@ func file_budfleet_agent_v1_agent_proto_init() {
 		(*ConnectRequest_Inventory)(nil),
 		(*ConnectRequest_CommandResult)(nil),
 		(*ConnectRequest_RenewRequest)(nil),
+		(*ConnectRequest_GpuInventory)(nil),
+		(*ConnectRequest_GpuHealth)(nil),
 	}
 	file_budfleet_agent_v1_agent_proto_msgTypes[3].OneofWrappers = []any{
 		(*ConnectResponse_Welcome)(nil),

@@ -10,6 +10,7 @@
 package fleetv1
 
 import (
+	v1 "github.com/bud-ecosystem/budfleet/proto/budfleet/gpu/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -660,8 +661,15 @@ type Node struct {
 	CertificateExpiresAt *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=certificate_expires_at,json=certificateExpiresAt,proto3" json:"certificate_expires_at,omitempty"`
 	CertificateSerial    string                 `protobuf:"bytes,12,opt,name=certificate_serial,json=certificateSerial,proto3" json:"certificate_serial,omitempty"`
 	RemoteAddress        string                 `protobuf:"bytes,13,opt,name=remote_address,json=remoteAddress,proto3" json:"remote_address,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	Gpus                 *NodeGpus              `protobuf:"bytes,14,opt,name=gpus,proto3" json:"gpus,omitempty"`
+	// Labels derived from the inventory for the node's Kubernetes object.
+	KubernetesLabels map[string]string `protobuf:"bytes,15,rep,name=kubernetes_labels,json=kubernetesLabels,proto3" json:"kubernetes_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Taints proposed for the node's Kubernetes object.
+	ProposedTaints []*Taint `protobuf:"bytes,16,rep,name=proposed_taints,json=proposedTaints,proto3" json:"proposed_taints,omitempty"`
+	// Conditions an operator should look at, e.g. a GPU that fell off the bus.
+	Problems      []string `protobuf:"bytes,17,rep,name=problems,proto3" json:"problems,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Node) Reset() {
@@ -785,6 +793,171 @@ func (x *Node) GetRemoteAddress() string {
 	return ""
 }
 
+func (x *Node) GetGpus() *NodeGpus {
+	if x != nil {
+		return x.Gpus
+	}
+	return nil
+}
+
+func (x *Node) GetKubernetesLabels() map[string]string {
+	if x != nil {
+		return x.KubernetesLabels
+	}
+	return nil
+}
+
+func (x *Node) GetProposedTaints() []*Taint {
+	if x != nil {
+		return x.ProposedTaints
+	}
+	return nil
+}
+
+func (x *Node) GetProblems() []string {
+	if x != nil {
+		return x.Problems
+	}
+	return nil
+}
+
+type NodeGpus struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Inventory          *v1.GpuInventory       `protobuf:"bytes,1,opt,name=inventory,proto3" json:"inventory,omitempty"`
+	Health             []*v1.GpuHealth        `protobuf:"bytes,2,rep,name=health,proto3" json:"health,omitempty"`
+	InventoryUpdatedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=inventory_updated_at,json=inventoryUpdatedAt,proto3" json:"inventory_updated_at,omitempty"`
+	HealthUpdatedAt    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=health_updated_at,json=healthUpdatedAt,proto3" json:"health_updated_at,omitempty"`
+	// The most GPUs this node has ever reported.
+	MaxGpuCount   uint32 `protobuf:"varint,5,opt,name=max_gpu_count,json=maxGpuCount,proto3" json:"max_gpu_count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeGpus) Reset() {
+	*x = NodeGpus{}
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeGpus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeGpus) ProtoMessage() {}
+
+func (x *NodeGpus) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeGpus.ProtoReflect.Descriptor instead.
+func (*NodeGpus) Descriptor() ([]byte, []int) {
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *NodeGpus) GetInventory() *v1.GpuInventory {
+	if x != nil {
+		return x.Inventory
+	}
+	return nil
+}
+
+func (x *NodeGpus) GetHealth() []*v1.GpuHealth {
+	if x != nil {
+		return x.Health
+	}
+	return nil
+}
+
+func (x *NodeGpus) GetInventoryUpdatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.InventoryUpdatedAt
+	}
+	return nil
+}
+
+func (x *NodeGpus) GetHealthUpdatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.HealthUpdatedAt
+	}
+	return nil
+}
+
+func (x *NodeGpus) GetMaxGpuCount() uint32 {
+	if x != nil {
+		return x.MaxGpuCount
+	}
+	return 0
+}
+
+type Taint struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	Effect        string                 `protobuf:"bytes,3,opt,name=effect,proto3" json:"effect,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Taint) Reset() {
+	*x = Taint{}
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Taint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Taint) ProtoMessage() {}
+
+func (x *Taint) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Taint.ProtoReflect.Descriptor instead.
+func (*Taint) Descriptor() ([]byte, []int) {
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Taint) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *Taint) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+func (x *Taint) GetEffect() string {
+	if x != nil {
+		return x.Effect
+	}
+	return ""
+}
+
 type ListNodesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -793,7 +966,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[9]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -805,7 +978,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[9]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -818,7 +991,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{9}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{11}
 }
 
 type ListNodesResponse struct {
@@ -830,7 +1003,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[10]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -842,7 +1015,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[10]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -855,7 +1028,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{10}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -874,7 +1047,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[11]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -886,7 +1059,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[11]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -899,7 +1072,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{11}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetNodeRequest) GetId() string {
@@ -918,7 +1091,7 @@ type GetNodeResponse struct {
 
 func (x *GetNodeResponse) Reset() {
 	*x = GetNodeResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[12]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -930,7 +1103,7 @@ func (x *GetNodeResponse) String() string {
 func (*GetNodeResponse) ProtoMessage() {}
 
 func (x *GetNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[12]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -943,7 +1116,7 @@ func (x *GetNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeResponse.ProtoReflect.Descriptor instead.
 func (*GetNodeResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{12}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetNodeResponse) GetNode() *Node {
@@ -962,7 +1135,7 @@ type DeleteNodeRequest struct {
 
 func (x *DeleteNodeRequest) Reset() {
 	*x = DeleteNodeRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[13]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -974,7 +1147,7 @@ func (x *DeleteNodeRequest) String() string {
 func (*DeleteNodeRequest) ProtoMessage() {}
 
 func (x *DeleteNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[13]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -987,7 +1160,7 @@ func (x *DeleteNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNodeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteNodeRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{13}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeleteNodeRequest) GetId() string {
@@ -1005,7 +1178,7 @@ type DeleteNodeResponse struct {
 
 func (x *DeleteNodeResponse) Reset() {
 	*x = DeleteNodeResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[14]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1017,7 +1190,7 @@ func (x *DeleteNodeResponse) String() string {
 func (*DeleteNodeResponse) ProtoMessage() {}
 
 func (x *DeleteNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[14]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1030,7 +1203,7 @@ func (x *DeleteNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNodeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteNodeResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{14}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{16}
 }
 
 type Command struct {
@@ -1052,7 +1225,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[15]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1064,7 +1237,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[15]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1077,7 +1250,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{15}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Command) GetId() string {
@@ -1168,7 +1341,7 @@ type CreateCommandRequest struct {
 
 func (x *CreateCommandRequest) Reset() {
 	*x = CreateCommandRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[16]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1180,7 +1353,7 @@ func (x *CreateCommandRequest) String() string {
 func (*CreateCommandRequest) ProtoMessage() {}
 
 func (x *CreateCommandRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[16]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1193,7 +1366,7 @@ func (x *CreateCommandRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateCommandRequest.ProtoReflect.Descriptor instead.
 func (*CreateCommandRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{16}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CreateCommandRequest) GetNodeId() string {
@@ -1226,7 +1399,7 @@ type CreateCommandResponse struct {
 
 func (x *CreateCommandResponse) Reset() {
 	*x = CreateCommandResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[17]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1238,7 +1411,7 @@ func (x *CreateCommandResponse) String() string {
 func (*CreateCommandResponse) ProtoMessage() {}
 
 func (x *CreateCommandResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[17]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1251,7 +1424,7 @@ func (x *CreateCommandResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateCommandResponse.ProtoReflect.Descriptor instead.
 func (*CreateCommandResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{17}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CreateCommandResponse) GetCommand() *Command {
@@ -1271,7 +1444,7 @@ type ListCommandsRequest struct {
 
 func (x *ListCommandsRequest) Reset() {
 	*x = ListCommandsRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[18]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1283,7 +1456,7 @@ func (x *ListCommandsRequest) String() string {
 func (*ListCommandsRequest) ProtoMessage() {}
 
 func (x *ListCommandsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[18]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1296,7 +1469,7 @@ func (x *ListCommandsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCommandsRequest.ProtoReflect.Descriptor instead.
 func (*ListCommandsRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{18}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListCommandsRequest) GetNodeId() string {
@@ -1315,7 +1488,7 @@ type ListCommandsResponse struct {
 
 func (x *ListCommandsResponse) Reset() {
 	*x = ListCommandsResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[19]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1327,7 +1500,7 @@ func (x *ListCommandsResponse) String() string {
 func (*ListCommandsResponse) ProtoMessage() {}
 
 func (x *ListCommandsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[19]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1340,7 +1513,7 @@ func (x *ListCommandsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCommandsResponse.ProtoReflect.Descriptor instead.
 func (*ListCommandsResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{19}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListCommandsResponse) GetCommands() []*Command {
@@ -1359,7 +1532,7 @@ type GetCommandRequest struct {
 
 func (x *GetCommandRequest) Reset() {
 	*x = GetCommandRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[20]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1371,7 +1544,7 @@ func (x *GetCommandRequest) String() string {
 func (*GetCommandRequest) ProtoMessage() {}
 
 func (x *GetCommandRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[20]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1384,7 +1557,7 @@ func (x *GetCommandRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCommandRequest.ProtoReflect.Descriptor instead.
 func (*GetCommandRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{20}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetCommandRequest) GetId() string {
@@ -1403,7 +1576,7 @@ type GetCommandResponse struct {
 
 func (x *GetCommandResponse) Reset() {
 	*x = GetCommandResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[21]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1415,7 +1588,7 @@ func (x *GetCommandResponse) String() string {
 func (*GetCommandResponse) ProtoMessage() {}
 
 func (x *GetCommandResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[21]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1428,7 +1601,7 @@ func (x *GetCommandResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCommandResponse.ProtoReflect.Descriptor instead.
 func (*GetCommandResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{21}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetCommandResponse) GetCommand() *Command {
@@ -1438,11 +1611,440 @@ func (x *GetCommandResponse) GetCommand() *Command {
 	return nil
 }
 
+type GpuRow struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	NodeId   string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Hostname string                 `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Index    uint32                 `protobuf:"varint,3,opt,name=index,proto3" json:"index,omitempty"`
+	// Set for a MIG device: its index within the GPU.
+	MigIndex    *uint32        `protobuf:"varint,4,opt,name=mig_index,json=migIndex,proto3,oneof" json:"mig_index,omitempty"`
+	Uuid        string         `protobuf:"bytes,5,opt,name=uuid,proto3" json:"uuid,omitempty"`
+	Product     string         `protobuf:"bytes,6,opt,name=product,proto3" json:"product,omitempty"`
+	MemoryBytes uint64         `protobuf:"varint,7,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	Health      v1.HealthState `protobuf:"varint,8,opt,name=health,proto3,enum=budfleet.gpu.v1.HealthState" json:"health,omitempty"`
+	Reasons     []string       `protobuf:"bytes,9,rep,name=reasons,proto3" json:"reasons,omitempty"`
+	PciBusId    string         `protobuf:"bytes,10,opt,name=pci_bus_id,json=pciBusId,proto3" json:"pci_bus_id,omitempty"`
+	// For a MIG device, e.g. "1g.10gb".
+	MigProfile    string `protobuf:"bytes,11,opt,name=mig_profile,json=migProfile,proto3" json:"mig_profile,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GpuRow) Reset() {
+	*x = GpuRow{}
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GpuRow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GpuRow) ProtoMessage() {}
+
+func (x *GpuRow) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GpuRow.ProtoReflect.Descriptor instead.
+func (*GpuRow) Descriptor() ([]byte, []int) {
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *GpuRow) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *GpuRow) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *GpuRow) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *GpuRow) GetMigIndex() uint32 {
+	if x != nil && x.MigIndex != nil {
+		return *x.MigIndex
+	}
+	return 0
+}
+
+func (x *GpuRow) GetUuid() string {
+	if x != nil {
+		return x.Uuid
+	}
+	return ""
+}
+
+func (x *GpuRow) GetProduct() string {
+	if x != nil {
+		return x.Product
+	}
+	return ""
+}
+
+func (x *GpuRow) GetMemoryBytes() uint64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+func (x *GpuRow) GetHealth() v1.HealthState {
+	if x != nil {
+		return x.Health
+	}
+	return v1.HealthState(0)
+}
+
+func (x *GpuRow) GetReasons() []string {
+	if x != nil {
+		return x.Reasons
+	}
+	return nil
+}
+
+func (x *GpuRow) GetPciBusId() string {
+	if x != nil {
+		return x.PciBusId
+	}
+	return ""
+}
+
+func (x *GpuRow) GetMigProfile() string {
+	if x != nil {
+		return x.MigProfile
+	}
+	return ""
+}
+
+type ListGpusRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// Substring match on the product name, case-insensitive.
+	Product string `protobuf:"bytes,2,opt,name=product,proto3" json:"product,omitempty"`
+	// Only GPUs that are Degraded or Unhealthy.
+	Unhealthy     bool `protobuf:"varint,3,opt,name=unhealthy,proto3" json:"unhealthy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGpusRequest) Reset() {
+	*x = ListGpusRequest{}
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGpusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGpusRequest) ProtoMessage() {}
+
+func (x *ListGpusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGpusRequest.ProtoReflect.Descriptor instead.
+func (*ListGpusRequest) Descriptor() ([]byte, []int) {
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ListGpusRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *ListGpusRequest) GetProduct() string {
+	if x != nil {
+		return x.Product
+	}
+	return ""
+}
+
+func (x *ListGpusRequest) GetUnhealthy() bool {
+	if x != nil {
+		return x.Unhealthy
+	}
+	return false
+}
+
+type ListGpusResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Gpus          []*GpuRow              `protobuf:"bytes,1,rep,name=gpus,proto3" json:"gpus,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGpusResponse) Reset() {
+	*x = ListGpusResponse{}
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGpusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGpusResponse) ProtoMessage() {}
+
+func (x *ListGpusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGpusResponse.ProtoReflect.Descriptor instead.
+func (*ListGpusResponse) Descriptor() ([]byte, []int) {
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ListGpusResponse) GetGpus() []*GpuRow {
+	if x != nil {
+		return x.Gpus
+	}
+	return nil
+}
+
+type GetGpuSummaryRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetGpuSummaryRequest) Reset() {
+	*x = GetGpuSummaryRequest{}
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetGpuSummaryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetGpuSummaryRequest) ProtoMessage() {}
+
+func (x *GetGpuSummaryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetGpuSummaryRequest.ProtoReflect.Descriptor instead.
+func (*GetGpuSummaryRequest) Descriptor() ([]byte, []int) {
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{27}
+}
+
+type GpuSummaryRow struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Product       string                 `protobuf:"bytes,1,opt,name=product,proto3" json:"product,omitempty"`
+	Total         uint32                 `protobuf:"varint,2,opt,name=total,proto3" json:"total,omitempty"`
+	Healthy       uint32                 `protobuf:"varint,3,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	Degraded      uint32                 `protobuf:"varint,4,opt,name=degraded,proto3" json:"degraded,omitempty"`
+	Unhealthy     uint32                 `protobuf:"varint,5,opt,name=unhealthy,proto3" json:"unhealthy,omitempty"`
+	Unknown       uint32                 `protobuf:"varint,6,opt,name=unknown,proto3" json:"unknown,omitempty"`
+	Nodes         uint32                 `protobuf:"varint,7,opt,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GpuSummaryRow) Reset() {
+	*x = GpuSummaryRow{}
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GpuSummaryRow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GpuSummaryRow) ProtoMessage() {}
+
+func (x *GpuSummaryRow) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GpuSummaryRow.ProtoReflect.Descriptor instead.
+func (*GpuSummaryRow) Descriptor() ([]byte, []int) {
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *GpuSummaryRow) GetProduct() string {
+	if x != nil {
+		return x.Product
+	}
+	return ""
+}
+
+func (x *GpuSummaryRow) GetTotal() uint32 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+func (x *GpuSummaryRow) GetHealthy() uint32 {
+	if x != nil {
+		return x.Healthy
+	}
+	return 0
+}
+
+func (x *GpuSummaryRow) GetDegraded() uint32 {
+	if x != nil {
+		return x.Degraded
+	}
+	return 0
+}
+
+func (x *GpuSummaryRow) GetUnhealthy() uint32 {
+	if x != nil {
+		return x.Unhealthy
+	}
+	return 0
+}
+
+func (x *GpuSummaryRow) GetUnknown() uint32 {
+	if x != nil {
+		return x.Unknown
+	}
+	return 0
+}
+
+func (x *GpuSummaryRow) GetNodes() uint32 {
+	if x != nil {
+		return x.Nodes
+	}
+	return 0
+}
+
+type GetGpuSummaryResponse struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Products         []*GpuSummaryRow       `protobuf:"bytes,1,rep,name=products,proto3" json:"products,omitempty"`
+	NodesWithGpus    uint32                 `protobuf:"varint,2,opt,name=nodes_with_gpus,json=nodesWithGpus,proto3" json:"nodes_with_gpus,omitempty"`
+	NodesWithoutGpus uint32                 `protobuf:"varint,3,opt,name=nodes_without_gpus,json=nodesWithoutGpus,proto3" json:"nodes_without_gpus,omitempty"`
+	// Nodes whose GPU count dropped below what they reported before.
+	NodesMissingGpus uint32 `protobuf:"varint,4,opt,name=nodes_missing_gpus,json=nodesMissingGpus,proto3" json:"nodes_missing_gpus,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *GetGpuSummaryResponse) Reset() {
+	*x = GetGpuSummaryResponse{}
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetGpuSummaryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetGpuSummaryResponse) ProtoMessage() {}
+
+func (x *GetGpuSummaryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetGpuSummaryResponse.ProtoReflect.Descriptor instead.
+func (*GetGpuSummaryResponse) Descriptor() ([]byte, []int) {
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *GetGpuSummaryResponse) GetProducts() []*GpuSummaryRow {
+	if x != nil {
+		return x.Products
+	}
+	return nil
+}
+
+func (x *GetGpuSummaryResponse) GetNodesWithGpus() uint32 {
+	if x != nil {
+		return x.NodesWithGpus
+	}
+	return 0
+}
+
+func (x *GetGpuSummaryResponse) GetNodesWithoutGpus() uint32 {
+	if x != nil {
+		return x.NodesWithoutGpus
+	}
+	return 0
+}
+
+func (x *GetGpuSummaryResponse) GetNodesMissingGpus() uint32 {
+	if x != nil {
+		return x.NodesMissingGpus
+	}
+	return 0
+}
+
 var File_budfleet_fleet_v1_fleet_proto protoreflect.FileDescriptor
 
 const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\n" +
-	"\x1dbudfleet/fleet/v1/fleet.proto\x12\x11budfleet.fleet.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xac\x03\n" +
+	"\x1dbudfleet/fleet/v1/fleet.proto\x12\x11budfleet.fleet.v1\x1a\x19budfleet/gpu/v1/gpu.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xac\x03\n" +
 	"\x05Token\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x129\n" +
 	"\n" +
@@ -1490,7 +2092,7 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\fip_addresses\x18\b \x03(\tR\vipAddresses\x12#\n" +
 	"\ragent_version\x18\t \x01(\tR\fagentVersion\x12\"\n" +
 	"\farchitecture\x18\n" +
-	" \x01(\tR\farchitecture\"\xd0\x05\n" +
+	" \x01(\tR\farchitecture\"\x81\b\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x125\n" +
@@ -1506,10 +2108,27 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\x12inventoryUpdatedAt\x12P\n" +
 	"\x16certificate_expires_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x14certificateExpiresAt\x12-\n" +
 	"\x12certificate_serial\x18\f \x01(\tR\x11certificateSerial\x12%\n" +
-	"\x0eremote_address\x18\r \x01(\tR\rremoteAddress\x1a9\n" +
+	"\x0eremote_address\x18\r \x01(\tR\rremoteAddress\x12/\n" +
+	"\x04gpus\x18\x0e \x01(\v2\x1b.budfleet.fleet.v1.NodeGpusR\x04gpus\x12Z\n" +
+	"\x11kubernetes_labels\x18\x0f \x03(\v2-.budfleet.fleet.v1.Node.KubernetesLabelsEntryR\x10kubernetesLabels\x12A\n" +
+	"\x0fproposed_taints\x18\x10 \x03(\v2\x18.budfleet.fleet.v1.TaintR\x0eproposedTaints\x12\x1a\n" +
+	"\bproblems\x18\x11 \x03(\tR\bproblems\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x12\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aC\n" +
+	"\x15KubernetesLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb5\x02\n" +
+	"\bNodeGpus\x12;\n" +
+	"\tinventory\x18\x01 \x01(\v2\x1d.budfleet.gpu.v1.GpuInventoryR\tinventory\x122\n" +
+	"\x06health\x18\x02 \x03(\v2\x1a.budfleet.gpu.v1.GpuHealthR\x06health\x12L\n" +
+	"\x14inventory_updated_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x12inventoryUpdatedAt\x12F\n" +
+	"\x11health_updated_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x0fhealthUpdatedAt\x12\"\n" +
+	"\rmax_gpu_count\x18\x05 \x01(\rR\vmaxGpuCount\"G\n" +
+	"\x05Taint\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\x12\x16\n" +
+	"\x06effect\x18\x03 \x01(\tR\x06effect\"\x12\n" +
 	"\x10ListNodesRequest\"B\n" +
 	"\x11ListNodesResponse\x12-\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x17.budfleet.fleet.v1.NodeR\x05nodes\" \n" +
@@ -1559,7 +2178,44 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x11GetCommandRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"J\n" +
 	"\x12GetCommandResponse\x124\n" +
-	"\acommand\x18\x01 \x01(\v2\x1a.budfleet.fleet.v1.CommandR\acommand*[\n" +
+	"\acommand\x18\x01 \x01(\v2\x1a.budfleet.fleet.v1.CommandR\acommand\"\xe3\x02\n" +
+	"\x06GpuRow\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1a\n" +
+	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x14\n" +
+	"\x05index\x18\x03 \x01(\rR\x05index\x12 \n" +
+	"\tmig_index\x18\x04 \x01(\rH\x00R\bmigIndex\x88\x01\x01\x12\x12\n" +
+	"\x04uuid\x18\x05 \x01(\tR\x04uuid\x12\x18\n" +
+	"\aproduct\x18\x06 \x01(\tR\aproduct\x12!\n" +
+	"\fmemory_bytes\x18\a \x01(\x04R\vmemoryBytes\x124\n" +
+	"\x06health\x18\b \x01(\x0e2\x1c.budfleet.gpu.v1.HealthStateR\x06health\x12\x18\n" +
+	"\areasons\x18\t \x03(\tR\areasons\x12\x1c\n" +
+	"\n" +
+	"pci_bus_id\x18\n" +
+	" \x01(\tR\bpciBusId\x12\x1f\n" +
+	"\vmig_profile\x18\v \x01(\tR\n" +
+	"migProfileB\f\n" +
+	"\n" +
+	"_mig_index\"b\n" +
+	"\x0fListGpusRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
+	"\aproduct\x18\x02 \x01(\tR\aproduct\x12\x1c\n" +
+	"\tunhealthy\x18\x03 \x01(\bR\tunhealthy\"A\n" +
+	"\x10ListGpusResponse\x12-\n" +
+	"\x04gpus\x18\x01 \x03(\v2\x19.budfleet.fleet.v1.GpuRowR\x04gpus\"\x16\n" +
+	"\x14GetGpuSummaryRequest\"\xc3\x01\n" +
+	"\rGpuSummaryRow\x12\x18\n" +
+	"\aproduct\x18\x01 \x01(\tR\aproduct\x12\x14\n" +
+	"\x05total\x18\x02 \x01(\rR\x05total\x12\x18\n" +
+	"\ahealthy\x18\x03 \x01(\rR\ahealthy\x12\x1a\n" +
+	"\bdegraded\x18\x04 \x01(\rR\bdegraded\x12\x1c\n" +
+	"\tunhealthy\x18\x05 \x01(\rR\tunhealthy\x12\x18\n" +
+	"\aunknown\x18\x06 \x01(\rR\aunknown\x12\x14\n" +
+	"\x05nodes\x18\a \x01(\rR\x05nodes\"\xd9\x01\n" +
+	"\x15GetGpuSummaryResponse\x12<\n" +
+	"\bproducts\x18\x01 \x03(\v2 .budfleet.fleet.v1.GpuSummaryRowR\bproducts\x12&\n" +
+	"\x0fnodes_with_gpus\x18\x02 \x01(\rR\rnodesWithGpus\x12,\n" +
+	"\x12nodes_without_gpus\x18\x03 \x01(\rR\x10nodesWithoutGpus\x12,\n" +
+	"\x12nodes_missing_gpus\x18\x04 \x01(\rR\x10nodesMissingGpus*[\n" +
 	"\n" +
 	"NodeStatus\x12\x1b\n" +
 	"\x17NODE_STATUS_UNSPECIFIED\x10\x00\x12\x15\n" +
@@ -1570,7 +2226,7 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x15COMMAND_STATE_PENDING\x10\x01\x12\x1b\n" +
 	"\x17COMMAND_STATE_DELIVERED\x10\x02\x12\x1b\n" +
 	"\x17COMMAND_STATE_SUCCEEDED\x10\x03\x12\x18\n" +
-	"\x14COMMAND_STATE_FAILED\x10\x042\xca\x06\n" +
+	"\x14COMMAND_STATE_FAILED\x10\x042\x83\b\n" +
 	"\fFleetService\x12\\\n" +
 	"\vCreateToken\x12%.budfleet.fleet.v1.CreateTokenRequest\x1a&.budfleet.fleet.v1.CreateTokenResponse\x12Y\n" +
 	"\n" +
@@ -1583,7 +2239,9 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\rCreateCommand\x12'.budfleet.fleet.v1.CreateCommandRequest\x1a(.budfleet.fleet.v1.CreateCommandResponse\x12_\n" +
 	"\fListCommands\x12&.budfleet.fleet.v1.ListCommandsRequest\x1a'.budfleet.fleet.v1.ListCommandsResponse\x12Y\n" +
 	"\n" +
-	"GetCommand\x12$.budfleet.fleet.v1.GetCommandRequest\x1a%.budfleet.fleet.v1.GetCommandResponseBCZAgithub.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1;fleetv1b\x06proto3"
+	"GetCommand\x12$.budfleet.fleet.v1.GetCommandRequest\x1a%.budfleet.fleet.v1.GetCommandResponse\x12S\n" +
+	"\bListGpus\x12\".budfleet.fleet.v1.ListGpusRequest\x1a#.budfleet.fleet.v1.ListGpusResponse\x12b\n" +
+	"\rGetGpuSummary\x12'.budfleet.fleet.v1.GetGpuSummaryRequest\x1a(.budfleet.fleet.v1.GetGpuSummaryResponseBCZAgithub.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1;fleetv1b\x06proto3"
 
 var (
 	file_budfleet_fleet_v1_fleet_proto_rawDescOnce sync.Once
@@ -1598,7 +2256,7 @@ func file_budfleet_fleet_v1_fleet_proto_rawDescGZIP() []byte {
 }
 
 var file_budfleet_fleet_v1_fleet_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_budfleet_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_budfleet_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_budfleet_fleet_v1_fleet_proto_goTypes = []any{
 	(NodeStatus)(0),               // 0: budfleet.fleet.v1.NodeStatus
 	(CommandState)(0),             // 1: budfleet.fleet.v1.CommandState
@@ -1611,80 +2269,106 @@ var file_budfleet_fleet_v1_fleet_proto_goTypes = []any{
 	(*RevokeTokenResponse)(nil),   // 8: budfleet.fleet.v1.RevokeTokenResponse
 	(*HostInventory)(nil),         // 9: budfleet.fleet.v1.HostInventory
 	(*Node)(nil),                  // 10: budfleet.fleet.v1.Node
-	(*ListNodesRequest)(nil),      // 11: budfleet.fleet.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),     // 12: budfleet.fleet.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),        // 13: budfleet.fleet.v1.GetNodeRequest
-	(*GetNodeResponse)(nil),       // 14: budfleet.fleet.v1.GetNodeResponse
-	(*DeleteNodeRequest)(nil),     // 15: budfleet.fleet.v1.DeleteNodeRequest
-	(*DeleteNodeResponse)(nil),    // 16: budfleet.fleet.v1.DeleteNodeResponse
-	(*Command)(nil),               // 17: budfleet.fleet.v1.Command
-	(*CreateCommandRequest)(nil),  // 18: budfleet.fleet.v1.CreateCommandRequest
-	(*CreateCommandResponse)(nil), // 19: budfleet.fleet.v1.CreateCommandResponse
-	(*ListCommandsRequest)(nil),   // 20: budfleet.fleet.v1.ListCommandsRequest
-	(*ListCommandsResponse)(nil),  // 21: budfleet.fleet.v1.ListCommandsResponse
-	(*GetCommandRequest)(nil),     // 22: budfleet.fleet.v1.GetCommandRequest
-	(*GetCommandResponse)(nil),    // 23: budfleet.fleet.v1.GetCommandResponse
-	nil,                           // 24: budfleet.fleet.v1.Token.LabelsEntry
-	nil,                           // 25: budfleet.fleet.v1.CreateTokenRequest.LabelsEntry
-	nil,                           // 26: budfleet.fleet.v1.Node.LabelsEntry
-	nil,                           // 27: budfleet.fleet.v1.Command.ParamsEntry
-	nil,                           // 28: budfleet.fleet.v1.Command.OutputEntry
-	nil,                           // 29: budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
-	(*timestamppb.Timestamp)(nil), // 30: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 31: google.protobuf.Duration
+	(*NodeGpus)(nil),              // 11: budfleet.fleet.v1.NodeGpus
+	(*Taint)(nil),                 // 12: budfleet.fleet.v1.Taint
+	(*ListNodesRequest)(nil),      // 13: budfleet.fleet.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),     // 14: budfleet.fleet.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),        // 15: budfleet.fleet.v1.GetNodeRequest
+	(*GetNodeResponse)(nil),       // 16: budfleet.fleet.v1.GetNodeResponse
+	(*DeleteNodeRequest)(nil),     // 17: budfleet.fleet.v1.DeleteNodeRequest
+	(*DeleteNodeResponse)(nil),    // 18: budfleet.fleet.v1.DeleteNodeResponse
+	(*Command)(nil),               // 19: budfleet.fleet.v1.Command
+	(*CreateCommandRequest)(nil),  // 20: budfleet.fleet.v1.CreateCommandRequest
+	(*CreateCommandResponse)(nil), // 21: budfleet.fleet.v1.CreateCommandResponse
+	(*ListCommandsRequest)(nil),   // 22: budfleet.fleet.v1.ListCommandsRequest
+	(*ListCommandsResponse)(nil),  // 23: budfleet.fleet.v1.ListCommandsResponse
+	(*GetCommandRequest)(nil),     // 24: budfleet.fleet.v1.GetCommandRequest
+	(*GetCommandResponse)(nil),    // 25: budfleet.fleet.v1.GetCommandResponse
+	(*GpuRow)(nil),                // 26: budfleet.fleet.v1.GpuRow
+	(*ListGpusRequest)(nil),       // 27: budfleet.fleet.v1.ListGpusRequest
+	(*ListGpusResponse)(nil),      // 28: budfleet.fleet.v1.ListGpusResponse
+	(*GetGpuSummaryRequest)(nil),  // 29: budfleet.fleet.v1.GetGpuSummaryRequest
+	(*GpuSummaryRow)(nil),         // 30: budfleet.fleet.v1.GpuSummaryRow
+	(*GetGpuSummaryResponse)(nil), // 31: budfleet.fleet.v1.GetGpuSummaryResponse
+	nil,                           // 32: budfleet.fleet.v1.Token.LabelsEntry
+	nil,                           // 33: budfleet.fleet.v1.CreateTokenRequest.LabelsEntry
+	nil,                           // 34: budfleet.fleet.v1.Node.LabelsEntry
+	nil,                           // 35: budfleet.fleet.v1.Node.KubernetesLabelsEntry
+	nil,                           // 36: budfleet.fleet.v1.Command.ParamsEntry
+	nil,                           // 37: budfleet.fleet.v1.Command.OutputEntry
+	nil,                           // 38: budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
+	(*timestamppb.Timestamp)(nil), // 39: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 40: google.protobuf.Duration
+	(*v1.GpuInventory)(nil),       // 41: budfleet.gpu.v1.GpuInventory
+	(*v1.GpuHealth)(nil),          // 42: budfleet.gpu.v1.GpuHealth
+	(v1.HealthState)(0),           // 43: budfleet.gpu.v1.HealthState
 }
 var file_budfleet_fleet_v1_fleet_proto_depIdxs = []int32{
-	30, // 0: budfleet.fleet.v1.Token.created_at:type_name -> google.protobuf.Timestamp
-	30, // 1: budfleet.fleet.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
-	24, // 2: budfleet.fleet.v1.Token.labels:type_name -> budfleet.fleet.v1.Token.LabelsEntry
-	30, // 3: budfleet.fleet.v1.Token.revoked_at:type_name -> google.protobuf.Timestamp
-	31, // 4: budfleet.fleet.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
-	25, // 5: budfleet.fleet.v1.CreateTokenRequest.labels:type_name -> budfleet.fleet.v1.CreateTokenRequest.LabelsEntry
+	39, // 0: budfleet.fleet.v1.Token.created_at:type_name -> google.protobuf.Timestamp
+	39, // 1: budfleet.fleet.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	32, // 2: budfleet.fleet.v1.Token.labels:type_name -> budfleet.fleet.v1.Token.LabelsEntry
+	39, // 3: budfleet.fleet.v1.Token.revoked_at:type_name -> google.protobuf.Timestamp
+	40, // 4: budfleet.fleet.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
+	33, // 5: budfleet.fleet.v1.CreateTokenRequest.labels:type_name -> budfleet.fleet.v1.CreateTokenRequest.LabelsEntry
 	2,  // 6: budfleet.fleet.v1.CreateTokenResponse.token:type_name -> budfleet.fleet.v1.Token
 	2,  // 7: budfleet.fleet.v1.ListTokensResponse.tokens:type_name -> budfleet.fleet.v1.Token
 	2,  // 8: budfleet.fleet.v1.RevokeTokenResponse.token:type_name -> budfleet.fleet.v1.Token
 	0,  // 9: budfleet.fleet.v1.Node.status:type_name -> budfleet.fleet.v1.NodeStatus
-	26, // 10: budfleet.fleet.v1.Node.labels:type_name -> budfleet.fleet.v1.Node.LabelsEntry
-	30, // 11: budfleet.fleet.v1.Node.enrolled_at:type_name -> google.protobuf.Timestamp
-	30, // 12: budfleet.fleet.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
+	34, // 10: budfleet.fleet.v1.Node.labels:type_name -> budfleet.fleet.v1.Node.LabelsEntry
+	39, // 11: budfleet.fleet.v1.Node.enrolled_at:type_name -> google.protobuf.Timestamp
+	39, // 12: budfleet.fleet.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
 	9,  // 13: budfleet.fleet.v1.Node.inventory:type_name -> budfleet.fleet.v1.HostInventory
-	30, // 14: budfleet.fleet.v1.Node.inventory_updated_at:type_name -> google.protobuf.Timestamp
-	30, // 15: budfleet.fleet.v1.Node.certificate_expires_at:type_name -> google.protobuf.Timestamp
-	10, // 16: budfleet.fleet.v1.ListNodesResponse.nodes:type_name -> budfleet.fleet.v1.Node
-	10, // 17: budfleet.fleet.v1.GetNodeResponse.node:type_name -> budfleet.fleet.v1.Node
-	27, // 18: budfleet.fleet.v1.Command.params:type_name -> budfleet.fleet.v1.Command.ParamsEntry
-	1,  // 19: budfleet.fleet.v1.Command.state:type_name -> budfleet.fleet.v1.CommandState
-	30, // 20: budfleet.fleet.v1.Command.created_at:type_name -> google.protobuf.Timestamp
-	30, // 21: budfleet.fleet.v1.Command.delivered_at:type_name -> google.protobuf.Timestamp
-	30, // 22: budfleet.fleet.v1.Command.finished_at:type_name -> google.protobuf.Timestamp
-	28, // 23: budfleet.fleet.v1.Command.output:type_name -> budfleet.fleet.v1.Command.OutputEntry
-	29, // 24: budfleet.fleet.v1.CreateCommandRequest.params:type_name -> budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
-	17, // 25: budfleet.fleet.v1.CreateCommandResponse.command:type_name -> budfleet.fleet.v1.Command
-	17, // 26: budfleet.fleet.v1.ListCommandsResponse.commands:type_name -> budfleet.fleet.v1.Command
-	17, // 27: budfleet.fleet.v1.GetCommandResponse.command:type_name -> budfleet.fleet.v1.Command
-	3,  // 28: budfleet.fleet.v1.FleetService.CreateToken:input_type -> budfleet.fleet.v1.CreateTokenRequest
-	5,  // 29: budfleet.fleet.v1.FleetService.ListTokens:input_type -> budfleet.fleet.v1.ListTokensRequest
-	7,  // 30: budfleet.fleet.v1.FleetService.RevokeToken:input_type -> budfleet.fleet.v1.RevokeTokenRequest
-	11, // 31: budfleet.fleet.v1.FleetService.ListNodes:input_type -> budfleet.fleet.v1.ListNodesRequest
-	13, // 32: budfleet.fleet.v1.FleetService.GetNode:input_type -> budfleet.fleet.v1.GetNodeRequest
-	15, // 33: budfleet.fleet.v1.FleetService.DeleteNode:input_type -> budfleet.fleet.v1.DeleteNodeRequest
-	18, // 34: budfleet.fleet.v1.FleetService.CreateCommand:input_type -> budfleet.fleet.v1.CreateCommandRequest
-	20, // 35: budfleet.fleet.v1.FleetService.ListCommands:input_type -> budfleet.fleet.v1.ListCommandsRequest
-	22, // 36: budfleet.fleet.v1.FleetService.GetCommand:input_type -> budfleet.fleet.v1.GetCommandRequest
-	4,  // 37: budfleet.fleet.v1.FleetService.CreateToken:output_type -> budfleet.fleet.v1.CreateTokenResponse
-	6,  // 38: budfleet.fleet.v1.FleetService.ListTokens:output_type -> budfleet.fleet.v1.ListTokensResponse
-	8,  // 39: budfleet.fleet.v1.FleetService.RevokeToken:output_type -> budfleet.fleet.v1.RevokeTokenResponse
-	12, // 40: budfleet.fleet.v1.FleetService.ListNodes:output_type -> budfleet.fleet.v1.ListNodesResponse
-	14, // 41: budfleet.fleet.v1.FleetService.GetNode:output_type -> budfleet.fleet.v1.GetNodeResponse
-	16, // 42: budfleet.fleet.v1.FleetService.DeleteNode:output_type -> budfleet.fleet.v1.DeleteNodeResponse
-	19, // 43: budfleet.fleet.v1.FleetService.CreateCommand:output_type -> budfleet.fleet.v1.CreateCommandResponse
-	21, // 44: budfleet.fleet.v1.FleetService.ListCommands:output_type -> budfleet.fleet.v1.ListCommandsResponse
-	23, // 45: budfleet.fleet.v1.FleetService.GetCommand:output_type -> budfleet.fleet.v1.GetCommandResponse
-	37, // [37:46] is the sub-list for method output_type
-	28, // [28:37] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	39, // 14: budfleet.fleet.v1.Node.inventory_updated_at:type_name -> google.protobuf.Timestamp
+	39, // 15: budfleet.fleet.v1.Node.certificate_expires_at:type_name -> google.protobuf.Timestamp
+	11, // 16: budfleet.fleet.v1.Node.gpus:type_name -> budfleet.fleet.v1.NodeGpus
+	35, // 17: budfleet.fleet.v1.Node.kubernetes_labels:type_name -> budfleet.fleet.v1.Node.KubernetesLabelsEntry
+	12, // 18: budfleet.fleet.v1.Node.proposed_taints:type_name -> budfleet.fleet.v1.Taint
+	41, // 19: budfleet.fleet.v1.NodeGpus.inventory:type_name -> budfleet.gpu.v1.GpuInventory
+	42, // 20: budfleet.fleet.v1.NodeGpus.health:type_name -> budfleet.gpu.v1.GpuHealth
+	39, // 21: budfleet.fleet.v1.NodeGpus.inventory_updated_at:type_name -> google.protobuf.Timestamp
+	39, // 22: budfleet.fleet.v1.NodeGpus.health_updated_at:type_name -> google.protobuf.Timestamp
+	10, // 23: budfleet.fleet.v1.ListNodesResponse.nodes:type_name -> budfleet.fleet.v1.Node
+	10, // 24: budfleet.fleet.v1.GetNodeResponse.node:type_name -> budfleet.fleet.v1.Node
+	36, // 25: budfleet.fleet.v1.Command.params:type_name -> budfleet.fleet.v1.Command.ParamsEntry
+	1,  // 26: budfleet.fleet.v1.Command.state:type_name -> budfleet.fleet.v1.CommandState
+	39, // 27: budfleet.fleet.v1.Command.created_at:type_name -> google.protobuf.Timestamp
+	39, // 28: budfleet.fleet.v1.Command.delivered_at:type_name -> google.protobuf.Timestamp
+	39, // 29: budfleet.fleet.v1.Command.finished_at:type_name -> google.protobuf.Timestamp
+	37, // 30: budfleet.fleet.v1.Command.output:type_name -> budfleet.fleet.v1.Command.OutputEntry
+	38, // 31: budfleet.fleet.v1.CreateCommandRequest.params:type_name -> budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
+	19, // 32: budfleet.fleet.v1.CreateCommandResponse.command:type_name -> budfleet.fleet.v1.Command
+	19, // 33: budfleet.fleet.v1.ListCommandsResponse.commands:type_name -> budfleet.fleet.v1.Command
+	19, // 34: budfleet.fleet.v1.GetCommandResponse.command:type_name -> budfleet.fleet.v1.Command
+	43, // 35: budfleet.fleet.v1.GpuRow.health:type_name -> budfleet.gpu.v1.HealthState
+	26, // 36: budfleet.fleet.v1.ListGpusResponse.gpus:type_name -> budfleet.fleet.v1.GpuRow
+	30, // 37: budfleet.fleet.v1.GetGpuSummaryResponse.products:type_name -> budfleet.fleet.v1.GpuSummaryRow
+	3,  // 38: budfleet.fleet.v1.FleetService.CreateToken:input_type -> budfleet.fleet.v1.CreateTokenRequest
+	5,  // 39: budfleet.fleet.v1.FleetService.ListTokens:input_type -> budfleet.fleet.v1.ListTokensRequest
+	7,  // 40: budfleet.fleet.v1.FleetService.RevokeToken:input_type -> budfleet.fleet.v1.RevokeTokenRequest
+	13, // 41: budfleet.fleet.v1.FleetService.ListNodes:input_type -> budfleet.fleet.v1.ListNodesRequest
+	15, // 42: budfleet.fleet.v1.FleetService.GetNode:input_type -> budfleet.fleet.v1.GetNodeRequest
+	17, // 43: budfleet.fleet.v1.FleetService.DeleteNode:input_type -> budfleet.fleet.v1.DeleteNodeRequest
+	20, // 44: budfleet.fleet.v1.FleetService.CreateCommand:input_type -> budfleet.fleet.v1.CreateCommandRequest
+	22, // 45: budfleet.fleet.v1.FleetService.ListCommands:input_type -> budfleet.fleet.v1.ListCommandsRequest
+	24, // 46: budfleet.fleet.v1.FleetService.GetCommand:input_type -> budfleet.fleet.v1.GetCommandRequest
+	27, // 47: budfleet.fleet.v1.FleetService.ListGpus:input_type -> budfleet.fleet.v1.ListGpusRequest
+	29, // 48: budfleet.fleet.v1.FleetService.GetGpuSummary:input_type -> budfleet.fleet.v1.GetGpuSummaryRequest
+	4,  // 49: budfleet.fleet.v1.FleetService.CreateToken:output_type -> budfleet.fleet.v1.CreateTokenResponse
+	6,  // 50: budfleet.fleet.v1.FleetService.ListTokens:output_type -> budfleet.fleet.v1.ListTokensResponse
+	8,  // 51: budfleet.fleet.v1.FleetService.RevokeToken:output_type -> budfleet.fleet.v1.RevokeTokenResponse
+	14, // 52: budfleet.fleet.v1.FleetService.ListNodes:output_type -> budfleet.fleet.v1.ListNodesResponse
+	16, // 53: budfleet.fleet.v1.FleetService.GetNode:output_type -> budfleet.fleet.v1.GetNodeResponse
+	18, // 54: budfleet.fleet.v1.FleetService.DeleteNode:output_type -> budfleet.fleet.v1.DeleteNodeResponse
+	21, // 55: budfleet.fleet.v1.FleetService.CreateCommand:output_type -> budfleet.fleet.v1.CreateCommandResponse
+	23, // 56: budfleet.fleet.v1.FleetService.ListCommands:output_type -> budfleet.fleet.v1.ListCommandsResponse
+	25, // 57: budfleet.fleet.v1.FleetService.GetCommand:output_type -> budfleet.fleet.v1.GetCommandResponse
+	28, // 58: budfleet.fleet.v1.FleetService.ListGpus:output_type -> budfleet.fleet.v1.ListGpusResponse
+	31, // 59: budfleet.fleet.v1.FleetService.GetGpuSummary:output_type -> budfleet.fleet.v1.GetGpuSummaryResponse
+	49, // [49:60] is the sub-list for method output_type
+	38, // [38:49] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_budfleet_fleet_v1_fleet_proto_init() }
@@ -1692,13 +2376,14 @@ func file_budfleet_fleet_v1_fleet_proto_init() {
 	if File_budfleet_fleet_v1_fleet_proto != nil {
 		return
 	}
+	file_budfleet_fleet_v1_fleet_proto_msgTypes[24].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_budfleet_fleet_v1_fleet_proto_rawDesc), len(file_budfleet_fleet_v1_fleet_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   28,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

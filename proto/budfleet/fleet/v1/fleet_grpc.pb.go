@@ -31,6 +31,8 @@ const (
 	FleetService_CreateCommand_FullMethodName = "/budfleet.fleet.v1.FleetService/CreateCommand"
 	FleetService_ListCommands_FullMethodName  = "/budfleet.fleet.v1.FleetService/ListCommands"
 	FleetService_GetCommand_FullMethodName    = "/budfleet.fleet.v1.FleetService/GetCommand"
+	FleetService_ListGpus_FullMethodName      = "/budfleet.fleet.v1.FleetService/ListGpus"
+	FleetService_GetGpuSummary_FullMethodName = "/budfleet.fleet.v1.FleetService/GetGpuSummary"
 )
 
 // FleetServiceClient is the client API for FleetService service.
@@ -46,6 +48,10 @@ type FleetServiceClient interface {
 	CreateCommand(ctx context.Context, in *CreateCommandRequest, opts ...grpc.CallOption) (*CreateCommandResponse, error)
 	ListCommands(ctx context.Context, in *ListCommandsRequest, opts ...grpc.CallOption) (*ListCommandsResponse, error)
 	GetCommand(ctx context.Context, in *GetCommandRequest, opts ...grpc.CallOption) (*GetCommandResponse, error)
+	// ListGpus returns one row per GPU and per MIG device across the fleet.
+	ListGpus(ctx context.Context, in *ListGpusRequest, opts ...grpc.CallOption) (*ListGpusResponse, error)
+	// GetGpuSummary counts GPUs by product and health across the fleet.
+	GetGpuSummary(ctx context.Context, in *GetGpuSummaryRequest, opts ...grpc.CallOption) (*GetGpuSummaryResponse, error)
 }
 
 type fleetServiceClient struct {
@@ -146,6 +152,26 @@ func (c *fleetServiceClient) GetCommand(ctx context.Context, in *GetCommandReque
 	return out, nil
 }
 
+func (c *fleetServiceClient) ListGpus(ctx context.Context, in *ListGpusRequest, opts ...grpc.CallOption) (*ListGpusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListGpusResponse)
+	err := c.cc.Invoke(ctx, FleetService_ListGpus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *fleetServiceClient) GetGpuSummary(ctx context.Context, in *GetGpuSummaryRequest, opts ...grpc.CallOption) (*GetGpuSummaryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetGpuSummaryResponse)
+	err := c.cc.Invoke(ctx, FleetService_GetGpuSummary_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // FleetServiceServer is the server API for FleetService service.
 // All implementations must embed UnimplementedFleetServiceServer
 // for forward compatibility.
@@ -159,6 +185,10 @@ type FleetServiceServer interface {
 	CreateCommand(context.Context, *CreateCommandRequest) (*CreateCommandResponse, error)
 	ListCommands(context.Context, *ListCommandsRequest) (*ListCommandsResponse, error)
 	GetCommand(context.Context, *GetCommandRequest) (*GetCommandResponse, error)
+	// ListGpus returns one row per GPU and per MIG device across the fleet.
+	ListGpus(context.Context, *ListGpusRequest) (*ListGpusResponse, error)
+	// GetGpuSummary counts GPUs by product and health across the fleet.
+	GetGpuSummary(context.Context, *GetGpuSummaryRequest) (*GetGpuSummaryResponse, error)
 	mustEmbedUnimplementedFleetServiceServer()
 }
 
@@ -195,6 +225,12 @@ func (UnimplementedFleetServiceServer) ListCommands(context.Context, *ListComman
 }
 func (UnimplementedFleetServiceServer) GetCommand(context.Context, *GetCommandRequest) (*GetCommandResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetCommand not implemented")
+}
+func (UnimplementedFleetServiceServer) ListGpus(context.Context, *ListGpusRequest) (*ListGpusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListGpus not implemented")
+}
+func (UnimplementedFleetServiceServer) GetGpuSummary(context.Context, *GetGpuSummaryRequest) (*GetGpuSummaryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetGpuSummary not implemented")
 }
 func (UnimplementedFleetServiceServer) mustEmbedUnimplementedFleetServiceServer() {}
 func (UnimplementedFleetServiceServer) testEmbeddedByValue()                      {}
@@ -379,6 +415,42 @@ func _FleetService_GetCommand_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _FleetService_ListGpus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListGpusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FleetServiceServer).ListGpus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FleetService_ListGpus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FleetServiceServer).ListGpus(ctx, req.(*ListGpusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FleetService_GetGpuSummary_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetGpuSummaryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FleetServiceServer).GetGpuSummary(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FleetService_GetGpuSummary_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FleetServiceServer).GetGpuSummary(ctx, req.(*GetGpuSummaryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // FleetService_ServiceDesc is the grpc.ServiceDesc for FleetService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -421,6 +493,14 @@ var FleetService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetCommand",
 			Handler:    _FleetService_GetCommand_Handler,
+		},
+		{
+			MethodName: "ListGpus",
+			Handler:    _FleetService_ListGpus_Handler,
+		},
+		{
+			MethodName: "GetGpuSummary",
+			Handler:    _FleetService_GetGpuSummary_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

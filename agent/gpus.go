@@ -1,0 +1,182 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/bud-ecosystem/budfleet/agent/gpu"
+	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
+	gpuv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/gpu/v1"
+)
+
+// GPUSource reads GPU inventory and health (agent/gpu in production).
+type GPUSource interface {
+	Inventory(ctx context.Context) (gpu.Inventory, error)
+	Health(ctx context.Context) ([]gpu.Health, error)
+}
+
+// gpuLoop reports GPU inventory at the start of a session and when it
+// changes, and health on its own interval, sending a change at once. It never
+// runs on the heartbeat path: a slow NVML call delays only this loop.
+func (s *sessionState) gpuLoop(fullEvery time.Duration) error {
+	src := s.a.opts.GPU
+	if src == nil {
+		return nil
+	}
+	invTick := time.NewTicker(s.a.opts.InventoryCheck)
+	defer invTick.Stop()
+	healthTick := time.NewTicker(s.a.opts.GPUHealthInterval)
+	defer healthTick.Stop()
+	var lastInv, lastHealth string
+	var lastFull time.Time
+	sendInventory := func() error {
+		inv, err := src.Inventory(s.ctx)
+		if err != nil {
+			s.a.log.Warn("read GPU inventory", "error", err)
+			return nil
+		}
+		fp := fingerprint(inv)
+		if fp == lastInv && s.a.opts.Now().Sub(lastFull) < fullEvery {
+			return nil
+		}
+		if err := s.send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_GpuInventory{GpuInventory: gpuInventoryToProto(inv)}}); err != nil {
+			return err
+		}
+		if fp != lastInv && lastInv != "" {
+			s.a.log.Info("GPU inventory changed", "gpus", len(inv.GPUs), "available", inv.Available)
+		}
+		lastInv, lastFull = fp, s.a.opts.Now()
+		lastHealth = "" // resend health with a new inventory
+		return nil
+	}
+	sendHealth := func() error {
+		hs, err := src.Health(s.ctx)
+		if err != nil {
+			s.a.log.Warn("sample GPU health", "error", err)
+			return nil
+		}
+		key := healthKey(hs)
+		if key == lastHealth {
+			return nil
+		}
+		if err := s.send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_GpuHealth{GpuHealth: gpuHealthToProto(hs)}}); err != nil {
+			return err
+		}
+		if lastHealth != "" {
+			s.a.log.Info("GPU health changed", "health", key)
+		}
+		lastHealth = key
+		return nil
+	}
+	if sendInventory() != nil || sendHealth() != nil {
+		return nil
+	}
+	for {
+		select {
+		case <-s.ctx.Done():
+			return nil
+		case <-invTick.C:
+			if sendInventory() != nil || sendHealth() != nil {
+				return nil
+			}
+		case <-healthTick.C:
+			if sendHealth() != nil {
+				return nil
+			}
+		}
+	}
+}
+
+func fingerprint(inv gpu.Inventory) string {
+	return fmt.Sprintf("%+v", gpuInventoryToProto(inv))
+}
+
+// healthKey is what makes a health report worth sending at once: verdicts,
+// reasons and XIDs, not the sensor readings that move every sample.
+func healthKey(hs []gpu.Health) string {
+	var b strings.Builder
+	for _, h := range hs {
+		fmt.Fprintf(&b, "%s=%s[%s]x%d;", h.UUID, h.State, strings.Join(h.Reasons, ","), len(h.XIDs))
+	}
+	return b.String()
+}
+
+func gpuInventoryToProto(inv gpu.Inventory) *gpuv1.GpuInventory {
+	p := &gpuv1.GpuInventory{
+		Available:         inv.Available,
+		Reason:            inv.Reason,
+		DriverVersion:     inv.DriverVersion,
+		CudaDriverVersion: inv.CUDADriverVersion,
+		NvmlVersion:       inv.NVMLVersion,
+	}
+	for _, g := range inv.GPUs {
+		pg := &gpuv1.Gpu{
+			Index:             uint32(g.Index),
+			Uuid:              g.UUID,
+			Serial:            g.Serial,
+			Product:           g.Product,
+			Brand:             g.Brand,
+			Architecture:      g.Architecture,
+			ComputeCapability: g.ComputeCapability,
+			MemoryTotalBytes:  g.MemoryTotalBytes,
+			Bar1TotalBytes:    g.BAR1TotalBytes,
+			PciBusId:          g.PCIBusID,
+			PciDeviceId:       g.PCIDeviceID,
+			PersistenceMode:   g.PersistenceMode,
+			PowerLimitWatts:   g.PowerLimitWatts,
+		}
+		if g.MIG != nil {
+			pg.Mig = &gpuv1.Mig{Enabled: g.MIG.Enabled}
+			for _, m := range g.MIG.Devices {
+				pg.Mig.Devices = append(pg.Mig.Devices, &gpuv1.MigDevice{Index: uint32(m.Index), Uuid: m.UUID, Profile: m.Profile, MemoryBytes: m.MemoryBytes})
+			}
+		}
+		for _, l := range g.NVLinks {
+			pg.Nvlinks = append(pg.Nvlinks, &gpuv1.NvLink{Link: uint32(l.Link), PeerPciBusId: l.PeerPCIBusID})
+		}
+		p.Gpus = append(p.Gpus, pg)
+	}
+	return p
+}
+
+var healthStates = map[gpu.State]gpuv1.HealthState{
+	gpu.Healthy:   gpuv1.HealthState_HEALTH_STATE_HEALTHY,
+	gpu.Degraded:  gpuv1.HealthState_HEALTH_STATE_DEGRADED,
+	gpu.Unhealthy: gpuv1.HealthState_HEALTH_STATE_UNHEALTHY,
+}
+
+func gpuHealthToProto(hs []gpu.Health) *gpuv1.GpuHealthReport {
+	r := &gpuv1.GpuHealthReport{}
+	for _, h := range hs {
+		ph := &gpuv1.GpuHealth{
+			Uuid:                     h.UUID,
+			Index:                    uint32(h.Index),
+			State:                    healthStates[h.State],
+			Reasons:                  h.Reasons,
+			TemperatureC:             h.TemperatureC,
+			PowerDrawWatts:           h.PowerDrawWatts,
+			UtilizationGpuPercent:    h.UtilizationGPU,
+			UtilizationMemoryPercent: h.UtilizationMemory,
+			EccVolatileSingleBit:     h.ECCVolatileSingle,
+			EccVolatileDoubleBit:     h.ECCVolatileDouble,
+			EccAggregateSingleBit:    h.ECCAggregateSingle,
+			EccAggregateDoubleBit:    h.ECCAggregateDouble,
+			RetiredPagesPending:      h.RetiredPagesPending,
+			RemappedRowsPending:      h.RemappedRowsPending,
+			RemappingFailed:          h.RemappingFailed,
+			ThrottleReasons:          h.ThrottleReasons,
+		}
+		if !h.SampledAt.IsZero() {
+			ph.SampledAt = timestamppb.New(h.SampledAt)
+		}
+		for _, x := range h.XIDs {
+			ph.Xids = append(ph.Xids, &gpuv1.Xid{Code: x.Code, At: timestamppb.New(x.At)})
+		}
+		r.Gpus = append(r.Gpus, ph)
+	}
+	return r
+}
