@@ -36,8 +36,12 @@ func (s *sessionState) gpuLoop(fullEvery time.Duration) error {
 	sendInventory := func() error {
 		inv, err := src.Inventory(s.ctx)
 		if err != nil {
-			s.a.log.Warn("read GPU inventory", "error", err)
-			return nil
+			s.a.log.Warn("read GPU inventory", "error", err, "gpus_read", len(inv.GPUs))
+			// What could be read is still worth reporting: without it the
+			// controller cannot notice a GPU going missing.
+			if len(inv.GPUs) == 0 {
+				return nil
+			}
 		}
 		fp := fingerprint(inv)
 		if fp == lastInv && s.a.opts.Now().Sub(lastFull) < fullEvery {

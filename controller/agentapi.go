@@ -144,13 +144,17 @@ func (a *AgentAPI) Connect(stream agentv1.AgentService_ConnectServer) error {
 	log := s.log.With("node_id", node.ID, "hostname", node.Hostname)
 	log.InfoContext(ctx, "agent connected", "peer", sess.peer, "agent_version", hello.GetAgentVersion())
 
+	// The welcome goes out before the send loop starts, so it is always the
+	// first message the agent reads.
+	if err := stream.Send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Welcome{Welcome: &agentv1.Welcome{
+		HeartbeatIntervalMs:     s.opts.HeartbeatInterval.Milliseconds(),
+		FullInventoryIntervalMs: s.opts.FullInventoryInterval.Milliseconds(),
+	}}}); err != nil {
+		return err
+	}
 	// Both goroutines report once; the buffer lets the loser exit too.
 	errc := make(chan error, 2)
 	go func() { errc <- s.sendLoop(sess, stream) }()
-	sess.send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Welcome{Welcome: &agentv1.Welcome{
-		HeartbeatIntervalMs:     s.opts.HeartbeatInterval.Milliseconds(),
-		FullInventoryIntervalMs: s.opts.FullInventoryInterval.Milliseconds(),
-	}}})
 	sess.wake()
 
 	go func() {

@@ -114,13 +114,33 @@ func gpuLabels(inv *gpuv1.GpuInventory) map[string]string {
 		}
 	}
 	l[labelMIGCapable] = strconv.FormatBool(migCapable)
-	if maj, min, ok := strings.Cut(inv.GetCudaDriverVersion(), "."); ok {
-		l[labelCUDAMajor], l[labelCUDAMinor] = maj, min
+	if v := versionParts(inv.GetCudaDriverVersion()); len(v) >= 2 {
+		l[labelCUDAMajor], l[labelCUDAMinor] = v[0], v[1]
 	}
-	if maj, _, ok := strings.Cut(inv.GetDriverVersion(), "."); ok {
-		l[labelDriverMajor] = maj
+	if v := versionParts(inv.GetDriverVersion()); len(v) >= 1 {
+		l[labelDriverMajor] = v[0]
 	}
 	return l
+}
+
+// versionParts returns the leading numeric parts of a dotted version:
+// "12.4.1" -> [12 4 1], "550.54.15-beta" -> [550 54 15].
+func versionParts(v string) []string {
+	var out []string
+	for _, p := range strings.Split(v, ".") {
+		n := 0
+		for n < len(p) && p[n] >= '0' && p[n] <= '9' {
+			n++
+		}
+		if n == 0 {
+			break
+		}
+		out = append(out, p[:n])
+		if n < len(p) {
+			break
+		}
+	}
+	return out
 }
 
 // labelValue makes a product name a valid label value the way GPU feature
@@ -158,7 +178,11 @@ func gpuProblems(g *fleetv1.NodeGpus) []string {
 	}
 	for _, h := range g.GetHealth() {
 		if h.GetState() == gpuv1.HealthState_HEALTH_STATE_UNHEALTHY {
-			out = append(out, fmt.Sprintf("gpu-unhealthy: GPU %d (%s): %s", h.GetIndex(), h.GetUuid(), strings.Join(h.GetReasons(), "; ")))
+			id := fmt.Sprintf("GPU %d", h.GetIndex())
+			if h.GetUuid() != "" {
+				id += " (" + h.GetUuid() + ")"
+			}
+			out = append(out, fmt.Sprintf("gpu-unhealthy: %s: %s", id, strings.Join(h.GetReasons(), "; ")))
 		}
 	}
 	return out
@@ -195,7 +219,10 @@ func (a *FleetAPI) ListGpus(ctx context.Context, req *fleetv1.ListGpusRequest) (
 	for _, n := range nodes {
 		g, err := decodeGPUs(n)
 		if err != nil {
-			return nil, status.Error(codes.Internal, err.Error())
+			// One unreadable record should not hide the rest of the fleet;
+			// 'nodes get' shows it as a problem.
+			a.s.log.WarnContext(ctx, "skipping unreadable GPU state", "node_id", n.ID, "error", err)
+			continue
 		}
 		health := healthByUUID(g)
 		for _, gpu := range g.GetInventory().GetGpus() {
@@ -235,7 +262,8 @@ func (a *FleetAPI) GetGpuSummary(ctx context.Context, _ *fleetv1.GetGpuSummaryRe
 	for _, n := range nodes {
 		g, err := decodeGPUs(n)
 		if err != nil {
-			return nil, status.Error(codes.Internal, err.Error())
+			a.s.log.WarnContext(ctx, "skipping unreadable GPU state", "node_id", n.ID, "error", err)
+			continue
 		}
 		gpus := g.GetInventory().GetGpus()
 		if len(gpus) == 0 {

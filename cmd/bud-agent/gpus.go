@@ -62,11 +62,17 @@ func gpusCmd() *cobra.Command {
 			defer src.Close()
 			inv, err := src.Inventory(cmd.Context())
 			if err != nil {
-				return err
+				if len(inv.GPUs) == 0 {
+					return err
+				}
+				log.Warn("GPU inventory is partial", "error", err)
 			}
 			health, err := src.Health(cmd.Context())
 			if err != nil {
 				return err
+			}
+			if health == nil {
+				health = []gpu.Health{}
 			}
 			if output == "json" {
 				enc := json.NewEncoder(cmd.OutOrStdout())
