@@ -308,7 +308,10 @@ func (s *sessionState) sendLoop() error {
 			return nil
 		case m := <-s.out:
 			if err := s.stream.Send(m); err != nil {
-				return recvErr(s.stream, err)
+				// recvLoop is already in Recv and will report the stream's
+				// real status; a second concurrent Recv would never return.
+				<-s.ctx.Done()
+				return nil
 			}
 		}
 	}

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/bud-ecosystem/budfleet/agent/siem"
 )
 
 // Config is the agent's --config file. Unknown keys are errors; flags
@@ -25,6 +27,9 @@ type Config struct {
 	InventoryInterval time.Duration `yaml:"inventory_interval"`
 	LogLevel          string        `yaml:"log_level"`
 	GPU               GPUConfig     `yaml:"gpu"`
+	// SIEM is the local audit-forwarding configuration; one pushed by the
+	// controller replaces it while the agent runs.
+	SIEM siem.Config `yaml:"siem"`
 }
 
 // GPUConfig configures GPU inventory and health.
@@ -78,6 +83,11 @@ func (c Config) Validate() error {
 	}
 	if c.GPU.HealthInterval < 0 || (c.GPU.HealthInterval > 0 && c.GPU.HealthInterval < 100*time.Millisecond) {
 		return fmt.Errorf("gpu.health_interval %s is under 100ms", c.GPU.HealthInterval)
+	}
+	if len(c.SIEM.Sources) > 0 || len(c.SIEM.Outputs) > 0 {
+		if err := c.SIEM.Validate(); err != nil {
+			return err
+		}
 	}
 	if c.InventoryInterval > 0 && c.InventoryInterval < time.Second {
 		return fmt.Errorf("inventory_interval %s is under a second", c.InventoryInterval)

@@ -104,6 +104,7 @@ func Enroll(ctx context.Context, o EnrollOptions) (string, error) {
 		KeyPEM:     keyPEM,
 		CertDER:    cert.Raw,
 		CADER:      respCA.Raw,
+		Hostname:   o.Hostname,
 	}); err != nil {
 		return "", fmt.Errorf("save identity: %w", err)
 	}

@@ -20,7 +20,7 @@ func describe(err error) error {
 	if st.Code() == codes.Unavailable && strings.Contains(msg, "CA hash") {
 		// The pin check failed inside the TLS handshake.
 		if i := strings.Index(msg, "controller CA does not match"); i >= 0 {
-			msg = msg[i:]
+			msg = strings.TrimSuffix(msg[i:], "\"")
 		}
 		return errors.New(msg)
 	}

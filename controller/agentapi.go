@@ -156,6 +156,7 @@ func (a *AgentAPI) Connect(stream agentv1.AgentService_ConnectServer) error {
 	errc := make(chan error, 2)
 	go func() { errc <- s.sendLoop(sess, stream) }()
 	sess.wake()
+	s.pushSIEM(sess)
 
 	go func() {
 		for {
@@ -191,6 +192,9 @@ func (s *Server) handleAgentMessage(sess *session, msg *agentv1.ConnectRequest) 
 	case *agentv1.ConnectRequest_Heartbeat:
 		s.sawHeartbeat(sess.nodeID)
 		s.metrics.heartbeats.Inc()
+		if st := m.Heartbeat.GetSiem(); st != nil {
+			s.recordSIEMStatus(sess.nodeID, st)
+		}
 	case *agentv1.ConnectRequest_Inventory:
 		inv := inventoryFromProto(m.Inventory)
 		now := s.opts.Now()

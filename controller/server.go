@@ -57,6 +57,7 @@ type Server struct {
 	mu       sync.Mutex
 	sessions map[string]*session // by node id
 	lastSeen map[string]time.Time
+	siem     map[string]siemReport
 }
 
 // New checks opts and returns a Server.
@@ -101,6 +102,7 @@ func New(opts Options) (*Server, error) {
 		ca:       opts.CA,
 		sessions: map[string]*session{},
 		lastSeen: map[string]time.Time{},
+		siem:     map[string]siemReport{},
 	}
 	s.metrics = newMetrics(opts.Registerer)
 	if err := opts.Registerer.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{

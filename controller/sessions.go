@@ -88,6 +88,7 @@ func (s *Server) dropNode(nodeID string) {
 	s.mu.Lock()
 	sess := s.sessions[nodeID]
 	delete(s.lastSeen, nodeID)
+	delete(s.siem, nodeID)
 	s.mu.Unlock()
 	if sess != nil {
 		sess.cancel(errNodeDeleted)

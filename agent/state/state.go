@@ -12,6 +12,7 @@
 //	  key                -> PKCS#8 PEM private key (made here, never sent)
 //	  cert               -> DER node certificate
 //	  ca                 -> DER controller CA certificate
+//	  hostname           -> hostname the node enrolled as
 //	commands/
 //	  <command id>       -> JSON CommandRecord
 package state
@@ -41,6 +42,7 @@ var (
 	keyKey           = []byte("key")
 	keyCert          = []byte("cert")
 	keyCA            = []byte("ca")
+	keyHostname      = []byte("hostname")
 )
 
 // FileName is the state database inside the state dir.
@@ -123,6 +125,7 @@ type Identity struct {
 	KeyPEM     []byte
 	CertDER    []byte
 	CADER      []byte
+	Hostname   string
 }
 
 // SaveIdentity replaces the identity.
@@ -132,7 +135,7 @@ func (d *DB) SaveIdentity(id Identity) error {
 		for k, v := range map[string][]byte{
 			string(keyNodeID): []byte(id.NodeID), string(keyController): []byte(id.Controller),
 			string(keyServerName): []byte(id.ServerName), string(keyKey): id.KeyPEM,
-			string(keyCert): id.CertDER, string(keyCA): id.CADER,
+			string(keyCert): id.CertDER, string(keyCA): id.CADER, string(keyHostname): []byte(id.Hostname),
 		} {
 			if err := b.Put([]byte(k), v); err != nil {
 				return err
@@ -151,6 +154,7 @@ func (d *DB) Identity() (Identity, error) {
 		id = Identity{
 			NodeID: string(b.Get(keyNodeID)), Controller: string(b.Get(keyController)),
 			ServerName: string(b.Get(keyServerName)), KeyPEM: cp(keyKey), CertDER: cp(keyCert), CADER: cp(keyCA),
+			Hostname: string(b.Get(keyHostname)),
 		}
 		return nil
 	})

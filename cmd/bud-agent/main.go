@@ -103,16 +103,22 @@ func newRoot() *cobra.Command {
 			if gpuBackend != "" {
 				cfg.GPU.Backend = gpuBackend
 			}
-			gpus, err := openGPUs(cfg.GPU, cfg.Hostname, log)
-			if err != nil {
-				return err
-			}
-			defer gpus.Close()
 			db, err := state.Open(stateDir, time.Second)
 			if err != nil {
 				return err
 			}
 			defer db.Close()
+			if cfg.Hostname == "" {
+				// Keep the name the node joined as (join --hostname).
+				if id, err := db.Identity(); err == nil {
+					cfg.Hostname = id.Hostname
+				}
+			}
+			gpus, err := openGPUs(cfg.GPU, cfg.Hostname, log)
+			if err != nil {
+				return err
+			}
+			defer gpus.Close()
 			a, err := agent.New(agent.Options{
 				State:          db,
 				Inventory:      &inventory.Collector{Hostname: cfg.Hostname},

@@ -1,6 +1,6 @@
 // Package store keeps the controller's state in bbolt.
 //
-// Schema (version 1):
+// Schema (version 2):
 //
 //	meta/
 //	  schema_version         -> uint64 big-endian
@@ -13,6 +13,8 @@
 //	    <seq uint64 BE>      -> JSON Command, in the order they were queued
 //	command_index/
 //	  <command id>           -> <node id> NUL <seq uint64 BE>
+//	siem_configs/            (since version 2)
+//	  <version uint64 BE>    -> JSON SIEMConfig, newest last
 //
 // Values are copied out of transactions before they are returned.
 package store
@@ -39,6 +41,7 @@ var (
 	bucketNodes        = []byte("nodes")
 	bucketCommands     = []byte("commands")
 	bucketCommandIndex = []byte("command_index")
+	bucketSIEMConfigs  = []byte("siem_configs")
 
 	keySchemaVersion = []byte("schema_version")
 )
@@ -62,6 +65,11 @@ var migrations = []func(tx *bolt.Tx) error{
 			}
 		}
 		return nil
+	},
+	// 1 -> 2: fleet-managed audit forwarding configurations.
+	func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(bucketSIEMConfigs)
+		return err
 	},
 }
 
@@ -553,4 +561,57 @@ func (s *Store) UpdateCommand(id string, fn func(*Command) error) (Command, erro
 		return putJSON(q, key, c)
 	})
 	return c, err
+}
+
+// SIEMConfig is an audit-forwarding configuration applied by an operator.
+type SIEMConfig struct {
+	Version   uint64            `json:"version"`
+	YAML      []byte            `json:"yaml"`
+	Selector  map[string]string `json:"selector,omitempty"`
+	CreatedAt time.Time         `json:"created_at"`
+	CreatedBy string            `json:"created_by,omitempty"`
+}
+
+// Selects reports whether the configuration applies to a node with labels.
+func (c SIEMConfig) Selects(labels map[string]string) bool {
+	for k, v := range c.Selector {
+		if labels[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// AddSIEMConfig stores c under the next version and returns it.
+func (s *Store) AddSIEMConfig(c SIEMConfig) (SIEMConfig, error) {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketSIEMConfigs)
+		v, err := b.NextSequence()
+		if err != nil {
+			return err
+		}
+		c.Version = v
+		return putJSON(b, u64(v), c)
+	})
+	return c, err
+}
+
+// SIEMConfigFor returns the newest configuration whose selector matches
+// labels; ok is false when none does.
+func (s *Store) SIEMConfigFor(labels map[string]string) (c SIEMConfig, ok bool, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		cur := tx.Bucket(bucketSIEMConfigs).Cursor()
+		for k, v := cur.Last(); k != nil; k, v = cur.Prev() {
+			var cand SIEMConfig
+			if err := json.Unmarshal(v, &cand); err != nil {
+				return err
+			}
+			if cand.Selects(labels) {
+				c, ok = cand, true
+				return nil
+			}
+		}
+		return nil
+	})
+	return c, ok, err
 }

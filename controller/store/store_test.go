@@ -105,7 +105,7 @@ func writeRaw(t *testing.T, path string, fn func(tx *bolt.Tx) error) {
 }
 
 func wantBuckets() []string {
-	return []string{"command_index", "commands", "meta", "nodes", "tokens"}
+	return []string{"command_index", "commands", "meta", "nodes", "siem_configs", "tokens"}
 }
 
 func TestOpenCreatesFileAndSchema(t *testing.T) {
@@ -138,8 +138,8 @@ func TestOpenCreatesFileAndSchema(t *testing.T) {
 	if v != SchemaVersion() {
 		t.Errorf("schema_version = %d, want %d", v, SchemaVersion())
 	}
-	if SchemaVersion() != 1 {
-		t.Errorf("SchemaVersion() = %d; the schema doc in store.go describes version 1, update both together", SchemaVersion())
+	if SchemaVersion() != 2 {
+		t.Errorf("SchemaVersion() = %d; the schema doc in store.go describes version 2, update both together", SchemaVersion())
 	}
 	if got := rawBuckets(t, path); !reflect.DeepEqual(got, wantBuckets()) {
 		t.Errorf("buckets = %v, want %v", got, wantBuckets())
@@ -1052,5 +1052,53 @@ func TestPersistenceAcrossReopen(t *testing.T) {
 	}
 	if got, _ := s.ListCommands("n1"); !reflect.DeepEqual(commandIDs(got), []string{"c2", "c1", "c0"}) {
 		t.Errorf("queue after reopen and enqueue = %v", commandIDs(got))
+	}
+}
+
+// A version-1 store (before fleet-managed SIEM configurations) keeps its
+// data, gains the siem_configs bucket, and leaves a backup of itself.
+func TestMigrateV1ToV2(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "controller.db")
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		if err := migrations[0](tx); err != nil {
+			return err
+		}
+		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		if err := meta.Put(keySchemaVersion, u64(1)); err != nil {
+			return err
+		}
+		return putJSON(tx.Bucket(bucketNodes), []byte("n1"), Node{ID: "n1", Hostname: "old"})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	s, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if n, err := s.GetNode("n1"); err != nil || n.Hostname != "old" {
+		t.Fatalf("node after migration = %+v, %v", n, err)
+	}
+	c, err := s.AddSIEMConfig(SIEMConfig{YAML: []byte("sources: []"), Selector: map[string]string{"rack": "r1"}})
+	if err != nil || c.Version != 1 {
+		t.Fatalf("AddSIEMConfig = %+v, %v", c, err)
+	}
+	if _, err := os.Stat(path + ".v1.bak"); err != nil {
+		t.Errorf("no backup of the version-1 store: %v", err)
+	}
+	if got, ok, err := s.SIEMConfigFor(map[string]string{"rack": "r1", "x": "y"}); err != nil || !ok || got.Version != 1 {
+		t.Errorf("SIEMConfigFor(matching) = %+v %v %v", got, ok, err)
+	}
+	if _, ok, _ := s.SIEMConfigFor(map[string]string{"rack": "r2"}); ok {
+		t.Error("SIEMConfigFor(non-matching) found a config")
 	}
 }

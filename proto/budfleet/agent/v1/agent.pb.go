@@ -11,6 +11,7 @@ package agentv1
 
 import (
 	v1 "github.com/bud-ecosystem/budfleet/proto/budfleet/gpu/v1"
+	v11 "github.com/bud-ecosystem/budfleet/proto/budfleet/siem/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
@@ -338,6 +339,7 @@ type ConnectResponse struct {
 	//	*ConnectResponse_Welcome
 	//	*ConnectResponse_Command
 	//	*ConnectResponse_RenewResponse
+	//	*ConnectResponse_SiemConfig
 	Msg           isConnectResponse_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -407,6 +409,15 @@ func (x *ConnectResponse) GetRenewResponse() *RenewResponse {
 	return nil
 }
 
+func (x *ConnectResponse) GetSiemConfig() *v11.ConfigPush {
+	if x != nil {
+		if x, ok := x.Msg.(*ConnectResponse_SiemConfig); ok {
+			return x.SiemConfig
+		}
+	}
+	return nil
+}
+
 type isConnectResponse_Msg interface {
 	isConnectResponse_Msg()
 }
@@ -423,11 +434,18 @@ type ConnectResponse_RenewResponse struct {
 	RenewResponse *RenewResponse `protobuf:"bytes,3,opt,name=renew_response,json=renewResponse,proto3,oneof"`
 }
 
+type ConnectResponse_SiemConfig struct {
+	// The forwarding configuration this node should run.
+	SiemConfig *v11.ConfigPush `protobuf:"bytes,4,opt,name=siem_config,json=siemConfig,proto3,oneof"`
+}
+
 func (*ConnectResponse_Welcome) isConnectResponse_Msg() {}
 
 func (*ConnectResponse_Command) isConnectResponse_Msg() {}
 
 func (*ConnectResponse_RenewResponse) isConnectResponse_Msg() {}
+
+func (*ConnectResponse_SiemConfig) isConnectResponse_Msg() {}
 
 type Hello struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -537,9 +555,11 @@ func (x *Welcome) GetFullInventoryIntervalMs() int64 {
 }
 
 type Heartbeat struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
-	SentAt        *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=sent_at,json=sentAt,proto3" json:"sent_at,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Seq    uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	SentAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=sent_at,json=sentAt,proto3" json:"sent_at,omitempty"`
+	// Audit-log forwarding status; absent when nothing is forwarded.
+	Siem          *v11.Status `protobuf:"bytes,3,opt,name=siem,proto3" json:"siem,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -584,6 +604,13 @@ func (x *Heartbeat) GetSeq() uint64 {
 func (x *Heartbeat) GetSentAt() *timestamppb.Timestamp {
 	if x != nil {
 		return x.SentAt
+	}
+	return nil
+}
+
+func (x *Heartbeat) GetSiem() *v11.Status {
+	if x != nil {
+		return x.Siem
 	}
 	return nil
 }
@@ -967,7 +994,7 @@ var File_budfleet_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_budfleet_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x1dbudfleet/agent/v1/agent.proto\x12\x11budfleet.agent.v1\x1a\x19budfleet/gpu/v1/gpu.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa1\x01\n" +
+	"\x1dbudfleet/agent/v1/agent.proto\x12\x11budfleet.agent.v1\x1a\x19budfleet/gpu/v1/gpu.proto\x1a\x1bbudfleet/siem/v1/siem.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa1\x01\n" +
 	"\rEnrollRequest\x12\x19\n" +
 	"\btoken_id\x18\x01 \x01(\tR\atokenId\x12!\n" +
 	"\ftoken_secret\x18\x02 \x01(\tR\vtokenSecret\x12\x17\n" +
@@ -988,21 +1015,24 @@ const file_budfleet_agent_v1_agent_proto_rawDesc = "" +
 	"\rgpu_inventory\x18\x06 \x01(\v2\x1d.budfleet.gpu.v1.GpuInventoryH\x00R\fgpuInventory\x12A\n" +
 	"\n" +
 	"gpu_health\x18\a \x01(\v2 .budfleet.gpu.v1.GpuHealthReportH\x00R\tgpuHealthB\x05\n" +
-	"\x03msg\"\xd3\x01\n" +
+	"\x03msg\"\x94\x02\n" +
 	"\x0fConnectResponse\x126\n" +
 	"\awelcome\x18\x01 \x01(\v2\x1a.budfleet.agent.v1.WelcomeH\x00R\awelcome\x126\n" +
 	"\acommand\x18\x02 \x01(\v2\x1a.budfleet.agent.v1.CommandH\x00R\acommand\x12I\n" +
-	"\x0erenew_response\x18\x03 \x01(\v2 .budfleet.agent.v1.RenewResponseH\x00R\rrenewResponseB\x05\n" +
+	"\x0erenew_response\x18\x03 \x01(\v2 .budfleet.agent.v1.RenewResponseH\x00R\rrenewResponse\x12?\n" +
+	"\vsiem_config\x18\x04 \x01(\v2\x1c.budfleet.siem.v1.ConfigPushH\x00R\n" +
+	"siemConfigB\x05\n" +
 	"\x03msg\"E\n" +
 	"\x05Hello\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12#\n" +
 	"\ragent_version\x18\x02 \x01(\tR\fagentVersion\"z\n" +
 	"\aWelcome\x122\n" +
 	"\x15heartbeat_interval_ms\x18\x01 \x01(\x03R\x13heartbeatIntervalMs\x12;\n" +
-	"\x1afull_inventory_interval_ms\x18\x02 \x01(\x03R\x17fullInventoryIntervalMs\"R\n" +
+	"\x1afull_inventory_interval_ms\x18\x02 \x01(\x03R\x17fullInventoryIntervalMs\"\x80\x01\n" +
 	"\tHeartbeat\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x123\n" +
-	"\asent_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\"\xb7\x02\n" +
+	"\asent_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\x12,\n" +
+	"\x04siem\x18\x03 \x01(\v2\x18.budfleet.siem.v1.StatusR\x04siem\"\xb7\x02\n" +
 	"\tInventory\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x1d\n" +
 	"\n" +
@@ -1080,7 +1110,9 @@ var file_budfleet_agent_v1_agent_proto_goTypes = []any{
 	nil,                           // 13: budfleet.agent.v1.CommandResult.OutputEntry
 	(*v1.GpuInventory)(nil),       // 14: budfleet.gpu.v1.GpuInventory
 	(*v1.GpuHealthReport)(nil),    // 15: budfleet.gpu.v1.GpuHealthReport
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(*v11.ConfigPush)(nil),        // 16: budfleet.siem.v1.ConfigPush
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(*v11.Status)(nil),            // 18: budfleet.siem.v1.Status
 }
 var file_budfleet_agent_v1_agent_proto_depIdxs = []int32{
 	4,  // 0: budfleet.agent.v1.ConnectRequest.hello:type_name -> budfleet.agent.v1.Hello
@@ -1093,21 +1125,23 @@ var file_budfleet_agent_v1_agent_proto_depIdxs = []int32{
 	5,  // 7: budfleet.agent.v1.ConnectResponse.welcome:type_name -> budfleet.agent.v1.Welcome
 	8,  // 8: budfleet.agent.v1.ConnectResponse.command:type_name -> budfleet.agent.v1.Command
 	11, // 9: budfleet.agent.v1.ConnectResponse.renew_response:type_name -> budfleet.agent.v1.RenewResponse
-	16, // 10: budfleet.agent.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
-	12, // 11: budfleet.agent.v1.Command.params:type_name -> budfleet.agent.v1.Command.ParamsEntry
-	16, // 12: budfleet.agent.v1.Command.created_at:type_name -> google.protobuf.Timestamp
-	13, // 13: budfleet.agent.v1.CommandResult.output:type_name -> budfleet.agent.v1.CommandResult.OutputEntry
-	16, // 14: budfleet.agent.v1.CommandResult.started_at:type_name -> google.protobuf.Timestamp
-	16, // 15: budfleet.agent.v1.CommandResult.finished_at:type_name -> google.protobuf.Timestamp
-	0,  // 16: budfleet.agent.v1.AgentService.Enroll:input_type -> budfleet.agent.v1.EnrollRequest
-	2,  // 17: budfleet.agent.v1.AgentService.Connect:input_type -> budfleet.agent.v1.ConnectRequest
-	1,  // 18: budfleet.agent.v1.AgentService.Enroll:output_type -> budfleet.agent.v1.EnrollResponse
-	3,  // 19: budfleet.agent.v1.AgentService.Connect:output_type -> budfleet.agent.v1.ConnectResponse
-	18, // [18:20] is the sub-list for method output_type
-	16, // [16:18] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	16, // 10: budfleet.agent.v1.ConnectResponse.siem_config:type_name -> budfleet.siem.v1.ConfigPush
+	17, // 11: budfleet.agent.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
+	18, // 12: budfleet.agent.v1.Heartbeat.siem:type_name -> budfleet.siem.v1.Status
+	12, // 13: budfleet.agent.v1.Command.params:type_name -> budfleet.agent.v1.Command.ParamsEntry
+	17, // 14: budfleet.agent.v1.Command.created_at:type_name -> google.protobuf.Timestamp
+	13, // 15: budfleet.agent.v1.CommandResult.output:type_name -> budfleet.agent.v1.CommandResult.OutputEntry
+	17, // 16: budfleet.agent.v1.CommandResult.started_at:type_name -> google.protobuf.Timestamp
+	17, // 17: budfleet.agent.v1.CommandResult.finished_at:type_name -> google.protobuf.Timestamp
+	0,  // 18: budfleet.agent.v1.AgentService.Enroll:input_type -> budfleet.agent.v1.EnrollRequest
+	2,  // 19: budfleet.agent.v1.AgentService.Connect:input_type -> budfleet.agent.v1.ConnectRequest
+	1,  // 20: budfleet.agent.v1.AgentService.Enroll:output_type -> budfleet.agent.v1.EnrollResponse
+	3,  // 21: budfleet.agent.v1.AgentService.Connect:output_type -> budfleet.agent.v1.ConnectResponse
+	20, // [20:22] is the sub-list for method output_type
+	18, // [18:20] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_budfleet_agent_v1_agent_proto_init() }
@@ -1128,6 +1162,7 @@ func file_budfleet_agent_v1_agent_proto_init() {
 		(*ConnectResponse_Welcome)(nil),
 		(*ConnectResponse_Command)(nil),
 		(*ConnectResponse_RenewResponse)(nil),
+		(*ConnectResponse_SiemConfig)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

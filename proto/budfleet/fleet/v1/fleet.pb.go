@@ -11,6 +11,7 @@ package fleetv1
 
 import (
 	v1 "github.com/bud-ecosystem/budfleet/proto/budfleet/gpu/v1"
+	v11 "github.com/bud-ecosystem/budfleet/proto/budfleet/siem/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -2040,11 +2041,292 @@ func (x *GetGpuSummaryResponse) GetNodesMissingGpus() uint32 {
 	return 0
 }
 
+type ApplySiemConfigRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The `siem:` section (or a document with a top-level `siem:` key) as YAML.
+	Yaml []byte `protobuf:"bytes,1,opt,name=yaml,proto3" json:"yaml,omitempty"`
+	// Nodes whose labels include all of these; empty means every node.
+	Selector      map[string]string `protobuf:"bytes,2,rep,name=selector,proto3" json:"selector,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApplySiemConfigRequest) Reset() {
+	*x = ApplySiemConfigRequest{}
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplySiemConfigRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplySiemConfigRequest) ProtoMessage() {}
+
+func (x *ApplySiemConfigRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplySiemConfigRequest.ProtoReflect.Descriptor instead.
+func (*ApplySiemConfigRequest) Descriptor() ([]byte, []int) {
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ApplySiemConfigRequest) GetYaml() []byte {
+	if x != nil {
+		return x.Yaml
+	}
+	return nil
+}
+
+func (x *ApplySiemConfigRequest) GetSelector() map[string]string {
+	if x != nil {
+		return x.Selector
+	}
+	return nil
+}
+
+type ApplySiemConfigResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Version uint64                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	// Nodes the configuration applies to now.
+	NodeIds       []string `protobuf:"bytes,2,rep,name=node_ids,json=nodeIds,proto3" json:"node_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApplySiemConfigResponse) Reset() {
+	*x = ApplySiemConfigResponse{}
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplySiemConfigResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplySiemConfigResponse) ProtoMessage() {}
+
+func (x *ApplySiemConfigResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplySiemConfigResponse.ProtoReflect.Descriptor instead.
+func (*ApplySiemConfigResponse) Descriptor() ([]byte, []int) {
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ApplySiemConfigResponse) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *ApplySiemConfigResponse) GetNodeIds() []string {
+	if x != nil {
+		return x.NodeIds
+	}
+	return nil
+}
+
+type GetSiemStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSiemStatusRequest) Reset() {
+	*x = GetSiemStatusRequest{}
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSiemStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSiemStatusRequest) ProtoMessage() {}
+
+func (x *GetSiemStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSiemStatusRequest.ProtoReflect.Descriptor instead.
+func (*GetSiemStatusRequest) Descriptor() ([]byte, []int) {
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *GetSiemStatusRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+type NodeSiemStatus struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	NodeId   string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Hostname string                 `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	// "ok", "lagging", "failing", "pending" (config not applied yet),
+	// "no-config" or "unknown" (no status reported since the controller started).
+	State                string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	DesiredConfigVersion uint64                 `protobuf:"varint,4,opt,name=desired_config_version,json=desiredConfigVersion,proto3" json:"desired_config_version,omitempty"`
+	Status               *v11.Status            `protobuf:"bytes,5,opt,name=status,proto3" json:"status,omitempty"`
+	ReportedAt           *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=reported_at,json=reportedAt,proto3" json:"reported_at,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *NodeSiemStatus) Reset() {
+	*x = NodeSiemStatus{}
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeSiemStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeSiemStatus) ProtoMessage() {}
+
+func (x *NodeSiemStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeSiemStatus.ProtoReflect.Descriptor instead.
+func (*NodeSiemStatus) Descriptor() ([]byte, []int) {
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *NodeSiemStatus) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *NodeSiemStatus) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *NodeSiemStatus) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *NodeSiemStatus) GetDesiredConfigVersion() uint64 {
+	if x != nil {
+		return x.DesiredConfigVersion
+	}
+	return 0
+}
+
+func (x *NodeSiemStatus) GetStatus() *v11.Status {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+func (x *NodeSiemStatus) GetReportedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ReportedAt
+	}
+	return nil
+}
+
+type GetSiemStatusResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Nodes         []*NodeSiemStatus      `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSiemStatusResponse) Reset() {
+	*x = GetSiemStatusResponse{}
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSiemStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSiemStatusResponse) ProtoMessage() {}
+
+func (x *GetSiemStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSiemStatusResponse.ProtoReflect.Descriptor instead.
+func (*GetSiemStatusResponse) Descriptor() ([]byte, []int) {
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *GetSiemStatusResponse) GetNodes() []*NodeSiemStatus {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
 var File_budfleet_fleet_v1_fleet_proto protoreflect.FileDescriptor
 
 const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\n" +
-	"\x1dbudfleet/fleet/v1/fleet.proto\x12\x11budfleet.fleet.v1\x1a\x19budfleet/gpu/v1/gpu.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xac\x03\n" +
+	"\x1dbudfleet/fleet/v1/fleet.proto\x12\x11budfleet.fleet.v1\x1a\x19budfleet/gpu/v1/gpu.proto\x1a\x1bbudfleet/siem/v1/siem.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xac\x03\n" +
 	"\x05Token\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x129\n" +
 	"\n" +
@@ -2215,7 +2497,28 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\bproducts\x18\x01 \x03(\v2 .budfleet.fleet.v1.GpuSummaryRowR\bproducts\x12&\n" +
 	"\x0fnodes_with_gpus\x18\x02 \x01(\rR\rnodesWithGpus\x12,\n" +
 	"\x12nodes_without_gpus\x18\x03 \x01(\rR\x10nodesWithoutGpus\x12,\n" +
-	"\x12nodes_missing_gpus\x18\x04 \x01(\rR\x10nodesMissingGpus*[\n" +
+	"\x12nodes_missing_gpus\x18\x04 \x01(\rR\x10nodesMissingGpus\"\xbe\x01\n" +
+	"\x16ApplySiemConfigRequest\x12\x12\n" +
+	"\x04yaml\x18\x01 \x01(\fR\x04yaml\x12S\n" +
+	"\bselector\x18\x02 \x03(\v27.budfleet.fleet.v1.ApplySiemConfigRequest.SelectorEntryR\bselector\x1a;\n" +
+	"\rSelectorEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"N\n" +
+	"\x17ApplySiemConfigResponse\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x19\n" +
+	"\bnode_ids\x18\x02 \x03(\tR\anodeIds\"/\n" +
+	"\x14GetSiemStatusRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"\x80\x02\n" +
+	"\x0eNodeSiemStatus\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1a\n" +
+	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x124\n" +
+	"\x16desired_config_version\x18\x04 \x01(\x04R\x14desiredConfigVersion\x120\n" +
+	"\x06status\x18\x05 \x01(\v2\x18.budfleet.siem.v1.StatusR\x06status\x12;\n" +
+	"\vreported_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"reportedAt\"P\n" +
+	"\x15GetSiemStatusResponse\x127\n" +
+	"\x05nodes\x18\x01 \x03(\v2!.budfleet.fleet.v1.NodeSiemStatusR\x05nodes*[\n" +
 	"\n" +
 	"NodeStatus\x12\x1b\n" +
 	"\x17NODE_STATUS_UNSPECIFIED\x10\x00\x12\x15\n" +
@@ -2226,7 +2529,7 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x15COMMAND_STATE_PENDING\x10\x01\x12\x1b\n" +
 	"\x17COMMAND_STATE_DELIVERED\x10\x02\x12\x1b\n" +
 	"\x17COMMAND_STATE_SUCCEEDED\x10\x03\x12\x18\n" +
-	"\x14COMMAND_STATE_FAILED\x10\x042\x83\b\n" +
+	"\x14COMMAND_STATE_FAILED\x10\x042\xd1\t\n" +
 	"\fFleetService\x12\\\n" +
 	"\vCreateToken\x12%.budfleet.fleet.v1.CreateTokenRequest\x1a&.budfleet.fleet.v1.CreateTokenResponse\x12Y\n" +
 	"\n" +
@@ -2241,7 +2544,9 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\n" +
 	"GetCommand\x12$.budfleet.fleet.v1.GetCommandRequest\x1a%.budfleet.fleet.v1.GetCommandResponse\x12S\n" +
 	"\bListGpus\x12\".budfleet.fleet.v1.ListGpusRequest\x1a#.budfleet.fleet.v1.ListGpusResponse\x12b\n" +
-	"\rGetGpuSummary\x12'.budfleet.fleet.v1.GetGpuSummaryRequest\x1a(.budfleet.fleet.v1.GetGpuSummaryResponseBCZAgithub.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1;fleetv1b\x06proto3"
+	"\rGetGpuSummary\x12'.budfleet.fleet.v1.GetGpuSummaryRequest\x1a(.budfleet.fleet.v1.GetGpuSummaryResponse\x12h\n" +
+	"\x0fApplySiemConfig\x12).budfleet.fleet.v1.ApplySiemConfigRequest\x1a*.budfleet.fleet.v1.ApplySiemConfigResponse\x12b\n" +
+	"\rGetSiemStatus\x12'.budfleet.fleet.v1.GetSiemStatusRequest\x1a(.budfleet.fleet.v1.GetSiemStatusResponseBCZAgithub.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1;fleetv1b\x06proto3"
 
 var (
 	file_budfleet_fleet_v1_fleet_proto_rawDescOnce sync.Once
@@ -2256,119 +2561,134 @@ func file_budfleet_fleet_v1_fleet_proto_rawDescGZIP() []byte {
 }
 
 var file_budfleet_fleet_v1_fleet_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_budfleet_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_budfleet_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_budfleet_fleet_v1_fleet_proto_goTypes = []any{
-	(NodeStatus)(0),               // 0: budfleet.fleet.v1.NodeStatus
-	(CommandState)(0),             // 1: budfleet.fleet.v1.CommandState
-	(*Token)(nil),                 // 2: budfleet.fleet.v1.Token
-	(*CreateTokenRequest)(nil),    // 3: budfleet.fleet.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),   // 4: budfleet.fleet.v1.CreateTokenResponse
-	(*ListTokensRequest)(nil),     // 5: budfleet.fleet.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),    // 6: budfleet.fleet.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),    // 7: budfleet.fleet.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),   // 8: budfleet.fleet.v1.RevokeTokenResponse
-	(*HostInventory)(nil),         // 9: budfleet.fleet.v1.HostInventory
-	(*Node)(nil),                  // 10: budfleet.fleet.v1.Node
-	(*NodeGpus)(nil),              // 11: budfleet.fleet.v1.NodeGpus
-	(*Taint)(nil),                 // 12: budfleet.fleet.v1.Taint
-	(*ListNodesRequest)(nil),      // 13: budfleet.fleet.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),     // 14: budfleet.fleet.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),        // 15: budfleet.fleet.v1.GetNodeRequest
-	(*GetNodeResponse)(nil),       // 16: budfleet.fleet.v1.GetNodeResponse
-	(*DeleteNodeRequest)(nil),     // 17: budfleet.fleet.v1.DeleteNodeRequest
-	(*DeleteNodeResponse)(nil),    // 18: budfleet.fleet.v1.DeleteNodeResponse
-	(*Command)(nil),               // 19: budfleet.fleet.v1.Command
-	(*CreateCommandRequest)(nil),  // 20: budfleet.fleet.v1.CreateCommandRequest
-	(*CreateCommandResponse)(nil), // 21: budfleet.fleet.v1.CreateCommandResponse
-	(*ListCommandsRequest)(nil),   // 22: budfleet.fleet.v1.ListCommandsRequest
-	(*ListCommandsResponse)(nil),  // 23: budfleet.fleet.v1.ListCommandsResponse
-	(*GetCommandRequest)(nil),     // 24: budfleet.fleet.v1.GetCommandRequest
-	(*GetCommandResponse)(nil),    // 25: budfleet.fleet.v1.GetCommandResponse
-	(*GpuRow)(nil),                // 26: budfleet.fleet.v1.GpuRow
-	(*ListGpusRequest)(nil),       // 27: budfleet.fleet.v1.ListGpusRequest
-	(*ListGpusResponse)(nil),      // 28: budfleet.fleet.v1.ListGpusResponse
-	(*GetGpuSummaryRequest)(nil),  // 29: budfleet.fleet.v1.GetGpuSummaryRequest
-	(*GpuSummaryRow)(nil),         // 30: budfleet.fleet.v1.GpuSummaryRow
-	(*GetGpuSummaryResponse)(nil), // 31: budfleet.fleet.v1.GetGpuSummaryResponse
-	nil,                           // 32: budfleet.fleet.v1.Token.LabelsEntry
-	nil,                           // 33: budfleet.fleet.v1.CreateTokenRequest.LabelsEntry
-	nil,                           // 34: budfleet.fleet.v1.Node.LabelsEntry
-	nil,                           // 35: budfleet.fleet.v1.Node.KubernetesLabelsEntry
-	nil,                           // 36: budfleet.fleet.v1.Command.ParamsEntry
-	nil,                           // 37: budfleet.fleet.v1.Command.OutputEntry
-	nil,                           // 38: budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
-	(*timestamppb.Timestamp)(nil), // 39: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 40: google.protobuf.Duration
-	(*v1.GpuInventory)(nil),       // 41: budfleet.gpu.v1.GpuInventory
-	(*v1.GpuHealth)(nil),          // 42: budfleet.gpu.v1.GpuHealth
-	(v1.HealthState)(0),           // 43: budfleet.gpu.v1.HealthState
+	(NodeStatus)(0),                 // 0: budfleet.fleet.v1.NodeStatus
+	(CommandState)(0),               // 1: budfleet.fleet.v1.CommandState
+	(*Token)(nil),                   // 2: budfleet.fleet.v1.Token
+	(*CreateTokenRequest)(nil),      // 3: budfleet.fleet.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),     // 4: budfleet.fleet.v1.CreateTokenResponse
+	(*ListTokensRequest)(nil),       // 5: budfleet.fleet.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),      // 6: budfleet.fleet.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),      // 7: budfleet.fleet.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),     // 8: budfleet.fleet.v1.RevokeTokenResponse
+	(*HostInventory)(nil),           // 9: budfleet.fleet.v1.HostInventory
+	(*Node)(nil),                    // 10: budfleet.fleet.v1.Node
+	(*NodeGpus)(nil),                // 11: budfleet.fleet.v1.NodeGpus
+	(*Taint)(nil),                   // 12: budfleet.fleet.v1.Taint
+	(*ListNodesRequest)(nil),        // 13: budfleet.fleet.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),       // 14: budfleet.fleet.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),          // 15: budfleet.fleet.v1.GetNodeRequest
+	(*GetNodeResponse)(nil),         // 16: budfleet.fleet.v1.GetNodeResponse
+	(*DeleteNodeRequest)(nil),       // 17: budfleet.fleet.v1.DeleteNodeRequest
+	(*DeleteNodeResponse)(nil),      // 18: budfleet.fleet.v1.DeleteNodeResponse
+	(*Command)(nil),                 // 19: budfleet.fleet.v1.Command
+	(*CreateCommandRequest)(nil),    // 20: budfleet.fleet.v1.CreateCommandRequest
+	(*CreateCommandResponse)(nil),   // 21: budfleet.fleet.v1.CreateCommandResponse
+	(*ListCommandsRequest)(nil),     // 22: budfleet.fleet.v1.ListCommandsRequest
+	(*ListCommandsResponse)(nil),    // 23: budfleet.fleet.v1.ListCommandsResponse
+	(*GetCommandRequest)(nil),       // 24: budfleet.fleet.v1.GetCommandRequest
+	(*GetCommandResponse)(nil),      // 25: budfleet.fleet.v1.GetCommandResponse
+	(*GpuRow)(nil),                  // 26: budfleet.fleet.v1.GpuRow
+	(*ListGpusRequest)(nil),         // 27: budfleet.fleet.v1.ListGpusRequest
+	(*ListGpusResponse)(nil),        // 28: budfleet.fleet.v1.ListGpusResponse
+	(*GetGpuSummaryRequest)(nil),    // 29: budfleet.fleet.v1.GetGpuSummaryRequest
+	(*GpuSummaryRow)(nil),           // 30: budfleet.fleet.v1.GpuSummaryRow
+	(*GetGpuSummaryResponse)(nil),   // 31: budfleet.fleet.v1.GetGpuSummaryResponse
+	(*ApplySiemConfigRequest)(nil),  // 32: budfleet.fleet.v1.ApplySiemConfigRequest
+	(*ApplySiemConfigResponse)(nil), // 33: budfleet.fleet.v1.ApplySiemConfigResponse
+	(*GetSiemStatusRequest)(nil),    // 34: budfleet.fleet.v1.GetSiemStatusRequest
+	(*NodeSiemStatus)(nil),          // 35: budfleet.fleet.v1.NodeSiemStatus
+	(*GetSiemStatusResponse)(nil),   // 36: budfleet.fleet.v1.GetSiemStatusResponse
+	nil,                             // 37: budfleet.fleet.v1.Token.LabelsEntry
+	nil,                             // 38: budfleet.fleet.v1.CreateTokenRequest.LabelsEntry
+	nil,                             // 39: budfleet.fleet.v1.Node.LabelsEntry
+	nil,                             // 40: budfleet.fleet.v1.Node.KubernetesLabelsEntry
+	nil,                             // 41: budfleet.fleet.v1.Command.ParamsEntry
+	nil,                             // 42: budfleet.fleet.v1.Command.OutputEntry
+	nil,                             // 43: budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
+	nil,                             // 44: budfleet.fleet.v1.ApplySiemConfigRequest.SelectorEntry
+	(*timestamppb.Timestamp)(nil),   // 45: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 46: google.protobuf.Duration
+	(*v1.GpuInventory)(nil),         // 47: budfleet.gpu.v1.GpuInventory
+	(*v1.GpuHealth)(nil),            // 48: budfleet.gpu.v1.GpuHealth
+	(v1.HealthState)(0),             // 49: budfleet.gpu.v1.HealthState
+	(*v11.Status)(nil),              // 50: budfleet.siem.v1.Status
 }
 var file_budfleet_fleet_v1_fleet_proto_depIdxs = []int32{
-	39, // 0: budfleet.fleet.v1.Token.created_at:type_name -> google.protobuf.Timestamp
-	39, // 1: budfleet.fleet.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
-	32, // 2: budfleet.fleet.v1.Token.labels:type_name -> budfleet.fleet.v1.Token.LabelsEntry
-	39, // 3: budfleet.fleet.v1.Token.revoked_at:type_name -> google.protobuf.Timestamp
-	40, // 4: budfleet.fleet.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
-	33, // 5: budfleet.fleet.v1.CreateTokenRequest.labels:type_name -> budfleet.fleet.v1.CreateTokenRequest.LabelsEntry
+	45, // 0: budfleet.fleet.v1.Token.created_at:type_name -> google.protobuf.Timestamp
+	45, // 1: budfleet.fleet.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	37, // 2: budfleet.fleet.v1.Token.labels:type_name -> budfleet.fleet.v1.Token.LabelsEntry
+	45, // 3: budfleet.fleet.v1.Token.revoked_at:type_name -> google.protobuf.Timestamp
+	46, // 4: budfleet.fleet.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
+	38, // 5: budfleet.fleet.v1.CreateTokenRequest.labels:type_name -> budfleet.fleet.v1.CreateTokenRequest.LabelsEntry
 	2,  // 6: budfleet.fleet.v1.CreateTokenResponse.token:type_name -> budfleet.fleet.v1.Token
 	2,  // 7: budfleet.fleet.v1.ListTokensResponse.tokens:type_name -> budfleet.fleet.v1.Token
 	2,  // 8: budfleet.fleet.v1.RevokeTokenResponse.token:type_name -> budfleet.fleet.v1.Token
 	0,  // 9: budfleet.fleet.v1.Node.status:type_name -> budfleet.fleet.v1.NodeStatus
-	34, // 10: budfleet.fleet.v1.Node.labels:type_name -> budfleet.fleet.v1.Node.LabelsEntry
-	39, // 11: budfleet.fleet.v1.Node.enrolled_at:type_name -> google.protobuf.Timestamp
-	39, // 12: budfleet.fleet.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
+	39, // 10: budfleet.fleet.v1.Node.labels:type_name -> budfleet.fleet.v1.Node.LabelsEntry
+	45, // 11: budfleet.fleet.v1.Node.enrolled_at:type_name -> google.protobuf.Timestamp
+	45, // 12: budfleet.fleet.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
 	9,  // 13: budfleet.fleet.v1.Node.inventory:type_name -> budfleet.fleet.v1.HostInventory
-	39, // 14: budfleet.fleet.v1.Node.inventory_updated_at:type_name -> google.protobuf.Timestamp
-	39, // 15: budfleet.fleet.v1.Node.certificate_expires_at:type_name -> google.protobuf.Timestamp
+	45, // 14: budfleet.fleet.v1.Node.inventory_updated_at:type_name -> google.protobuf.Timestamp
+	45, // 15: budfleet.fleet.v1.Node.certificate_expires_at:type_name -> google.protobuf.Timestamp
 	11, // 16: budfleet.fleet.v1.Node.gpus:type_name -> budfleet.fleet.v1.NodeGpus
-	35, // 17: budfleet.fleet.v1.Node.kubernetes_labels:type_name -> budfleet.fleet.v1.Node.KubernetesLabelsEntry
+	40, // 17: budfleet.fleet.v1.Node.kubernetes_labels:type_name -> budfleet.fleet.v1.Node.KubernetesLabelsEntry
 	12, // 18: budfleet.fleet.v1.Node.proposed_taints:type_name -> budfleet.fleet.v1.Taint
-	41, // 19: budfleet.fleet.v1.NodeGpus.inventory:type_name -> budfleet.gpu.v1.GpuInventory
-	42, // 20: budfleet.fleet.v1.NodeGpus.health:type_name -> budfleet.gpu.v1.GpuHealth
-	39, // 21: budfleet.fleet.v1.NodeGpus.inventory_updated_at:type_name -> google.protobuf.Timestamp
-	39, // 22: budfleet.fleet.v1.NodeGpus.health_updated_at:type_name -> google.protobuf.Timestamp
+	47, // 19: budfleet.fleet.v1.NodeGpus.inventory:type_name -> budfleet.gpu.v1.GpuInventory
+	48, // 20: budfleet.fleet.v1.NodeGpus.health:type_name -> budfleet.gpu.v1.GpuHealth
+	45, // 21: budfleet.fleet.v1.NodeGpus.inventory_updated_at:type_name -> google.protobuf.Timestamp
+	45, // 22: budfleet.fleet.v1.NodeGpus.health_updated_at:type_name -> google.protobuf.Timestamp
 	10, // 23: budfleet.fleet.v1.ListNodesResponse.nodes:type_name -> budfleet.fleet.v1.Node
 	10, // 24: budfleet.fleet.v1.GetNodeResponse.node:type_name -> budfleet.fleet.v1.Node
-	36, // 25: budfleet.fleet.v1.Command.params:type_name -> budfleet.fleet.v1.Command.ParamsEntry
+	41, // 25: budfleet.fleet.v1.Command.params:type_name -> budfleet.fleet.v1.Command.ParamsEntry
 	1,  // 26: budfleet.fleet.v1.Command.state:type_name -> budfleet.fleet.v1.CommandState
-	39, // 27: budfleet.fleet.v1.Command.created_at:type_name -> google.protobuf.Timestamp
-	39, // 28: budfleet.fleet.v1.Command.delivered_at:type_name -> google.protobuf.Timestamp
-	39, // 29: budfleet.fleet.v1.Command.finished_at:type_name -> google.protobuf.Timestamp
-	37, // 30: budfleet.fleet.v1.Command.output:type_name -> budfleet.fleet.v1.Command.OutputEntry
-	38, // 31: budfleet.fleet.v1.CreateCommandRequest.params:type_name -> budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
+	45, // 27: budfleet.fleet.v1.Command.created_at:type_name -> google.protobuf.Timestamp
+	45, // 28: budfleet.fleet.v1.Command.delivered_at:type_name -> google.protobuf.Timestamp
+	45, // 29: budfleet.fleet.v1.Command.finished_at:type_name -> google.protobuf.Timestamp
+	42, // 30: budfleet.fleet.v1.Command.output:type_name -> budfleet.fleet.v1.Command.OutputEntry
+	43, // 31: budfleet.fleet.v1.CreateCommandRequest.params:type_name -> budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
 	19, // 32: budfleet.fleet.v1.CreateCommandResponse.command:type_name -> budfleet.fleet.v1.Command
 	19, // 33: budfleet.fleet.v1.ListCommandsResponse.commands:type_name -> budfleet.fleet.v1.Command
 	19, // 34: budfleet.fleet.v1.GetCommandResponse.command:type_name -> budfleet.fleet.v1.Command
-	43, // 35: budfleet.fleet.v1.GpuRow.health:type_name -> budfleet.gpu.v1.HealthState
+	49, // 35: budfleet.fleet.v1.GpuRow.health:type_name -> budfleet.gpu.v1.HealthState
 	26, // 36: budfleet.fleet.v1.ListGpusResponse.gpus:type_name -> budfleet.fleet.v1.GpuRow
 	30, // 37: budfleet.fleet.v1.GetGpuSummaryResponse.products:type_name -> budfleet.fleet.v1.GpuSummaryRow
-	3,  // 38: budfleet.fleet.v1.FleetService.CreateToken:input_type -> budfleet.fleet.v1.CreateTokenRequest
-	5,  // 39: budfleet.fleet.v1.FleetService.ListTokens:input_type -> budfleet.fleet.v1.ListTokensRequest
-	7,  // 40: budfleet.fleet.v1.FleetService.RevokeToken:input_type -> budfleet.fleet.v1.RevokeTokenRequest
-	13, // 41: budfleet.fleet.v1.FleetService.ListNodes:input_type -> budfleet.fleet.v1.ListNodesRequest
-	15, // 42: budfleet.fleet.v1.FleetService.GetNode:input_type -> budfleet.fleet.v1.GetNodeRequest
-	17, // 43: budfleet.fleet.v1.FleetService.DeleteNode:input_type -> budfleet.fleet.v1.DeleteNodeRequest
-	20, // 44: budfleet.fleet.v1.FleetService.CreateCommand:input_type -> budfleet.fleet.v1.CreateCommandRequest
-	22, // 45: budfleet.fleet.v1.FleetService.ListCommands:input_type -> budfleet.fleet.v1.ListCommandsRequest
-	24, // 46: budfleet.fleet.v1.FleetService.GetCommand:input_type -> budfleet.fleet.v1.GetCommandRequest
-	27, // 47: budfleet.fleet.v1.FleetService.ListGpus:input_type -> budfleet.fleet.v1.ListGpusRequest
-	29, // 48: budfleet.fleet.v1.FleetService.GetGpuSummary:input_type -> budfleet.fleet.v1.GetGpuSummaryRequest
-	4,  // 49: budfleet.fleet.v1.FleetService.CreateToken:output_type -> budfleet.fleet.v1.CreateTokenResponse
-	6,  // 50: budfleet.fleet.v1.FleetService.ListTokens:output_type -> budfleet.fleet.v1.ListTokensResponse
-	8,  // 51: budfleet.fleet.v1.FleetService.RevokeToken:output_type -> budfleet.fleet.v1.RevokeTokenResponse
-	14, // 52: budfleet.fleet.v1.FleetService.ListNodes:output_type -> budfleet.fleet.v1.ListNodesResponse
-	16, // 53: budfleet.fleet.v1.FleetService.GetNode:output_type -> budfleet.fleet.v1.GetNodeResponse
-	18, // 54: budfleet.fleet.v1.FleetService.DeleteNode:output_type -> budfleet.fleet.v1.DeleteNodeResponse
-	21, // 55: budfleet.fleet.v1.FleetService.CreateCommand:output_type -> budfleet.fleet.v1.CreateCommandResponse
-	23, // 56: budfleet.fleet.v1.FleetService.ListCommands:output_type -> budfleet.fleet.v1.ListCommandsResponse
-	25, // 57: budfleet.fleet.v1.FleetService.GetCommand:output_type -> budfleet.fleet.v1.GetCommandResponse
-	28, // 58: budfleet.fleet.v1.FleetService.ListGpus:output_type -> budfleet.fleet.v1.ListGpusResponse
-	31, // 59: budfleet.fleet.v1.FleetService.GetGpuSummary:output_type -> budfleet.fleet.v1.GetGpuSummaryResponse
-	49, // [49:60] is the sub-list for method output_type
-	38, // [38:49] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	44, // 38: budfleet.fleet.v1.ApplySiemConfigRequest.selector:type_name -> budfleet.fleet.v1.ApplySiemConfigRequest.SelectorEntry
+	50, // 39: budfleet.fleet.v1.NodeSiemStatus.status:type_name -> budfleet.siem.v1.Status
+	45, // 40: budfleet.fleet.v1.NodeSiemStatus.reported_at:type_name -> google.protobuf.Timestamp
+	35, // 41: budfleet.fleet.v1.GetSiemStatusResponse.nodes:type_name -> budfleet.fleet.v1.NodeSiemStatus
+	3,  // 42: budfleet.fleet.v1.FleetService.CreateToken:input_type -> budfleet.fleet.v1.CreateTokenRequest
+	5,  // 43: budfleet.fleet.v1.FleetService.ListTokens:input_type -> budfleet.fleet.v1.ListTokensRequest
+	7,  // 44: budfleet.fleet.v1.FleetService.RevokeToken:input_type -> budfleet.fleet.v1.RevokeTokenRequest
+	13, // 45: budfleet.fleet.v1.FleetService.ListNodes:input_type -> budfleet.fleet.v1.ListNodesRequest
+	15, // 46: budfleet.fleet.v1.FleetService.GetNode:input_type -> budfleet.fleet.v1.GetNodeRequest
+	17, // 47: budfleet.fleet.v1.FleetService.DeleteNode:input_type -> budfleet.fleet.v1.DeleteNodeRequest
+	20, // 48: budfleet.fleet.v1.FleetService.CreateCommand:input_type -> budfleet.fleet.v1.CreateCommandRequest
+	22, // 49: budfleet.fleet.v1.FleetService.ListCommands:input_type -> budfleet.fleet.v1.ListCommandsRequest
+	24, // 50: budfleet.fleet.v1.FleetService.GetCommand:input_type -> budfleet.fleet.v1.GetCommandRequest
+	27, // 51: budfleet.fleet.v1.FleetService.ListGpus:input_type -> budfleet.fleet.v1.ListGpusRequest
+	29, // 52: budfleet.fleet.v1.FleetService.GetGpuSummary:input_type -> budfleet.fleet.v1.GetGpuSummaryRequest
+	32, // 53: budfleet.fleet.v1.FleetService.ApplySiemConfig:input_type -> budfleet.fleet.v1.ApplySiemConfigRequest
+	34, // 54: budfleet.fleet.v1.FleetService.GetSiemStatus:input_type -> budfleet.fleet.v1.GetSiemStatusRequest
+	4,  // 55: budfleet.fleet.v1.FleetService.CreateToken:output_type -> budfleet.fleet.v1.CreateTokenResponse
+	6,  // 56: budfleet.fleet.v1.FleetService.ListTokens:output_type -> budfleet.fleet.v1.ListTokensResponse
+	8,  // 57: budfleet.fleet.v1.FleetService.RevokeToken:output_type -> budfleet.fleet.v1.RevokeTokenResponse
+	14, // 58: budfleet.fleet.v1.FleetService.ListNodes:output_type -> budfleet.fleet.v1.ListNodesResponse
+	16, // 59: budfleet.fleet.v1.FleetService.GetNode:output_type -> budfleet.fleet.v1.GetNodeResponse
+	18, // 60: budfleet.fleet.v1.FleetService.DeleteNode:output_type -> budfleet.fleet.v1.DeleteNodeResponse
+	21, // 61: budfleet.fleet.v1.FleetService.CreateCommand:output_type -> budfleet.fleet.v1.CreateCommandResponse
+	23, // 62: budfleet.fleet.v1.FleetService.ListCommands:output_type -> budfleet.fleet.v1.ListCommandsResponse
+	25, // 63: budfleet.fleet.v1.FleetService.GetCommand:output_type -> budfleet.fleet.v1.GetCommandResponse
+	28, // 64: budfleet.fleet.v1.FleetService.ListGpus:output_type -> budfleet.fleet.v1.ListGpusResponse
+	31, // 65: budfleet.fleet.v1.FleetService.GetGpuSummary:output_type -> budfleet.fleet.v1.GetGpuSummaryResponse
+	33, // 66: budfleet.fleet.v1.FleetService.ApplySiemConfig:output_type -> budfleet.fleet.v1.ApplySiemConfigResponse
+	36, // 67: budfleet.fleet.v1.FleetService.GetSiemStatus:output_type -> budfleet.fleet.v1.GetSiemStatusResponse
+	55, // [55:68] is the sub-list for method output_type
+	42, // [42:55] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_budfleet_fleet_v1_fleet_proto_init() }
@@ -2383,7 +2703,7 @@ func file_budfleet_fleet_v1_fleet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_budfleet_fleet_v1_fleet_proto_rawDesc), len(file_budfleet_fleet_v1_fleet_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   37,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,17 +22,19 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	FleetService_CreateToken_FullMethodName   = "/budfleet.fleet.v1.FleetService/CreateToken"
-	FleetService_ListTokens_FullMethodName    = "/budfleet.fleet.v1.FleetService/ListTokens"
-	FleetService_RevokeToken_FullMethodName   = "/budfleet.fleet.v1.FleetService/RevokeToken"
-	FleetService_ListNodes_FullMethodName     = "/budfleet.fleet.v1.FleetService/ListNodes"
-	FleetService_GetNode_FullMethodName       = "/budfleet.fleet.v1.FleetService/GetNode"
-	FleetService_DeleteNode_FullMethodName    = "/budfleet.fleet.v1.FleetService/DeleteNode"
-	FleetService_CreateCommand_FullMethodName = "/budfleet.fleet.v1.FleetService/CreateCommand"
-	FleetService_ListCommands_FullMethodName  = "/budfleet.fleet.v1.FleetService/ListCommands"
-	FleetService_GetCommand_FullMethodName    = "/budfleet.fleet.v1.FleetService/GetCommand"
-	FleetService_ListGpus_FullMethodName      = "/budfleet.fleet.v1.FleetService/ListGpus"
-	FleetService_GetGpuSummary_FullMethodName = "/budfleet.fleet.v1.FleetService/GetGpuSummary"
+	FleetService_CreateToken_FullMethodName     = "/budfleet.fleet.v1.FleetService/CreateToken"
+	FleetService_ListTokens_FullMethodName      = "/budfleet.fleet.v1.FleetService/ListTokens"
+	FleetService_RevokeToken_FullMethodName     = "/budfleet.fleet.v1.FleetService/RevokeToken"
+	FleetService_ListNodes_FullMethodName       = "/budfleet.fleet.v1.FleetService/ListNodes"
+	FleetService_GetNode_FullMethodName         = "/budfleet.fleet.v1.FleetService/GetNode"
+	FleetService_DeleteNode_FullMethodName      = "/budfleet.fleet.v1.FleetService/DeleteNode"
+	FleetService_CreateCommand_FullMethodName   = "/budfleet.fleet.v1.FleetService/CreateCommand"
+	FleetService_ListCommands_FullMethodName    = "/budfleet.fleet.v1.FleetService/ListCommands"
+	FleetService_GetCommand_FullMethodName      = "/budfleet.fleet.v1.FleetService/GetCommand"
+	FleetService_ListGpus_FullMethodName        = "/budfleet.fleet.v1.FleetService/ListGpus"
+	FleetService_GetGpuSummary_FullMethodName   = "/budfleet.fleet.v1.FleetService/GetGpuSummary"
+	FleetService_ApplySiemConfig_FullMethodName = "/budfleet.fleet.v1.FleetService/ApplySiemConfig"
+	FleetService_GetSiemStatus_FullMethodName   = "/budfleet.fleet.v1.FleetService/GetSiemStatus"
 )
 
 // FleetServiceClient is the client API for FleetService service.
@@ -52,6 +54,11 @@ type FleetServiceClient interface {
 	ListGpus(ctx context.Context, in *ListGpusRequest, opts ...grpc.CallOption) (*ListGpusResponse, error)
 	// GetGpuSummary counts GPUs by product and health across the fleet.
 	GetGpuSummary(ctx context.Context, in *GetGpuSummaryRequest, opts ...grpc.CallOption) (*GetGpuSummaryResponse, error)
+	// ApplySiemConfig stores an audit-forwarding configuration and pushes it
+	// to the nodes its selector matches.
+	ApplySiemConfig(ctx context.Context, in *ApplySiemConfigRequest, opts ...grpc.CallOption) (*ApplySiemConfigResponse, error)
+	// GetSiemStatus reports every node's forwarding, lagging or failing first.
+	GetSiemStatus(ctx context.Context, in *GetSiemStatusRequest, opts ...grpc.CallOption) (*GetSiemStatusResponse, error)
 }
 
 type fleetServiceClient struct {
@@ -172,6 +179,26 @@ func (c *fleetServiceClient) GetGpuSummary(ctx context.Context, in *GetGpuSummar
 	return out, nil
 }
 
+func (c *fleetServiceClient) ApplySiemConfig(ctx context.Context, in *ApplySiemConfigRequest, opts ...grpc.CallOption) (*ApplySiemConfigResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ApplySiemConfigResponse)
+	err := c.cc.Invoke(ctx, FleetService_ApplySiemConfig_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *fleetServiceClient) GetSiemStatus(ctx context.Context, in *GetSiemStatusRequest, opts ...grpc.CallOption) (*GetSiemStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetSiemStatusResponse)
+	err := c.cc.Invoke(ctx, FleetService_GetSiemStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // FleetServiceServer is the server API for FleetService service.
 // All implementations must embed UnimplementedFleetServiceServer
 // for forward compatibility.
@@ -189,6 +216,11 @@ type FleetServiceServer interface {
 	ListGpus(context.Context, *ListGpusRequest) (*ListGpusResponse, error)
 	// GetGpuSummary counts GPUs by product and health across the fleet.
 	GetGpuSummary(context.Context, *GetGpuSummaryRequest) (*GetGpuSummaryResponse, error)
+	// ApplySiemConfig stores an audit-forwarding configuration and pushes it
+	// to the nodes its selector matches.
+	ApplySiemConfig(context.Context, *ApplySiemConfigRequest) (*ApplySiemConfigResponse, error)
+	// GetSiemStatus reports every node's forwarding, lagging or failing first.
+	GetSiemStatus(context.Context, *GetSiemStatusRequest) (*GetSiemStatusResponse, error)
 	mustEmbedUnimplementedFleetServiceServer()
 }
 
@@ -231,6 +263,12 @@ func (UnimplementedFleetServiceServer) ListGpus(context.Context, *ListGpusReques
 }
 func (UnimplementedFleetServiceServer) GetGpuSummary(context.Context, *GetGpuSummaryRequest) (*GetGpuSummaryResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetGpuSummary not implemented")
+}
+func (UnimplementedFleetServiceServer) ApplySiemConfig(context.Context, *ApplySiemConfigRequest) (*ApplySiemConfigResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ApplySiemConfig not implemented")
+}
+func (UnimplementedFleetServiceServer) GetSiemStatus(context.Context, *GetSiemStatusRequest) (*GetSiemStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetSiemStatus not implemented")
 }
 func (UnimplementedFleetServiceServer) mustEmbedUnimplementedFleetServiceServer() {}
 func (UnimplementedFleetServiceServer) testEmbeddedByValue()                      {}
@@ -451,6 +489,42 @@ func _FleetService_GetGpuSummary_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _FleetService_ApplySiemConfig_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ApplySiemConfigRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FleetServiceServer).ApplySiemConfig(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FleetService_ApplySiemConfig_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FleetServiceServer).ApplySiemConfig(ctx, req.(*ApplySiemConfigRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FleetService_GetSiemStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetSiemStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FleetServiceServer).GetSiemStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FleetService_GetSiemStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FleetServiceServer).GetSiemStatus(ctx, req.(*GetSiemStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // FleetService_ServiceDesc is the grpc.ServiceDesc for FleetService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -501,6 +575,14 @@ var FleetService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetGpuSummary",
 			Handler:    _FleetService_GetGpuSummary_Handler,
+		},
+		{
+			MethodName: "ApplySiemConfig",
+			Handler:    _FleetService_ApplySiemConfig_Handler,
+		},
+		{
+			MethodName: "GetSiemStatus",
+			Handler:    _FleetService_GetSiemStatus_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

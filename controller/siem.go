@@ -1,0 +1,181 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/bud-ecosystem/budfleet/agent/siem"
+	"github.com/bud-ecosystem/budfleet/controller/store"
+	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
+	fleetv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1"
+	siemv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/siem/v1"
+)
+
+// siemReport is the last forwarding status a node sent with a heartbeat.
+// It is kept in memory only: it changes with every heartbeat and is worth
+// nothing after a restart.
+type siemReport struct {
+	status *siemv1.Status
+	at     time.Time
+}
+
+func (s *Server) recordSIEMStatus(nodeID string, st *siemv1.Status) {
+	if st == nil {
+		return
+	}
+	s.mu.Lock()
+	s.siem[nodeID] = siemReport{status: st, at: s.opts.Now()}
+	s.mu.Unlock()
+}
+
+// desiredSIEM returns the configuration a node should run, if any.
+func (s *Server) desiredSIEM(n store.Node) (store.SIEMConfig, bool, error) {
+	return s.store.SIEMConfigFor(n.Labels)
+}
+
+// pushSIEM sends a node its configuration unless it already reported
+// running that version.
+func (s *Server) pushSIEM(sess *session) {
+	n, err := s.store.GetNode(sess.nodeID)
+	if err != nil {
+		return
+	}
+	c, ok, err := s.desiredSIEM(n)
+	if err != nil || !ok {
+		return
+	}
+	s.mu.Lock()
+	rep := s.siem[sess.nodeID]
+	s.mu.Unlock()
+	if rep.status != nil && rep.status.GetConfigVersion() == c.Version && rep.status.GetConfigSource() == "controller" {
+		return
+	}
+	sess.send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_SiemConfig{SiemConfig: &siemv1.ConfigPush{Version: c.Version, Yaml: c.YAML}}})
+}
+
+// ApplySiemConfig validates and stores a forwarding configuration and
+// pushes it to the connected nodes it selects.
+func (a *FleetAPI) ApplySiemConfig(ctx context.Context, req *fleetv1.ApplySiemConfigRequest) (*fleetv1.ApplySiemConfigResponse, error) {
+	if len(req.GetYaml()) > 256<<10 {
+		return nil, status.Error(codes.InvalidArgument, "configuration is larger than 256 KiB")
+	}
+	if _, err := siem.ParseYAML(req.GetYaml()); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "invalid SIEM configuration (nothing was stored):\n%v", err)
+	}
+	if err := validateLabels(req.GetSelector()); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "selector: %v", err)
+	}
+	who := ""
+	if id, ok := IdentityFrom(ctx); ok {
+		who = id.Name
+	}
+	c, err := a.s.store.AddSIEMConfig(store.SIEMConfig{YAML: req.GetYaml(), Selector: req.GetSelector(), CreatedAt: a.s.opts.Now(), CreatedBy: who})
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	nodes, err := a.s.store.ListNodes()
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	resp := &fleetv1.ApplySiemConfigResponse{Version: c.Version}
+	for _, n := range nodes {
+		d, ok, err := a.s.desiredSIEM(n)
+		if err != nil || !ok || d.Version != c.Version {
+			continue
+		}
+		resp.NodeIds = append(resp.NodeIds, n.ID)
+		a.s.mu.Lock()
+		sess := a.s.sessions[n.ID]
+		a.s.mu.Unlock()
+		if sess != nil {
+			a.s.pushSIEM(sess)
+		}
+	}
+	a.audit(ctx, "siem.apply", "version", c.Version, "selector", fmt.Sprint(req.GetSelector()), "nodes", len(resp.NodeIds))
+	return resp, nil
+}
+
+// Forwarding states, worst first.
+var siemStateRank = map[string]int{"failing": 0, "lagging": 1, "pending": 2, "unknown": 3, "ok": 4, "no-config": 5}
+
+// siemLagThreshold is when a node counts as lagging.
+const siemLagThreshold = 60 * time.Second
+
+func siemState(st *siemv1.Status, desired uint64, hasDesired bool) string {
+	if st == nil {
+		if hasDesired {
+			return "unknown"
+		}
+		return "no-config"
+	}
+	if hasDesired && (st.GetConfigSource() != "controller" || st.GetConfigVersion() != desired) {
+		if st.GetConfigError() != "" {
+			return "failing"
+		}
+		return "pending"
+	}
+	if len(st.GetOutputs()) == 0 && len(st.GetSources()) == 0 {
+		return "no-config"
+	}
+	state := "ok"
+	for _, o := range st.GetOutputs() {
+		if o.GetLastError() != "" && !o.GetConnected() {
+			return "failing"
+		}
+		if o.GetLagSeconds() > siemLagThreshold.Seconds() {
+			state = "lagging"
+		}
+	}
+	for _, src := range st.GetSources() {
+		if src.GetPaused() {
+			return "failing"
+		}
+	}
+	return state
+}
+
+// GetSiemStatus reports forwarding per node, failing and lagging first.
+func (a *FleetAPI) GetSiemStatus(ctx context.Context, req *fleetv1.GetSiemStatusRequest) (*fleetv1.GetSiemStatusResponse, error) {
+	var nodes []store.Node
+	if req.GetNodeId() != "" {
+		n, err := a.s.store.GetNode(req.GetNodeId())
+		if err != nil {
+			return nil, storeErr(err)
+		}
+		nodes = []store.Node{n}
+	} else {
+		var err error
+		if nodes, err = a.s.store.ListNodes(); err != nil {
+			return nil, storeErr(err)
+		}
+	}
+	out := &fleetv1.GetSiemStatusResponse{}
+	for _, n := range nodes {
+		d, ok, err := a.s.desiredSIEM(n)
+		if err != nil {
+			return nil, storeErr(err)
+		}
+		a.s.mu.Lock()
+		rep := a.s.siem[n.ID]
+		a.s.mu.Unlock()
+		ns := &fleetv1.NodeSiemStatus{NodeId: n.ID, Hostname: n.Hostname, Status: rep.status, State: siemState(rep.status, d.Version, ok)}
+		if ok {
+			ns.DesiredConfigVersion = d.Version
+		}
+		if !rep.at.IsZero() {
+			ns.ReportedAt = timestamppb.New(rep.at)
+		}
+		out.Nodes = append(out.Nodes, ns)
+	}
+	sort.SliceStable(out.Nodes, func(i, j int) bool {
+		return siemStateRank[out.Nodes[i].GetState()] < siemStateRank[out.Nodes[j].GetState()]
+	})
+	return out, nil
+}
+
