@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/bud-ecosystem/budfleet/agent/inventory"
+	"github.com/bud-ecosystem/budfleet/agent/siem"
 	"github.com/bud-ecosystem/budfleet/agent/state"
 	"github.com/bud-ecosystem/budfleet/command"
 	"github.com/bud-ecosystem/budfleet/controller/pki"
@@ -54,6 +55,10 @@ type Options struct {
 	GPU GPUSource
 	// GPUHealthInterval is how often GPU health is sampled.
 	GPUHealthInterval time.Duration
+	// SIEM forwards audit logs; LocalSIEM is the config file's section,
+	// used until the controller pushes one.
+	SIEM      SIEMForwarder
+	LocalSIEM *siem.Config
 	// Handlers adds or replaces command handlers by kind.
 	Handlers map[string]Handler
 	// Now is the clock; nil means time.Now.
@@ -73,6 +78,7 @@ type Agent struct {
 	nodeID  string
 	invSent chan inventory.Host // inventory.collect results to send now
 	renewed chan struct{}       // a renewed certificate was stored
+	siemErr string              // why the last SIEM configuration was refused
 }
 
 // New checks opts and returns an Agent.
@@ -128,6 +134,7 @@ func (a *Agent) NodeID() string { return a.nodeID }
 // Run holds a session with the controller, reconnecting with capped
 // exponential backoff and full jitter, until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
+	a.startSIEM(ctx)
 	attempt := 0
 	for {
 		start := a.opts.Now()
@@ -248,6 +255,7 @@ func (a *Agent) session(ctx context.Context) error {
 		out:    make(chan *agentv1.ConnectRequest, 16),
 		cmds:   make(chan *agentv1.Command, 64),
 		ctx:    sctx,
+		runCtx: ctx,
 	}
 	var wg sync.WaitGroup
 	run := func(f func() error) {
@@ -288,6 +296,9 @@ type sessionState struct {
 	out    chan *agentv1.ConnectRequest
 	cmds   chan *agentv1.Command
 	ctx    context.Context
+	// runCtx outlives the session: forwarding keeps going while the agent
+	// reconnects.
+	runCtx context.Context
 }
 
 func (s *sessionState) send(m *agentv1.ConnectRequest) error {
@@ -332,6 +343,8 @@ func (s *sessionState) recvLoop() error {
 			}
 		case *agentv1.ConnectResponse_RenewResponse:
 			s.a.handleRenewal(msg.RenewResponse)
+		case *agentv1.ConnectResponse_SiemConfig:
+			s.a.handleSIEMPush(s.runCtx, msg.SiemConfig)
 		default:
 			s.a.log.Warn("ignoring an unexpected message from the controller")
 		}
@@ -344,7 +357,7 @@ func (s *sessionState) heartbeats(every time.Duration) error {
 	var seq uint64
 	for {
 		seq++
-		if err := s.send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Heartbeat{Heartbeat: &agentv1.Heartbeat{Seq: seq, SentAt: timestamppb.New(s.a.opts.Now())}}}); err != nil {
+		if err := s.send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Heartbeat{Heartbeat: &agentv1.Heartbeat{Seq: seq, SentAt: timestamppb.New(s.a.opts.Now()), Siem: s.a.siemStatus()}}}); err != nil {
 			return nil
 		}
 		select {

@@ -178,4 +178,3 @@ func (a *FleetAPI) GetSiemStatus(ctx context.Context, req *fleetv1.GetSiemStatus
 	})
 	return out, nil
 }
-

@@ -3,8 +3,8 @@ package siem
 import (
 	"bytes"
 	"errors"
-	"io"
 	"fmt"
+	"io"
 	"path"
 	"regexp"
 	"strings"

@@ -1,7 +1,7 @@
 // Package state keeps the agent's durable state in bbolt: its identity and
 // the commands it has run.
 //
-// Schema (version 1):
+// Schema (version 2):
 //
 //	meta/
 //	  schema_version     -> uint64 big-endian
@@ -15,6 +15,9 @@
 //	  hostname           -> hostname the node enrolled as
 //	commands/
 //	  <command id>       -> JSON CommandRecord
+//	pushed/              (since version 2)
+//	  siem               -> JSON PushedConfig: the controller's last
+//	                        forwarding configuration, kept across restarts
 package state
 
 import (
@@ -34,6 +37,7 @@ var (
 	bucketMeta     = []byte("meta")
 	bucketIdentity = []byte("identity")
 	bucketCommands = []byte("commands")
+	bucketPushed   = []byte("pushed")
 
 	keySchemaVersion = []byte("schema_version")
 	keyNodeID        = []byte("node_id")
@@ -62,6 +66,10 @@ var migrations = []func(tx *bolt.Tx) error{
 			}
 		}
 		return nil
+	},
+	func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(bucketPushed)
+		return err
 	},
 }
 
@@ -256,4 +264,36 @@ func (d *DB) PruneCommands(cutoff time.Time) (int, error) {
 		return nil
 	})
 	return n, err
+}
+
+// PushedConfig is a configuration the controller sent.
+type PushedConfig struct {
+	Version uint64 `json:"version"`
+	YAML    []byte `json:"yaml"`
+}
+
+var keyPushedSIEM = []byte("siem")
+
+// SavePushedSIEM stores the controller's forwarding configuration.
+func (d *DB) SavePushedSIEM(c PushedConfig) error {
+	return d.db.Update(func(tx *bolt.Tx) error {
+		raw, err := json.Marshal(c)
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bucketPushed).Put(keyPushedSIEM, raw)
+	})
+}
+
+// PushedSIEM returns the stored configuration; ok is false when none is.
+func (d *DB) PushedSIEM() (c PushedConfig, ok bool, err error) {
+	err = d.db.View(func(tx *bolt.Tx) error {
+		raw := tx.Bucket(bucketPushed).Get(keyPushedSIEM)
+		if raw == nil {
+			return nil
+		}
+		ok = true
+		return json.Unmarshal(raw, &c)
+	})
+	return c, ok, err
 }

@@ -115,7 +115,7 @@ func TestOpenRefusesNewerSchema(t *testing.T) {
 		db.Close()
 		t.Fatal("Open of a newer-schema state succeeded")
 	}
-	if !strings.Contains(err.Error(), "schema version 2") || !strings.Contains(err.Error(), "upgrade bud-agent") {
+	if !strings.Contains(err.Error(), fmt.Sprintf("schema version %d", len(migrations)+1)) || !strings.Contains(err.Error(), "upgrade bud-agent") {
 		t.Errorf("error %q should name the version and say to upgrade", err)
 	}
 	// The refusal released the lock and left the version alone.
