@@ -48,12 +48,26 @@ func validateLabels(labels map[string]string) error {
 	return nil
 }
 
+// audit records an operator action in the log and, when the controller has
+// one, in its audit log file (which goes to the SIEM).
 func (a *FleetAPI) audit(ctx context.Context, action string, args ...any) {
 	who := ""
 	if id, ok := IdentityFrom(ctx); ok {
 		who = id.Name
 	}
 	a.s.log.InfoContext(ctx, "operator action", append([]any{"action", action, "operator", who}, args...)...)
+	if a.s.opts.AuditLog == nil {
+		return
+	}
+	attrs := map[string]any{}
+	for i := 0; i+1 < len(args); i += 2 {
+		if k, ok := args[i].(string); ok {
+			attrs[k] = fmt.Sprint(args[i+1])
+		}
+	}
+	if err := a.s.opts.AuditLog.Record(a.s.opts.Now(), action, who, attrs); err != nil {
+		a.s.log.ErrorContext(ctx, "write audit log", "action", action, "error", err)
+	}
 }
 
 func storeErr(err error) error {

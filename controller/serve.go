@@ -132,6 +132,9 @@ type ServeConfig struct {
 	Ready func(grpcAddr, metricsAddr net.Addr)
 	// StopTimeout bounds the graceful stop.
 	StopTimeout time.Duration
+	// Forward, when set, starts forwarding the controller's audit log (at
+	// the given path) to the SIEM and returns a function that stops it.
+	Forward func(ctx context.Context, auditLogPath string) (stop func(), err error)
 }
 
 // Serve runs the controller until ctx ends.
@@ -157,10 +160,23 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	}
 	defer st.Close()
 
+	al, err := OpenAuditLog(filepath.Join(cfg.DataDir, AuditLogFile))
+	if err != nil {
+		return err
+	}
+	defer al.Close()
+	if cfg.Forward != nil {
+		stop, err := cfg.Forward(ctx, filepath.Join(cfg.DataDir, AuditLogFile))
+		if err != nil {
+			return fmt.Errorf("--siem-config: %w", err)
+		}
+		defer stop()
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	opts := cfg.Server
-	opts.Store, opts.CA, opts.Logger, opts.Registerer = st, ca, log, reg
+	opts.Store, opts.CA, opts.Logger, opts.Registerer, opts.AuditLog = st, ca, log, reg, al
 	srv, err := New(opts)
 	if err != nil {
 		return err

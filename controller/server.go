@@ -24,6 +24,8 @@ type Options struct {
 	Registerer prometheus.Registerer
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// AuditLog receives operator actions; nil keeps them in the log only.
+	AuditLog *AuditLog
 
 	// AgentCertTTL is the lifetime of node certificates. Agents renew them
 	// over their session after two thirds of it.
