@@ -1,0 +1,271 @@
+package audit
+
+import (
+	"strings"
+	"time"
+)
+
+// TypeUnparsed is the type of the record and group made of a line that is
+// not an audit record.
+const TypeUnparsed = "UNPARSED"
+
+// Defaults of GrouperOptions.
+const (
+	DefaultMaxWait = 2 * time.Second
+	DefaultMaxOpen = 1024
+)
+
+// GrouperOptions configures a Grouper. Zero values take the defaults.
+type GrouperOptions struct {
+	// MaxWait is how long a group may stay open waiting for its EOE before
+	// Flush returns it as it is (default 2s, auparse's eoe_timeout).
+	MaxWait time.Duration
+	// MaxOpen is how many groups may be open at once; opening one more
+	// closes the oldest (default 1024).
+	MaxOpen int
+}
+
+// Group is the records of one audit event, in the order they were read.
+type Group struct {
+	// Serial and Time are the event's stamp. For an UNPARSED group, Serial
+	// is 0 and Time is when the line was read (the now given to Add).
+	Serial uint64
+	Time   time.Time
+	// Records has one entry per line, the EOE record included; each
+	// Record's Raw is a sub-slice of the group's Raw.
+	Records []Record
+	// Raw is the original lines, byte for byte without their line endings,
+	// joined by "\n", without a trailing newline. (To save allocations, the
+	// Grouper cuts Raws and field strings from shared 32 KiB blocks: no two
+	// overlap, but one kept alive keeps its block alive.)
+	Raw []byte
+}
+
+// Grouper assembles audit log lines into events, the records of different
+// events possibly interleaved. A Grouper is not safe for concurrent use.
+//
+// The grouping rule, chosen so that a syscall event (SYSCALL, CWD, PATH,
+// PROCTITLE, ...) is never split while nothing waits longer than needed:
+//
+//  1. A record of a serial that has an open group joins that group; an EOE
+//     record closes it (and is part of it). A record of another stamp with
+//     the same serial (auditd restarted its counter) closes the open group
+//     first.
+//  2. A record that opens no group, because no group of its serial is open,
+//     is a group of its own, returned at once, when it is an EOE (its
+//     other records were already returned) or of a user-space type that is
+//     never followed by an EOE (USER_*, CRED_*, SERVICE_*, DAEMON_*,
+//     ANOM_LOGIN_*, ...; see standalone). Single-record user events have
+//     no latency at all.
+//  3. Any other record opens a group that waits for its EOE. Kernel records
+//     that may or may not get an EOE (LOGIN, AVC, CONFIG_CHANGE, ... are
+//     followed by SYSCALL ... EOE when audit rules are loaded, and alone
+//     otherwise) are not guessed at: their group is returned by Flush once
+//     it has been open MaxWait, or earlier by Add when more than MaxOpen
+//     groups are open (the oldest goes first). A later serial is no sign
+//     that an event is over: events interleave, and records written during
+//     a syscall (AVC, LOGIN) precede its SYSCALL record by any number of
+//     other events' records.
+//  4. A line that is not an audit record is an UNPARSED group of its own,
+//     returned at once. Empty lines are ignored.
+//
+// The caller calls Flush regularly (say every MaxWait/4) and FlushAll at
+// the end of its input; all the groups returned hold every non-empty line
+// given to Add exactly once.
+type Grouper struct {
+	maxWait    time.Duration
+	maxOpen    int
+	open       map[uint64]*openGroup
+	head, tail *openGroup // open groups, oldest first
+	free       []*openGroup
+	strs       strings.Builder // the chunk lines are copied into as strings
+	raws       []byte          // the chunk groups' Raw are cut from
+}
+
+// chunk is the size of the blocks the Grouper copies lines and Raws into,
+// rather than allocating each on its own. A block stays in memory while a
+// string or Raw cut from it does.
+const chunk = 32 << 10
+
+// str returns line as a string.
+func (g *Grouper) str(line []byte) string {
+	if len(line) > chunk/8 {
+		return string(line)
+	}
+	if g.strs.Cap()-g.strs.Len() < len(line) {
+		g.strs = strings.Builder{}
+		g.strs.Grow(chunk)
+	}
+	start := g.strs.Len()
+	g.strs.Write(line)
+	// Safe: a Builder only appends, so the bytes of a string it returned
+	// never change.
+	return g.strs.String()[start:]
+}
+
+// bytes returns a zeroed []byte of length n whose capacity is n.
+func (g *Grouper) bytes(n int) []byte {
+	if n > chunk/8 {
+		return make([]byte, n)
+	}
+	if len(g.raws) < n {
+		g.raws = make([]byte, chunk)
+	}
+	b := g.raws[:n:n]
+	g.raws = g.raws[n:]
+	return b
+}
+
+type openGroup struct {
+	serial     uint64
+	time       time.Time // the event's stamp
+	opened     time.Time // the now of the Add that opened it
+	recs       []Record  // without Raw
+	lines      []string  // the lines of recs, which their fields point into
+	size       int       // sum of len(lines) + 1 each
+	prev, next *openGroup
+}
+
+// NewGrouper returns a Grouper with options o.
+func NewGrouper(o GrouperOptions) *Grouper {
+	if o.MaxWait <= 0 {
+		o.MaxWait = DefaultMaxWait
+	}
+	if o.MaxOpen <= 0 {
+		o.MaxOpen = DefaultMaxOpen
+	}
+	return &Grouper{
+		maxWait: o.MaxWait,
+		maxOpen: o.MaxOpen,
+		open:    make(map[uint64]*openGroup, min(o.MaxOpen+1, 64)),
+	}
+}
+
+// Open returns how many groups are open, waiting for more records.
+func (g *Grouper) Open() int { return len(g.open) }
+
+// Add reads one line (a trailing "\n" or "\r\n" is ignored; line is not
+// retained) read at now, and returns the groups it completed, oldest first:
+// usually none, or the one it closed.
+func (g *Grouper) Add(line []byte, now time.Time) []Group {
+	line = trimEOL(line)
+	if len(line) == 0 {
+		return nil
+	}
+	s := g.str(line)
+	var r Record
+	if parseRecord(s, &r) != nil {
+		return []Group{unparsed(s, now)}
+	}
+
+	var out []Group
+	og := g.open[r.Serial]
+	if og != nil && !og.time.Equal(r.Time) {
+		out = append(out, g.finish(og))
+		og = nil
+	}
+	if og == nil {
+		if r.Type == "EOE" || standalone(r.Type) {
+			r.Raw = append(g.bytes(len(s))[:0], s...)
+			return append(out, Group{Serial: r.Serial, Time: r.Time, Records: []Record{r}, Raw: r.Raw})
+		}
+		og = g.start(r.Serial, r.Time, now)
+		if len(g.open) > g.maxOpen {
+			out = append(out, g.finish(g.head))
+		}
+	}
+	og.recs = append(og.recs, r)
+	og.lines = append(og.lines, s)
+	og.size += len(s) + 1
+	if r.Type == "EOE" {
+		out = append(out, g.finish(og))
+	}
+	return out
+}
+
+// Flush returns, oldest first, the groups that have been open for MaxWait
+// or longer at now (the nows given to Add being the clock).
+func (g *Grouper) Flush(now time.Time) []Group {
+	var out []Group
+	for g.head != nil && now.Sub(g.head.opened) >= g.maxWait {
+		out = append(out, g.finish(g.head))
+	}
+	return out
+}
+
+// FlushAll returns all the open groups, oldest first.
+func (g *Grouper) FlushAll() []Group {
+	var out []Group
+	for g.head != nil {
+		out = append(out, g.finish(g.head))
+	}
+	return out
+}
+
+func unparsed(s string, now time.Time) Group {
+	raw := []byte(s)
+	return Group{
+		Time: now,
+		Records: []Record{{
+			Type:   TypeUnparsed,
+			Fields: map[string]string{"type": TypeUnparsed},
+			Raw:    raw,
+		}},
+		Raw: raw,
+	}
+}
+
+// start opens a group at the tail of the list.
+func (g *Grouper) start(serial uint64, t, now time.Time) *openGroup {
+	var og *openGroup
+	if n := len(g.free); n > 0 {
+		og, g.free = g.free[n-1], g.free[:n-1]
+	} else {
+		og = &openGroup{recs: make([]Record, 0, 8), lines: make([]string, 0, 8)}
+	}
+	og.serial, og.time, og.opened = serial, t, now
+	og.prev, og.next = g.tail, nil
+	if g.tail != nil {
+		g.tail.next = og
+	} else {
+		g.head = og
+	}
+	g.tail = og
+	g.open[serial] = og
+	return og
+}
+
+// finish closes og and returns its group.
+func (g *Grouper) finish(og *openGroup) Group {
+	raw := g.bytes(max(og.size-1, 0))[:0]
+	recs := make([]Record, len(og.recs))
+	copy(recs, og.recs)
+	for i, l := range og.lines {
+		if i > 0 {
+			raw = append(raw, '\n')
+		}
+		start := len(raw)
+		raw = append(raw, l...)
+		recs[i].Raw = raw[start:len(raw):len(raw)]
+	}
+	grp := Group{Serial: og.serial, Time: og.time, Records: recs, Raw: raw}
+
+	if og.prev != nil {
+		og.prev.next = og.next
+	} else {
+		g.head = og.next
+	}
+	if og.next != nil {
+		og.next.prev = og.prev
+	} else {
+		g.tail = og.prev
+	}
+	delete(g.open, og.serial)
+	if cap(og.recs) <= 64 && cap(og.lines) <= 64 {
+		clear(og.recs)
+		clear(og.lines)
+		*og = openGroup{recs: og.recs[:0], lines: og.lines[:0]}
+		g.free = append(g.free, og)
+	}
+	return grp
+}
