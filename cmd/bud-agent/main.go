@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/bud-ecosystem/budfleet/agent"
 	"github.com/bud-ecosystem/budfleet/agent/gpu"
 	"github.com/bud-ecosystem/budfleet/agent/inventory"
+	"github.com/bud-ecosystem/budfleet/agent/siem/forward"
 	"github.com/bud-ecosystem/budfleet/agent/state"
 	"github.com/bud-ecosystem/budfleet/internal/cli"
 	"github.com/bud-ecosystem/budfleet/version"
@@ -119,6 +121,15 @@ func newRoot() *cobra.Command {
 				return err
 			}
 			defer gpus.Close()
+			fwd, err := forward.New(forward.Options{
+				SpoolPath: filepath.Join(stateDir, "siem-spool.db"),
+				Logger:    log,
+				Hostname:  cfg.Hostname,
+			})
+			if err != nil {
+				return err
+			}
+			defer fwd.Close()
 			a, err := agent.New(agent.Options{
 				State:          db,
 				Inventory:      &inventory.Collector{Hostname: cfg.Hostname},
@@ -131,6 +142,8 @@ func newRoot() *cobra.Command {
 				GPU:            gpus,
 
 				GPUHealthInterval: cfg.GPU.HealthInterval,
+				SIEM:              fwd,
+				LocalSIEM:         &cfg.SIEM,
 			})
 			if err != nil {
 				return err

@@ -2,6 +2,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -49,6 +50,7 @@ func newRoot() *cobra.Command {
 	_ = initCmd.MarkFlagRequired("data-dir")
 
 	var sc controller.ServeConfig
+	var siemConfig string
 	serveCmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the controller",
@@ -59,6 +61,15 @@ func newRoot() *cobra.Command {
 				return err
 			}
 			sc.Logger = log
+			if siemConfig != "" {
+				fc, err := loadControllerSIEM(siemConfig)
+				if err != nil {
+					return err
+				}
+				sc.Forward = func(ctx context.Context, auditLog string) (func(), error) {
+					return forwardAuditLog(ctx, fc, auditLog, filepath.Join(sc.DataDir, "siem-spool.db"), log)
+				}
+			}
 			return controller.Serve(cmd.Context(), sc)
 		},
 	}
@@ -70,6 +81,7 @@ func newRoot() *cobra.Command {
 	f.DurationVar(&sc.Server.HeartbeatInterval, "heartbeat-interval", controller.DefaultHeartbeatInterval, "heartbeat interval agents are told to use")
 	f.DurationVar(&sc.Server.HeartbeatGrace, "heartbeat-grace", controller.DefaultHeartbeatGrace, "a node is NotReady this long after its last heartbeat")
 	f.DurationVar(&sc.Server.FullInventoryInterval, "full-inventory-interval", controller.DefaultFullInventoryInterval, "how often agents resend unchanged inventory")
+	f.StringVar(&siemConfig, "siem-config", "", "YAML with a siem: section: forward the controller's audit log (operator actions) with the agents' forwarding code")
 	_ = serveCmd.MarkFlagRequired("data-dir")
 
 	root.AddCommand(initCmd, serveCmd, &cobra.Command{

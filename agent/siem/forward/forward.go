@@ -1,0 +1,177 @@
+// Package forward runs audit-log forwarding: it tails the configured
+// sources, parses them, writes the events into the disk spool together with
+// the sources' read checkpoints (one transaction, one fsync per batch), and
+// sends each output's queue, removing events from the spool only once the
+// output acknowledged them. A crash anywhere re-reads or re-sends, never
+// skips: delivery is at-least-once, duplicates are bounded by one batch per
+// source and output.
+package forward
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/bud-ecosystem/budfleet/agent/siem"
+	"github.com/bud-ecosystem/budfleet/agent/siem/output"
+	"github.com/bud-ecosystem/budfleet/agent/siem/spool"
+)
+
+// Options configure a Forwarder.
+type Options struct {
+	// SpoolPath is the spool's bbolt file.
+	SpoolPath string
+	Logger    *slog.Logger
+	// Hostname goes into every message.
+	Hostname string
+	// AppName is the syslog APP-NAME (default "bud-agent").
+	AppName string
+	// Dial makes an output from its config, hostname and app name; nil
+	// means the real outputs.
+	Dial func(o siem.OutputConfig, hostname, appName string) (output.Output, error)
+	// NoSync is for tests and benchmarks only.
+	NoSync bool
+}
+
+// Forwarder runs one configuration at a time; Apply swaps it without a
+// restart.
+type Forwarder struct {
+	opts Options
+	log  *slog.Logger
+	// spool is replaced only while nothing runs (Apply after Stop).
+	spool       *spool.Spool
+	spoolLimits siem.SpoolConfig
+
+	mu      sync.Mutex
+	cfg     siem.Config
+	version uint64
+	source  string
+	cancel  context.CancelFunc
+	done    chan struct{}
+	stats   *stats
+}
+
+// New opens the spool. Run nothing until Apply.
+func New(opts Options) (*Forwarder, error) {
+	if opts.SpoolPath == "" {
+		return nil, errors.New("forward: SpoolPath must be set")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.AppName == "" {
+		opts.AppName = "bud-agent"
+	}
+	if opts.Hostname == "" {
+		opts.Hostname, _ = os.Hostname()
+	}
+	if opts.Dial == nil {
+		opts.Dial = dialOutput
+	}
+	if err := os.MkdirAll(filepath.Dir(opts.SpoolPath), 0o700); err != nil {
+		return nil, err
+	}
+	return &Forwarder{opts: opts, log: opts.Logger.With("component", "siem"), stats: newStats()}, nil
+}
+
+// openSpool (re)opens the spool with the limits of cfg; the cap and the
+// drop policy are fixed when the file is opened.
+func (f *Forwarder) openSpool(cfg siem.Config) error {
+	if f.spool != nil && f.spoolLimits == cfg.Spool {
+		return nil
+	}
+	if f.spool != nil {
+		if err := f.spool.Close(); err != nil {
+			return err
+		}
+		f.spool = nil
+	}
+	sp, err := spool.Open(f.opts.SpoolPath, spool.Options{MaxBytes: cfg.Spool.MaxBytes, DropOldest: cfg.Spool.DropOldest, NoSync: f.opts.NoSync})
+	if err != nil {
+		return fmt.Errorf("open SIEM spool: %w", err)
+	}
+	f.spool, f.spoolLimits = sp, cfg.Spool
+	return nil
+}
+
+// Apply replaces the running configuration. version and source are what
+// Status reports (0 and "local" for the config file). A configuration that
+// does not validate is refused and the old one keeps running.
+func (f *Forwarder) Apply(ctx context.Context, cfg siem.Config, version uint64, source string) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	cfg = cfg.WithDefaults()
+	f.Stop()
+	if err := f.openSpool(cfg); err != nil {
+		return err
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	f.mu.Lock()
+	f.cfg, f.version, f.source, f.cancel, f.done = cfg, version, source, cancel, done
+	f.stats = newStats()
+	st := f.stats
+	f.mu.Unlock()
+
+	var wg sync.WaitGroup
+	for _, o := range cfg.Outputs {
+		ost := st.output(o)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f.runOutput(rctx, o, ost)
+		}()
+	}
+	for _, s := range cfg.Sources {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f.runSources(rctx, cfg, s, st)
+		}()
+	}
+	go func() { wg.Wait(); close(done) }()
+	f.log.Info("forwarding configuration applied", "version", version, "source", source, "sources", len(cfg.Sources), "outputs", len(cfg.Outputs))
+	return nil
+}
+
+// Stop ends the running configuration and waits for it.
+func (f *Forwarder) Stop() {
+	f.mu.Lock()
+	cancel, done := f.cancel, f.done
+	f.cancel, f.done = nil, nil
+	f.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		<-done
+	}
+}
+
+// Close stops forwarding and closes the spool.
+func (f *Forwarder) Close() error {
+	f.Stop()
+	if f.spool == nil {
+		return nil
+	}
+	return f.spool.Close()
+}
+
+// Version returns the version and source of the running configuration.
+func (f *Forwarder) Version() (uint64, string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.version, f.source
+}
+
+func encodeEvent(ev siem.Event) ([]byte, error) { return json.Marshal(ev) }
+
+func decodeEvent(b []byte) (siem.Event, error) {
+	var ev siem.Event
+	err := json.Unmarshal(b, &ev)
+	return ev, err
+}

@@ -1,0 +1,242 @@
+package forward
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"path/filepath"
+	"time"
+
+	"github.com/bud-ecosystem/budfleet/agent/siem"
+	"github.com/bud-ecosystem/budfleet/agent/siem/audit"
+	"github.com/bud-ecosystem/budfleet/agent/siem/spool"
+	"github.com/bud-ecosystem/budfleet/agent/siem/tail"
+)
+
+type spoolQueue struct {
+	entries, bytes, dropped uint64
+	lag                     time.Duration
+}
+
+func spoolQueues(s spool.Stats, now time.Time) map[string]spoolQueue {
+	out := map[string]spoolQueue{}
+	for name, q := range s.Queues {
+		out[name] = spoolQueue{entries: uint64(q.Entries), bytes: uint64(q.Bytes), dropped: q.Dropped, lag: q.Lag(now)}
+	}
+	return out
+}
+
+// globRescan is how often a glob source looks for new files.
+const globRescan = 10 * time.Second
+
+// runSources follows every file a source's path matches, picking up new
+// matches of a glob as they appear.
+func (f *Forwarder) runSources(ctx context.Context, cfg siem.Config, src siem.SourceConfig, st *stats) {
+	started := map[string]bool{}
+	done := make(chan struct{})
+	running := 0
+	for {
+		files := []string{src.Path}
+		if hasGlob(src.Path) {
+			matches, _ := filepath.Glob(src.Path)
+			files = matches
+		}
+		for _, file := range files {
+			if started[file] {
+				continue
+			}
+			started[file] = true
+			running++
+			go func() {
+				defer func() { done <- struct{}{} }()
+				f.runFile(ctx, cfg, src, file, st.source(src, file))
+			}()
+		}
+		if !hasGlob(src.Path) {
+			break
+		}
+		if !sleep(ctx, globRescan) {
+			break
+		}
+	}
+	for ; running > 0; running-- {
+		<-done
+	}
+}
+
+func hasGlob(p string) bool {
+	for _, c := range p {
+		if c == '*' || c == '?' || c == '[' {
+			return true
+		}
+	}
+	return false
+}
+
+func checkpointKey(file string) string { return "file:" + file }
+
+// runFile reads one file into the spool: events are batched and written
+// together with the file's checkpoint, so what is in the spool and where
+// reading resumes never disagree.
+func (f *Forwarder) runFile(ctx context.Context, cfg siem.Config, src siem.SourceConfig, file string, st *sourceStats) {
+	log := f.log.With("source", file, "tag", src.Tag)
+	var start *tail.Checkpoint
+	if raw, err := f.spool.Checkpoint(checkpointKey(file)); err == nil && raw != nil {
+		var cp tail.Checkpoint
+		if err := json.Unmarshal(raw, &cp); err == nil {
+			start = &cp
+		}
+	}
+	fl, err := tail.New(tail.Options{Path: file, Start: start, MaxLineBytes: src.MaxLineBytes, Logger: log})
+	if err != nil {
+		log.Error("cannot follow source", "error", err)
+		st.setPaused(false, err.Error())
+		return
+	}
+	defer fl.Close()
+
+	type line struct {
+		data    []byte
+		cp      tail.Checkpoint
+		partial bool
+	}
+	lines := make(chan line, 1024)
+	go func() {
+		defer close(lines)
+		for {
+			l, err := fl.Next(ctx)
+			if err != nil {
+				if ctx.Err() == nil {
+					log.Error("reading source stopped", "error", err)
+				}
+				return
+			}
+			select {
+			case lines <- line{data: append([]byte(nil), l.Data...), cp: l.Checkpoint, partial: l.Partial}:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+
+	var queues []string
+	for _, o := range cfg.Outputs {
+		if siem.Match(o.Match, src.Tag) {
+			queues = append(queues, o.Name)
+		}
+	}
+	if len(queues) == 0 {
+		log.Warn("no output matches this source's tag; nothing will be sent", "tag", src.Tag)
+	}
+
+	var grouper *audit.Grouper
+	if src.Format == siem.FormatLinuxAudit {
+		grouper = audit.NewGrouper(audit.GrouperOptions{})
+	}
+	var (
+		entries   []spool.Entry
+		pending   int64 // bytes in entries
+		events    int
+		bytes     int
+		cleanCP   *tail.Checkpoint // where reading may resume without skipping an open group
+		lastCP    *tail.Checkpoint
+		part      int
+		flushTick = time.NewTicker(cfg.Spool.FlushInterval)
+	)
+	defer flushTick.Stop()
+	add := func(ev siem.Event) {
+		data, err := encodeEvent(ev)
+		if err != nil {
+			log.Error("encode event", "error", err)
+			return
+		}
+		for _, q := range queues {
+			entries = append(entries, spool.Entry{Queue: q, Data: data})
+			pending += int64(len(data))
+		}
+		events++
+		bytes += len(ev.Raw)
+	}
+	addGroups := func(gs []audit.Group) {
+		for _, g := range gs {
+			add(g.Event(src.Tag, file))
+		}
+	}
+	flush := func() bool {
+		if len(entries) == 0 && cleanCP == nil {
+			return true
+		}
+		var cps map[string][]byte
+		if cleanCP != nil {
+			raw, _ := json.Marshal(cleanCP)
+			cps = map[string][]byte{checkpointKey(file): raw}
+		}
+		for {
+			err := f.spool.Append(entries, cps)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, spool.ErrFull) {
+				log.Error("write spool", "error", err)
+			} else {
+				st.setPaused(true, "spool full: reading paused, events wait in the source file")
+				log.Error("SIEM spool is full: reading is paused and events wait in the source file; check the outputs (spool.max_bytes caps it, spool.drop_oldest trades loss for progress)", "source", file)
+			}
+			if !sleep(ctx, time.Second) {
+				return false
+			}
+		}
+		st.setPaused(false, "")
+		st.read(events, bytes)
+		entries, pending, events, bytes, cleanCP = entries[:0], 0, 0, 0, nil
+		return true
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			flush()
+			return
+		case <-flushTick.C:
+			if grouper != nil {
+				addGroups(grouper.Flush(time.Now()))
+				if grouper.Open() == 0 && lastCP != nil {
+					cleanCP = lastCP
+				}
+			}
+			if !flush() {
+				return
+			}
+		case l, ok := <-lines:
+			if !ok {
+				flush()
+				return
+			}
+			cp := l.cp
+			lastCP = &cp
+			if grouper != nil {
+				addGroups(grouper.Add(l.data, time.Now()))
+				if grouper.Open() == 0 {
+					cleanCP = lastCP
+				}
+			} else {
+				ev := siem.Event{Tag: src.Tag, Source: file, Time: time.Now(), Raw: l.data}
+				if l.partial || part > 0 {
+					part++
+					ev.Truncated, ev.Part = true, part
+				}
+				if !l.partial {
+					part = 0
+				}
+				add(ev)
+				cleanCP = lastCP
+			}
+			// A batch stays well under the cap so it always fits once the
+			// outputs drain.
+			if len(entries) >= 1000*max(1, len(queues)) || pending >= cfg.Spool.MaxBytes/8 {
+				if !flush() {
+					return
+				}
+			}
+		}
+	}
+}

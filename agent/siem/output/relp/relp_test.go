@@ -1,0 +1,391 @@
+package relp
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/bud-ecosystem/budfleet/agent/siem"
+	"github.com/bud-ecosystem/budfleet/agent/siem/output"
+	"github.com/bud-ecosystem/budfleet/agent/siem/output/syslog"
+	"github.com/bud-ecosystem/budfleet/internal/rsyslogtest"
+)
+
+// fakeServer is an in-process RELP server over TLS. answer decides the
+// rsp data for the n-th syslog message of a connection ("" sends none).
+type fakeServer struct {
+	ln  net.Listener
+	fx  rsyslogtest.Fixtures
+	cfg struct {
+		answer   func(conn, n int, f Frame) string
+		ackDelay time.Duration // answer in bursts after this delay
+		stall    chan struct{} // stop reading after open until closed
+	}
+
+	mu          sync.Mutex
+	conns       int
+	received    []string
+	maxInFlight int
+}
+
+func newFake(t *testing.T, configure ...func(*fakeServer)) *fakeServer {
+	t.Helper()
+	fx, err := rsyslogtest.WriteFixtures(t.TempDir(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.LoadX509KeyPair(fx.ServerCertFile, fx.ServerKeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM, _ := os.ReadFile(fx.CAFile)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{pair}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &fakeServer{ln: ln, fx: fx}
+	s.cfg.answer = func(int, int, Frame) string { return "200 OK" }
+	for _, f := range configure {
+		f(s)
+	}
+	var wg sync.WaitGroup
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s.mu.Lock()
+			s.conns++
+			id := s.conns
+			s.mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				s.serve(id, c)
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	return s
+}
+
+func (s *fakeServer) serve(id int, c net.Conn) {
+	r := bufio.NewReader(c)
+	var wmu sync.Mutex
+	w := bufio.NewWriter(c)
+	send := func(f Frame) {
+		wmu.Lock()
+		defer wmu.Unlock()
+		w.Write(AppendFrame(nil, f))
+		w.Flush()
+	}
+	var pending []Frame // answers not sent yet (ackDelay)
+	var pmu sync.Mutex
+	done := make(chan struct{})
+	defer close(done)
+	if s.cfg.ackDelay > 0 {
+		go func() {
+			for {
+				select {
+				case <-done:
+					return
+				case <-time.After(s.cfg.ackDelay):
+				}
+				pmu.Lock()
+				p := pending
+				pending = nil
+				pmu.Unlock()
+				for _, f := range p {
+					send(f)
+				}
+			}
+		}()
+	}
+	n := 0
+	for {
+		f, err := ReadFrameLimit(r, 1<<20)
+		if err != nil {
+			return
+		}
+		switch f.Command {
+		case "open":
+			send(Frame{Txnr: f.Txnr, Command: "rsp", Data: []byte("200 OK\nrelp_version=0\nrelp_software=fake\ncommands=syslog")})
+			if s.cfg.stall != nil {
+				<-s.cfg.stall
+				return
+			}
+		case "close":
+			send(Frame{Txnr: f.Txnr, Command: "rsp", Data: []byte("200 OK")})
+			send(Frame{Command: "serverclose"})
+			return
+		case "syslog":
+			s.mu.Lock()
+			s.received = append(s.received, string(f.Data))
+			s.mu.Unlock()
+			a := s.cfg.answer(id, n, f)
+			n++
+			if a == "serverclose" {
+				send(Frame{Command: "serverclose"})
+				return
+			}
+			if a == "" {
+				continue
+			}
+			rsp := Frame{Txnr: f.Txnr, Command: "rsp", Data: []byte(a)}
+			if s.cfg.ackDelay > 0 {
+				pmu.Lock()
+				pending = append(pending, rsp)
+				s.mu.Lock()
+				if len(pending) > s.maxInFlight {
+					s.maxInFlight = len(pending)
+				}
+				s.mu.Unlock()
+				pmu.Unlock()
+				continue
+			}
+			send(rsp)
+		}
+	}
+}
+
+func (s *fakeServer) client(t *testing.T, mod func(*Config)) *Client {
+	t.Helper()
+	tc, err := output.TLSConfig{CAFile: s.fx.CAFile, CertFile: s.fx.ClientCertFile, KeyFile: s.fx.ClientKeyFile}.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Addr: s.ln.Addr().String(), TLS: tc, Format: syslog.Formatter{Hostname: "h"}}
+	if mod != nil {
+		mod(&cfg)
+	}
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func batch(n int) []siem.Event {
+	out := make([]siem.Event, n)
+	for i := range out {
+		out[i] = siem.Event{Tag: "audit", Raw: []byte("event " + strconv.Itoa(i))}
+	}
+	return out
+}
+
+func TestSendAllAcked(t *testing.T) {
+	s := newFake(t)
+	c := s.client(t, nil)
+	for i := 0; i < 3; i++ {
+		if err := c.Send(context.Background(), batch(5000)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.received) != 15000 || s.conns != 1 {
+		t.Fatalf("%d messages over %d connections", len(s.received), s.conns)
+	}
+	m, err := syslog.Parse([]byte(s.received[14999]))
+	if err != nil || string(m.Msg) != "event 4999" {
+		t.Fatalf("%+v %v", m, err)
+	}
+}
+
+func TestWindowIsRespected(t *testing.T) {
+	s := newFake(t, func(s *fakeServer) { s.cfg.ackDelay = 20 * time.Millisecond })
+	c := s.client(t, func(c *Config) { c.Window = 7 })
+	if err := c.Send(context.Background(), batch(100)); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.maxInFlight > 7 || s.maxInFlight == 0 {
+		t.Fatalf("max in flight %d, window 7", s.maxInFlight)
+	}
+}
+
+func TestRefusedMessageFailsBatchThenResend(t *testing.T) {
+	s := newFake(t, func(s *fakeServer) {
+		s.cfg.answer = func(conn, n int, f Frame) string {
+			if conn == 1 && n == 50 {
+				return "500 cannot take it"
+			}
+			return "200 OK"
+		}
+	})
+	c := s.client(t, nil)
+	err := c.Send(context.Background(), batch(100))
+	if !errors.Is(err, ErrRefused) {
+		t.Fatalf("err %v", err)
+	}
+	if err := c.Send(context.Background(), batch(100)); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conns != 2 {
+		t.Fatalf("%d connections, want a new one after the failure", s.conns)
+	}
+}
+
+func TestServerCloseMidBatch(t *testing.T) {
+	s := newFake(t, func(s *fakeServer) {
+		s.cfg.answer = func(conn, n int, f Frame) string {
+			if conn == 1 && n == 10 {
+				return "serverclose"
+			}
+			return "200 OK"
+		}
+	})
+	c := s.client(t, nil)
+	err := c.Send(context.Background(), batch(100))
+	if !errors.Is(err, ErrServerClose) {
+		t.Fatalf("err %v", err)
+	}
+	t.Log(err)
+	if err := c.Send(context.Background(), batch(100)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestAckTimeoutAndContext(t *testing.T) {
+	s := newFake(t, func(s *fakeServer) {
+		s.cfg.answer = func(conn, n int, f Frame) string {
+			if n == 3 {
+				return "" // never answered
+			}
+			return "200 OK"
+		}
+	})
+	c := s.client(t, func(c *Config) { c.AckTimeout = 200 * time.Millisecond })
+	start := time.Now()
+	err := c.Send(context.Background(), batch(10))
+	if !errors.Is(err, ErrAckTimeout) || time.Since(start) > 3*time.Second {
+		t.Fatalf("err %v after %v", err, time.Since(start))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	c2 := s.client(t, nil)
+	err = c2.Send(ctx, batch(10))
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err %v", err)
+	}
+}
+
+func TestUnexpectedTxnr(t *testing.T) {
+	s := newFake(t)
+	c := s.client(t, nil)
+	if err := c.Send(context.Background(), batch(1)); err != nil {
+		t.Fatal(err)
+	}
+	// An rsp for a txnr that is not in flight is a protocol error.
+	c.mu.Lock()
+	sess := c.sess
+	c.mu.Unlock()
+	sess.mu.Lock()
+	sess.acks = append(sess.acks, ack{txnr: 1, code: 200}) // txnr 1 was open's
+	sess.mu.Unlock()
+	err := c.Send(context.Background(), batch(1))
+	if !errors.Is(err, ErrProtocol) {
+		t.Fatalf("err %v", err)
+	}
+}
+
+func TestTxnrWraps(t *testing.T) {
+	s := newFake(t)
+	c := s.client(t, nil)
+	if err := c.Send(context.Background(), batch(1)); err != nil {
+		t.Fatal(err)
+	}
+	c.mu.Lock()
+	c.txnr = MaxTxnr - 5
+	c.mu.Unlock()
+	if err := c.Send(context.Background(), batch(20)); err != nil {
+		t.Fatal(err)
+	}
+	if c.txnr != 15 { // 5 up to MaxTxnr, then 1..15
+		t.Fatalf("txnr %d after wrapping", c.txnr)
+	}
+}
+
+func TestOpenRefused(t *testing.T) {
+	fx, err := rsyslogtest.WriteFixtures(t.TempDir(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, _ := tls.LoadX509KeyPair(fx.ServerCertFile, fx.ServerKeyFile)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{pair}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	answers := []string{"500 go away", "200 OK\nrelp_version=0\ncommands=foo"}
+	go func() {
+		for _, a := range answers {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			r := bufio.NewReader(c)
+			f, err := ReadFrame(r)
+			if err == nil {
+				c.Write(AppendFrame(nil, Frame{Txnr: f.Txnr, Command: "rsp", Data: []byte(a)}))
+			}
+			c.Close()
+		}
+	}()
+	tc, _ := output.TLSConfig{CAFile: fx.CAFile}.Load()
+	c, err := New(Config{Addr: ln.Addr().String(), TLS: tc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Send(context.Background(), batch(1)); !errors.Is(err, ErrRefused) {
+		t.Fatalf("err %v", err)
+	}
+	if err := c.Send(context.Background(), batch(1)); !errors.Is(err, ErrProtocol) {
+		t.Fatalf("err %v", err)
+	}
+}
+
+func TestNewValidates(t *testing.T) {
+	tc := &tls.Config{}
+	for _, cfg := range []Config{{TLS: tc}, {Addr: "x", TLS: tc}, {Addr: "h:1"}, {Addr: "h:1", TLS: tc, Format: syslog.Formatter{SDID: "a b"}}} {
+		if _, err := New(cfg); err == nil {
+			t.Errorf("%+v: no error", cfg)
+		}
+	}
+}
+
+// A server that stops reading: the blocked write fails after AckTimeout.
+func TestStalledServer(t *testing.T) {
+	release := make(chan struct{})
+	s := newFake(t, func(s *fakeServer) { s.cfg.stall = release })
+	t.Cleanup(func() { close(release) }) // runs before the server's cleanup
+	c := s.client(t, func(c *Config) { c.AckTimeout = 300 * time.Millisecond })
+	b := batch(1)
+	b[0].Raw = make([]byte, 32<<20)
+	start := time.Now()
+	err := c.Send(context.Background(), b)
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() || time.Since(start) > 10*time.Second {
+		t.Fatalf("err %v after %v", err, time.Since(start))
+	}
+}
