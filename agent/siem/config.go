@@ -65,6 +65,11 @@ type OutputConfig struct {
 	BatchEvents int `yaml:"batch_events" json:"batch_events,omitempty"`
 	// RELP window: messages in flight (default 16384).
 	Window int `yaml:"window" json:"window,omitempty"`
+	// ConfirmEachBatch (syslog only) closes the connection after every
+	// batch and waits for the receiver to close its side, so a batch counts
+	// as sent only once the receiver has read all of it. One TLS handshake
+	// per batch.
+	ConfirmEachBatch bool `yaml:"confirm_each_batch" json:"confirm_each_batch,omitempty"`
 }
 
 // TLSConfig names the TLS material of an output.
@@ -187,6 +192,9 @@ func (c Config) Validate() error {
 			}
 			if o.TokenFile != "" || o.Index != "" || o.Ack {
 				bad("%s: token_file, index and ack apply only to splunk_hec", where)
+			}
+			if o.ConfirmEachBatch && o.Type != OutputSyslog {
+				bad("%s: confirm_each_batch applies only to syslog", where)
 			}
 		case OutputSplunkHEC:
 			if !strings.HasPrefix(o.Address, "https://") && !strings.HasPrefix(o.Address, "http://") {

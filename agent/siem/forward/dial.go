@@ -27,7 +27,7 @@ func dialOutput(o siem.OutputConfig, hostname, appName string) (output.Output, e
 	format := syslog.Formatter{Hostname: hostname, AppName: appName}
 	switch o.Type {
 	case siem.OutputSyslog:
-		return syslog.New(syslog.Config{Addr: o.Address, TLS: tlsCfg, Format: format})
+		return syslog.New(syslog.Config{Addr: o.Address, TLS: tlsCfg, Format: format, ConfirmEachBatch: o.ConfirmEachBatch})
 	case siem.OutputRELP:
 		return relp.New(relp.Config{Addr: o.Address, TLS: tlsCfg, Format: format, Window: o.Window})
 	case siem.OutputSplunkHEC:
