@@ -83,10 +83,13 @@ test-e2e: build $(GRPCURL)
 test-units: build
 	BIN_DIR=$(BIN) scripts/verify-units.sh --self-test
 
-## bench: enroll latency and controller memory per connected agent.
+## bench: every figure in the README's performance section.
 bench: build
-	$(GO) test ./test/bench/ -run '^$$' -bench . -benchtime=1x -count=1
+	$(GO) test ./test/bench/ -run '^$$' -bench 'Memory|AgentIdle' -benchtime=1x -count=1
 	$(GO) test ./test/bench/ -run '^$$' -bench Enroll -benchtime=200x -count=1
+	$(GO) test ./agent/gpu/ -run '^$$' -bench Sweep -benchmem -count=1
+	$(GO) test ./agent/siem/spool/ -run '^$$' -bench Append -count=1
+	$(GO) test ./test/siembench/ -run '^$$' -bench ForwardVsRsyslog -benchtime=1x -count=1 -timeout 30m
 
 clean:
 	rm -rf $(BIN) .run
