@@ -49,7 +49,14 @@ func (f *Forwarder) runSources(ctx context.Context, cfg siem.Config, src siem.So
 			running++
 			go func() {
 				defer func() { done <- struct{}{} }()
-				f.runFile(ctx, cfg, src, file, st.source(src, file))
+				// A source that fails (unreadable file, say) is retried from
+				// its checkpoint rather than given up.
+				for {
+					f.runFile(ctx, cfg, src, file, st.source(src, file))
+					if !sleep(ctx, 5*time.Second) {
+						return
+					}
+				}
 			}()
 		}
 		if !hasGlob(src.Path) {
