@@ -282,10 +282,21 @@ func matchParts(p, t []string) bool {
 // top-level `siem:` key (as in the agent's config file) or the section
 // itself. Unknown keys are errors. The result is validated.
 func ParseYAML(b []byte) (Config, error) {
-	var wrapped struct {
-		SIEM *Config `yaml:"siem"`
+	var top map[string]any
+	if err := yaml.Unmarshal(b, &top); err != nil {
+		return Config{}, err
 	}
-	if err := strictYAML(b, &wrapped); err == nil && wrapped.SIEM != nil {
+	if _, ok := top["siem"]; ok {
+		// The agent-config form: its errors name the bad key.
+		var wrapped struct {
+			SIEM *Config `yaml:"siem"`
+		}
+		if err := strictYAML(b, &wrapped); err != nil {
+			return Config{}, err
+		}
+		if wrapped.SIEM == nil {
+			return Config{}, errors.New("siem: the siem section is empty")
+		}
 		return *wrapped.SIEM, wrapped.SIEM.Validate()
 	}
 	var c Config

@@ -58,6 +58,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -173,13 +174,20 @@ func Ensure() (string, error) {
 	return "", errors.New("rsyslogd not found after scripts/ensure-rsyslog.sh")
 }
 
+// freePort picks a free port below the kernel's ephemeral range (which
+// starts at 32768 here), so an outgoing connection cannot take it between
+// the pick and rsyslog's bind, or across a Restart.
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	for range 200 {
+		p := 20000 + rand.IntN(12000)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return p, nil
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return 0, errors.New("no free port below the ephemeral range")
 }
 
 // Start writes the certificates and config into t.TempDir(), checks the
@@ -365,11 +373,12 @@ func (s *Server) Received() []string {
 	if err != nil {
 		return nil
 	}
-	b = bytes.TrimSuffix(b, []byte("\n"))
-	if len(b) == 0 {
+	// rsyslog may be writing the last line right now: only whole lines count.
+	i := bytes.LastIndexByte(b, '\n')
+	if i < 0 {
 		return nil
 	}
-	return strings.Split(string(b), "\n")
+	return strings.Split(string(b[:i]), "\n")
 }
 
 // Records returns the received messages parsed with ParseLine; it fails

@@ -111,6 +111,7 @@ func (f *Forwarder) Apply(ctx context.Context, cfg siem.Config, version uint64, 
 	if err := f.openSpool(cfg); err != nil {
 		return err
 	}
+	f.rehomeBacklog(cfg)
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	f.mu.Lock()
@@ -174,4 +175,42 @@ func decodeEvent(b []byte) (siem.Event, error) {
 	var ev siem.Event
 	err := json.Unmarshal(b, &ev)
 	return ev, err
+}
+
+// rehomeBacklog moves what is spooled for outputs the new configuration no
+// longer has into the outputs that match each event's tag, so a renamed or
+// removed output strands nothing; events no output matches are dropped, and
+// said so.
+func (f *Forwarder) rehomeBacklog(cfg siem.Config) {
+	configured := map[string]bool{}
+	for _, o := range cfg.Outputs {
+		configured[o.Name] = true
+	}
+	for q, st := range f.spool.Stats().Queues {
+		if configured[q] || st.Entries == 0 {
+			continue
+		}
+		moved, dropped, err := f.spool.Move(q, func(data []byte) []string {
+			ev, err := decodeEvent(data)
+			if err != nil {
+				return nil
+			}
+			var to []string
+			for _, o := range cfg.Outputs {
+				if siem.Match(o.Match, ev.Tag) {
+					to = append(to, o.Name)
+				}
+			}
+			return to
+		})
+		if err != nil {
+			f.log.Error("move the backlog of a removed output", "queue", q, "error", err)
+			continue
+		}
+		if dropped > 0 {
+			f.log.Warn("dropped spooled events that no configured output matches", "queue", q, "dropped", dropped, "moved", moved)
+		} else {
+			f.log.Info("moved the backlog of a removed output", "queue", q, "moved", moved)
+		}
+	}
 }

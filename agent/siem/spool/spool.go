@@ -756,3 +756,107 @@ func u64(v uint64) []byte {
 	binary.BigEndian.PutUint64(b, v)
 	return b
 }
+
+// Move empties queue from into other queues in one transaction: route says,
+// for each entry's data, which queues it goes to (none: it is dropped and
+// counted in from's Dropped). Entries keep their append time, so lag stays
+// honest. The forwarder uses it when a configuration renames or removes an
+// output, so its backlog is neither stranded nor counted against the cap
+// for ever. The cap is not checked: moved bytes were already counted, and a
+// route to several queues may exceed it until they drain.
+func (s *Spool) Move(from string, route func(data []byte) []string) (moved, dropped int, err error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.closed.Load() {
+		return 0, 0, ErrClosed
+	}
+	cur, ok := s.state[from]
+	if !ok || cur.entries == 0 {
+		return 0, 0, nil
+	}
+	changes := map[string]queueState{}
+	get := func(q string) queueState {
+		if st, ok := changes[q]; ok {
+			return st
+		}
+		return s.state[q]
+	}
+	total := s.total
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		queues := tx.Bucket(bucketQueues)
+		src := queues.Bucket([]byte(from))
+		if src == nil {
+			return fmt.Errorf("queue %q has counters but no bucket", from)
+		}
+		buckets := map[string]*bolt.Bucket{}
+		var key [8]byte
+		st := get(from)
+		var del [][]byte
+		c := src.Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			del = append(del, append([]byte(nil), k...))
+			size := int64(len(v) - 8)
+			st.entries--
+			st.bytes -= size
+			total -= size
+			targets := route(v[8:])
+			if len(targets) == 0 {
+				st.dropped++
+				dropped++
+				continue
+			}
+			for _, q := range targets {
+				if q == from || q == "" {
+					return fmt.Errorf("spool move: bad target queue %q", q)
+				}
+				b := buckets[q]
+				if b == nil {
+					var err error
+					if b, err = queues.CreateBucketIfNotExists([]byte(q)); err != nil {
+						return err
+					}
+					buckets[q] = b
+				}
+				seq, err := b.NextSequence()
+				if err != nil {
+					return err
+				}
+				binary.BigEndian.PutUint64(key[:], seq)
+				if err := b.Put(key[:], append([]byte(nil), v...)); err != nil {
+					return err
+				}
+				ts := get(q)
+				if ts.entries == 0 {
+					ts.oldest = appendTime(v)
+				}
+				ts.entries++
+				ts.bytes += size
+				changes[q] = ts
+				total += size
+			}
+			moved++
+		}
+		for _, k := range del {
+			if err := src.Delete(k); err != nil {
+				return err
+			}
+		}
+		changes[from] = st
+		return putCounters(tx, changes)
+	})
+	if err != nil {
+		return 0, 0, fmt.Errorf("spool move: %w", err)
+	}
+	s.mu.Lock()
+	s.apply(changes, total)
+	for q, st := range changes {
+		if st.entries > 0 {
+			if ch := s.waiters[q]; ch != nil {
+				close(ch)
+				delete(s.waiters, q)
+			}
+		}
+	}
+	s.mu.Unlock()
+	return moved, dropped, nil
+}

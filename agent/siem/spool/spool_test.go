@@ -648,3 +648,52 @@ func seqOf(b []byte) uint64 {
 	}
 	return binary.BigEndian.Uint64(b)
 }
+
+func TestMoveReroutesAndDrops(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "spool.db")
+	s, err := Open(path, Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var batch []Entry
+	for i := range 10 {
+		kind := "drop"
+		if i%2 == 0 {
+			kind = "keep"
+		}
+		batch = append(batch, Entry{Queue: "old", Data: []byte(fmt.Sprintf("ev-%d-%s", i, kind))})
+	}
+	if err := s.Append(batch, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Append([]Entry{{Queue: "new", Data: []byte("already")}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	moved, dropped, err := s.Move("old", func(d []byte) []string {
+		if bytes.HasSuffix(d, []byte("keep")) {
+			return []string{"new", "other"}
+		}
+		return nil
+	})
+	if err != nil || moved != 5 || dropped != 5 {
+		t.Fatalf("Move = %d moved, %d dropped, %v; want 5, 5", moved, dropped, err)
+	}
+	items, err := s.Peek("new", 0, 0)
+	if err != nil || len(items) != 6 || string(items[0].Data) != "already" || string(items[1].Data) != "ev-0-keep" || string(items[5].Data) != "ev-8-keep" {
+		t.Fatalf("new queue after move = %v, %v", items, err)
+	}
+	st := s.Stats()
+	if st.Queues["old"].Entries != 0 || st.Queues["old"].Dropped != 5 || st.Queues["other"].Entries != 5 || st.Queues["new"].Entries != 6 {
+		t.Fatalf("stats after move = %+v", st.Queues)
+	}
+	want := st.Bytes
+	s.Close()
+	s, err = Open(path, Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got := s.Stats(); got.Bytes != want || got.Queues["other"].Entries != 5 || got.Queues["old"].Entries != 0 {
+		t.Fatalf("counters after reopen = %+v, bytes %d want %d", got.Queues, got.Bytes, want)
+	}
+}

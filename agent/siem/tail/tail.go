@@ -168,6 +168,7 @@ type Follower struct {
 	cur      *source   // the file being read; nil before it is opened
 	queue    []*source // files to read after cur, oldest first
 	draining bool      // the writer moved on; switch at the next EOF
+	recheck  bool      // waited at EOF: check for truncation before reading
 	buf      []byte
 	r, w     int // buf[r:w] is read from the file but not returned
 	scratch  []byte
@@ -254,6 +255,18 @@ func (f *Follower) Next(ctx context.Context) (Line, error) {
 		if err := ctx.Err(); err != nil {
 			return Line{}, err
 		}
+		if f.recheck {
+			// The file may have been truncated and rewritten past our offset
+			// while we waited: check before reading stale offsets.
+			f.recheck = false
+			if l, ok, again, err := f.truncated(); err != nil {
+				return Line{}, err
+			} else if ok {
+				return l, nil
+			} else if again {
+				continue
+			}
+		}
 		n, err := f.fill()
 		if errors.Is(err, errChanged) {
 			if l, ok := f.restart("first bytes changed"); ok {
@@ -280,7 +293,31 @@ func (f *Follower) Next(ctx context.Context) (Line, error) {
 		if err := f.wait(ctx); err != nil {
 			return Line{}, err
 		}
+		f.recheck = true
 	}
+}
+
+// truncated restarts the current file when it is shorter than the read
+// offset or its first bytes changed.
+func (f *Follower) truncated() (l Line, ok, again bool, err error) {
+	s := f.cur
+	fi, err := s.f.Stat()
+	if err != nil {
+		return Line{}, false, false, fmt.Errorf("tail: stat %s: %w", s.name, err)
+	}
+	if fi.Size() < s.readOff {
+		l, ok = f.restart("file is shorter than the read offset")
+		return l, ok, true, nil
+	}
+	same, err := s.prefixMatches(f.scratchN(s.fpLen))
+	if err != nil {
+		return Line{}, false, false, fmt.Errorf("tail: read %s: %w", s.name, err)
+	}
+	if !same {
+		l, ok = f.restart("first bytes changed")
+		return l, ok, true, nil
+	}
+	return Line{}, false, false, nil
 }
 
 // Close releases the open files and makes a blocked or later Next return
@@ -377,22 +414,8 @@ func (f *Follower) fill() (int, error) {
 // truncation, then rotation. ok: l is a line to return. again: state changed,
 // read again without waiting.
 func (f *Follower) atEOF() (l Line, ok, again bool, err error) {
-	s := f.cur
-	fi, err := s.f.Stat()
-	if err != nil {
-		return Line{}, false, false, fmt.Errorf("tail: stat %s: %w", s.name, err)
-	}
-	if fi.Size() < s.readOff {
-		l, ok = f.restart("file is shorter than the read offset")
-		return l, ok, true, nil
-	}
-	same, err := s.prefixMatches(f.scratchN(s.fpLen))
-	if err != nil {
-		return Line{}, false, false, fmt.Errorf("tail: read %s: %w", s.name, err)
-	}
-	if !same {
-		l, ok = f.restart("first bytes changed")
-		return l, ok, true, nil
+	if l, ok, again, err := f.truncated(); err != nil || ok || again {
+		return l, ok, again, err
 	}
 	if len(f.queue) == 0 && !f.rotated() {
 		return Line{}, false, false, nil

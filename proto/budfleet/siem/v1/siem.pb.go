@@ -128,17 +128,19 @@ func (x *SourceStatus) GetLastErrorAt() *timestamppb.Timestamp {
 }
 
 type OutputStatus struct {
-	state              protoimpl.MessageState `protogen:"open.v1"`
-	Name               string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Type               string                 `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
-	Address            string                 `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
-	Connected          bool                   `protobuf:"varint,4,opt,name=connected,proto3" json:"connected,omitempty"`
-	EventsSent         uint64                 `protobuf:"varint,5,opt,name=events_sent,json=eventsSent,proto3" json:"events_sent,omitempty"`
-	EventsAcknowledged uint64                 `protobuf:"varint,6,opt,name=events_acknowledged,json=eventsAcknowledged,proto3" json:"events_acknowledged,omitempty"`
-	BytesSent          uint64                 `protobuf:"varint,7,opt,name=bytes_sent,json=bytesSent,proto3" json:"bytes_sent,omitempty"`
-	SpoolEvents        uint64                 `protobuf:"varint,8,opt,name=spool_events,json=spoolEvents,proto3" json:"spool_events,omitempty"`
-	SpoolBytes         uint64                 `protobuf:"varint,9,opt,name=spool_bytes,json=spoolBytes,proto3" json:"spool_bytes,omitempty"`
-	DroppedEvents      uint64                 `protobuf:"varint,10,opt,name=dropped_events,json=droppedEvents,proto3" json:"dropped_events,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Name       string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Type       string                 `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	Address    string                 `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
+	Connected  bool                   `protobuf:"varint,4,opt,name=connected,proto3" json:"connected,omitempty"`
+	EventsSent uint64                 `protobuf:"varint,5,opt,name=events_sent,json=eventsSent,proto3" json:"events_sent,omitempty"`
+	// Confirmed by the receiver (RELP rsp, HEC ack); for syslog, which has no
+	// acknowledgements, written and flushed to the connection.
+	EventsAcknowledged uint64 `protobuf:"varint,6,opt,name=events_acknowledged,json=eventsAcknowledged,proto3" json:"events_acknowledged,omitempty"`
+	BytesSent          uint64 `protobuf:"varint,7,opt,name=bytes_sent,json=bytesSent,proto3" json:"bytes_sent,omitempty"`
+	SpoolEvents        uint64 `protobuf:"varint,8,opt,name=spool_events,json=spoolEvents,proto3" json:"spool_events,omitempty"`
+	SpoolBytes         uint64 `protobuf:"varint,9,opt,name=spool_bytes,json=spoolBytes,proto3" json:"spool_bytes,omitempty"`
+	DroppedEvents      uint64 `protobuf:"varint,10,opt,name=dropped_events,json=droppedEvents,proto3" json:"dropped_events,omitempty"`
 	// Age of the oldest event waiting in the spool for this output.
 	LagSeconds    float64                `protobuf:"fixed64,11,opt,name=lag_seconds,json=lagSeconds,proto3" json:"lag_seconds,omitempty"`
 	LastError     string                 `protobuf:"bytes,12,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
