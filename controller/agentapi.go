@@ -156,7 +156,7 @@ func (a *AgentAPI) Connect(stream agentv1.AgentService_ConnectServer) error {
 	errc := make(chan error, 2)
 	go func() { errc <- s.sendLoop(sess, stream) }()
 	sess.wake()
-	s.pushSIEM(sess)
+	s.pushSIEM(sess, true)
 
 	go func() {
 		for {
@@ -193,7 +193,7 @@ func (s *Server) handleAgentMessage(sess *session, msg *agentv1.ConnectRequest) 
 		s.sawHeartbeat(sess.nodeID)
 		s.metrics.heartbeats.Inc()
 		if st := m.Heartbeat.GetSiem(); st != nil {
-			s.recordSIEMStatus(sess.nodeID, st)
+			s.recordSIEMStatus(sess, st)
 		}
 	case *agentv1.ConnectRequest_Inventory:
 		inv := inventoryFromProto(m.Inventory)

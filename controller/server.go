@@ -60,6 +60,8 @@ type Server struct {
 	sessions map[string]*session // by node id
 	lastSeen map[string]time.Time
 	siem     map[string]siemReport
+	// siemPushed is when each node was last sent its SIEM configuration.
+	siemPushed map[string]time.Time
 }
 
 // New checks opts and returns a Server.
@@ -105,6 +107,8 @@ func New(opts Options) (*Server, error) {
 		sessions: map[string]*session{},
 		lastSeen: map[string]time.Time{},
 		siem:     map[string]siemReport{},
+
+		siemPushed: map[string]time.Time{},
 	}
 	s.metrics = newMetrics(opts.Registerer)
 	if err := opts.Registerer.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{

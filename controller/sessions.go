@@ -89,6 +89,7 @@ func (s *Server) dropNode(nodeID string) {
 	sess := s.sessions[nodeID]
 	delete(s.lastSeen, nodeID)
 	delete(s.siem, nodeID)
+	delete(s.siemPushed, nodeID)
 	s.mu.Unlock()
 	if sess != nil {
 		sess.cancel(errNodeDeleted)

@@ -25,13 +25,14 @@ type siemReport struct {
 	at     time.Time
 }
 
-func (s *Server) recordSIEMStatus(nodeID string, st *siemv1.Status) {
+func (s *Server) recordSIEMStatus(sess *session, st *siemv1.Status) {
 	if st == nil {
 		return
 	}
 	s.mu.Lock()
-	s.siem[nodeID] = siemReport{status: st, at: s.opts.Now()}
+	s.siem[sess.nodeID] = siemReport{status: st, at: s.opts.Now()}
 	s.mu.Unlock()
+	s.repushSIEM(sess, st)
 }
 
 // desiredSIEM returns the configuration a node should run, if any.
@@ -39,9 +40,15 @@ func (s *Server) desiredSIEM(n store.Node) (store.SIEMConfig, bool, error) {
 	return s.store.SIEMConfigFor(n.Labels)
 }
 
+// siemRepushEvery limits how often a node that reports another version than
+// it should run is sent its configuration again.
+const siemRepushEvery = 30 * time.Second
+
 // pushSIEM sends a node its configuration unless it already reported
-// running that version.
-func (s *Server) pushSIEM(sess *session) {
+// running that version. With wait false it never blocks: one stalled
+// session must not hold up an operator's call; the node's next heartbeat
+// that shows the old version brings the push again.
+func (s *Server) pushSIEM(sess *session, wait bool) {
 	n, err := s.store.GetNode(sess.nodeID)
 	if err != nil {
 		return
@@ -56,7 +63,38 @@ func (s *Server) pushSIEM(sess *session) {
 	if rep.status != nil && rep.status.GetConfigVersion() == c.Version && rep.status.GetConfigSource() == "controller" {
 		return
 	}
-	sess.send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_SiemConfig{SiemConfig: &siemv1.ConfigPush{Version: c.Version, Yaml: c.YAML}}})
+	msg := &agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_SiemConfig{SiemConfig: &siemv1.ConfigPush{Version: c.Version, Yaml: c.YAML}}}
+	s.mu.Lock()
+	s.siemPushed[sess.nodeID] = s.opts.Now()
+	s.mu.Unlock()
+	if wait {
+		sess.send(msg)
+		return
+	}
+	select {
+	case sess.out <- msg:
+	default:
+	}
+}
+
+// repushSIEM sends the configuration again to a node whose heartbeat shows
+// it is not running the one it should, at most every siemRepushEvery.
+func (s *Server) repushSIEM(sess *session, st *siemv1.Status) {
+	s.mu.Lock()
+	last := s.siemPushed[sess.nodeID]
+	s.mu.Unlock()
+	if s.opts.Now().Sub(last) < siemRepushEvery {
+		return
+	}
+	n, err := s.store.GetNode(sess.nodeID)
+	if err != nil {
+		return
+	}
+	c, ok, err := s.desiredSIEM(n)
+	if err != nil || !ok || (st.GetConfigSource() == "controller" && st.GetConfigVersion() == c.Version) {
+		return
+	}
+	s.pushSIEM(sess, false)
 }
 
 // ApplySiemConfig validates and stores a forwarding configuration and
@@ -94,7 +132,7 @@ func (a *FleetAPI) ApplySiemConfig(ctx context.Context, req *fleetv1.ApplySiemCo
 		sess := a.s.sessions[n.ID]
 		a.s.mu.Unlock()
 		if sess != nil {
-			a.s.pushSIEM(sess)
+			a.s.pushSIEM(sess, false)
 		}
 	}
 	a.audit(ctx, "siem.apply", "version", c.Version, "selector", fmt.Sprint(req.GetSelector()), "nodes", len(resp.NodeIds))
@@ -113,6 +151,9 @@ func siemState(st *siemv1.Status, desired uint64, hasDesired bool) string {
 			return "unknown"
 		}
 		return "no-config"
+	}
+	if !hasDesired && st.GetConfigError() != "" {
+		return "failing"
 	}
 	if hasDesired && (st.GetConfigSource() != "controller" || st.GetConfigVersion() != desired) {
 		if st.GetConfigError() != "" {

@@ -221,6 +221,17 @@ func (c Config) Validate() error {
 	if c.Spool.MaxBytes < 0 || (c.Spool.MaxBytes > 0 && c.Spool.MaxBytes < 1<<20) {
 		bad("siem.spool.max_bytes must be at least 1 MiB")
 	}
+	spoolBytes := c.Spool.MaxBytes
+	if spoolBytes <= 0 {
+		spoolBytes = DefaultSpoolBytes
+	}
+	for i, s := range c.Sources {
+		// A line must fit in a spool batch many times over, or it could
+		// never be spooled and its source would stall.
+		if int64(s.MaxLineBytes)*16 > spoolBytes {
+			bad("siem.sources[%d]: max_line_bytes %d is too large for a spool of %d bytes (at most 1/16 of it)", i, s.MaxLineBytes, spoolBytes)
+		}
+	}
 	if c.Spool.FlushInterval < 0 {
 		bad("siem.spool.flush_interval must not be negative")
 	}
@@ -249,33 +260,36 @@ func validPattern(p string) error {
 
 // Match reports whether tag matches pattern, fluentd style: "*" matches one
 // dot-separated part, "**" zero or more parts, so "audit.**" matches
-// "audit" and "audit.kernel".
+// "audit" and "audit.kernel". It runs in O(parts of pattern x parts of tag):
+// patterns come from pushed configurations and must not be able to stall
+// the agent.
 func Match(pattern, tag string) bool {
-	return matchParts(strings.Split(pattern, "."), strings.Split(tag, "."))
-}
-
-func matchParts(p, t []string) bool {
-	for len(p) > 0 {
-		switch p[0] {
+	p, t := strings.Split(pattern, "."), strings.Split(tag, ".")
+	// ok[j]: the pattern parts seen so far match t[:j].
+	ok := make([]bool, len(t)+1)
+	ok[0] = true
+	next := make([]bool, len(t)+1)
+	for _, part := range p {
+		clear(next)
+		switch part {
 		case "**":
-			for i := 0; i <= len(t); i++ {
-				if matchParts(p[1:], t[i:]) {
-					return true
-				}
+			reach := false
+			for j := range ok {
+				reach = reach || ok[j]
+				next[j] = reach
 			}
-			return false
 		case "*":
-			if len(t) == 0 {
-				return false
+			for j := 1; j <= len(t); j++ {
+				next[j] = ok[j-1]
 			}
 		default:
-			if len(t) == 0 || p[0] != t[0] {
-				return false
+			for j := 1; j <= len(t); j++ {
+				next[j] = ok[j-1] && t[j-1] == part
 			}
 		}
-		p, t = p[1:], t[1:]
+		ok, next = next, ok
 	}
-	return len(t) == 0
+	return ok[len(t)]
 }
 
 // ParseYAML reads a forwarding configuration: either a document with a
@@ -296,6 +310,9 @@ func ParseYAML(b []byte) (Config, error) {
 		}
 		if wrapped.SIEM == nil {
 			return Config{}, errors.New("siem: the siem section is empty")
+		}
+		if len(wrapped.SIEM.Sources) == 0 && len(wrapped.SIEM.Outputs) == 0 {
+			return Config{}, errors.New("siem: the configuration has no sources and no outputs")
 		}
 		return *wrapped.SIEM, wrapped.SIEM.Validate()
 	}

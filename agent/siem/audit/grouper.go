@@ -80,6 +80,7 @@ type Grouper struct {
 	free       []*openGroup
 	strs       strings.Builder // the chunk lines are copied into as strings
 	raws       []byte          // the chunk groups' Raw are cut from
+	lines      int64           // Add calls so far: the next line's number
 }
 
 // chunk is the size of the blocks the Grouper copies lines and Raws into,
@@ -123,6 +124,7 @@ type openGroup struct {
 	recs       []Record  // without Raw
 	lines      []string  // the lines of recs, which their fields point into
 	size       int       // sum of len(lines) + 1 each
+	firstLine  int64     // number of the Add call that opened it
 	prev, next *openGroup
 }
 
@@ -144,10 +146,25 @@ func NewGrouper(o GrouperOptions) *Grouper {
 // Open returns how many groups are open, waiting for more records.
 func (g *Grouper) Open() int { return len(g.open) }
 
+// Lines returns how many lines Add has been given; the next line is number
+// Lines().
+func (g *Grouper) Lines() int64 { return g.lines }
+
+// OldestOpenLine returns the number of the first line of the oldest open
+// group: a reader that resumes from that line loses no open event.
+func (g *Grouper) OldestOpenLine() (int64, bool) {
+	if g.head == nil {
+		return 0, false
+	}
+	return g.head.firstLine, true
+}
+
 // Add reads one line (a trailing "\n" or "\r\n" is ignored; line is not
 // retained) read at now, and returns the groups it completed, oldest first:
 // usually none, or the one it closed.
 func (g *Grouper) Add(line []byte, now time.Time) []Group {
+	lineNo := g.lines
+	g.lines++
 	line = trimEOL(line)
 	if len(line) == 0 {
 		return nil
@@ -170,6 +187,7 @@ func (g *Grouper) Add(line []byte, now time.Time) []Group {
 			return append(out, Group{Serial: r.Serial, Time: r.Time, Records: []Record{r}, Raw: r.Raw})
 		}
 		og = g.start(r.Serial, r.Time, now)
+		og.firstLine = lineNo
 		if len(g.open) > g.maxOpen {
 			out = append(out, g.finish(g.head))
 		}

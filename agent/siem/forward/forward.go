@@ -43,9 +43,8 @@ type Options struct {
 type Forwarder struct {
 	opts Options
 	log  *slog.Logger
-	// spool is replaced only while nothing runs (Apply after Stop).
-	spool       *spool.Spool
-	spoolLimits siem.SpoolConfig
+	// spool is opened by the first Apply and kept until Close.
+	spool *spool.Spool
 
 	mu      sync.Mutex
 	cfg     siem.Config
@@ -79,24 +78,20 @@ func New(opts Options) (*Forwarder, error) {
 	return &Forwarder{opts: opts, log: opts.Logger.With("component", "siem"), stats: newStats()}, nil
 }
 
-// openSpool (re)opens the spool with the limits of cfg; the cap and the
-// drop policy are fixed when the file is opened.
+// openSpool opens the spool once and sets the limits of cfg on it; a new
+// configuration changes the limits in place.
 func (f *Forwarder) openSpool(cfg siem.Config) error {
-	if f.spool != nil && f.spoolLimits == cfg.Spool {
+	if f.spool == nil {
+		sp, err := spool.Open(f.opts.SpoolPath, spool.Options{MaxBytes: cfg.Spool.MaxBytes, DropOldest: cfg.Spool.DropOldest, NoSync: f.opts.NoSync})
+		if err != nil {
+			return fmt.Errorf("open SIEM spool: %w", err)
+		}
+		f.mu.Lock()
+		f.spool = sp
+		f.mu.Unlock()
 		return nil
 	}
-	if f.spool != nil {
-		if err := f.spool.Close(); err != nil {
-			return err
-		}
-		f.spool = nil
-	}
-	sp, err := spool.Open(f.opts.SpoolPath, spool.Options{MaxBytes: cfg.Spool.MaxBytes, DropOldest: cfg.Spool.DropOldest, NoSync: f.opts.NoSync})
-	if err != nil {
-		return fmt.Errorf("open SIEM spool: %w", err)
-	}
-	f.spool, f.spoolLimits = sp, cfg.Spool
-	return nil
+	return f.spool.SetLimits(cfg.Spool.MaxBytes, cfg.Spool.DropOldest)
 }
 
 // Apply replaces the running configuration. version and source are what
@@ -107,11 +102,14 @@ func (f *Forwarder) Apply(ctx context.Context, cfg siem.Config, version uint64, 
 		return err
 	}
 	cfg = cfg.WithDefaults()
-	f.Stop()
+	f.mu.Lock()
+	prev := f.cfg
+	f.mu.Unlock()
 	if err := f.openSpool(cfg); err != nil {
-		return err
+		return err // the old configuration keeps running
 	}
-	f.rehomeBacklog(cfg)
+	f.Stop()
+	f.rehomeBacklog(prev, cfg)
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	f.mu.Lock()
@@ -181,10 +179,16 @@ func decodeEvent(b []byte) (siem.Event, error) {
 // longer has into the outputs that match each event's tag, so a renamed or
 // removed output strands nothing; events no output matches are dropped, and
 // said so.
-func (f *Forwarder) rehomeBacklog(cfg siem.Config) {
+func (f *Forwarder) rehomeBacklog(prev, cfg siem.Config) {
 	configured := map[string]bool{}
 	for _, o := range cfg.Outputs {
 		configured[o.Name] = true
+	}
+	// Outputs that were already running have their own copy of every event
+	// they match: only new outputs take over a removed one's backlog.
+	existed := map[string]bool{}
+	for _, o := range prev.Outputs {
+		existed[o.Name] = true
 	}
 	for q, st := range f.spool.Stats().Queues {
 		if configured[q] || st.Entries == 0 {
@@ -197,7 +201,7 @@ func (f *Forwarder) rehomeBacklog(cfg siem.Config) {
 			}
 			var to []string
 			for _, o := range cfg.Outputs {
-				if siem.Match(o.Match, ev.Tag) {
+				if !existed[o.Name] && siem.Match(o.Match, ev.Tag) {
 					to = append(to, o.Name)
 				}
 			}

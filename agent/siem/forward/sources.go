@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"time"
 
@@ -46,6 +47,12 @@ func (f *Forwarder) runSources(ctx context.Context, cfg siem.Config, src siem.So
 				continue
 			}
 			started[file] = true
+			if !st.claim(file) {
+				// Another source already follows it (overlapping globs):
+				// following it twice would send everything twice.
+				f.log.Warn("file matched by more than one source; the first one forwards it", "file", file, "source", src.Path)
+				continue
+			}
 			running++
 			go func() {
 				defer func() { done <- struct{}{} }()
@@ -141,12 +148,16 @@ func (f *Forwarder) runFile(ctx context.Context, cfg siem.Config, src siem.Sourc
 		grouper = audit.NewGrouper(audit.GrouperOptions{})
 	}
 	var (
-		entries   []spool.Entry
-		pending   int64 // bytes in entries
-		events    int
-		bytes     int
-		cleanCP   *tail.Checkpoint // where reading may resume without skipping an open group
-		lastCP    *tail.Checkpoint
+		entries []spool.Entry
+		pending int64 // bytes in entries
+		events  int
+		bytes   int
+		cleanCP *tail.Checkpoint // where reading may resume without skipping an open group
+		lastCP  *tail.Checkpoint
+		// starts[i] is where line startBase+i began (nil: not known), kept
+		// from the oldest open audit event on.
+		starts    []*tail.Checkpoint
+		startBase int64
 		part      int
 		flushTick = time.NewTicker(cfg.Spool.FlushInterval)
 	)
@@ -169,6 +180,24 @@ func (f *Forwarder) runFile(ctx context.Context, cfg siem.Config, src siem.Sourc
 			add(g.Event(src.Tag, file))
 		}
 	}
+	// auditResume moves the checkpoint to the first line of the oldest open
+	// event, so a restart re-reads that event whole (and at most the events
+	// completed after it) under steady traffic too.
+	auditResume := func() {
+		oldest, open := grouper.OldestOpenLine()
+		if !open {
+			cleanCP = lastCP
+			starts, startBase = starts[:0], grouper.Lines()
+			return
+		}
+		if k := int(oldest - startBase); k > 0 && k <= len(starts) {
+			starts = append(starts[:0], starts[k:]...)
+			startBase = oldest
+		}
+		if len(starts) > 0 && starts[0] != nil {
+			cleanCP = starts[0]
+		}
+	}
 	flush := func() bool {
 		if len(entries) == 0 && cleanCP == nil {
 			return true
@@ -183,8 +212,27 @@ func (f *Forwarder) runFile(ctx context.Context, cfg siem.Config, src siem.Sourc
 			if err == nil {
 				break
 			}
+			if errors.Is(err, spool.ErrTooLarge) {
+				// Only an event bigger than the spool allows can cause this;
+				// it can never be stored, so it is dropped, and said so.
+				kept := entries[:0]
+				for _, e := range entries {
+					if int64(len(e.Data))*8 <= cfg.Spool.MaxBytes {
+						kept = append(kept, e)
+					}
+				}
+				msg := fmt.Sprintf("dropped %d event copies larger than the spool can hold", len(entries)-len(kept))
+				log.Error("SIEM event too large for the spool", "detail", msg)
+				st.setPaused(false, msg)
+				if len(kept) == len(entries) {
+					kept = kept[:0] // the batch as a whole is the problem
+				}
+				entries = kept
+				continue
+			}
 			if !errors.Is(err, spool.ErrFull) {
 				log.Error("write spool", "error", err)
+				st.setPaused(false, "write spool: "+err.Error())
 			} else {
 				st.setPaused(true, "spool full: reading paused, events wait in the source file")
 				log.Error("SIEM spool is full: reading is paused and events wait in the source file; check the outputs (spool.max_bytes caps it, spool.drop_oldest trades loss for progress)", "source", file)
@@ -206,9 +254,7 @@ func (f *Forwarder) runFile(ctx context.Context, cfg siem.Config, src siem.Sourc
 		case <-flushTick.C:
 			if grouper != nil {
 				addGroups(grouper.Flush(time.Now()))
-				if grouper.Open() == 0 && lastCP != nil {
-					cleanCP = lastCP
-				}
+				auditResume()
 			}
 			if !flush() {
 				return
@@ -219,13 +265,13 @@ func (f *Forwarder) runFile(ctx context.Context, cfg siem.Config, src siem.Sourc
 				return
 			}
 			cp := l.cp
-			lastCP = &cp
 			if grouper != nil {
+				starts = append(starts, lastCP)
+				lastCP = &cp
 				addGroups(grouper.Add(l.data, time.Now()))
-				if grouper.Open() == 0 {
-					cleanCP = lastCP
-				}
+				auditResume()
 			} else {
+				lastCP = &cp
 				ev := siem.Event{Tag: src.Tag, Source: file, Time: time.Now(), Raw: l.data}
 				if l.partial || part > 0 {
 					part++

@@ -15,10 +15,23 @@ type stats struct {
 	mu      sync.Mutex
 	sources map[string]*sourceStats // by file
 	outputs map[string]*outputStats
+	claimed map[string]bool // files some source follows
+}
+
+// claim reports whether file is not yet followed by any source, and marks
+// it followed.
+func (s *stats) claim(file string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.claimed[file] {
+		return false
+	}
+	s.claimed[file] = true
+	return true
 }
 
 func newStats() *stats {
-	return &stats{sources: map[string]*sourceStats{}, outputs: map[string]*outputStats{}}
+	return &stats{sources: map[string]*sourceStats{}, outputs: map[string]*outputStats{}, claimed: map[string]bool{}}
 }
 
 type sourceStats struct {

@@ -860,3 +860,20 @@ func (s *Spool) Move(from string, route func(data []byte) []string) (moved, drop
 	s.mu.Unlock()
 	return moved, dropped, nil
 }
+
+// SetLimits changes the cap and the drop policy of an open spool, so a new
+// configuration never has to reopen (and so briefly lose) the file.
+func (s *Spool) SetLimits(maxBytes int64, dropOldest bool) error {
+	if maxBytes < 0 {
+		return fmt.Errorf("spool: negative MaxBytes %d", maxBytes)
+	}
+	if maxBytes == 0 {
+		maxBytes = DefaultMaxBytes
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.maxBytes, s.drop = maxBytes, dropOldest
+	return nil
+}
