@@ -9,7 +9,6 @@ package forward
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -165,14 +164,6 @@ func (f *Forwarder) Version() (uint64, string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.version, f.source
-}
-
-func encodeEvent(ev siem.Event) ([]byte, error) { return json.Marshal(ev) }
-
-func decodeEvent(b []byte) (siem.Event, error) {
-	var ev siem.Event
-	err := json.Unmarshal(b, &ev)
-	return ev, err
 }
 
 // rehomeBacklog moves what is spooled for outputs the new configuration no
