@@ -202,6 +202,16 @@ func (f *Forwarder) runFile(ctx context.Context, cfg siem.Config, src siem.Sourc
 		if len(entries) == 0 && cleanCP == nil {
 			return true
 		}
+		// While the outputs keep up, reading stays a little ahead of them
+		// instead of copying the whole file into the spool: the source file
+		// and its checkpoint already hold it. When an output fails, the
+		// spool takes everything up to its cap, so rotation cannot take
+		// unsent data away.
+		for f.readAheadFull(queues) {
+			if !sleep(ctx, 10*time.Millisecond) {
+				return false
+			}
+		}
 		var cps map[string][]byte
 		if cleanCP != nil {
 			raw, _ := json.Marshal(cleanCP)
@@ -292,4 +302,23 @@ func (f *Forwarder) runFile(ctx context.Context, cfg siem.Config, src siem.Sourc
 			}
 		}
 	}
+}
+
+// readAhead is how much a healthy output may have waiting in the spool
+// before its sources pause.
+const readAhead = 16 << 20
+
+// readAheadFull reports whether every queue of a source is past readAhead
+// while its output is healthy.
+func (f *Forwarder) readAheadFull(queues []string) bool {
+	if len(queues) == 0 {
+		return false
+	}
+	stats := f.spool.Stats()
+	for _, q := range queues {
+		if stats.Queues[q].Bytes < readAhead || !f.outputHealthy(q) {
+			return false
+		}
+	}
+	return true
 }

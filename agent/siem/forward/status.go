@@ -163,3 +163,19 @@ func (f *Forwarder) Status() *siemv1.Status {
 	}
 	return out
 }
+
+// outputHealthy reports whether an output's last send succeeded.
+func (f *Forwarder) outputHealthy(name string) bool {
+	f.mu.Lock()
+	st := f.stats
+	f.mu.Unlock()
+	st.mu.Lock()
+	o := st.outputs[name]
+	st.mu.Unlock()
+	if o == nil {
+		return false
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.connected
+}
