@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
-	"sort"
 	"time"
 
 	"github.com/bud-ecosystem/budfleet/agent/siem"
@@ -17,21 +16,17 @@ import (
 //	0x01 | varint time (unix ns) | str tag | str source | str raw |
 //	flags (bit 0: truncated) | uvarint part | uvarint n | n x (str key, str value)
 //
-// where str is a uvarint length and the bytes. Fields are written in key
-// order so equal events encode equally. Entries that start with '{' are
-// the JSON of earlier builds.
+// where str is a uvarint length and the bytes; fields in map order. Entries
+// that start with '{' are the JSON of earlier builds.
 const codecV1 = 0x01
 
 var errCorrupt = errors.New("corrupt spool entry")
 
 func encodeEvent(ev siem.Event) ([]byte, error) {
 	n := 1 + binary.MaxVarintLen64*4 + len(ev.Tag) + len(ev.Source) + len(ev.Raw) + 1 + binary.MaxVarintLen64*2
-	keys := make([]string, 0, len(ev.Fields))
 	for k, v := range ev.Fields {
-		keys = append(keys, k)
 		n += len(k) + len(v) + 2*binary.MaxVarintLen64
 	}
-	sort.Strings(keys)
 	b := make([]byte, 0, n)
 	b = append(b, codecV1)
 	var t int64
@@ -49,10 +44,10 @@ func encodeEvent(ev siem.Event) ([]byte, error) {
 	}
 	b = append(b, flags)
 	b = binary.AppendUvarint(b, uint64(ev.Part))
-	b = binary.AppendUvarint(b, uint64(len(keys)))
-	for _, k := range keys {
+	b = binary.AppendUvarint(b, uint64(len(ev.Fields)))
+	for k, v := range ev.Fields {
 		b = appendStr(b, k)
-		b = appendStr(b, ev.Fields[k])
+		b = appendStr(b, v)
 	}
 	return b, nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -216,10 +217,33 @@ func validUTF8(s string) string {
 	return string(bytes.ToValidUTF8([]byte(s), []byte("\uFFFD")))
 }
 
+// sdKeys recycles the key slices appendSD sorts: formatting runs once per
+// event, and the allocations showed in profiles.
+var sdKeys = sync.Pool{New: func() any { s := make([]string, 0, 32); return &s }}
+
 func appendSD(dst []byte, sdid string, fields map[string]string) []byte {
-	params := SDParams(fields)
-	if len(params) == 0 {
+	if len(fields) == 0 {
 		return append(dst, NilValue...)
+	}
+	kp := sdKeys.Get().(*[]string)
+	defer sdKeys.Put(kp)
+	keys := (*kp)[:0]
+	valid := true
+	for k := range fields {
+		keys = append(keys, k)
+		valid = valid && ValidSDName(k)
+	}
+	*kp = keys
+	var params []SDParam
+	if valid {
+		// The common case: every name is already an SD-NAME, so nothing
+		// needs renaming or de-duplicating.
+		slices.Sort(keys)
+	} else {
+		params = SDParams(fields)
+		if len(params) == 0 {
+			return append(dst, NilValue...)
+		}
 	}
 	if !ValidSDName(sdid) {
 		sdid = sanitizeSDName(sdid)
@@ -229,20 +253,30 @@ func appendSD(dst []byte, sdid string, fields map[string]string) []byte {
 	}
 	dst = append(dst, '[')
 	dst = append(dst, sdid...)
-	for _, p := range params {
-		dst = append(dst, ' ')
-		dst = append(dst, p.Name...)
-		dst = append(dst, '=', '"')
-		for i := 0; i < len(p.Value); i++ {
-			c := p.Value[i]
-			if c == '"' || c == '\\' || c == ']' {
-				dst = append(dst, '\\')
-			}
-			dst = append(dst, c)
+	if valid {
+		for _, k := range keys {
+			dst = appendParam(dst, k, validUTF8(fields[k]))
 		}
-		dst = append(dst, '"')
+	} else {
+		for _, p := range params {
+			dst = appendParam(dst, p.Name, p.Value)
+		}
 	}
 	return append(dst, ']')
+}
+
+func appendParam(dst []byte, name, value string) []byte {
+	dst = append(dst, ' ')
+	dst = append(dst, name...)
+	dst = append(dst, '=', '"')
+	for i := 0; i < len(value); i++ {
+		c := value[i]
+		if c == '"' || c == '\\' || c == ']' {
+			dst = append(dst, '\\')
+		}
+		dst = append(dst, c)
+	}
+	return append(dst, '"')
 }
 
 // SDElement is one structured-data element.
