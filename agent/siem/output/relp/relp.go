@@ -35,8 +35,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -117,27 +115,12 @@ var _ output.Output = (*Client)(nil)
 
 // New checks cfg and returns a Client; it connects on the first Send.
 func New(cfg Config) (*Client, error) {
-	if cfg.Addr == "" {
-		return nil, errors.New("relp: address is empty")
+	if err := syslog.CheckEndpoint("relp", cfg.Addr, cfg.TLS); err != nil {
+		return nil, err
 	}
-	if _, _, err := net.SplitHostPort(cfg.Addr); err != nil {
-		return nil, fmt.Errorf("relp: address %q: %w", cfg.Addr, err)
-	}
-	if cfg.TLS == nil {
-		return nil, errors.New("relp: TLS config is required")
-	}
-	if cfg.Format.Hostname == "" {
-		h, err := os.Hostname()
-		if err != nil {
-			return nil, fmt.Errorf("relp: hostname: %w", err)
-		}
-		cfg.Format.Hostname = h
-	}
-	if cfg.Format.AppName == "" {
-		cfg.Format.AppName = syslog.DefaultAppName
-	}
-	if cfg.Format.SDID != "" && !syslog.ValidSDName(cfg.Format.SDID) {
-		return nil, fmt.Errorf("relp: SD-ID %q is not a valid SD-NAME", cfg.Format.SDID)
+	var err error
+	if cfg.Format, err = cfg.Format.WithDefaults(); err != nil {
+		return nil, fmt.Errorf("relp: %w", err)
 	}
 	if cfg.Window <= 0 {
 		cfg.Window = DefaultWindow

@@ -118,27 +118,12 @@ var _ output.Output = (*Client)(nil)
 
 // New checks cfg and returns a Client; it connects on the first Send.
 func New(cfg Config) (*Client, error) {
-	if cfg.Addr == "" {
-		return nil, errors.New("syslog: address is empty")
+	if err := CheckEndpoint("syslog", cfg.Addr, cfg.TLS); err != nil {
+		return nil, err
 	}
-	if _, _, err := net.SplitHostPort(cfg.Addr); err != nil {
-		return nil, fmt.Errorf("syslog: address %q: %w", cfg.Addr, err)
-	}
-	if cfg.TLS == nil {
-		return nil, errors.New("syslog: TLS config is required")
-	}
-	if cfg.Format.Hostname == "" {
-		h, err := os.Hostname()
-		if err != nil {
-			return nil, fmt.Errorf("syslog: hostname: %w", err)
-		}
-		cfg.Format.Hostname = h
-	}
-	if cfg.Format.AppName == "" {
-		cfg.Format.AppName = DefaultAppName
-	}
-	if cfg.Format.SDID != "" && !ValidSDName(cfg.Format.SDID) {
-		return nil, fmt.Errorf("syslog: SD-ID %q is not a valid SD-NAME (1-32 printable ASCII characters, none of = ] \" or space)", cfg.Format.SDID)
+	var err error
+	if cfg.Format, err = cfg.Format.WithDefaults(); err != nil {
+		return nil, fmt.Errorf("syslog: %w", err)
 	}
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = DefaultDialTimeout
@@ -366,4 +351,38 @@ func (c *Client) Close() error {
 		return fmt.Errorf("syslog: close: %w", err)
 	}
 	return nil
+}
+
+// CheckEndpoint checks what every TLS output needs: a host:port address and
+// a TLS configuration. proto prefixes the errors.
+func CheckEndpoint(proto, addr string, tc *tls.Config) error {
+	if addr == "" {
+		return fmt.Errorf("%s: address is empty", proto)
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return fmt.Errorf("%s: address %q: %w", proto, addr, err)
+	}
+	if tc == nil {
+		return fmt.Errorf("%s: TLS config is required", proto)
+	}
+	return nil
+}
+
+// WithDefaults fills an empty Hostname (os.Hostname) and AppName
+// (DefaultAppName) and checks the SD-ID.
+func (f Formatter) WithDefaults() (Formatter, error) {
+	if f.Hostname == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return f, fmt.Errorf("hostname: %w", err)
+		}
+		f.Hostname = h
+	}
+	if f.AppName == "" {
+		f.AppName = DefaultAppName
+	}
+	if f.SDID != "" && !ValidSDName(f.SDID) {
+		return f, fmt.Errorf("SD-ID %q is not a valid SD-NAME (1-32 printable ASCII characters, none of = ] \" or space)", f.SDID)
+	}
+	return f, nil
 }
