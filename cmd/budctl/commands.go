@@ -34,11 +34,7 @@ func (a *app) commandsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, err := a.fleet()
-			if err != nil {
-				return err
-			}
-			resp, err := call(a, cmd.Context(), c.CreateCommand, &fleetv1.CreateCommandRequest{NodeId: node, Kind: args[0], Params: p})
+			resp, err := fleetCall(a, cmd.Context(), fleetv1.FleetServiceClient.CreateCommand, &fleetv1.CreateCommandRequest{NodeId: node, Kind: args[0], Params: p})
 			if err != nil {
 				return err
 			}
@@ -62,11 +58,7 @@ func (a *app) commandsCmd() *cobra.Command {
 			if err := listOut.check(); err != nil {
 				return err
 			}
-			c, err := a.fleet()
-			if err != nil {
-				return err
-			}
-			resp, err := call(a, cmd.Context(), c.ListCommands, &fleetv1.ListCommandsRequest{NodeId: listNode})
+			resp, err := fleetCall(a, cmd.Context(), fleetv1.FleetServiceClient.ListCommands, &fleetv1.ListCommandsRequest{NodeId: listNode})
 			if err != nil {
 				return err
 			}
@@ -91,11 +83,7 @@ func (a *app) commandsCmd() *cobra.Command {
 			if err := getOut.check(); err != nil {
 				return err
 			}
-			c, err := a.fleet()
-			if err != nil {
-				return err
-			}
-			resp, err := call(a, cmd.Context(), c.GetCommand, &fleetv1.GetCommandRequest{Id: args[0]})
+			resp, err := fleetCall(a, cmd.Context(), fleetv1.FleetServiceClient.GetCommand, &fleetv1.GetCommandRequest{Id: args[0]})
 			if err != nil {
 				return err
 			}

@@ -43,11 +43,7 @@ func (a *app) gpusCmd() *cobra.Command {
 			if err := listOut.check(); err != nil {
 				return err
 			}
-			c, err := a.fleet()
-			if err != nil {
-				return err
-			}
-			resp, err := call(a, cmd.Context(), c.ListGpus, &req)
+			resp, err := fleetCall(a, cmd.Context(), fleetv1.FleetServiceClient.ListGpus, &req)
 			if err != nil {
 				return err
 			}
@@ -83,11 +79,7 @@ func (a *app) gpusCmd() *cobra.Command {
 			if err := sumOut.check(); err != nil {
 				return err
 			}
-			c, err := a.fleet()
-			if err != nil {
-				return err
-			}
-			resp, err := call(a, cmd.Context(), c.GetGpuSummary, &fleetv1.GetGpuSummaryRequest{})
+			resp, err := fleetCall(a, cmd.Context(), fleetv1.FleetServiceClient.GetGpuSummary, &fleetv1.GetGpuSummaryRequest{})
 			if err != nil {
 				return err
 			}

@@ -34,11 +34,7 @@ func (a *app) nodesCmd() *cobra.Command {
 			if err := listOut.check(); err != nil {
 				return err
 			}
-			c, err := a.fleet()
-			if err != nil {
-				return err
-			}
-			resp, err := call(a, cmd.Context(), c.ListNodes, &fleetv1.ListNodesRequest{})
+			resp, err := fleetCall(a, cmd.Context(), fleetv1.FleetServiceClient.ListNodes, &fleetv1.ListNodesRequest{})
 			if err != nil {
 				return err
 			}
@@ -74,11 +70,7 @@ func (a *app) nodesCmd() *cobra.Command {
 			if err := getOut.check(); err != nil {
 				return err
 			}
-			c, err := a.fleet()
-			if err != nil {
-				return err
-			}
-			resp, err := call(a, cmd.Context(), c.GetNode, &fleetv1.GetNodeRequest{Id: args[0]})
+			resp, err := fleetCall(a, cmd.Context(), fleetv1.FleetServiceClient.GetNode, &fleetv1.GetNodeRequest{Id: args[0]})
 			if err != nil {
 				return err
 			}
@@ -117,11 +109,7 @@ func (a *app) nodesCmd() *cobra.Command {
 		Short: "Remove a node and revoke its certificate",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.fleet()
-			if err != nil {
-				return err
-			}
-			if _, err := call(a, cmd.Context(), c.DeleteNode, &fleetv1.DeleteNodeRequest{Id: args[0]}); err != nil {
+			if _, err := fleetCall(a, cmd.Context(), fleetv1.FleetServiceClient.DeleteNode, &fleetv1.DeleteNodeRequest{Id: args[0]}); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "node %s deleted\n", args[0])

@@ -95,6 +95,20 @@ func call[Req, Resp any](a *app, ctx context.Context, f func(context.Context, Re
 	return resp, err
 }
 
+// fleetCall dials the controller (once) and makes one call of method, a
+// FleetServiceClient method expression such as
+// fleetv1.FleetServiceClient.ListNodes.
+func fleetCall[Req, Resp any](a *app, ctx context.Context, method func(fleetv1.FleetServiceClient, context.Context, Req, ...grpc.CallOption) (Resp, error), req Req) (Resp, error) {
+	c, err := a.fleet()
+	if err != nil {
+		var zero Resp
+		return zero, err
+	}
+	return call(a, ctx, func(ctx context.Context, req Req, opts ...grpc.CallOption) (Resp, error) {
+		return method(c, ctx, req, opts...)
+	}, req)
+}
+
 type outputFlag struct{ format string }
 
 func (o *outputFlag) add(cmd *cobra.Command) {

@@ -37,11 +37,7 @@ func (a *app) siemCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, err := a.fleet()
-			if err != nil {
-				return err
-			}
-			resp, err := call(a, cmd.Context(), c.ApplySiemConfig, &fleetv1.ApplySiemConfigRequest{Yaml: b, Selector: sel})
+			resp, err := fleetCall(a, cmd.Context(), fleetv1.FleetServiceClient.ApplySiemConfig, &fleetv1.ApplySiemConfigRequest{Yaml: b, Selector: sel})
 			if err != nil {
 				return err
 			}
@@ -64,11 +60,7 @@ func (a *app) siemCmd() *cobra.Command {
 			if err := statusOut.check(); err != nil {
 				return err
 			}
-			c, err := a.fleet()
-			if err != nil {
-				return err
-			}
-			resp, err := call(a, cmd.Context(), c.GetSiemStatus, &fleetv1.GetSiemStatusRequest{NodeId: node})
+			resp, err := fleetCall(a, cmd.Context(), fleetv1.FleetServiceClient.GetSiemStatus, &fleetv1.GetSiemStatusRequest{NodeId: node})
 			if err != nil {
 				return err
 			}

@@ -30,11 +30,7 @@ func (a *app) tokensCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, err := a.fleet()
-			if err != nil {
-				return err
-			}
-			resp, err := call(a, cmd.Context(), c.CreateToken, &fleetv1.CreateTokenRequest{
+			resp, err := fleetCall(a, cmd.Context(), fleetv1.FleetServiceClient.CreateToken, &fleetv1.CreateTokenRequest{
 				Ttl: durationpb.New(ttl), MaxUses: uses, Labels: l, Description: desc,
 			})
 			if err != nil {
@@ -58,11 +54,7 @@ func (a *app) tokensCmd() *cobra.Command {
 			if err := listOut.check(); err != nil {
 				return err
 			}
-			c, err := a.fleet()
-			if err != nil {
-				return err
-			}
-			resp, err := call(a, cmd.Context(), c.ListTokens, &fleetv1.ListTokensRequest{})
+			resp, err := fleetCall(a, cmd.Context(), fleetv1.FleetServiceClient.ListTokens, &fleetv1.ListTokensRequest{})
 			if err != nil {
 				return err
 			}
@@ -95,11 +87,7 @@ func (a *app) tokensCmd() *cobra.Command {
 		Short: "Revoke a join token (nodes it enrolled stay)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.fleet()
-			if err != nil {
-				return err
-			}
-			if _, err := call(a, cmd.Context(), c.RevokeToken, &fleetv1.RevokeTokenRequest{Id: args[0]}); err != nil {
+			if _, err := fleetCall(a, cmd.Context(), fleetv1.FleetServiceClient.RevokeToken, &fleetv1.RevokeTokenRequest{Id: args[0]}); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "token %s revoked\n", args[0])
