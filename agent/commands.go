@@ -19,7 +19,10 @@ func (s *sessionState) commandLoop() error {
 		case <-s.ctx.Done():
 			return nil
 		case c := <-s.cmds:
-			rec, err := s.a.Execute(s.ctx, c)
+			// A command outlives a broken session: it is cut short only by
+			// agent shutdown (after CommandStopTimeout), and its stored
+			// result is reported on the next session.
+			rec, err := s.a.Execute(s.runCtx, c)
 			if err != nil {
 				return fmt.Errorf("record command %s: %w", c.GetId(), err)
 			}

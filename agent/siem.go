@@ -57,7 +57,9 @@ func (a *Agent) handleSIEMPush(ctx context.Context, p *siemv1.ConfigPush) {
 		a.setSIEMError("this agent runs without SIEM forwarding")
 		return
 	}
-	if v, src := a.siemVersion(); src == "controller" && v == p.GetVersion() {
+	// Pushes can overtake each other; an older version never replaces a
+	// newer one.
+	if v, src := a.siemVersion(); src == "controller" && p.GetVersion() <= v {
 		return
 	}
 	pc := state.PushedConfig{Version: p.GetVersion(), YAML: p.GetYaml()}

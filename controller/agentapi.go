@@ -61,6 +61,14 @@ func (a *AgentAPI) enroll(ctx context.Context, req *agentv1.EnrollRequest) (*age
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	now := s.opts.Now()
+	// A cheap read-only check first, so a caller without a valid token
+	// costs no signature and no write transaction; store.Enroll checks
+	// again atomically.
+	if t, err := s.store.GetToken(req.GetTokenId()); err != nil || !pki.SecretMatches(req.GetTokenSecret(), t.SecretHash) {
+		return nil, status.Error(codes.PermissionDenied, "join token is not valid: unknown token or wrong secret")
+	} else if err := t.Usable(now); err != nil {
+		return nil, status.Error(codes.PermissionDenied, err.Error())
+	}
 	nodeID := uuid.NewString()
 	cert, err := s.ca.SignNodeCSR(req.GetCsrDer(), nodeID, now, s.opts.AgentCertTTL)
 	if err != nil {
@@ -139,8 +147,16 @@ func (a *AgentAPI) Connect(stream agentv1.AgentService_ConnectServer) error {
 		return status.Errorf(codes.InvalidArgument, "hello names node %q but the certificate is for %q", hello.GetNodeId(), node.ID)
 	}
 
-	sess := s.openSession(ctx, node.ID, peerAddr(ctx))
+	sess, err := s.openSession(ctx, node.ID, peerAddr(ctx))
+	if err != nil {
+		return err
+	}
 	defer s.closeSession(sess)
+	// The node may have been deleted while we waited for its hello; the
+	// delete found no session to end then.
+	if _, err := s.store.GetNode(node.ID); errors.Is(err, store.ErrNotFound) {
+		return status.Errorf(codes.PermissionDenied, "node %s was deleted: its certificate is revoked; enroll again with a new join token", node.ID)
+	}
 	log := s.log.With("node_id", node.ID, "hostname", node.Hostname)
 	log.InfoContext(ctx, "agent connected", "peer", sess.peer, "agent_version", hello.GetAgentVersion())
 
@@ -154,7 +170,11 @@ func (a *AgentAPI) Connect(stream agentv1.AgentService_ConnectServer) error {
 	}
 	// Both goroutines report once; the buffer lets the loser exit too.
 	errc := make(chan error, 2)
-	go func() { errc <- s.sendLoop(sess, stream) }()
+	sendDone := make(chan struct{})
+	go func() { defer close(sendDone); errc <- s.sendLoop(sess, stream) }()
+	// The handler must not return while the send loop may still write to
+	// the stream.
+	defer func() { sess.cancel(context.Canceled); <-sendDone }()
 	sess.wake()
 	s.pushSIEM(sess, true)
 
@@ -197,6 +217,13 @@ func (s *Server) handleAgentMessage(sess *session, msg *agentv1.ConnectRequest) 
 		}
 	case *agentv1.ConnectRequest_Inventory:
 		inv := inventoryFromProto(m.Inventory)
+		if !hostnameRe.MatchString(inv.Hostname) {
+			// Enrollment checked the hostname; a report does not get to
+			// bypass that (names end up in terminals and logs).
+			s.log.WarnContext(ctx, "ignoring an invalid hostname in an inventory report", "node_id", sess.nodeID, "hostname", truncate(inv.Hostname, 64))
+			inv.Hostname = ""
+		}
+		inv = capInventory(inv)
 		now := s.opts.Now()
 		if _, err := s.store.UpdateNode(sess.nodeID, func(n *store.Node) error {
 			n.Inventory = &inv
@@ -357,4 +384,19 @@ func inventoryFromProto(p *agentv1.Inventory) store.Inventory {
 		IPAddresses:  p.GetIpAddresses(),
 		AgentVersion: p.GetAgentVersion(),
 	}
+}
+
+// capInventory bounds what a node's report may store: an inventory is a few
+// KiB, whatever the agent sends.
+func capInventory(inv store.Inventory) store.Inventory {
+	for _, f := range []*string{&inv.MachineID, &inv.OS, &inv.Kernel, &inv.Architecture, &inv.CPUModel, &inv.AgentVersion} {
+		*f = truncate(*f, 256)
+	}
+	if len(inv.IPAddresses) > 64 {
+		inv.IPAddresses = inv.IPAddresses[:64]
+	}
+	for i := range inv.IPAddresses {
+		inv.IPAddresses[i] = truncate(inv.IPAddresses[i], 64)
+	}
+	return inv
 }

@@ -62,6 +62,8 @@ type Server struct {
 	siem     map[string]siemReport
 	// siemPushed is when each node was last sent its SIEM configuration.
 	siemPushed map[string]time.Time
+	// shuttingDown refuses new sessions once shutdown has begun.
+	shuttingDown bool
 }
 
 // New checks opts and returns a Server.

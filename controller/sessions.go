@@ -9,6 +9,8 @@ import (
 	"github.com/bud-ecosystem/budfleet/controller/store"
 
 	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 var (
@@ -43,10 +45,15 @@ func (s *session) wake() {
 	}
 }
 
-func (s *Server) openSession(ctx context.Context, nodeID, peer string) *session {
+func (s *Server) openSession(ctx context.Context, nodeID, peer string) (*session, error) {
 	sctx, cancel := context.WithCancelCause(ctx)
 	sess := &session{nodeID: nodeID, peer: peer, ctx: sctx, cancel: cancel, out: make(chan *agentv1.ConnectResponse, 16), wakeC: make(chan struct{}, 1)}
 	s.mu.Lock()
+	if s.shuttingDown {
+		s.mu.Unlock()
+		cancel(errShuttingDown)
+		return nil, status.Error(codes.Unavailable, errShuttingDown.Error())
+	}
 	old := s.sessions[nodeID]
 	s.sessions[nodeID] = sess
 	s.mu.Unlock()
@@ -55,7 +62,7 @@ func (s *Server) openSession(ctx context.Context, nodeID, peer string) *session 
 	} else {
 		s.metrics.connected.Inc()
 	}
-	return sess
+	return sess, nil
 }
 
 func (s *Server) closeSession(sess *session) {
@@ -101,6 +108,7 @@ func (s *Server) dropNode(nodeID string) {
 func (s *Server) closeAllSessions() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.shuttingDown = true // and refuse new ones until the server stops
 	for _, sess := range s.sessions {
 		sess.cancel(errShuttingDown)
 	}

@@ -64,17 +64,18 @@ func (s *Server) pushSIEM(sess *session, wait bool) {
 		return
 	}
 	msg := &agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_SiemConfig{SiemConfig: &siemv1.ConfigPush{Version: c.Version, Yaml: c.YAML}}}
+	if wait {
+		sess.send(msg)
+	} else {
+		select {
+		case sess.out <- msg:
+		default:
+			return // the next heartbeat brings it again
+		}
+	}
 	s.mu.Lock()
 	s.siemPushed[sess.nodeID] = s.opts.Now()
 	s.mu.Unlock()
-	if wait {
-		sess.send(msg)
-		return
-	}
-	select {
-	case sess.out <- msg:
-	default:
-	}
 }
 
 // repushSIEM sends the configuration again to a node whose heartbeat shows
