@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/bud-ecosystem/budfleet/agent/siem"
@@ -33,38 +35,56 @@ const globRescan = 10 * time.Second
 // runSources follows every file a source's path matches, picking up new
 // matches of a glob as they appear.
 func (f *Forwarder) runSources(ctx context.Context, cfg siem.Config, src siem.SourceConfig, st *stats) {
-	started := map[string]bool{}
-	done := make(chan struct{})
-	running := 0
+	// A follower per matched file; one whose file is gone and no longer
+	// matches (yesterday's dated log, deleted) is stopped, so followers do
+	// not pile up for every file a glob ever matched.
+	started := map[string]context.CancelFunc{}
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	for {
 		files := []string{src.Path}
 		if hasGlob(src.Path) {
 			matches, _ := filepath.Glob(src.Path)
 			files = matches
 		}
+		matched := map[string]bool{}
 		for _, file := range files {
-			if started[file] {
+			matched[file] = true
+			if _, ok := started[file]; ok {
 				continue
 			}
-			started[file] = true
 			if !st.claim(file) {
 				// Another source already follows it (overlapping globs):
 				// following it twice would send everything twice.
 				f.log.Warn("file matched by more than one source; the first one forwards it", "file", file, "source", src.Path)
+				started[file] = func() {}
 				continue
 			}
-			running++
+			fctx, cancel := context.WithCancel(ctx)
+			started[file] = cancel
+			wg.Add(1)
 			go func() {
-				defer func() { done <- struct{}{} }()
+				defer wg.Done()
 				// A source that fails (unreadable file, say) is retried from
 				// its checkpoint rather than given up.
 				for {
-					f.runFile(ctx, cfg, src, file, st.source(src, file))
-					if !sleep(ctx, 5*time.Second) {
+					f.runFile(fctx, cfg, src, file, st.source(src, file))
+					if !sleep(fctx, 5*time.Second) {
 						return
 					}
 				}
 			}()
+		}
+		for file, cancel := range started {
+			if matched[file] {
+				continue
+			}
+			if _, err := os.Stat(file); err == nil {
+				continue // renamed into the glob's rotation, still draining
+			}
+			cancel()
+			delete(started, file)
+			st.release(file)
 		}
 		if !hasGlob(src.Path) {
 			break
@@ -72,9 +92,6 @@ func (f *Forwarder) runSources(ctx context.Context, cfg siem.Config, src siem.So
 		if !sleep(ctx, globRescan) {
 			break
 		}
-	}
-	for ; running > 0; running-- {
-		<-done
 	}
 }
 

@@ -18,6 +18,14 @@ type stats struct {
 	claimed map[string]bool // files some source follows
 }
 
+// release forgets a file no source follows any more.
+func (s *stats) release(file string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.claimed, file)
+	delete(s.sources, file)
+}
+
 // claim reports whether file is not yet followed by any source, and marks
 // it followed.
 func (s *stats) claim(file string) bool {
