@@ -67,6 +67,9 @@ type Options struct {
 
 var errCertExpired = errors.New("certificate expired")
 
+// commandRecordTTL is how long the agent remembers a finished command.
+const commandRecordTTL = 30 * 24 * time.Hour
+
 // Agent is a node agent.
 type Agent struct {
 	opts     Options
@@ -135,6 +138,13 @@ func (a *Agent) NodeID() string { return a.nodeID }
 // exponential backoff and full jitter, until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
 	a.startSIEM(ctx)
+	// The controller stops redelivering a command once it has its result;
+	// records a month old only take space.
+	if n, err := a.state.PruneCommands(a.opts.Now().Add(-commandRecordTTL)); err != nil {
+		a.log.Warn("prune old command records", "error", err)
+	} else if n > 0 {
+		a.log.Info("pruned old command records", "count", n)
+	}
 	attempt := 0
 	for {
 		start := a.opts.Now()
