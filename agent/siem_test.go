@@ -356,3 +356,22 @@ func TestSIEMStatusConcurrentWithPushes(t *testing.T) {
 		t.Errorf("final status = %v", s)
 	}
 }
+
+// Pushes can overtake each other: an older version arriving after a newer
+// one is ignored, and the newer one stays stored for the next start.
+func TestSIEMOlderPushIgnored(t *testing.T) {
+	st := openState(t, enrolledState(t))
+	defer st.Close()
+	fwd := &fakeSIEM{}
+	a := newSIEMAgent(t, st, fwd, nil)
+	ctx := context.Background()
+	a.startSIEM(ctx)
+	a.handleSIEMPush(ctx, push(6, siemYAML("new")))
+	a.handleSIEMPush(ctx, push(5, siemYAML("old")))
+	if got := fwd.applies(); len(got) != 1 || got[0].version != 6 {
+		t.Fatalf("applies = %+v, want only version 6", got)
+	}
+	if pc, ok, err := st.PushedSIEM(); err != nil || !ok || pc.Version != 6 {
+		t.Fatalf("stored push = %+v %v %v, want version 6", pc, ok, err)
+	}
+}
