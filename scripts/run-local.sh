@@ -49,10 +49,11 @@ if ! "$BIN/bud-agent" status --state-dir "$AGENT_DIR" >/dev/null 2>&1; then
 	"$BIN/bud-agent" join --state-dir "$AGENT_DIR" --controller "$LISTEN" --token "$token"
 fi
 
+# Read before the agent starts: a running agent holds its state's lock.
+node=$("$BIN/bud-agent" status --state-dir "$AGENT_DIR" 2>/dev/null | awk '/^node_id:/{print $2}') || true
+
 "$BIN/bud-agent" run --state-dir "$AGENT_DIR" --gpu-backend "$BUD_GPU_BACKEND" --log-format text 2>"$RUN/agent.log" &
 pids+=($!)
-
-node=$("$BIN/bud-agent" status --state-dir "$AGENT_DIR" 2>/dev/null | awk '/^node_id:/{print $2}') || true
 for _ in $(seq 100); do
 	"$BIN/budctl" nodes get "$node" -o json 2>/dev/null | grep -q NODE_STATUS_READY && break
 	kill -0 "${pids[1]}" 2>/dev/null || { cat "$RUN/agent.log"; exit 1; }
