@@ -60,7 +60,8 @@ type Server struct {
 	sessions map[string]*session // by node id
 	lastSeen map[string]time.Time
 	siem     map[string]siemReport
-	// siemPushed is when each node was last sent its SIEM configuration.
+	// siemPushed is when each node was last sent, or checked for, its SIEM
+	// configuration.
 	siemPushed map[string]time.Time
 	// shuttingDown refuses new sessions once shutdown has begun.
 	shuttingDown bool

@@ -32,7 +32,7 @@ func (s *Server) recordSIEMStatus(sess *session, st *siemv1.Status) {
 	s.mu.Lock()
 	s.siem[sess.nodeID] = siemReport{status: st, at: s.opts.Now()}
 	s.mu.Unlock()
-	s.repushSIEM(sess, st)
+	s.repushSIEM(sess)
 }
 
 // desiredSIEM returns the configuration a node should run, if any.
@@ -79,23 +79,19 @@ func (s *Server) pushSIEM(sess *session, wait bool) {
 }
 
 // repushSIEM sends the configuration again to a node whose heartbeat shows
-// it is not running the one it should, at most every siemRepushEvery.
-func (s *Server) repushSIEM(sess *session, st *siemv1.Status) {
+// it is not running the one it should. The check itself is rate-limited to
+// every siemRepushEvery: it reads the store, and heartbeats are the hot path.
+func (s *Server) repushSIEM(sess *session) {
 	s.mu.Lock()
-	last := s.siemPushed[sess.nodeID]
+	now := s.opts.Now()
+	due := now.Sub(s.siemPushed[sess.nodeID]) >= siemRepushEvery
+	if due {
+		s.siemPushed[sess.nodeID] = now
+	}
 	s.mu.Unlock()
-	if s.opts.Now().Sub(last) < siemRepushEvery {
-		return
+	if due {
+		s.pushSIEM(sess, false)
 	}
-	n, err := s.store.GetNode(sess.nodeID)
-	if err != nil {
-		return
-	}
-	c, ok, err := s.desiredSIEM(n)
-	if err != nil || !ok || (st.GetConfigSource() == "controller" && st.GetConfigVersion() == c.Version) {
-		return
-	}
-	s.pushSIEM(sess, false)
 }
 
 // ApplySiemConfig validates and stores a forwarding configuration and
