@@ -248,12 +248,25 @@ func (f *Forwarder) runFile(ctx context.Context, cfg siem.Config, src siem.Sourc
 						kept = append(kept, e)
 					}
 				}
+				if len(kept) == len(entries) {
+					// No single event is the problem, the batch as a whole
+					// is: spool it an event at a time (no checkpoint until
+					// all are in, so a crash only repeats), then retry with
+					// just the checkpoint.
+					for len(entries) > 0 {
+						if err := f.spool.Append(entries[:1], nil); err != nil {
+							if !sleep(ctx, time.Second) {
+								return false
+							}
+							continue
+						}
+						entries = entries[1:]
+					}
+					continue
+				}
 				msg := fmt.Sprintf("dropped %d event copies larger than the spool can hold", len(entries)-len(kept))
 				log.Error("SIEM event too large for the spool", "detail", msg)
 				st.setPaused(false, msg)
-				if len(kept) == len(entries) {
-					kept = kept[:0] // the batch as a whole is the problem
-				}
 				entries = kept
 				continue
 			}
