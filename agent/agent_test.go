@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"github.com/bud-ecosystem/budfleet/agent/gpu"
 	"io"
 	"log/slog"
 	"os"
@@ -453,5 +454,22 @@ log_level: debug
 	}
 	if _, err := LoadConfig(filepath.Join(t.TempDir(), "missing.yaml")); err == nil {
 		t.Error("LoadConfig of a missing file succeeded")
+	}
+}
+
+// An unchanged GPU inventory has an unchanged fingerprint across reads, so
+// it is not resent every inventory check.
+func TestGPUFingerprintStable(t *testing.T) {
+	mem := func() *uint64 { v := uint64(80 << 30); return &v }
+	inv := func() gpu.Inventory {
+		return gpu.Inventory{Available: true, GPUs: []gpu.GPU{{Index: 0, UUID: "GPU-1", MemoryTotalBytes: mem()}}}
+	}
+	if fingerprint(inv()) != fingerprint(inv()) {
+		t.Fatal("fingerprint differs for equal inventories")
+	}
+	changed := inv()
+	*changed.GPUs[0].MemoryTotalBytes = 1
+	if fingerprint(changed) == fingerprint(inv()) {
+		t.Fatal("fingerprint ignores a changed field")
 	}
 }

@@ -2,10 +2,12 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"strings"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/bud-ecosystem/budfleet/agent/gpu"
@@ -95,8 +97,13 @@ func (s *sessionState) gpuLoop(fullEvery time.Duration) error {
 	}
 }
 
+// fingerprint identifies an inventory's content. It hashes the encoded
+// message: printing it would include the addresses behind its optional
+// fields, which differ on every read, and resend an unchanged inventory.
 func fingerprint(inv gpu.Inventory) string {
-	return fmt.Sprintf("%+v", gpuInventoryToProto(inv))
+	b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(gpuInventoryToProto(inv))
+	sum := sha256.Sum256(b)
+	return string(sum[:])
 }
 
 // healthKey is what makes a health report worth sending at once: verdicts,
