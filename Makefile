@@ -88,7 +88,7 @@ bench: build
 	$(GO) test ./test/bench/ -run '^$$' -bench 'Memory|AgentIdle' -benchtime=1x -count=1
 	$(GO) test ./test/bench/ -run '^$$' -bench Enroll -benchtime=200x -count=1
 	$(GO) test ./agent/gpu/ -run '^$$' -bench Sweep -benchmem -count=1
-	$(GO) test ./agent/siem/spool/ -run '^$$' -bench Append -count=1
+	$(GO) test ./siem/spool/ -run '^$$' -bench Append -count=1
 	$(GO) test ./test/siembench/ -run '^$$' -bench ForwardVsRsyslog -benchtime=1x -count=1 -timeout 30m
 
 clean:

@@ -6,12 +6,12 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/bud-ecosystem/budfleet/agent/siem"
+	"github.com/bud-ecosystem/budfleet/siem"
 	"github.com/bud-ecosystem/budfleet/agent/state"
 	siemv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/siem/v1"
 )
 
-// SIEMForwarder runs audit-log forwarding (agent/siem/forward in
+// SIEMForwarder runs audit-log forwarding (siem/forward in
 // production).
 type SIEMForwarder interface {
 	Apply(ctx context.Context, cfg siem.Config, version uint64, source string) error

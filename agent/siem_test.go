@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bud-ecosystem/budfleet/agent/siem"
+	"github.com/bud-ecosystem/budfleet/siem"
 	"github.com/bud-ecosystem/budfleet/agent/state"
 	siemv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/siem/v1"
 )

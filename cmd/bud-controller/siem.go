@@ -6,8 +6,8 @@ import (
 	"log/slog"
 	"os"
 
-	"github.com/bud-ecosystem/budfleet/agent/siem"
-	"github.com/bud-ecosystem/budfleet/agent/siem/forward"
+	"github.com/bud-ecosystem/budfleet/siem"
+	"github.com/bud-ecosystem/budfleet/siem/forward"
 )
 
 // ControllerAuditTag tags the controller's own audit events.

@@ -26,7 +26,7 @@ import (
 
 // ---------------------------------------------------------------------------
 // The siem: section, as documented (written from the test's own types, not
-// from agent/siem, so the documented key names are what is tested).
+// from siem, so the documented key names are what is tested).
 
 type siemDoc struct {
 	SIEM siemSection `yaml:"siem"`

@@ -21,7 +21,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bud-ecosystem/budfleet/agent/siem/output/syslog"
+	"github.com/bud-ecosystem/budfleet/siem/output/syslog"
 	"github.com/bud-ecosystem/budfleet/internal/rsyslogtest"
 )
 

@@ -23,7 +23,7 @@
 //     mutual TLS, writing received.log) used by every variant in turn, so
 //     the receiver costs all of them the same.
 //  3. Variants (BENCH_VARIANTS, default "raw,linux-audit,rsyslog"):
-//     - raw, linux-audit: the budfleet forwarder (agent/siem/forward, as
+//     - raw, linux-audit: the budfleet forwarder (siem/forward, as
 //     `bud-agent run` wires it: tail -> bbolt spool with fsync -> syslog
 //     output) in a child process (this test binary re-executed with
 //     SIEMBENCH_CHILD set), so that its CPU and peak RSS are its own
@@ -86,9 +86,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bud-ecosystem/budfleet/agent/siem"
-	"github.com/bud-ecosystem/budfleet/agent/siem/audit"
-	"github.com/bud-ecosystem/budfleet/agent/siem/forward"
+	"github.com/bud-ecosystem/budfleet/siem"
+	"github.com/bud-ecosystem/budfleet/siem/audit"
+	"github.com/bud-ecosystem/budfleet/siem/forward"
 	"github.com/bud-ecosystem/budfleet/internal/rsyslogtest"
 )
 

@@ -16,9 +16,9 @@ import (
 	"path/filepath"
 	"sync"
 
-	"github.com/bud-ecosystem/budfleet/agent/siem"
-	"github.com/bud-ecosystem/budfleet/agent/siem/output"
-	"github.com/bud-ecosystem/budfleet/agent/siem/spool"
+	"github.com/bud-ecosystem/budfleet/siem"
+	"github.com/bud-ecosystem/budfleet/siem/output"
+	"github.com/bud-ecosystem/budfleet/siem/spool"
 )
 
 // Options configure a Forwarder.

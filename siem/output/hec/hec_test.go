@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bud-ecosystem/budfleet/agent/siem"
+	"github.com/bud-ecosystem/budfleet/siem"
 )
 
 // waitLimit only guards against a hung test; no assertion depends on it.

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/bud-ecosystem/budfleet/agent/siem"
+	"github.com/bud-ecosystem/budfleet/siem"
 )
 
 // eventKeys are the record fields an Event carries, looked up in the

@@ -4,11 +4,11 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/bud-ecosystem/budfleet/agent/siem"
-	"github.com/bud-ecosystem/budfleet/agent/siem/output"
-	"github.com/bud-ecosystem/budfleet/agent/siem/output/hec"
-	"github.com/bud-ecosystem/budfleet/agent/siem/output/relp"
-	"github.com/bud-ecosystem/budfleet/agent/siem/output/syslog"
+	"github.com/bud-ecosystem/budfleet/siem"
+	"github.com/bud-ecosystem/budfleet/siem/output"
+	"github.com/bud-ecosystem/budfleet/siem/output/hec"
+	"github.com/bud-ecosystem/budfleet/siem/output/relp"
+	"github.com/bud-ecosystem/budfleet/siem/output/syslog"
 )
 
 // dialOutput builds the client for one configured output. Connections are

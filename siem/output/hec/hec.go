@@ -69,7 +69,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/bud-ecosystem/budfleet/agent/siem"
+	"github.com/bud-ecosystem/budfleet/siem"
 )
 
 // Defaults for the zero values of Config.
@@ -128,7 +128,7 @@ var ErrClosed = errors.New("hec: client closed")
 // resent; Retryable reports true.
 var ErrAckTimeout = errors.New("hec: indexer acknowledgement timed out")
 
-// Client satisfies the outputs' interface (agent/siem/output.Output).
+// Client satisfies the outputs' interface (siem/output.Output).
 var _ interface {
 	Send(context.Context, []siem.Event) error
 	Close() error

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bud-ecosystem/budfleet/agent/siem"
+	"github.com/bud-ecosystem/budfleet/siem"
 )
 
 func TestCodecRoundTrip(t *testing.T) {

@@ -19,7 +19,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/bud-ecosystem/budfleet/agent/siem"
+	"github.com/bud-ecosystem/budfleet/siem"
 )
 
 // Output delivers batches of events. Send returns nil only when the whole

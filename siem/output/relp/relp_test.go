@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bud-ecosystem/budfleet/agent/siem"
-	"github.com/bud-ecosystem/budfleet/agent/siem/output"
-	"github.com/bud-ecosystem/budfleet/agent/siem/output/syslog"
+	"github.com/bud-ecosystem/budfleet/siem"
+	"github.com/bud-ecosystem/budfleet/siem/output"
+	"github.com/bud-ecosystem/budfleet/siem/output/syslog"
 	"github.com/bud-ecosystem/budfleet/internal/rsyslogtest"
 )
 

@@ -7,7 +7,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/bud-ecosystem/budfleet/agent/siem"
+	"github.com/bud-ecosystem/budfleet/siem"
 	siemv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/siem/v1"
 )
 

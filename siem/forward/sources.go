@@ -10,10 +10,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/bud-ecosystem/budfleet/agent/siem"
-	"github.com/bud-ecosystem/budfleet/agent/siem/audit"
-	"github.com/bud-ecosystem/budfleet/agent/siem/spool"
-	"github.com/bud-ecosystem/budfleet/agent/siem/tail"
+	"github.com/bud-ecosystem/budfleet/siem"
+	"github.com/bud-ecosystem/budfleet/siem/audit"
+	"github.com/bud-ecosystem/budfleet/siem/spool"
+	"github.com/bud-ecosystem/budfleet/siem/tail"
 )
 
 type spoolQueue struct {

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bud-ecosystem/budfleet/agent/siem"
+	"github.com/bud-ecosystem/budfleet/siem"
 	"github.com/bud-ecosystem/budfleet/internal/rsyslogtest"
 )
 

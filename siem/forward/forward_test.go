@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bud-ecosystem/budfleet/agent/siem"
-	"github.com/bud-ecosystem/budfleet/agent/siem/output"
+	"github.com/bud-ecosystem/budfleet/siem"
+	"github.com/bud-ecosystem/budfleet/siem/output"
 	siemv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/siem/v1"
 )
 

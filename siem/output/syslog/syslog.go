@@ -51,8 +51,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/bud-ecosystem/budfleet/agent/siem"
-	"github.com/bud-ecosystem/budfleet/agent/siem/output"
+	"github.com/bud-ecosystem/budfleet/siem"
+	"github.com/bud-ecosystem/budfleet/siem/output"
 )
 
 // Defaults for the zero values of Config.

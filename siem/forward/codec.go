@@ -6,7 +6,7 @@ import (
 	"errors"
 	"time"
 
-	"github.com/bud-ecosystem/budfleet/agent/siem"
+	"github.com/bud-ecosystem/budfleet/siem"
 )
 
 // Spool entries are a compact binary form of siem.Event: decoding them is on

@@ -39,9 +39,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/bud-ecosystem/budfleet/agent/siem"
-	"github.com/bud-ecosystem/budfleet/agent/siem/output"
-	"github.com/bud-ecosystem/budfleet/agent/siem/output/syslog"
+	"github.com/bud-ecosystem/budfleet/siem"
+	"github.com/bud-ecosystem/budfleet/siem/output"
+	"github.com/bud-ecosystem/budfleet/siem/output/syslog"
 )
 
 // Defaults for the zero values of Config.
