@@ -15,7 +15,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/bud-ecosystem/budfleet/agent/state"
-	"github.com/bud-ecosystem/budfleet/controller/pki"
+	"github.com/bud-ecosystem/budfleet/pki"
 	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
 )
 
@@ -64,8 +64,8 @@ func Enroll(ctx context.Context, o EnrollOptions) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	var ca *x509.Certificate
-	conn, err := grpc.NewClient(o.Controller, grpc.WithTransportCredentials(credentials.NewTLS(pki.PinnedTLS(tok.CAHash, serverName, &ca))))
+	var pin pki.Pin
+	conn, err := grpc.NewClient(o.Controller, grpc.WithTransportCredentials(credentials.NewTLS(pki.PinnedTLS(tok.CAHash, serverName, &pin))))
 	if err != nil {
 		return "", fmt.Errorf("controller address %q: %w", o.Controller, err)
 	}
@@ -80,6 +80,11 @@ func Enroll(ctx context.Context, o EnrollOptions) (string, error) {
 		MachineId:   o.MachineID,
 	})
 	if err != nil {
+		// The transport reports a refused handshake only as text; the
+		// pin keeps the typed error.
+		if perr := pin.Err(); perr != nil {
+			return "", fmt.Errorf("enroll with %s: %w", o.Controller, perr)
+		}
 		return "", fmt.Errorf("enroll with %s: %w", o.Controller, describe(err))
 	}
 	cert, err := x509.ParseCertificate(resp.GetCertificateDer())

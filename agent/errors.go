@@ -3,7 +3,6 @@ package agent
 import (
 	"errors"
 	"fmt"
-	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -16,15 +15,7 @@ func describe(err error) error {
 	if !ok {
 		return err
 	}
-	msg := st.Message()
-	if st.Code() == codes.Unavailable && strings.Contains(msg, "CA hash") {
-		// The pin check failed inside the TLS handshake.
-		if i := strings.Index(msg, "controller CA does not match"); i >= 0 {
-			msg = strings.TrimSuffix(msg[i:], "\"")
-		}
-		return errors.New(msg)
-	}
-	return fmt.Errorf("%s: %s", st.Code(), msg)
+	return fmt.Errorf("%s: %s", st.Code(), st.Message())
 }
 
 // permanent reports whether err means the controller will refuse this node

@@ -9,7 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bud-ecosystem/budfleet/controller/pki"
+	"github.com/bud-ecosystem/budfleet/controller/ca"
+	"github.com/bud-ecosystem/budfleet/pki"
 )
 
 // testConfig returns a complete config with a real CA and operator
@@ -17,7 +18,7 @@ import (
 func testConfig(t *testing.T, server string) *Config {
 	t.Helper()
 	now := time.Now()
-	ca, err := pki.NewCA(now)
+	authority, err := ca.NewCA(now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -25,7 +26,7 @@ func testConfig(t *testing.T, server string) *Config {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, err := ca.IssueClient(key.Public(), pki.OperatorSubject("alice", pki.RoleAdmin), now, time.Hour)
+	cert, err := authority.IssueClient(key.Public(), pki.OperatorSubject("alice", pki.RoleAdmin), now, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +36,7 @@ func testConfig(t *testing.T, server string) *Config {
 	}
 	return &Config{
 		Server:      server,
-		CA:          string(pki.EncodeCert(ca.Cert)),
+		CA:          string(pki.EncodeCert(authority.Cert)),
 		Certificate: string(pki.EncodeCert(cert)),
 		Key:         string(kb),
 	}

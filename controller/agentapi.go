@@ -12,8 +12,9 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/bud-ecosystem/budfleet/controller/pki"
+	"github.com/bud-ecosystem/budfleet/controller/ca"
 	"github.com/bud-ecosystem/budfleet/controller/store"
+	"github.com/bud-ecosystem/budfleet/pki"
 	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
 )
 
@@ -64,7 +65,7 @@ func (a *AgentAPI) enroll(ctx context.Context, req *agentv1.EnrollRequest) (*age
 	// A cheap read-only check first, so a caller without a valid token
 	// costs no signature and no write transaction; store.Enroll checks
 	// again atomically.
-	if t, err := s.store.GetToken(req.GetTokenId()); err != nil || !pki.SecretMatches(req.GetTokenSecret(), t.SecretHash) {
+	if t, err := s.store.GetToken(req.GetTokenId()); err != nil || !ca.SecretMatches(req.GetTokenSecret(), t.SecretHash) {
 		return nil, status.Error(codes.PermissionDenied, "join token is not valid: unknown token or wrong secret")
 	} else if err := t.Usable(now); err != nil {
 		return nil, status.Error(codes.PermissionDenied, err.Error())
@@ -84,7 +85,7 @@ func (a *AgentAPI) enroll(ctx context.Context, req *agentv1.EnrollRequest) (*age
 		CertExpiresAt: cert.NotAfter,
 	}
 	tok, err := s.store.Enroll(req.GetTokenId(), func(t store.Token) error {
-		if !pki.SecretMatches(req.GetTokenSecret(), t.SecretHash) {
+		if !ca.SecretMatches(req.GetTokenSecret(), t.SecretHash) {
 			return fmt.Errorf("%w: unknown token or wrong secret", store.ErrTokenInvalid)
 		}
 		if err := t.Usable(now); err != nil {

@@ -18,7 +18,8 @@ import (
 	reflectionv1alpha "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
 	"google.golang.org/grpc/status"
 
-	"github.com/bud-ecosystem/budfleet/controller/pki"
+	"github.com/bud-ecosystem/budfleet/controller/ca"
+	"github.com/bud-ecosystem/budfleet/pki"
 	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
 	fleetv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1"
 )
@@ -66,7 +67,7 @@ func TestMethodAccess(t *testing.T) {
 }
 
 type certs struct {
-	ca       *pki.CA
+	ca       *ca.CA
 	node     *x509.Certificate
 	admin    *x509.Certificate
 	viewer   *x509.Certificate
@@ -77,7 +78,7 @@ type certs struct {
 func issueCerts(t *testing.T) certs {
 	t.Helper()
 	now := time.Now()
-	ca, err := pki.NewCA(now)
+	authority, err := ca.NewCA(now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,14 +87,14 @@ func issueCerts(t *testing.T) certs {
 		t.Fatal(err)
 	}
 	issue := func(sub pkix.Name) *x509.Certificate {
-		c, err := ca.IssueClient(key.Public(), sub, now, time.Hour)
+		c, err := authority.IssueClient(key.Public(), sub, now, time.Hour)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return c
 	}
 	return certs{
-		ca:       ca,
+		ca:       authority,
 		node:     issue(pki.NodeSubject("node-1")),
 		admin:    issue(pki.OperatorSubject("alice", pki.RoleAdmin)),
 		viewer:   issue(pki.OperatorSubject("bob", "viewer")),

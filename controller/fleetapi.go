@@ -14,8 +14,9 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/bud-ecosystem/budfleet/command"
-	"github.com/bud-ecosystem/budfleet/controller/pki"
+	"github.com/bud-ecosystem/budfleet/controller/ca"
 	"github.com/bud-ecosystem/budfleet/controller/store"
+	"github.com/bud-ecosystem/budfleet/pki"
 	fleetv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1"
 )
 
@@ -99,14 +100,14 @@ func (a *FleetAPI) CreateToken(ctx context.Context, req *fleetv1.CreateTokenRequ
 	if len(req.GetDescription()) > 256 {
 		return nil, status.Error(codes.InvalidArgument, "description is longer than 256 characters")
 	}
-	jt, err := pki.NewJoinToken(pki.PublicKeyHash(s.ca.Cert))
+	jt, err := ca.NewJoinToken(pki.PublicKeyHash(s.ca.Cert))
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "make token: %v", err)
 	}
 	now := s.opts.Now()
 	t := store.Token{
 		ID:          jt.ID,
-		SecretHash:  pki.HashSecret(jt.Secret),
+		SecretHash:  ca.HashSecret(jt.Secret),
 		CreatedAt:   now,
 		ExpiresAt:   now.Add(ttl),
 		MaxUses:     req.GetMaxUses(),

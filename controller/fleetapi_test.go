@@ -11,8 +11,9 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/bud-ecosystem/budfleet/command"
-	"github.com/bud-ecosystem/budfleet/controller/pki"
+	"github.com/bud-ecosystem/budfleet/controller/ca"
 	"github.com/bud-ecosystem/budfleet/controller/store"
+	"github.com/bud-ecosystem/budfleet/pki"
 	fleetv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1"
 )
 
@@ -99,7 +100,7 @@ func TestCreateTokenDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !pki.SecretMatches(jt.Secret, stored.SecretHash) || strings.Contains(stored.SecretHash, jt.Secret) {
+	if !ca.SecretMatches(jt.Secret, stored.SecretHash) || strings.Contains(stored.SecretHash, jt.Secret) {
 		t.Error("the store should hold the secret's hash, not the secret")
 	}
 
@@ -182,7 +183,7 @@ func TestRevokeToken(t *testing.T) {
 // addNode stores a node directly.
 func addNode(t *testing.T, e *testEnv, id string) {
 	t.Helper()
-	tok := store.Token{ID: "aaaaaaaaaaaa", SecretHash: pki.HashSecret("s"), CreatedAt: base, ExpiresAt: base.Add(time.Hour)}
+	tok := store.Token{ID: "aaaaaaaaaaaa", SecretHash: ca.HashSecret("s"), CreatedAt: base, ExpiresAt: base.Add(time.Hour)}
 	if _, err := e.store.GetToken(tok.ID); err != nil {
 		if err := e.store.CreateToken(tok); err != nil {
 			t.Fatal(err)

@@ -24,8 +24,9 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/bud-ecosystem/budfleet/client"
-	"github.com/bud-ecosystem/budfleet/controller/pki"
+	"github.com/bud-ecosystem/budfleet/controller/ca"
 	"github.com/bud-ecosystem/budfleet/controller/store"
+	"github.com/bud-ecosystem/budfleet/pki"
 	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
 	fleetv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1"
 )
@@ -61,21 +62,21 @@ func Init(cfg InitConfig) error {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
 	}
-	if _, err := os.Stat(filepath.Join(cfg.DataDir, pki.CACertFile)); err == nil {
-		return fmt.Errorf("%w in %s: refusing to overwrite it (every node and operator trusts it); use another --data-dir", pki.ErrCAExists, cfg.DataDir)
+	if _, err := os.Stat(filepath.Join(cfg.DataDir, ca.CACertFile)); err == nil {
+		return fmt.Errorf("%w in %s: refusing to overwrite it (every node and operator trusts it); use another --data-dir", ca.ErrCAExists, cfg.DataDir)
 	}
-	ca, err := pki.NewCA(cfg.Now)
+	authority, err := ca.NewCA(cfg.Now)
 	if err != nil {
 		return err
 	}
-	if err := writeServerCert(cfg.DataDir, ca, cfg.ServerNames, cfg.Now); err != nil {
+	if err := writeServerCert(cfg.DataDir, authority, cfg.ServerNames, cfg.Now); err != nil {
 		return err
 	}
 	adminKey, err := pki.NewKey()
 	if err != nil {
 		return err
 	}
-	adminCert, err := ca.IssueClient(adminKey.Public(), pki.OperatorSubject("admin", pki.RoleAdmin), cfg.Now, 365*24*time.Hour)
+	adminCert, err := authority.IssueClient(adminKey.Public(), pki.OperatorSubject("admin", pki.RoleAdmin), cfg.Now, 365*24*time.Hour)
 	if err != nil {
 		return err
 	}
@@ -87,7 +88,7 @@ func Init(cfg InitConfig) error {
 	if adv == "" {
 		adv = "127.0.0.1:7443"
 	}
-	bc := client.Config{Server: adv, CA: string(pki.EncodeCert(ca.Cert)), Certificate: string(pki.EncodeCert(adminCert)), Key: string(keyPEM)}
+	bc := client.Config{Server: adv, CA: string(pki.EncodeCert(authority.Cert)), Certificate: string(pki.EncodeCert(adminCert)), Key: string(keyPEM)}
 	if err := bc.Save(filepath.Join(cfg.DataDir, AdminConfigFile)); err != nil {
 		return err
 	}
@@ -99,15 +100,15 @@ func Init(cfg InitConfig) error {
 		return err
 	}
 	// The CA goes last: its presence is what marks the dir initialised.
-	return ca.Save(cfg.DataDir)
+	return authority.Save(cfg.DataDir)
 }
 
-func writeServerCert(dir string, ca *pki.CA, names []string, now time.Time) error {
+func writeServerCert(dir string, authority *ca.CA, names []string, now time.Time) error {
 	key, err := pki.NewKey()
 	if err != nil {
 		return err
 	}
-	cert, err := ca.IssueServer(key.Public(), names, now, 2*365*24*time.Hour)
+	cert, err := authority.IssueServer(key.Public(), names, now, 2*365*24*time.Hour)
 	if err != nil {
 		return err
 	}
@@ -115,10 +116,10 @@ func writeServerCert(dir string, ca *pki.CA, names []string, now time.Time) erro
 	if err != nil {
 		return err
 	}
-	if err := pki.WriteFile(filepath.Join(dir, pki.ServerKeyFile), kb, 0o600); err != nil {
+	if err := pki.WriteFile(filepath.Join(dir, ca.ServerKeyFile), kb, 0o600); err != nil {
 		return err
 	}
-	return pki.WriteFile(filepath.Join(dir, pki.ServerCertFile), pki.EncodeCert(cert), 0o644)
+	return pki.WriteFile(filepath.Join(dir, ca.ServerCertFile), pki.EncodeCert(cert), 0o644)
 }
 
 // ServeConfig configures Serve.
@@ -146,11 +147,11 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	if cfg.StopTimeout == 0 {
 		cfg.StopTimeout = 10 * time.Second
 	}
-	ca, err := pki.LoadCA(cfg.DataDir)
+	authority, err := ca.LoadCA(cfg.DataDir)
 	if err != nil {
 		return err
 	}
-	serverCert, err := tls.LoadX509KeyPair(filepath.Join(cfg.DataDir, pki.ServerCertFile), filepath.Join(cfg.DataDir, pki.ServerKeyFile))
+	serverCert, err := tls.LoadX509KeyPair(filepath.Join(cfg.DataDir, ca.ServerCertFile), filepath.Join(cfg.DataDir, ca.ServerKeyFile))
 	if err != nil {
 		return fmt.Errorf("load server certificate: %w", err)
 	}
@@ -176,7 +177,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	opts := cfg.Server
-	opts.Store, opts.CA, opts.Logger, opts.Registerer, opts.AuditLog = st, ca, log, reg, al
+	opts.Store, opts.CA, opts.Logger, opts.Registerer, opts.AuditLog = st, authority, log, reg, al
 	srv, err := New(opts)
 	if err != nil {
 		return err
@@ -187,7 +188,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
 	gs := grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(pki.ServerTLS(ca, serverCert))),
+		grpc.Creds(credentials.NewTLS(pki.ServerTLS(authority.Cert, serverCert))),
 		grpc.MaxRecvMsgSize(MaxMessageBytes),
 		// The read buffer is not pooled under TLS; without it an idle agent
 		// costs ~16 KiB less.
@@ -255,7 +256,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	if mlis != nil {
 		maddr = mlis.Addr()
 	}
-	log.Info("controller serving", "listen", lis.Addr().String(), "metrics", addrString(maddr), "data_dir", cfg.DataDir, "ca_hash", "sha256:"+pki.PublicKeyHash(ca.Cert))
+	log.Info("controller serving", "listen", lis.Addr().String(), "metrics", addrString(maddr), "data_dir", cfg.DataDir, "ca_hash", "sha256:"+pki.PublicKeyHash(authority.Cert))
 	if cfg.Ready != nil {
 		cfg.Ready(lis.Addr(), maddr)
 	}

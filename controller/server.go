@@ -11,14 +11,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/bud-ecosystem/budfleet/controller/pki"
+	"github.com/bud-ecosystem/budfleet/controller/ca"
 	"github.com/bud-ecosystem/budfleet/controller/store"
 )
 
 // Options configure a Server.
 type Options struct {
 	Store  *store.Store
-	CA     *pki.CA
+	CA     *ca.CA
 	Logger *slog.Logger
 	// Registerer receives the controller's metrics; nil means none.
 	Registerer prometheus.Registerer
@@ -53,7 +53,7 @@ type Server struct {
 	opts    Options
 	log     *slog.Logger
 	store   *store.Store
-	ca      *pki.CA
+	ca      *ca.CA
 	metrics *metrics
 
 	mu       sync.Mutex

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bud-ecosystem/budfleet/controller/pki"
+	"github.com/bud-ecosystem/budfleet/controller/ca"
 	"github.com/bud-ecosystem/budfleet/controller/store"
 )
 
@@ -39,7 +39,7 @@ func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Disca
 type testEnv struct {
 	srv   *Server
 	store *store.Store
-	ca    *pki.CA
+	ca    *ca.CA
 	clock *fakeClock
 }
 
@@ -52,16 +52,16 @@ func newTestServer(t *testing.T) *testEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	ca, err := pki.NewCA(base)
+	authority, err := ca.NewCA(base)
 	if err != nil {
 		t.Fatal(err)
 	}
 	clock := &fakeClock{t: base}
-	srv, err := New(Options{Store: st, CA: ca, Logger: discardLogger(), Now: clock.Now})
+	srv, err := New(Options{Store: st, CA: authority, Logger: discardLogger(), Now: clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &testEnv{srv: srv, store: st, ca: ca, clock: clock}
+	return &testEnv{srv: srv, store: st, ca: authority, clock: clock}
 }
 
 func TestNewValidatesOptions(t *testing.T) {
@@ -70,7 +70,7 @@ func TestNewValidatesOptions(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	ca, err := pki.NewCA(time.Now())
+	authority, err := ca.NewCA(time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,13 +79,13 @@ func TestNewValidatesOptions(t *testing.T) {
 		opts   Options
 		errHas string
 	}{
-		{"no store", Options{CA: ca}, "Store"},
+		{"no store", Options{CA: authority}, "Store"},
 		{"no CA", Options{Store: st}, "CA"},
-		{"grace equal to interval", Options{Store: st, CA: ca, HeartbeatInterval: time.Second, HeartbeatGrace: time.Second}, "heartbeat grace"},
-		{"grace shorter than interval", Options{Store: st, CA: ca, HeartbeatInterval: 5 * time.Second, HeartbeatGrace: time.Second}, "heartbeat grace"},
-		{"grace under the default interval", Options{Store: st, CA: ca, HeartbeatGrace: DefaultHeartbeatInterval}, "heartbeat grace"},
-		{"cert TTL under a minute", Options{Store: st, CA: ca, AgentCertTTL: 59 * time.Second}, "under a minute"},
-		{"negative cert TTL", Options{Store: st, CA: ca, AgentCertTTL: -time.Hour}, "under a minute"},
+		{"grace equal to interval", Options{Store: st, CA: authority, HeartbeatInterval: time.Second, HeartbeatGrace: time.Second}, "heartbeat grace"},
+		{"grace shorter than interval", Options{Store: st, CA: authority, HeartbeatInterval: 5 * time.Second, HeartbeatGrace: time.Second}, "heartbeat grace"},
+		{"grace under the default interval", Options{Store: st, CA: authority, HeartbeatGrace: DefaultHeartbeatInterval}, "heartbeat grace"},
+		{"cert TTL under a minute", Options{Store: st, CA: authority, AgentCertTTL: 59 * time.Second}, "under a minute"},
+		{"negative cert TTL", Options{Store: st, CA: authority, AgentCertTTL: -time.Hour}, "under a minute"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.opts.Logger = discardLogger()
@@ -100,14 +100,14 @@ func TestNewValidatesOptions(t *testing.T) {
 	}
 
 	// The boundaries are accepted, and defaults fill the zero values.
-	s, err := New(Options{Store: st, CA: ca, Logger: discardLogger(), AgentCertTTL: time.Minute, HeartbeatInterval: 200 * time.Millisecond, HeartbeatGrace: 201 * time.Millisecond})
+	s, err := New(Options{Store: st, CA: authority, Logger: discardLogger(), AgentCertTTL: time.Minute, HeartbeatInterval: 200 * time.Millisecond, HeartbeatGrace: 201 * time.Millisecond})
 	if err != nil {
 		t.Fatalf("New at the boundaries: %v", err)
 	}
 	if s.opts.FullInventoryInterval != DefaultFullInventoryInterval {
 		t.Errorf("FullInventoryInterval = %s, want the default", s.opts.FullInventoryInterval)
 	}
-	s, err = New(Options{Store: st, CA: ca, Logger: discardLogger()})
+	s, err = New(Options{Store: st, CA: authority, Logger: discardLogger()})
 	if err != nil {
 		t.Fatalf("New with defaults: %v", err)
 	}

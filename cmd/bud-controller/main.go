@@ -10,8 +10,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/bud-ecosystem/budfleet/controller"
-	"github.com/bud-ecosystem/budfleet/controller/pki"
+	"github.com/bud-ecosystem/budfleet/controller/ca"
 	"github.com/bud-ecosystem/budfleet/internal/cli"
+	"github.com/bud-ecosystem/budfleet/pki"
 	"github.com/bud-ecosystem/budfleet/version"
 )
 
@@ -35,12 +36,12 @@ func newRoot() *cobra.Command {
 			if err := controller.Init(controller.InitConfig{DataDir: dataDir, ServerNames: names, Advertise: advertise}); err != nil {
 				return err
 			}
-			ca, err := pki.LoadCA(dataDir)
+			authority, err := ca.LoadCA(dataDir)
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "initialised %s\n  CA hash:       sha256:%s\n  budctl config: %s\n",
-				dataDir, pki.PublicKeyHash(ca.Cert), filepath.Join(dataDir, controller.AdminConfigFile))
+				dataDir, pki.PublicKeyHash(authority.Cert), filepath.Join(dataDir, controller.AdminConfigFile))
 			return nil
 		},
 	}

@@ -1,6 +1,8 @@
-package pki
+package ca
 
 import (
+	"github.com/bud-ecosystem/budfleet/pki"
+
 	"bytes"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -35,7 +37,7 @@ func mustCA(t *testing.T, now time.Time) *CA {
 
 func mustKey(t *testing.T) *ecdsa.PrivateKey {
 	t.Helper()
-	k, err := NewKey()
+	k, err := pki.NewKey()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,16 +82,16 @@ func TestNewCA(t *testing.T) {
 		t.Errorf("serial %v is not positive", c.SerialNumber)
 	}
 	other := mustCA(t, fixedNow)
-	if other.Cert.SerialNumber.Cmp(c.SerialNumber) == 0 || PublicKeyHash(other.Cert) == PublicKeyHash(c) {
+	if other.Cert.SerialNumber.Cmp(c.SerialNumber) == 0 || pki.PublicKeyHash(other.Cert) == pki.PublicKeyHash(c) {
 		t.Error("two CAs share a serial or a key")
 	}
 }
 
 func TestPublicKeyHash(t *testing.T) {
 	ca := mustCA(t, fixedNow)
-	h := PublicKeyHash(ca.Cert)
+	h := pki.PublicKeyHash(ca.Cert)
 	if !caHashRe.MatchString(h) {
-		t.Errorf("PublicKeyHash = %q, want 64 lowercase hex digits (the form join tokens carry)", h)
+		t.Errorf("pki.PublicKeyHash = %q, want 64 lowercase hex digits (the form join tokens carry)", h)
 	}
 	// The hash is of the key alone: a second certificate for the same key
 	// has the same pin.
@@ -104,8 +106,8 @@ func TestPublicKeyHash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if PublicKeyHash(again) != h {
-		t.Error("PublicKeyHash depends on more than the public key")
+	if pki.PublicKeyHash(again) != h {
+		t.Error("pki.PublicKeyHash depends on more than the public key")
 	}
 	if _, err := NewJoinToken(h); err != nil {
 		t.Fatal(err)
@@ -173,7 +175,7 @@ func TestIssueServer(t *testing.T) {
 			}
 			for _, name := range append(tc.wantDNS, tc.wantIPs...) {
 				_, err := cert.Verify(x509.VerifyOptions{
-					Roots:       Pool(ca.Cert),
+					Roots:       pki.Pool(ca.Cert),
 					DNSName:     name,
 					CurrentTime: fixedNow,
 					KeyUsages:   []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
@@ -182,10 +184,10 @@ func TestIssueServer(t *testing.T) {
 					t.Errorf("Verify(%s): %v", name, err)
 				}
 			}
-			if _, err := cert.Verify(x509.VerifyOptions{Roots: Pool(ca.Cert), DNSName: "not-listed.example", CurrentTime: fixedNow}); err == nil {
+			if _, err := cert.Verify(x509.VerifyOptions{Roots: pki.Pool(ca.Cert), DNSName: "not-listed.example", CurrentTime: fixedNow}); err == nil {
 				t.Error("certificate verifies for a name it was not issued for")
 			}
-			if _, err := cert.Verify(x509.VerifyOptions{Roots: Pool(mustCA(t, fixedNow).Cert), DNSName: "localhost", CurrentTime: fixedNow}); err == nil {
+			if _, err := cert.Verify(x509.VerifyOptions{Roots: pki.Pool(mustCA(t, fixedNow).Cert), DNSName: "localhost", CurrentTime: fixedNow}); err == nil {
 				t.Error("certificate verifies against another CA")
 			}
 		})
@@ -229,7 +231,7 @@ func TestSignNodeCSR(t *testing.T) {
 	ca := mustCA(t, fixedNow)
 	key := mustKey(t)
 	// The CSR asks for an operator identity; the controller must ignore it.
-	csr := testCSR(t, key, pkix.Name{CommonName: "admin", Organization: []string{OrgOperator}, OrganizationalUnit: []string{RoleAdmin}})
+	csr := testCSR(t, key, pkix.Name{CommonName: "admin", Organization: []string{pki.OrgOperator}, OrganizationalUnit: []string{pki.RoleAdmin}})
 	cert, err := ca.SignNodeCSR(csr, "node-123", fixedNow, 24*time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -237,8 +239,8 @@ func TestSignNodeCSR(t *testing.T) {
 	if cert.Subject.CommonName != "node-123" {
 		t.Errorf("CN = %q, want node-123", cert.Subject.CommonName)
 	}
-	if !slices.Equal(cert.Subject.Organization, []string{OrgNode}) {
-		t.Errorf("O = %q, want [%s]", cert.Subject.Organization, OrgNode)
+	if !slices.Equal(cert.Subject.Organization, []string{pki.OrgNode}) {
+		t.Errorf("O = %q, want [%s]", cert.Subject.Organization, pki.OrgNode)
 	}
 	if len(cert.Subject.OrganizationalUnit) != 0 {
 		t.Errorf("OU = %q, want none", cert.Subject.OrganizationalUnit)
@@ -253,20 +255,20 @@ func TestSignNodeCSR(t *testing.T) {
 		t.Error("node certificate is a CA")
 	}
 	if _, err := cert.Verify(x509.VerifyOptions{
-		Roots:       Pool(ca.Cert),
+		Roots:       pki.Pool(ca.Cert),
 		CurrentTime: fixedNow,
 		KeyUsages:   []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}); err != nil {
 		t.Errorf("node certificate does not verify: %v", err)
 	}
 
-	// NewCSR is what agents use; it must be accepted.
-	own, err := NewCSR(key, "whatever")
+	// pki.NewCSR is what agents use; it must be accepted.
+	own, err := pki.NewCSR(key, "whatever")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := ca.SignNodeCSR(own, "n2", fixedNow, time.Hour); err != nil {
-		t.Errorf("SignNodeCSR(NewCSR): %v", err)
+		t.Errorf("SignNodeCSR(pki.NewCSR): %v", err)
 	}
 }
 
@@ -355,7 +357,7 @@ func TestValidityBackdate(t *testing.T) {
 					return ca.IssueServer(mustKey(t).Public(), nil, fixedNow, tc.ttl)
 				},
 				"client": func() (*x509.Certificate, error) {
-					return ca.IssueClient(mustKey(t).Public(), OperatorSubject("op", RoleAdmin), fixedNow, tc.ttl)
+					return ca.IssueClient(mustKey(t).Public(), pki.OperatorSubject("op", pki.RoleAdmin), fixedNow, tc.ttl)
 				},
 				"node": func() (*x509.Certificate, error) {
 					return ca.SignNodeCSR(testCSR(t, mustKey(t), pkix.Name{}), "n", fixedNow, tc.ttl)
@@ -402,20 +404,6 @@ func TestCertificatesNeverOutliveCA(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-func TestSubjects(t *testing.T) {
-	n := NodeSubject("abc")
-	if n.CommonName != "abc" || !slices.Equal(n.Organization, []string{OrgNode}) || len(n.OrganizationalUnit) != 0 {
-		t.Errorf("NodeSubject = %+v", n)
-	}
-	o := OperatorSubject("alice", RoleAdmin)
-	if o.CommonName != "alice" || !slices.Equal(o.Organization, []string{OrgOperator}) || !slices.Equal(o.OrganizationalUnit, []string{RoleAdmin}) {
-		t.Errorf("OperatorSubject = %+v", o)
-	}
-	if OrgNode == OrgOperator {
-		t.Error("node and operator organisations are the same")
 	}
 }
 
@@ -483,11 +471,11 @@ func TestSaveLoadCA(t *testing.T) {
 
 func TestLoadCAErrors(t *testing.T) {
 	ca := mustCA(t, fixedNow)
-	keyPEM, err := EncodeKey(ca.Key)
+	keyPEM, err := pki.EncodeKey(ca.Key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	certPEM := EncodeCert(ca.Cert)
+	certPEM := pki.EncodeCert(ca.Cert)
 
 	t.Run("empty dir", func(t *testing.T) {
 		dir := t.TempDir()
@@ -533,16 +521,16 @@ func TestLoadCAErrors(t *testing.T) {
 
 func TestEncodeDecode(t *testing.T) {
 	ca := mustCA(t, fixedNow)
-	c, err := DecodeCert(EncodeCert(ca.Cert))
+	c, err := pki.DecodeCert(pki.EncodeCert(ca.Cert))
 	if err != nil || !c.Equal(ca.Cert) {
-		t.Errorf("DecodeCert(EncodeCert) = %v, %v", c, err)
+		t.Errorf("pki.DecodeCert(pki.EncodeCert) = %v, %v", c, err)
 	}
-	pkcs8, err := EncodeKey(ca.Key)
+	pkcs8, err := pki.EncodeKey(ca.Key)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Contains(pkcs8, []byte("BEGIN PRIVATE KEY")) {
-		t.Errorf("EncodeKey is not PKCS#8 PEM: %s", pkcs8)
+		t.Errorf("pki.EncodeKey is not PKCS#8 PEM: %s", pkcs8)
 	}
 	sec1DER, err := x509.MarshalECPrivateKey(ca.Key)
 	if err != nil {
@@ -568,56 +556,26 @@ func TestEncodeDecode(t *testing.T) {
 		{"bad der", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: []byte{1, 2, 3}}), "?"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			k, err := DecodeKey(tc.pem)
+			k, err := pki.DecodeKey(tc.pem)
 			if tc.wantErr == "" {
 				if err != nil || !k.Equal(ca.Key) {
-					t.Errorf("DecodeKey = %v, %v", k, err)
+					t.Errorf("pki.DecodeKey = %v, %v", k, err)
 				}
 				return
 			}
 			if err == nil || (tc.wantErr != "?" && !strings.Contains(err.Error(), tc.wantErr)) {
-				t.Errorf("DecodeKey err = %v, want it to mention %q", err, tc.wantErr)
+				t.Errorf("pki.DecodeKey err = %v, want it to mention %q", err, tc.wantErr)
 			}
 		})
 	}
-	if _, err := DecodeCert(pkcs8); err == nil {
-		t.Error("DecodeCert accepted a key")
+	if _, err := pki.DecodeCert(pkcs8); err == nil {
+		t.Error("pki.DecodeCert accepted a key")
 	}
-	if _, err := DecodeCert(nil); err == nil {
-		t.Error("DecodeCert accepted nothing")
-	}
-}
-
-func TestWriteFile(t *testing.T) {
-	dir := t.TempDir()
-	p := filepath.Join(dir, "f")
-	if err := WriteFile(p, []byte("one"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := WriteFile(p, []byte("two"), 0o640); err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(p)
-	if err != nil || string(b) != "two" {
-		t.Errorf("content = %q, %v", b, err)
-	}
-	fi, _ := os.Stat(p)
-	if fi.Mode().Perm() != 0o640 {
-		t.Errorf("mode = %o, want 640", fi.Mode().Perm())
-	}
-	entries, _ := os.ReadDir(dir)
-	if len(entries) != 1 {
-		t.Errorf("temp files left behind: %v", entries)
-	}
-	if err := WriteFile(filepath.Join(dir, "missing", "f"), []byte("x"), 0o600); err == nil {
-		t.Error("WriteFile into a missing dir succeeded")
+	if _, err := pki.DecodeCert(nil); err == nil {
+		t.Error("pki.DecodeCert accepted nothing")
 	}
 }
 
-// --- TLS ---------------------------------------------------------------
-
-// tlsCert issues a server certificate for localhost from ca as a
-// tls.Certificate holding only the leaf.
 func serverCert(t *testing.T, ca *CA) tls.Certificate {
 	t.Helper()
 	key := mustKey(t)
@@ -706,7 +664,7 @@ func TestServerTLSChain(t *testing.T) {
 	sc := serverCert(t, ca)
 	sc.Certificate = append(sc.Certificate, []byte("stale intermediate"))
 	orig := slices.Clone(sc.Certificate)
-	cfg := ServerTLS(ca, sc)
+	cfg := pki.ServerTLS(ca.Cert, sc)
 	if cfg.MinVersion != tls.VersionTLS13 {
 		t.Errorf("MinVersion = %x, want TLS 1.3", cfg.MinVersion)
 	}
@@ -718,14 +676,14 @@ func TestServerTLSChain(t *testing.T) {
 		t.Errorf("server chain is not [leaf, CA]")
 	}
 	if !slices.EqualFunc(sc.Certificate, orig, bytes.Equal) {
-		t.Error("ServerTLS modified the caller's certificate chain")
+		t.Error("pki.ServerTLS modified the caller's certificate chain")
 	}
 }
 
 func TestPinnedTLS(t *testing.T) {
 	ca := mustCA(t, time.Now())
 	otherCA := mustCA(t, time.Now())
-	pin := PublicKeyHash(ca.Cert)
+	pin := pki.PublicKeyHash(ca.Cert)
 
 	// A plain server config presenting only a leaf, without the CA.
 	leafOnly := &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{serverCert(t, ca)}}
@@ -737,25 +695,26 @@ func TestPinnedTLS(t *testing.T) {
 		serverName string
 		wantErr    string // "" for success
 	}{
-		{"right pin", ServerTLS(ca, serverCert(t, ca)), pin, "localhost", ""},
-		{"right pin, extra SAN", ServerTLS(ca, serverCert(t, ca)), pin, "ctl.test", ""},
-		{"wrong pin", ServerTLS(ca, serverCert(t, ca)), PublicKeyHash(otherCA.Cert), "localhost", PublicKeyHash(otherCA.Cert)},
-		{"leaf from another CA with pinned CA in chain", ServerTLS(ca, serverCert(t, otherCA)), pin, "localhost", "does not verify"},
-		{"impostor CA and leaf", ServerTLS(otherCA, serverCert(t, otherCA)), pin, "localhost", pin},
+		{"right pin", pki.ServerTLS(ca.Cert, serverCert(t, ca)), pin, "localhost", ""},
+		{"right pin, extra SAN", pki.ServerTLS(ca.Cert, serverCert(t, ca)), pin, "ctl.test", ""},
+		{"wrong pin", pki.ServerTLS(ca.Cert, serverCert(t, ca)), pki.PublicKeyHash(otherCA.Cert), "localhost", pki.PublicKeyHash(otherCA.Cert)},
+		{"leaf from another CA with pinned CA in chain", pki.ServerTLS(ca.Cert, serverCert(t, otherCA)), pin, "localhost", "does not verify"},
+		{"impostor CA and leaf", pki.ServerTLS(otherCA.Cert, serverCert(t, otherCA)), pin, "localhost", pin},
 		{"no CA in chain", leafOnly, pin, "localhost", pin},
-		{"wrong server name", ServerTLS(ca, serverCert(t, ca)), pin, "elsewhere.test", "does not verify"},
-		{"empty pin", ServerTLS(ca, serverCert(t, ca)), "", "localhost", "does not match"},
+		{"wrong server name", pki.ServerTLS(ca.Cert, serverCert(t, ca)), pin, "elsewhere.test", "does not verify"},
+		{"empty pin", pki.ServerTLS(ca.Cert, serverCert(t, ca)), "", "localhost", "does not match"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			var got *x509.Certificate
-			res := handshake(t, tc.server, PinnedTLS(tc.pin, tc.serverName, &got))
+			var pin pki.Pin
+			res := handshake(t, tc.server, pki.PinnedTLS(tc.pin, tc.serverName, &pin))
+			got := pin.CA()
 			if tc.wantErr == "" {
 				if res.clientErr != nil || res.serverErr != nil {
 					t.Fatalf("handshake: client %v, server %v", res.clientErr, res.serverErr)
 				}
 				if got == nil || !got.Equal(ca.Cert) {
-					t.Errorf("PinnedTLS reported CA %v, want the pinned CA", got)
+					t.Errorf("pki.PinnedTLS reported CA %v, want the pinned CA", got)
 				}
 				if res.clientState.Version != tls.VersionTLS13 {
 					t.Errorf("negotiated %x, want TLS 1.3", res.clientState.Version)
@@ -769,7 +728,13 @@ func TestPinnedTLS(t *testing.T) {
 				t.Errorf("client err = %q, want it to mention %q", res.clientErr, tc.wantErr)
 			}
 			if got != nil {
-				t.Errorf("PinnedTLS reported CA %v on failure", got.Subject)
+				t.Errorf("pki.PinnedTLS reported CA %v on failure", got.Subject)
+			}
+			if pin.Err() == nil {
+				t.Error("pki.PinnedTLS recorded no error for a refused handshake")
+			}
+			if tc.wantErr == tc.pin && tc.pin != "" && !errors.Is(pin.Err(), pki.ErrPinMismatch) {
+				t.Errorf("pin error %v does not wrap pki.ErrPinMismatch", pin.Err())
 			}
 			if res.serverErr == nil {
 				t.Error("server completed a handshake the client rejected")
@@ -781,16 +746,16 @@ func TestPinnedTLS(t *testing.T) {
 func TestClientTLS(t *testing.T) {
 	ca := mustCA(t, time.Now())
 	otherCA := mustCA(t, time.Now())
-	server := func() *tls.Config { return ServerTLS(ca, serverCert(t, ca)) }
+	server := func() *tls.Config { return pki.ServerTLS(ca.Cert, serverCert(t, ca)) }
 
 	t.Run("with node certificate", func(t *testing.T) {
-		cc := clientCert(t, ca, NodeSubject("node-7"))
-		res := handshake(t, server(), ClientTLS(ca.Cert, cc, "localhost"))
+		cc := clientCert(t, ca, pki.NodeSubject("node-7"))
+		res := handshake(t, server(), pki.ClientTLS(ca.Cert, cc, "localhost"))
 		if res.clientErr != nil || res.serverErr != nil {
 			t.Fatalf("handshake: client %v, server %v", res.clientErr, res.serverErr)
 		}
 		peers := res.serverState.PeerCertificates
-		if len(peers) == 0 || peers[0].Subject.CommonName != "node-7" || !slices.Equal(peers[0].Subject.Organization, []string{OrgNode}) {
+		if len(peers) == 0 || peers[0].Subject.CommonName != "node-7" || !slices.Equal(peers[0].Subject.Organization, []string{pki.OrgNode}) {
 			t.Errorf("server saw peer %v", peers)
 		}
 		if len(res.serverState.VerifiedChains) == 0 {
@@ -801,7 +766,7 @@ func TestClientTLS(t *testing.T) {
 		}
 	})
 	t.Run("without client certificate", func(t *testing.T) {
-		res := handshake(t, server(), ClientTLS(ca.Cert, nil, "127.0.0.1"))
+		res := handshake(t, server(), pki.ClientTLS(ca.Cert, nil, "127.0.0.1"))
 		if res.clientErr != nil || res.serverErr != nil {
 			t.Fatalf("handshake: client %v, server %v", res.clientErr, res.serverErr)
 		}
@@ -810,7 +775,7 @@ func TestClientTLS(t *testing.T) {
 		}
 	})
 	t.Run("h2 alpn", func(t *testing.T) {
-		cfg := ClientTLS(ca.Cert, nil, "localhost")
+		cfg := pki.ClientTLS(ca.Cert, nil, "localhost")
 		cfg.NextProtos = []string{"h2"}
 		res := handshake(t, server(), cfg)
 		if res.clientErr != nil || res.clientState.NegotiatedProtocol != "h2" {
@@ -818,8 +783,8 @@ func TestClientTLS(t *testing.T) {
 		}
 	})
 	t.Run("client certificate from another CA", func(t *testing.T) {
-		cc := clientCert(t, otherCA, NodeSubject("node-7"))
-		res := handshake(t, server(), ClientTLS(ca.Cert, cc, "localhost"))
+		cc := clientCert(t, otherCA, pki.NodeSubject("node-7"))
+		res := handshake(t, server(), pki.ClientTLS(ca.Cert, cc, "localhost"))
 		if res.serverErr == nil {
 			t.Fatal("server accepted a client certificate from another CA")
 		}
@@ -828,7 +793,7 @@ func TestClientTLS(t *testing.T) {
 		}
 	})
 	t.Run("server from another CA", func(t *testing.T) {
-		res := handshake(t, ServerTLS(otherCA, serverCert(t, otherCA)), ClientTLS(ca.Cert, nil, "localhost"))
+		res := handshake(t, pki.ServerTLS(otherCA.Cert, serverCert(t, otherCA)), pki.ClientTLS(ca.Cert, nil, "localhost"))
 		if res.clientErr == nil {
 			t.Fatal("client trusted a server from another CA")
 		}
@@ -841,7 +806,7 @@ func TestClientTLS(t *testing.T) {
 		}
 	})
 	t.Run("wrong server name", func(t *testing.T) {
-		res := handshake(t, server(), ClientTLS(ca.Cert, nil, "elsewhere.test"))
+		res := handshake(t, server(), pki.ClientTLS(ca.Cert, nil, "elsewhere.test"))
 		if res.clientErr == nil {
 			t.Fatal("client accepted a certificate for another name")
 		}
@@ -850,10 +815,10 @@ func TestClientTLS(t *testing.T) {
 
 func TestTLS12Refused(t *testing.T) {
 	ca := mustCA(t, time.Now())
-	client := ClientTLS(ca.Cert, nil, "localhost")
+	client := pki.ClientTLS(ca.Cert, nil, "localhost")
 	client.MinVersion = tls.VersionTLS12
 	client.MaxVersion = tls.VersionTLS12
-	res := handshake(t, ServerTLS(ca, serverCert(t, ca)), client)
+	res := handshake(t, pki.ServerTLS(ca.Cert, serverCert(t, ca)), client)
 	if res.clientErr == nil || res.serverErr == nil {
 		t.Fatalf("TLS 1.2 handshake: client %v, server %v; want both to fail", res.clientErr, res.serverErr)
 	}
@@ -862,19 +827,19 @@ func TestTLS12Refused(t *testing.T) {
 	}
 
 	// And the clients refuse a TLS 1.2 server.
-	srv := ServerTLS(ca, serverCert(t, ca))
+	srv := pki.ServerTLS(ca.Cert, serverCert(t, ca))
 	srv.MinVersion = tls.VersionTLS12
 	srv.MaxVersion = tls.VersionTLS12
-	var got *x509.Certificate
+	var pin pki.Pin
 	for name, c := range map[string]*tls.Config{
-		"ClientTLS": ClientTLS(ca.Cert, nil, "localhost"),
-		"PinnedTLS": PinnedTLS(PublicKeyHash(ca.Cert), "localhost", &got),
+		"pki.ClientTLS": pki.ClientTLS(ca.Cert, nil, "localhost"),
+		"pki.PinnedTLS": pki.PinnedTLS(pki.PublicKeyHash(ca.Cert), "localhost", &pin),
 	} {
 		if res := handshake(t, srv, c); res.clientErr == nil {
 			t.Errorf("%s completed a TLS 1.2 handshake", name)
 		}
 	}
-	if got != nil {
-		t.Error("PinnedTLS reported a CA over TLS 1.2")
+	if pin.CA() != nil {
+		t.Error("pki.PinnedTLS reported a CA over TLS 1.2")
 	}
 }

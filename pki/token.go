@@ -1,10 +1,6 @@
 package pki
 
 import (
-	"crypto/rand"
-	"crypto/sha256"
-	"crypto/subtle"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"regexp"
@@ -37,20 +33,6 @@ func (t JoinToken) String() string {
 	return strings.Join([]string{tokenVersion, t.CAHash, t.ID, t.Secret}, ".")
 }
 
-// NewJoinToken makes a token with a fresh id and secret for the CA with the
-// given public-key hash.
-func NewJoinToken(caHash string) (JoinToken, error) {
-	id := make([]byte, 6)
-	sec := make([]byte, 16)
-	if _, err := rand.Read(id); err != nil {
-		return JoinToken{}, err
-	}
-	if _, err := rand.Read(sec); err != nil {
-		return JoinToken{}, err
-	}
-	return JoinToken{CAHash: caHash, ID: hex.EncodeToString(id), Secret: hex.EncodeToString(sec)}, nil
-}
-
 // ParseJoinToken parses s, saying what part is wrong.
 func ParseJoinToken(s string) (JoinToken, error) {
 	parts := strings.Split(strings.TrimSpace(s), ".")
@@ -74,17 +56,3 @@ func ParseJoinToken(s string) (JoinToken, error) {
 
 // ValidTokenID reports whether id has the form of a token id.
 func ValidTokenID(id string) bool { return tokenIDRe.MatchString(id) }
-
-// HashSecret is what the controller stores for a token secret. The secret is
-// 128 random bits, so a plain SHA-256 is enough to make a stolen store
-// useless for joining.
-func HashSecret(secret string) string {
-	sum := sha256.Sum256([]byte(secret))
-	return hex.EncodeToString(sum[:])
-}
-
-// SecretMatches compares a presented secret with a stored hash in constant
-// time.
-func SecretMatches(secret, hash string) bool {
-	return subtle.ConstantTimeCompare([]byte(HashSecret(secret)), []byte(hash)) == 1
-}
