@@ -6,9 +6,9 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/bud-ecosystem/budfleet/siem"
 	"github.com/bud-ecosystem/budfleet/agent/state"
 	siemv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/siem/v1"
+	"github.com/bud-ecosystem/budfleet/siem"
 )
 
 // SIEMForwarder runs audit-log forwarding (siem/forward in

@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bud-ecosystem/budfleet/siem"
 	"github.com/bud-ecosystem/budfleet/agent/state"
 	siemv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/siem/v1"
+	"github.com/bud-ecosystem/budfleet/siem"
 )
 
 type siemApply struct {

@@ -10,11 +10,11 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/bud-ecosystem/budfleet/siem"
 	"github.com/bud-ecosystem/budfleet/controller/store"
 	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
 	fleetv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1"
 	siemv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/siem/v1"
+	"github.com/bud-ecosystem/budfleet/siem"
 )
 
 // siemReport is the last forwarding status a node sent with a heartbeat.

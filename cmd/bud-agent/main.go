@@ -15,9 +15,9 @@ import (
 	"github.com/bud-ecosystem/budfleet/agent"
 	"github.com/bud-ecosystem/budfleet/agent/gpu"
 	"github.com/bud-ecosystem/budfleet/agent/inventory"
-	"github.com/bud-ecosystem/budfleet/siem/forward"
 	"github.com/bud-ecosystem/budfleet/agent/state"
 	"github.com/bud-ecosystem/budfleet/internal/cli"
+	"github.com/bud-ecosystem/budfleet/siem/forward"
 	"github.com/bud-ecosystem/budfleet/version"
 )
 

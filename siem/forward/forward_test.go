@@ -15,9 +15,9 @@ import (
 	"testing"
 	"time"
 
+	siemv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/siem/v1"
 	"github.com/bud-ecosystem/budfleet/siem"
 	"github.com/bud-ecosystem/budfleet/siem/output"
-	siemv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/siem/v1"
 )
 
 // ---- fake outputs ---------------------------------------------------------

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bud-ecosystem/budfleet/siem"
 	"github.com/bud-ecosystem/budfleet/internal/rsyslogtest"
+	"github.com/bud-ecosystem/budfleet/siem"
 )
 
 // The whole path against the real peer: a file is tailed, spooled and sent

@@ -7,8 +7,8 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/bud-ecosystem/budfleet/siem"
 	siemv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/siem/v1"
+	"github.com/bud-ecosystem/budfleet/siem"
 )
 
 type stats struct {

@@ -21,8 +21,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bud-ecosystem/budfleet/siem/output/syslog"
 	"github.com/bud-ecosystem/budfleet/internal/rsyslogtest"
+	"github.com/bud-ecosystem/budfleet/siem/output/syslog"
 )
 
 // TestSIEMAgentKilledLosesNothing: the agent is SIGKILLed five times while

@@ -86,10 +86,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bud-ecosystem/budfleet/internal/rsyslogtest"
 	"github.com/bud-ecosystem/budfleet/siem"
 	"github.com/bud-ecosystem/budfleet/siem/audit"
 	"github.com/bud-ecosystem/budfleet/siem/forward"
-	"github.com/bud-ecosystem/budfleet/internal/rsyslogtest"
 )
 
 // childEnv holds the JSON childSpec of a forwarder child process.

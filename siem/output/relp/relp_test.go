@@ -13,10 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bud-ecosystem/budfleet/internal/rsyslogtest"
 	"github.com/bud-ecosystem/budfleet/siem"
 	"github.com/bud-ecosystem/budfleet/siem/output"
 	"github.com/bud-ecosystem/budfleet/siem/output/syslog"
-	"github.com/bud-ecosystem/budfleet/internal/rsyslogtest"
 )
 
 // fakeServer is an in-process RELP server over TLS. answer decides the

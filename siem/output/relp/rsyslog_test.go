@@ -10,11 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bud-ecosystem/budfleet/internal/rsyslogtest"
 	"github.com/bud-ecosystem/budfleet/siem"
 	"github.com/bud-ecosystem/budfleet/siem/output"
 	"github.com/bud-ecosystem/budfleet/siem/output/relp"
 	"github.com/bud-ecosystem/budfleet/siem/output/syslog"
-	"github.com/bud-ecosystem/budfleet/internal/rsyslogtest"
 )
 
 // Tests against a real rsyslogd (internal/rsyslogtest); they install

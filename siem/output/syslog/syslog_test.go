@@ -14,9 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bud-ecosystem/budfleet/internal/rsyslogtest"
 	"github.com/bud-ecosystem/budfleet/siem"
 	"github.com/bud-ecosystem/budfleet/siem/output"
-	"github.com/bud-ecosystem/budfleet/internal/rsyslogtest"
 )
 
 // sink is an in-process TLS syslog receiver for unit tests.
