@@ -21,13 +21,14 @@ import (
 	"github.com/bud-ecosystem/budfleet/command"
 	"github.com/bud-ecosystem/budfleet/pki"
 	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
+	hostv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/host/v1"
 	"github.com/bud-ecosystem/budfleet/siem"
 	"github.com/bud-ecosystem/budfleet/version"
 )
 
 // InventorySource collects the host inventory.
 type InventorySource interface {
-	Collect(ctx context.Context) (inventory.Host, error)
+	Collect(ctx context.Context) (*hostv1.Inventory, error)
 }
 
 // Handler runs one kind of command. The returned output and message are
@@ -79,9 +80,9 @@ type Agent struct {
 
 	mu      sync.Mutex
 	nodeID  string
-	invSent chan inventory.Host // inventory.collect results to send now
-	renewed chan struct{}       // a renewed certificate was stored
-	siemErr string              // why the last SIEM configuration was refused
+	invSent chan *hostv1.Inventory // inventory.collect results to send now
+	renewed chan struct{}          // a renewed certificate was stored
+	siemErr string                 // why the last SIEM configuration was refused
 }
 
 // New checks opts and returns an Agent.
@@ -120,7 +121,7 @@ func New(opts Options) (*Agent, error) {
 		}
 		return nil, err
 	}
-	a := &Agent{opts: opts, state: opts.State, nodeID: id.NodeID, invSent: make(chan inventory.Host, 1), renewed: make(chan struct{}, 1)}
+	a := &Agent{opts: opts, state: opts.State, nodeID: id.NodeID, invSent: make(chan *hostv1.Inventory, 1), renewed: make(chan struct{}, 1)}
 	a.log = opts.Logger.With("node_id", id.NodeID)
 	a.handlers = map[string]Handler{
 		command.InventoryCollect: a.collectInventoryCommand,
@@ -391,11 +392,11 @@ func (s *sessionState) inventoryLoop(fullEvery time.Duration) error {
 			s.a.log.Warn("collect inventory", "error", err)
 		}
 		now := s.a.opts.Now()
-		if err == nil && (h.Fingerprint() != last || now.Sub(lastFull) >= fullEvery) {
+		if err == nil && (inventory.Fingerprint(h) != last || now.Sub(lastFull) >= fullEvery) {
 			if s.send(inventoryMessage(h)) != nil {
 				return nil
 			}
-			last, lastFull = h.Fingerprint(), now
+			last, lastFull = inventory.Fingerprint(h), now
 		}
 		select {
 		case <-s.ctx.Done():
@@ -405,24 +406,13 @@ func (s *sessionState) inventoryLoop(fullEvery time.Duration) error {
 			if s.send(inventoryMessage(h)) != nil {
 				return nil
 			}
-			last, lastFull = h.Fingerprint(), s.a.opts.Now()
+			last, lastFull = inventory.Fingerprint(h), s.a.opts.Now()
 		}
 	}
 }
 
-func inventoryMessage(h inventory.Host) *agentv1.ConnectRequest {
-	return &agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Inventory{Inventory: &agentv1.Inventory{
-		Hostname:     h.Hostname,
-		MachineId:    h.MachineID,
-		Os:           h.OS,
-		Kernel:       h.Kernel,
-		Architecture: h.Architecture,
-		CpuModel:     h.CPUModel,
-		CpuCores:     h.CPUCores,
-		MemoryBytes:  h.MemoryBytes,
-		IpAddresses:  h.IPAddresses,
-		AgentVersion: h.AgentVersion,
-	}}}
+func inventoryMessage(h *hostv1.Inventory) *agentv1.ConnectRequest {
+	return &agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Inventory{Inventory: h}}
 }
 
 func (a *Agent) collectInventoryCommand(ctx context.Context, _ map[string]string) (map[string]string, error) {
@@ -436,5 +426,5 @@ func (a *Agent) collectInventoryCommand(ctx context.Context, _ map[string]string
 	default:
 	}
 	a.invSent <- h
-	return map[string]string{"hostname": h.Hostname, "fingerprint": h.Fingerprint()}, nil
+	return map[string]string{"hostname": h.Hostname, "fingerprint": inventory.Fingerprint(h)}, nil
 }

@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"errors"
-	"github.com/bud-ecosystem/budfleet/agent/gpu"
 	"io"
 	"log/slog"
 	"os"
@@ -15,10 +14,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bud-ecosystem/budfleet/agent/gpu"
 	"github.com/bud-ecosystem/budfleet/agent/inventory"
+
 	"github.com/bud-ecosystem/budfleet/agent/state"
 	"github.com/bud-ecosystem/budfleet/command"
 	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
+	hostv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/host/v1"
 )
 
 var base = time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
@@ -28,11 +30,11 @@ func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Disca
 // fakeInventory returns a fixed host and counts calls.
 type fakeInventory struct {
 	mu    sync.Mutex
-	host  inventory.Host
+	host  *hostv1.Inventory
 	calls int
 }
 
-func (f *fakeInventory) Collect(ctx context.Context) (inventory.Host, error) {
+func (f *fakeInventory) Collect(ctx context.Context) (*hostv1.Inventory, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls++
@@ -238,7 +240,7 @@ func TestExecuteHandlerError(t *testing.T) {
 func TestExecuteBuiltinInventoryCollect(t *testing.T) {
 	st := openState(t, enrolledState(t))
 	defer st.Close()
-	inv := &fakeInventory{host: inventory.Host{Hostname: "node-a", MachineID: "m1"}}
+	inv := &fakeInventory{host: &hostv1.Inventory{Hostname: "node-a", MachineId: "m1"}}
 	a, err := New(Options{State: st, Inventory: inv, Logger: discardLogger()})
 	if err != nil {
 		t.Fatal(err)
@@ -247,7 +249,7 @@ func TestExecuteBuiltinInventoryCollect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !rec.Success || rec.Output["hostname"] != "node-a" || rec.Output["fingerprint"] != inv.host.Fingerprint() {
+	if !rec.Success || rec.Output["hostname"] != "node-a" || rec.Output["fingerprint"] != inventory.Fingerprint(inv.host) {
 		t.Errorf("inventory.collect = %+v", rec)
 	}
 	// The snapshot is queued for the session to send now.

@@ -16,6 +16,7 @@ import (
 	"github.com/bud-ecosystem/budfleet/command"
 	"github.com/bud-ecosystem/budfleet/controller"
 	fleetv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1"
+	hostv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/host/v1"
 	"github.com/bud-ecosystem/budfleet/version"
 )
 
@@ -144,10 +145,10 @@ func TestSessionEndToEnd(t *testing.T) {
 		t.Errorf("second Enroll: %v; want ErrAlreadyEnrolled", err)
 	}
 
-	host := inventory.Host{
-		Hostname: "node-a", MachineID: "0123456789abcdef0123456789abcdef", OS: "Test OS 1.0", Kernel: "6.1.0-test",
-		Architecture: "amd64", CPUModel: "Test CPU", CPUCores: 4, MemoryBytes: 8 << 30,
-		IPAddresses: []string{"10.0.0.5", "2001:db8::5"}, AgentVersion: version.Version,
+	host := &hostv1.Inventory{
+		Hostname: "node-a", MachineId: "0123456789abcdef0123456789abcdef", Os: "Test OS 1.0", Kernel: "6.1.0-test",
+		Architecture: "amd64", CpuModel: "Test CPU", CpuCores: 4, MemoryBytes: 8 << 30,
+		IpAddresses: []string{"10.0.0.5", "2001:db8::5"}, AgentVersion: version.Version,
 	}
 	inv := &fakeInventory{host: host}
 	a, err := New(Options{
@@ -186,9 +187,9 @@ func TestSessionEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	gi := n.GetInventory()
-	if gi.GetHostname() != host.Hostname || gi.GetMachineId() != host.MachineID || gi.GetOs() != host.OS || gi.GetKernel() != host.Kernel ||
-		gi.GetArchitecture() != host.Architecture || gi.GetCpuModel() != host.CPUModel || gi.GetCpuCores() != host.CPUCores ||
-		gi.GetMemoryBytes() != host.MemoryBytes || !slices.Equal(gi.GetIpAddresses(), host.IPAddresses) || gi.GetAgentVersion() != host.AgentVersion {
+	if gi.GetHostname() != host.Hostname || gi.GetMachineId() != host.MachineId || gi.GetOs() != host.Os || gi.GetKernel() != host.Kernel ||
+		gi.GetArchitecture() != host.Architecture || gi.GetCpuModel() != host.CpuModel || gi.GetCpuCores() != host.CpuCores ||
+		gi.GetMemoryBytes() != host.MemoryBytes || !slices.Equal(gi.GetIpAddresses(), host.IpAddresses) || gi.GetAgentVersion() != host.AgentVersion {
 		t.Errorf("node inventory = %v, want %+v", gi, host)
 	}
 	if n.GetHostname() != "node-a" || n.GetLabels()["env"] != "test" || n.GetTokenId() != tok.GetToken().GetId() || n.GetRemoteAddress() == "" || n.GetCertificateSerial() == "" {
@@ -213,7 +214,7 @@ func TestSessionEndToEnd(t *testing.T) {
 	if got.GetState() != fleetv1.CommandState_COMMAND_STATE_SUCCEEDED || got.GetDeliveries() != 1 {
 		t.Fatalf("command = %v; want SUCCEEDED with deliveries 1", got)
 	}
-	if got.GetOutput()["hostname"] != "node-a" || got.GetOutput()["fingerprint"] != host.Fingerprint() || got.GetFinishedAt() == nil {
+	if got.GetOutput()["hostname"] != "node-a" || got.GetOutput()["fingerprint"] != inventory.Fingerprint(host) || got.GetFinishedAt() == nil {
 		t.Errorf("command output = %v", got.GetOutput())
 	}
 	rec, err := st.Command(cmdID)

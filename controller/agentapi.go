@@ -16,6 +16,7 @@ import (
 	"github.com/bud-ecosystem/budfleet/controller/store"
 	"github.com/bud-ecosystem/budfleet/pki"
 	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
+	hostv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/host/v1"
 )
 
 // AgentAPI serves the agent protocol.
@@ -217,17 +218,16 @@ func (s *Server) handleAgentMessage(sess *session, msg *agentv1.ConnectRequest) 
 			s.recordSIEMStatus(sess, st)
 		}
 	case *agentv1.ConnectRequest_Inventory:
-		inv := inventoryFromProto(m.Inventory)
+		inv := capInventory(m.Inventory)
 		if !hostnameRe.MatchString(inv.Hostname) {
 			// Enrollment checked the hostname; a report does not get to
 			// bypass that (names end up in terminals and logs).
 			s.log.WarnContext(ctx, "ignoring an invalid hostname in an inventory report", "node_id", sess.nodeID, "hostname", truncate(inv.Hostname, 64))
 			inv.Hostname = ""
 		}
-		inv = capInventory(inv)
 		now := s.opts.Now()
 		if _, err := s.store.UpdateNode(sess.nodeID, func(n *store.Node) error {
-			n.Inventory = &inv
+			n.Inventory = inv
 			n.InventoryUpdateAt = now
 			if inv.Hostname != "" {
 				n.Hostname = inv.Hostname
@@ -372,32 +372,29 @@ func (s *Server) deliverPending(sess *session, stream agentv1.AgentService_Conne
 	return nil
 }
 
-func inventoryFromProto(p *agentv1.Inventory) store.Inventory {
-	return store.Inventory{
-		Hostname:     p.GetHostname(),
-		MachineID:    p.GetMachineId(),
-		OS:           p.GetOs(),
-		Kernel:       p.GetKernel(),
-		Architecture: p.GetArchitecture(),
-		CPUModel:     p.GetCpuModel(),
-		CPUCores:     p.GetCpuCores(),
-		MemoryBytes:  p.GetMemoryBytes(),
-		IPAddresses:  p.GetIpAddresses(),
-		AgentVersion: p.GetAgentVersion(),
-	}
-}
-
 // capInventory bounds what a node's report may store: an inventory is a few
 // KiB, whatever the agent sends.
-func capInventory(inv store.Inventory) store.Inventory {
-	for _, f := range []*string{&inv.MachineID, &inv.OS, &inv.Kernel, &inv.Architecture, &inv.CPUModel, &inv.AgentVersion} {
+func capInventory(p *hostv1.Inventory) *hostv1.Inventory {
+	inv := &hostv1.Inventory{
+		Hostname:     p.GetHostname(),
+		MachineId:    p.GetMachineId(),
+		Os:           p.GetOs(),
+		Kernel:       p.GetKernel(),
+		Architecture: p.GetArchitecture(),
+		CpuModel:     p.GetCpuModel(),
+		CpuCores:     p.GetCpuCores(),
+		MemoryBytes:  p.GetMemoryBytes(),
+		AgentVersion: p.GetAgentVersion(),
+	}
+	for _, f := range []*string{&inv.MachineId, &inv.Os, &inv.Kernel, &inv.Architecture, &inv.CpuModel, &inv.AgentVersion} {
 		*f = truncate(*f, 256)
 	}
-	if len(inv.IPAddresses) > 64 {
-		inv.IPAddresses = inv.IPAddresses[:64]
+	ips := p.GetIpAddresses()
+	if len(ips) > 64 {
+		ips = ips[:64]
 	}
-	for i := range inv.IPAddresses {
-		inv.IPAddresses[i] = truncate(inv.IPAddresses[i], 64)
+	for _, ip := range ips {
+		inv.IpAddresses = append(inv.IpAddresses, truncate(ip, 64))
 	}
 	return inv
 }

@@ -292,20 +292,7 @@ func (s *Server) nodeToProto(n store.Node) *fleetv1.Node {
 	} else {
 		p.Problems = append(p.Problems, err.Error())
 	}
-	if inv := n.Inventory; inv != nil {
-		p.Inventory = &fleetv1.HostInventory{
-			Hostname:     inv.Hostname,
-			MachineId:    inv.MachineID,
-			Os:           inv.OS,
-			Kernel:       inv.Kernel,
-			CpuModel:     inv.CPUModel,
-			CpuCores:     inv.CPUCores,
-			MemoryBytes:  inv.MemoryBytes,
-			IpAddresses:  inv.IPAddresses,
-			AgentVersion: inv.AgentVersion,
-			Architecture: inv.Architecture,
-		}
-	}
+	p.Inventory = n.Inventory
 	return p
 }
 

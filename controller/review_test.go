@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
+	hostv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/host/v1"
 )
 
 // An inventory report cannot give a node a hostname enrollment would have
@@ -27,7 +28,7 @@ func TestInventoryHostnameChecked(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.srv.closeSession(sess)
-	inv := &agentv1.Inventory{Hostname: "evil\x1b[2Jname", Os: strings.Repeat("x", 10000)}
+	inv := &hostv1.Inventory{Hostname: "evil\x1b[2Jname", Os: strings.Repeat("x", 10000)}
 	if err := e.srv.handleAgentMessage(sess, &agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Inventory{Inventory: inv}}); err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +39,7 @@ func TestInventoryHostnameChecked(t *testing.T) {
 	if after.Hostname != before.Hostname {
 		t.Errorf("hostname changed to %q", after.Hostname)
 	}
-	if after.Inventory == nil || len(after.Inventory.OS) > 300 || after.Inventory.Hostname != "" {
+	if after.Inventory == nil || len(after.Inventory.Os) > 300 || after.Inventory.Hostname != "" {
 		t.Errorf("inventory stored unchecked: %+v", after.Inventory)
 	}
 }

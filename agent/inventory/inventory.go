@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -19,26 +18,14 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	hostv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/host/v1"
 	"github.com/bud-ecosystem/budfleet/version"
+	"google.golang.org/protobuf/proto"
 )
 
-// Host is a snapshot of the host.
-type Host struct {
-	Hostname     string   `json:"hostname"`
-	MachineID    string   `json:"machine_id"`
-	OS           string   `json:"os"`
-	Kernel       string   `json:"kernel"`
-	Architecture string   `json:"architecture"`
-	CPUModel     string   `json:"cpu_model"`
-	CPUCores     uint32   `json:"cpu_cores"`
-	MemoryBytes  uint64   `json:"memory_bytes"`
-	IPAddresses  []string `json:"ip_addresses"`
-	AgentVersion string   `json:"agent_version"`
-}
-
 // Fingerprint identifies a snapshot's content, to send only on change.
-func (h Host) Fingerprint() string {
-	b, _ := json.Marshal(h)
+func Fingerprint(h *hostv1.Inventory) string {
+	b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(h)
 	sum := sha256.Sum256(b)
 	return fmt.Sprintf("%x", sum[:8])
 }
@@ -56,12 +43,12 @@ type Collector struct {
 
 // Collect takes a snapshot. Facts that cannot be read are left empty rather
 // than failing the whole snapshot.
-func (c *Collector) Collect(ctx context.Context) (Host, error) {
+func (c *Collector) Collect(ctx context.Context) (*hostv1.Inventory, error) {
 	root := c.Root
 	if root == "" {
 		root = "/"
 	}
-	h := Host{Architecture: runtime.GOARCH, AgentVersion: version.Version}
+	h := &hostv1.Inventory{Architecture: runtime.GOARCH, AgentVersion: version.Version}
 	if err := ctx.Err(); err != nil {
 		return h, err
 	}
@@ -69,15 +56,15 @@ func (c *Collector) Collect(ctx context.Context) (Host, error) {
 	if h.Hostname == "" {
 		h.Hostname, _ = os.Hostname()
 	}
-	h.MachineID = MachineID(root)
-	h.OS = osName(root)
+	h.MachineId = MachineID(root)
+	h.Os = osName(root)
 	var u unix.Utsname
 	if err := unix.Uname(&u); err == nil {
 		h.Kernel = unix.ByteSliceToString(u.Release[:])
 	}
-	h.CPUModel, h.CPUCores = cpuInfo(root)
-	if h.CPUCores == 0 {
-		h.CPUCores = uint32(runtime.NumCPU())
+	h.CpuModel, h.CpuCores = cpuInfo(root)
+	if h.CpuCores == 0 {
+		h.CpuCores = uint32(runtime.NumCPU())
 	}
 	h.MemoryBytes = memTotal(root)
 	ifaces := c.Interfaces
@@ -90,9 +77,9 @@ func (c *Collector) Collect(ctx context.Context) (Host, error) {
 			if !ok || ipn.IP.IsLoopback() || ipn.IP.IsLinkLocalUnicast() {
 				continue
 			}
-			h.IPAddresses = append(h.IPAddresses, ipn.IP.String())
+			h.IpAddresses = append(h.IpAddresses, ipn.IP.String())
 		}
-		sort.Strings(h.IPAddresses)
+		sort.Strings(h.IpAddresses)
 	}
 	return h, nil
 }

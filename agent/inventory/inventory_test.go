@@ -6,12 +6,13 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"reflect"
 	"runtime"
 	"testing"
 
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 
+	hostv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/host/v1"
 	"github.com/bud-ecosystem/budfleet/version"
 )
 
@@ -101,19 +102,19 @@ func TestCollectFixture(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Host{
+	want := &hostv1.Inventory{
 		Hostname:     "node-a",
-		MachineID:    "0123456789abcdef0123456789abcdef",
-		OS:           "Ubuntu 24.04.1 LTS",
+		MachineId:    "0123456789abcdef0123456789abcdef",
+		Os:           "Ubuntu 24.04.1 LTS",
 		Kernel:       kernelRelease(t),
 		Architecture: runtime.GOARCH,
-		CPUModel:     "Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz",
-		CPUCores:     4,
+		CpuModel:     "Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz",
+		CpuCores:     4,
 		MemoryBytes:  16314312 * 1024,
-		IPAddresses:  []string{"10.0.0.5", "192.168.1.10", "2001:db8::42"},
+		IpAddresses:  []string{"10.0.0.5", "192.168.1.10", "2001:db8::42"},
 		AgentVersion: version.Version,
 	}
-	if !reflect.DeepEqual(h, want) {
+	if !proto.Equal(h, want) {
 		t.Fatalf("Collect =\n%+v\nwant\n%+v", h, want)
 	}
 }
@@ -124,12 +125,12 @@ func TestCollectMissingFiles(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Collect on an empty root: %v", err)
 	}
-	if h.MachineID != "" || h.OS != "" || h.CPUModel != "" || h.MemoryBytes != 0 || len(h.IPAddresses) != 0 {
+	if h.MachineId != "" || h.Os != "" || h.CpuModel != "" || h.MemoryBytes != 0 || len(h.IpAddresses) != 0 {
 		t.Errorf("facts from missing files should be empty: %+v", h)
 	}
 	// Without /proc/cpuinfo the core count falls back to the Go runtime's.
-	if h.CPUCores != uint32(runtime.NumCPU()) {
-		t.Errorf("CPUCores = %d, want runtime.NumCPU() = %d", h.CPUCores, runtime.NumCPU())
+	if h.CpuCores != uint32(runtime.NumCPU()) {
+		t.Errorf("CPUCores = %d, want runtime.NumCPU() = %d", h.CpuCores, runtime.NumCPU())
 	}
 	if h.Hostname != "node-a" || h.Architecture != runtime.GOARCH || h.AgentVersion != version.Version {
 		t.Errorf("facts not from files missing: %+v", h)
@@ -144,10 +145,10 @@ func TestCollectInterfacesError(t *testing.T) {
 	if err != nil {
 		t.Fatalf("an address listing error should not fail the snapshot: %v", err)
 	}
-	if h.IPAddresses != nil {
-		t.Errorf("IPAddresses = %v, want none", h.IPAddresses)
+	if h.IpAddresses != nil {
+		t.Errorf("IPAddresses = %v, want none", h.IpAddresses)
 	}
-	if h.MachineID == "" {
+	if h.MachineId == "" {
 		t.Error("other facts lost")
 	}
 }
@@ -216,32 +217,32 @@ func TestFingerprint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h1.Fingerprint() != h2.Fingerprint() {
-		t.Fatalf("fingerprint of two snapshots of an unchanged host differ: %s %s", h1.Fingerprint(), h2.Fingerprint())
+	if Fingerprint(h1) != Fingerprint(h2) {
+		t.Fatalf("fingerprint of two snapshots of an unchanged host differ: %s %s", Fingerprint(h1), Fingerprint(h2))
 	}
-	if fp := h1.Fingerprint(); len(fp) != 16 {
+	if fp := Fingerprint(h1); len(fp) != 16 {
 		t.Errorf("fingerprint %q is not 16 hex digits", fp)
 	}
 
-	for name, mutate := range map[string]func(*Host){
-		"hostname":      func(h *Host) { h.Hostname = "node-b" },
-		"machine id":    func(h *Host) { h.MachineID = "ffff" },
-		"os":            func(h *Host) { h.OS = "Ubuntu 26.04 LTS" },
-		"kernel":        func(h *Host) { h.Kernel += "-1" },
-		"architecture":  func(h *Host) { h.Architecture = "riscv64" },
-		"cpu model":     func(h *Host) { h.CPUModel = "AMD EPYC" },
-		"cpu cores":     func(h *Host) { h.CPUCores++ },
-		"memory":        func(h *Host) { h.MemoryBytes += 4096 },
-		"ip added":      func(h *Host) { h.IPAddresses = append(append([]string(nil), h.IPAddresses...), "10.9.9.9") },
-		"ip changed":    func(h *Host) { h.IPAddresses = []string{"10.0.0.6", "192.168.1.10", "2001:db8::42"} },
-		"agent version": func(h *Host) { h.AgentVersion = "v9.9.9" },
+	for name, mutate := range map[string]func(*hostv1.Inventory){
+		"hostname":      func(h *hostv1.Inventory) { h.Hostname = "node-b" },
+		"machine id":    func(h *hostv1.Inventory) { h.MachineId = "ffff" },
+		"os":            func(h *hostv1.Inventory) { h.Os = "Ubuntu 26.04 LTS" },
+		"kernel":        func(h *hostv1.Inventory) { h.Kernel += "-1" },
+		"architecture":  func(h *hostv1.Inventory) { h.Architecture = "riscv64" },
+		"cpu model":     func(h *hostv1.Inventory) { h.CpuModel = "AMD EPYC" },
+		"cpu cores":     func(h *hostv1.Inventory) { h.CpuCores++ },
+		"memory":        func(h *hostv1.Inventory) { h.MemoryBytes += 4096 },
+		"ip added":      func(h *hostv1.Inventory) { h.IpAddresses = append(append([]string(nil), h.IpAddresses...), "10.9.9.9") },
+		"ip changed":    func(h *hostv1.Inventory) { h.IpAddresses = []string{"10.0.0.6", "192.168.1.10", "2001:db8::42"} },
+		"agent version": func(h *hostv1.Inventory) { h.AgentVersion = "v9.9.9" },
 	} {
-		h := h1
-		mutate(&h)
-		if h.Fingerprint() == h1.Fingerprint() {
+		h := proto.Clone(h1).(*hostv1.Inventory)
+		mutate(h)
+		if Fingerprint(h) == Fingerprint(h1) {
 			t.Errorf("fingerprint unchanged after a %s change", name)
 		}
-		if h1.Fingerprint() != h2.Fingerprint() {
+		if Fingerprint(h1) != Fingerprint(h2) {
 			t.Fatalf("mutating a copy changed the original (%s)", name)
 		}
 	}
@@ -252,7 +253,7 @@ func TestFingerprint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h3.Fingerprint() == h1.Fingerprint() {
+	if Fingerprint(h3) == Fingerprint(h1) {
 		t.Error("fingerprint unchanged after machine-id changed on disk")
 	}
 }

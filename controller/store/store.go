@@ -33,6 +33,9 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	hostv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/host/v1"
 )
 
 var (
@@ -278,7 +281,7 @@ type Node struct {
 	CertSerial        string            `json:"cert_serial"`
 	CertExpiresAt     time.Time         `json:"cert_expires_at"`
 	LastHeartbeat     time.Time         `json:"last_heartbeat,omitzero"`
-	Inventory         *Inventory        `json:"inventory,omitempty"`
+	Inventory         *hostv1.Inventory `json:"-"`
 	InventoryUpdateAt time.Time         `json:"inventory_updated_at,omitzero"`
 	// GPUs is the node's GPU inventory and health as the protobuf encoding
 	// of budfleet.fleet.v1.NodeGpus: a versioned wire schema that new
@@ -286,19 +289,51 @@ type Node struct {
 	GPUs []byte `json:"gpus,omitempty"`
 }
 
-// Inventory is a node's host inventory as last reported.
-type Inventory struct {
-	Hostname     string   `json:"hostname"`
-	MachineID    string   `json:"machine_id"`
-	OS           string   `json:"os"`
-	Kernel       string   `json:"kernel"`
-	Architecture string   `json:"architecture"`
-	CPUModel     string   `json:"cpu_model"`
-	CPUCores     uint32   `json:"cpu_cores"`
-	MemoryBytes  uint64   `json:"memory_bytes"`
-	IPAddresses  []string `json:"ip_addresses"`
-	AgentVersion string   `json:"agent_version"`
+// nodeJSON is how a Node is kept: plain JSON, with the inventory in
+// protobuf's JSON form under its proto field names, which are the names the
+// hand-written inventory of schema versions 1 and 2 used, so those records
+// read unchanged.
+type nodeJSON Node
+
+// MarshalJSON writes n with its inventory as protobuf JSON.
+func (n Node) MarshalJSON() ([]byte, error) {
+	r := struct {
+		nodeJSON
+		Inventory json.RawMessage `json:"inventory,omitempty"`
+	}{nodeJSON: nodeJSON(n)}
+	if n.Inventory != nil {
+		b, err := inventoryJSON.Marshal(n.Inventory)
+		if err != nil {
+			return nil, err
+		}
+		r.Inventory = b
+	}
+	return json.Marshal(r)
 }
+
+// UnmarshalJSON reads what MarshalJSON wrote.
+func (n *Node) UnmarshalJSON(b []byte) error {
+	var r struct {
+		*nodeJSON
+		Inventory json.RawMessage `json:"inventory,omitempty"`
+	}
+	r.nodeJSON = (*nodeJSON)(n)
+	if err := json.Unmarshal(b, &r); err != nil {
+		return err
+	}
+	n.Inventory = nil
+	if len(r.Inventory) == 0 || string(r.Inventory) == "null" {
+		return nil
+	}
+	inv := &hostv1.Inventory{}
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(r.Inventory, inv); err != nil {
+		return fmt.Errorf("node %s inventory: %w", n.ID, err)
+	}
+	n.Inventory = inv
+	return nil
+}
+
+var inventoryJSON = protojson.MarshalOptions{UseProtoNames: true}
 
 // Enroll checks the token with the given id and secret check, spends one
 // use of it and stores node with the token's labels, all in one

@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -12,7 +13,9 @@ import (
 	"testing"
 	"time"
 
+	hostv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/host/v1"
 	bolt "go.etcd.io/bbolt"
+	"google.golang.org/protobuf/proto"
 )
 
 // base is a fixed UTC instant with no monotonic reading, so values survive
@@ -726,7 +729,7 @@ func TestNodes(t *testing.T) {
 	}
 
 	hb := base.Add(time.Minute)
-	inv := &Inventory{Hostname: "alpha", CPUCores: 8, IPAddresses: []string{"10.0.0.1"}}
+	inv := &hostv1.Inventory{Hostname: "alpha", CpuCores: 8, IpAddresses: []string{"10.0.0.1"}}
 	upd, err := s.UpdateNode("m1", func(n *Node) error {
 		n.LastHeartbeat = hb
 		n.Inventory = inv
@@ -735,11 +738,11 @@ func TestNodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !upd.LastHeartbeat.Equal(hb) || !reflect.DeepEqual(upd.Inventory, inv) {
+	if !upd.LastHeartbeat.Equal(hb) || !proto.Equal(upd.Inventory, inv) {
 		t.Errorf("UpdateNode returned %+v", upd)
 	}
 	stored, _ := s.GetNode("m1")
-	if !reflect.DeepEqual(stored, upd) {
+	if !nodesEqual(stored, upd) {
 		t.Errorf("stored node %+v != returned %+v", stored, upd)
 	}
 
@@ -1100,5 +1103,45 @@ func TestMigrateV1ToV2(t *testing.T) {
 	}
 	if _, ok, _ := s.SIEMConfigFor(map[string]string{"rack": "r2"}); ok {
 		t.Error("SIEMConfigFor(non-matching) found a config")
+	}
+}
+
+// nodesEqual compares nodes field by field, the inventory as a message.
+func nodesEqual(a, b Node) bool {
+	ai, bi := a.Inventory, b.Inventory
+	a.Inventory, b.Inventory = nil, nil
+	return reflect.DeepEqual(a, b) && proto.Equal(ai, bi)
+}
+
+// TestNodeInventoryOldRecord: nodes written before the inventory became
+// budfleet.host.v1.Inventory (schema 2, a hand-written struct) read with
+// their inventory intact, and round-trip in the same shape.
+func TestNodeInventoryOldRecord(t *testing.T) {
+	s := openStore(t, filepath.Join(t.TempDir(), "store.db"))
+	old := `{"id":"n1","hostname":"alpha","token_id":"t","enrolled_at":"2026-01-02T03:04:05Z","cert_serial":"1","cert_expires_at":"2026-01-09T03:04:05Z",` +
+		`"inventory":{"hostname":"alpha","machine_id":"m","os":"Debian 12","kernel":"6.1","architecture":"amd64","cpu_model":"Xeon","cpu_cores":8,` +
+		`"memory_bytes":17179869184,"ip_addresses":["10.0.0.1","2001:db8::1"],"agent_version":"v0.1.0"}}`
+	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketNodes).Put([]byte("n1"), []byte(old)) }); err != nil {
+		t.Fatal(err)
+	}
+	n, err := s.GetNode("n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &hostv1.Inventory{Hostname: "alpha", MachineId: "m", Os: "Debian 12", Kernel: "6.1", Architecture: "amd64", CpuModel: "Xeon", CpuCores: 8,
+		MemoryBytes: 16 << 30, IpAddresses: []string{"10.0.0.1", "2001:db8::1"}, AgentVersion: "v0.1.0"}
+	if !proto.Equal(n.Inventory, want) {
+		t.Fatalf("inventory of an old record = %v, want %v", n.Inventory, want)
+	}
+	if _, err := s.UpdateNode("n1", func(*Node) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	var raw map[string]any
+	if err := s.db.View(func(tx *bolt.Tx) error { return json.Unmarshal(tx.Bucket(bucketNodes).Get([]byte("n1")), &raw) }); err != nil {
+		t.Fatal(err)
+	}
+	inv, _ := raw["inventory"].(map[string]any)
+	if inv["machine_id"] != "m" || inv["cpu_model"] != "Xeon" {
+		t.Errorf("rewritten record's inventory = %v, want the proto field names", inv)
 	}
 }

@@ -10,8 +10,9 @@
 package agentv1
 
 import (
-	v1 "github.com/bud-ecosystem/budfleet/proto/budfleet/gpu/v1"
-	v11 "github.com/bud-ecosystem/budfleet/proto/budfleet/siem/v1"
+	v11 "github.com/bud-ecosystem/budfleet/proto/budfleet/gpu/v1"
+	v1 "github.com/bud-ecosystem/budfleet/proto/budfleet/host/v1"
+	v12 "github.com/bud-ecosystem/budfleet/proto/budfleet/siem/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
@@ -239,7 +240,7 @@ func (x *ConnectRequest) GetHeartbeat() *Heartbeat {
 	return nil
 }
 
-func (x *ConnectRequest) GetInventory() *Inventory {
+func (x *ConnectRequest) GetInventory() *v1.Inventory {
 	if x != nil {
 		if x, ok := x.Msg.(*ConnectRequest_Inventory); ok {
 			return x.Inventory
@@ -266,7 +267,7 @@ func (x *ConnectRequest) GetRenewRequest() *RenewRequest {
 	return nil
 }
 
-func (x *ConnectRequest) GetGpuInventory() *v1.GpuInventory {
+func (x *ConnectRequest) GetGpuInventory() *v11.GpuInventory {
 	if x != nil {
 		if x, ok := x.Msg.(*ConnectRequest_GpuInventory); ok {
 			return x.GpuInventory
@@ -275,7 +276,7 @@ func (x *ConnectRequest) GetGpuInventory() *v1.GpuInventory {
 	return nil
 }
 
-func (x *ConnectRequest) GetGpuHealth() *v1.GpuHealthReport {
+func (x *ConnectRequest) GetGpuHealth() *v11.GpuHealthReport {
 	if x != nil {
 		if x, ok := x.Msg.(*ConnectRequest_GpuHealth); ok {
 			return x.GpuHealth
@@ -297,7 +298,7 @@ type ConnectRequest_Heartbeat struct {
 }
 
 type ConnectRequest_Inventory struct {
-	Inventory *Inventory `protobuf:"bytes,3,opt,name=inventory,proto3,oneof"`
+	Inventory *v1.Inventory `protobuf:"bytes,3,opt,name=inventory,proto3,oneof"`
 }
 
 type ConnectRequest_CommandResult struct {
@@ -310,12 +311,12 @@ type ConnectRequest_RenewRequest struct {
 
 type ConnectRequest_GpuInventory struct {
 	// Sent at connect and when the GPU inventory changes.
-	GpuInventory *v1.GpuInventory `protobuf:"bytes,6,opt,name=gpu_inventory,json=gpuInventory,proto3,oneof"`
+	GpuInventory *v11.GpuInventory `protobuf:"bytes,6,opt,name=gpu_inventory,json=gpuInventory,proto3,oneof"`
 }
 
 type ConnectRequest_GpuHealth struct {
 	// Sent at connect and as soon as any GPU's health changes.
-	GpuHealth *v1.GpuHealthReport `protobuf:"bytes,7,opt,name=gpu_health,json=gpuHealth,proto3,oneof"`
+	GpuHealth *v11.GpuHealthReport `protobuf:"bytes,7,opt,name=gpu_health,json=gpuHealth,proto3,oneof"`
 }
 
 func (*ConnectRequest_Hello) isConnectRequest_Msg() {}
@@ -409,7 +410,7 @@ func (x *ConnectResponse) GetRenewResponse() *RenewResponse {
 	return nil
 }
 
-func (x *ConnectResponse) GetSiemConfig() *v11.ConfigPush {
+func (x *ConnectResponse) GetSiemConfig() *v12.ConfigPush {
 	if x != nil {
 		if x, ok := x.Msg.(*ConnectResponse_SiemConfig); ok {
 			return x.SiemConfig
@@ -436,7 +437,7 @@ type ConnectResponse_RenewResponse struct {
 
 type ConnectResponse_SiemConfig struct {
 	// The forwarding configuration this node should run.
-	SiemConfig *v11.ConfigPush `protobuf:"bytes,4,opt,name=siem_config,json=siemConfig,proto3,oneof"`
+	SiemConfig *v12.ConfigPush `protobuf:"bytes,4,opt,name=siem_config,json=siemConfig,proto3,oneof"`
 }
 
 func (*ConnectResponse_Welcome) isConnectResponse_Msg() {}
@@ -559,7 +560,7 @@ type Heartbeat struct {
 	Seq    uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
 	SentAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=sent_at,json=sentAt,proto3" json:"sent_at,omitempty"`
 	// Audit-log forwarding status; absent when nothing is forwarded.
-	Siem          *v11.Status `protobuf:"bytes,3,opt,name=siem,proto3" json:"siem,omitempty"`
+	Siem          *v12.Status `protobuf:"bytes,3,opt,name=siem,proto3" json:"siem,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -608,127 +609,11 @@ func (x *Heartbeat) GetSentAt() *timestamppb.Timestamp {
 	return nil
 }
 
-func (x *Heartbeat) GetSiem() *v11.Status {
+func (x *Heartbeat) GetSiem() *v12.Status {
 	if x != nil {
 		return x.Siem
 	}
 	return nil
-}
-
-type Inventory struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Hostname      string                 `protobuf:"bytes,1,opt,name=hostname,proto3" json:"hostname,omitempty"`
-	MachineId     string                 `protobuf:"bytes,2,opt,name=machine_id,json=machineId,proto3" json:"machine_id,omitempty"`
-	Os            string                 `protobuf:"bytes,3,opt,name=os,proto3" json:"os,omitempty"`
-	Kernel        string                 `protobuf:"bytes,4,opt,name=kernel,proto3" json:"kernel,omitempty"`
-	CpuModel      string                 `protobuf:"bytes,5,opt,name=cpu_model,json=cpuModel,proto3" json:"cpu_model,omitempty"`
-	CpuCores      uint32                 `protobuf:"varint,6,opt,name=cpu_cores,json=cpuCores,proto3" json:"cpu_cores,omitempty"`
-	MemoryBytes   uint64                 `protobuf:"varint,7,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
-	IpAddresses   []string               `protobuf:"bytes,8,rep,name=ip_addresses,json=ipAddresses,proto3" json:"ip_addresses,omitempty"`
-	AgentVersion  string                 `protobuf:"bytes,9,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
-	Architecture  string                 `protobuf:"bytes,10,opt,name=architecture,proto3" json:"architecture,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *Inventory) Reset() {
-	*x = Inventory{}
-	mi := &file_budfleet_agent_v1_agent_proto_msgTypes[7]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *Inventory) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*Inventory) ProtoMessage() {}
-
-func (x *Inventory) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_agent_v1_agent_proto_msgTypes[7]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use Inventory.ProtoReflect.Descriptor instead.
-func (*Inventory) Descriptor() ([]byte, []int) {
-	return file_budfleet_agent_v1_agent_proto_rawDescGZIP(), []int{7}
-}
-
-func (x *Inventory) GetHostname() string {
-	if x != nil {
-		return x.Hostname
-	}
-	return ""
-}
-
-func (x *Inventory) GetMachineId() string {
-	if x != nil {
-		return x.MachineId
-	}
-	return ""
-}
-
-func (x *Inventory) GetOs() string {
-	if x != nil {
-		return x.Os
-	}
-	return ""
-}
-
-func (x *Inventory) GetKernel() string {
-	if x != nil {
-		return x.Kernel
-	}
-	return ""
-}
-
-func (x *Inventory) GetCpuModel() string {
-	if x != nil {
-		return x.CpuModel
-	}
-	return ""
-}
-
-func (x *Inventory) GetCpuCores() uint32 {
-	if x != nil {
-		return x.CpuCores
-	}
-	return 0
-}
-
-func (x *Inventory) GetMemoryBytes() uint64 {
-	if x != nil {
-		return x.MemoryBytes
-	}
-	return 0
-}
-
-func (x *Inventory) GetIpAddresses() []string {
-	if x != nil {
-		return x.IpAddresses
-	}
-	return nil
-}
-
-func (x *Inventory) GetAgentVersion() string {
-	if x != nil {
-		return x.AgentVersion
-	}
-	return ""
-}
-
-func (x *Inventory) GetArchitecture() string {
-	if x != nil {
-		return x.Architecture
-	}
-	return ""
 }
 
 type Command struct {
@@ -745,7 +630,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_budfleet_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_budfleet_agent_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -757,7 +642,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_budfleet_agent_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -770,7 +655,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_budfleet_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_budfleet_agent_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Command) GetId() string {
@@ -817,7 +702,7 @@ type CommandResult struct {
 
 func (x *CommandResult) Reset() {
 	*x = CommandResult{}
-	mi := &file_budfleet_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_budfleet_agent_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -829,7 +714,7 @@ func (x *CommandResult) String() string {
 func (*CommandResult) ProtoMessage() {}
 
 func (x *CommandResult) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_budfleet_agent_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -842,7 +727,7 @@ func (x *CommandResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
 func (*CommandResult) Descriptor() ([]byte, []int) {
-	return file_budfleet_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_budfleet_agent_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CommandResult) GetCommandId() string {
@@ -903,7 +788,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_budfleet_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_budfleet_agent_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -915,7 +800,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_budfleet_agent_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -928,7 +813,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_budfleet_agent_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RenewRequest) GetCsrDer() []byte {
@@ -948,7 +833,7 @@ type RenewResponse struct {
 
 func (x *RenewResponse) Reset() {
 	*x = RenewResponse{}
-	mi := &file_budfleet_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_budfleet_agent_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -960,7 +845,7 @@ func (x *RenewResponse) String() string {
 func (*RenewResponse) ProtoMessage() {}
 
 func (x *RenewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_budfleet_agent_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -973,7 +858,7 @@ func (x *RenewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
 func (*RenewResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_budfleet_agent_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RenewResponse) GetCertificateDer() []byte {
@@ -994,7 +879,7 @@ var File_budfleet_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_budfleet_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x1dbudfleet/agent/v1/agent.proto\x12\x11budfleet.agent.v1\x1a\x19budfleet/gpu/v1/gpu.proto\x1a\x1bbudfleet/siem/v1/siem.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa1\x01\n" +
+	"\x1dbudfleet/agent/v1/agent.proto\x12\x11budfleet.agent.v1\x1a\x19budfleet/gpu/v1/gpu.proto\x1a\x1bbudfleet/host/v1/host.proto\x1a\x1bbudfleet/siem/v1/siem.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa1\x01\n" +
 	"\rEnrollRequest\x12\x19\n" +
 	"\btoken_id\x18\x01 \x01(\tR\atokenId\x12!\n" +
 	"\ftoken_secret\x18\x02 \x01(\tR\vtokenSecret\x12\x17\n" +
@@ -1005,11 +890,11 @@ const file_budfleet_agent_v1_agent_proto_rawDesc = "" +
 	"\x0eEnrollResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12'\n" +
 	"\x0fcertificate_der\x18\x02 \x01(\fR\x0ecertificateDer\x12,\n" +
-	"\x12ca_certificate_der\x18\x03 \x01(\fR\x10caCertificateDer\"\xe1\x03\n" +
+	"\x12ca_certificate_der\x18\x03 \x01(\fR\x10caCertificateDer\"\xe0\x03\n" +
 	"\x0eConnectRequest\x120\n" +
 	"\x05hello\x18\x01 \x01(\v2\x18.budfleet.agent.v1.HelloH\x00R\x05hello\x12<\n" +
-	"\theartbeat\x18\x02 \x01(\v2\x1c.budfleet.agent.v1.HeartbeatH\x00R\theartbeat\x12<\n" +
-	"\tinventory\x18\x03 \x01(\v2\x1c.budfleet.agent.v1.InventoryH\x00R\tinventory\x12I\n" +
+	"\theartbeat\x18\x02 \x01(\v2\x1c.budfleet.agent.v1.HeartbeatH\x00R\theartbeat\x12;\n" +
+	"\tinventory\x18\x03 \x01(\v2\x1b.budfleet.host.v1.InventoryH\x00R\tinventory\x12I\n" +
 	"\x0ecommand_result\x18\x04 \x01(\v2 .budfleet.agent.v1.CommandResultH\x00R\rcommandResult\x12F\n" +
 	"\rrenew_request\x18\x05 \x01(\v2\x1f.budfleet.agent.v1.RenewRequestH\x00R\frenewRequest\x12D\n" +
 	"\rgpu_inventory\x18\x06 \x01(\v2\x1d.budfleet.gpu.v1.GpuInventoryH\x00R\fgpuInventory\x12A\n" +
@@ -1032,20 +917,7 @@ const file_budfleet_agent_v1_agent_proto_rawDesc = "" +
 	"\tHeartbeat\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x123\n" +
 	"\asent_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\x12,\n" +
-	"\x04siem\x18\x03 \x01(\v2\x18.budfleet.siem.v1.StatusR\x04siem\"\xb7\x02\n" +
-	"\tInventory\x12\x1a\n" +
-	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x1d\n" +
-	"\n" +
-	"machine_id\x18\x02 \x01(\tR\tmachineId\x12\x0e\n" +
-	"\x02os\x18\x03 \x01(\tR\x02os\x12\x16\n" +
-	"\x06kernel\x18\x04 \x01(\tR\x06kernel\x12\x1b\n" +
-	"\tcpu_model\x18\x05 \x01(\tR\bcpuModel\x12\x1b\n" +
-	"\tcpu_cores\x18\x06 \x01(\rR\bcpuCores\x12!\n" +
-	"\fmemory_bytes\x18\a \x01(\x04R\vmemoryBytes\x12!\n" +
-	"\fip_addresses\x18\b \x03(\tR\vipAddresses\x12#\n" +
-	"\ragent_version\x18\t \x01(\tR\fagentVersion\x12\"\n" +
-	"\farchitecture\x18\n" +
-	" \x01(\tR\farchitecture\"\xe3\x01\n" +
+	"\x04siem\x18\x03 \x01(\v2\x18.budfleet.siem.v1.StatusR\x04siem\"\xe3\x01\n" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12>\n" +
@@ -1092,7 +964,7 @@ func file_budfleet_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_budfleet_agent_v1_agent_proto_rawDescData
 }
 
-var file_budfleet_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_budfleet_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_budfleet_agent_v1_agent_proto_goTypes = []any{
 	(*EnrollRequest)(nil),         // 0: budfleet.agent.v1.EnrollRequest
 	(*EnrollResponse)(nil),        // 1: budfleet.agent.v1.EnrollResponse
@@ -1101,36 +973,36 @@ var file_budfleet_agent_v1_agent_proto_goTypes = []any{
 	(*Hello)(nil),                 // 4: budfleet.agent.v1.Hello
 	(*Welcome)(nil),               // 5: budfleet.agent.v1.Welcome
 	(*Heartbeat)(nil),             // 6: budfleet.agent.v1.Heartbeat
-	(*Inventory)(nil),             // 7: budfleet.agent.v1.Inventory
-	(*Command)(nil),               // 8: budfleet.agent.v1.Command
-	(*CommandResult)(nil),         // 9: budfleet.agent.v1.CommandResult
-	(*RenewRequest)(nil),          // 10: budfleet.agent.v1.RenewRequest
-	(*RenewResponse)(nil),         // 11: budfleet.agent.v1.RenewResponse
-	nil,                           // 12: budfleet.agent.v1.Command.ParamsEntry
-	nil,                           // 13: budfleet.agent.v1.CommandResult.OutputEntry
-	(*v1.GpuInventory)(nil),       // 14: budfleet.gpu.v1.GpuInventory
-	(*v1.GpuHealthReport)(nil),    // 15: budfleet.gpu.v1.GpuHealthReport
-	(*v11.ConfigPush)(nil),        // 16: budfleet.siem.v1.ConfigPush
+	(*Command)(nil),               // 7: budfleet.agent.v1.Command
+	(*CommandResult)(nil),         // 8: budfleet.agent.v1.CommandResult
+	(*RenewRequest)(nil),          // 9: budfleet.agent.v1.RenewRequest
+	(*RenewResponse)(nil),         // 10: budfleet.agent.v1.RenewResponse
+	nil,                           // 11: budfleet.agent.v1.Command.ParamsEntry
+	nil,                           // 12: budfleet.agent.v1.CommandResult.OutputEntry
+	(*v1.Inventory)(nil),          // 13: budfleet.host.v1.Inventory
+	(*v11.GpuInventory)(nil),      // 14: budfleet.gpu.v1.GpuInventory
+	(*v11.GpuHealthReport)(nil),   // 15: budfleet.gpu.v1.GpuHealthReport
+	(*v12.ConfigPush)(nil),        // 16: budfleet.siem.v1.ConfigPush
 	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
-	(*v11.Status)(nil),            // 18: budfleet.siem.v1.Status
+	(*v12.Status)(nil),            // 18: budfleet.siem.v1.Status
 }
 var file_budfleet_agent_v1_agent_proto_depIdxs = []int32{
 	4,  // 0: budfleet.agent.v1.ConnectRequest.hello:type_name -> budfleet.agent.v1.Hello
 	6,  // 1: budfleet.agent.v1.ConnectRequest.heartbeat:type_name -> budfleet.agent.v1.Heartbeat
-	7,  // 2: budfleet.agent.v1.ConnectRequest.inventory:type_name -> budfleet.agent.v1.Inventory
-	9,  // 3: budfleet.agent.v1.ConnectRequest.command_result:type_name -> budfleet.agent.v1.CommandResult
-	10, // 4: budfleet.agent.v1.ConnectRequest.renew_request:type_name -> budfleet.agent.v1.RenewRequest
+	13, // 2: budfleet.agent.v1.ConnectRequest.inventory:type_name -> budfleet.host.v1.Inventory
+	8,  // 3: budfleet.agent.v1.ConnectRequest.command_result:type_name -> budfleet.agent.v1.CommandResult
+	9,  // 4: budfleet.agent.v1.ConnectRequest.renew_request:type_name -> budfleet.agent.v1.RenewRequest
 	14, // 5: budfleet.agent.v1.ConnectRequest.gpu_inventory:type_name -> budfleet.gpu.v1.GpuInventory
 	15, // 6: budfleet.agent.v1.ConnectRequest.gpu_health:type_name -> budfleet.gpu.v1.GpuHealthReport
 	5,  // 7: budfleet.agent.v1.ConnectResponse.welcome:type_name -> budfleet.agent.v1.Welcome
-	8,  // 8: budfleet.agent.v1.ConnectResponse.command:type_name -> budfleet.agent.v1.Command
-	11, // 9: budfleet.agent.v1.ConnectResponse.renew_response:type_name -> budfleet.agent.v1.RenewResponse
+	7,  // 8: budfleet.agent.v1.ConnectResponse.command:type_name -> budfleet.agent.v1.Command
+	10, // 9: budfleet.agent.v1.ConnectResponse.renew_response:type_name -> budfleet.agent.v1.RenewResponse
 	16, // 10: budfleet.agent.v1.ConnectResponse.siem_config:type_name -> budfleet.siem.v1.ConfigPush
 	17, // 11: budfleet.agent.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
 	18, // 12: budfleet.agent.v1.Heartbeat.siem:type_name -> budfleet.siem.v1.Status
-	12, // 13: budfleet.agent.v1.Command.params:type_name -> budfleet.agent.v1.Command.ParamsEntry
+	11, // 13: budfleet.agent.v1.Command.params:type_name -> budfleet.agent.v1.Command.ParamsEntry
 	17, // 14: budfleet.agent.v1.Command.created_at:type_name -> google.protobuf.Timestamp
-	13, // 15: budfleet.agent.v1.CommandResult.output:type_name -> budfleet.agent.v1.CommandResult.OutputEntry
+	12, // 15: budfleet.agent.v1.CommandResult.output:type_name -> budfleet.agent.v1.CommandResult.OutputEntry
 	17, // 16: budfleet.agent.v1.CommandResult.started_at:type_name -> google.protobuf.Timestamp
 	17, // 17: budfleet.agent.v1.CommandResult.finished_at:type_name -> google.protobuf.Timestamp
 	0,  // 18: budfleet.agent.v1.AgentService.Enroll:input_type -> budfleet.agent.v1.EnrollRequest
@@ -1170,7 +1042,7 @@ func file_budfleet_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_budfleet_agent_v1_agent_proto_rawDesc), len(file_budfleet_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -10,8 +10,9 @@
 package fleetv1
 
 import (
-	v1 "github.com/bud-ecosystem/budfleet/proto/budfleet/gpu/v1"
-	v11 "github.com/bud-ecosystem/budfleet/proto/budfleet/siem/v1"
+	v11 "github.com/bud-ecosystem/budfleet/proto/budfleet/gpu/v1"
+	v1 "github.com/bud-ecosystem/budfleet/proto/budfleet/host/v1"
+	v12 "github.com/bud-ecosystem/budfleet/proto/budfleet/siem/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -531,122 +532,6 @@ func (x *RevokeTokenResponse) GetToken() *Token {
 	return nil
 }
 
-type HostInventory struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Hostname      string                 `protobuf:"bytes,1,opt,name=hostname,proto3" json:"hostname,omitempty"`
-	MachineId     string                 `protobuf:"bytes,2,opt,name=machine_id,json=machineId,proto3" json:"machine_id,omitempty"`
-	Os            string                 `protobuf:"bytes,3,opt,name=os,proto3" json:"os,omitempty"`
-	Kernel        string                 `protobuf:"bytes,4,opt,name=kernel,proto3" json:"kernel,omitempty"`
-	CpuModel      string                 `protobuf:"bytes,5,opt,name=cpu_model,json=cpuModel,proto3" json:"cpu_model,omitempty"`
-	CpuCores      uint32                 `protobuf:"varint,6,opt,name=cpu_cores,json=cpuCores,proto3" json:"cpu_cores,omitempty"`
-	MemoryBytes   uint64                 `protobuf:"varint,7,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
-	IpAddresses   []string               `protobuf:"bytes,8,rep,name=ip_addresses,json=ipAddresses,proto3" json:"ip_addresses,omitempty"`
-	AgentVersion  string                 `protobuf:"bytes,9,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
-	Architecture  string                 `protobuf:"bytes,10,opt,name=architecture,proto3" json:"architecture,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *HostInventory) Reset() {
-	*x = HostInventory{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[7]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *HostInventory) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*HostInventory) ProtoMessage() {}
-
-func (x *HostInventory) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[7]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use HostInventory.ProtoReflect.Descriptor instead.
-func (*HostInventory) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{7}
-}
-
-func (x *HostInventory) GetHostname() string {
-	if x != nil {
-		return x.Hostname
-	}
-	return ""
-}
-
-func (x *HostInventory) GetMachineId() string {
-	if x != nil {
-		return x.MachineId
-	}
-	return ""
-}
-
-func (x *HostInventory) GetOs() string {
-	if x != nil {
-		return x.Os
-	}
-	return ""
-}
-
-func (x *HostInventory) GetKernel() string {
-	if x != nil {
-		return x.Kernel
-	}
-	return ""
-}
-
-func (x *HostInventory) GetCpuModel() string {
-	if x != nil {
-		return x.CpuModel
-	}
-	return ""
-}
-
-func (x *HostInventory) GetCpuCores() uint32 {
-	if x != nil {
-		return x.CpuCores
-	}
-	return 0
-}
-
-func (x *HostInventory) GetMemoryBytes() uint64 {
-	if x != nil {
-		return x.MemoryBytes
-	}
-	return 0
-}
-
-func (x *HostInventory) GetIpAddresses() []string {
-	if x != nil {
-		return x.IpAddresses
-	}
-	return nil
-}
-
-func (x *HostInventory) GetAgentVersion() string {
-	if x != nil {
-		return x.AgentVersion
-	}
-	return ""
-}
-
-func (x *HostInventory) GetArchitecture() string {
-	if x != nil {
-		return x.Architecture
-	}
-	return ""
-}
-
 type Node struct {
 	state                protoimpl.MessageState `protogen:"open.v1"`
 	Id                   string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -657,7 +542,7 @@ type Node struct {
 	LastHeartbeat        *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=last_heartbeat,json=lastHeartbeat,proto3" json:"last_heartbeat,omitempty"`
 	Connected            bool                   `protobuf:"varint,7,opt,name=connected,proto3" json:"connected,omitempty"`
 	TokenId              string                 `protobuf:"bytes,8,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
-	Inventory            *HostInventory         `protobuf:"bytes,9,opt,name=inventory,proto3" json:"inventory,omitempty"`
+	Inventory            *v1.Inventory          `protobuf:"bytes,9,opt,name=inventory,proto3" json:"inventory,omitempty"`
 	InventoryUpdatedAt   *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=inventory_updated_at,json=inventoryUpdatedAt,proto3" json:"inventory_updated_at,omitempty"`
 	CertificateExpiresAt *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=certificate_expires_at,json=certificateExpiresAt,proto3" json:"certificate_expires_at,omitempty"`
 	CertificateSerial    string                 `protobuf:"bytes,12,opt,name=certificate_serial,json=certificateSerial,proto3" json:"certificate_serial,omitempty"`
@@ -675,7 +560,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[8]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -687,7 +572,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[8]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -700,7 +585,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{8}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Node) GetId() string {
@@ -759,7 +644,7 @@ func (x *Node) GetTokenId() string {
 	return ""
 }
 
-func (x *Node) GetInventory() *HostInventory {
+func (x *Node) GetInventory() *v1.Inventory {
 	if x != nil {
 		return x.Inventory
 	}
@@ -824,8 +709,8 @@ func (x *Node) GetProblems() []string {
 
 type NodeGpus struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
-	Inventory          *v1.GpuInventory       `protobuf:"bytes,1,opt,name=inventory,proto3" json:"inventory,omitempty"`
-	Health             []*v1.GpuHealth        `protobuf:"bytes,2,rep,name=health,proto3" json:"health,omitempty"`
+	Inventory          *v11.GpuInventory      `protobuf:"bytes,1,opt,name=inventory,proto3" json:"inventory,omitempty"`
+	Health             []*v11.GpuHealth       `protobuf:"bytes,2,rep,name=health,proto3" json:"health,omitempty"`
 	InventoryUpdatedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=inventory_updated_at,json=inventoryUpdatedAt,proto3" json:"inventory_updated_at,omitempty"`
 	HealthUpdatedAt    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=health_updated_at,json=healthUpdatedAt,proto3" json:"health_updated_at,omitempty"`
 	// The most GPUs this node has ever reported.
@@ -836,7 +721,7 @@ type NodeGpus struct {
 
 func (x *NodeGpus) Reset() {
 	*x = NodeGpus{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[9]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -848,7 +733,7 @@ func (x *NodeGpus) String() string {
 func (*NodeGpus) ProtoMessage() {}
 
 func (x *NodeGpus) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[9]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -861,17 +746,17 @@ func (x *NodeGpus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeGpus.ProtoReflect.Descriptor instead.
 func (*NodeGpus) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{9}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{8}
 }
 
-func (x *NodeGpus) GetInventory() *v1.GpuInventory {
+func (x *NodeGpus) GetInventory() *v11.GpuInventory {
 	if x != nil {
 		return x.Inventory
 	}
 	return nil
 }
 
-func (x *NodeGpus) GetHealth() []*v1.GpuHealth {
+func (x *NodeGpus) GetHealth() []*v11.GpuHealth {
 	if x != nil {
 		return x.Health
 	}
@@ -910,7 +795,7 @@ type Taint struct {
 
 func (x *Taint) Reset() {
 	*x = Taint{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[10]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -922,7 +807,7 @@ func (x *Taint) String() string {
 func (*Taint) ProtoMessage() {}
 
 func (x *Taint) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[10]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -935,7 +820,7 @@ func (x *Taint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Taint.ProtoReflect.Descriptor instead.
 func (*Taint) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{10}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Taint) GetKey() string {
@@ -967,7 +852,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[11]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -979,7 +864,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[11]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -992,7 +877,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{11}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{10}
 }
 
 type ListNodesResponse struct {
@@ -1004,7 +889,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[12]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1016,7 +901,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[12]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1029,7 +914,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{12}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1048,7 +933,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[13]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1060,7 +945,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[13]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1073,7 +958,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{13}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetNodeRequest) GetId() string {
@@ -1092,7 +977,7 @@ type GetNodeResponse struct {
 
 func (x *GetNodeResponse) Reset() {
 	*x = GetNodeResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[14]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1104,7 +989,7 @@ func (x *GetNodeResponse) String() string {
 func (*GetNodeResponse) ProtoMessage() {}
 
 func (x *GetNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[14]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1117,7 +1002,7 @@ func (x *GetNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeResponse.ProtoReflect.Descriptor instead.
 func (*GetNodeResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{14}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetNodeResponse) GetNode() *Node {
@@ -1136,7 +1021,7 @@ type DeleteNodeRequest struct {
 
 func (x *DeleteNodeRequest) Reset() {
 	*x = DeleteNodeRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[15]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1148,7 +1033,7 @@ func (x *DeleteNodeRequest) String() string {
 func (*DeleteNodeRequest) ProtoMessage() {}
 
 func (x *DeleteNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[15]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1161,7 +1046,7 @@ func (x *DeleteNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNodeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteNodeRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{15}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DeleteNodeRequest) GetId() string {
@@ -1179,7 +1064,7 @@ type DeleteNodeResponse struct {
 
 func (x *DeleteNodeResponse) Reset() {
 	*x = DeleteNodeResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[16]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1191,7 +1076,7 @@ func (x *DeleteNodeResponse) String() string {
 func (*DeleteNodeResponse) ProtoMessage() {}
 
 func (x *DeleteNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[16]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1204,7 +1089,7 @@ func (x *DeleteNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNodeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteNodeResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{16}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{15}
 }
 
 type Command struct {
@@ -1226,7 +1111,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[17]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1238,7 +1123,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[17]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1251,7 +1136,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{17}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Command) GetId() string {
@@ -1342,7 +1227,7 @@ type CreateCommandRequest struct {
 
 func (x *CreateCommandRequest) Reset() {
 	*x = CreateCommandRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[18]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1354,7 +1239,7 @@ func (x *CreateCommandRequest) String() string {
 func (*CreateCommandRequest) ProtoMessage() {}
 
 func (x *CreateCommandRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[18]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1367,7 +1252,7 @@ func (x *CreateCommandRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateCommandRequest.ProtoReflect.Descriptor instead.
 func (*CreateCommandRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{18}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CreateCommandRequest) GetNodeId() string {
@@ -1400,7 +1285,7 @@ type CreateCommandResponse struct {
 
 func (x *CreateCommandResponse) Reset() {
 	*x = CreateCommandResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[19]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1412,7 +1297,7 @@ func (x *CreateCommandResponse) String() string {
 func (*CreateCommandResponse) ProtoMessage() {}
 
 func (x *CreateCommandResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[19]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1425,7 +1310,7 @@ func (x *CreateCommandResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateCommandResponse.ProtoReflect.Descriptor instead.
 func (*CreateCommandResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{19}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CreateCommandResponse) GetCommand() *Command {
@@ -1445,7 +1330,7 @@ type ListCommandsRequest struct {
 
 func (x *ListCommandsRequest) Reset() {
 	*x = ListCommandsRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[20]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1457,7 +1342,7 @@ func (x *ListCommandsRequest) String() string {
 func (*ListCommandsRequest) ProtoMessage() {}
 
 func (x *ListCommandsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[20]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1470,7 +1355,7 @@ func (x *ListCommandsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCommandsRequest.ProtoReflect.Descriptor instead.
 func (*ListCommandsRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{20}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListCommandsRequest) GetNodeId() string {
@@ -1489,7 +1374,7 @@ type ListCommandsResponse struct {
 
 func (x *ListCommandsResponse) Reset() {
 	*x = ListCommandsResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[21]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1501,7 +1386,7 @@ func (x *ListCommandsResponse) String() string {
 func (*ListCommandsResponse) ProtoMessage() {}
 
 func (x *ListCommandsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[21]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1514,7 +1399,7 @@ func (x *ListCommandsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCommandsResponse.ProtoReflect.Descriptor instead.
 func (*ListCommandsResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{21}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListCommandsResponse) GetCommands() []*Command {
@@ -1533,7 +1418,7 @@ type GetCommandRequest struct {
 
 func (x *GetCommandRequest) Reset() {
 	*x = GetCommandRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[22]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1545,7 +1430,7 @@ func (x *GetCommandRequest) String() string {
 func (*GetCommandRequest) ProtoMessage() {}
 
 func (x *GetCommandRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[22]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1558,7 +1443,7 @@ func (x *GetCommandRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCommandRequest.ProtoReflect.Descriptor instead.
 func (*GetCommandRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{22}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetCommandRequest) GetId() string {
@@ -1577,7 +1462,7 @@ type GetCommandResponse struct {
 
 func (x *GetCommandResponse) Reset() {
 	*x = GetCommandResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[23]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1589,7 +1474,7 @@ func (x *GetCommandResponse) String() string {
 func (*GetCommandResponse) ProtoMessage() {}
 
 func (x *GetCommandResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[23]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1602,7 +1487,7 @@ func (x *GetCommandResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCommandResponse.ProtoReflect.Descriptor instead.
 func (*GetCommandResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{23}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetCommandResponse) GetCommand() *Command {
@@ -1618,13 +1503,13 @@ type GpuRow struct {
 	Hostname string                 `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
 	Index    uint32                 `protobuf:"varint,3,opt,name=index,proto3" json:"index,omitempty"`
 	// Set for a MIG device: its index within the GPU.
-	MigIndex    *uint32        `protobuf:"varint,4,opt,name=mig_index,json=migIndex,proto3,oneof" json:"mig_index,omitempty"`
-	Uuid        string         `protobuf:"bytes,5,opt,name=uuid,proto3" json:"uuid,omitempty"`
-	Product     string         `protobuf:"bytes,6,opt,name=product,proto3" json:"product,omitempty"`
-	MemoryBytes uint64         `protobuf:"varint,7,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
-	Health      v1.HealthState `protobuf:"varint,8,opt,name=health,proto3,enum=budfleet.gpu.v1.HealthState" json:"health,omitempty"`
-	Reasons     []string       `protobuf:"bytes,9,rep,name=reasons,proto3" json:"reasons,omitempty"`
-	PciBusId    string         `protobuf:"bytes,10,opt,name=pci_bus_id,json=pciBusId,proto3" json:"pci_bus_id,omitempty"`
+	MigIndex    *uint32         `protobuf:"varint,4,opt,name=mig_index,json=migIndex,proto3,oneof" json:"mig_index,omitempty"`
+	Uuid        string          `protobuf:"bytes,5,opt,name=uuid,proto3" json:"uuid,omitempty"`
+	Product     string          `protobuf:"bytes,6,opt,name=product,proto3" json:"product,omitempty"`
+	MemoryBytes uint64          `protobuf:"varint,7,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	Health      v11.HealthState `protobuf:"varint,8,opt,name=health,proto3,enum=budfleet.gpu.v1.HealthState" json:"health,omitempty"`
+	Reasons     []string        `protobuf:"bytes,9,rep,name=reasons,proto3" json:"reasons,omitempty"`
+	PciBusId    string          `protobuf:"bytes,10,opt,name=pci_bus_id,json=pciBusId,proto3" json:"pci_bus_id,omitempty"`
 	// For a MIG device, e.g. "1g.10gb".
 	MigProfile    string `protobuf:"bytes,11,opt,name=mig_profile,json=migProfile,proto3" json:"mig_profile,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1633,7 +1518,7 @@ type GpuRow struct {
 
 func (x *GpuRow) Reset() {
 	*x = GpuRow{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[24]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1645,7 +1530,7 @@ func (x *GpuRow) String() string {
 func (*GpuRow) ProtoMessage() {}
 
 func (x *GpuRow) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[24]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1658,7 +1543,7 @@ func (x *GpuRow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GpuRow.ProtoReflect.Descriptor instead.
 func (*GpuRow) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{24}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GpuRow) GetNodeId() string {
@@ -1710,11 +1595,11 @@ func (x *GpuRow) GetMemoryBytes() uint64 {
 	return 0
 }
 
-func (x *GpuRow) GetHealth() v1.HealthState {
+func (x *GpuRow) GetHealth() v11.HealthState {
 	if x != nil {
 		return x.Health
 	}
-	return v1.HealthState(0)
+	return v11.HealthState(0)
 }
 
 func (x *GpuRow) GetReasons() []string {
@@ -1751,7 +1636,7 @@ type ListGpusRequest struct {
 
 func (x *ListGpusRequest) Reset() {
 	*x = ListGpusRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[25]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1763,7 +1648,7 @@ func (x *ListGpusRequest) String() string {
 func (*ListGpusRequest) ProtoMessage() {}
 
 func (x *ListGpusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[25]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1776,7 +1661,7 @@ func (x *ListGpusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGpusRequest.ProtoReflect.Descriptor instead.
 func (*ListGpusRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{25}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListGpusRequest) GetNodeId() string {
@@ -1809,7 +1694,7 @@ type ListGpusResponse struct {
 
 func (x *ListGpusResponse) Reset() {
 	*x = ListGpusResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[26]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1821,7 +1706,7 @@ func (x *ListGpusResponse) String() string {
 func (*ListGpusResponse) ProtoMessage() {}
 
 func (x *ListGpusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[26]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1834,7 +1719,7 @@ func (x *ListGpusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGpusResponse.ProtoReflect.Descriptor instead.
 func (*ListGpusResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{26}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListGpusResponse) GetGpus() []*GpuRow {
@@ -1852,7 +1737,7 @@ type GetGpuSummaryRequest struct {
 
 func (x *GetGpuSummaryRequest) Reset() {
 	*x = GetGpuSummaryRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[27]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1864,7 +1749,7 @@ func (x *GetGpuSummaryRequest) String() string {
 func (*GetGpuSummaryRequest) ProtoMessage() {}
 
 func (x *GetGpuSummaryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[27]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1877,7 +1762,7 @@ func (x *GetGpuSummaryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGpuSummaryRequest.ProtoReflect.Descriptor instead.
 func (*GetGpuSummaryRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{27}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{26}
 }
 
 type GpuSummaryRow struct {
@@ -1895,7 +1780,7 @@ type GpuSummaryRow struct {
 
 func (x *GpuSummaryRow) Reset() {
 	*x = GpuSummaryRow{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[28]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1907,7 +1792,7 @@ func (x *GpuSummaryRow) String() string {
 func (*GpuSummaryRow) ProtoMessage() {}
 
 func (x *GpuSummaryRow) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[28]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1920,7 +1805,7 @@ func (x *GpuSummaryRow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GpuSummaryRow.ProtoReflect.Descriptor instead.
 func (*GpuSummaryRow) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{28}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GpuSummaryRow) GetProduct() string {
@@ -1985,7 +1870,7 @@ type GetGpuSummaryResponse struct {
 
 func (x *GetGpuSummaryResponse) Reset() {
 	*x = GetGpuSummaryResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[29]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1997,7 +1882,7 @@ func (x *GetGpuSummaryResponse) String() string {
 func (*GetGpuSummaryResponse) ProtoMessage() {}
 
 func (x *GetGpuSummaryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[29]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2010,7 +1895,7 @@ func (x *GetGpuSummaryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGpuSummaryResponse.ProtoReflect.Descriptor instead.
 func (*GetGpuSummaryResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{29}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetGpuSummaryResponse) GetProducts() []*GpuSummaryRow {
@@ -2053,7 +1938,7 @@ type ApplySiemConfigRequest struct {
 
 func (x *ApplySiemConfigRequest) Reset() {
 	*x = ApplySiemConfigRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[30]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2065,7 +1950,7 @@ func (x *ApplySiemConfigRequest) String() string {
 func (*ApplySiemConfigRequest) ProtoMessage() {}
 
 func (x *ApplySiemConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[30]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2078,7 +1963,7 @@ func (x *ApplySiemConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplySiemConfigRequest.ProtoReflect.Descriptor instead.
 func (*ApplySiemConfigRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{30}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ApplySiemConfigRequest) GetYaml() []byte {
@@ -2106,7 +1991,7 @@ type ApplySiemConfigResponse struct {
 
 func (x *ApplySiemConfigResponse) Reset() {
 	*x = ApplySiemConfigResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[31]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2118,7 +2003,7 @@ func (x *ApplySiemConfigResponse) String() string {
 func (*ApplySiemConfigResponse) ProtoMessage() {}
 
 func (x *ApplySiemConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[31]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2131,7 +2016,7 @@ func (x *ApplySiemConfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplySiemConfigResponse.ProtoReflect.Descriptor instead.
 func (*ApplySiemConfigResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{31}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ApplySiemConfigResponse) GetVersion() uint64 {
@@ -2157,7 +2042,7 @@ type GetSiemStatusRequest struct {
 
 func (x *GetSiemStatusRequest) Reset() {
 	*x = GetSiemStatusRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[32]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2169,7 +2054,7 @@ func (x *GetSiemStatusRequest) String() string {
 func (*GetSiemStatusRequest) ProtoMessage() {}
 
 func (x *GetSiemStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[32]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2182,7 +2067,7 @@ func (x *GetSiemStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSiemStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetSiemStatusRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{32}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GetSiemStatusRequest) GetNodeId() string {
@@ -2200,7 +2085,7 @@ type NodeSiemStatus struct {
 	// "no-config" or "unknown" (no status reported since the controller started).
 	State                string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
 	DesiredConfigVersion uint64                 `protobuf:"varint,4,opt,name=desired_config_version,json=desiredConfigVersion,proto3" json:"desired_config_version,omitempty"`
-	Status               *v11.Status            `protobuf:"bytes,5,opt,name=status,proto3" json:"status,omitempty"`
+	Status               *v12.Status            `protobuf:"bytes,5,opt,name=status,proto3" json:"status,omitempty"`
 	ReportedAt           *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=reported_at,json=reportedAt,proto3" json:"reported_at,omitempty"`
 	unknownFields        protoimpl.UnknownFields
 	sizeCache            protoimpl.SizeCache
@@ -2208,7 +2093,7 @@ type NodeSiemStatus struct {
 
 func (x *NodeSiemStatus) Reset() {
 	*x = NodeSiemStatus{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[33]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2220,7 +2105,7 @@ func (x *NodeSiemStatus) String() string {
 func (*NodeSiemStatus) ProtoMessage() {}
 
 func (x *NodeSiemStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[33]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2233,7 +2118,7 @@ func (x *NodeSiemStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeSiemStatus.ProtoReflect.Descriptor instead.
 func (*NodeSiemStatus) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{33}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *NodeSiemStatus) GetNodeId() string {
@@ -2264,7 +2149,7 @@ func (x *NodeSiemStatus) GetDesiredConfigVersion() uint64 {
 	return 0
 }
 
-func (x *NodeSiemStatus) GetStatus() *v11.Status {
+func (x *NodeSiemStatus) GetStatus() *v12.Status {
 	if x != nil {
 		return x.Status
 	}
@@ -2287,7 +2172,7 @@ type GetSiemStatusResponse struct {
 
 func (x *GetSiemStatusResponse) Reset() {
 	*x = GetSiemStatusResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[34]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2299,7 +2184,7 @@ func (x *GetSiemStatusResponse) String() string {
 func (*GetSiemStatusResponse) ProtoMessage() {}
 
 func (x *GetSiemStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[34]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2312,7 +2197,7 @@ func (x *GetSiemStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSiemStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetSiemStatusResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{34}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *GetSiemStatusResponse) GetNodes() []*NodeSiemStatus {
@@ -2326,7 +2211,7 @@ var File_budfleet_fleet_v1_fleet_proto protoreflect.FileDescriptor
 
 const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\n" +
-	"\x1dbudfleet/fleet/v1/fleet.proto\x12\x11budfleet.fleet.v1\x1a\x19budfleet/gpu/v1/gpu.proto\x1a\x1bbudfleet/siem/v1/siem.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xac\x03\n" +
+	"\x1dbudfleet/fleet/v1/fleet.proto\x12\x11budfleet.fleet.v1\x1a\x19budfleet/gpu/v1/gpu.proto\x1a\x1bbudfleet/host/v1/host.proto\x1a\x1bbudfleet/siem/v1/siem.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xac\x03\n" +
 	"\x05Token\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x129\n" +
 	"\n" +
@@ -2361,20 +2246,7 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x12RevokeTokenRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"E\n" +
 	"\x13RevokeTokenResponse\x12.\n" +
-	"\x05token\x18\x01 \x01(\v2\x18.budfleet.fleet.v1.TokenR\x05token\"\xbb\x02\n" +
-	"\rHostInventory\x12\x1a\n" +
-	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x1d\n" +
-	"\n" +
-	"machine_id\x18\x02 \x01(\tR\tmachineId\x12\x0e\n" +
-	"\x02os\x18\x03 \x01(\tR\x02os\x12\x16\n" +
-	"\x06kernel\x18\x04 \x01(\tR\x06kernel\x12\x1b\n" +
-	"\tcpu_model\x18\x05 \x01(\tR\bcpuModel\x12\x1b\n" +
-	"\tcpu_cores\x18\x06 \x01(\rR\bcpuCores\x12!\n" +
-	"\fmemory_bytes\x18\a \x01(\x04R\vmemoryBytes\x12!\n" +
-	"\fip_addresses\x18\b \x03(\tR\vipAddresses\x12#\n" +
-	"\ragent_version\x18\t \x01(\tR\fagentVersion\x12\"\n" +
-	"\farchitecture\x18\n" +
-	" \x01(\tR\farchitecture\"\x81\b\n" +
+	"\x05token\x18\x01 \x01(\v2\x18.budfleet.fleet.v1.TokenR\x05token\"\xfc\a\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x125\n" +
@@ -2384,8 +2256,8 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"enrolledAt\x12A\n" +
 	"\x0elast_heartbeat\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\rlastHeartbeat\x12\x1c\n" +
 	"\tconnected\x18\a \x01(\bR\tconnected\x12\x19\n" +
-	"\btoken_id\x18\b \x01(\tR\atokenId\x12>\n" +
-	"\tinventory\x18\t \x01(\v2 .budfleet.fleet.v1.HostInventoryR\tinventory\x12L\n" +
+	"\btoken_id\x18\b \x01(\tR\atokenId\x129\n" +
+	"\tinventory\x18\t \x01(\v2\x1b.budfleet.host.v1.InventoryR\tinventory\x12L\n" +
 	"\x14inventory_updated_at\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\x12inventoryUpdatedAt\x12P\n" +
 	"\x16certificate_expires_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x14certificateExpiresAt\x12-\n" +
@@ -2561,7 +2433,7 @@ func file_budfleet_fleet_v1_fleet_proto_rawDescGZIP() []byte {
 }
 
 var file_budfleet_fleet_v1_fleet_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_budfleet_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_budfleet_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_budfleet_fleet_v1_fleet_proto_goTypes = []any{
 	(NodeStatus)(0),                 // 0: budfleet.fleet.v1.NodeStatus
 	(CommandState)(0),               // 1: budfleet.fleet.v1.CommandState
@@ -2572,118 +2444,118 @@ var file_budfleet_fleet_v1_fleet_proto_goTypes = []any{
 	(*ListTokensResponse)(nil),      // 6: budfleet.fleet.v1.ListTokensResponse
 	(*RevokeTokenRequest)(nil),      // 7: budfleet.fleet.v1.RevokeTokenRequest
 	(*RevokeTokenResponse)(nil),     // 8: budfleet.fleet.v1.RevokeTokenResponse
-	(*HostInventory)(nil),           // 9: budfleet.fleet.v1.HostInventory
-	(*Node)(nil),                    // 10: budfleet.fleet.v1.Node
-	(*NodeGpus)(nil),                // 11: budfleet.fleet.v1.NodeGpus
-	(*Taint)(nil),                   // 12: budfleet.fleet.v1.Taint
-	(*ListNodesRequest)(nil),        // 13: budfleet.fleet.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),       // 14: budfleet.fleet.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),          // 15: budfleet.fleet.v1.GetNodeRequest
-	(*GetNodeResponse)(nil),         // 16: budfleet.fleet.v1.GetNodeResponse
-	(*DeleteNodeRequest)(nil),       // 17: budfleet.fleet.v1.DeleteNodeRequest
-	(*DeleteNodeResponse)(nil),      // 18: budfleet.fleet.v1.DeleteNodeResponse
-	(*Command)(nil),                 // 19: budfleet.fleet.v1.Command
-	(*CreateCommandRequest)(nil),    // 20: budfleet.fleet.v1.CreateCommandRequest
-	(*CreateCommandResponse)(nil),   // 21: budfleet.fleet.v1.CreateCommandResponse
-	(*ListCommandsRequest)(nil),     // 22: budfleet.fleet.v1.ListCommandsRequest
-	(*ListCommandsResponse)(nil),    // 23: budfleet.fleet.v1.ListCommandsResponse
-	(*GetCommandRequest)(nil),       // 24: budfleet.fleet.v1.GetCommandRequest
-	(*GetCommandResponse)(nil),      // 25: budfleet.fleet.v1.GetCommandResponse
-	(*GpuRow)(nil),                  // 26: budfleet.fleet.v1.GpuRow
-	(*ListGpusRequest)(nil),         // 27: budfleet.fleet.v1.ListGpusRequest
-	(*ListGpusResponse)(nil),        // 28: budfleet.fleet.v1.ListGpusResponse
-	(*GetGpuSummaryRequest)(nil),    // 29: budfleet.fleet.v1.GetGpuSummaryRequest
-	(*GpuSummaryRow)(nil),           // 30: budfleet.fleet.v1.GpuSummaryRow
-	(*GetGpuSummaryResponse)(nil),   // 31: budfleet.fleet.v1.GetGpuSummaryResponse
-	(*ApplySiemConfigRequest)(nil),  // 32: budfleet.fleet.v1.ApplySiemConfigRequest
-	(*ApplySiemConfigResponse)(nil), // 33: budfleet.fleet.v1.ApplySiemConfigResponse
-	(*GetSiemStatusRequest)(nil),    // 34: budfleet.fleet.v1.GetSiemStatusRequest
-	(*NodeSiemStatus)(nil),          // 35: budfleet.fleet.v1.NodeSiemStatus
-	(*GetSiemStatusResponse)(nil),   // 36: budfleet.fleet.v1.GetSiemStatusResponse
-	nil,                             // 37: budfleet.fleet.v1.Token.LabelsEntry
-	nil,                             // 38: budfleet.fleet.v1.CreateTokenRequest.LabelsEntry
-	nil,                             // 39: budfleet.fleet.v1.Node.LabelsEntry
-	nil,                             // 40: budfleet.fleet.v1.Node.KubernetesLabelsEntry
-	nil,                             // 41: budfleet.fleet.v1.Command.ParamsEntry
-	nil,                             // 42: budfleet.fleet.v1.Command.OutputEntry
-	nil,                             // 43: budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
-	nil,                             // 44: budfleet.fleet.v1.ApplySiemConfigRequest.SelectorEntry
-	(*timestamppb.Timestamp)(nil),   // 45: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 46: google.protobuf.Duration
-	(*v1.GpuInventory)(nil),         // 47: budfleet.gpu.v1.GpuInventory
-	(*v1.GpuHealth)(nil),            // 48: budfleet.gpu.v1.GpuHealth
-	(v1.HealthState)(0),             // 49: budfleet.gpu.v1.HealthState
-	(*v11.Status)(nil),              // 50: budfleet.siem.v1.Status
+	(*Node)(nil),                    // 9: budfleet.fleet.v1.Node
+	(*NodeGpus)(nil),                // 10: budfleet.fleet.v1.NodeGpus
+	(*Taint)(nil),                   // 11: budfleet.fleet.v1.Taint
+	(*ListNodesRequest)(nil),        // 12: budfleet.fleet.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),       // 13: budfleet.fleet.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),          // 14: budfleet.fleet.v1.GetNodeRequest
+	(*GetNodeResponse)(nil),         // 15: budfleet.fleet.v1.GetNodeResponse
+	(*DeleteNodeRequest)(nil),       // 16: budfleet.fleet.v1.DeleteNodeRequest
+	(*DeleteNodeResponse)(nil),      // 17: budfleet.fleet.v1.DeleteNodeResponse
+	(*Command)(nil),                 // 18: budfleet.fleet.v1.Command
+	(*CreateCommandRequest)(nil),    // 19: budfleet.fleet.v1.CreateCommandRequest
+	(*CreateCommandResponse)(nil),   // 20: budfleet.fleet.v1.CreateCommandResponse
+	(*ListCommandsRequest)(nil),     // 21: budfleet.fleet.v1.ListCommandsRequest
+	(*ListCommandsResponse)(nil),    // 22: budfleet.fleet.v1.ListCommandsResponse
+	(*GetCommandRequest)(nil),       // 23: budfleet.fleet.v1.GetCommandRequest
+	(*GetCommandResponse)(nil),      // 24: budfleet.fleet.v1.GetCommandResponse
+	(*GpuRow)(nil),                  // 25: budfleet.fleet.v1.GpuRow
+	(*ListGpusRequest)(nil),         // 26: budfleet.fleet.v1.ListGpusRequest
+	(*ListGpusResponse)(nil),        // 27: budfleet.fleet.v1.ListGpusResponse
+	(*GetGpuSummaryRequest)(nil),    // 28: budfleet.fleet.v1.GetGpuSummaryRequest
+	(*GpuSummaryRow)(nil),           // 29: budfleet.fleet.v1.GpuSummaryRow
+	(*GetGpuSummaryResponse)(nil),   // 30: budfleet.fleet.v1.GetGpuSummaryResponse
+	(*ApplySiemConfigRequest)(nil),  // 31: budfleet.fleet.v1.ApplySiemConfigRequest
+	(*ApplySiemConfigResponse)(nil), // 32: budfleet.fleet.v1.ApplySiemConfigResponse
+	(*GetSiemStatusRequest)(nil),    // 33: budfleet.fleet.v1.GetSiemStatusRequest
+	(*NodeSiemStatus)(nil),          // 34: budfleet.fleet.v1.NodeSiemStatus
+	(*GetSiemStatusResponse)(nil),   // 35: budfleet.fleet.v1.GetSiemStatusResponse
+	nil,                             // 36: budfleet.fleet.v1.Token.LabelsEntry
+	nil,                             // 37: budfleet.fleet.v1.CreateTokenRequest.LabelsEntry
+	nil,                             // 38: budfleet.fleet.v1.Node.LabelsEntry
+	nil,                             // 39: budfleet.fleet.v1.Node.KubernetesLabelsEntry
+	nil,                             // 40: budfleet.fleet.v1.Command.ParamsEntry
+	nil,                             // 41: budfleet.fleet.v1.Command.OutputEntry
+	nil,                             // 42: budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
+	nil,                             // 43: budfleet.fleet.v1.ApplySiemConfigRequest.SelectorEntry
+	(*timestamppb.Timestamp)(nil),   // 44: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 45: google.protobuf.Duration
+	(*v1.Inventory)(nil),            // 46: budfleet.host.v1.Inventory
+	(*v11.GpuInventory)(nil),        // 47: budfleet.gpu.v1.GpuInventory
+	(*v11.GpuHealth)(nil),           // 48: budfleet.gpu.v1.GpuHealth
+	(v11.HealthState)(0),            // 49: budfleet.gpu.v1.HealthState
+	(*v12.Status)(nil),              // 50: budfleet.siem.v1.Status
 }
 var file_budfleet_fleet_v1_fleet_proto_depIdxs = []int32{
-	45, // 0: budfleet.fleet.v1.Token.created_at:type_name -> google.protobuf.Timestamp
-	45, // 1: budfleet.fleet.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
-	37, // 2: budfleet.fleet.v1.Token.labels:type_name -> budfleet.fleet.v1.Token.LabelsEntry
-	45, // 3: budfleet.fleet.v1.Token.revoked_at:type_name -> google.protobuf.Timestamp
-	46, // 4: budfleet.fleet.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
-	38, // 5: budfleet.fleet.v1.CreateTokenRequest.labels:type_name -> budfleet.fleet.v1.CreateTokenRequest.LabelsEntry
+	44, // 0: budfleet.fleet.v1.Token.created_at:type_name -> google.protobuf.Timestamp
+	44, // 1: budfleet.fleet.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	36, // 2: budfleet.fleet.v1.Token.labels:type_name -> budfleet.fleet.v1.Token.LabelsEntry
+	44, // 3: budfleet.fleet.v1.Token.revoked_at:type_name -> google.protobuf.Timestamp
+	45, // 4: budfleet.fleet.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
+	37, // 5: budfleet.fleet.v1.CreateTokenRequest.labels:type_name -> budfleet.fleet.v1.CreateTokenRequest.LabelsEntry
 	2,  // 6: budfleet.fleet.v1.CreateTokenResponse.token:type_name -> budfleet.fleet.v1.Token
 	2,  // 7: budfleet.fleet.v1.ListTokensResponse.tokens:type_name -> budfleet.fleet.v1.Token
 	2,  // 8: budfleet.fleet.v1.RevokeTokenResponse.token:type_name -> budfleet.fleet.v1.Token
 	0,  // 9: budfleet.fleet.v1.Node.status:type_name -> budfleet.fleet.v1.NodeStatus
-	39, // 10: budfleet.fleet.v1.Node.labels:type_name -> budfleet.fleet.v1.Node.LabelsEntry
-	45, // 11: budfleet.fleet.v1.Node.enrolled_at:type_name -> google.protobuf.Timestamp
-	45, // 12: budfleet.fleet.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
-	9,  // 13: budfleet.fleet.v1.Node.inventory:type_name -> budfleet.fleet.v1.HostInventory
-	45, // 14: budfleet.fleet.v1.Node.inventory_updated_at:type_name -> google.protobuf.Timestamp
-	45, // 15: budfleet.fleet.v1.Node.certificate_expires_at:type_name -> google.protobuf.Timestamp
-	11, // 16: budfleet.fleet.v1.Node.gpus:type_name -> budfleet.fleet.v1.NodeGpus
-	40, // 17: budfleet.fleet.v1.Node.kubernetes_labels:type_name -> budfleet.fleet.v1.Node.KubernetesLabelsEntry
-	12, // 18: budfleet.fleet.v1.Node.proposed_taints:type_name -> budfleet.fleet.v1.Taint
+	38, // 10: budfleet.fleet.v1.Node.labels:type_name -> budfleet.fleet.v1.Node.LabelsEntry
+	44, // 11: budfleet.fleet.v1.Node.enrolled_at:type_name -> google.protobuf.Timestamp
+	44, // 12: budfleet.fleet.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
+	46, // 13: budfleet.fleet.v1.Node.inventory:type_name -> budfleet.host.v1.Inventory
+	44, // 14: budfleet.fleet.v1.Node.inventory_updated_at:type_name -> google.protobuf.Timestamp
+	44, // 15: budfleet.fleet.v1.Node.certificate_expires_at:type_name -> google.protobuf.Timestamp
+	10, // 16: budfleet.fleet.v1.Node.gpus:type_name -> budfleet.fleet.v1.NodeGpus
+	39, // 17: budfleet.fleet.v1.Node.kubernetes_labels:type_name -> budfleet.fleet.v1.Node.KubernetesLabelsEntry
+	11, // 18: budfleet.fleet.v1.Node.proposed_taints:type_name -> budfleet.fleet.v1.Taint
 	47, // 19: budfleet.fleet.v1.NodeGpus.inventory:type_name -> budfleet.gpu.v1.GpuInventory
 	48, // 20: budfleet.fleet.v1.NodeGpus.health:type_name -> budfleet.gpu.v1.GpuHealth
-	45, // 21: budfleet.fleet.v1.NodeGpus.inventory_updated_at:type_name -> google.protobuf.Timestamp
-	45, // 22: budfleet.fleet.v1.NodeGpus.health_updated_at:type_name -> google.protobuf.Timestamp
-	10, // 23: budfleet.fleet.v1.ListNodesResponse.nodes:type_name -> budfleet.fleet.v1.Node
-	10, // 24: budfleet.fleet.v1.GetNodeResponse.node:type_name -> budfleet.fleet.v1.Node
-	41, // 25: budfleet.fleet.v1.Command.params:type_name -> budfleet.fleet.v1.Command.ParamsEntry
+	44, // 21: budfleet.fleet.v1.NodeGpus.inventory_updated_at:type_name -> google.protobuf.Timestamp
+	44, // 22: budfleet.fleet.v1.NodeGpus.health_updated_at:type_name -> google.protobuf.Timestamp
+	9,  // 23: budfleet.fleet.v1.ListNodesResponse.nodes:type_name -> budfleet.fleet.v1.Node
+	9,  // 24: budfleet.fleet.v1.GetNodeResponse.node:type_name -> budfleet.fleet.v1.Node
+	40, // 25: budfleet.fleet.v1.Command.params:type_name -> budfleet.fleet.v1.Command.ParamsEntry
 	1,  // 26: budfleet.fleet.v1.Command.state:type_name -> budfleet.fleet.v1.CommandState
-	45, // 27: budfleet.fleet.v1.Command.created_at:type_name -> google.protobuf.Timestamp
-	45, // 28: budfleet.fleet.v1.Command.delivered_at:type_name -> google.protobuf.Timestamp
-	45, // 29: budfleet.fleet.v1.Command.finished_at:type_name -> google.protobuf.Timestamp
-	42, // 30: budfleet.fleet.v1.Command.output:type_name -> budfleet.fleet.v1.Command.OutputEntry
-	43, // 31: budfleet.fleet.v1.CreateCommandRequest.params:type_name -> budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
-	19, // 32: budfleet.fleet.v1.CreateCommandResponse.command:type_name -> budfleet.fleet.v1.Command
-	19, // 33: budfleet.fleet.v1.ListCommandsResponse.commands:type_name -> budfleet.fleet.v1.Command
-	19, // 34: budfleet.fleet.v1.GetCommandResponse.command:type_name -> budfleet.fleet.v1.Command
+	44, // 27: budfleet.fleet.v1.Command.created_at:type_name -> google.protobuf.Timestamp
+	44, // 28: budfleet.fleet.v1.Command.delivered_at:type_name -> google.protobuf.Timestamp
+	44, // 29: budfleet.fleet.v1.Command.finished_at:type_name -> google.protobuf.Timestamp
+	41, // 30: budfleet.fleet.v1.Command.output:type_name -> budfleet.fleet.v1.Command.OutputEntry
+	42, // 31: budfleet.fleet.v1.CreateCommandRequest.params:type_name -> budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
+	18, // 32: budfleet.fleet.v1.CreateCommandResponse.command:type_name -> budfleet.fleet.v1.Command
+	18, // 33: budfleet.fleet.v1.ListCommandsResponse.commands:type_name -> budfleet.fleet.v1.Command
+	18, // 34: budfleet.fleet.v1.GetCommandResponse.command:type_name -> budfleet.fleet.v1.Command
 	49, // 35: budfleet.fleet.v1.GpuRow.health:type_name -> budfleet.gpu.v1.HealthState
-	26, // 36: budfleet.fleet.v1.ListGpusResponse.gpus:type_name -> budfleet.fleet.v1.GpuRow
-	30, // 37: budfleet.fleet.v1.GetGpuSummaryResponse.products:type_name -> budfleet.fleet.v1.GpuSummaryRow
-	44, // 38: budfleet.fleet.v1.ApplySiemConfigRequest.selector:type_name -> budfleet.fleet.v1.ApplySiemConfigRequest.SelectorEntry
+	25, // 36: budfleet.fleet.v1.ListGpusResponse.gpus:type_name -> budfleet.fleet.v1.GpuRow
+	29, // 37: budfleet.fleet.v1.GetGpuSummaryResponse.products:type_name -> budfleet.fleet.v1.GpuSummaryRow
+	43, // 38: budfleet.fleet.v1.ApplySiemConfigRequest.selector:type_name -> budfleet.fleet.v1.ApplySiemConfigRequest.SelectorEntry
 	50, // 39: budfleet.fleet.v1.NodeSiemStatus.status:type_name -> budfleet.siem.v1.Status
-	45, // 40: budfleet.fleet.v1.NodeSiemStatus.reported_at:type_name -> google.protobuf.Timestamp
-	35, // 41: budfleet.fleet.v1.GetSiemStatusResponse.nodes:type_name -> budfleet.fleet.v1.NodeSiemStatus
+	44, // 40: budfleet.fleet.v1.NodeSiemStatus.reported_at:type_name -> google.protobuf.Timestamp
+	34, // 41: budfleet.fleet.v1.GetSiemStatusResponse.nodes:type_name -> budfleet.fleet.v1.NodeSiemStatus
 	3,  // 42: budfleet.fleet.v1.FleetService.CreateToken:input_type -> budfleet.fleet.v1.CreateTokenRequest
 	5,  // 43: budfleet.fleet.v1.FleetService.ListTokens:input_type -> budfleet.fleet.v1.ListTokensRequest
 	7,  // 44: budfleet.fleet.v1.FleetService.RevokeToken:input_type -> budfleet.fleet.v1.RevokeTokenRequest
-	13, // 45: budfleet.fleet.v1.FleetService.ListNodes:input_type -> budfleet.fleet.v1.ListNodesRequest
-	15, // 46: budfleet.fleet.v1.FleetService.GetNode:input_type -> budfleet.fleet.v1.GetNodeRequest
-	17, // 47: budfleet.fleet.v1.FleetService.DeleteNode:input_type -> budfleet.fleet.v1.DeleteNodeRequest
-	20, // 48: budfleet.fleet.v1.FleetService.CreateCommand:input_type -> budfleet.fleet.v1.CreateCommandRequest
-	22, // 49: budfleet.fleet.v1.FleetService.ListCommands:input_type -> budfleet.fleet.v1.ListCommandsRequest
-	24, // 50: budfleet.fleet.v1.FleetService.GetCommand:input_type -> budfleet.fleet.v1.GetCommandRequest
-	27, // 51: budfleet.fleet.v1.FleetService.ListGpus:input_type -> budfleet.fleet.v1.ListGpusRequest
-	29, // 52: budfleet.fleet.v1.FleetService.GetGpuSummary:input_type -> budfleet.fleet.v1.GetGpuSummaryRequest
-	32, // 53: budfleet.fleet.v1.FleetService.ApplySiemConfig:input_type -> budfleet.fleet.v1.ApplySiemConfigRequest
-	34, // 54: budfleet.fleet.v1.FleetService.GetSiemStatus:input_type -> budfleet.fleet.v1.GetSiemStatusRequest
+	12, // 45: budfleet.fleet.v1.FleetService.ListNodes:input_type -> budfleet.fleet.v1.ListNodesRequest
+	14, // 46: budfleet.fleet.v1.FleetService.GetNode:input_type -> budfleet.fleet.v1.GetNodeRequest
+	16, // 47: budfleet.fleet.v1.FleetService.DeleteNode:input_type -> budfleet.fleet.v1.DeleteNodeRequest
+	19, // 48: budfleet.fleet.v1.FleetService.CreateCommand:input_type -> budfleet.fleet.v1.CreateCommandRequest
+	21, // 49: budfleet.fleet.v1.FleetService.ListCommands:input_type -> budfleet.fleet.v1.ListCommandsRequest
+	23, // 50: budfleet.fleet.v1.FleetService.GetCommand:input_type -> budfleet.fleet.v1.GetCommandRequest
+	26, // 51: budfleet.fleet.v1.FleetService.ListGpus:input_type -> budfleet.fleet.v1.ListGpusRequest
+	28, // 52: budfleet.fleet.v1.FleetService.GetGpuSummary:input_type -> budfleet.fleet.v1.GetGpuSummaryRequest
+	31, // 53: budfleet.fleet.v1.FleetService.ApplySiemConfig:input_type -> budfleet.fleet.v1.ApplySiemConfigRequest
+	33, // 54: budfleet.fleet.v1.FleetService.GetSiemStatus:input_type -> budfleet.fleet.v1.GetSiemStatusRequest
 	4,  // 55: budfleet.fleet.v1.FleetService.CreateToken:output_type -> budfleet.fleet.v1.CreateTokenResponse
 	6,  // 56: budfleet.fleet.v1.FleetService.ListTokens:output_type -> budfleet.fleet.v1.ListTokensResponse
 	8,  // 57: budfleet.fleet.v1.FleetService.RevokeToken:output_type -> budfleet.fleet.v1.RevokeTokenResponse
-	14, // 58: budfleet.fleet.v1.FleetService.ListNodes:output_type -> budfleet.fleet.v1.ListNodesResponse
-	16, // 59: budfleet.fleet.v1.FleetService.GetNode:output_type -> budfleet.fleet.v1.GetNodeResponse
-	18, // 60: budfleet.fleet.v1.FleetService.DeleteNode:output_type -> budfleet.fleet.v1.DeleteNodeResponse
-	21, // 61: budfleet.fleet.v1.FleetService.CreateCommand:output_type -> budfleet.fleet.v1.CreateCommandResponse
-	23, // 62: budfleet.fleet.v1.FleetService.ListCommands:output_type -> budfleet.fleet.v1.ListCommandsResponse
-	25, // 63: budfleet.fleet.v1.FleetService.GetCommand:output_type -> budfleet.fleet.v1.GetCommandResponse
-	28, // 64: budfleet.fleet.v1.FleetService.ListGpus:output_type -> budfleet.fleet.v1.ListGpusResponse
-	31, // 65: budfleet.fleet.v1.FleetService.GetGpuSummary:output_type -> budfleet.fleet.v1.GetGpuSummaryResponse
-	33, // 66: budfleet.fleet.v1.FleetService.ApplySiemConfig:output_type -> budfleet.fleet.v1.ApplySiemConfigResponse
-	36, // 67: budfleet.fleet.v1.FleetService.GetSiemStatus:output_type -> budfleet.fleet.v1.GetSiemStatusResponse
+	13, // 58: budfleet.fleet.v1.FleetService.ListNodes:output_type -> budfleet.fleet.v1.ListNodesResponse
+	15, // 59: budfleet.fleet.v1.FleetService.GetNode:output_type -> budfleet.fleet.v1.GetNodeResponse
+	17, // 60: budfleet.fleet.v1.FleetService.DeleteNode:output_type -> budfleet.fleet.v1.DeleteNodeResponse
+	20, // 61: budfleet.fleet.v1.FleetService.CreateCommand:output_type -> budfleet.fleet.v1.CreateCommandResponse
+	22, // 62: budfleet.fleet.v1.FleetService.ListCommands:output_type -> budfleet.fleet.v1.ListCommandsResponse
+	24, // 63: budfleet.fleet.v1.FleetService.GetCommand:output_type -> budfleet.fleet.v1.GetCommandResponse
+	27, // 64: budfleet.fleet.v1.FleetService.ListGpus:output_type -> budfleet.fleet.v1.ListGpusResponse
+	30, // 65: budfleet.fleet.v1.FleetService.GetGpuSummary:output_type -> budfleet.fleet.v1.GetGpuSummaryResponse
+	32, // 66: budfleet.fleet.v1.FleetService.ApplySiemConfig:output_type -> budfleet.fleet.v1.ApplySiemConfigResponse
+	35, // 67: budfleet.fleet.v1.FleetService.GetSiemStatus:output_type -> budfleet.fleet.v1.GetSiemStatusResponse
 	55, // [55:68] is the sub-list for method output_type
 	42, // [42:55] is the sub-list for method input_type
 	42, // [42:42] is the sub-list for extension type_name
@@ -2696,14 +2568,14 @@ func file_budfleet_fleet_v1_fleet_proto_init() {
 	if File_budfleet_fleet_v1_fleet_proto != nil {
 		return
 	}
-	file_budfleet_fleet_v1_fleet_proto_msgTypes[24].OneofWrappers = []any{}
+	file_budfleet_fleet_v1_fleet_proto_msgTypes[23].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_budfleet_fleet_v1_fleet_proto_rawDesc), len(file_budfleet_fleet_v1_fleet_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   43,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
