@@ -10,8 +10,9 @@ BUF     := $(GO) tool -modfile=tools/go.mod buf
 GRPCURL_VERSION := v1.9.3
 GRPCURL := $(CACHE)/bin/grpcurl
 # Unit packages run under the race detector; the process-level suites under
-# test/ run without it (they time real daemons).
-UNIT_PKGS = $(shell $(GO) list ./... | grep -v /test/)
+# test/ run without it (they time real daemons). test/inprocess, both daemons'
+# libraries in one test process, is quick and races like a unit.
+UNIT_PKGS = $(shell $(GO) list ./... | grep -v /test/) ./test/inprocess
 
 export BUD_BIN_DIR := $(BIN)
 # go-nvml wraps functions NVML marks deprecated; the warnings are noise.

@@ -1,8 +1,13 @@
-package agent
+// Package inprocess runs the agent and the controller in one test process,
+// over real gRPC and mTLS on loopback: both sides may be imported here, and
+// only here and in the other suites under test/.
+package inprocess
 
 import (
 	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"slices"
@@ -10,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bud-ecosystem/budfleet/agent"
 	"github.com/bud-ecosystem/budfleet/agent/inventory"
 	"github.com/bud-ecosystem/budfleet/agent/state"
 	"github.com/bud-ecosystem/budfleet/client"
@@ -19,6 +25,15 @@ import (
 	hostv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/host/v1"
 	"github.com/bud-ecosystem/budfleet/version"
 )
+
+func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// fakeInventory returns a fixed host.
+type fakeInventory struct{ host *hostv1.Inventory }
+
+func (f *fakeInventory) Collect(ctx context.Context) (*hostv1.Inventory, error) {
+	return f.host, ctx.Err()
+}
 
 // eventually polls cond until it reports true or timeout passes; then it
 // fails with cond's last description.
@@ -125,7 +140,7 @@ func TestSessionEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	nodeID, err := Enroll(ctx, EnrollOptions{
+	nodeID, err := agent.Enroll(ctx, agent.EnrollOptions{
 		Controller: addr.String(),
 		Token:      tok.GetJoinToken(),
 		Hostname:   "node-a",
@@ -141,7 +156,7 @@ func TestSessionEndToEnd(t *testing.T) {
 		t.Fatalf("stored identity %+v, %v", id, err)
 	}
 	// Enrolling again with the same state is refused before dialing.
-	if _, err := Enroll(ctx, EnrollOptions{Controller: addr.String(), Token: tok.GetJoinToken(), Hostname: "node-a", State: st}); !errors.Is(err, ErrAlreadyEnrolled) {
+	if _, err := agent.Enroll(ctx, agent.EnrollOptions{Controller: addr.String(), Token: tok.GetJoinToken(), Hostname: "node-a", State: st}); !errors.Is(err, agent.ErrAlreadyEnrolled) {
 		t.Errorf("second Enroll: %v; want ErrAlreadyEnrolled", err)
 	}
 
@@ -151,7 +166,7 @@ func TestSessionEndToEnd(t *testing.T) {
 		IpAddresses: []string{"10.0.0.5", "2001:db8::5"}, AgentVersion: version.Version,
 	}
 	inv := &fakeInventory{host: host}
-	a, err := New(Options{
+	a, err := agent.New(agent.Options{
 		State: st, Inventory: inv, Logger: discardLogger(),
 		BackoffInitial: 50 * time.Millisecond, BackoffMax: time.Second,
 		InventoryCheck: time.Second,
