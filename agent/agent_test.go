@@ -254,7 +254,7 @@ func TestExecuteBuiltinInventoryCollect(t *testing.T) {
 	}
 	// The snapshot is queued for the session to send now.
 	select {
-	case h := <-a.invSent:
+	case h := <-a.inventory.collected:
 		if h.Hostname != "node-a" {
 			t.Errorf("queued snapshot %+v", h)
 		}
@@ -335,12 +335,12 @@ func TestNewDefaults(t *testing.T) {
 	if o.BackoffInitial != time.Second || o.BackoffMax != time.Minute || o.InventoryCheck != time.Minute || o.CommandStopTimeout != 10*time.Second || o.Now == nil || o.Inventory == nil {
 		t.Errorf("defaults = %+v", o)
 	}
-	if _, ok := a.handlers[command.InventoryCollect]; !ok {
+	if _, ok := a.commands.handlers[command.InventoryCollect]; !ok {
 		t.Error("no built-in inventory.collect handler")
 	}
 	// Every kind the controller may queue has a handler.
 	for _, k := range command.KindNames() {
-		if _, ok := a.handlers[k]; !ok {
+		if _, ok := a.commands.handlers[k]; !ok {
 			t.Errorf("no handler for command kind %s", k)
 		}
 	}

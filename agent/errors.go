@@ -6,6 +6,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/bud-ecosystem/budfleet/agent/transport"
 )
 
 // describe turns a gRPC error into one that says what went wrong in words,
@@ -21,7 +23,7 @@ func describe(err error) error {
 // permanent reports whether err means the controller will refuse this node
 // until an operator acts, as opposed to a passing fault.
 func permanent(err error) bool {
-	if errors.Is(err, errCertExpired) {
+	if errors.Is(err, transport.ErrCertExpired) {
 		return true
 	}
 	switch status.Code(err) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/bud-ecosystem/budfleet/agent/gpu"
+	"github.com/bud-ecosystem/budfleet/agent/session"
 	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
 	gpuv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/gpu/v1"
 )
@@ -21,24 +23,33 @@ type GPUSource interface {
 	Health(ctx context.Context) ([]gpu.Health, error)
 }
 
-// gpuLoop reports GPU inventory at the start of a session and when it
-// changes, and health on its own interval, sending a change at once. It never
-// runs on the heartbeat path: a slow NVML call delays only this loop.
-func (s *sessionState) gpuLoop(fullEvery time.Duration) error {
-	src := s.a.opts.GPU
-	if src == nil {
-		return nil
-	}
-	invTick := time.NewTicker(s.a.opts.InventoryCheck)
+// gpuReporter reports GPU inventory at the start of a session and when it
+// changes, and health on its own interval, sending a change at once.
+type gpuReporter struct {
+	source      GPUSource
+	check       time.Duration
+	healthEvery time.Duration
+	now         func() time.Time
+	log         *slog.Logger
+}
+
+func (*gpuReporter) Name() string                { return "gpu" }
+func (*gpuReporter) Handlers() []session.Handler { return nil }
+
+// Run never shares a goroutine with the heartbeat: a slow NVML call delays
+// only this loop.
+func (m *gpuReporter) Run(ctx context.Context, s *session.Session) error {
+	fullEvery := s.Welcome().FullInventoryInterval
+	invTick := time.NewTicker(m.check)
 	defer invTick.Stop()
-	healthTick := time.NewTicker(s.a.opts.GPUHealthInterval)
+	healthTick := time.NewTicker(m.healthEvery)
 	defer healthTick.Stop()
 	var lastInv, lastHealth string
 	var lastFull time.Time
 	sendInventory := func() error {
-		inv, err := src.Inventory(s.ctx)
+		inv, err := m.source.Inventory(ctx)
 		if err != nil {
-			s.a.log.Warn("read GPU inventory", "error", err, "gpus_read", len(inv.GPUs))
+			m.log.Warn("read GPU inventory", "error", err, "gpus_read", len(inv.GPUs))
 			// What could be read is still worth reporting: without it the
 			// controller cannot notice a GPU going missing.
 			if len(inv.GPUs) == 0 {
@@ -46,34 +57,34 @@ func (s *sessionState) gpuLoop(fullEvery time.Duration) error {
 			}
 		}
 		fp := fingerprint(inv)
-		if fp == lastInv && s.a.opts.Now().Sub(lastFull) < fullEvery {
+		if fp == lastInv && m.now().Sub(lastFull) < fullEvery {
 			return nil
 		}
-		if err := s.send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_GpuInventory{GpuInventory: gpuInventoryToProto(inv)}}); err != nil {
+		if err := s.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_GpuInventory{GpuInventory: gpuInventoryToProto(inv)}}); err != nil {
 			return err
 		}
 		if fp != lastInv && lastInv != "" {
-			s.a.log.Info("GPU inventory changed", "gpus", len(inv.GPUs), "available", inv.Available)
+			m.log.Info("GPU inventory changed", "gpus", len(inv.GPUs), "available", inv.Available)
 		}
-		lastInv, lastFull = fp, s.a.opts.Now()
+		lastInv, lastFull = fp, m.now()
 		lastHealth = "" // resend health with a new inventory
 		return nil
 	}
 	sendHealth := func() error {
-		hs, err := src.Health(s.ctx)
+		hs, err := m.source.Health(ctx)
 		if err != nil {
-			s.a.log.Warn("sample GPU health", "error", err)
+			m.log.Warn("sample GPU health", "error", err)
 			return nil
 		}
 		key := healthKey(hs)
 		if key == lastHealth {
 			return nil
 		}
-		if err := s.send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_GpuHealth{GpuHealth: gpuHealthToProto(hs)}}); err != nil {
+		if err := s.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_GpuHealth{GpuHealth: gpuHealthToProto(hs)}}); err != nil {
 			return err
 		}
 		if lastHealth != "" {
-			s.a.log.Info("GPU health changed", "health", key)
+			m.log.Info("GPU health changed", "health", key)
 		}
 		lastHealth = key
 		return nil
@@ -83,7 +94,7 @@ func (s *sessionState) gpuLoop(fullEvery time.Duration) error {
 	}
 	for {
 		select {
-		case <-s.ctx.Done():
+		case <-ctx.Done():
 			return nil
 		case <-invTick.C:
 			if sendInventory() != nil || sendHealth() != nil {

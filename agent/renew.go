@@ -1,12 +1,34 @@
 package agent
 
 import (
+	"context"
 	"crypto/x509"
+	"fmt"
+	"log/slog"
 	"time"
 
+	"github.com/bud-ecosystem/budfleet/agent/session"
+	"github.com/bud-ecosystem/budfleet/agent/state"
 	"github.com/bud-ecosystem/budfleet/pki"
 	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
 )
+
+// renewal keeps the node certificate fresh over the session, for the key
+// the node already has: the key never leaves the node.
+type renewal struct {
+	state  *state.DB
+	nodeID string
+	now    func() time.Time
+	log    *slog.Logger
+	// renewed tells the loop a renewed certificate was stored.
+	renewed chan struct{}
+}
+
+func (*renewal) Name() string { return "renewal" }
+
+func (m *renewal) Handlers() []session.Handler {
+	return []session.Handler{session.On(m.handleResponse)}
+}
 
 // renewAt is two thirds into a certificate's life.
 func renewAt(c *x509.Certificate) time.Time {
@@ -14,25 +36,32 @@ func renewAt(c *x509.Certificate) time.Time {
 	return c.NotBefore.Add(life * 2 / 3)
 }
 
-// renewLoop asks for a new certificate, signed for the key the node already
-// has, once two thirds of the current one's life have passed, and again
-// every minute until one arrives.
-func (s *sessionState) renewLoop(cert *x509.Certificate) error {
+// Run asks for a new certificate once two thirds of the current one's life
+// have passed, and again every minute until one arrives.
+func (m *renewal) Run(ctx context.Context, s *session.Session) error {
+	id, err := m.state.Identity()
+	if err != nil {
+		return err
+	}
+	cert, err := x509.ParseCertificate(id.CertDER)
+	if err != nil {
+		return fmt.Errorf("stored certificate: %w", err)
+	}
 	for {
-		wait := renewAt(cert).Sub(s.a.opts.Now())
+		wait := renewAt(cert).Sub(m.now())
 		if wait < 0 {
 			wait = 0
 		}
 		select {
-		case <-s.ctx.Done():
+		case <-ctx.Done():
 			return nil
 		case <-time.After(wait):
 		}
-		id, err := s.a.state.Identity()
+		id, err := m.state.Identity()
 		if err != nil {
 			return err
 		}
-		if c, err := x509.ParseCertificate(id.CertDER); err == nil && renewAt(c).After(s.a.opts.Now()) {
+		if c, err := x509.ParseCertificate(id.CertDER); err == nil && renewAt(c).After(m.now()) {
 			cert = c // renewed meanwhile
 			continue
 		}
@@ -40,21 +69,21 @@ func (s *sessionState) renewLoop(cert *x509.Certificate) error {
 		if err != nil {
 			return err
 		}
-		csr, err := pki.NewCSR(key, s.a.nodeID)
+		csr, err := pki.NewCSR(key, m.nodeID)
 		if err != nil {
 			return err
 		}
-		s.a.log.Info("renewing node certificate", "expires", cert.NotAfter)
-		if s.send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_RenewRequest{RenewRequest: &agentv1.RenewRequest{CsrDer: csr}}}) != nil {
+		m.log.Info("renewing node certificate", "expires", cert.NotAfter)
+		if s.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_RenewRequest{RenewRequest: &agentv1.RenewRequest{CsrDer: csr}}}) != nil {
 			return nil
 		}
 		select {
-		case <-s.ctx.Done():
+		case <-ctx.Done():
 			return nil
 		case <-time.After(time.Minute):
-		case <-s.a.renewed:
+		case <-m.renewed:
 		}
-		if id, err := s.a.state.Identity(); err == nil {
+		if id, err := m.state.Identity(); err == nil {
 			if c, err := x509.ParseCertificate(id.CertDER); err == nil {
 				cert = c
 			}
@@ -62,36 +91,40 @@ func (s *sessionState) renewLoop(cert *x509.Certificate) error {
 	}
 }
 
-func (a *Agent) handleRenewal(r *agentv1.RenewResponse) {
+// handleResponse stores a renewed certificate that verifies against the
+// pinned CA and names this node; anything else keeps the current one.
+func (m *renewal) handleResponse(_ context.Context, _ *session.Session, msg *agentv1.ConnectResponse_RenewResponse) error {
+	r := msg.RenewResponse
 	if r.GetError() != "" {
-		a.log.Error("controller refused to renew the node certificate", "error", r.GetError())
-		return
+		m.log.Error("controller refused to renew the node certificate", "error", r.GetError())
+		return nil
 	}
 	c, err := x509.ParseCertificate(r.GetCertificateDer())
 	if err != nil {
-		a.log.Error("controller sent a bad renewed certificate", "error", err)
-		return
+		m.log.Error("controller sent a bad renewed certificate", "error", err)
+		return nil
 	}
-	id, err := a.state.Identity()
+	id, err := m.state.Identity()
 	if err != nil {
-		a.log.Error("load identity", "error", err)
-		return
+		m.log.Error("load identity", "error", err)
+		return nil
 	}
 	ca, err := x509.ParseCertificate(id.CADER)
 	if err != nil {
-		return
+		return nil
 	}
-	if _, err := c.Verify(x509.VerifyOptions{Roots: pki.Pool(ca), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil || c.Subject.CommonName != a.nodeID {
-		a.log.Error("renewed certificate does not verify or names another node; keeping the current one", "error", err)
-		return
+	if _, err := c.Verify(x509.VerifyOptions{Roots: pki.Pool(ca), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil || c.Subject.CommonName != m.nodeID {
+		m.log.Error("renewed certificate does not verify or names another node; keeping the current one", "error", err)
+		return nil
 	}
-	if err := a.state.UpdateCertificate(c.Raw); err != nil {
-		a.log.Error("store renewed certificate", "error", err)
-		return
+	if err := m.state.UpdateCertificate(c.Raw); err != nil {
+		m.log.Error("store renewed certificate", "error", err)
+		return nil
 	}
-	a.log.Info("node certificate renewed", "expires", c.NotAfter)
+	m.log.Info("node certificate renewed", "expires", c.NotAfter)
 	select {
-	case a.renewed <- struct{}{}:
+	case m.renewed <- struct{}{}:
 	default:
 	}
+	return nil
 }

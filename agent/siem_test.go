@@ -26,10 +26,11 @@ type siemApply struct {
 type fakeSIEM struct {
 	mu      sync.Mutex
 	applied []siemApply
-	fail    error // Apply fails with it while set
+	fail    error           // Apply fails with it while set
+	ctx     context.Context // of the last Apply that took
 }
 
-func (f *fakeSIEM) Apply(_ context.Context, cfg siem.Config, version uint64, source string) error {
+func (f *fakeSIEM) Apply(ctx context.Context, cfg siem.Config, version uint64, source string) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
@@ -39,7 +40,16 @@ func (f *fakeSIEM) Apply(_ context.Context, cfg siem.Config, version uint64, sou
 		return f.fail
 	}
 	f.applied = append(f.applied, siemApply{cfg, version, source})
+	f.ctx = ctx
 	return nil
+}
+
+// applyCtx is the context the running configuration was applied with: the
+// forwarder runs until it ends.
+func (f *fakeSIEM) applyCtx() context.Context {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.ctx
 }
 
 func (f *fakeSIEM) Status() *siemv1.Status {
@@ -49,11 +59,11 @@ func (f *fakeSIEM) Status() *siemv1.Status {
 		return &siemv1.Status{ConfigSource: "none"}
 	}
 	cur := f.applied[len(f.applied)-1]
-	st := &siemv1.Status{ConfigVersion: cur.version, ConfigSource: cur.source}
+	status := &siemv1.Status{ConfigVersion: cur.version, ConfigSource: cur.source}
 	for _, o := range cur.cfg.Outputs {
-		st.Outputs = append(st.Outputs, &siemv1.OutputStatus{Name: o.Name, Type: o.Type, Address: o.Address})
+		status.Outputs = append(status.Outputs, &siemv1.OutputStatus{Name: o.Name, Type: o.Type, Address: o.Address})
 	}
-	return st
+	return status
 }
 
 func (f *fakeSIEM) applies() []siemApply {
@@ -112,12 +122,12 @@ func TestSIEMStartsWithLocalConfig(t *testing.T) {
 	defer st.Close()
 	fwd := &fakeSIEM{}
 	a := newSIEMAgent(t, st, fwd, localSIEM())
-	a.startSIEM(context.Background())
+	a.siem.start(context.Background())
 	got := fwd.applies()
 	if len(got) != 1 || got[0].version != 0 || got[0].source != "local" || got[0].cfg.Outputs[0].Name != "local-out" {
 		t.Fatalf("applied %+v, want the local config as version 0", got)
 	}
-	s := a.siemStatus()
+	s := a.siem.status()
 	if s.GetConfigSource() != "local" || s.GetConfigVersion() != 0 || s.GetConfigError() != "" {
 		t.Errorf("status = %v", s)
 	}
@@ -128,11 +138,11 @@ func TestSIEMNoLocalConfig(t *testing.T) {
 	defer st.Close()
 	fwd := &fakeSIEM{}
 	a := newSIEMAgent(t, st, fwd, &siem.Config{})
-	a.startSIEM(context.Background())
+	a.siem.start(context.Background())
 	if n := len(fwd.applies()); n != 0 {
 		t.Errorf("an empty local config was applied (%d applies)", n)
 	}
-	if s := a.siemStatus(); s.GetConfigSource() != "none" || s.GetConfigError() != "" {
+	if s := a.siem.status(); s.GetConfigSource() != "none" || s.GetConfigError() != "" {
 		t.Errorf("status = %v", s)
 	}
 }
@@ -143,8 +153,8 @@ func TestSIEMLocalConfigRefused(t *testing.T) {
 	local := localSIEM()
 	local.Outputs[0].Type = "kafka"
 	a := newSIEMAgent(t, st, &fakeSIEM{}, local)
-	a.startSIEM(context.Background())
-	if e := a.siemStatus().GetConfigError(); !strings.Contains(e, "local siem config") || !strings.Contains(e, "kafka") {
+	a.siem.start(context.Background())
+	if e := a.siem.status().GetConfigError(); !strings.Contains(e, "local siem config") || !strings.Contains(e, "kafka") {
 		t.Errorf("config error = %q", e)
 	}
 }
@@ -156,9 +166,9 @@ func TestSIEMPushAppliesAndPersists(t *testing.T) {
 	fwd := &fakeSIEM{}
 	a := newSIEMAgent(t, st, fwd, localSIEM())
 	ctx := context.Background()
-	a.startSIEM(ctx)
+	a.siem.start(ctx)
 
-	a.handleSIEMPush(ctx, push(5, siemYAML("soc")))
+	a.siem.applyPush(ctx, push(5, siemYAML("soc")))
 	last := fwd.last()
 	if last.version != 5 || last.source != "controller" || len(last.cfg.Outputs) != 1 || last.cfg.Outputs[0].Name != "soc" || last.cfg.Sources[0].Format != siem.FormatLinuxAudit {
 		t.Fatalf("applied %+v", last)
@@ -167,7 +177,7 @@ func TestSIEMPushAppliesAndPersists(t *testing.T) {
 	if err != nil || !ok || pc.Version != 5 || string(pc.YAML) != string(siemYAML("soc")) {
 		t.Errorf("PushedSIEM = %+v %v %v", pc, ok, err)
 	}
-	s := a.siemStatus()
+	s := a.siem.status()
 	if s.GetConfigVersion() != 5 || s.GetConfigSource() != "controller" || s.GetConfigError() != "" || s.GetOutputs()[0].GetName() != "soc" {
 		t.Errorf("status = %v", s)
 	}
@@ -186,15 +196,15 @@ func TestSIEMSameVersionAppliedOnce(t *testing.T) {
 	fwd := &fakeSIEM{}
 	a := newSIEMAgent(t, st, fwd, nil)
 	ctx := context.Background()
-	a.startSIEM(ctx)
+	a.siem.start(ctx)
 	for range 3 {
-		a.handleSIEMPush(ctx, push(2, siemYAML("soc")))
+		a.siem.applyPush(ctx, push(2, siemYAML("soc")))
 	}
 	if got := fwd.applies(); len(got) != 1 {
 		t.Fatalf("%d applies of the same version, want 1", len(got))
 	}
-	a.handleSIEMPush(ctx, push(3, siemYAML("soc2")))
-	a.handleSIEMPush(ctx, push(3, siemYAML("soc2")))
+	a.siem.applyPush(ctx, push(3, siemYAML("soc2")))
+	a.siem.applyPush(ctx, push(3, siemYAML("soc2")))
 	if got := fwd.applies(); len(got) != 2 || got[1].version != 3 {
 		t.Fatalf("applies = %+v, want versions 2 and 3", got)
 	}
@@ -208,8 +218,8 @@ func TestSIEMBadPushKeepsOldConfig(t *testing.T) {
 	fwd := &fakeSIEM{}
 	a := newSIEMAgent(t, st, fwd, localSIEM())
 	ctx := context.Background()
-	a.startSIEM(ctx)
-	a.handleSIEMPush(ctx, push(5, siemYAML("soc")))
+	a.siem.start(ctx)
+	a.siem.applyPush(ctx, push(5, siemYAML("soc")))
 
 	for name, tc := range map[string]struct {
 		yaml []byte
@@ -220,8 +230,8 @@ func TestSIEMBadPushKeepsOldConfig(t *testing.T) {
 		"unknown key":    {[]byte("sources: []\noutputz: []\n"), "outputz"},
 		"empty":          {nil, "empty"},
 	} {
-		a.handleSIEMPush(ctx, push(6, tc.yaml))
-		s := a.siemStatus()
+		a.siem.applyPush(ctx, push(6, tc.yaml))
+		s := a.siem.status()
 		if e := s.GetConfigError(); !strings.Contains(e, "version 6") || !strings.Contains(e, tc.want) {
 			t.Errorf("%s: config error %q should name version 6 and %q", name, e, tc.want)
 		}
@@ -240,8 +250,8 @@ func TestSIEMBadPushKeepsOldConfig(t *testing.T) {
 	fwd.mu.Lock()
 	fwd.fail = errors.New("open SIEM spool: disk full")
 	fwd.mu.Unlock()
-	a.handleSIEMPush(ctx, push(7, siemYAML("soc7")))
-	if e := a.siemStatus().GetConfigError(); !strings.Contains(e, "version 7") || !strings.Contains(e, "disk full") {
+	a.siem.applyPush(ctx, push(7, siemYAML("soc7")))
+	if e := a.siem.status().GetConfigError(); !strings.Contains(e, "version 7") || !strings.Contains(e, "disk full") {
 		t.Errorf("config error = %q", e)
 	}
 	if pc, _, _ := st.PushedSIEM(); pc.Version != 5 {
@@ -252,8 +262,8 @@ func TestSIEMBadPushKeepsOldConfig(t *testing.T) {
 	fwd.mu.Lock()
 	fwd.fail = nil
 	fwd.mu.Unlock()
-	a.handleSIEMPush(ctx, push(8, siemYAML("soc8")))
-	if s := a.siemStatus(); s.GetConfigError() != "" || s.GetConfigVersion() != 8 {
+	a.siem.applyPush(ctx, push(8, siemYAML("soc8")))
+	if s := a.siem.status(); s.GetConfigError() != "" || s.GetConfigVersion() != 8 {
 		t.Errorf("status after a good push = %v", s)
 	}
 	if pc, _, _ := st.PushedSIEM(); pc.Version != 8 {
@@ -269,9 +279,9 @@ func TestSIEMRestartAppliesPushedConfig(t *testing.T) {
 	fwd := &fakeSIEM{}
 	a := newSIEMAgent(t, st, fwd, localSIEM())
 	ctx := context.Background()
-	a.startSIEM(ctx)
-	a.handleSIEMPush(ctx, push(4, siemYAML("soc")))
-	a.handleSIEMPush(ctx, push(5, []byte("garbage: ["))) // refused, not stored
+	a.siem.start(ctx)
+	a.siem.applyPush(ctx, push(4, siemYAML("soc")))
+	a.siem.applyPush(ctx, push(5, []byte("garbage: ["))) // refused, not stored
 	if err := st.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -280,16 +290,16 @@ func TestSIEMRestartAppliesPushedConfig(t *testing.T) {
 	defer st2.Close()
 	fwd2 := &fakeSIEM{}
 	a2 := newSIEMAgent(t, st2, fwd2, localSIEM())
-	a2.startSIEM(ctx)
+	a2.siem.start(ctx)
 	got := fwd2.applies()
 	if len(got) != 1 || got[0].version != 4 || got[0].source != "controller" || got[0].cfg.Outputs[0].Name != "soc" {
 		t.Fatalf("after the restart applied %+v, want only the pushed version 4", got)
 	}
-	if s := a2.siemStatus(); s.GetConfigVersion() != 4 || s.GetConfigSource() != "controller" || s.GetConfigError() != "" {
+	if s := a2.siem.status(); s.GetConfigVersion() != 4 || s.GetConfigSource() != "controller" || s.GetConfigError() != "" {
 		t.Errorf("status = %v", s)
 	}
 	// The controller pushing the same version on reconnect changes nothing.
-	a2.handleSIEMPush(ctx, push(4, siemYAML("soc")))
+	a2.siem.applyPush(ctx, push(4, siemYAML("soc")))
 	if n := len(fwd2.applies()); n != 1 {
 		t.Errorf("%d applies after the same version was pushed again", n)
 	}
@@ -305,11 +315,11 @@ func TestSIEMStoredConfigRefusedFallsBackToLocal(t *testing.T) {
 	}
 	fwd := &fakeSIEM{}
 	a := newSIEMAgent(t, st, fwd, localSIEM())
-	a.startSIEM(context.Background())
+	a.siem.start(context.Background())
 	if last := fwd.last(); last.source != "local" {
 		t.Fatalf("applied %+v, want the local config", last)
 	}
-	if e := a.siemStatus().GetConfigError(); !strings.Contains(e, "version 9") || !strings.Contains(e, "new_option") {
+	if e := a.siem.status().GetConfigError(); !strings.Contains(e, "version 9") || !strings.Contains(e, "new_option") {
 		t.Errorf("config error = %q", e)
 	}
 }
@@ -319,12 +329,12 @@ func TestSIEMWithoutForwarder(t *testing.T) {
 	defer st.Close()
 	a := newSIEMAgent(t, st, nil, localSIEM())
 	ctx := context.Background()
-	a.startSIEM(ctx)
-	a.handleSIEMPush(ctx, push(1, siemYAML("soc")))
+	a.siem.start(ctx)
+	a.siem.applyPush(ctx, push(1, siemYAML("soc")))
 	if _, ok, _ := st.PushedSIEM(); ok {
 		t.Error("a push was stored by an agent without forwarding")
 	}
-	if s := a.siemStatus(); s != nil {
+	if s := a.siem.status(); s != nil {
 		t.Errorf("status = %v, want none", s)
 	}
 }
@@ -345,14 +355,14 @@ func TestSIEMStatusConcurrentWithPushes(t *testing.T) {
 			if v%3 == 0 {
 				y = []byte("bad: [")
 			}
-			a.handleSIEMPush(ctx, push(v, y))
+			a.siem.applyPush(ctx, push(v, y))
 		}
 	}()
 	for range 200 {
-		a.siemStatus()
+		a.siem.status()
 	}
 	wg.Wait()
-	if s := a.siemStatus(); s.GetConfigVersion() != 20 || s.GetConfigError() != "" {
+	if s := a.siem.status(); s.GetConfigVersion() != 20 || s.GetConfigError() != "" {
 		t.Errorf("final status = %v", s)
 	}
 }
@@ -365,9 +375,9 @@ func TestSIEMOlderPushIgnored(t *testing.T) {
 	fwd := &fakeSIEM{}
 	a := newSIEMAgent(t, st, fwd, nil)
 	ctx := context.Background()
-	a.startSIEM(ctx)
-	a.handleSIEMPush(ctx, push(6, siemYAML("new")))
-	a.handleSIEMPush(ctx, push(5, siemYAML("old")))
+	a.siem.start(ctx)
+	a.siem.applyPush(ctx, push(6, siemYAML("new")))
+	a.siem.applyPush(ctx, push(5, siemYAML("old")))
 	if got := fwd.applies(); len(got) != 1 || got[0].version != 6 {
 		t.Fatalf("applies = %+v, want only version 6", got)
 	}

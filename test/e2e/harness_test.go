@@ -843,14 +843,14 @@ func (a *agent) fatalNotReady(t *testing.T, when string, err error) {
 		t.Fatalf("agent %s not Ready %s: %v", a.hostname, when, err)
 	}
 	_ = a.proc.signal(t, syscall.SIGQUIT, 10*time.Second)
-	if dump := a.log(); strings.Contains(dump, "agent.recvErr") && strings.Contains(dump, "sendLoop") {
-		// BUG agent/agent.go sendLoop: when Send fails because the stream
+	if dump := a.log(); strings.Contains(dump, "session.recvErr") && strings.Contains(dump, "sendLoop") {
+		// BUG agent/session/session.go sendLoop: when Send fails because the stream
 		// ended, it calls recvErr, a second Recv on the stream while
 		// recvLoop is in Recv too. recvLoop takes the final status and
-		// cancels the session; the second Recv never returns, so session()
+		// cancels the session; the second Recv never returns, so Runner.Run
 		// waits in wg.Wait forever and the agent never reconnects: its node
 		// stays NotReady until the agent process is restarted.
-		t.Fatalf("BUG (agent/agent.go sendLoop calls recvErr, a second concurrent Recv): agent %s not Ready %s because it hung in sendLoop -> recvErr -> Recv and never reconnected: %v", a.hostname, when, err)
+		t.Fatalf("BUG (agent/session/session.go sendLoop calls recvErr, a second concurrent Recv): agent %s not Ready %s because it hung in sendLoop -> recvErr -> Recv and never reconnected: %v", a.hostname, when, err)
 	}
 	t.Fatalf("agent %s not Ready %s (goroutine dump in its log): %v", a.hostname, when, err)
 }
