@@ -18,47 +18,57 @@
 //	pushed/              (since version 2)
 //	  siem               -> JSON PushedConfig: the controller's last
 //	                        forwarding configuration, kept across restarts
+//
+// The file is opened through internal/boltdb: meta is its bucket, an
+// upgrade first copies the file to agent.db.v<old version>.bak, and a file
+// from a newer bud-agent is refused. Values are copied out of transactions
+// before they are returned.
 package state
 
 import (
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	bolterrors "go.etcd.io/bbolt/errors"
+
+	"github.com/bud-ecosystem/budfleet/internal/boltdb"
 )
 
+// Bucket and key names; meta/schema_version is boltdb's.
 var (
-	bucketMeta     = []byte("meta")
 	bucketIdentity = []byte("identity")
 	bucketCommands = []byte("commands")
 	bucketPushed   = []byte("pushed")
 
-	keySchemaVersion = []byte("schema_version")
-	keyNodeID        = []byte("node_id")
-	keyController    = []byte("controller")
-	keyServerName    = []byte("server_name")
-	keyKey           = []byte("key")
-	keyCert          = []byte("cert")
-	keyCA            = []byte("ca")
-	keyHostname      = []byte("hostname")
+	keyNodeID     = []byte("node_id")
+	keyController = []byte("controller")
+	keyServerName = []byte("server_name")
+	keyKey        = []byte("key")
+	keyCert       = []byte("cert")
+	keyCA         = []byte("ca")
+	keyHostname   = []byte("hostname")
 )
 
 // FileName is the state database inside the state dir.
 const FileName = "agent.db"
 
+// Sentinel errors.
 var (
 	ErrNotEnrolled = errors.New("agent is not enrolled")
-	ErrLocked      = errors.New("state is locked by another process")
+	// ErrLocked: another process holds the state; it is boltdb.ErrLocked.
+	ErrLocked = boltdb.ErrLocked
+	// ErrNewerSchema: a newer bud-agent wrote the state; it is
+	// boltdb.ErrNewerSchema.
+	ErrNewerSchema = boltdb.ErrNewerSchema
 	ErrNotFound    = errors.New("not found")
 )
 
-var migrations = []func(tx *bolt.Tx) error{
+// migrations[i] brings the state from schema version i to i+1. Append only.
+var migrations = []boltdb.Migration{
+	// 0 -> 1: identity and command records.
 	func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketIdentity, bucketCommands} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -67,6 +77,7 @@ var migrations = []func(tx *bolt.Tx) error{
 		}
 		return nil
 	},
+	// 1 -> 2: the controller's pushed configurations.
 	func(tx *bolt.Tx) error {
 		_, err := tx.CreateBucketIfNotExists(bucketPushed)
 		return err
@@ -78,45 +89,18 @@ type DB struct {
 	db *bolt.DB
 }
 
-// Open opens the state in dir, creating it if needed.
+// Open opens the state in dir, creating it if needed. A second process
+// opening the same dir waits up to lockTimeout (0: a second) and then fails
+// with ErrLocked.
 func Open(dir string, lockTimeout time.Duration) (*DB, error) {
-	if lockTimeout == 0 {
-		lockTimeout = time.Second
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create state dir: %w", err)
-	}
-	path := filepath.Join(dir, FileName)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout})
-	if err != nil {
-		if errors.Is(err, bolterrors.ErrTimeout) {
-			return nil, fmt.Errorf("%w: %s is in use (is another bud-agent running with the same --state-dir?)", ErrLocked, path)
-		}
-		return nil, fmt.Errorf("open agent state %s: %w", path, err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
-		if err != nil {
-			return err
-		}
-		var v uint64
-		if raw := meta.Get(keySchemaVersion); len(raw) == 8 {
-			v = binary.BigEndian.Uint64(raw)
-		}
-		if v > uint64(len(migrations)) {
-			return fmt.Errorf("%s has schema version %d, this bud-agent knows up to %d: upgrade bud-agent", path, v, len(migrations))
-		}
-		for ; v < uint64(len(migrations)); v++ {
-			if err := migrations[v](tx); err != nil {
-				return fmt.Errorf("migrate agent state to version %d: %w", v+1, err)
-			}
-		}
-		b := make([]byte, 8)
-		binary.BigEndian.PutUint64(b, v)
-		return meta.Put(keySchemaVersion, b)
+	db, err := boltdb.Open(filepath.Join(dir, FileName), boltdb.Options{
+		Name:        "agent state",
+		LockTimeout: lockTimeout,
+		LockHint:    "is another bud-agent running with the same --state-dir?",
+		UpgradeHint: "upgrade bud-agent",
+		Migrations:  migrations,
 	})
 	if err != nil {
-		db.Close()
 		return nil, err
 	}
 	return &DB{db: db}, nil
@@ -158,7 +142,7 @@ func (d *DB) Identity() (Identity, error) {
 	var id Identity
 	err := d.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketIdentity)
-		cp := func(k []byte) []byte { return append([]byte(nil), b.Get(k)...) }
+		cp := func(k []byte) []byte { return boltdb.Copy(b.Get(k)) }
 		id = Identity{
 			NodeID: string(b.Get(keyNodeID)), Controller: string(b.Get(keyController)),
 			ServerName: string(b.Get(keyServerName)), KeyPEM: cp(keyKey), CertDER: cp(keyCert), CADER: cp(keyCA),
@@ -200,20 +184,16 @@ func (r CommandRecord) Finished() bool { return !r.FinishedAt.IsZero() }
 func (d *DB) BeginCommand(id, kind string, now time.Time) (rec CommandRecord, first bool, err error) {
 	err = d.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketCommands)
-		if raw := b.Get([]byte(id)); raw != nil {
-			if err := json.Unmarshal(raw, &rec); err != nil {
-				return err
-			}
-		} else {
+		found, err := boltdb.GetJSON(b, []byte(id), &rec)
+		if err != nil {
+			return err
+		}
+		if !found {
 			rec = CommandRecord{ID: id, Kind: kind, StartedAt: now}
 			first = true
 		}
 		rec.Deliveries++
-		raw, err := json.Marshal(rec)
-		if err != nil {
-			return err
-		}
-		return b.Put([]byte(id), raw)
+		return boltdb.PutJSON(b, []byte(id), rec)
 	})
 	return rec, first, err
 }
@@ -221,11 +201,7 @@ func (d *DB) BeginCommand(id, kind string, now time.Time) (rec CommandRecord, fi
 // FinishCommand stores a command's result.
 func (d *DB) FinishCommand(rec CommandRecord) error {
 	return d.db.Update(func(tx *bolt.Tx) error {
-		raw, err := json.Marshal(rec)
-		if err != nil {
-			return err
-		}
-		return tx.Bucket(bucketCommands).Put([]byte(rec.ID), raw)
+		return boltdb.PutJSON(tx.Bucket(bucketCommands), []byte(rec.ID), rec)
 	})
 }
 
@@ -233,11 +209,11 @@ func (d *DB) FinishCommand(rec CommandRecord) error {
 func (d *DB) Command(id string) (CommandRecord, error) {
 	var rec CommandRecord
 	err := d.db.View(func(tx *bolt.Tx) error {
-		raw := tx.Bucket(bucketCommands).Get([]byte(id))
-		if raw == nil {
-			return fmt.Errorf("command %s: %w", id, ErrNotFound)
+		found, err := boltdb.GetJSON(tx.Bucket(bucketCommands), []byte(id), &rec)
+		if err == nil && !found {
+			err = fmt.Errorf("command %s: %w", id, ErrNotFound)
 		}
-		return json.Unmarshal(raw, &rec)
+		return err
 	})
 	return rec, err
 }
@@ -277,23 +253,15 @@ var keyPushedSIEM = []byte("siem")
 // SavePushedSIEM stores the controller's forwarding configuration.
 func (d *DB) SavePushedSIEM(c PushedConfig) error {
 	return d.db.Update(func(tx *bolt.Tx) error {
-		raw, err := json.Marshal(c)
-		if err != nil {
-			return err
-		}
-		return tx.Bucket(bucketPushed).Put(keyPushedSIEM, raw)
+		return boltdb.PutJSON(tx.Bucket(bucketPushed), keyPushedSIEM, c)
 	})
 }
 
 // PushedSIEM returns the stored configuration; ok is false when none is.
 func (d *DB) PushedSIEM() (c PushedConfig, ok bool, err error) {
 	err = d.db.View(func(tx *bolt.Tx) error {
-		raw := tx.Bucket(bucketPushed).Get(keyPushedSIEM)
-		if raw == nil {
-			return nil
-		}
-		ok = true
-		return json.Unmarshal(raw, &c)
+		ok, err = boltdb.GetJSON(tx.Bucket(bucketPushed), keyPushedSIEM, &c)
+		return err
 	})
 	return c, ok, err
 }

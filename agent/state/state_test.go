@@ -1,6 +1,7 @@
 package state
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/bud-ecosystem/budfleet/internal/boltdb"
 )
 
 // base is a fixed UTC instant without a monotonic reading, so it survives
@@ -104,7 +107,7 @@ func TestOpenRefusesNewerSchema(t *testing.T) {
 	if err := raw.Update(func(tx *bolt.Tx) error {
 		b := make([]byte, 8)
 		binary.BigEndian.PutUint64(b, uint64(len(migrations))+1)
-		return tx.Bucket(bucketMeta).Put(keySchemaVersion, b)
+		return tx.Bucket(boltdb.BucketMeta).Put(boltdb.KeySchemaVersion, b)
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -125,11 +128,49 @@ func TestOpenRefusesNewerSchema(t *testing.T) {
 	}
 	defer raw.Close()
 	_ = raw.View(func(tx *bolt.Tx) error {
-		if v := binary.BigEndian.Uint64(tx.Bucket(bucketMeta).Get(keySchemaVersion)); v != uint64(len(migrations))+1 {
+		if v := binary.BigEndian.Uint64(tx.Bucket(boltdb.BucketMeta).Get(boltdb.KeySchemaVersion)); v != uint64(len(migrations))+1 {
 			t.Errorf("schema version rewritten to %d", v)
 		}
 		return nil
 	})
+}
+
+// A schema version of the wrong length is corruption, not version 0: the
+// migrations must not be replayed over the data.
+func TestOpenRefusesCorruptSchemaVersion(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	db := open(t, dir)
+	if err := db.SaveIdentity(Identity{NodeID: "n1", CertDER: []byte("cert")}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	path := filepath.Join(dir, FileName)
+	raw, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := raw.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(boltdb.BucketMeta).Put(boltdb.KeySchemaVersion, []byte{2})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	raw.Close()
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	db, err = Open(dir, 200*time.Millisecond)
+	if err == nil {
+		db.Close()
+		t.Fatal("Open of a state with a 1-byte schema version succeeded")
+	}
+	if !errors.Is(err, boltdb.ErrCorruptVersion) || !strings.Contains(err.Error(), "corrupt schema version") || !strings.Contains(err.Error(), path) {
+		t.Errorf("err = %v, want a corrupt schema version error naming %s", err, path)
+	}
+	if after, _ := os.ReadFile(path); !bytes.Equal(before, after) {
+		t.Error("the state file was modified")
+	}
 }
 
 func TestOpenWritesSchemaVersionAndReopens(t *testing.T) {
@@ -143,7 +184,7 @@ func TestOpenWritesSchemaVersionAndReopens(t *testing.T) {
 	}
 	defer raw.Close()
 	_ = raw.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketMeta).Get(keySchemaVersion)
+		v := tx.Bucket(boltdb.BucketMeta).Get(boltdb.KeySchemaVersion)
 		if len(v) != 8 || binary.BigEndian.Uint64(v) != uint64(len(migrations)) {
 			t.Errorf("schema_version = %x, want %d", v, len(migrations))
 		}

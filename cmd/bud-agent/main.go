@@ -122,9 +122,10 @@ func newRoot() *cobra.Command {
 			}
 			defer gpus.Close()
 			fwd, err := forward.New(forward.Options{
-				SpoolPath: filepath.Join(stateDir, "siem-spool.db"),
-				Logger:    log,
-				Hostname:  cfg.Hostname,
+				SpoolPath:     filepath.Join(stateDir, "siem-spool.db"),
+				SpoolLockHint: "is another bud-agent running with the same --state-dir?",
+				Logger:        log,
+				Hostname:      cfg.Hostname,
 			})
 			if err != nil {
 				return err

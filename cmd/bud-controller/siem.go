@@ -33,7 +33,13 @@ func forwardAuditLog(ctx context.Context, c siem.Config, auditLog, spoolPath str
 		c.Sources = []siem.SourceConfig{{Path: auditLog, Tag: ControllerAuditTag, Format: siem.FormatRaw}}
 	}
 	host, _ := os.Hostname()
-	fwd, err := forward.New(forward.Options{SpoolPath: spoolPath, Logger: log, Hostname: host, AppName: "bud-controller"})
+	fwd, err := forward.New(forward.Options{
+		SpoolPath:     spoolPath,
+		SpoolLockHint: "is another bud-controller running with the same --data-dir?",
+		Logger:        log,
+		Hostname:      host,
+		AppName:       "bud-controller",
+	})
 	if err != nil {
 		return nil, err
 	}

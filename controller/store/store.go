@@ -26,40 +26,38 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"os"
-	"path/filepath"
 	"sort"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	bolterrors "go.etcd.io/bbolt/errors"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/bud-ecosystem/budfleet/internal/boltdb"
 	hostv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/host/v1"
 )
 
 var (
-	bucketMeta         = []byte("meta")
+	bucketMeta         = boltdb.BucketMeta
 	bucketTokens       = []byte("tokens")
 	bucketNodes        = []byte("nodes")
 	bucketCommands     = []byte("commands")
 	bucketCommandIndex = []byte("command_index")
 	bucketSIEMConfigs  = []byte("siem_configs")
 
-	keySchemaVersion = []byte("schema_version")
+	keySchemaVersion = boltdb.KeySchemaVersion
 )
 
 // Sentinel errors; callers map them to API status codes.
 var (
 	ErrNotFound      = errors.New("not found")
-	ErrLocked        = errors.New("store is locked by another process")
-	ErrNewerSchema   = errors.New("store was written by a newer version")
+	ErrLocked        = boltdb.ErrLocked
+	ErrNewerSchema   = boltdb.ErrNewerSchema
 	ErrTokenInvalid  = errors.New("join token is not valid")
 	ErrAlreadyExists = errors.New("already exists")
 )
 
 // migrations[i] brings a store from schema version i to i+1. Append only.
-var migrations = []func(tx *bolt.Tx) error{
+var migrations = []boltdb.Migration{
 	// 0 -> 1: the initial buckets.
 	func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketTokens, bucketNodes, bucketCommands, bucketCommandIndex} {
@@ -92,69 +90,17 @@ type Store struct {
 
 // Open opens (creating if needed) the store at path and migrates it.
 func Open(path string, opts Options) (*Store, error) {
-	if opts.LockTimeout == 0 {
-		opts.LockTimeout = time.Second
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, err
-	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout})
-	if err != nil {
-		if errors.Is(err, bolterrors.ErrTimeout) {
-			return nil, fmt.Errorf("%w: %s is in use (is another bud-controller running with the same --data-dir?)", ErrLocked, path)
-		}
-		return nil, fmt.Errorf("open store %s: %w", path, err)
-	}
-	s := &Store{db: db}
-	if err := s.migrate(path); err != nil {
-		db.Close()
-		return nil, err
-	}
-	return s, nil
-}
-
-func (s *Store) migrate(path string) error {
-	var current uint64
-	if err := s.db.View(func(tx *bolt.Tx) error {
-		if b := tx.Bucket(bucketMeta); b != nil {
-			switch v := b.Get(keySchemaVersion); len(v) {
-			case 0:
-			case 8:
-				current = binary.BigEndian.Uint64(v)
-			default:
-				return fmt.Errorf("%s: corrupt schema version (%d bytes)", path, len(v))
-			}
-		}
-		return nil
-	}); err != nil {
-		return err
-	}
-	if current > SchemaVersion() {
-		return fmt.Errorf("%w: %s has schema version %d, this bud-controller knows up to %d; upgrade bud-controller", ErrNewerSchema, path, current, SchemaVersion())
-	}
-	if current == SchemaVersion() {
-		return nil
-	}
-	if current > 0 {
-		// Keep a copy of what the old version wrote, so a failed upgrade can
-		// be undone by hand.
-		backup := fmt.Sprintf("%s.v%d.bak", path, current)
-		if err := s.db.View(func(tx *bolt.Tx) error { return tx.CopyFile(backup, 0o600) }); err != nil {
-			return fmt.Errorf("back up store before migration: %w", err)
-		}
-	}
-	return s.db.Update(func(tx *bolt.Tx) error {
-		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
-		if err != nil {
-			return err
-		}
-		for v := current; v < SchemaVersion(); v++ {
-			if err := migrations[v](tx); err != nil {
-				return fmt.Errorf("migrate store from version %d to %d: %w", v, v+1, err)
-			}
-		}
-		return meta.Put(keySchemaVersion, u64(SchemaVersion()))
+	db, err := boltdb.Open(path, boltdb.Options{
+		Name:        "controller store",
+		LockTimeout: opts.LockTimeout,
+		LockHint:    "is another bud-controller running with the same --data-dir?",
+		UpgradeHint: "upgrade bud-controller",
+		Migrations:  migrations,
 	})
+	if err != nil {
+		return nil, err
+	}
+	return &Store{db: db}, nil
 }
 
 // Close closes the store.
@@ -167,20 +113,14 @@ func u64(v uint64) []byte {
 }
 
 func getJSON(b *bolt.Bucket, key []byte, v any) error {
-	raw := b.Get(key)
-	if raw == nil {
-		return ErrNotFound
+	found, err := boltdb.GetJSON(b, key, v)
+	if err == nil && !found {
+		err = ErrNotFound
 	}
-	return json.Unmarshal(raw, v)
+	return err
 }
 
-func putJSON(b *bolt.Bucket, key []byte, v any) error {
-	raw, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	return b.Put(key, raw)
-}
+func putJSON(b *bolt.Bucket, key []byte, v any) error { return boltdb.PutJSON(b, key, v) }
 
 // Token is a stored join token. Only the secret's hash is kept.
 type Token struct {

@@ -25,7 +25,10 @@ import (
 type Options struct {
 	// SpoolPath is the spool's bbolt file.
 	SpoolPath string
-	Logger    *slog.Logger
+	// SpoolLockHint ends the error when another process holds the spool,
+	// e.g. "is another bud-agent running with the same --state-dir?".
+	SpoolLockHint string
+	Logger        *slog.Logger
 	// Hostname goes into every message.
 	Hostname string
 	// AppName is the syslog APP-NAME (default "bud-agent").
@@ -81,7 +84,7 @@ func New(opts Options) (*Forwarder, error) {
 // configuration changes the limits in place.
 func (f *Forwarder) openSpool(cfg siem.Config) error {
 	if f.spool == nil {
-		sp, err := spool.Open(f.opts.SpoolPath, spool.Options{MaxBytes: cfg.Spool.MaxBytes, DropOldest: cfg.Spool.DropOldest, NoSync: f.opts.NoSync})
+		sp, err := spool.Open(f.opts.SpoolPath, spool.Options{MaxBytes: cfg.Spool.MaxBytes, DropOldest: cfg.Spool.DropOldest, NoSync: f.opts.NoSync, LockHint: f.opts.SpoolLockHint})
 		if err != nil {
 			return fmt.Errorf("open SIEM spool: %w", err)
 		}

@@ -21,7 +21,9 @@
 // payload bytes only; the file is larger (16 bytes of key and time per
 // entry, page overhead) and, like every bbolt file, never shrinks.
 //
-// Values are copied out of transactions before they are returned.
+// The file is opened through internal/boltdb (meta is its bucket; an
+// upgrade first copies the file to <path>.v<old version>.bak). Values are
+// copied out of transactions before they are returned.
 package spool
 
 import (
@@ -29,24 +31,21 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	bolterrors "go.etcd.io/bbolt/errors"
+
+	"github.com/bud-ecosystem/budfleet/internal/boltdb"
 )
 
+// Bucket names; meta/schema_version is boltdb's.
 var (
-	bucketMeta        = []byte("meta")
 	bucketQueues      = []byte("queues")
 	bucketCounters    = []byte("counters")
 	bucketCheckpoints = []byte("checkpoints")
-
-	keySchemaVersion = []byte("schema_version")
 )
 
 // DefaultMaxBytes is the cap when Options.MaxBytes is 0.
@@ -60,16 +59,17 @@ var (
 	// ErrTooLarge: an entry (or, without DropOldest, the whole batch) is
 	// larger than MaxBytes and could never be stored. Nothing was stored.
 	ErrTooLarge = errors.New("larger than the spool's capacity")
-	// ErrLocked: another process holds the spool file.
-	ErrLocked = errors.New("spool is locked by another process")
-	// ErrNewerSchema: the file was written by a newer version.
-	ErrNewerSchema = errors.New("spool was written by a newer version")
+	// ErrLocked: another process holds the spool file (boltdb.ErrLocked).
+	ErrLocked = boltdb.ErrLocked
+	// ErrNewerSchema: the file was written by a newer version
+	// (boltdb.ErrNewerSchema).
+	ErrNewerSchema = boltdb.ErrNewerSchema
 	// ErrClosed: the spool was closed.
 	ErrClosed = errors.New("spool is closed")
 )
 
 // migrations[i] brings a spool from schema version i to i+1. Append only.
-var migrations = []func(tx *bolt.Tx) error{
+var migrations = []boltdb.Migration{
 	// 0 -> 1: the initial buckets.
 	func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketQueues, bucketCounters, bucketCheckpoints} {
@@ -95,6 +95,10 @@ type Options struct {
 	// LockTimeout bounds the wait for another process's lock on the file
 	// (default 1s).
 	LockTimeout time.Duration
+	// LockHint ends the ErrLocked message with what the user can check,
+	// e.g. "is another bud-agent running with the same --state-dir?". Both
+	// daemons keep spools, so the caller says which.
+	LockHint string
 	// NoSync skips fsync. Tests and benchmarks only: a power loss can then
 	// lose or corrupt the spool.
 	NoSync bool
@@ -184,24 +188,18 @@ func Open(path string, o Options) (*Spool, error) {
 	if o.MaxBytes == 0 {
 		o.MaxBytes = DefaultMaxBytes
 	}
-	if o.LockTimeout <= 0 {
-		o.LockTimeout = time.Second
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("create spool dir: %w", err)
-	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{
-		Timeout: o.LockTimeout,
-		NoSync:  o.NoSync,
+	db, err := boltdb.Open(path, boltdb.Options{
+		Name:        "spool",
+		LockTimeout: o.LockTimeout,
+		LockHint:    o.LockHint,
+		Migrations:  migrations,
+		NoSync:      o.NoSync,
 		// The queues free pages at their heads and allocate at their tails:
 		// the hashmap freelist stays fast when the free list is long.
 		FreelistType: bolt.FreelistMapType,
 	})
 	if err != nil {
-		if errors.Is(err, bolterrors.ErrTimeout) {
-			return nil, fmt.Errorf("%w: %s is in use (is another bud-agent running with the same state dir?)", ErrLocked, path)
-		}
-		return nil, fmt.Errorf("open spool %s: %w", path, err)
+		return nil, err
 	}
 	s := &Spool{
 		db:       db,
@@ -213,51 +211,11 @@ func Open(path string, o Options) (*Spool, error) {
 		waiters:  map[string]chan struct{}{},
 		closedCh: make(chan struct{}),
 	}
-	if err := s.migrate(); err != nil {
-		db.Close()
-		return nil, err
-	}
 	if err := s.load(); err != nil {
 		db.Close()
 		return nil, err
 	}
 	return s, nil
-}
-
-func (s *Spool) migrate() error {
-	var current uint64
-	if err := s.db.View(func(tx *bolt.Tx) error {
-		if b := tx.Bucket(bucketMeta); b != nil {
-			switch v := b.Get(keySchemaVersion); len(v) {
-			case 0:
-			case 8:
-				current = binary.BigEndian.Uint64(v)
-			default:
-				return fmt.Errorf("%s: corrupt schema version (%d bytes)", s.path, len(v))
-			}
-		}
-		return nil
-	}); err != nil {
-		return err
-	}
-	if current > SchemaVersion() {
-		return fmt.Errorf("%w: %s has schema version %d, this bud-agent knows up to %d; upgrade bud-agent", ErrNewerSchema, s.path, current, SchemaVersion())
-	}
-	if current == SchemaVersion() {
-		return nil
-	}
-	return s.db.Update(func(tx *bolt.Tx) error {
-		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
-		if err != nil {
-			return err
-		}
-		for v := current; v < SchemaVersion(); v++ {
-			if err := migrations[v](tx); err != nil {
-				return fmt.Errorf("migrate spool from version %d to %d: %w", v, v+1, err)
-			}
-		}
-		return meta.Put(keySchemaVersion, u64(SchemaVersion()))
-	})
 }
 
 // load reads the counters and each queue's head: O(queues), not O(entries).

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/bud-ecosystem/budfleet/internal/boltdb"
 )
 
 func open(t testing.TB, path string, o Options) *Spool {
@@ -585,6 +587,21 @@ func TestLocked(t *testing.T) {
 	}
 }
 
+// Both daemons keep spools: the messages name no program unless the caller
+// gives a hint that does.
+func TestLockedMessageNamesNoProgram(t *testing.T) {
+	_, path := newSpool(t, Options{NoSync: true})
+	_, err := Open(path, Options{LockTimeout: 50 * time.Millisecond})
+	if !errors.Is(err, ErrLocked) || strings.Contains(err.Error(), "bud-") {
+		t.Errorf("error without a hint: %v", err)
+	}
+	hint := "is another bud-controller running with the same --data-dir?"
+	_, err = Open(path, Options{LockTimeout: 50 * time.Millisecond, LockHint: hint})
+	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), hint) {
+		t.Errorf("error with a hint: %v", err)
+	}
+}
+
 func TestNewerSchemaRefused(t *testing.T) {
 	s, path := newSpool(t, Options{NoSync: true})
 	if err := s.Append(entries("q", 0, 1), nil); err != nil {
@@ -596,7 +613,7 @@ func TestNewerSchemaRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketMeta).Put(keySchemaVersion, u64(SchemaVersion()+1))
+		return tx.Bucket(boltdb.BucketMeta).Put(boltdb.KeySchemaVersion, u64(SchemaVersion()+1))
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -604,6 +621,9 @@ func TestNewerSchemaRefused(t *testing.T) {
 	_, err = Open(path, Options{})
 	if !errors.Is(err, ErrNewerSchema) || !strings.Contains(err.Error(), "upgrade") {
 		t.Fatalf("want ErrNewerSchema, got %v", err)
+	}
+	if strings.Contains(err.Error(), "bud-") {
+		t.Errorf("the spool's error names a program: %v", err)
 	}
 }
 
