@@ -358,7 +358,7 @@ func TestSessionRenewal(t *testing.T) {
 	respond(&agentv1.RenewResponse{CertificateDer: good.Raw})
 	eventually(t, "the renewed certificate stored", func() bool {
 		id, err := st.Identity()
-		return err == nil && bytes.Equal(id.CertDER, good.Raw)
+		return err == nil && bytes.Equal(id.CertDER, good.Raw) && strings.Contains(r.log.String(), "node certificate renewed")
 	})
 	log := r.log.String()
 	if !strings.Contains(log, "controller refused to renew the node certificate") || strings.Count(log, "does not verify or names another node") != 2 || !strings.Contains(log, "node certificate renewed") {
@@ -388,9 +388,11 @@ func TestSessionSIEMPush(t *testing.T) {
 		s := m.GetHeartbeat().GetSiem()
 		return s.GetConfigVersion() == 3 && s.GetConfigSource() == "controller"
 	})
-	if pc, ok, err := r.a.state.PushedSIEM(); err != nil || !ok || pc.Version != 3 {
-		t.Errorf("stored push %+v %v %v", pc, ok, err)
-	}
+	// Stored after it is applied, so possibly after that heartbeat.
+	eventually(t, "the push stored", func() bool {
+		pc, ok, err := r.a.state.PushedSIEM()
+		return err == nil && ok && pc.Version == 3
+	})
 	peer.End(status.Error(codes.Unavailable, "gone"))
 	<-peer.Context().Done()
 	if err := fwd.applyCtx().Err(); err != nil {
