@@ -5,18 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"sync"
 
 	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/bud-ecosystem/budfleet/controller/ca"
 	"github.com/bud-ecosystem/budfleet/controller/store"
 	"github.com/bud-ecosystem/budfleet/pki"
 	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
-	hostv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/host/v1"
 )
 
 // AgentAPI serves the agent protocol.
@@ -108,11 +107,11 @@ func (a *AgentAPI) enroll(ctx context.Context, req *agentv1.EnrollRequest) (*age
 	}, nil
 }
 
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
+func truncate(v string, n int) string {
+	if len(v) <= n {
+		return v
 	}
-	return s[:n] + "..."
+	return v[:n] + "..."
 }
 
 func peerAddr(ctx context.Context) string {
@@ -170,15 +169,24 @@ func (a *AgentAPI) Connect(stream agentv1.AgentService_ConnectServer) error {
 	}}}); err != nil {
 		return err
 	}
-	// Both goroutines report once; the buffer lets the loser exit too.
-	errc := make(chan error, 2)
+	// Each goroutine reports at most once; the buffer lets the losers exit
+	// too.
+	errc := make(chan error, 2+len(s.modules))
 	sendDone := make(chan struct{})
 	go func() { defer close(sendDone); errc <- s.sendLoop(sess, stream) }()
+	var loops sync.WaitGroup
+	for _, m := range s.modules {
+		loops.Add(1)
+		go func() {
+			defer loops.Done()
+			if err := m.run(sess.ctx, sess); err != nil {
+				errc <- err
+			}
+		}()
+	}
 	// The handler must not return while the send loop may still write to
-	// the stream.
-	defer func() { sess.cancel(context.Canceled); <-sendDone }()
-	sess.wake()
-	s.pushSIEM(sess, true)
+	// the stream, nor while a module still works for this session.
+	defer func() { sess.cancel(context.Canceled); <-sendDone; loops.Wait() }()
 
 	go func() {
 		for {
@@ -208,118 +216,8 @@ func (a *AgentAPI) Connect(stream agentv1.AgentService_ConnectServer) error {
 	return nil
 }
 
-func (s *Server) handleAgentMessage(sess *session, msg *agentv1.ConnectRequest) error {
-	ctx := sess.ctx
-	switch m := msg.Msg.(type) {
-	case *agentv1.ConnectRequest_Heartbeat:
-		s.sawHeartbeat(sess.nodeID)
-		s.metrics.heartbeats.Inc()
-		if st := m.Heartbeat.GetSiem(); st != nil {
-			s.recordSIEMStatus(sess, st)
-		}
-	case *agentv1.ConnectRequest_Inventory:
-		inv := capInventory(m.Inventory)
-		if !hostnameRe.MatchString(inv.Hostname) {
-			// Enrollment checked the hostname; a report does not get to
-			// bypass that (names end up in terminals and logs).
-			s.log.WarnContext(ctx, "ignoring an invalid hostname in an inventory report", "node_id", sess.nodeID, "hostname", truncate(inv.Hostname, 64))
-			inv.Hostname = ""
-		}
-		now := s.opts.Now()
-		if _, err := s.store.UpdateNode(sess.nodeID, func(n *store.Node) error {
-			n.Inventory = inv
-			n.InventoryUpdateAt = now
-			if inv.Hostname != "" {
-				n.Hostname = inv.Hostname
-			}
-			return nil
-		}); err != nil {
-			return status.Errorf(codes.Internal, "store inventory: %v", err)
-		}
-	case *agentv1.ConnectRequest_GpuInventory:
-		if err := s.recordGPUInventory(sess.nodeID, m.GpuInventory); err != nil {
-			return status.Errorf(codes.Internal, "store GPU inventory: %v", err)
-		}
-	case *agentv1.ConnectRequest_GpuHealth:
-		if err := s.recordGPUHealth(sess.nodeID, m.GpuHealth); err != nil {
-			return status.Errorf(codes.Internal, "store GPU health: %v", err)
-		}
-	case *agentv1.ConnectRequest_CommandResult:
-		return s.recordResult(ctx, sess, m.CommandResult)
-	case *agentv1.ConnectRequest_RenewRequest:
-		sess.send(s.renew(ctx, sess.nodeID, m.RenewRequest))
-	case *agentv1.ConnectRequest_Hello:
-		return status.Error(codes.InvalidArgument, "hello sent twice")
-	default:
-		return status.Error(codes.InvalidArgument, "unknown message")
-	}
-	return nil
-}
-
-func (s *Server) recordResult(ctx context.Context, sess *session, r *agentv1.CommandResult) error {
-	now := s.opts.Now()
-	c, err := s.store.UpdateCommand(r.GetCommandId(), func(c *store.Command) error {
-		if c.NodeID != sess.nodeID {
-			return fmt.Errorf("%w: command belongs to another node", store.ErrNotFound)
-		}
-		if c.State.Done() {
-			return errAlreadyDone
-		}
-		c.State = store.CommandFailed
-		if r.GetSuccess() {
-			c.State = store.CommandSucceeded
-		}
-		c.Message = r.GetMessage()
-		c.Output = r.GetOutput()
-		c.FinishedAt = now
-		if r.GetFinishedAt() != nil {
-			c.FinishedAt = r.GetFinishedAt().AsTime()
-		}
-		return nil
-	})
-	switch {
-	case errors.Is(err, errAlreadyDone):
-		return nil // a duplicate report after a redelivery
-	case errors.Is(err, store.ErrNotFound):
-		s.log.WarnContext(ctx, "result for an unknown command", "node_id", sess.nodeID, "command_id", r.GetCommandId())
-		return nil
-	case err != nil:
-		return status.Errorf(codes.Internal, "store command result: %v", err)
-	}
-	s.metrics.cmdLatency.Observe(now.Sub(c.CreatedAt).Seconds())
-	s.metrics.cmdResults.WithLabelValues(c.Kind, string(c.State)).Inc()
-	s.log.InfoContext(ctx, "command finished", "node_id", sess.nodeID, "command_id", c.ID, "kind", c.Kind, "state", c.State, "message", c.Message)
-	return nil
-}
-
-var errAlreadyDone = errors.New("command already has a result")
-
-func (s *Server) renew(ctx context.Context, nodeID string, r *agentv1.RenewRequest) *agentv1.ConnectResponse {
-	fail := func(err error) *agentv1.ConnectResponse {
-		s.log.WarnContext(ctx, "certificate renewal refused", "node_id", nodeID, "error", err)
-		return &agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_RenewResponse{RenewResponse: &agentv1.RenewResponse{Error: err.Error()}}}
-	}
-	now := s.opts.Now()
-	cert, err := s.ca.SignNodeCSR(r.GetCsrDer(), nodeID, now, s.opts.AgentCertTTL)
-	if err != nil {
-		return fail(err)
-	}
-	if _, err := s.store.UpdateNode(nodeID, func(n *store.Node) error {
-		n.CertSerial = cert.SerialNumber.Text(16)
-		n.CertExpiresAt = cert.NotAfter
-		return nil
-	}); err != nil {
-		return fail(err)
-	}
-	s.metrics.renewals.Inc()
-	s.log.InfoContext(ctx, "node certificate renewed", "node_id", nodeID, "expires", cert.NotAfter)
-	return &agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_RenewResponse{RenewResponse: &agentv1.RenewResponse{CertificateDer: cert.Raw}}}
-}
-
-// sendLoop is the only writer of the stream: queued messages, and pending
-// commands whenever the session is woken.
+// sendLoop is the only writer of the stream after the welcome.
 func (s *Server) sendLoop(sess *session, stream agentv1.AgentService_ConnectServer) error {
-	sent := map[string]bool{}
 	for {
 		select {
 		case <-sess.ctx.Done():
@@ -328,73 +226,6 @@ func (s *Server) sendLoop(sess *session, stream agentv1.AgentService_ConnectServ
 			if err := stream.Send(m); err != nil {
 				return err
 			}
-		case <-sess.wakeC:
-			if err := s.deliverPending(sess, stream, sent); err != nil {
-				return err
-			}
 		}
 	}
-}
-
-func (s *Server) deliverPending(sess *session, stream agentv1.AgentService_ConnectServer, sent map[string]bool) error {
-	pending, err := s.store.PendingCommands(sess.nodeID)
-	if err != nil {
-		return status.Errorf(codes.Internal, "load pending commands: %v", err)
-	}
-	for _, c := range pending {
-		if sent[c.ID] {
-			continue
-		}
-		now := s.opts.Now()
-		// Marked delivered before sending: a crash in between shows as one
-		// more delivery than happened, never as a command that was lost.
-		c, err = s.store.UpdateCommand(c.ID, func(c *store.Command) error {
-			c.Deliveries++
-			c.DeliveredAt = now
-			if c.State == store.CommandPending {
-				c.State = store.CommandDelivered
-			}
-			return nil
-		})
-		if err != nil {
-			return status.Errorf(codes.Internal, "mark command delivered: %v", err)
-		}
-		if err := stream.Send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Command{Command: &agentv1.Command{
-			Id:        c.ID,
-			Kind:      c.Kind,
-			Params:    c.Params,
-			CreatedAt: timestamppb.New(c.CreatedAt),
-		}}}); err != nil {
-			return err
-		}
-		sent[c.ID] = true
-	}
-	return nil
-}
-
-// capInventory bounds what a node's report may store: an inventory is a few
-// KiB, whatever the agent sends.
-func capInventory(p *hostv1.Inventory) *hostv1.Inventory {
-	inv := &hostv1.Inventory{
-		Hostname:     p.GetHostname(),
-		MachineId:    p.GetMachineId(),
-		Os:           p.GetOs(),
-		Kernel:       p.GetKernel(),
-		Architecture: p.GetArchitecture(),
-		CpuModel:     p.GetCpuModel(),
-		CpuCores:     p.GetCpuCores(),
-		MemoryBytes:  p.GetMemoryBytes(),
-		AgentVersion: p.GetAgentVersion(),
-	}
-	for _, f := range []*string{&inv.MachineId, &inv.Os, &inv.Kernel, &inv.Architecture, &inv.CpuModel, &inv.AgentVersion} {
-		*f = truncate(*f, 256)
-	}
-	ips := p.GetIpAddresses()
-	if len(ips) > 64 {
-		ips = ips[:64]
-	}
-	for _, ip := range ips {
-		inv.IpAddresses = append(inv.IpAddresses, truncate(ip, 64))
-	}
-	return inv
 }

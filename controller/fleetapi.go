@@ -206,7 +206,7 @@ func (a *FleetAPI) CreateCommand(ctx context.Context, req *fleetv1.CreateCommand
 	if err := a.s.store.EnqueueCommand(c); err != nil {
 		return nil, storeErr(err)
 	}
-	a.s.wakeNode(c.NodeID)
+	a.s.commands.wakeNode(c.NodeID)
 	a.audit(ctx, "command.create", "command_id", c.ID, "node_id", c.NodeID, "kind", c.Kind)
 	return &fleetv1.CreateCommandResponse{Command: commandToProto(c)}, nil
 }
@@ -279,8 +279,8 @@ func (s *Server) nodeToProto(n store.Node) *fleetv1.Node {
 		CertificateExpiresAt: ts(n.CertExpiresAt),
 		CertificateSerial:    n.CertSerial,
 	}
-	if s := s.sessionPeer(n.ID); s != "" {
-		p.RemoteAddress = s
+	if peer := s.sessionPeer(n.ID); peer != "" {
+		p.RemoteAddress = peer
 	}
 	if g, err := decodeGPUs(n); err == nil {
 		if len(n.GPUs) > 0 {

@@ -13,9 +13,36 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/bud-ecosystem/budfleet/controller/store"
+	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
 	fleetv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1"
 	gpuv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/gpu/v1"
 )
+
+// gpuReports stores the GPU inventory and health nodes report; the
+// labels, taints and problems shown to operators are derived from them.
+type gpuReports struct{ srv *Server }
+
+func (*gpuReports) name() string { return "gpu" }
+
+func (m *gpuReports) handlers() []handler {
+	return []handler{on(m.handleInventory), on(m.handleHealth)}
+}
+
+func (*gpuReports) run(context.Context, *session) error { return nil }
+
+func (m *gpuReports) handleInventory(_ context.Context, sess *session, msg *agentv1.ConnectRequest_GpuInventory) error {
+	if err := m.recordInventory(sess.nodeID, msg.GpuInventory); err != nil {
+		return status.Errorf(codes.Internal, "store GPU inventory: %v", err)
+	}
+	return nil
+}
+
+func (m *gpuReports) handleHealth(_ context.Context, sess *session, msg *agentv1.ConnectRequest_GpuHealth) error {
+	if err := m.recordHealth(sess.nodeID, msg.GpuHealth); err != nil {
+		return status.Errorf(codes.Internal, "store GPU health: %v", err)
+	}
+	return nil
+}
 
 func decodeGPUs(n store.Node) (*fleetv1.NodeGpus, error) {
 	g := &fleetv1.NodeGpus{}
@@ -28,8 +55,9 @@ func decodeGPUs(n store.Node) (*fleetv1.NodeGpus, error) {
 	return g, nil
 }
 
-// updateGPUs applies fn to a node's stored GPU state.
-func (s *Server) updateGPUs(nodeID string, fn func(*fleetv1.NodeGpus)) error {
+// update applies fn to a node's stored GPU state.
+func (m *gpuReports) update(nodeID string, fn func(*fleetv1.NodeGpus)) error {
+	s := m.srv
 	_, err := s.store.UpdateNode(nodeID, func(n *store.Node) error {
 		g, err := decodeGPUs(*n)
 		if err != nil {
@@ -46,9 +74,9 @@ func (s *Server) updateGPUs(nodeID string, fn func(*fleetv1.NodeGpus)) error {
 	return err
 }
 
-func (s *Server) recordGPUInventory(nodeID string, inv *gpuv1.GpuInventory) error {
-	now := timestamppb.New(s.opts.Now())
-	return s.updateGPUs(nodeID, func(g *fleetv1.NodeGpus) {
+func (m *gpuReports) recordInventory(nodeID string, inv *gpuv1.GpuInventory) error {
+	now := timestamppb.New(m.srv.opts.Now())
+	return m.update(nodeID, func(g *fleetv1.NodeGpus) {
 		g.Inventory = inv
 		g.InventoryUpdatedAt = now
 		if n := uint32(len(inv.GetGpus())); n > g.MaxGpuCount {
@@ -69,9 +97,9 @@ func (s *Server) recordGPUInventory(nodeID string, inv *gpuv1.GpuInventory) erro
 	})
 }
 
-func (s *Server) recordGPUHealth(nodeID string, r *gpuv1.GpuHealthReport) error {
-	now := timestamppb.New(s.opts.Now())
-	return s.updateGPUs(nodeID, func(g *fleetv1.NodeGpus) {
+func (m *gpuReports) recordHealth(nodeID string, r *gpuv1.GpuHealthReport) error {
+	now := timestamppb.New(m.srv.opts.Now())
+	return m.update(nodeID, func(g *fleetv1.NodeGpus) {
 		g.Health = r.GetGpus()
 		g.HealthUpdatedAt = now
 	})
@@ -145,9 +173,9 @@ func versionParts(v string) []string {
 
 // labelValue makes a product name a valid label value the way GPU feature
 // discovery does: "NVIDIA H100 80GB HBM3" -> "NVIDIA-H100-80GB-HBM3".
-func labelValue(s string) string {
+func labelValue(product string) string {
 	var b strings.Builder
-	for _, r := range strings.TrimSpace(s) {
+	for _, r := range strings.TrimSpace(product) {
 		switch {
 		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_', r == '.':
 			b.WriteRune(r)

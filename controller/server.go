@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"sync"
 	"time"
 
@@ -56,13 +57,16 @@ type Server struct {
 	ca      *ca.CA
 	metrics *metrics
 
+	// The capabilities on agent sessions, and their message handlers by
+	// kind. Two are also reached from the operator API.
+	modules  []module
+	handlers map[reflect.Type]handler
+	commands *commandDelivery
+	siem     *siemPush
+
 	mu       sync.Mutex
 	sessions map[string]*session // by node id
 	lastSeen map[string]time.Time
-	siem     map[string]siemReport
-	// siemPushed is when each node was last sent, or checked for, its SIEM
-	// configuration.
-	siemPushed map[string]time.Time
 	// shuttingDown refuses new sessions once shutdown has begun.
 	shuttingDown bool
 }
@@ -109,11 +113,22 @@ func New(opts Options) (*Server, error) {
 		ca:       opts.CA,
 		sessions: map[string]*session{},
 		lastSeen: map[string]time.Time{},
-		siem:     map[string]siemReport{},
-
-		siemPushed: map[string]time.Time{},
 	}
 	s.metrics = newMetrics(opts.Registerer)
+	s.commands = &commandDelivery{srv: s, wake: map[*session]chan struct{}{}}
+	s.siem = &siemPush{srv: s, reports: map[string]siemReport{}, pushed: map[string]time.Time{}}
+	s.modules = []module{
+		&heartbeats{srv: s, siemStatus: s.siem.recordStatus},
+		&hostInventory{srv: s},
+		&gpuReports{srv: s},
+		s.commands,
+		&renewal{srv: s},
+		s.siem,
+	}
+	var err error
+	if s.handlers, err = dispatchTable(s.modules); err != nil {
+		return nil, err
+	}
 	if err := opts.Registerer.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "bud_controller_ready_nodes",
 		Help: "Nodes whose last heartbeat is within the grace period.",

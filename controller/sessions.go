@@ -24,30 +24,33 @@ type session struct {
 	peer   string
 	ctx    context.Context
 	cancel context.CancelCauseFunc
-	// out carries replies to the agent; wakeC asks the sender to look for
-	// commands to deliver.
-	out   chan *agentv1.ConnectResponse
-	wakeC chan struct{}
+	// out carries messages to the agent; the session's send loop is its
+	// only reader and the stream's only writer.
+	out chan *agentv1.ConnectResponse
 }
 
 // send queues m for the agent unless the session has ended.
-func (s *session) send(m *agentv1.ConnectResponse) {
+func (sess *session) send(m *agentv1.ConnectResponse) {
 	select {
-	case s.out <- m:
-	case <-s.ctx.Done():
+	case sess.out <- m:
+	case <-sess.ctx.Done():
 	}
 }
 
-func (s *session) wake() {
+// offer queues m if that does not block, and says whether it did: for
+// callers one stalled session must not hold up.
+func (sess *session) offer(m *agentv1.ConnectResponse) bool {
 	select {
-	case s.wakeC <- struct{}{}:
+	case sess.out <- m:
+		return true
 	default:
+		return false
 	}
 }
 
 func (s *Server) openSession(ctx context.Context, nodeID, peer string) (*session, error) {
 	sctx, cancel := context.WithCancelCause(ctx)
-	sess := &session{nodeID: nodeID, peer: peer, ctx: sctx, cancel: cancel, out: make(chan *agentv1.ConnectResponse, 16), wakeC: make(chan struct{}, 1)}
+	sess := &session{nodeID: nodeID, peer: peer, ctx: sctx, cancel: cancel, out: make(chan *agentv1.ConnectResponse, 16)}
 	s.mu.Lock()
 	if s.shuttingDown {
 		s.mu.Unlock()
@@ -80,14 +83,11 @@ func (s *Server) closeSession(sess *session) {
 	}
 }
 
-// wakeNode tells a connected node's session to deliver pending commands.
-func (s *Server) wakeNode(nodeID string) {
+// sessionOf returns a node's open session, or nil.
+func (s *Server) sessionOf(nodeID string) *session {
 	s.mu.Lock()
-	sess := s.sessions[nodeID]
-	s.mu.Unlock()
-	if sess != nil {
-		sess.wake()
-	}
+	defer s.mu.Unlock()
+	return s.sessions[nodeID]
 }
 
 // dropNode ends a deleted node's session and forgets its liveness.
@@ -95,9 +95,8 @@ func (s *Server) dropNode(nodeID string) {
 	s.mu.Lock()
 	sess := s.sessions[nodeID]
 	delete(s.lastSeen, nodeID)
-	delete(s.siem, nodeID)
-	delete(s.siemPushed, nodeID)
 	s.mu.Unlock()
+	s.siem.forget(nodeID)
 	if sess != nil {
 		sess.cancel(errNodeDeleted)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -25,14 +26,53 @@ type siemReport struct {
 	at     time.Time
 }
 
-func (s *Server) recordSIEMStatus(sess *session, st *siemv1.Status) {
+// siemPush sends each node the forwarding configuration its labels select,
+// when it connects and whenever its reports show it runs another.
+type siemPush struct {
+	srv *Server
+
+	mu      sync.Mutex
+	reports map[string]siemReport // by node id
+	// pushed is when each node was last sent, or checked for, its
+	// configuration.
+	pushed map[string]time.Time
+}
+
+func (*siemPush) name() string { return "siem" }
+
+// handlers: the status comes with the heartbeat, which recordStatus is
+// handed by the heartbeat module.
+func (*siemPush) handlers() []handler { return nil }
+
+// run pushes the configuration when the session opens.
+func (m *siemPush) run(_ context.Context, sess *session) error {
+	m.push(sess, true)
+	return nil
+}
+
+func (m *siemPush) recordStatus(sess *session, st *siemv1.Status) {
 	if st == nil {
 		return
 	}
-	s.mu.Lock()
-	s.siem[sess.nodeID] = siemReport{status: st, at: s.opts.Now()}
-	s.mu.Unlock()
-	s.repushSIEM(sess)
+	m.mu.Lock()
+	m.reports[sess.nodeID] = siemReport{status: st, at: m.srv.opts.Now()}
+	m.mu.Unlock()
+	m.repush(sess)
+}
+
+// report returns a node's last report; zero if none.
+func (m *siemPush) report(nodeID string) siemReport {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.reports[nodeID]
+}
+
+// forget drops what is known of a deleted node.
+func (m *siemPush) forget(nodeID string) {
+	m.mu.Lock()
+	delete(m.reports, nodeID)
+	delete(m.pushed, nodeID)
+	m.mu.Unlock()
 }
 
 // desiredSIEM returns the configuration a node should run, if any.
@@ -44,11 +84,12 @@ func (s *Server) desiredSIEM(n store.Node) (store.SIEMConfig, bool, error) {
 // it should run is sent its configuration again.
 const siemRepushEvery = 30 * time.Second
 
-// pushSIEM sends a node its configuration unless it already reported
-// running that version. With wait false it never blocks: one stalled
-// session must not hold up an operator's call; the node's next heartbeat
-// that shows the old version brings the push again.
-func (s *Server) pushSIEM(sess *session, wait bool) {
+// push sends a node its configuration unless it already reported running
+// that version. With wait false it never blocks: one stalled session must
+// not hold up an operator's call; the node's next heartbeat that shows the
+// old version brings the push again.
+func (m *siemPush) push(sess *session, wait bool) {
+	s := m.srv
 	n, err := s.store.GetNode(sess.nodeID)
 	if err != nil {
 		return
@@ -57,40 +98,34 @@ func (s *Server) pushSIEM(sess *session, wait bool) {
 	if err != nil || !ok {
 		return
 	}
-	s.mu.Lock()
-	rep := s.siem[sess.nodeID]
-	s.mu.Unlock()
+	rep := m.report(sess.nodeID)
 	if rep.status != nil && rep.status.GetConfigVersion() == c.Version && rep.status.GetConfigSource() == "controller" {
 		return
 	}
 	msg := &agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_SiemConfig{SiemConfig: &siemv1.ConfigPush{Version: c.Version, Yaml: c.YAML}}}
 	if wait {
 		sess.send(msg)
-	} else {
-		select {
-		case sess.out <- msg:
-		default:
-			return // the next heartbeat brings it again
-		}
+	} else if !sess.offer(msg) {
+		return // the next heartbeat brings it again
 	}
-	s.mu.Lock()
-	s.siemPushed[sess.nodeID] = s.opts.Now()
-	s.mu.Unlock()
+	m.mu.Lock()
+	m.pushed[sess.nodeID] = s.opts.Now()
+	m.mu.Unlock()
 }
 
-// repushSIEM sends the configuration again to a node whose heartbeat shows
-// it is not running the one it should. The check itself is rate-limited to
+// repush sends the configuration again to a node whose heartbeat shows it
+// is not running the one it should. The check itself is rate-limited to
 // every siemRepushEvery: it reads the store, and heartbeats are the hot path.
-func (s *Server) repushSIEM(sess *session) {
-	s.mu.Lock()
-	now := s.opts.Now()
-	due := now.Sub(s.siemPushed[sess.nodeID]) >= siemRepushEvery
+func (m *siemPush) repush(sess *session) {
+	m.mu.Lock()
+	now := m.srv.opts.Now()
+	due := now.Sub(m.pushed[sess.nodeID]) >= siemRepushEvery
 	if due {
-		s.siemPushed[sess.nodeID] = now
+		m.pushed[sess.nodeID] = now
 	}
-	s.mu.Unlock()
+	m.mu.Unlock()
 	if due {
-		s.pushSIEM(sess, false)
+		m.push(sess, false)
 	}
 }
 
@@ -125,11 +160,8 @@ func (a *FleetAPI) ApplySiemConfig(ctx context.Context, req *fleetv1.ApplySiemCo
 			continue
 		}
 		resp.NodeIds = append(resp.NodeIds, n.ID)
-		a.s.mu.Lock()
-		sess := a.s.sessions[n.ID]
-		a.s.mu.Unlock()
-		if sess != nil {
-			a.s.pushSIEM(sess, false)
+		if sess := a.s.sessionOf(n.ID); sess != nil {
+			a.s.siem.push(sess, false)
 		}
 	}
 	a.audit(ctx, "siem.apply", "version", c.Version, "selector", fmt.Sprint(req.GetSelector()), "nodes", len(resp.NodeIds))
@@ -199,9 +231,7 @@ func (a *FleetAPI) GetSiemStatus(ctx context.Context, req *fleetv1.GetSiemStatus
 		if err != nil {
 			return nil, storeErr(err)
 		}
-		a.s.mu.Lock()
-		rep := a.s.siem[n.ID]
-		a.s.mu.Unlock()
+		rep := a.s.siem.report(n.ID)
 		ns := &fleetv1.NodeSiemStatus{NodeId: n.ID, Hostname: n.Hostname, Status: rep.status, State: siemState(rep.status, d.Version, ok)}
 		if ok {
 			ns.DesiredConfigVersion = d.Version

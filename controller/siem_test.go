@@ -190,7 +190,7 @@ func TestPushSiemOnlyWhenNotRunning(t *testing.T) {
 	defer e.srv.closeSession(s2)
 
 	// No configuration yet: nothing to push.
-	e.srv.pushSIEM(s1, true)
+	e.srv.siem.push(s1, true)
 	if p := siemPushes(s1); len(p) != 0 {
 		t.Fatalf("pushed %v with no configuration", p)
 	}
@@ -205,25 +205,25 @@ func TestPushSiemOnlyWhenNotRunning(t *testing.T) {
 	}
 
 	// Not reported yet (a reconnect): pushed again.
-	e.srv.pushSIEM(s1, true)
+	e.srv.siem.push(s1, true)
 	if p := siemPushes(s1); len(p) != 1 {
 		t.Errorf("reconnect before any report: %d pushes, want 1", len(p))
 	}
 	// Running the local configuration: pushed.
 	siemHeartbeat(t, e, s1, &siemv1.Status{ConfigVersion: 0, ConfigSource: "local"})
-	e.srv.pushSIEM(s1, true)
+	e.srv.siem.push(s1, true)
 	if p := siemPushes(s1); len(p) != 1 {
 		t.Errorf("node on its local config: %d pushes, want 1", len(p))
 	}
 	// Running version 1 from a controller: not pushed.
 	siemHeartbeat(t, e, s1, &siemv1.Status{ConfigVersion: 1, ConfigSource: "controller"})
-	e.srv.pushSIEM(s1, true)
+	e.srv.siem.push(s1, true)
 	if p := siemPushes(s1); len(p) != 0 {
 		t.Errorf("node already on version 1 got %v", p)
 	}
 	// A heartbeat without a SIEM status keeps the last report.
 	siemHeartbeat(t, e, s1, nil)
-	e.srv.pushSIEM(s1, true)
+	e.srv.siem.push(s1, true)
 	if p := siemPushes(s1); len(p) != 0 {
 		t.Errorf("after a heartbeat without status: %v", p)
 	}
@@ -243,7 +243,7 @@ func TestPushSiemOnlyWhenNotRunning(t *testing.T) {
 	}
 	// A node that reports the version but as its local source gets it.
 	siemHeartbeat(t, e, s2, &siemv1.Status{ConfigVersion: 3, ConfigSource: "local"})
-	e.srv.pushSIEM(s2, true)
+	e.srv.siem.push(s2, true)
 	if p := siemPushes(s2); len(p) != 1 {
 		t.Errorf("version 3 from a local source: %d pushes, want 1", len(p))
 	}
@@ -363,9 +363,9 @@ func TestGetSiemStatusOrder(t *testing.T) {
 	if _, err := e.srv.FleetAPI().DeleteNode(context.Background(), &fleetv1.DeleteNodeRequest{Id: "f-failing"}); err != nil {
 		t.Fatal(err)
 	}
-	e.srv.mu.Lock()
-	_, kept := e.srv.siem["f-failing"]
-	e.srv.mu.Unlock()
+	e.srv.siem.mu.Lock()
+	_, kept := e.srv.siem.reports["f-failing"]
+	e.srv.siem.mu.Unlock()
 	if kept {
 		t.Error("the SIEM report of a deleted node was kept")
 	}

@@ -1,0 +1,155 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/bud-ecosystem/budfleet/controller/store"
+	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
+)
+
+// commandDelivery delivers a node's stored commands while it is connected,
+// again on every session until a result arrives, and records the results.
+type commandDelivery struct {
+	srv *Server
+
+	mu sync.Mutex
+	// wake asks a session's delivery loop to look for new commands.
+	wake map[*session]chan struct{}
+}
+
+func (*commandDelivery) name() string          { return "commands" }
+func (m *commandDelivery) handlers() []handler { return []handler{on(m.handleResult)} }
+
+// run delivers what is pending when the session opens and then whenever
+// the node is woken. Each command goes once per session: the next session
+// delivers it again if no result came.
+func (m *commandDelivery) run(ctx context.Context, sess *session) error {
+	// Registered before the first look, so a command queued in between is
+	// not missed.
+	wake := make(chan struct{}, 1)
+	m.mu.Lock()
+	m.wake[sess] = wake
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		delete(m.wake, sess)
+		m.mu.Unlock()
+	}()
+	sent := map[string]bool{}
+	for {
+		if err := m.deliverPending(sess, sent); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-wake:
+		}
+	}
+}
+
+// wakeNode tells a connected node's session to deliver pending commands.
+func (m *commandDelivery) wakeNode(nodeID string) {
+	sess := m.srv.sessionOf(nodeID)
+	if sess == nil {
+		return
+	}
+	m.mu.Lock()
+	wake := m.wake[sess]
+	m.mu.Unlock()
+	if wake == nil {
+		return // its loop has not started: its first look will find the command
+	}
+	select {
+	case wake <- struct{}{}:
+	default:
+	}
+}
+
+func (m *commandDelivery) deliverPending(sess *session, sent map[string]bool) error {
+	s := m.srv
+	pending, err := s.store.PendingCommands(sess.nodeID)
+	if err != nil {
+		return status.Errorf(codes.Internal, "load pending commands: %v", err)
+	}
+	for _, c := range pending {
+		if sent[c.ID] {
+			continue
+		}
+		if sess.ctx.Err() != nil {
+			return nil
+		}
+		now := s.opts.Now()
+		// Marked delivered before sending: a crash in between shows as one
+		// more delivery than happened, never as a command that was lost.
+		c, err = s.store.UpdateCommand(c.ID, func(c *store.Command) error {
+			c.Deliveries++
+			c.DeliveredAt = now
+			if c.State == store.CommandPending {
+				c.State = store.CommandDelivered
+			}
+			return nil
+		})
+		if err != nil {
+			return status.Errorf(codes.Internal, "mark command delivered: %v", err)
+		}
+		sess.send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Command{Command: &agentv1.Command{
+			Id:        c.ID,
+			Kind:      c.Kind,
+			Params:    c.Params,
+			CreatedAt: timestamppb.New(c.CreatedAt),
+		}}})
+		sent[c.ID] = true
+	}
+	return nil
+}
+
+func (m *commandDelivery) handleResult(ctx context.Context, sess *session, msg *agentv1.ConnectRequest_CommandResult) error {
+	return m.recordResult(ctx, sess, msg.CommandResult)
+}
+
+func (m *commandDelivery) recordResult(ctx context.Context, sess *session, r *agentv1.CommandResult) error {
+	s := m.srv
+	now := s.opts.Now()
+	c, err := s.store.UpdateCommand(r.GetCommandId(), func(c *store.Command) error {
+		if c.NodeID != sess.nodeID {
+			return fmt.Errorf("%w: command belongs to another node", store.ErrNotFound)
+		}
+		if c.State.Done() {
+			return errAlreadyDone
+		}
+		c.State = store.CommandFailed
+		if r.GetSuccess() {
+			c.State = store.CommandSucceeded
+		}
+		c.Message = r.GetMessage()
+		c.Output = r.GetOutput()
+		c.FinishedAt = now
+		if r.GetFinishedAt() != nil {
+			c.FinishedAt = r.GetFinishedAt().AsTime()
+		}
+		return nil
+	})
+	switch {
+	case errors.Is(err, errAlreadyDone):
+		return nil // a duplicate report after a redelivery
+	case errors.Is(err, store.ErrNotFound):
+		s.log.WarnContext(ctx, "result for an unknown command", "node_id", sess.nodeID, "command_id", r.GetCommandId())
+		return nil
+	case err != nil:
+		return status.Errorf(codes.Internal, "store command result: %v", err)
+	}
+	s.metrics.cmdLatency.Observe(now.Sub(c.CreatedAt).Seconds())
+	s.metrics.cmdResults.WithLabelValues(c.Kind, string(c.State)).Inc()
+	s.log.InfoContext(ctx, "command finished", "node_id", sess.nodeID, "command_id", c.ID, "kind", c.Kind, "state", c.State, "message", c.Message)
+	return nil
+}
+
+var errAlreadyDone = errors.New("command already has a result")
