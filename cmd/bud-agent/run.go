@@ -91,6 +91,7 @@ func (a *app) run(ctx context.Context, rf runFlags) error {
 		SpoolPath: filepath.Join(a.stateDir, "siem-spool.db"),
 		Logger:    log,
 		Hostname:  cfg.Hostname,
+		AppName:   "bud-agent",
 	})
 	if err != nil {
 		return err

@@ -358,9 +358,9 @@ func (f *Forwarder) readAheadFull(queues []string) bool {
 	if len(queues) == 0 {
 		return false
 	}
-	stats := f.spool.Stats()
+	spooled := f.spool.Stats()
 	for _, q := range queues {
-		if stats.Queues[q].Bytes < readAhead || !f.outputHealthy(q) {
+		if spooled.Queues[q].Bytes < readAhead || !f.outputHealthy(q) {
 			return false
 		}
 	}

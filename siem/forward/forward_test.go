@@ -276,9 +276,9 @@ func outputStatus(st *siemv1.Status, name string) *siemv1.OutputStatus {
 }
 
 func sourceStatus(st *siemv1.Status, file string) *siemv1.SourceStatus {
-	for _, s := range st.GetSources() {
-		if s.GetFile() == file {
-			return s
+	for _, src := range st.GetSources() {
+		if src.GetFile() == file {
+			return src
 		}
 	}
 	return nil
@@ -1106,8 +1106,8 @@ func TestRemovedOutputBacklogMoves(t *testing.T) {
 	waitDelivered(t, s, 110, 5*time.Second)
 	waitSettled(t, fw, map[string]uint64{"renamed": 110})
 	diffLines(t, "renamed", s.lines(), wantLines(0, 110, lineText))
-	if st := fw.spool.Stats(); st.Bytes != 0 || st.Entries != 0 {
-		t.Errorf("spool still holds %d bytes (%d entries): %v", st.Bytes, st.Entries, st.Queues)
+	if spooled := fw.spool.Stats(); spooled.Bytes != 0 || spooled.Entries != 0 {
+		t.Errorf("spool still holds %d bytes (%d entries): %v", spooled.Bytes, spooled.Entries, spooled.Queues)
 	}
 	if q := fw.spool.Stats().Queues["old"]; q.Dropped != 20 {
 		t.Errorf("%d db events counted as dropped, want 20", q.Dropped)

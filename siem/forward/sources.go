@@ -16,9 +16,9 @@ type spoolQueue struct {
 	lag                     time.Duration
 }
 
-func spoolQueues(s spool.Stats, now time.Time) map[string]spoolQueue {
+func spoolQueues(spooled spool.Stats, now time.Time) map[string]spoolQueue {
 	out := map[string]spoolQueue{}
-	for name, q := range s.Queues {
+	for name, q := range spooled.Queues {
 		out[name] = spoolQueue{entries: uint64(q.Entries), bytes: uint64(q.Bytes), dropped: q.Dropped, lag: q.Lag(now)}
 	}
 	return out

@@ -199,7 +199,7 @@ func Open(path string, o Options) (*Spool, error) {
 	})
 	if err != nil {
 		if errors.Is(err, bolterrors.ErrTimeout) {
-			return nil, fmt.Errorf("%w: %s is in use (is another bud-agent running with the same state dir?)", ErrLocked, path)
+			return nil, fmt.Errorf("%w: %s is in use (is another process forwarding with the same spool file?)", ErrLocked, path)
 		}
 		return nil, fmt.Errorf("open spool %s: %w", path, err)
 	}
@@ -241,7 +241,7 @@ func (s *Spool) migrate() error {
 		return err
 	}
 	if current > SchemaVersion() {
-		return fmt.Errorf("%w: %s has schema version %d, this bud-agent knows up to %d; upgrade bud-agent", ErrNewerSchema, s.path, current, SchemaVersion())
+		return fmt.Errorf("%w: %s has schema version %d, this build knows up to %d; upgrade budfleet", ErrNewerSchema, s.path, current, SchemaVersion())
 	}
 	if current == SchemaVersion() {
 		return nil
@@ -685,18 +685,18 @@ func (s *Spool) Checkpoint(source string) ([]byte, error) {
 func (s *Spool) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := Stats{MaxBytes: s.maxBytes, Queues: make(map[string]QueueStats, len(s.state))}
+	stats := Stats{MaxBytes: s.maxBytes, Queues: make(map[string]QueueStats, len(s.state))}
 	for q, qs := range s.state {
 		out := QueueStats{Bytes: qs.bytes, Entries: qs.entries, Dropped: qs.dropped}
 		if qs.entries > 0 {
 			out.OldestTime = time.Unix(0, qs.oldest)
 		}
-		st.Queues[q] = out
-		st.Bytes += qs.bytes
-		st.Entries += qs.entries
-		st.Dropped += qs.dropped
+		stats.Queues[q] = out
+		stats.Bytes += qs.bytes
+		stats.Entries += qs.entries
+		stats.Dropped += qs.dropped
 	}
-	return st
+	return stats
 }
 
 // Wait blocks until queue is non-empty (Append notifies it), ctx ends
