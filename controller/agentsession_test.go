@@ -1,3 +1,7 @@
+// What an agent's session refuses: inventory that would give a node a name
+// enrollment refuses, or fields past their caps, and a new session once the
+// controller has begun to shut down.
+
 package controller
 
 import (
