@@ -52,7 +52,7 @@ const (
 type Server struct {
 	opts    Options
 	log     *slog.Logger
-	store   store.Store
+	store   serverStore
 	ca      *ca.CA
 	metrics *metrics
 
