@@ -558,11 +558,37 @@ func TestMigrateV1ToV2(t *testing.T) {
 	}
 }
 
-// nodesEqual compares nodes field by field, the inventory as a message.
-func nodesEqual(a, b store.Node) bool {
-	ai, bi := a.Inventory, b.Inventory
-	a.Inventory, b.Inventory = nil, nil
-	return reflect.DeepEqual(a, b) && proto.Equal(ai, bi)
+// TestNodeRecordFormat pins how a node is kept: store.Node's json tags with
+// the inventory as protobuf JSON under "inventory", last. (protojson varies
+// its whitespace on purpose, hence the Compact.)
+func TestNodeRecordFormat(t *testing.T) {
+	n := store.Node{ID: "n1", Hostname: "h", Labels: map[string]string{"a": "b"}, TokenID: "t", EnrolledAt: base, CertSerial: "1f",
+		CertExpiresAt: base, LastHeartbeat: base, InventoryUpdateAt: base, GPUs: []byte{1},
+		Inventory: &hostv1.Inventory{Hostname: "h", MachineId: "m", CpuCores: 3, IpAddresses: []string{"10.0.0.1"}}}
+	raw, err := encodeNode(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got bytes.Buffer
+	if err := json.Compact(&got, raw); err != nil {
+		t.Fatal(err)
+	}
+	want := `{"id":"n1","hostname":"h","labels":{"a":"b"},"token_id":"t","enrolled_at":"2030-01-02T03:04:05Z","cert_serial":"1f",` +
+		`"cert_expires_at":"2030-01-02T03:04:05Z","last_heartbeat":"2030-01-02T03:04:05Z","inventory_updated_at":"2030-01-02T03:04:05Z",` +
+		`"gpus":"AQ==","inventory":{"hostname":"h","machine_id":"m","cpu_cores":3,"ip_addresses":["10.0.0.1"]}}`
+	if got.String() != want {
+		t.Errorf("record =\n%s\nwant\n%s", got.String(), want)
+	}
+	back, err := decodeNode(raw)
+	if err != nil || !storetest.NodesEqual(back, n) {
+		t.Errorf("decodeNode = %+v, %v; want %+v", back, err, n)
+	}
+	// Without an inventory there is no key for it.
+	n.Inventory = nil
+	raw, _ = encodeNode(n)
+	if bytes.Contains(raw, []byte(`"inventory"`)) {
+		t.Errorf("record without inventory = %s", raw)
+	}
 }
 
 // TestNodeInventoryOldRecord: nodes written before the inventory became
