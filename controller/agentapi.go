@@ -66,7 +66,7 @@ func (a *AgentAPI) enroll(ctx context.Context, req *agentv1.EnrollRequest) (*age
 	// A cheap read-only check first, so a caller without a valid token
 	// costs no signature and no write transaction; store.Enroll checks
 	// again atomically.
-	if t, err := s.store.GetToken(req.GetTokenId()); err != nil || !ca.SecretMatches(req.GetTokenSecret(), t.SecretHash) {
+	if t, err := s.store.GetToken(ctx, req.GetTokenId()); err != nil || !ca.SecretMatches(req.GetTokenSecret(), t.SecretHash) {
 		return nil, status.Error(codes.PermissionDenied, "join token is not valid: unknown token or wrong secret")
 	} else if err := t.Usable(now); err != nil {
 		return nil, status.Error(codes.PermissionDenied, err.Error())
@@ -85,7 +85,7 @@ func (a *AgentAPI) enroll(ctx context.Context, req *agentv1.EnrollRequest) (*age
 		CertSerial:    cert.SerialNumber.Text(16),
 		CertExpiresAt: cert.NotAfter,
 	}
-	tok, err := s.store.Enroll(req.GetTokenId(), func(t store.Token) error {
+	tok, err := s.store.Enroll(ctx, req.GetTokenId(), func(t store.Token) error {
 		if !ca.SecretMatches(req.GetTokenSecret(), t.SecretHash) {
 			return fmt.Errorf("%w: unknown token or wrong secret", store.ErrTokenInvalid)
 		}
@@ -130,7 +130,7 @@ func (a *AgentAPI) Connect(stream agentv1.AgentService_ConnectServer) error {
 	if !ok {
 		return status.Error(codes.Unauthenticated, "no node identity")
 	}
-	node, err := s.store.GetNode(id.Name)
+	node, err := s.store.GetNode(ctx, id.Name)
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return status.Errorf(codes.PermissionDenied, "node %s is not enrolled (deleted?): its certificate is revoked; enroll again with a new join token", id.Name)
@@ -156,7 +156,7 @@ func (a *AgentAPI) Connect(stream agentv1.AgentService_ConnectServer) error {
 	defer s.closeSession(sess)
 	// The node may have been deleted while we waited for its hello; the
 	// delete found no session to end then.
-	if _, err := s.store.GetNode(node.ID); errors.Is(err, store.ErrNotFound) {
+	if _, err := s.store.GetNode(ctx, node.ID); errors.Is(err, store.ErrNotFound) {
 		return status.Errorf(codes.PermissionDenied, "node %s was deleted: its certificate is revoked; enroll again with a new join token", node.ID)
 	}
 	log := s.log.With("node_id", node.ID, "hostname", node.Hostname)
@@ -226,7 +226,7 @@ func (s *Server) handleAgentMessage(sess *session, msg *agentv1.ConnectRequest) 
 			inv.Hostname = ""
 		}
 		now := s.opts.Now()
-		if _, err := s.store.UpdateNode(sess.nodeID, func(n *store.Node) error {
+		if _, err := s.store.UpdateNode(ctx, sess.nodeID, func(n *store.Node) error {
 			n.Inventory = inv
 			n.InventoryUpdateAt = now
 			if inv.Hostname != "" {
@@ -237,11 +237,11 @@ func (s *Server) handleAgentMessage(sess *session, msg *agentv1.ConnectRequest) 
 			return status.Errorf(codes.Internal, "store inventory: %v", err)
 		}
 	case *agentv1.ConnectRequest_GpuInventory:
-		if err := s.recordGPUInventory(sess.nodeID, m.GpuInventory); err != nil {
+		if err := s.recordGPUInventory(ctx, sess.nodeID, m.GpuInventory); err != nil {
 			return status.Errorf(codes.Internal, "store GPU inventory: %v", err)
 		}
 	case *agentv1.ConnectRequest_GpuHealth:
-		if err := s.recordGPUHealth(sess.nodeID, m.GpuHealth); err != nil {
+		if err := s.recordGPUHealth(ctx, sess.nodeID, m.GpuHealth); err != nil {
 			return status.Errorf(codes.Internal, "store GPU health: %v", err)
 		}
 	case *agentv1.ConnectRequest_CommandResult:
@@ -258,7 +258,7 @@ func (s *Server) handleAgentMessage(sess *session, msg *agentv1.ConnectRequest) 
 
 func (s *Server) recordResult(ctx context.Context, sess *session, r *agentv1.CommandResult) error {
 	now := s.opts.Now()
-	c, err := s.store.UpdateCommand(r.GetCommandId(), func(c *store.Command) error {
+	c, err := s.store.UpdateCommand(ctx, r.GetCommandId(), func(c *store.Command) error {
 		if c.NodeID != sess.nodeID {
 			return fmt.Errorf("%w: command belongs to another node", store.ErrNotFound)
 		}
@@ -304,7 +304,7 @@ func (s *Server) renew(ctx context.Context, nodeID string, r *agentv1.RenewReque
 	if err != nil {
 		return fail(err)
 	}
-	if _, err := s.store.UpdateNode(nodeID, func(n *store.Node) error {
+	if _, err := s.store.UpdateNode(ctx, nodeID, func(n *store.Node) error {
 		n.CertSerial = cert.SerialNumber.Text(16)
 		n.CertExpiresAt = cert.NotAfter
 		return nil
@@ -337,7 +337,8 @@ func (s *Server) sendLoop(sess *session, stream agentv1.AgentService_ConnectServ
 }
 
 func (s *Server) deliverPending(sess *session, stream agentv1.AgentService_ConnectServer, sent map[string]bool) error {
-	pending, err := s.store.PendingCommands(sess.nodeID)
+	ctx := sess.ctx
+	pending, err := s.store.PendingCommands(ctx, sess.nodeID)
 	if err != nil {
 		return status.Errorf(codes.Internal, "load pending commands: %v", err)
 	}
@@ -348,7 +349,7 @@ func (s *Server) deliverPending(sess *session, stream agentv1.AgentService_Conne
 		now := s.opts.Now()
 		// Marked delivered before sending: a crash in between shows as one
 		// more delivery than happened, never as a command that was lost.
-		c, err = s.store.UpdateCommand(c.ID, func(c *store.Command) error {
+		c, err = s.store.UpdateCommand(ctx, c.ID, func(c *store.Command) error {
 			c.Deliveries++
 			c.DeliveredAt = now
 			if c.State == store.CommandPending {

@@ -29,8 +29,8 @@ func decodeGPUs(n store.Node) (*fleetv1.NodeGpus, error) {
 }
 
 // updateGPUs applies fn to a node's stored GPU state.
-func (s *Server) updateGPUs(nodeID string, fn func(*fleetv1.NodeGpus)) error {
-	_, err := s.store.UpdateNode(nodeID, func(n *store.Node) error {
+func (s *Server) updateGPUs(ctx context.Context, nodeID string, fn func(*fleetv1.NodeGpus)) error {
+	_, err := s.store.UpdateNode(ctx, nodeID, func(n *store.Node) error {
 		g, err := decodeGPUs(*n)
 		if err != nil {
 			g = &fleetv1.NodeGpus{} // a report replaces what cannot be read
@@ -46,9 +46,9 @@ func (s *Server) updateGPUs(nodeID string, fn func(*fleetv1.NodeGpus)) error {
 	return err
 }
 
-func (s *Server) recordGPUInventory(nodeID string, inv *gpuv1.GpuInventory) error {
+func (s *Server) recordGPUInventory(ctx context.Context, nodeID string, inv *gpuv1.GpuInventory) error {
 	now := timestamppb.New(s.opts.Now())
-	return s.updateGPUs(nodeID, func(g *fleetv1.NodeGpus) {
+	return s.updateGPUs(ctx, nodeID, func(g *fleetv1.NodeGpus) {
 		g.Inventory = inv
 		g.InventoryUpdatedAt = now
 		if n := uint32(len(inv.GetGpus())); n > g.MaxGpuCount {
@@ -69,9 +69,9 @@ func (s *Server) recordGPUInventory(nodeID string, inv *gpuv1.GpuInventory) erro
 	})
 }
 
-func (s *Server) recordGPUHealth(nodeID string, r *gpuv1.GpuHealthReport) error {
+func (s *Server) recordGPUHealth(ctx context.Context, nodeID string, r *gpuv1.GpuHealthReport) error {
 	now := timestamppb.New(s.opts.Now())
-	return s.updateGPUs(nodeID, func(g *fleetv1.NodeGpus) {
+	return s.updateGPUs(ctx, nodeID, func(g *fleetv1.NodeGpus) {
 		g.Health = r.GetGpus()
 		g.HealthUpdatedAt = now
 	})
@@ -198,7 +198,7 @@ func healthByUUID(g *fleetv1.NodeGpus) map[string]*gpuv1.GpuHealth {
 
 // ListGpus returns a row per GPU and per MIG device.
 func (a *FleetAPI) ListGpus(ctx context.Context, req *fleetv1.ListGpusRequest) (*fleetv1.ListGpusResponse, error) {
-	nodes, err := a.s.store.ListNodes()
+	nodes, err := a.s.store.ListNodes(ctx)
 	if err != nil {
 		return nil, storeErr(err)
 	}
@@ -253,7 +253,7 @@ func (a *FleetAPI) ListGpus(ctx context.Context, req *fleetv1.ListGpusRequest) (
 
 // GetGpuSummary counts GPUs by product and health.
 func (a *FleetAPI) GetGpuSummary(ctx context.Context, _ *fleetv1.GetGpuSummaryRequest) (*fleetv1.GetGpuSummaryResponse, error) {
-	nodes, err := a.s.store.ListNodes()
+	nodes, err := a.s.store.ListNodes(ctx)
 	if err != nil {
 		return nil, storeErr(err)
 	}

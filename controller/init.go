@@ -9,7 +9,7 @@ import (
 
 	"github.com/bud-ecosystem/budfleet/client"
 	"github.com/bud-ecosystem/budfleet/controller/ca"
-	"github.com/bud-ecosystem/budfleet/controller/store"
+	"github.com/bud-ecosystem/budfleet/controller/store/bolt"
 	"github.com/bud-ecosystem/budfleet/pki"
 )
 
@@ -64,7 +64,7 @@ func Init(cfg InitConfig) error {
 	if err := bc.Save(filepath.Join(cfg.DataDir, AdminConfigFile)); err != nil {
 		return err
 	}
-	st, err := store.Open(filepath.Join(cfg.DataDir, StoreFile), store.Options{})
+	st, err := bolt.Open(filepath.Join(cfg.DataDir, StoreFile), bolt.Options{})
 	if err != nil {
 		return err
 	}

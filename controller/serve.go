@@ -23,7 +23,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/bud-ecosystem/budfleet/controller/ca"
-	"github.com/bud-ecosystem/budfleet/controller/store"
+	"github.com/bud-ecosystem/budfleet/controller/store/bolt"
 	"github.com/bud-ecosystem/budfleet/pki"
 	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
 	fleetv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1"
@@ -72,7 +72,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	if err != nil {
 		return fmt.Errorf("load server certificate: %w", err)
 	}
-	st, err := store.Open(filepath.Join(cfg.DataDir, StoreFile), store.Options{})
+	st, err := bolt.Open(filepath.Join(cfg.DataDir, StoreFile), bolt.Options{})
 	if err != nil {
 		return err
 	}
@@ -178,7 +178,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		cfg.Ready(lis.Addr(), maddr)
 	}
 	err = g.Wait()
-	srv.persistLiveness()
+	srv.persistLiveness(context.WithoutCancel(ctx))
 	return err
 }
 

@@ -36,8 +36,8 @@ func (s *Server) recordSIEMStatus(sess *session, st *siemv1.Status) {
 }
 
 // desiredSIEM returns the configuration a node should run, if any.
-func (s *Server) desiredSIEM(n store.Node) (store.SIEMConfig, bool, error) {
-	return s.store.SIEMConfigFor(n.Labels)
+func (s *Server) desiredSIEM(ctx context.Context, n store.Node) (store.SIEMConfig, bool, error) {
+	return s.store.SIEMConfigFor(ctx, n.Labels)
 }
 
 // siemRepushEvery limits how often a node that reports another version than
@@ -49,11 +49,11 @@ const siemRepushEvery = 30 * time.Second
 // session must not hold up an operator's call; the node's next heartbeat
 // that shows the old version brings the push again.
 func (s *Server) pushSIEM(sess *session, wait bool) {
-	n, err := s.store.GetNode(sess.nodeID)
+	n, err := s.store.GetNode(sess.ctx, sess.nodeID)
 	if err != nil {
 		return
 	}
-	c, ok, err := s.desiredSIEM(n)
+	c, ok, err := s.desiredSIEM(sess.ctx, n)
 	if err != nil || !ok {
 		return
 	}
@@ -110,17 +110,17 @@ func (a *FleetAPI) ApplySiemConfig(ctx context.Context, req *fleetv1.ApplySiemCo
 	if id, ok := IdentityFrom(ctx); ok {
 		who = id.Name
 	}
-	c, err := a.s.store.AddSIEMConfig(store.SIEMConfig{YAML: req.GetYaml(), Selector: req.GetSelector(), CreatedAt: a.s.opts.Now(), CreatedBy: who})
+	c, err := a.s.store.AddSIEMConfig(ctx, store.SIEMConfig{YAML: req.GetYaml(), Selector: req.GetSelector(), CreatedAt: a.s.opts.Now(), CreatedBy: who})
 	if err != nil {
 		return nil, storeErr(err)
 	}
-	nodes, err := a.s.store.ListNodes()
+	nodes, err := a.s.store.ListNodes(ctx)
 	if err != nil {
 		return nil, storeErr(err)
 	}
 	resp := &fleetv1.ApplySiemConfigResponse{Version: c.Version}
 	for _, n := range nodes {
-		d, ok, err := a.s.desiredSIEM(n)
+		d, ok, err := a.s.desiredSIEM(ctx, n)
 		if err != nil || !ok || d.Version != c.Version {
 			continue
 		}
@@ -182,20 +182,20 @@ func siemState(st *siemv1.Status, desired uint64, hasDesired bool) string {
 func (a *FleetAPI) GetSiemStatus(ctx context.Context, req *fleetv1.GetSiemStatusRequest) (*fleetv1.GetSiemStatusResponse, error) {
 	var nodes []store.Node
 	if req.GetNodeId() != "" {
-		n, err := a.s.store.GetNode(req.GetNodeId())
+		n, err := a.s.store.GetNode(ctx, req.GetNodeId())
 		if err != nil {
 			return nil, storeErr(err)
 		}
 		nodes = []store.Node{n}
 	} else {
 		var err error
-		if nodes, err = a.s.store.ListNodes(); err != nil {
+		if nodes, err = a.s.store.ListNodes(ctx); err != nil {
 			return nil, storeErr(err)
 		}
 	}
 	out := &fleetv1.GetSiemStatusResponse{}
 	for _, n := range nodes {
-		d, ok, err := a.s.desiredSIEM(n)
+		d, ok, err := a.s.desiredSIEM(ctx, n)
 		if err != nil {
 			return nil, storeErr(err)
 		}
