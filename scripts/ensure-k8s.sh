@@ -19,7 +19,7 @@ dir=${XDG_CACHE_HOME:-$HOME/.cache}/budfleet/k8s-$K8S_VERSION
 mkdir -p "$dir"
 # The version stamp also names etcd's and kwok's versions: changing either
 # pin rebuilds what it names.
-stamp() { echo "$1" >"$dir/.$2.version"; }
+stamp() { echo "$2" >"$dir/.$1.version"; }
 fresh() { [ -x "$dir/$1" ] && [ "$(cat "$dir/.$1.version" 2>/dev/null)" = "$2" ]; }
 
 build() { # build NAME VERSION COMMAND...
