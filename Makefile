@@ -19,7 +19,7 @@ export BUD_BIN_DIR := $(BIN)
 export CGO_CFLAGS := -O2 -g -Wno-deprecated-declarations
 export GRPCURL
 
-.PHONY: all build run test lint fmt-check vet buf-lint buf-breaking proto proto-check proto-baseline gpu-check \
+.PHONY: all build run test lint fmt-check vet imports-check buf-lint buf-breaking proto proto-check proto-baseline gpu-check \
         test-unit test-e2e test-units bench clean
 
 all: build
@@ -45,7 +45,7 @@ run: build
 test: lint test-unit test-e2e test-units
 	@echo "make test: all checks passed"
 
-lint: fmt-check vet buf-lint buf-breaking proto-check
+lint: fmt-check vet imports-check buf-lint buf-breaking proto-check
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
@@ -53,6 +53,10 @@ fmt-check:
 
 vet:
 	$(GO) vet ./...
+
+# The house's import rules (scripts/check-imports.sh says which).
+imports-check:
+	@scripts/check-imports.sh
 
 buf-lint:
 	$(BUF) lint

@@ -65,7 +65,7 @@ func (a *AgentAPI) enroll(ctx context.Context, req *agentv1.EnrollRequest) (*age
 	// A cheap read-only check first, so a caller without a valid token
 	// costs no signature and no write transaction; store.Enroll checks
 	// again atomically.
-	if t, err := s.store.GetToken(req.GetTokenId()); err != nil || !ca.SecretMatches(req.GetTokenSecret(), t.SecretHash) {
+	if t, err := s.store.GetToken(ctx, req.GetTokenId()); err != nil || !ca.SecretMatches(req.GetTokenSecret(), t.SecretHash) {
 		return nil, status.Error(codes.PermissionDenied, "join token is not valid: unknown token or wrong secret")
 	} else if err := t.Usable(now); err != nil {
 		return nil, status.Error(codes.PermissionDenied, err.Error())
@@ -84,7 +84,7 @@ func (a *AgentAPI) enroll(ctx context.Context, req *agentv1.EnrollRequest) (*age
 		CertSerial:    cert.SerialNumber.Text(16),
 		CertExpiresAt: cert.NotAfter,
 	}
-	tok, err := s.store.Enroll(req.GetTokenId(), func(t store.Token) error {
+	tok, err := s.store.Enroll(ctx, req.GetTokenId(), func(t store.Token) error {
 		if !ca.SecretMatches(req.GetTokenSecret(), t.SecretHash) {
 			return fmt.Errorf("%w: unknown token or wrong secret", store.ErrTokenInvalid)
 		}
@@ -129,7 +129,7 @@ func (a *AgentAPI) Connect(stream agentv1.AgentService_ConnectServer) error {
 	if !ok {
 		return status.Error(codes.Unauthenticated, "no node identity")
 	}
-	node, err := s.store.GetNode(id.Name)
+	node, err := s.store.GetNode(ctx, id.Name)
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return status.Errorf(codes.PermissionDenied, "node %s is not enrolled (deleted?): its certificate is revoked; enroll again with a new join token", id.Name)
@@ -155,7 +155,7 @@ func (a *AgentAPI) Connect(stream agentv1.AgentService_ConnectServer) error {
 	defer s.closeSession(sess)
 	// The node may have been deleted while we waited for its hello; the
 	// delete found no session to end then.
-	if _, err := s.store.GetNode(node.ID); errors.Is(err, store.ErrNotFound) {
+	if _, err := s.store.GetNode(ctx, node.ID); errors.Is(err, store.ErrNotFound) {
 		return status.Errorf(codes.PermissionDenied, "node %s was deleted: its certificate is revoked; enroll again with a new join token", node.ID)
 	}
 	log := s.log.With("node_id", node.ID, "hostname", node.Hostname)

@@ -50,7 +50,7 @@ func newCSR(t *testing.T) ([]byte, *ecdsa.PrivateKey) {
 
 func tokenUses(t *testing.T, e *testEnv, id string) uint32 {
 	t.Helper()
-	tok, err := e.store.GetToken(id)
+	tok, err := e.store.GetToken(t.Context(), id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +59,7 @@ func tokenUses(t *testing.T, e *testEnv, id string) uint32 {
 
 func nodeCount(t *testing.T, e *testEnv) int {
 	t.Helper()
-	ns, err := e.store.ListNodes()
+	ns, err := e.store.ListNodes(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +98,7 @@ func TestEnrollSuccess(t *testing.T) {
 		t.Error("response does not carry the CA")
 	}
 
-	n, err := e.store.GetNode(resp.GetNodeId())
+	n, err := e.store.GetNode(t.Context(), resp.GetNodeId())
 	if err != nil {
 		t.Fatal(err)
 	}

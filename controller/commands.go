@@ -44,7 +44,7 @@ func (m *commandDelivery) run(ctx context.Context, sess *session) error {
 	}()
 	sent := map[string]bool{}
 	for {
-		if err := m.deliverPending(sess, sent); err != nil {
+		if err := m.deliverPending(ctx, sess, sent); err != nil {
 			return err
 		}
 		select {
@@ -73,9 +73,9 @@ func (m *commandDelivery) wakeNode(nodeID string) {
 	}
 }
 
-func (m *commandDelivery) deliverPending(sess *session, sent map[string]bool) error {
+func (m *commandDelivery) deliverPending(ctx context.Context, sess *session, sent map[string]bool) error {
 	s := m.srv
-	pending, err := s.store.PendingCommands(sess.nodeID)
+	pending, err := s.store.PendingCommands(ctx, sess.nodeID)
 	if err != nil {
 		return status.Errorf(codes.Internal, "load pending commands: %v", err)
 	}
@@ -83,13 +83,13 @@ func (m *commandDelivery) deliverPending(sess *session, sent map[string]bool) er
 		if sent[c.ID] {
 			continue
 		}
-		if sess.ctx.Err() != nil {
+		if ctx.Err() != nil {
 			return nil
 		}
 		now := s.opts.Now()
 		// Marked delivered before sending: a crash in between shows as one
 		// more delivery than happened, never as a command that was lost.
-		c, err = s.store.UpdateCommand(c.ID, func(c *store.Command) error {
+		c, err = s.store.UpdateCommand(ctx, c.ID, func(c *store.Command) error {
 			c.Deliveries++
 			c.DeliveredAt = now
 			if c.State == store.CommandPending {
@@ -118,7 +118,7 @@ func (m *commandDelivery) handleResult(ctx context.Context, sess *session, msg *
 func (m *commandDelivery) recordResult(ctx context.Context, sess *session, r *agentv1.CommandResult) error {
 	s := m.srv
 	now := s.opts.Now()
-	c, err := s.store.UpdateCommand(r.GetCommandId(), func(c *store.Command) error {
+	c, err := s.store.UpdateCommand(ctx, r.GetCommandId(), func(c *store.Command) error {
 		if c.NodeID != sess.nodeID {
 			return fmt.Errorf("%w: command belongs to another node", store.ErrNotFound)
 		}

@@ -125,7 +125,7 @@ func TestConnectSessionModules(t *testing.T) {
 	stream.in <- &agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Heartbeat{Heartbeat: &agentv1.Heartbeat{Seq: 1, Siem: &siemv1.Status{ConfigVersion: 1, ConfigSource: "controller"}}}}
 	stream.in <- &agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_CommandResult{CommandResult: &agentv1.CommandResult{CommandId: later.GetCommand().GetId(), Success: true}}}
 	eventually(t, "the result stored and the node Ready", func() bool {
-		c, err := e.store.GetCommand(later.GetCommand().GetId())
+		c, err := e.store.GetCommand(t.Context(), later.GetCommand().GetId())
 		last, connected := e.srv.nodeLiveness("n1")
 		return err == nil && c.State.Done() && connected && e.srv.ready(last) && e.srv.siem.report("n1").status.GetConfigVersion() == 1
 	})
@@ -137,7 +137,7 @@ func TestConnectSessionModules(t *testing.T) {
 	if _, connected := e.srv.nodeLiveness("n1"); connected {
 		t.Error("still connected after the session ended")
 	}
-	c, err := e.store.GetCommand(first.GetCommand().GetId())
+	c, err := e.store.GetCommand(t.Context(), first.GetCommand().GetId())
 	if err != nil || c.Deliveries != 1 {
 		t.Errorf("first command %+v, %v; want delivered once", c, err)
 	}

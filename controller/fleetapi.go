@@ -73,6 +73,8 @@ func (a *FleetAPI) audit(ctx context.Context, action string, args ...any) {
 
 func storeErr(err error) error {
 	switch {
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return status.FromContextError(err).Err()
 	case errors.Is(err, store.ErrNotFound):
 		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, store.ErrAlreadyExists):
@@ -114,7 +116,7 @@ func (a *FleetAPI) CreateToken(ctx context.Context, req *fleetv1.CreateTokenRequ
 		Labels:      req.GetLabels(),
 		Description: req.GetDescription(),
 	}
-	if err := s.store.CreateToken(t); err != nil {
+	if err := s.store.CreateToken(ctx, t); err != nil {
 		return nil, storeErr(err)
 	}
 	a.audit(ctx, "token.create", "token_id", t.ID, "ttl", ttl, "max_uses", t.MaxUses)
@@ -123,7 +125,7 @@ func (a *FleetAPI) CreateToken(ctx context.Context, req *fleetv1.CreateTokenRequ
 
 // ListTokens lists join tokens.
 func (a *FleetAPI) ListTokens(ctx context.Context, _ *fleetv1.ListTokensRequest) (*fleetv1.ListTokensResponse, error) {
-	ts, err := a.s.store.ListTokens()
+	ts, err := a.s.store.ListTokens(ctx)
 	if err != nil {
 		return nil, storeErr(err)
 	}
@@ -139,7 +141,7 @@ func (a *FleetAPI) RevokeToken(ctx context.Context, req *fleetv1.RevokeTokenRequ
 	if !pki.ValidTokenID(req.GetId()) {
 		return nil, status.Error(codes.InvalidArgument, "token id must be 12 hex digits (see 'budctl tokens list')")
 	}
-	t, err := a.s.store.RevokeToken(req.GetId(), a.s.opts.Now())
+	t, err := a.s.store.RevokeToken(ctx, req.GetId(), a.s.opts.Now())
 	if err != nil {
 		return nil, storeErr(err)
 	}
@@ -149,7 +151,7 @@ func (a *FleetAPI) RevokeToken(ctx context.Context, req *fleetv1.RevokeTokenRequ
 
 // ListNodes lists enrolled nodes with their live status.
 func (a *FleetAPI) ListNodes(ctx context.Context, _ *fleetv1.ListNodesRequest) (*fleetv1.ListNodesResponse, error) {
-	ns, err := a.s.store.ListNodes()
+	ns, err := a.s.store.ListNodes(ctx)
 	if err != nil {
 		return nil, storeErr(err)
 	}
@@ -165,7 +167,7 @@ func (a *FleetAPI) GetNode(ctx context.Context, req *fleetv1.GetNodeRequest) (*f
 	if req.GetId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "node id is required")
 	}
-	n, err := a.s.store.GetNode(req.GetId())
+	n, err := a.s.store.GetNode(ctx, req.GetId())
 	if err != nil {
 		return nil, storeErr(err)
 	}
@@ -178,7 +180,7 @@ func (a *FleetAPI) DeleteNode(ctx context.Context, req *fleetv1.DeleteNodeReques
 	if req.GetId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "node id is required")
 	}
-	if err := a.s.store.DeleteNode(req.GetId()); err != nil {
+	if err := a.s.store.DeleteNode(ctx, req.GetId()); err != nil {
 		return nil, storeErr(err)
 	}
 	a.s.dropNode(req.GetId())
@@ -203,7 +205,7 @@ func (a *FleetAPI) CreateCommand(ctx context.Context, req *fleetv1.CreateCommand
 		State:     store.CommandPending,
 		CreatedAt: a.s.opts.Now(),
 	}
-	if err := a.s.store.EnqueueCommand(c); err != nil {
+	if err := a.s.store.EnqueueCommand(ctx, c); err != nil {
 		return nil, storeErr(err)
 	}
 	a.s.commands.wakeNode(c.NodeID)
@@ -213,7 +215,7 @@ func (a *FleetAPI) CreateCommand(ctx context.Context, req *fleetv1.CreateCommand
 
 // ListCommands lists commands of one node or all.
 func (a *FleetAPI) ListCommands(ctx context.Context, req *fleetv1.ListCommandsRequest) (*fleetv1.ListCommandsResponse, error) {
-	cs, err := a.s.store.ListCommands(req.GetNodeId())
+	cs, err := a.s.store.ListCommands(ctx, req.GetNodeId())
 	if err != nil {
 		return nil, storeErr(err)
 	}
@@ -229,7 +231,7 @@ func (a *FleetAPI) GetCommand(ctx context.Context, req *fleetv1.GetCommandReques
 	if req.GetId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "command id is required")
 	}
-	c, err := a.s.store.GetCommand(req.GetId())
+	c, err := a.s.store.GetCommand(ctx, req.GetId())
 	if err != nil {
 		return nil, storeErr(err)
 	}

@@ -63,7 +63,7 @@ func TestValidateLabels(t *testing.T) {
 
 func tokenCount(t *testing.T, e *testEnv) int {
 	t.Helper()
-	ts, err := e.store.ListTokens()
+	ts, err := e.store.ListTokens(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +96,7 @@ func TestCreateTokenDefaults(t *testing.T) {
 	if jt.ID != tok.GetId() || jt.CAHash != pki.PublicKeyHash(e.ca.Cert) {
 		t.Errorf("join token %+v does not match token %s and the CA", jt, tok.GetId())
 	}
-	stored, err := e.store.GetToken(tok.GetId())
+	stored, err := e.store.GetToken(t.Context(), tok.GetId())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,12 +184,12 @@ func TestRevokeToken(t *testing.T) {
 func addNode(t *testing.T, e *testEnv, id string) {
 	t.Helper()
 	tok := store.Token{ID: "aaaaaaaaaaaa", SecretHash: ca.HashSecret("s"), CreatedAt: base, ExpiresAt: base.Add(time.Hour)}
-	if _, err := e.store.GetToken(tok.ID); err != nil {
-		if err := e.store.CreateToken(tok); err != nil {
+	if _, err := e.store.GetToken(t.Context(), tok.ID); err != nil {
+		if err := e.store.CreateToken(t.Context(), tok); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := e.store.Enroll(tok.ID, func(store.Token) error { return nil }, store.Node{ID: id, Hostname: "h-" + id, TokenID: tok.ID, EnrolledAt: base}); err != nil {
+	if _, err := e.store.Enroll(t.Context(), tok.ID, func(store.Token) error { return nil }, store.Node{ID: id, Hostname: "h-" + id, TokenID: tok.ID, EnrolledAt: base}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -200,7 +200,7 @@ func TestCreateCommand(t *testing.T) {
 	addNode(t, e, "n1")
 	count := func() int {
 		t.Helper()
-		cs, err := e.store.ListCommands("")
+		cs, err := e.store.ListCommands(t.Context(), "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -279,7 +279,7 @@ func TestDeleteNode(t *testing.T) {
 	if last, _ := e.srv.nodeLiveness("n1"); !last.IsZero() {
 		t.Error("liveness of a deleted node kept")
 	}
-	if cs, _ := e.store.ListCommands("n1"); len(cs) != 0 {
+	if cs, _ := e.store.ListCommands(t.Context(), "n1"); len(cs) != 0 {
 		t.Errorf("%d commands of a deleted node kept", len(cs))
 	}
 	l, err := api.ListNodes(context.Background(), &fleetv1.ListNodesRequest{})

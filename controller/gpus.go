@@ -30,15 +30,15 @@ func (m *gpuReports) handlers() []handler {
 
 func (*gpuReports) run(context.Context, *session) error { return nil }
 
-func (m *gpuReports) handleInventory(_ context.Context, sess *session, msg *agentv1.ConnectRequest_GpuInventory) error {
-	if err := m.recordInventory(sess.nodeID, msg.GpuInventory); err != nil {
+func (m *gpuReports) handleInventory(ctx context.Context, sess *session, msg *agentv1.ConnectRequest_GpuInventory) error {
+	if err := m.recordInventory(ctx, sess.nodeID, msg.GpuInventory); err != nil {
 		return status.Errorf(codes.Internal, "store GPU inventory: %v", err)
 	}
 	return nil
 }
 
-func (m *gpuReports) handleHealth(_ context.Context, sess *session, msg *agentv1.ConnectRequest_GpuHealth) error {
-	if err := m.recordHealth(sess.nodeID, msg.GpuHealth); err != nil {
+func (m *gpuReports) handleHealth(ctx context.Context, sess *session, msg *agentv1.ConnectRequest_GpuHealth) error {
+	if err := m.recordHealth(ctx, sess.nodeID, msg.GpuHealth); err != nil {
 		return status.Errorf(codes.Internal, "store GPU health: %v", err)
 	}
 	return nil
@@ -56,9 +56,9 @@ func decodeGPUs(n store.Node) (*fleetv1.NodeGpus, error) {
 }
 
 // update applies fn to a node's stored GPU state.
-func (m *gpuReports) update(nodeID string, fn func(*fleetv1.NodeGpus)) error {
+func (m *gpuReports) update(ctx context.Context, nodeID string, fn func(*fleetv1.NodeGpus)) error {
 	s := m.srv
-	_, err := s.store.UpdateNode(nodeID, func(n *store.Node) error {
+	_, err := s.store.UpdateNode(ctx, nodeID, func(n *store.Node) error {
 		g, err := decodeGPUs(*n)
 		if err != nil {
 			g = &fleetv1.NodeGpus{} // a report replaces what cannot be read
@@ -74,9 +74,9 @@ func (m *gpuReports) update(nodeID string, fn func(*fleetv1.NodeGpus)) error {
 	return err
 }
 
-func (m *gpuReports) recordInventory(nodeID string, inv *gpuv1.GpuInventory) error {
+func (m *gpuReports) recordInventory(ctx context.Context, nodeID string, inv *gpuv1.GpuInventory) error {
 	now := timestamppb.New(m.srv.opts.Now())
-	return m.update(nodeID, func(g *fleetv1.NodeGpus) {
+	return m.update(ctx, nodeID, func(g *fleetv1.NodeGpus) {
 		g.Inventory = inv
 		g.InventoryUpdatedAt = now
 		if n := uint32(len(inv.GetGpus())); n > g.MaxGpuCount {
@@ -97,9 +97,9 @@ func (m *gpuReports) recordInventory(nodeID string, inv *gpuv1.GpuInventory) err
 	})
 }
 
-func (m *gpuReports) recordHealth(nodeID string, r *gpuv1.GpuHealthReport) error {
+func (m *gpuReports) recordHealth(ctx context.Context, nodeID string, r *gpuv1.GpuHealthReport) error {
 	now := timestamppb.New(m.srv.opts.Now())
-	return m.update(nodeID, func(g *fleetv1.NodeGpus) {
+	return m.update(ctx, nodeID, func(g *fleetv1.NodeGpus) {
 		g.Health = r.GetGpus()
 		g.HealthUpdatedAt = now
 	})
@@ -226,7 +226,7 @@ func healthByUUID(g *fleetv1.NodeGpus) map[string]*gpuv1.GpuHealth {
 
 // ListGpus returns a row per GPU and per MIG device.
 func (a *FleetAPI) ListGpus(ctx context.Context, req *fleetv1.ListGpusRequest) (*fleetv1.ListGpusResponse, error) {
-	nodes, err := a.s.store.ListNodes()
+	nodes, err := a.s.store.ListNodes(ctx)
 	if err != nil {
 		return nil, storeErr(err)
 	}
@@ -281,7 +281,7 @@ func (a *FleetAPI) ListGpus(ctx context.Context, req *fleetv1.ListGpusRequest) (
 
 // GetGpuSummary counts GPUs by product and health.
 func (a *FleetAPI) GetGpuSummary(ctx context.Context, _ *fleetv1.GetGpuSummaryRequest) (*fleetv1.GetGpuSummaryResponse, error) {
-	nodes, err := a.s.store.ListNodes()
+	nodes, err := a.s.store.ListNodes(ctx)
 	if err != nil {
 		return nil, storeErr(err)
 	}

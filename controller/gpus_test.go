@@ -234,7 +234,7 @@ func TestGpuProblems(t *testing.T) {
 
 func gpuTestState(t *testing.T, e *testEnv, id string) *fleetv1.NodeGpus {
 	t.Helper()
-	n, err := e.store.GetNode(id)
+	n, err := e.store.GetNode(t.Context(), id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,11 +258,11 @@ func TestGpuRecordInventory(t *testing.T) {
 	}
 
 	inv8 := gpuTestInventory("r", gpuTestH100, 8, 81920)
-	if err := gpus.recordInventory("n1", inv8); err != nil {
+	if err := gpus.recordInventory(t.Context(), "n1", inv8); err != nil {
 		t.Fatal(err)
 	}
 	e.clock.Advance(time.Second)
-	if err := gpus.recordHealth("n1", gpuTestHealth(inv8, map[uint32]gpuv1.HealthState{7: gpuv1.HealthState_HEALTH_STATE_UNHEALTHY})); err != nil {
+	if err := gpus.recordHealth(t.Context(), "n1", gpuTestHealth(inv8, map[uint32]gpuv1.HealthState{7: gpuv1.HealthState_HEALTH_STATE_UNHEALTHY})); err != nil {
 		t.Fatal(err)
 	}
 	g := gpuTestState(t, e, "n1")
@@ -276,7 +276,7 @@ func TestGpuRecordInventory(t *testing.T) {
 	// GPU 7 falls off: 7 reported. The max stays 8 and GPU 7's health goes.
 	inv7 := gpuTestInventory("r", gpuTestH100, 7, 81920)
 	e.clock.Advance(time.Second)
-	if err := gpus.recordInventory("n1", inv7); err != nil {
+	if err := gpus.recordInventory(t.Context(), "n1", inv7); err != nil {
 		t.Fatal(err)
 	}
 	g = gpuTestState(t, e, "n1")
@@ -307,7 +307,7 @@ func TestGpuRecordInventory(t *testing.T) {
 
 	// A different set of 2 GPUs: max stays 8, no health is left over.
 	other := gpuTestInventory("other", gpuTestA100, 2, 40960)
-	if err := gpus.recordInventory("n1", other); err != nil {
+	if err := gpus.recordInventory(t.Context(), "n1", other); err != nil {
 		t.Fatal(err)
 	}
 	g = gpuTestState(t, e, "n1")
@@ -315,7 +315,7 @@ func TestGpuRecordInventory(t *testing.T) {
 		t.Errorf("after 2 other GPUs: max %d, health %v", g.GetMaxGpuCount(), uuids(g.GetHealth()))
 	}
 	// More than ever before raises the max.
-	if err := gpus.recordInventory("n1", gpuTestInventory("big", gpuTestH100, 16, 81920)); err != nil {
+	if err := gpus.recordInventory(t.Context(), "n1", gpuTestInventory("big", gpuTestH100, 16, 81920)); err != nil {
 		t.Fatal(err)
 	}
 	if g = gpuTestState(t, e, "n1"); g.GetMaxGpuCount() != 16 {
@@ -331,7 +331,7 @@ func TestGpuRecordInventory(t *testing.T) {
 	if n := resp.GetNode(); n.GetGpus() != nil || n.GetKubernetesLabels() != nil || n.GetProposedTaints() != nil || n.GetProblems() != nil {
 		t.Errorf("node without a GPU report: gpus %v labels %v taints %v problems %v", n.GetGpus(), n.GetKubernetesLabels(), n.GetProposedTaints(), n.GetProblems())
 	}
-	if err := gpus.recordInventory("missing", inv8); err == nil {
+	if err := gpus.recordInventory(t.Context(), "missing", inv8); err == nil {
 		t.Error("recordGPUInventory for an unknown node succeeded")
 	}
 }
@@ -352,16 +352,16 @@ func gpuTestFleet(t *testing.T) *testEnv {
 	gpus := &gpuReports{srv: e.srv}
 	hosts := map[string]string{"n1": "a-dgx", "n2": "b-a100", "n3": "c-cpu", "n4": "d-new", "n5": "e-dgx"}
 	for id, h := range hosts {
-		if _, err := e.store.UpdateNode(id, func(n *store.Node) error { n.Hostname = h; return nil }); err != nil {
+		if _, err := e.store.UpdateNode(t.Context(), id, func(n *store.Node) error { n.Hostname = h; return nil }); err != nil {
 			t.Fatal(err)
 		}
 	}
 	record := func(id string, inv *gpuv1.GpuInventory, states map[uint32]gpuv1.HealthState) {
 		t.Helper()
-		if err := gpus.recordInventory(id, inv); err != nil {
+		if err := gpus.recordInventory(t.Context(), id, inv); err != nil {
 			t.Fatal(err)
 		}
-		if err := gpus.recordHealth(id, gpuTestHealth(inv, states)); err != nil {
+		if err := gpus.recordHealth(t.Context(), id, gpuTestHealth(inv, states)); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -28,7 +28,7 @@ func (m *hostInventory) handleInventory(ctx context.Context, sess *session, msg 
 		inv.Hostname = ""
 	}
 	now := s.opts.Now()
-	if _, err := s.store.UpdateNode(sess.nodeID, func(n *store.Node) error {
+	if _, err := s.store.UpdateNode(ctx, sess.nodeID, func(n *store.Node) error {
 		n.Inventory = inv
 		n.InventoryUpdateAt = now
 		if inv.Hostname != "" {

@@ -32,7 +32,7 @@ func (m *renewal) renew(ctx context.Context, nodeID string, r *agentv1.RenewRequ
 	if err != nil {
 		return fail(err)
 	}
-	if _, err := s.store.UpdateNode(nodeID, func(n *store.Node) error {
+	if _, err := s.store.UpdateNode(ctx, nodeID, func(n *store.Node) error {
 		n.CertSerial = cert.SerialNumber.Text(16)
 		n.CertExpiresAt = cert.NotAfter
 		return nil

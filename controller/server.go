@@ -18,7 +18,7 @@ import (
 
 // Options configure a Server.
 type Options struct {
-	Store  *store.Store
+	Store  store.Store
 	CA     *ca.CA
 	Logger *slog.Logger
 	// Registerer receives the controller's metrics; nil means none.
@@ -53,7 +53,7 @@ const (
 type Server struct {
 	opts    Options
 	log     *slog.Logger
-	store   *store.Store
+	store   serverStore
 	ca      *ca.CA
 	metrics *metrics
 

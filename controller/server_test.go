@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/bud-ecosystem/budfleet/controller/ca"
-	"github.com/bud-ecosystem/budfleet/controller/store"
+	"github.com/bud-ecosystem/budfleet/controller/store/bolt"
 )
 
 // base is a fixed UTC instant without a monotonic reading, so times survive
@@ -38,7 +38,7 @@ func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Disca
 
 type testEnv struct {
 	srv   *Server
-	store *store.Store
+	store *bolt.Store
 	ca    *ca.CA
 	clock *fakeClock
 }
@@ -47,7 +47,7 @@ type testEnv struct {
 // and a fake clock at base.
 func newTestServer(t *testing.T) *testEnv {
 	t.Helper()
-	st, err := store.Open(filepath.Join(t.TempDir(), StoreFile), store.Options{LockTimeout: time.Second})
+	st, err := bolt.Open(filepath.Join(t.TempDir(), StoreFile), bolt.Options{LockTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +65,7 @@ func newTestServer(t *testing.T) *testEnv {
 }
 
 func TestNewValidatesOptions(t *testing.T) {
-	st, err := store.Open(filepath.Join(t.TempDir(), StoreFile), store.Options{})
+	st, err := bolt.Open(filepath.Join(t.TempDir(), StoreFile), bolt.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -79,7 +79,9 @@ func (s *Server) closeSession(sess *session) {
 	s.mu.Unlock()
 	if last {
 		s.metrics.connected.Dec()
-		s.persistHeartbeat(sess.nodeID, seen)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(sess.ctx), persistTimeout)
+		defer cancel()
+		s.persistHeartbeat(ctx, sess.nodeID, seen)
 	}
 }
 
@@ -115,22 +117,27 @@ func (s *Server) closeAllSessions() {
 
 var errShuttingDown = errors.New("controller is shutting down")
 
+// persistTimeout bounds the write of a node's last heartbeat when its
+// session ends: the session's context is done by then.
+const persistTimeout = 5 * time.Second
+
 // persistLiveness writes each node's last heartbeat to the store, so that
-// 'nodes get' shows when a node was last seen across restarts.
-func (s *Server) persistLiveness() {
+// 'nodes get' shows when a node was last seen across restarts. It runs at
+// shutdown: ctx should not be done yet (see context.WithoutCancel).
+func (s *Server) persistLiveness(ctx context.Context) {
 	s.mu.Lock()
 	seen := maps.Clone(s.lastSeen)
 	s.mu.Unlock()
 	for id, t := range seen {
-		s.persistHeartbeat(id, t)
+		s.persistHeartbeat(ctx, id, t)
 	}
 }
 
-func (s *Server) persistHeartbeat(id string, t time.Time) {
+func (s *Server) persistHeartbeat(ctx context.Context, id string, t time.Time) {
 	if t.IsZero() {
 		return
 	}
-	_, err := s.store.UpdateNode(id, func(n *store.Node) error {
+	_, err := s.store.UpdateNode(ctx, id, func(n *store.Node) error {
 		n.LastHeartbeat = t
 		return nil
 	})

@@ -76,8 +76,8 @@ func (m *siemPush) forget(nodeID string) {
 }
 
 // desiredSIEM returns the configuration a node should run, if any.
-func (s *Server) desiredSIEM(n store.Node) (store.SIEMConfig, bool, error) {
-	return s.store.SIEMConfigFor(n.Labels)
+func (s *Server) desiredSIEM(ctx context.Context, n store.Node) (store.SIEMConfig, bool, error) {
+	return s.store.SIEMConfigFor(ctx, n.Labels)
 }
 
 // siemRepushEvery limits how often a node that reports another version than
@@ -90,11 +90,11 @@ const siemRepushEvery = 30 * time.Second
 // old version brings the push again.
 func (m *siemPush) push(sess *session, wait bool) {
 	s := m.srv
-	n, err := s.store.GetNode(sess.nodeID)
+	n, err := s.store.GetNode(sess.ctx, sess.nodeID)
 	if err != nil {
 		return
 	}
-	c, ok, err := s.desiredSIEM(n)
+	c, ok, err := s.desiredSIEM(sess.ctx, n)
 	if err != nil || !ok {
 		return
 	}
@@ -145,17 +145,17 @@ func (a *FleetAPI) ApplySiemConfig(ctx context.Context, req *fleetv1.ApplySiemCo
 	if id, ok := IdentityFrom(ctx); ok {
 		who = id.Name
 	}
-	c, err := a.s.store.AddSIEMConfig(store.SIEMConfig{YAML: req.GetYaml(), Selector: req.GetSelector(), CreatedAt: a.s.opts.Now(), CreatedBy: who})
+	c, err := a.s.store.AddSIEMConfig(ctx, store.SIEMConfig{YAML: req.GetYaml(), Selector: req.GetSelector(), CreatedAt: a.s.opts.Now(), CreatedBy: who})
 	if err != nil {
 		return nil, storeErr(err)
 	}
-	nodes, err := a.s.store.ListNodes()
+	nodes, err := a.s.store.ListNodes(ctx)
 	if err != nil {
 		return nil, storeErr(err)
 	}
 	resp := &fleetv1.ApplySiemConfigResponse{Version: c.Version}
 	for _, n := range nodes {
-		d, ok, err := a.s.desiredSIEM(n)
+		d, ok, err := a.s.desiredSIEM(ctx, n)
 		if err != nil || !ok || d.Version != c.Version {
 			continue
 		}
@@ -214,20 +214,20 @@ func siemState(st *siemv1.Status, desired uint64, hasDesired bool) string {
 func (a *FleetAPI) GetSiemStatus(ctx context.Context, req *fleetv1.GetSiemStatusRequest) (*fleetv1.GetSiemStatusResponse, error) {
 	var nodes []store.Node
 	if req.GetNodeId() != "" {
-		n, err := a.s.store.GetNode(req.GetNodeId())
+		n, err := a.s.store.GetNode(ctx, req.GetNodeId())
 		if err != nil {
 			return nil, storeErr(err)
 		}
 		nodes = []store.Node{n}
 	} else {
 		var err error
-		if nodes, err = a.s.store.ListNodes(); err != nil {
+		if nodes, err = a.s.store.ListNodes(ctx); err != nil {
 			return nil, storeErr(err)
 		}
 	}
 	out := &fleetv1.GetSiemStatusResponse{}
 	for _, n := range nodes {
-		d, ok, err := a.s.desiredSIEM(n)
+		d, ok, err := a.s.desiredSIEM(ctx, n)
 		if err != nil {
 			return nil, storeErr(err)
 		}

@@ -32,7 +32,7 @@ const siemTestYAML = `siem:
 func siemTestNode(t *testing.T, e *testEnv, id string, labels map[string]string) {
 	t.Helper()
 	addNode(t, e, id)
-	if _, err := e.store.UpdateNode(id, func(n *store.Node) error {
+	if _, err := e.store.UpdateNode(t.Context(), id, func(n *store.Node) error {
 		n.Labels = labels
 		return nil
 	}); err != nil {
@@ -52,11 +52,11 @@ func siemApply(t *testing.T, e *testEnv, yaml string, selector map[string]string
 
 func siemDesired(t *testing.T, e *testEnv, id string) (uint64, bool) {
 	t.Helper()
-	n, err := e.store.GetNode(id)
+	n, err := e.store.GetNode(t.Context(), id)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, ok, err := e.store.SIEMConfigFor(n.Labels)
+	c, ok, err := e.store.SIEMConfigFor(t.Context(), n.Labels)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +118,7 @@ func TestApplySiemConfigRefusesBadConfig(t *testing.T) {
 			}
 		}
 		for _, labels := range []map[string]string{nil, {"rack": "r1"}, {"rack": "x"}} {
-			if c, ok, err := e.store.SIEMConfigFor(labels); err != nil || ok {
+			if c, ok, err := e.store.SIEMConfigFor(t.Context(), labels); err != nil || ok {
 				t.Fatalf("%s: a configuration was stored: %+v %v", tc.name, c, err)
 			}
 		}
@@ -159,7 +159,7 @@ func TestApplySiemConfigSelectsByLabels(t *testing.T) {
 			t.Errorf("%s runs version %d (%v), want %d", id, v, ok, want)
 		}
 	}
-	c, _, _ := e.store.SIEMConfigFor(map[string]string{"role": "gpu"})
+	c, _, _ := e.store.SIEMConfigFor(t.Context(), map[string]string{"role": "gpu"})
 	if c.CreatedBy != "alice" || !c.CreatedAt.Equal(base) || string(c.YAML) != siemTestYAML || c.Selector["role"] != "gpu" {
 		t.Errorf("stored config = %+v", c)
 	}

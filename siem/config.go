@@ -221,15 +221,12 @@ func (c Config) Validate() error {
 	if c.Spool.MaxBytes < 0 || (c.Spool.MaxBytes > 0 && c.Spool.MaxBytes < 1<<20) {
 		bad("siem.spool.max_bytes must be at least 1 MiB")
 	}
-	spoolBytes := c.Spool.MaxBytes
-	if spoolBytes <= 0 {
-		spoolBytes = DefaultSpoolBytes
-	}
+	limits := SpoolLimits{MaxBytes: c.Spool.MaxBytes}
 	for i, s := range c.Sources {
 		// A line must fit in a spool batch many times over, or it could
-		// never be spooled and its source would stall.
-		if int64(s.MaxLineBytes)*16 > spoolBytes {
-			bad("siem.sources[%d]: max_line_bytes %d is too large for a spool of %d bytes (at most 1/16 of it)", i, s.MaxLineBytes, spoolBytes)
+		// never be spooled and its source would stall (SpoolLimits).
+		if int64(s.MaxLineBytes) > limits.MaxLineBytes() {
+			bad("siem.sources[%d]: max_line_bytes %d is too large for a spool of %d bytes (at most 1/16 of it)", i, s.MaxLineBytes, limits.Cap())
 		}
 	}
 	if c.Spool.FlushInterval < 0 {

@@ -155,9 +155,9 @@ spool:
   flush_interval: 100ms
 `
 
-func indent(s string) string {
+func indent(text string) string {
 	var b strings.Builder
-	for _, l := range strings.Split(strings.TrimPrefix(s, "\n"), "\n") {
+	for _, l := range strings.Split(strings.TrimPrefix(text, "\n"), "\n") {
 		if l != "" {
 			b.WriteString("  ")
 		}

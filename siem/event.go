@@ -1,6 +1,6 @@
 // Package siem forwards log files (first of all /var/log/audit/audit.log)
 // to the security team's SIEM without losing events: sources are tailed from
-// a checkpoint, parsed, written to a disk spool in the agent's bbolt, and
+// a checkpoint, parsed, written to a disk spool (a bbolt file), and
 // removed from the spool only once an output has acknowledged them.
 //
 // Subpackages hold the parts: tail (follow files across rotation), audit

@@ -1,126 +1,107 @@
-// Package store keeps the controller's state in bbolt.
+// Package store is what the controller keeps: the domain types (join
+// tokens, nodes, their command queues, SIEM configurations), the sentinel
+// errors, and the Store interface a backend implements.
 //
-// Schema (version 2):
+// Backends live below: store/bolt keeps everything in one embedded bbolt
+// file (the default, one controller); an etcd backend for several
+// controllers comes later. store/storetest is the conformance suite every
+// backend passes: it, not a backend, says what a Store does.
 //
-//	meta/
-//	  schema_version         -> uint64 big-endian
-//	tokens/
-//	  <token id>             -> JSON Token
-//	nodes/
-//	  <node id>              -> JSON Node
-//	commands/
-//	  <node id>/             (one bucket per node)
-//	    <seq uint64 BE>      -> JSON Command, in the order they were queued
-//	command_index/
-//	  <command id>           -> <node id> NUL <seq uint64 BE>
-//	siem_configs/            (since version 2)
-//	  <version uint64 BE>    -> JSON SIEMConfig, newest last
-//
-// Values are copied out of transactions before they are returned.
+// The json tags on the types name the fields of the bolt backend's records,
+// so they must not change; another backend may encode differently.
 package store
 
 import (
-	"bytes"
-	"encoding/binary"
-	"encoding/json"
+	"context"
 	"errors"
 	"fmt"
-	"maps"
-	"sort"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-	"google.golang.org/protobuf/encoding/protojson"
-
-	"github.com/bud-ecosystem/budfleet/internal/boltdb"
 	hostv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/host/v1"
 )
 
-var (
-	bucketMeta         = boltdb.BucketMeta
-	bucketTokens       = []byte("tokens")
-	bucketNodes        = []byte("nodes")
-	bucketCommands     = []byte("commands")
-	bucketCommandIndex = []byte("command_index")
-	bucketSIEMConfigs  = []byte("siem_configs")
-
-	keySchemaVersion = boltdb.KeySchemaVersion
-)
-
-// Sentinel errors; callers map them to API status codes.
+// Sentinel errors; callers map them to API status codes. Backends wrap them
+// with the id they concern ("node n1: not found").
 var (
 	ErrNotFound      = errors.New("not found")
-	ErrLocked        = boltdb.ErrLocked
-	ErrNewerSchema   = boltdb.ErrNewerSchema
 	ErrTokenInvalid  = errors.New("join token is not valid")
 	ErrAlreadyExists = errors.New("already exists")
 )
 
-// migrations[i] brings a store from schema version i to i+1. Append only.
-var migrations = []boltdb.Migration{
-	// 0 -> 1: the initial buckets.
-	func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketTokens, bucketNodes, bucketCommands, bucketCommandIndex} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
-		}
-		return nil
-	},
-	// 1 -> 2: fleet-managed audit forwarding configurations.
-	func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(bucketSIEMConfigs)
-		return err
-	},
-}
-
-// SchemaVersion is the version this build writes.
-func SchemaVersion() uint64 { return uint64(len(migrations)) }
-
-// Options configure Open.
-type Options struct {
-	// LockTimeout bounds the wait for another process's lock on the file.
-	LockTimeout time.Duration
-}
-
 // Store is the controller's persistent state.
-type Store struct {
-	db *bolt.DB
+//
+// Every method takes the caller's context first: called with a context
+// that is done, it returns an error wrapping ctx.Err() and changes nothing.
+// Values passed in and returned are the
+// caller's: a backend keeps no reference to them, and changing a returned
+// value changes nothing stored.
+//
+// The update funcs (Enroll's check, UpdateNode's and UpdateCommand's fn)
+// run inside the backend's transaction and may run more than once (a
+// backend with optimistic concurrency retries on a conflict), so they must
+// have no effect beyond their argument. When one returns an error the
+// method returns that error (errors.Is-able) and changes nothing.
+type Store interface {
+	// CreateToken stores a new token; ErrAlreadyExists when its id is
+	// taken (the stored token is kept).
+	CreateToken(ctx context.Context, t Token) error
+	// GetToken returns the token with id; ErrNotFound naming the id.
+	GetToken(ctx context.Context, id string) (Token, error)
+	// ListTokens returns every token, oldest (CreatedAt) first, then by id.
+	ListTokens(ctx context.Context) ([]Token, error)
+	// RevokeToken marks the token revoked at now and returns it; revoking
+	// twice keeps the first time. ErrNotFound naming the id.
+	RevokeToken(ctx context.Context, id string, now time.Time) (Token, error)
+	// Enroll atomically checks the token tokenID with check, spends one use
+	// of it and stores node, with the token's labels when it has any. An
+	// unknown token is ErrTokenInvalid worded like a wrong secret (the id
+	// is not named, so ids cannot be probed), and check is not called; a
+	// node id that exists is ErrAlreadyExists. On any error nothing changes
+	// and no use is spent. It returns the token after the use.
+	Enroll(ctx context.Context, tokenID string, check func(Token) error, node Node) (Token, error)
+
+	// GetNode returns the node with id; ErrNotFound naming the id.
+	GetNode(ctx context.Context, id string) (Node, error)
+	// ListNodes returns every node, by hostname then id (byte order).
+	ListNodes(ctx context.Context) ([]Node, error)
+	// UpdateNode applies fn to the stored node, saves and returns it.
+	// ErrNotFound naming the id (fn is not called). fn must not change the
+	// node's ID.
+	UpdateNode(ctx context.Context, id string, fn func(*Node) error) (Node, error)
+	// DeleteNode removes the node and its whole command queue (the
+	// commands' ids may then be used again); ErrNotFound naming the id.
+	DeleteNode(ctx context.Context, id string) error
+
+	// EnqueueCommand appends c to the queue of node c.NodeID. ErrNotFound
+	// naming the node when it does not exist; ErrAlreadyExists when the
+	// command id is taken, on any node.
+	EnqueueCommand(ctx context.Context, c Command) error
+	// PendingCommands returns the node's commands without a result
+	// (State.Done is false: pending and delivered ones), in queue order:
+	// what a (re)connecting node is to be sent. None for an unknown node.
+	PendingCommands(ctx context.Context, nodeID string) ([]Command, error)
+	// ListCommands returns the commands of one node in queue order, or,
+	// when nodeID is empty, of every node: by node id, each node's in queue
+	// order. None for an unknown node.
+	ListCommands(ctx context.Context, nodeID string) ([]Command, error)
+	// GetCommand returns the command with id; ErrNotFound naming the id.
+	GetCommand(ctx context.Context, id string) (Command, error)
+	// UpdateCommand applies fn to the stored command, saves and returns it;
+	// the command keeps its place in the queue. ErrNotFound naming the id
+	// (fn is not called). fn must not change the command's ID or NodeID.
+	UpdateCommand(ctx context.Context, id string, fn func(*Command) error) (Command, error)
+
+	// AddSIEMConfig stores c under the next version and returns it with
+	// that version: versions start above 0 and only increase (c.Version is
+	// ignored).
+	AddSIEMConfig(ctx context.Context, c SIEMConfig) (SIEMConfig, error)
+	// SIEMConfigFor returns the newest configuration whose selector matches
+	// labels (see SIEMConfig.Selects); ok is false when none does.
+	SIEMConfigFor(ctx context.Context, labels map[string]string) (c SIEMConfig, ok bool, err error)
+
+	// Close releases the backend. No method may be called after it.
+	Close() error
 }
-
-// Open opens (creating if needed) the store at path and migrates it.
-func Open(path string, opts Options) (*Store, error) {
-	db, err := boltdb.Open(path, boltdb.Options{
-		Name:        "controller store",
-		LockTimeout: opts.LockTimeout,
-		LockHint:    "is another bud-controller running with the same --data-dir?",
-		UpgradeHint: "upgrade bud-controller",
-		Migrations:  migrations,
-	})
-	if err != nil {
-		return nil, err
-	}
-	return &Store{db: db}, nil
-}
-
-// Close closes the store.
-func (s *Store) Close() error { return s.db.Close() }
-
-func u64(v uint64) []byte {
-	b := make([]byte, 8)
-	binary.BigEndian.PutUint64(b, v)
-	return b
-}
-
-func getJSON(b *bolt.Bucket, key []byte, v any) error {
-	found, err := boltdb.GetJSON(b, key, v)
-	if err == nil && !found {
-		err = ErrNotFound
-	}
-	return err
-}
-
-func putJSON(b *bolt.Bucket, key []byte, v any) error { return boltdb.PutJSON(b, key, v) }
 
 // Token is a stored join token. Only the secret's hash is kept.
 type Token struct {
@@ -151,238 +132,25 @@ func (t Token) Usable(now time.Time) error {
 	return nil
 }
 
-// CreateToken stores a new token.
-func (s *Store) CreateToken(t Token) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketTokens)
-		if b.Get([]byte(t.ID)) != nil {
-			return fmt.Errorf("token %s: %w", t.ID, ErrAlreadyExists)
-		}
-		return putJSON(b, []byte(t.ID), t)
-	})
-}
-
-// GetToken returns the token with id.
-func (s *Store) GetToken(id string) (Token, error) {
-	var t Token
-	err := s.db.View(func(tx *bolt.Tx) error { return getJSON(tx.Bucket(bucketTokens), []byte(id), &t) })
-	if errors.Is(err, ErrNotFound) {
-		return t, fmt.Errorf("token %s: %w", id, ErrNotFound)
-	}
-	return t, err
-}
-
-// ListTokens returns every token, oldest first.
-func (s *Store) ListTokens() ([]Token, error) {
-	var out []Token
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketTokens).ForEach(func(_, v []byte) error {
-			var t Token
-			if err := json.Unmarshal(v, &t); err != nil {
-				return err
-			}
-			out = append(out, t)
-			return nil
-		})
-	})
-	sort.Slice(out, func(i, j int) bool {
-		if !out[i].CreatedAt.Equal(out[j].CreatedAt) {
-			return out[i].CreatedAt.Before(out[j].CreatedAt)
-		}
-		return out[i].ID < out[j].ID
-	})
-	return out, err
-}
-
-// RevokeToken marks a token revoked; revoking twice keeps the first time.
-func (s *Store) RevokeToken(id string, now time.Time) (Token, error) {
-	var t Token
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketTokens)
-		if err := getJSON(b, []byte(id), &t); err != nil {
-			return fmt.Errorf("token %s: %w", id, err)
-		}
-		if t.RevokedAt.IsZero() {
-			t.RevokedAt = now
-		}
-		return putJSON(b, []byte(id), t)
-	})
-	return t, err
-}
-
 // Node is an enrolled node.
 type Node struct {
-	ID                string            `json:"id"`
-	Hostname          string            `json:"hostname"`
-	MachineID         string            `json:"machine_id,omitempty"`
-	Labels            map[string]string `json:"labels,omitempty"`
-	TokenID           string            `json:"token_id"`
-	EnrolledAt        time.Time         `json:"enrolled_at"`
-	CertSerial        string            `json:"cert_serial"`
-	CertExpiresAt     time.Time         `json:"cert_expires_at"`
-	LastHeartbeat     time.Time         `json:"last_heartbeat,omitzero"`
+	ID            string            `json:"id"`
+	Hostname      string            `json:"hostname"`
+	MachineID     string            `json:"machine_id,omitempty"`
+	Labels        map[string]string `json:"labels,omitempty"`
+	TokenID       string            `json:"token_id"`
+	EnrolledAt    time.Time         `json:"enrolled_at"`
+	CertSerial    string            `json:"cert_serial"`
+	CertExpiresAt time.Time         `json:"cert_expires_at"`
+	LastHeartbeat time.Time         `json:"last_heartbeat,omitzero"`
+	// Inventory is the node's last host inventory report. It is a protobuf
+	// message: backends encode it themselves (bolt as protobuf JSON).
 	Inventory         *hostv1.Inventory `json:"-"`
 	InventoryUpdateAt time.Time         `json:"inventory_updated_at,omitzero"`
 	// GPUs is the node's GPU inventory and health as the protobuf encoding
 	// of budfleet.fleet.v1.NodeGpus: a versioned wire schema that new
 	// fields extend without a store migration.
 	GPUs []byte `json:"gpus,omitempty"`
-}
-
-// nodeJSON is how a Node is kept: plain JSON, with the inventory in
-// protobuf's JSON form under its proto field names, which are the names the
-// hand-written inventory of schema versions 1 and 2 used, so those records
-// read unchanged.
-type nodeJSON Node
-
-// MarshalJSON writes n with its inventory as protobuf JSON.
-func (n Node) MarshalJSON() ([]byte, error) {
-	r := struct {
-		nodeJSON
-		Inventory json.RawMessage `json:"inventory,omitempty"`
-	}{nodeJSON: nodeJSON(n)}
-	if n.Inventory != nil {
-		b, err := inventoryJSON.Marshal(n.Inventory)
-		if err != nil {
-			return nil, err
-		}
-		r.Inventory = b
-	}
-	return json.Marshal(r)
-}
-
-// UnmarshalJSON reads what MarshalJSON wrote.
-func (n *Node) UnmarshalJSON(b []byte) error {
-	var r struct {
-		*nodeJSON
-		Inventory json.RawMessage `json:"inventory,omitempty"`
-	}
-	r.nodeJSON = (*nodeJSON)(n)
-	if err := json.Unmarshal(b, &r); err != nil {
-		return err
-	}
-	n.Inventory = nil
-	if len(r.Inventory) == 0 || string(r.Inventory) == "null" {
-		return nil
-	}
-	inv := &hostv1.Inventory{}
-	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(r.Inventory, inv); err != nil {
-		return fmt.Errorf("node %s inventory: %w", n.ID, err)
-	}
-	n.Inventory = inv
-	return nil
-}
-
-var inventoryJSON = protojson.MarshalOptions{UseProtoNames: true}
-
-// Enroll checks the token with the given id and secret check, spends one
-// use of it and stores node with the token's labels, all in one
-// transaction: a failed check changes nothing.
-func (s *Store) Enroll(tokenID string, check func(Token) error, node Node) (Token, error) {
-	var t Token
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		tb := tx.Bucket(bucketTokens)
-		if err := getJSON(tb, []byte(tokenID), &t); err != nil {
-			if errors.Is(err, ErrNotFound) {
-				// Worded as a wrong secret, so token ids cannot be probed.
-				return fmt.Errorf("%w: unknown token or wrong secret", ErrTokenInvalid)
-			}
-			return err
-		}
-		if err := check(t); err != nil {
-			return err
-		}
-		nb := tx.Bucket(bucketNodes)
-		if nb.Get([]byte(node.ID)) != nil {
-			return fmt.Errorf("node %s: %w", node.ID, ErrAlreadyExists)
-		}
-		t.Uses++
-		if len(t.Labels) > 0 {
-			node.Labels = maps.Clone(t.Labels)
-		}
-		if err := putJSON(tb, []byte(tokenID), t); err != nil {
-			return err
-		}
-		return putJSON(nb, []byte(node.ID), node)
-	})
-	return t, err
-}
-
-// GetNode returns the node with id.
-func (s *Store) GetNode(id string) (Node, error) {
-	var n Node
-	err := s.db.View(func(tx *bolt.Tx) error { return getJSON(tx.Bucket(bucketNodes), []byte(id), &n) })
-	if errors.Is(err, ErrNotFound) {
-		return n, fmt.Errorf("node %s: %w", id, ErrNotFound)
-	}
-	return n, err
-}
-
-// ListNodes returns every node, by hostname then id.
-func (s *Store) ListNodes() ([]Node, error) {
-	var out []Node
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketNodes).ForEach(func(_, v []byte) error {
-			var n Node
-			if err := json.Unmarshal(v, &n); err != nil {
-				return err
-			}
-			out = append(out, n)
-			return nil
-		})
-	})
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Hostname != out[j].Hostname {
-			return out[i].Hostname < out[j].Hostname
-		}
-		return out[i].ID < out[j].ID
-	})
-	return out, err
-}
-
-// UpdateNode applies fn to the stored node and saves it.
-func (s *Store) UpdateNode(id string, fn func(*Node) error) (Node, error) {
-	var n Node
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketNodes)
-		if err := getJSON(b, []byte(id), &n); err != nil {
-			return fmt.Errorf("node %s: %w", id, err)
-		}
-		if err := fn(&n); err != nil {
-			return err
-		}
-		return putJSON(b, []byte(id), n)
-	})
-	return n, err
-}
-
-// DeleteNode removes a node and its command queue.
-func (s *Store) DeleteNode(id string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		nb := tx.Bucket(bucketNodes)
-		if nb.Get([]byte(id)) == nil {
-			return fmt.Errorf("node %s: %w", id, ErrNotFound)
-		}
-		if err := nb.Delete([]byte(id)); err != nil {
-			return err
-		}
-		cb := tx.Bucket(bucketCommands)
-		q := cb.Bucket([]byte(id))
-		if q == nil {
-			return nil
-		}
-		idx := tx.Bucket(bucketCommandIndex)
-		if err := q.ForEach(func(_, v []byte) error {
-			var c Command
-			if err := json.Unmarshal(v, &c); err != nil {
-				return err
-			}
-			return idx.Delete([]byte(c.ID))
-		}); err != nil {
-			return err
-		}
-		return cb.DeleteBucket([]byte(id))
-	})
 }
 
 // CommandState is where a command is in its life.
@@ -414,130 +182,6 @@ type Command struct {
 	Output      map[string]string `json:"output,omitempty"`
 }
 
-func indexValue(nodeID string, seq []byte) []byte {
-	return append(append([]byte(nodeID), 0), seq...)
-}
-
-func splitIndex(v []byte) (string, []byte, error) {
-	i := bytes.IndexByte(v, 0)
-	if i < 0 {
-		return "", nil, errors.New("corrupt command index entry")
-	}
-	return string(v[:i]), v[i+1:], nil
-}
-
-// EnqueueCommand appends c to its node's queue. The node must exist.
-func (s *Store) EnqueueCommand(c Command) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		if tx.Bucket(bucketNodes).Get([]byte(c.NodeID)) == nil {
-			return fmt.Errorf("node %s: %w", c.NodeID, ErrNotFound)
-		}
-		idx := tx.Bucket(bucketCommandIndex)
-		if idx.Get([]byte(c.ID)) != nil {
-			return fmt.Errorf("command %s: %w", c.ID, ErrAlreadyExists)
-		}
-		q, err := tx.Bucket(bucketCommands).CreateBucketIfNotExists([]byte(c.NodeID))
-		if err != nil {
-			return err
-		}
-		seq, err := q.NextSequence()
-		if err != nil {
-			return err
-		}
-		if err := putJSON(q, u64(seq), c); err != nil {
-			return err
-		}
-		return idx.Put([]byte(c.ID), indexValue(c.NodeID, u64(seq)))
-	})
-}
-
-// PendingCommands returns the commands of a node that have no result yet, in
-// queue order.
-func (s *Store) PendingCommands(nodeID string) ([]Command, error) {
-	return s.listCommands(nodeID, func(c Command) bool { return !c.State.Done() })
-}
-
-// ListCommands returns the commands of one node, or of all nodes when nodeID
-// is empty, in queue order per node.
-func (s *Store) ListCommands(nodeID string) ([]Command, error) {
-	return s.listCommands(nodeID, func(Command) bool { return true })
-}
-
-func (s *Store) listCommands(nodeID string, keep func(Command) bool) ([]Command, error) {
-	var out []Command
-	err := s.db.View(func(tx *bolt.Tx) error {
-		cb := tx.Bucket(bucketCommands)
-		each := func(q *bolt.Bucket) error {
-			return q.ForEach(func(_, v []byte) error {
-				var c Command
-				if err := json.Unmarshal(v, &c); err != nil {
-					return err
-				}
-				if keep(c) {
-					out = append(out, c)
-				}
-				return nil
-			})
-		}
-		if nodeID != "" {
-			if q := cb.Bucket([]byte(nodeID)); q != nil {
-				return each(q)
-			}
-			return nil
-		}
-		return cb.ForEachBucket(func(k []byte) error { return each(cb.Bucket(k)) })
-	})
-	return out, err
-}
-
-// GetCommand returns the command with id.
-func (s *Store) GetCommand(id string) (Command, error) {
-	var c Command
-	err := s.db.View(func(tx *bolt.Tx) error {
-		q, key, err := commandLocation(tx, id)
-		if err != nil {
-			return err
-		}
-		return getJSON(q, key, &c)
-	})
-	return c, err
-}
-
-func commandLocation(tx *bolt.Tx, id string) (*bolt.Bucket, []byte, error) {
-	v := tx.Bucket(bucketCommandIndex).Get([]byte(id))
-	if v == nil {
-		return nil, nil, fmt.Errorf("command %s: %w", id, ErrNotFound)
-	}
-	nodeID, key, err := splitIndex(v)
-	if err != nil {
-		return nil, nil, err
-	}
-	q := tx.Bucket(bucketCommands).Bucket([]byte(nodeID))
-	if q == nil {
-		return nil, nil, fmt.Errorf("command %s: %w", id, ErrNotFound)
-	}
-	return q, key, nil
-}
-
-// UpdateCommand applies fn to the stored command and saves it.
-func (s *Store) UpdateCommand(id string, fn func(*Command) error) (Command, error) {
-	var c Command
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		q, key, err := commandLocation(tx, id)
-		if err != nil {
-			return err
-		}
-		if err := getJSON(q, key, &c); err != nil {
-			return err
-		}
-		if err := fn(&c); err != nil {
-			return err
-		}
-		return putJSON(q, key, c)
-	})
-	return c, err
-}
-
 // SIEMConfig is an audit-forwarding configuration applied by an operator.
 type SIEMConfig struct {
 	Version   uint64            `json:"version"`
@@ -547,7 +191,8 @@ type SIEMConfig struct {
 	CreatedBy string            `json:"created_by,omitempty"`
 }
 
-// Selects reports whether the configuration applies to a node with labels.
+// Selects reports whether the configuration applies to a node with labels:
+// every selector label is among them (an empty selector selects all).
 func (c SIEMConfig) Selects(labels map[string]string) bool {
 	for k, v := range c.Selector {
 		if labels[k] != v {
@@ -555,38 +200,4 @@ func (c SIEMConfig) Selects(labels map[string]string) bool {
 		}
 	}
 	return true
-}
-
-// AddSIEMConfig stores c under the next version and returns it.
-func (s *Store) AddSIEMConfig(c SIEMConfig) (SIEMConfig, error) {
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketSIEMConfigs)
-		v, err := b.NextSequence()
-		if err != nil {
-			return err
-		}
-		c.Version = v
-		return putJSON(b, u64(v), c)
-	})
-	return c, err
-}
-
-// SIEMConfigFor returns the newest configuration whose selector matches
-// labels; ok is false when none does.
-func (s *Store) SIEMConfigFor(labels map[string]string) (c SIEMConfig, ok bool, err error) {
-	err = s.db.View(func(tx *bolt.Tx) error {
-		cur := tx.Bucket(bucketSIEMConfigs).Cursor()
-		for k, v := cur.Last(); k != nil; k, v = cur.Prev() {
-			var cand SIEMConfig
-			if err := json.Unmarshal(v, &cand); err != nil {
-				return err
-			}
-			if cand.Selects(labels) {
-				c, ok = cand, true
-				return nil
-			}
-		}
-		return nil
-	})
-	return c, ok, err
 }

@@ -31,7 +31,8 @@ type Options struct {
 	Logger        *slog.Logger
 	// Hostname goes into every message.
 	Hostname string
-	// AppName is the syslog APP-NAME (default "bud-agent").
+	// AppName is the syslog APP-NAME, which SIEM rules match on: each
+	// daemon passes its own (default "bud-agent").
 	AppName string
 	// Dial makes an output from its config, hostname and app name; nil
 	// means the real outputs.
@@ -184,8 +185,8 @@ func (f *Forwarder) rehomeBacklog(prev, cfg siem.Config) {
 	for _, o := range prev.Outputs {
 		existed[o.Name] = true
 	}
-	for q, st := range f.spool.Stats().Queues {
-		if configured[q] || st.Entries == 0 {
+	for q, qs := range f.spool.Stats().Queues {
+		if configured[q] || qs.Entries == 0 {
 			continue
 		}
 		moved, dropped, err := f.spool.Move(q, func(data []byte) []string {

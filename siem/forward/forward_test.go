@@ -276,9 +276,9 @@ func outputStatus(st *siemv1.Status, name string) *siemv1.OutputStatus {
 }
 
 func sourceStatus(st *siemv1.Status, file string) *siemv1.SourceStatus {
-	for _, s := range st.GetSources() {
-		if s.GetFile() == file {
-			return s
+	for _, src := range st.GetSources() {
+		if src.GetFile() == file {
+			return src
 		}
 	}
 	return nil
@@ -1106,8 +1106,8 @@ func TestRemovedOutputBacklogMoves(t *testing.T) {
 	waitDelivered(t, s, 110, 5*time.Second)
 	waitSettled(t, fw, map[string]uint64{"renamed": 110})
 	diffLines(t, "renamed", s.lines(), wantLines(0, 110, lineText))
-	if st := fw.spool.Stats(); st.Bytes != 0 || st.Entries != 0 {
-		t.Errorf("spool still holds %d bytes (%d entries): %v", st.Bytes, st.Entries, st.Queues)
+	if spooled := fw.spool.Stats(); spooled.Bytes != 0 || spooled.Entries != 0 {
+		t.Errorf("spool still holds %d bytes (%d entries): %v", spooled.Bytes, spooled.Entries, spooled.Queues)
 	}
 	if q := fw.spool.Stats().Queues["old"]; q.Dropped != 20 {
 		t.Errorf("%d db events counted as dropped, want 20", q.Dropped)
@@ -1223,5 +1223,48 @@ func TestAuditCheckpointAdvancesUnderSteadyTraffic(t *testing.T) {
 	// 2 s of rounds at 4 a second, plus one batch.
 	if n := syscalls(net2.sink("sec")); n > 9 {
 		t.Errorf("%d of %d complete events were sent again after a restart; at most those of the last MaxWait (8) and one batch may be", n, rounds)
+	}
+}
+
+// An event the spool accepts on its own (at most spool.max_bytes) is
+// spooled and delivered even when its copies for several outputs make a
+// batch larger than the spool: the batch is split, never the event dropped.
+// Here one audit event is about 300 KB, more than 1/8 of a 1 MiB spool, and
+// its four copies (one per output) are more than the whole spool.
+func TestEventOverAnEighthOfTheSpoolIsDelivered(t *testing.T) {
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "audit.log")
+	const stamp = "msg=audit(1795958082.876:77):"
+	lines := []string{"type=SYSCALL " + stamp + ` arch=c000003e syscall=59 success=yes exit=0 pid=7 uid=0 auid=0 comm="x" exe="/x" key="big"`}
+	for i := range 6 {
+		lines = append(lines, fmt.Sprintf(`type=EXECVE %s argc=1 a%d="%s"`, stamp, i, strings.Repeat("w", 50_000)))
+	}
+	lines = append(lines, "type=EOE "+stamp+" ")
+	appendRaw(t, logPath, lines...)
+	want := strings.Join(lines, "\n")
+
+	net := newNet()
+	fw := newForwarder(t, filepath.Join(dir, "spool.db"), net)
+	names := []string{"o1", "o2", "o3", "o4"}
+	cfg := siem.Config{
+		Sources: []siem.SourceConfig{{Path: logPath, Tag: "audit", Format: siem.FormatLinuxAudit}},
+		Spool:   siem.SpoolConfig{MaxBytes: 1 << 20},
+	}
+	for _, n := range names {
+		cfg.Outputs = append(cfg.Outputs, output1(n, ""))
+	}
+	apply(t, fw, cfg, 1)
+	for _, n := range names {
+		s := net.sink(n)
+		eventually(t, 10*time.Second, "the big event delivered to "+n, func() (bool, string) {
+			src := sourceStatus(fw.Status(), logPath)
+			return len(s.lines()) == 1, src.String()
+		})
+		if got := s.lines()[0]; got != want {
+			t.Errorf("%s got an event of %d bytes, want the whole %d", n, len(got), len(want))
+		}
+	}
+	if src := sourceStatus(fw.Status(), logPath); src.GetLastError() != "" {
+		t.Errorf("source reports %q", src.GetLastError())
 	}
 }

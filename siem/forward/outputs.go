@@ -14,7 +14,7 @@ const maxBatchBytes = 4 << 20
 
 // runOutput sends one output's queue until ctx ends: peek a batch, send it,
 // and acknowledge it in the spool only when the output confirmed it.
-func (f *Forwarder) runOutput(ctx context.Context, o siem.OutputConfig, st *outputStats) {
+func (f *Forwarder) runOutput(ctx context.Context, o siem.OutputConfig, ost *outputStats) {
 	log := f.log.With("output", o.Name, "type", o.Type, "address", o.Address)
 	var out output.Output
 	defer func() {
@@ -63,7 +63,7 @@ func (f *Forwarder) runOutput(ctx context.Context, o siem.OutputConfig, st *outp
 			}
 			failures++
 			msg := output.DescribeTLSError(err)
-			st.fail(msg)
+			ost.fail(msg)
 			wait := backoff(failures)
 			if failures == 1 || failures%10 == 0 {
 				log.Warn("SIEM output failed; events stay in the spool and are resent", "error", msg, "retry_in", wait, "failures", failures)
@@ -84,7 +84,7 @@ func (f *Forwarder) runOutput(ctx context.Context, o siem.OutputConfig, st *outp
 		if err := f.spool.Ack(o.Name, items[len(items)-1].Seq); err != nil {
 			log.Error("acknowledge spool entries", "error", err)
 		}
-		st.sent(len(batch), bytes)
+		ost.sent(len(batch), bytes)
 	}
 }
 

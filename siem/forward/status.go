@@ -19,22 +19,22 @@ type stats struct {
 }
 
 // release forgets a file no source follows any more.
-func (s *stats) release(file string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.claimed, file)
-	delete(s.sources, file)
+func (st *stats) release(file string) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	delete(st.claimed, file)
+	delete(st.sources, file)
 }
 
 // claim reports whether file is not yet followed by any source, and marks
 // it followed.
-func (s *stats) claim(file string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.claimed[file] {
+func (st *stats) claim(file string) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.claimed[file] {
 		return false
 	}
-	s.claimed[file] = true
+	st.claimed[file] = true
 	return true
 }
 
@@ -53,31 +53,31 @@ type sourceStats struct {
 	lastErrorAt time.Time
 }
 
-func (s *stats) source(cfg siem.SourceConfig, file string) *sourceStats {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	st := s.sources[file]
-	if st == nil {
-		st = &sourceStats{path: cfg.Path, tag: cfg.Tag, file: file}
-		s.sources[file] = st
+func (st *stats) source(cfg siem.SourceConfig, file string) *sourceStats {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	ss := st.sources[file]
+	if ss == nil {
+		ss = &sourceStats{path: cfg.Path, tag: cfg.Tag, file: file}
+		st.sources[file] = ss
 	}
-	return st
+	return ss
 }
 
-func (s *sourceStats) read(events, bytes int) {
-	s.mu.Lock()
-	s.events += uint64(events)
-	s.bytes += uint64(bytes)
-	s.mu.Unlock()
+func (ss *sourceStats) read(events, bytes int) {
+	ss.mu.Lock()
+	ss.events += uint64(events)
+	ss.bytes += uint64(bytes)
+	ss.mu.Unlock()
 }
 
-func (s *sourceStats) setPaused(p bool, why string) {
-	s.mu.Lock()
-	s.paused = p
+func (ss *sourceStats) setPaused(p bool, why string) {
+	ss.mu.Lock()
+	ss.paused = p
 	if why != "" {
-		s.lastError, s.lastErrorAt = why, time.Now()
+		ss.lastError, ss.lastErrorAt = why, time.Now()
 	}
-	s.mu.Unlock()
+	ss.mu.Unlock()
 }
 
 type outputStats struct {
@@ -90,12 +90,12 @@ type outputStats struct {
 	lastErrorAt time.Time
 }
 
-func (s *stats) output(cfg siem.OutputConfig) *outputStats {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	st := &outputStats{cfg: cfg}
-	s.outputs[cfg.Name] = st
-	return st
+func (st *stats) output(cfg siem.OutputConfig) *outputStats {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	o := &outputStats{cfg: cfg}
+	st.outputs[cfg.Name] = o
+	return o
 }
 
 func (o *outputStats) sent(events, bytes int) {
@@ -136,13 +136,13 @@ func (f *Forwarder) Status() *siemv1.Status {
 	}
 	sort.Strings(files)
 	for _, k := range files {
-		s := st.sources[k]
-		s.mu.Lock()
+		ss := st.sources[k]
+		ss.mu.Lock()
 		out.Sources = append(out.Sources, &siemv1.SourceStatus{
-			Path: s.path, Tag: s.tag, File: s.file, BytesRead: s.bytes, EventsRead: s.events,
-			Paused: s.paused, LastError: s.lastError, LastErrorAt: ts(s.lastErrorAt),
+			Path: ss.path, Tag: ss.tag, File: ss.file, BytesRead: ss.bytes, EventsRead: ss.events,
+			Paused: ss.paused, LastError: ss.lastError, LastErrorAt: ts(ss.lastErrorAt),
 		})
-		s.mu.Unlock()
+		ss.mu.Unlock()
 	}
 	outputs := make(map[string]*outputStats, len(st.outputs))
 	for k, v := range st.outputs {
@@ -155,19 +155,19 @@ func (f *Forwarder) Status() *siemv1.Status {
 		sps = spoolQueues(sp.Stats(), now)
 	}
 	for _, o := range cfg.Outputs {
-		os := outputs[o.Name]
-		if os == nil {
+		ost := outputs[o.Name]
+		if ost == nil {
 			continue
 		}
 		q := sps[o.Name]
-		os.mu.Lock()
+		ost.mu.Lock()
 		out.Outputs = append(out.Outputs, &siemv1.OutputStatus{
-			Name: o.Name, Type: o.Type, Address: o.Address, Connected: os.connected,
-			EventsSent: os.sentEvents, EventsAcknowledged: os.sentEvents, BytesSent: os.sentBytes,
+			Name: o.Name, Type: o.Type, Address: o.Address, Connected: ost.connected,
+			EventsSent: ost.sentEvents, EventsAcknowledged: ost.sentEvents, BytesSent: ost.sentBytes,
 			SpoolEvents: q.entries, SpoolBytes: q.bytes, DroppedEvents: q.dropped, LagSeconds: q.lag.Seconds(),
-			LastError: os.lastError, LastErrorAt: ts(os.lastErrorAt),
+			LastError: ost.lastError, LastErrorAt: ts(ost.lastErrorAt),
 		})
-		os.mu.Unlock()
+		ost.mu.Unlock()
 	}
 	return out
 }

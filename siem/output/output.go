@@ -1,5 +1,5 @@
 // Package output holds what the SIEM outputs (syslog, relp, hec) share: the
-// Output interface, the TLS settings of the agent's configuration, a TLS
+// Output interface, the TLS settings of an output's configuration, a TLS
 // dialer that remembers what the handshake showed, and DescribeTLSError,
 // which turns TLS failures into advice an operator can act on.
 package output
@@ -37,7 +37,7 @@ type TLSConfig struct {
 	// CAFile holds the PEM certificates of the CAs that may sign the SIEM's
 	// server certificate (pinning); empty means the system roots.
 	CAFile string
-	// CertFile and KeyFile are the agent's client certificate and its key
+	// CertFile and KeyFile are our client certificate and its key
 	// (PEM); set both or neither.
 	CertFile string
 	KeyFile  string
@@ -106,7 +106,7 @@ func readSetting(name, path string) ([]byte, error) {
 	case errors.Is(err, fs.ErrNotExist):
 		return nil, fmt.Errorf("%s %q: file does not exist", name, path)
 	case errors.Is(err, fs.ErrPermission):
-		return nil, fmt.Errorf("%s %q: permission denied (the agent must be able to read it)", name, path)
+		return nil, fmt.Errorf("%s %q: permission denied (the forwarding process must be able to read it)", name, path)
 	case err != nil:
 		return nil, fmt.Errorf("%s %q: %w", name, path, err)
 	}
@@ -353,7 +353,7 @@ func DescribeTLSError(err error) string {
 		issuer := he.ClientCert.Issuer.String()
 		return fmt.Sprintf("%s (the SIEM rejected our client certificate: check that tls.cert_file, issued by %q, is signed by a CA the SIEM trusts (for rsyslog: its CA file) and allowed by its permitted peers; the SIEM's log says why)", what, issuer)
 	case strings.HasPrefix(alert, "protocol version"):
-		return fmt.Sprintf("%s (no common TLS version: the agent needs TLS 1.2 or newer on the SIEM)", what)
+		return fmt.Sprintf("%s (no common TLS version: the SIEM must offer TLS 1.2 or newer)", what)
 	case alert != "":
 		return fmt.Sprintf("%s (the SIEM refused the TLS connection; check the SIEM's log)", what)
 	}

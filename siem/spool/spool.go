@@ -643,18 +643,18 @@ func (s *Spool) Checkpoint(source string) ([]byte, error) {
 func (s *Spool) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := Stats{MaxBytes: s.maxBytes, Queues: make(map[string]QueueStats, len(s.state))}
+	stats := Stats{MaxBytes: s.maxBytes, Queues: make(map[string]QueueStats, len(s.state))}
 	for q, qs := range s.state {
 		out := QueueStats{Bytes: qs.bytes, Entries: qs.entries, Dropped: qs.dropped}
 		if qs.entries > 0 {
 			out.OldestTime = time.Unix(0, qs.oldest)
 		}
-		st.Queues[q] = out
-		st.Bytes += qs.bytes
-		st.Entries += qs.entries
-		st.Dropped += qs.dropped
+		stats.Queues[q] = out
+		stats.Bytes += qs.bytes
+		stats.Entries += qs.entries
+		stats.Dropped += qs.dropped
 	}
-	return st
+	return stats
 }
 
 // Wait blocks until queue is non-empty (Append notifies it), ctx ends

@@ -194,9 +194,9 @@ func TestAckPartial(t *testing.T) {
 	if n := len(peekAll(t, s, "q")); n != 0 {
 		t.Fatalf("%d left after acking all", n)
 	}
-	st := s.Stats().Queues["q"]
-	if st.Entries != 0 || st.Bytes != 0 || !st.OldestTime.IsZero() {
-		t.Fatalf("stats after acking all: %+v", st)
+	qs := s.Stats().Queues["q"]
+	if qs.Entries != 0 || qs.Bytes != 0 || !qs.OldestTime.IsZero() {
+		t.Fatalf("stats after acking all: %+v", qs)
 	}
 	// Sequences are not reused after the queue emptied.
 	if err := s.Append(entries("q", 10, 1), nil); err != nil {

@@ -49,7 +49,7 @@
 // continues in that copy. Not found at all: it starts the current file at 0
 // and logs a warning that events may have been lost. With no checkpoint it
 // starts at the beginning of the current file, never at its end: audit
-// history written before the agent first started is forwarded too.
+// history written before forwarding first started is forwarded too.
 //
 // # Limitations
 //

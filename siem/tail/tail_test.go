@@ -23,22 +23,22 @@ type logSink struct {
 	msgs []string
 }
 
-func (s *logSink) Enabled(context.Context, slog.Level) bool { return true }
-func (s *logSink) Handle(_ context.Context, r slog.Record) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.msgs = append(s.msgs, r.Level.String()+" "+r.Message)
+func (ls *logSink) Enabled(context.Context, slog.Level) bool { return true }
+func (ls *logSink) Handle(_ context.Context, r slog.Record) error {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	ls.msgs = append(ls.msgs, r.Level.String()+" "+r.Message)
 	return nil
 }
-func (s *logSink) WithAttrs([]slog.Attr) slog.Handler { return s }
-func (s *logSink) WithGroup(string) slog.Handler      { return s }
+func (ls *logSink) WithAttrs([]slog.Attr) slog.Handler { return ls }
+func (ls *logSink) WithGroup(string) slog.Handler      { return ls }
 
 // count returns how many messages contain sub.
-func (s *logSink) count(sub string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+func (ls *logSink) count(sub string) int {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
 	n := 0
-	for _, m := range s.msgs {
+	for _, m := range ls.msgs {
 		if strings.Contains(m, sub) {
 			n++
 		}
@@ -149,8 +149,8 @@ func ident(t *testing.T, path string) (dev, ino uint64) {
 }
 
 func hexSum(b string) string {
-	s := sha256.Sum256([]byte(b))
-	return hex.EncodeToString(s[:])
+	sum := sha256.Sum256([]byte(b))
+	return hex.EncodeToString(sum[:])
 }
 
 func TestCompleteLinesOnly(t *testing.T) {

@@ -70,6 +70,7 @@ import (
 	"time"
 
 	"github.com/bud-ecosystem/budfleet/siem"
+	"github.com/bud-ecosystem/budfleet/siem/output"
 )
 
 // Defaults for the zero values of Config.
@@ -128,11 +129,7 @@ var ErrClosed = errors.New("hec: client closed")
 // resent; Retryable reports true.
 var ErrAckTimeout = errors.New("hec: indexer acknowledgement timed out")
 
-// Client satisfies the outputs' interface (siem/output.Output).
-var _ interface {
-	Send(context.Context, []siem.Event) error
-	Close() error
-} = (*Client)(nil)
+var _ output.Output = (*Client)(nil)
 
 // Client is a HEC client. It is safe for concurrent use.
 type Client struct {

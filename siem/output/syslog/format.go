@@ -219,7 +219,7 @@ func validUTF8(s string) string {
 
 // sdKeys recycles the key slices appendSD sorts: formatting runs once per
 // event, and the allocations showed in profiles.
-var sdKeys = sync.Pool{New: func() any { s := make([]string, 0, 32); return &s }}
+var sdKeys = sync.Pool{New: func() any { keys := make([]string, 0, 32); return &keys }}
 
 func appendSD(dst []byte, sdid string, fields map[string]string) []byte {
 	if len(fields) == 0 {

@@ -17,7 +17,7 @@
 // The Client narrows that window, but does not close it:
 //
 //   - it flushes per batch, so a batch is never reported sent while part of
-//     it still sits in the agent's own buffer;
+//     it still sits in the client's own buffer;
 //   - a background reader notices when the server closes the connection
 //     (receiver restart, or rejecting our certificate after the TLS
 //     handshake, as rsyslog does) and Send then fails the batch, or

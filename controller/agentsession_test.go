@@ -1,3 +1,7 @@
+// What an agent's session refuses: inventory that would give a node a name
+// enrollment refuses, or fields past their caps, and a new session once the
+// controller has begun to shut down.
+
 package controller
 
 import (
@@ -17,7 +21,7 @@ import (
 func TestInventoryHostnameChecked(t *testing.T) {
 	e := newTestServer(t)
 	siemTestNode(t, e, "n1", nil)
-	before, err := e.srv.store.GetNode("n1")
+	before, err := e.srv.store.GetNode(t.Context(), "n1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,7 +36,7 @@ func TestInventoryHostnameChecked(t *testing.T) {
 	if err := e.srv.handleAgentMessage(sess, &agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Inventory{Inventory: inv}}); err != nil {
 		t.Fatal(err)
 	}
-	after, err := e.srv.store.GetNode("n1")
+	after, err := e.srv.store.GetNode(t.Context(), "n1")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,74 @@
+package bolt
+
+import (
+	"encoding/json"
+	"fmt"
+
+	bbolt "go.etcd.io/bbolt"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/bud-ecosystem/budfleet/controller/store"
+	hostv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/host/v1"
+)
+
+// nodeRecord is how a node is kept: plain JSON by store.Node's tags, with
+// the inventory in protobuf's JSON form under its proto field names, which
+// are the names the hand-written inventory of schema versions 1 and 2 used,
+// so those records read unchanged. (store.Node's own Inventory field is
+// tagged "-" and shadowed by this one.)
+type nodeRecord struct {
+	store.Node
+	Inventory json.RawMessage `json:"inventory,omitempty"`
+}
+
+var inventoryJSON = protojson.MarshalOptions{UseProtoNames: true}
+
+// encodeNode writes n with its inventory as protobuf JSON.
+func encodeNode(n store.Node) ([]byte, error) {
+	r := nodeRecord{Node: n}
+	if n.Inventory != nil {
+		b, err := inventoryJSON.Marshal(n.Inventory)
+		if err != nil {
+			return nil, fmt.Errorf("node %s inventory: %w", n.ID, err)
+		}
+		r.Inventory = b
+	}
+	return json.Marshal(r)
+}
+
+// decodeNode reads what encodeNode wrote, and the records of earlier
+// versions. The node shares no memory with raw.
+func decodeNode(raw []byte) (store.Node, error) {
+	var r nodeRecord
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return store.Node{}, err
+	}
+	n := r.Node
+	n.Inventory = nil
+	if len(r.Inventory) == 0 || string(r.Inventory) == "null" {
+		return n, nil
+	}
+	inv := &hostv1.Inventory{}
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(r.Inventory, inv); err != nil {
+		return store.Node{}, fmt.Errorf("node %s inventory: %w", n.ID, err)
+	}
+	n.Inventory = inv
+	return n, nil
+}
+
+// getNode decodes the node at key, or returns store.ErrNotFound.
+func getNode(b *bbolt.Bucket, key []byte) (store.Node, error) {
+	raw := b.Get(key)
+	if raw == nil {
+		return store.Node{}, store.ErrNotFound
+	}
+	return decodeNode(raw)
+}
+
+func putNode(b *bbolt.Bucket, key []byte, n store.Node) error {
+	raw, err := encodeNode(n)
+	if err != nil {
+		return err
+	}
+	return b.Put(key, raw)
+}
