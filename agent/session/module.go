@@ -2,6 +2,7 @@ package session
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"reflect"
 
@@ -63,7 +64,7 @@ func dispatchTable(modules []Module) (map[reflect.Type]Handler, error) {
 	names := map[string]bool{}
 	for _, m := range modules {
 		if m == nil {
-			return nil, fmt.Errorf("session: a nil module")
+			return nil, errors.New("session: a nil module")
 		}
 		name := m.Name()
 		if names[name] {
