@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"reflect"
 	"sync"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 
 	"github.com/bud-ecosystem/budfleet/controller/ca"
 	"github.com/bud-ecosystem/budfleet/controller/store"
+	"github.com/bud-ecosystem/budfleet/internal/dispatch"
 )
 
 // Options configure a Server.
@@ -60,7 +60,7 @@ type Server struct {
 	// The capabilities on agent sessions, and their message handlers by
 	// kind. Two are also reached from the operator API.
 	modules  []module
-	handlers map[reflect.Type]handler
+	handlers *dispatch.Table[*session]
 	commands *commandDelivery
 	siem     *siemPush
 

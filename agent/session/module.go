@@ -3,9 +3,9 @@ package session
 import (
 	"context"
 	"errors"
-	"fmt"
 	"reflect"
 
+	"github.com/bud-ecosystem/budfleet/internal/dispatch"
 	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
 )
 
@@ -29,62 +29,29 @@ type Module interface {
 // time on the session's receiving goroutine, so a slow one holds up every
 // message behind it: hand long work to the module's loop. An error ends the
 // session.
-type Handler struct {
-	kind   reflect.Type
-	handle func(ctx context.Context, s *Session, msg any) error
-}
+type Handler = dispatch.Handler[*Session]
 
 // On makes the Handler for the ConnectResponse messages whose oneof holds a
 // W, e.g. On(func(ctx context.Context, s *Session, m *agentv1.ConnectResponse_Command) error {...}).
 // NewRunner refuses a W that is not one of ConnectResponse's oneof types.
 func On[W any](fn func(ctx context.Context, s *Session, msg W) error) Handler {
-	return Handler{
-		kind:   reflect.TypeFor[W](),
-		handle: func(ctx context.Context, s *Session, msg any) error { return fn(ctx, s, msg.(W)) },
-	}
+	return dispatch.On(fn)
 }
 
-// responseKind is the type of ConnectResponse's oneof, which the generated
-// code does not export.
-var responseKind = func() reflect.Type {
-	f, ok := reflect.TypeFor[agentv1.ConnectResponse]().FieldByName("Msg")
-	if !ok {
-		panic("agentv1.ConnectResponse has no Msg oneof")
-	}
-	return f.Type
-}()
-
-var welcomeKind = reflect.TypeFor[*agentv1.ConnectResponse_Welcome]()
-
-// dispatchTable maps each message kind to its module's handler; a kind
-// claimed twice would leave one module deaf, so it is refused.
-func dispatchTable(modules []Module) (map[reflect.Type]Handler, error) {
-	table := map[reflect.Type]Handler{}
-	owner := map[reflect.Type]string{}
-	names := map[string]bool{}
+// dispatchTable maps each message kind to its module's handler.
+func dispatchTable(modules []Module) (*dispatch.Table[*Session], error) {
+	regs := make([]dispatch.Registration[*Session], 0, len(modules))
 	for _, m := range modules {
 		if m == nil {
 			return nil, errors.New("session: a nil module")
 		}
-		name := m.Name()
-		if names[name] {
-			return nil, fmt.Errorf("session: module %q registered twice", name)
-		}
-		names[name] = true
-		for _, h := range m.Handlers() {
-			switch {
-			case h.kind == nil || h.handle == nil:
-				return nil, fmt.Errorf("session: module %q has a Handler not made with On", name)
-			case !h.kind.Implements(responseKind) || h.kind.Kind() != reflect.Pointer:
-				return nil, fmt.Errorf("session: module %q handles %s, which is not a ConnectResponse message", name, h.kind)
-			case h.kind == welcomeKind:
-				return nil, fmt.Errorf("session: module %q handles the welcome, which the session itself takes", name)
-			case owner[h.kind] != "":
-				return nil, fmt.Errorf("session: %s is handled by both module %q and module %q", h.kind, owner[h.kind], name)
-			}
-			owner[h.kind] = name
-			table[h.kind] = h
-		}
+		regs = append(regs, dispatch.Registration[*Session]{Name: m.Name(), Handlers: m.Handlers()})
 	}
-	return table, nil
+	return dispatch.New(dispatch.Options{
+		Who:      "session",
+		Oneof:    dispatch.Oneof[agentv1.ConnectResponse]("Msg"),
+		Message:  "ConnectResponse",
+		Reserved: map[reflect.Type]string{reflect.TypeFor[*agentv1.ConnectResponse_Welcome](): "the welcome"},
+		Helper:   "On",
+	}, regs)
 }

@@ -8,10 +8,10 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"reflect"
 	"sync"
 	"time"
 
+	"github.com/bud-ecosystem/budfleet/internal/dispatch"
 	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
 	"github.com/bud-ecosystem/budfleet/version"
 )
@@ -90,7 +90,7 @@ type Options struct {
 type Runner struct {
 	opts     Options
 	log      *slog.Logger
-	handlers map[reflect.Type]Handler
+	handlers *dispatch.Table[*Session]
 }
 
 // NewRunner checks opts: every module's handlers must be for distinct
@@ -196,13 +196,13 @@ func (r *Runner) recvLoop(ctx context.Context, stream Stream, s *Session) error 
 		if err != nil {
 			return err
 		}
-		h, ok := r.handlers[reflect.TypeOf(m.GetMsg())]
+		ok, err := r.handlers.Dispatch(ctx, s, m.GetMsg())
+		if err != nil {
+			return err
+		}
 		if !ok {
 			r.log.Warn("ignoring an unexpected message from the controller")
 			continue
-		}
-		if err := h.handle(ctx, s, m.GetMsg()); err != nil {
-			return err
 		}
 		if ctx.Err() != nil {
 			return nil
