@@ -15,6 +15,12 @@ GRPCURL := $(CACHE)/bin/grpcurl
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v /test/) ./test/inprocess
 
 export BUD_BIN_DIR := $(BIN)
+# The tests' Kubernetes control plane (internal/kubetest reads BUD_K8S_DIR);
+# `make k8s` builds it there once.
+ifndef BUD_K8S_DIR
+BUD_K8S_DIR := $(shell scripts/ensure-k8s.sh --dir)
+endif
+export BUD_K8S_DIR
 # go-nvml wraps functions NVML marks deprecated; the warnings are noise.
 export CGO_CFLAGS := -O2 -g -Wno-deprecated-declarations
 export GRPCURL
@@ -79,10 +85,15 @@ $(GRPCURL):
 	@mkdir -p $(CACHE)/bin
 	GOBIN=$(CACHE)/bin $(GO) install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 
-test-unit:
+## k8s: etcd, kube-apiserver, kube-controller-manager, kubelet and kwok for the tests, built once and cached (quiet when present).
+.PHONY: k8s
+k8s:
+	@scripts/ensure-k8s.sh >/dev/null
+
+test-unit: k8s
 	$(GO) test -race -count=1 $(UNIT_PKGS)
 
-test-e2e: build $(GRPCURL)
+test-e2e: build $(GRPCURL) k8s
 	$(GO) test -count=1 ./test/...
 
 test-units: build

@@ -9,6 +9,7 @@
 # Prints the directory. Quiet when everything is there; a build's output is
 # shown only when it fails. A build goes into a temporary directory and is
 # renamed into place, so an interrupted build never leaves half a binary.
+# With --dir it only prints the directory (the Makefile's BUD_K8S_DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 K8S_VERSION=v1.37.2
@@ -16,6 +17,10 @@ ETCD_VERSION=$(sed -n 's#^require go.etcd.io/etcd/server/v3 \(v[0-9.]*\)$#\1#p' 
 KWOK_VERSION=v0.8.0
 GO=${GO:-go}
 dir=${XDG_CACHE_HOME:-$HOME/.cache}/budfleet/k8s-$K8S_VERSION
+if [ "${1:-}" = --dir ]; then
+	echo "$dir"
+	exit 0
+fi
 mkdir -p "$dir"
 # The version stamp also names etcd's and kwok's versions: changing either
 # pin rebuilds what it names.
