@@ -16,61 +16,68 @@ import (
 
 // commandDelivery delivers a node's stored commands while it is connected,
 // again on every session until a result arrives, and records the results.
+// It holds no goroutine per session: delivery runs when the session opens
+// and, after that, in a short-lived goroutine whenever a command is queued
+// for a connected node. A goroutine parked per session would cost every
+// connected agent its stack.
 type commandDelivery struct {
 	srv *Server
 
-	mu sync.Mutex
-	// wake asks a session's delivery loop to look for new commands.
-	wake map[*session]chan struct{}
+	mu       sync.Mutex
+	sessions map[*session]*deliveries
+}
+
+// deliveries is one session's delivery state; mu makes deliveries to one
+// session run one at a time, so each command goes once per session.
+type deliveries struct {
+	mu   sync.Mutex
+	sent map[string]bool
 }
 
 func (*commandDelivery) name() string          { return "commands" }
 func (m *commandDelivery) handlers() []handler { return []handler{on(m.handleResult)} }
 
-// run delivers what is pending when the session opens and then whenever
-// the node is woken. Each command goes once per session: the next session
-// delivers it again if no result came.
+// run delivers what is pending when the session opens. The next session
+// delivers a command again if no result came.
 func (m *commandDelivery) run(ctx context.Context, sess *session) error {
 	// Registered before the first look, so a command queued in between is
-	// not missed.
-	wake := make(chan struct{}, 1)
+	// not missed: its wake waits for this delivery and then finds it.
+	d := &deliveries{sent: map[string]bool{}}
 	m.mu.Lock()
-	m.wake[sess] = wake
+	m.sessions[sess] = d
 	m.mu.Unlock()
-	defer func() {
+	context.AfterFunc(ctx, func() {
 		m.mu.Lock()
-		delete(m.wake, sess)
+		delete(m.sessions, sess)
 		m.mu.Unlock()
-	}()
-	sent := map[string]bool{}
-	for {
-		if err := m.deliverPending(ctx, sess, sent); err != nil {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-wake:
-		}
-	}
+	})
+	return m.deliver(ctx, sess, d)
 }
 
-// wakeNode tells a connected node's session to deliver pending commands.
+// wakeNode delivers a connected node's new commands. It does not wait: a
+// stalled session must not hold up the operator who queued the command.
 func (m *commandDelivery) wakeNode(nodeID string) {
 	sess := m.srv.sessionOf(nodeID)
 	if sess == nil {
 		return
 	}
 	m.mu.Lock()
-	wake := m.wake[sess]
+	d := m.sessions[sess]
 	m.mu.Unlock()
-	if wake == nil {
-		return // its loop has not started: its first look will find the command
+	if d == nil {
+		return // its first delivery has not begun: it will find the command
 	}
-	select {
-	case wake <- struct{}{}:
-	default:
-	}
+	go func() {
+		if err := m.deliver(sess.ctx, sess, d); err != nil {
+			sess.cancel(err)
+		}
+	}()
+}
+
+func (m *commandDelivery) deliver(ctx context.Context, sess *session, d *deliveries) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return m.deliverPending(ctx, sess, d.sent)
 }
 
 func (m *commandDelivery) deliverPending(ctx context.Context, sess *session, sent map[string]bool) error {

@@ -115,7 +115,7 @@ func New(opts Options) (*Server, error) {
 		lastSeen: map[string]time.Time{},
 	}
 	s.metrics = newMetrics(opts.Registerer)
-	s.commands = &commandDelivery{srv: s, wake: map[*session]chan struct{}{}}
+	s.commands = &commandDelivery{srv: s, sessions: map[*session]*deliveries{}}
 	s.siem = &siemPush{srv: s, reports: map[string]siemReport{}, pushed: map[string]time.Time{}}
 	s.modules = []module{
 		&heartbeats{srv: s, siemStatus: s.siem.recordStatus},
