@@ -53,6 +53,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore(t)) })
 	}
+	t.Run("Campaigns", func(t *testing.T) { testCampaigns(t, newStore) })
 }
 
 func ctx(t *testing.T) context.Context { return t.Context() }
