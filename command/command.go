@@ -16,6 +16,9 @@ type Spec struct {
 	// Params names the parameters the kind accepts and whether each is
 	// required.
 	Params map[string]bool
+	// Check, when set, checks the parameters' values once their names
+	// passed.
+	Check func(params map[string]string) error
 }
 
 // Kinds known to this build.
@@ -43,6 +46,9 @@ func Validate(kind string, params map[string]string) error {
 		if required && params[k] == "" {
 			return fmt.Errorf("command %s needs parameter %q", kind, k)
 		}
+	}
+	if spec.Check != nil {
+		return spec.Check(params)
 	}
 	return nil
 }
