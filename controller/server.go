@@ -122,6 +122,7 @@ func New(opts Options) (*Server, error) {
 		&hostInventory{srv: s},
 		&gpuReports{srv: s},
 		s.commands,
+		&commandProgress{srv: s, sessions: map[*session]*progressState{}},
 		&renewal{srv: s},
 		s.siem,
 	}
