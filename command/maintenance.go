@@ -45,8 +45,8 @@ var maxScriptParam = base64.StdEncoding.EncodedLen(MaxScriptBytes)
 // agent's log.
 var nameRe = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._:-]{0,251}[A-Za-z0-9])?$`)
 
-// MaintenanceTask is a maintenance.task command's parameters, decoded.
-type MaintenanceTask struct {
+// MaintenanceTaskParams is a maintenance.task command's parameters, decoded.
+type MaintenanceTaskParams struct {
 	Script     []byte
 	Timeout    time.Duration
 	CampaignID string
@@ -55,7 +55,7 @@ type MaintenanceTask struct {
 
 // Params encodes t as the command's parameters: what the controller
 // queues. It does not check t; Validate (or ParseMaintenanceTask) does.
-func (t MaintenanceTask) Params() map[string]string {
+func (t MaintenanceTaskParams) Params() map[string]string {
 	p := map[string]string{ParamScript: base64.StdEncoding.EncodeToString(t.Script)}
 	if t.Timeout != 0 {
 		p[ParamTimeout] = t.Timeout.String()
@@ -72,8 +72,8 @@ func (t MaintenanceTask) Params() map[string]string {
 // ParseMaintenanceTask decodes and checks a maintenance.task command's
 // parameters: the controller refuses a bad one when it is queued, and the
 // agent checks again before it runs anything.
-func ParseMaintenanceTask(params map[string]string) (MaintenanceTask, error) {
-	var t MaintenanceTask
+func ParseMaintenanceTask(params map[string]string) (MaintenanceTaskParams, error) {
+	var t MaintenanceTaskParams
 	s := params[ParamScript]
 	if s == "" {
 		return t, errors.New(`maintenance.task needs parameter "script": the script, base64-encoded`)
@@ -119,13 +119,13 @@ func ParseMaintenanceTask(params map[string]string) (MaintenanceTask, error) {
 	return t, nil
 }
 
-// MaintenanceReboot is a maintenance.reboot command's parameters.
-type MaintenanceReboot struct {
+// MaintenanceRebootParams is a maintenance.reboot command's parameters.
+type MaintenanceRebootParams struct {
 	CampaignID string
 }
 
 // Params encodes r as the command's parameters.
-func (r MaintenanceReboot) Params() map[string]string {
+func (r MaintenanceRebootParams) Params() map[string]string {
 	if r.CampaignID == "" {
 		return nil
 	}
@@ -133,8 +133,8 @@ func (r MaintenanceReboot) Params() map[string]string {
 }
 
 // ParseMaintenanceReboot checks a maintenance.reboot command's parameters.
-func ParseMaintenanceReboot(params map[string]string) (MaintenanceReboot, error) {
-	var r MaintenanceReboot
+func ParseMaintenanceReboot(params map[string]string) (MaintenanceRebootParams, error) {
+	var r MaintenanceRebootParams
 	if v, ok := params[ParamCampaignID]; ok {
 		if !nameRe.MatchString(v) {
 			return r, fmt.Errorf("maintenance.reboot parameter %q must be 1 to 253 letters, digits, '.', '_', ':' or '-'", ParamCampaignID)
