@@ -178,6 +178,27 @@ func (m *commandProgress) track(ctx context.Context, sess *session, st *progress
 	return e, nil
 }
 
+// snapshot returns a copy of what the session has streamed for a command,
+// nil when nothing: the commands module stores it with the result, so that
+// a finished command's tail is whole the moment its result is.
+func (m *commandProgress) snapshot(sess *session, id string) *store.OutputTail {
+	m.mu.Lock()
+	st := m.sessions[sess]
+	m.mu.Unlock()
+	if st == nil {
+		return nil
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	e := st.cmds[id]
+	if e == nil || e.ignored {
+		return nil
+	}
+	t := e.tail
+	t.Stdout, t.Stderr = append([]byte(nil), t.Stdout...), append([]byte(nil), t.Stderr...)
+	return &t
+}
+
 // flush writes every tail that changed since it was last written. A
 // command's result may already be stored: the chunks came before it, so
 // the tail is written beside it, and then forgotten.

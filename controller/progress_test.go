@@ -102,10 +102,14 @@ func TestProgressTailKept(t *testing.T) {
 	// The result comes after the last chunks: they are stored beside it.
 	stream.in <- progressMsg("c1", stdout, 1010, "done\n")
 	stream.in <- &agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_CommandResult{CommandResult: &agentv1.CommandResult{CommandId: "c1", Success: true, Output: map[string]string{"exit_code": "0"}}}}
-	eventually(t, "the result with the whole tail", func() bool {
+	eventually(t, "the result", func() bool {
 		c, err := e.store.GetCommand(t.Context(), "c1")
-		return err == nil && c.State == store.CommandSucceeded && c.OutputTail != nil && strings.HasSuffix(string(c.OutputTail.Stdout), "line 900\ndone\n")
+		return err == nil && c.State == store.CommandSucceeded
 	})
+	// Whole the moment the result is stored, not a flush later.
+	if tl := tailOf(t, e, "c1"); tl == nil || !strings.HasSuffix(string(tl.Stdout), "line 900\ndone\n") {
+		t.Errorf("tail with the result = %+v", tl)
+	}
 	close(stream.in)
 	if err := wait(); err != nil {
 		t.Errorf("Connect = %v", err)

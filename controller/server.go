@@ -58,10 +58,12 @@ type Server struct {
 	metrics *metrics
 
 	// The capabilities on agent sessions, and their message handlers by
-	// kind. Two are also reached from the operator API.
+	// kind. Two are also reached from the operator API; progress from
+	// commands, which stores a command's streamed tail with its result.
 	modules  []module
 	handlers *dispatch.Table[*session]
 	commands *commandDelivery
+	progress *commandProgress
 	siem     *siemPush
 
 	mu       sync.Mutex
@@ -116,13 +118,14 @@ func New(opts Options) (*Server, error) {
 	}
 	s.metrics = newMetrics(opts.Registerer)
 	s.commands = &commandDelivery{srv: s, wake: map[*session]chan struct{}{}}
+	s.progress = &commandProgress{srv: s, sessions: map[*session]*progressState{}}
 	s.siem = &siemPush{srv: s, reports: map[string]siemReport{}, pushed: map[string]time.Time{}}
 	s.modules = []module{
 		&heartbeats{srv: s, siemStatus: s.siem.recordStatus},
 		&hostInventory{srv: s},
 		&gpuReports{srv: s},
 		s.commands,
-		&commandProgress{srv: s, sessions: map[*session]*progressState{}},
+		s.progress,
 		&renewal{srv: s},
 		s.siem,
 	}
