@@ -18,8 +18,9 @@ import (
 const (
 	// progressTailBytes is how much of each stream's end a command keeps.
 	progressTailBytes = 64 << 10
-	// progressFlushEvery is how often a session's new output is written to
-	// the store: a chatty agent costs a bounded number of writes.
+	// progressFlushEvery is how often, at most, a session's new output is
+	// written to the store: a chatty agent costs a bounded number of
+	// writes.
 	progressFlushEvery = 500 * time.Millisecond
 	// progressMaxCommands bounds the commands one session streams for at
 	// once; the agent runs one at a time.
@@ -28,7 +29,10 @@ const (
 
 // commandProgress keeps the tail of what a running command streams
 // (maintenance.task) on the command, where 'budctl commands get' shows it.
-// Chunks are gathered per session and written every progressFlushEvery.
+// Chunks are gathered per session and written at most every
+// progressFlushEvery, by a timer that exists only while something waits to
+// be written, and when the session ends: like command delivery, it holds no
+// goroutine per session.
 type commandProgress struct {
 	srv *Server
 
@@ -38,8 +42,16 @@ type commandProgress struct {
 
 // progressState is one session's streaming commands, by id.
 type progressState struct {
+	// flushing makes one flush at a time, so a slow write never lands
+	// after a newer one.
+	flushing sync.Mutex
+
 	mu   sync.Mutex
 	cmds map[string]*progressEntry
+	// timer is the pending flush, nil when none; lastFlush paces them.
+	timer     *time.Timer
+	lastFlush time.Time
+	ended     bool
 }
 
 type progressEntry struct {
@@ -52,49 +64,54 @@ type progressEntry struct {
 	version, written uint64
 }
 
-func (*commandProgress) name() string          { return "progress" }
-func (m *commandProgress) handlers() []handler { return []handler{on(m.handleProgress)} }
+func (*commandProgress) name() string                        { return "progress" }
+func (m *commandProgress) handlers() []handler               { return []handler{on(m.handleProgress)} }
+func (*commandProgress) run(context.Context, *session) error { return nil }
 
-// stateOf returns the session's state, making it while the session lasts.
+// stateOf returns the session's state, making it while the session lasts;
+// when the session ends, what is left is written and the state dropped.
 func (m *commandProgress) stateOf(sess *session) *progressState {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	st := m.sessions[sess]
-	if st == nil && sess.ctx.Err() == nil {
-		st = &progressState{cmds: map[string]*progressEntry{}}
-		m.sessions[sess] = st
+	if st != nil || sess.ctx.Err() != nil {
+		return st
 	}
+	st = &progressState{cmds: map[string]*progressEntry{}}
+	m.sessions[sess] = st
+	context.AfterFunc(sess.ctx, func() {
+		m.mu.Lock()
+		delete(m.sessions, sess)
+		m.mu.Unlock()
+		st.mu.Lock()
+		st.ended = true
+		if st.timer != nil {
+			st.timer.Stop()
+		}
+		st.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(sess.ctx), persistTimeout)
+		defer cancel()
+		_ = m.flush(ctx, sess, st)
+	})
 	return st
 }
 
-// run writes the session's new output to the store every
-// progressFlushEvery, and what is left when the session ends.
-func (m *commandProgress) run(ctx context.Context, sess *session) error {
-	defer func() {
-		m.mu.Lock()
-		st := m.sessions[sess]
-		delete(m.sessions, sess)
-		m.mu.Unlock()
-		if st != nil {
-			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistTimeout)
-			defer cancel()
-			_ = m.flush(fctx, sess, st)
-		}
-	}()
-	t := time.NewTicker(progressFlushEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			if st := m.stateOf(sess); st != nil {
-				if err := m.flush(ctx, sess, st); err != nil {
-					return err
-				}
-			}
-		}
+// schedule makes sure a flush is coming, progressFlushEvery after the last
+// one. st.mu is held.
+func (m *commandProgress) schedule(sess *session, st *progressState) {
+	if st.timer != nil || st.ended {
+		return
 	}
+	wait := max(0, progressFlushEvery-time.Since(st.lastFlush))
+	st.timer = time.AfterFunc(wait, func() {
+		st.mu.Lock()
+		st.timer = nil
+		st.lastFlush = time.Now()
+		st.mu.Unlock()
+		if err := m.flush(sess.ctx, sess, st); err != nil {
+			sess.cancel(err)
+		}
+	})
 }
 
 func (m *commandProgress) handleProgress(ctx context.Context, sess *session, msg *agentv1.ConnectRequest_CommandProgress) error {
@@ -134,6 +151,7 @@ func (m *commandProgress) handleProgress(ctx context.Context, sess *session, msg
 	}
 	e.tail.UpdatedAt = now
 	e.version++
+	m.schedule(sess, st)
 	return nil
 }
 
@@ -208,6 +226,8 @@ func (m *commandProgress) flush(ctx context.Context, sess *session, st *progress
 		tail    store.OutputTail
 		version uint64
 	}
+	st.flushing.Lock()
+	defer st.flushing.Unlock()
 	var writes []write
 	st.mu.Lock()
 	for id, e := range st.cmds {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/bud-ecosystem/budfleet/controller/store"
 	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
@@ -216,9 +217,11 @@ func TestProgressAcrossSessions(t *testing.T) {
 	if err := wait(); err != nil {
 		t.Fatal(err)
 	}
-	if tl := tailOf(t, e, "c1"); tl == nil || string(tl.Stdout) != "before\n" {
-		t.Fatalf("tail after the session = %+v", tl)
-	}
+	// Written as the session ends, not a flush interval later.
+	eventually(t, "the tail written at the session's end", func() bool {
+		tl := tailOf(t, e, "c1")
+		return tl != nil && string(tl.Stdout) == "before\n"
+	})
 	stream, wait = connect(t, e, "n1")
 	stream.in <- hello("n1")
 	stream.next(t, "welcome")
@@ -227,9 +230,10 @@ func TestProgressAcrossSessions(t *testing.T) {
 	if err := wait(); err != nil {
 		t.Fatal(err)
 	}
-	if tl := tailOf(t, e, "c1"); tl == nil || string(tl.Stdout) != "before\nafter\n" || tl.StdoutBytes != 13 {
-		t.Errorf("tail after the second session = %+v", tl)
-	}
+	eventually(t, "the second session's tail", func() bool {
+		tl := tailOf(t, e, "c1")
+		return tl != nil && string(tl.Stdout) == "before\nafter\n" && tl.StdoutBytes == 13
+	})
 	// A command that had its result before anything streamed keeps none.
 	if _, err := e.store.UpdateCommand(t.Context(), "c1", func(c *store.Command) error { c.State = store.CommandFailed; c.OutputTail = nil; return nil }); err != nil {
 		t.Fatal(err)
@@ -240,6 +244,7 @@ func TestProgressAcrossSessions(t *testing.T) {
 	stream.in <- progressMsg("c1", stdout, 13, "late\n")
 	close(stream.in)
 	_ = wait()
+	time.Sleep(progressFlushEvery + 100*time.Millisecond)
 	if tl := tailOf(t, e, "c1"); tl != nil {
 		t.Errorf("a finished command got a tail: %+v", tl)
 	}
@@ -321,4 +326,41 @@ func TestBootIDFromHelloAndInventory(t *testing.T) {
 	if err != nil || resp.GetNode().GetBootId() != b3 {
 		t.Errorf("GetNode boot id = %q, %v; want %q", resp.GetNode().GetBootId(), err, b3)
 	}
+}
+
+// Streaming costs no goroutine per session: once what a session streamed
+// is written no flush timer waits, and the session's state goes with it.
+func TestProgressHoldsNoGoroutine(t *testing.T) {
+	e := newTestServer(t)
+	addNode(t, e, "n1")
+	enqueueTask(t, e, "c1", "n1")
+	stream, wait := connect(t, e, "n1")
+	stream.in <- hello("n1")
+	stream.next(t, "welcome")
+	for i := range 50 {
+		stream.in <- progressMsg("c1", stdout, uint64(i), "x")
+	}
+	eventually(t, "all 50 bytes stored", func() bool {
+		tl := tailOf(t, e, "c1")
+		return tl != nil && tl.StdoutBytes == 50
+	})
+	e.srv.progress.mu.Lock()
+	st := e.srv.progress.sessions[e.srv.sessionOf("n1")]
+	e.srv.progress.mu.Unlock()
+	time.Sleep(progressFlushEvery + 100*time.Millisecond)
+	st.mu.Lock()
+	pending := st.timer != nil
+	st.mu.Unlock()
+	if pending {
+		t.Error("a flush timer is still pending with nothing to write")
+	}
+	close(stream.in)
+	if err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the session's state dropped", func() bool {
+		e.srv.progress.mu.Lock()
+		defer e.srv.progress.mu.Unlock()
+		return len(e.srv.progress.sessions) == 0
+	})
 }

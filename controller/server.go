@@ -118,8 +118,8 @@ func New(opts Options) (*Server, error) {
 	}
 	s.metrics = newMetrics(opts.Registerer)
 	s.commands = &commandDelivery{srv: s, wake: map[*session]chan struct{}{}}
-	s.progress = &commandProgress{srv: s, sessions: map[*session]*progressState{}}
 	s.siem = &siemPush{srv: s, reports: map[string]siemReport{}, pushed: map[string]time.Time{}}
+	s.progress = &commandProgress{srv: s, sessions: map[*session]*progressState{}}
 	s.modules = []module{
 		&heartbeats{srv: s, siemStatus: s.siem.recordStatus},
 		&hostInventory{srv: s},
