@@ -34,6 +34,9 @@ func (m *hostInventory) handleInventory(ctx context.Context, sess *session, msg 
 		if inv.Hostname != "" {
 			n.Hostname = inv.Hostname
 		}
+		if inv.BootId != "" {
+			n.BootID = inv.BootId
+		}
 		return nil
 	}); err != nil {
 		return status.Errorf(codes.Internal, "store inventory: %v", err)
@@ -54,6 +57,9 @@ func capInventory(p *hostv1.Inventory) *hostv1.Inventory {
 		CpuCores:     p.GetCpuCores(),
 		MemoryBytes:  p.GetMemoryBytes(),
 		AgentVersion: p.GetAgentVersion(),
+	}
+	if bootIDRe.MatchString(p.GetBootId()) {
+		inv.BootId = p.GetBootId()
 	}
 	for _, f := range []*string{&inv.MachineId, &inv.Os, &inv.Kernel, &inv.Architecture, &inv.CpuModel, &inv.AgentVersion} {
 		*f = truncate(*f, 256)
