@@ -189,7 +189,7 @@ type testModule struct {
 
 func (m testModule) name() string                      { return m.n }
 func (m testModule) handlers() []handler               { return m.hs }
-func (testModule) run(context.Context, *session) error { return nil }
+func (testModule) start(context.Context, *session) error { return nil }
 
 // A kind is one module's; anything else a module registers that the
 // session could not dispatch is refused when the server is made.
