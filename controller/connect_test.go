@@ -187,8 +187,8 @@ type testModule struct {
 	hs []handler
 }
 
-func (m testModule) name() string                      { return m.n }
-func (m testModule) handlers() []handler               { return m.hs }
+func (m testModule) name() string                        { return m.n }
+func (m testModule) handlers() []handler                 { return m.hs }
 func (testModule) start(context.Context, *session) error { return nil }
 
 // A kind is one module's; anything else a module registers that the

@@ -28,6 +28,7 @@ type module interface {
 	// session.
 	start(ctx context.Context, sess *session) error
 }
+
 // A handler takes one kind of agent message. Handlers run one at a time on
 // the session's receiving goroutine; an error ends the session.
 type handler = dispatch.Handler[*session]

@@ -64,8 +64,8 @@ type progressEntry struct {
 	version, written uint64
 }
 
-func (*commandProgress) name() string                        { return "progress" }
-func (m *commandProgress) handlers() []handler               { return []handler{on(m.handleProgress)} }
+func (*commandProgress) name() string                          { return "progress" }
+func (m *commandProgress) handlers() []handler                 { return []handler{on(m.handleProgress)} }
 func (*commandProgress) start(context.Context, *session) error { return nil }
 
 // stateOf returns the session's state, making it while the session lasts;
