@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
-	"sync"
 
 	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
@@ -174,24 +173,20 @@ func (a *AgentAPI) Connect(stream agentv1.AgentService_ConnectServer) error {
 	}}}); err != nil {
 		return err
 	}
-	// Each goroutine reports at most once; the buffer lets the losers exit
+	// Each goroutine reports at most once; the buffer lets the loser exit
 	// too.
-	errc := make(chan error, 2+len(s.modules))
+	errc := make(chan error, 2)
 	sendDone := make(chan struct{})
 	go func() { defer close(sendDone); errc <- s.sendLoop(sess, stream) }()
-	var loops sync.WaitGroup
-	for _, m := range s.modules {
-		loops.Add(1)
-		go func() {
-			defer loops.Done()
-			if err := m.run(sess.ctx, sess); err != nil {
-				errc <- err
-			}
-		}()
-	}
 	// The handler must not return while the send loop may still write to
-	// the stream, nor while a module still works for this session.
-	defer func() { sess.cancel(context.Canceled); <-sendDone; loops.Wait() }()
+	// the stream.
+	defer func() { sess.cancel(context.Canceled); <-sendDone }()
+	for _, m := range s.modules {
+		if err := m.start(sess.ctx, sess); err != nil {
+			log.InfoContext(ctx, "agent disconnected", "reason", err)
+			return err
+		}
+	}
 
 	go func() {
 		for {

@@ -39,7 +39,7 @@ func (m *commandDelivery) handlers() []handler { return []handler{on(m.handleRes
 
 // run delivers what is pending when the session opens. The next session
 // delivers a command again if no result came.
-func (m *commandDelivery) run(ctx context.Context, sess *session) error {
+func (m *commandDelivery) start(ctx context.Context, sess *session) error {
 	// Registered before the first look, so a command queued in between is
 	// not missed: its wake waits for this delivery and then finds it.
 	d := &deliveries{sent: map[string]bool{}}

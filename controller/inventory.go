@@ -14,9 +14,9 @@ import (
 // hostInventory stores the host inventory nodes report.
 type hostInventory struct{ srv *Server }
 
-func (*hostInventory) name() string                        { return "inventory" }
-func (m *hostInventory) handlers() []handler               { return []handler{on(m.handleInventory)} }
-func (*hostInventory) run(context.Context, *session) error { return nil }
+func (*hostInventory) name() string                          { return "inventory" }
+func (m *hostInventory) handlers() []handler                 { return []handler{on(m.handleInventory)} }
+func (*hostInventory) start(context.Context, *session) error { return nil }
 
 func (m *hostInventory) handleInventory(ctx context.Context, sess *session, msg *agentv1.ConnectRequest_Inventory) error {
 	s := m.srv

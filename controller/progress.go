@@ -64,9 +64,9 @@ type progressEntry struct {
 	version, written uint64
 }
 
-func (*commandProgress) name() string                        { return "progress" }
-func (m *commandProgress) handlers() []handler               { return []handler{on(m.handleProgress)} }
-func (*commandProgress) run(context.Context, *session) error { return nil }
+func (*commandProgress) name() string                          { return "progress" }
+func (m *commandProgress) handlers() []handler                 { return []handler{on(m.handleProgress)} }
+func (*commandProgress) start(context.Context, *session) error { return nil }
 
 // stateOf returns the session's state, making it while the session lasts;
 // when the session ends, what is left is written and the state dropped.
