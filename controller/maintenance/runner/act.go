@@ -2,11 +2,11 @@ package runner
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
-	"maps"
+	"time"
 
+	"github.com/bud-ecosystem/budfleet/command"
 	"github.com/bud-ecosystem/budfleet/controller/maintenance"
 	"github.com/bud-ecosystem/budfleet/controller/store"
 )
@@ -61,11 +61,15 @@ func (r *Runner) execute(ctx context.Context, c store.Campaign, acts []maintenan
 // enqueue queues a campaign's command under its deterministic id; one the
 // store has already is done.
 func (r *Runner) enqueue(ctx context.Context, a maintenance.EnqueueCommand) error {
-	err := r.opts.Store.EnqueueCommand(ctx, store.Command{
+	params, err := CommandParams(a)
+	if err != nil {
+		return err
+	}
+	err = r.opts.Store.EnqueueCommand(ctx, store.Command{
 		ID:        a.ID,
 		NodeID:    a.NodeID,
 		Kind:      a.Kind,
-		Params:    commandParams(a),
+		Params:    params,
 		State:     store.CommandPending,
 		CreatedAt: r.opts.Now(),
 	})
@@ -80,22 +84,39 @@ func (r *Runner) enqueue(ctx context.Context, a maintenance.EnqueueCommand) erro
 	return nil
 }
 
-// commandParams is the parameters of a campaign's command as the agent
+// CommandParams is the parameters of a campaign's command as the agent
 // takes them (the command package's maintenance.task and
-// maintenance.reboot): the script in standard base64, since command
-// parameters are protobuf strings and a script need not be UTF-8; the
-// reboot takes the campaign id alone.
-func commandParams(a maintenance.EnqueueCommand) map[string]string {
-	p := maps.Clone(a.Params)
+// maintenance.reboot), checked: the script in standard base64, since
+// command parameters are protobuf strings and a script need not be UTF-8;
+// the reboot with the campaign id alone. The operator API calls it for
+// every node before it stores a campaign, so a campaign never queues a
+// command the agent refuses.
+func CommandParams(a maintenance.EnqueueCommand) (map[string]string, error) {
+	var p map[string]string
 	switch a.Kind {
-	case maintenance.KindTask:
-		if s, ok := p[maintenance.ParamScript]; ok {
-			p[maintenance.ParamScript] = base64.StdEncoding.EncodeToString([]byte(s))
+	case command.MaintenanceTask:
+		t := command.MaintenanceTaskParams{
+			Script:     []byte(a.Params[maintenance.ParamScript]),
+			CampaignID: a.Params[maintenance.ParamCampaignID],
+			NodeName:   a.Params[maintenance.ParamNodeName],
 		}
-	case maintenance.KindReboot:
-		p = map[string]string{maintenance.ParamCampaignID: a.Params[maintenance.ParamCampaignID]}
+		if v := a.Params[maintenance.ParamTimeout]; v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				return nil, fmt.Errorf("task timeout %q: %w", v, err)
+			}
+			t.Timeout = d
+		}
+		p = t.Params()
+	case command.MaintenanceReboot:
+		p = command.MaintenanceRebootParams{CampaignID: a.Params[maintenance.ParamCampaignID]}.Params()
+	default:
+		return nil, fmt.Errorf("a campaign queues no command of kind %q", a.Kind)
 	}
-	return p
+	if err := command.Validate(a.Kind, p); err != nil {
+		return nil, err
+	}
+	return p, nil
 }
 
 // audit writes one campaign event to the audit trail, with the campaign's

@@ -77,7 +77,7 @@ func (r *Runner) observeNode(ctx context.Context, campaignID string, w maintenan
 			return node, o, false
 		}
 		o.AgentConnected = connected
-		o.BootID = r.opts.BootID(node)
+		o.BootID = bootID(node)
 		o.GPUCount, o.GPUHealthy, err = gpus(node)
 		if err != nil {
 			log.WarnContext(ctx, "read the node's GPUs; it waits for the next step", "error", err)
@@ -108,6 +108,15 @@ func (r *Runner) observeNode(ctx context.Context, campaignID string, w maintenan
 		o.Commands[id] = commandObservation(cmd)
 	}
 	return node, o, true
+}
+
+// bootID is the boot id the agent last reported, at connect or in its
+// inventory.
+func bootID(n store.Node) string {
+	if n.BootID != "" {
+		return n.BootID
+	}
+	return n.Inventory.GetBootId()
 }
 
 // gpus reads the GPU count and health from the node's stored GPU report:

@@ -17,7 +17,10 @@ func TestCommandParams(t *testing.T) {
 	task := maintenance.EnqueueCommand{ID: "c1/n1/maintenance.task/1", NodeID: "n1", Kind: maintenance.KindTask, Params: map[string]string{
 		maintenance.ParamScript: script, maintenance.ParamTimeout: "30m0s", maintenance.ParamCampaignID: "c1", maintenance.ParamNodeName: "gpu-1",
 	}}
-	got := commandParams(task)
+	got, err := CommandParams(task)
+	if err != nil {
+		t.Fatal(err)
+	}
 	want := map[string]string{
 		maintenance.ParamScript: base64.StdEncoding.EncodeToString([]byte(script)), maintenance.ParamTimeout: "30m0s",
 		maintenance.ParamCampaignID: "c1", maintenance.ParamNodeName: "gpu-1",
@@ -26,11 +29,22 @@ func TestCommandParams(t *testing.T) {
 		t.Errorf("task params = %v, want %v", got, want)
 	}
 	if task.Params[maintenance.ParamScript] != script {
-		t.Error("commandParams changed the action's params")
+		t.Error("CommandParams changed the action's params")
 	}
 	reboot := maintenance.EnqueueCommand{Kind: maintenance.KindReboot, Params: map[string]string{maintenance.ParamCampaignID: "c1", maintenance.ParamNodeName: "gpu-1"}}
-	if got := commandParams(reboot); !reflect.DeepEqual(got, map[string]string{maintenance.ParamCampaignID: "c1"}) {
-		t.Errorf("reboot params = %v", got)
+	if got, err := CommandParams(reboot); err != nil || !reflect.DeepEqual(got, map[string]string{maintenance.ParamCampaignID: "c1"}) {
+		t.Errorf("reboot params = %v, %v", got, err)
+	}
+	// What the agent would refuse is refused here.
+	for name, a := range map[string]maintenance.EnqueueCommand{
+		"empty script":  {Kind: maintenance.KindTask, Params: map[string]string{maintenance.ParamScript: ""}},
+		"long timeout":  {Kind: maintenance.KindTask, Params: map[string]string{maintenance.ParamScript: "true", maintenance.ParamTimeout: "48h"}},
+		"bad node name": {Kind: maintenance.KindTask, Params: map[string]string{maintenance.ParamScript: "true", maintenance.ParamNodeName: "a b"}},
+		"other kind":    {Kind: "inventory.collect"},
+	} {
+		if _, err := CommandParams(a); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
 	}
 }
 

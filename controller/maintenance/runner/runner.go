@@ -7,7 +7,7 @@
 //  1. reads the campaign from the store;
 //  2. observes what its Watchlist names: the Kubernetes Node through the
 //     Cluster, the agent's session through Agents, the boot id and GPUs
-//     from the stored node, each listed command from the store, and the
+//     from the stored node (as the agent last reported them), each listed command from the store, and the
 //     drains from its own registry. A node it cannot observe reliably (the
 //     API server did not answer, the store failed, the controller started
 //     too recently to know whether the agent is connected) is left out, so
@@ -120,9 +120,6 @@ type Options struct {
 	MinGap time.Duration
 	// CallTimeout bounds each Cluster call other than Drain (default 30s).
 	CallTimeout time.Duration
-	// BootID reads the boot id the agent last reported from the stored
-	// node; nil reads none (a reboot then waits for its timeout).
-	BootID func(store.Node) string
 }
 
 // Defaults for Options.
@@ -171,9 +168,6 @@ func New(opts Options) (*Runner, error) {
 	}
 	if opts.CallTimeout <= 0 {
 		opts.CallTimeout = DefaultCallTimeout
-	}
-	if opts.BootID == nil {
-		opts.BootID = func(store.Node) string { return "" }
 	}
 	return &Runner{
 		opts:    opts,

@@ -104,7 +104,7 @@ func TestCrashAndResume(t *testing.T) {
 				cs := &crashStore{Store: w.st, every: every, crashed: make(chan struct{})}
 				r, err := runner.New(runner.Options{
 					Store: cs, Cluster: w.cluster, Agents: w.agents, Audit: w.audit, Logger: quiet(),
-					Interval: 5 * time.Millisecond, MinGap: time.Millisecond, BootID: w.bootID,
+					Interval: 5 * time.Millisecond, MinGap: time.Millisecond,
 				})
 				if err != nil {
 					t.Fatal(err)

@@ -61,7 +61,6 @@ type world struct {
 	names   map[string]string
 
 	mu         sync.Mutex
-	boot       map[string]string
 	taskRuns   map[string]int // by node id
 	taskExit   map[string]int // by node id; non-zero fails the task
 	taskTime   time.Duration
@@ -82,7 +81,7 @@ func newWorld(t *testing.T, n, racks int) *world {
 	}
 	t.Cleanup(func() { st.Close() })
 	w := &world{t: t, st: st, audit: &recAudit{}, names: map[string]string{},
-		boot: map[string]string{}, taskRuns: map[string]int{}, taskExit: map[string]int{},
+		taskRuns: map[string]int{}, taskExit: map[string]int{},
 		taskTime: 20 * time.Millisecond, rebootTime: 40 * time.Millisecond, started: map[string]time.Time{}}
 	var hosts []string
 	for i := range n {
@@ -92,13 +91,13 @@ func newWorld(t *testing.T, n, racks int) *world {
 		storetest.EnrollNode(t, st, storetest.NewNode(id, host))
 		if _, err := st.UpdateNode(t.Context(), id, func(nd *store.Node) error {
 			nd.Labels = map[string]string{"pool": "gpu", "rack": fmt.Sprintf("r%d", i%max(racks, 1))}
+			nd.BootID = id + "-boot-0"
 			return nil
 		}); err != nil {
 			t.Fatal(err)
 		}
 		w.ids = append(w.ids, id)
 		w.names[id] = host
-		w.boot[id] = id + "-boot-0"
 		hosts = append(hosts, host)
 	}
 	w.cluster = fake.NewCluster(hosts...)
@@ -116,12 +115,6 @@ func newWorld(t *testing.T, n, racks int) *world {
 		}
 	})
 	return w
-}
-
-func (w *world) bootID(n store.Node) string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.boot[n.ID]
 }
 
 // agentLoop plays every node's agent.
@@ -194,9 +187,12 @@ func (w *world) agentStep(ctx context.Context, id string, c store.Command) {
 		w.agents.SetConnected(id, false)
 		w.cluster.Set(name, func(n *fake.Node) { n.Ready = false })
 		time.AfterFunc(w.rebootTime, func() {
-			w.mu.Lock()
-			w.boot[id] = fmt.Sprintf("%s-boot-%d", id, time.Now().UnixNano())
-			w.mu.Unlock()
+			// Back with a new boot id in its hello, which the controller
+			// stores on the node.
+			_, _ = w.st.UpdateNode(context.Background(), id, func(n *store.Node) error {
+				n.BootID = fmt.Sprintf("%s-boot-%d", id, time.Now().UnixNano())
+				return nil
+			})
 			w.cluster.Set(name, func(n *fake.Node) { n.Ready = true })
 			w.agents.SetConnected(id, true)
 		})
@@ -252,7 +248,7 @@ func (w *world) start(st runner.Store) *running {
 	}
 	r, err := runner.New(runner.Options{
 		Store: st, Cluster: w.cluster, Agents: w.agents, Audit: w.audit, Logger: quiet(),
-		Interval: 10 * time.Millisecond, MinGap: time.Millisecond, BootID: w.bootID,
+		Interval: 10 * time.Millisecond, MinGap: time.Millisecond,
 	})
 	if err != nil {
 		w.t.Fatal(err)
