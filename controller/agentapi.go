@@ -233,6 +233,7 @@ func (s *Server) recordBootID(ctx context.Context, node store.Node, bootID strin
 	}); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return status.Errorf(codes.Internal, "store boot id: %v", err)
 	}
+	s.nodeEvent(node.ID) // a campaign may wait for this reboot
 	return nil
 }
 

@@ -161,6 +161,7 @@ func (m *commandDelivery) recordResult(ctx context.Context, sess *session, r *ag
 	s.metrics.cmdLatency.Observe(now.Sub(c.CreatedAt).Seconds())
 	s.metrics.cmdResults.WithLabelValues(c.Kind, string(c.State)).Inc()
 	s.log.InfoContext(ctx, "command finished", "node_id", sess.nodeID, "command_id", c.ID, "kind", c.Kind, "state", c.State, "message", c.Message)
+	s.nodeEvent(sess.nodeID)
 	return nil
 }
 

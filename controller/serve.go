@@ -27,6 +27,7 @@ import (
 	"github.com/bud-ecosystem/budfleet/pki"
 	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
 	fleetv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1"
+	maintv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/maint/v1"
 )
 
 // Files in the data dir besides the CA's.
@@ -117,6 +118,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	)
 	agentv1.RegisterAgentServiceServer(gs, srv.AgentAPI())
 	fleetv1.RegisterFleetServiceServer(gs, srv.FleetAPI())
+	maintv1.RegisterMaintenanceServiceServer(gs, srv.MaintenanceAPI())
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
@@ -136,6 +138,13 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
+	// Campaigns stop before the sessions close: a runner that saw every
+	// agent go away at shutdown would fail the nodes it was about to start.
+	maintDone := make(chan struct{})
+	g.Go(func() error {
+		defer close(maintDone)
+		return srv.RunMaintenance(gctx)
+	})
 	g.Go(func() error {
 		if err := gs.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("grpc server: %w", err)
@@ -153,6 +162,11 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	g.Go(func() error {
 		<-gctx.Done()
 		hs.Shutdown()
+		select {
+		case <-maintDone:
+		case <-time.After(cfg.StopTimeout):
+			log.Warn("maintenance campaigns did not stop in time; closing sessions")
+		}
 		srv.closeAllSessions()
 		stopped := make(chan struct{})
 		go func() { gs.GracefulStop(); close(stopped) }()

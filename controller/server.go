@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bud-ecosystem/budfleet/controller/ca"
+	"github.com/bud-ecosystem/budfleet/controller/maintenance/runner"
 	"github.com/bud-ecosystem/budfleet/controller/store"
 	"github.com/bud-ecosystem/budfleet/internal/dispatch"
 )
@@ -37,6 +38,13 @@ type Options struct {
 	HeartbeatGrace time.Duration
 	// FullInventoryInterval is how often agents resend unchanged inventory.
 	FullInventoryInterval time.Duration
+
+	// Cluster is the Kubernetes side of maintenance campaigns; nil when no
+	// cluster is configured (no campaign starts; stored ones wait).
+	Cluster runner.Cluster
+	// MaintenanceInterval is how often the campaign runner steps (default
+	// 1s); events wake it sooner.
+	MaintenanceInterval time.Duration
 }
 
 // Defaults for Options.
@@ -65,6 +73,10 @@ type Server struct {
 	commands *commandDelivery
 	progress *commandProgress
 	siem     *siemPush
+	// campaigns runs maintenance campaigns (campaigns.go, maintapi.go).
+	campaigns *campaigns
+	// started is when the Server was made: agents reconnect after it.
+	started time.Time
 
 	mu       sync.Mutex
 	sessions map[string]*session // by node id
@@ -115,6 +127,7 @@ func New(opts Options) (*Server, error) {
 		ca:       opts.CA,
 		sessions: map[string]*session{},
 		lastSeen: map[string]time.Time{},
+		started:  opts.Now(),
 	}
 	s.metrics = newMetrics(opts.Registerer)
 	s.commands = &commandDelivery{srv: s, sessions: map[*session]*deliveries{}}
@@ -131,6 +144,9 @@ func New(opts Options) (*Server, error) {
 	}
 	var err error
 	if s.handlers, err = dispatchTable(s.modules); err != nil {
+		return nil, err
+	}
+	if s.campaigns, err = newCampaigns(s); err != nil {
 		return nil, err
 	}
 	if err := opts.Registerer.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{

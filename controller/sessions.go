@@ -22,6 +22,7 @@ var (
 type session struct {
 	nodeID string
 	peer   string
+	opened time.Time
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	// out carries messages to the agent; the session's send loop is its
@@ -50,7 +51,7 @@ func (sess *session) offer(m *agentv1.ConnectResponse) bool {
 
 func (s *Server) openSession(ctx context.Context, nodeID, peer string) (*session, error) {
 	sctx, cancel := context.WithCancelCause(ctx)
-	sess := &session{nodeID: nodeID, peer: peer, ctx: sctx, cancel: cancel, out: make(chan *agentv1.ConnectResponse, 16)}
+	sess := &session{nodeID: nodeID, peer: peer, opened: s.opts.Now(), ctx: sctx, cancel: cancel, out: make(chan *agentv1.ConnectResponse, 16)}
 	s.mu.Lock()
 	if s.shuttingDown {
 		s.mu.Unlock()
@@ -65,6 +66,7 @@ func (s *Server) openSession(ctx context.Context, nodeID, peer string) (*session
 	} else {
 		s.metrics.connected.Inc()
 	}
+	s.nodeEvent(nodeID)
 	return sess, nil
 }
 
@@ -78,6 +80,7 @@ func (s *Server) closeSession(sess *session) {
 	seen := s.lastSeen[sess.nodeID]
 	s.mu.Unlock()
 	if last {
+		s.nodeEvent(sess.nodeID)
 		s.metrics.connected.Dec()
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(sess.ctx), persistTimeout)
 		defer cancel()

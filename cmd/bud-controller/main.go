@@ -11,6 +11,7 @@ import (
 
 	"github.com/bud-ecosystem/budfleet/controller"
 	"github.com/bud-ecosystem/budfleet/controller/ca"
+	"github.com/bud-ecosystem/budfleet/controller/maintenance/runner"
 	"github.com/bud-ecosystem/budfleet/internal/cli"
 	"github.com/bud-ecosystem/budfleet/pki"
 	"github.com/bud-ecosystem/budfleet/version"
@@ -82,6 +83,7 @@ func newRoot() *cobra.Command {
 	f.DurationVar(&sc.Server.HeartbeatInterval, "heartbeat-interval", controller.DefaultHeartbeatInterval, "heartbeat interval agents are told to use")
 	f.DurationVar(&sc.Server.HeartbeatGrace, "heartbeat-grace", controller.DefaultHeartbeatGrace, "a node is NotReady this long after its last heartbeat")
 	f.DurationVar(&sc.Server.FullInventoryInterval, "full-inventory-interval", controller.DefaultFullInventoryInterval, "how often agents resend unchanged inventory")
+	f.DurationVar(&sc.Server.MaintenanceInterval, "maintenance-interval", runner.DefaultInterval, "how often maintenance campaigns are stepped (agent and command events step them sooner)")
 	f.StringVar(&siemConfig, "siem-config", "", "YAML with a siem: section: forward the controller's audit log (operator actions) with the agents' forwarding code")
 	_ = serveCmd.MarkFlagRequired("data-dir")
 
