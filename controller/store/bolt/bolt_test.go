@@ -686,3 +686,20 @@ func TestCommandRecordFormat(t *testing.T) {
 		t.Errorf("old record = %+v, %v", c, err)
 	}
 }
+
+// TestNodeInventoryProtoJSONRecord: a record whose inventory a development
+// build wrote as protojson (64-bit numbers as strings) still reads.
+func TestNodeInventoryProtoJSONRecord(t *testing.T) {
+	raw := `{"id":"n1","hostname":"alpha","token_id":"t","enrolled_at":"2026-01-02T03:04:05Z","cert_serial":"1","cert_expires_at":"2026-01-09T03:04:05Z",` +
+		`"inventory":{"hostname":"alpha","machine_id":"m","cpu_cores":8,"memory_bytes":"17179869184"}}`
+	n, err := decodeNode([]byte(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Inventory.GetMemoryBytes() != 16<<30 || n.Inventory.GetCpuCores() != 8 || n.Inventory.GetMachineId() != "m" {
+		t.Errorf("inventory = %v", n.Inventory)
+	}
+	if _, err := decodeNode([]byte(`{"id":"n2","inventory":{"cpu_cores":"many"}}`)); err == nil || !strings.Contains(err.Error(), "n2") {
+		t.Errorf("decodeNode of a broken inventory = %v; want an error naming the node", err)
+	}
+}
