@@ -99,6 +99,8 @@ type Store interface {
 	// labels (see SIEMConfig.Selects); ok is false when none does.
 	SIEMConfigFor(ctx context.Context, labels map[string]string) (c SIEMConfig, ok bool, err error)
 
+	ClusterStore // Kubernetes clusters and their credentials (clusters.go)
+
 	// Close releases the backend. No method may be called after it.
 	Close() error
 }

@@ -1,7 +1,7 @@
 // Package bolt is the controller's embedded store: a store.Store in one
 // bbolt file, for a single controller.
 //
-// Schema (version 2):
+// Schema (version 3):
 //
 //	meta/
 //	  schema_version         -> uint64 big-endian (internal/boltdb)
@@ -17,6 +17,9 @@
 //	  <command id>           -> <node id> NUL <seq uint64 BE>
 //	siem_configs/            (since version 2)
 //	  <version uint64 BE>    -> JSON store.SIEMConfig, newest last
+//	clusters/                (since version 3; clusters.go)
+//	  <cluster name>         -> JSON store.Cluster, its kubeconfig (a
+//	                            credential) included
 //
 // The file is opened through internal/boltdb: an upgrade first copies it to
 // <path>.v<old version>.bak and runs the migrations below in one
@@ -78,6 +81,8 @@ var migrations = []boltdb.Migration{
 		_, err := tx.CreateBucketIfNotExists(bucketSIEMConfigs)
 		return err
 	},
+	// 2 -> 3: Kubernetes clusters (clusters.go).
+	migrateClusters,
 }
 
 // SchemaVersion is the version this build writes.
