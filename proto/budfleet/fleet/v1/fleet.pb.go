@@ -10,9 +10,10 @@
 package fleetv1
 
 import (
-	v11 "github.com/bud-ecosystem/budfleet/proto/budfleet/gpu/v1"
+	v12 "github.com/bud-ecosystem/budfleet/proto/budfleet/gpu/v1"
 	v1 "github.com/bud-ecosystem/budfleet/proto/budfleet/host/v1"
-	v12 "github.com/bud-ecosystem/budfleet/proto/budfleet/siem/v1"
+	v11 "github.com/bud-ecosystem/budfleet/proto/budfleet/kube/v1"
+	v13 "github.com/bud-ecosystem/budfleet/proto/budfleet/siem/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -552,6 +553,9 @@ type Node struct {
 	KubernetesLabels map[string]string `protobuf:"bytes,15,rep,name=kubernetes_labels,json=kubernetesLabels,proto3" json:"kubernetes_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Taints proposed for the node's Kubernetes object.
 	ProposedTaints []*Taint `protobuf:"bytes,16,rep,name=proposed_taints,json=proposedTaints,proto3" json:"proposed_taints,omitempty"`
+	// The node's Kubernetes Node and its state; set by GetNode only, absent
+	// when no cluster is registered.
+	Kubernetes *v11.KubernetesNode `protobuf:"bytes,19,opt,name=kubernetes,proto3" json:"kubernetes,omitempty"`
 	// Conditions an operator should look at, e.g. a GPU that fell off the bus.
 	Problems      []string `protobuf:"bytes,17,rep,name=problems,proto3" json:"problems,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -700,6 +704,13 @@ func (x *Node) GetProposedTaints() []*Taint {
 	return nil
 }
 
+func (x *Node) GetKubernetes() *v11.KubernetesNode {
+	if x != nil {
+		return x.Kubernetes
+	}
+	return nil
+}
+
 func (x *Node) GetProblems() []string {
 	if x != nil {
 		return x.Problems
@@ -709,8 +720,8 @@ func (x *Node) GetProblems() []string {
 
 type NodeGpus struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
-	Inventory          *v11.GpuInventory      `protobuf:"bytes,1,opt,name=inventory,proto3" json:"inventory,omitempty"`
-	Health             []*v11.GpuHealth       `protobuf:"bytes,2,rep,name=health,proto3" json:"health,omitempty"`
+	Inventory          *v12.GpuInventory      `protobuf:"bytes,1,opt,name=inventory,proto3" json:"inventory,omitempty"`
+	Health             []*v12.GpuHealth       `protobuf:"bytes,2,rep,name=health,proto3" json:"health,omitempty"`
 	InventoryUpdatedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=inventory_updated_at,json=inventoryUpdatedAt,proto3" json:"inventory_updated_at,omitempty"`
 	HealthUpdatedAt    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=health_updated_at,json=healthUpdatedAt,proto3" json:"health_updated_at,omitempty"`
 	// The most GPUs this node has ever reported.
@@ -749,14 +760,14 @@ func (*NodeGpus) Descriptor() ([]byte, []int) {
 	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{8}
 }
 
-func (x *NodeGpus) GetInventory() *v11.GpuInventory {
+func (x *NodeGpus) GetInventory() *v12.GpuInventory {
 	if x != nil {
 		return x.Inventory
 	}
 	return nil
 }
 
-func (x *NodeGpus) GetHealth() []*v11.GpuHealth {
+func (x *NodeGpus) GetHealth() []*v12.GpuHealth {
 	if x != nil {
 		return x.Health
 	}
@@ -1507,7 +1518,7 @@ type GpuRow struct {
 	Uuid        string          `protobuf:"bytes,5,opt,name=uuid,proto3" json:"uuid,omitempty"`
 	Product     string          `protobuf:"bytes,6,opt,name=product,proto3" json:"product,omitempty"`
 	MemoryBytes uint64          `protobuf:"varint,7,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
-	Health      v11.HealthState `protobuf:"varint,8,opt,name=health,proto3,enum=budfleet.gpu.v1.HealthState" json:"health,omitempty"`
+	Health      v12.HealthState `protobuf:"varint,8,opt,name=health,proto3,enum=budfleet.gpu.v1.HealthState" json:"health,omitempty"`
 	Reasons     []string        `protobuf:"bytes,9,rep,name=reasons,proto3" json:"reasons,omitempty"`
 	PciBusId    string          `protobuf:"bytes,10,opt,name=pci_bus_id,json=pciBusId,proto3" json:"pci_bus_id,omitempty"`
 	// For a MIG device, e.g. "1g.10gb".
@@ -1595,11 +1606,11 @@ func (x *GpuRow) GetMemoryBytes() uint64 {
 	return 0
 }
 
-func (x *GpuRow) GetHealth() v11.HealthState {
+func (x *GpuRow) GetHealth() v12.HealthState {
 	if x != nil {
 		return x.Health
 	}
-	return v11.HealthState(0)
+	return v12.HealthState(0)
 }
 
 func (x *GpuRow) GetReasons() []string {
@@ -2085,7 +2096,7 @@ type NodeSiemStatus struct {
 	// "no-config" or "unknown" (no status reported since the controller started).
 	State                string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
 	DesiredConfigVersion uint64                 `protobuf:"varint,4,opt,name=desired_config_version,json=desiredConfigVersion,proto3" json:"desired_config_version,omitempty"`
-	Status               *v12.Status            `protobuf:"bytes,5,opt,name=status,proto3" json:"status,omitempty"`
+	Status               *v13.Status            `protobuf:"bytes,5,opt,name=status,proto3" json:"status,omitempty"`
 	ReportedAt           *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=reported_at,json=reportedAt,proto3" json:"reported_at,omitempty"`
 	unknownFields        protoimpl.UnknownFields
 	sizeCache            protoimpl.SizeCache
@@ -2149,7 +2160,7 @@ func (x *NodeSiemStatus) GetDesiredConfigVersion() uint64 {
 	return 0
 }
 
-func (x *NodeSiemStatus) GetStatus() *v12.Status {
+func (x *NodeSiemStatus) GetStatus() *v13.Status {
 	if x != nil {
 		return x.Status
 	}
@@ -2211,7 +2222,7 @@ var File_budfleet_fleet_v1_fleet_proto protoreflect.FileDescriptor
 
 const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\n" +
-	"\x1dbudfleet/fleet/v1/fleet.proto\x12\x11budfleet.fleet.v1\x1a\x19budfleet/gpu/v1/gpu.proto\x1a\x1bbudfleet/host/v1/host.proto\x1a\x1bbudfleet/siem/v1/siem.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xac\x03\n" +
+	"\x1dbudfleet/fleet/v1/fleet.proto\x12\x11budfleet.fleet.v1\x1a\x19budfleet/gpu/v1/gpu.proto\x1a\x1bbudfleet/host/v1/host.proto\x1a\x1bbudfleet/kube/v1/kube.proto\x1a\x1bbudfleet/siem/v1/siem.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xac\x03\n" +
 	"\x05Token\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x129\n" +
 	"\n" +
@@ -2246,7 +2257,7 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x12RevokeTokenRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"E\n" +
 	"\x13RevokeTokenResponse\x12.\n" +
-	"\x05token\x18\x01 \x01(\v2\x18.budfleet.fleet.v1.TokenR\x05token\"\xfc\a\n" +
+	"\x05token\x18\x01 \x01(\v2\x18.budfleet.fleet.v1.TokenR\x05token\"\xbe\b\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x125\n" +
@@ -2265,7 +2276,10 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x0eremote_address\x18\r \x01(\tR\rremoteAddress\x12/\n" +
 	"\x04gpus\x18\x0e \x01(\v2\x1b.budfleet.fleet.v1.NodeGpusR\x04gpus\x12Z\n" +
 	"\x11kubernetes_labels\x18\x0f \x03(\v2-.budfleet.fleet.v1.Node.KubernetesLabelsEntryR\x10kubernetesLabels\x12A\n" +
-	"\x0fproposed_taints\x18\x10 \x03(\v2\x18.budfleet.fleet.v1.TaintR\x0eproposedTaints\x12\x1a\n" +
+	"\x0fproposed_taints\x18\x10 \x03(\v2\x18.budfleet.fleet.v1.TaintR\x0eproposedTaints\x12@\n" +
+	"\n" +
+	"kubernetes\x18\x13 \x01(\v2 .budfleet.kube.v1.KubernetesNodeR\n" +
+	"kubernetes\x12\x1a\n" +
 	"\bproblems\x18\x11 \x03(\tR\bproblems\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
@@ -2482,10 +2496,11 @@ var file_budfleet_fleet_v1_fleet_proto_goTypes = []any{
 	(*timestamppb.Timestamp)(nil),   // 44: google.protobuf.Timestamp
 	(*durationpb.Duration)(nil),     // 45: google.protobuf.Duration
 	(*v1.Inventory)(nil),            // 46: budfleet.host.v1.Inventory
-	(*v11.GpuInventory)(nil),        // 47: budfleet.gpu.v1.GpuInventory
-	(*v11.GpuHealth)(nil),           // 48: budfleet.gpu.v1.GpuHealth
-	(v11.HealthState)(0),            // 49: budfleet.gpu.v1.HealthState
-	(*v12.Status)(nil),              // 50: budfleet.siem.v1.Status
+	(*v11.KubernetesNode)(nil),      // 47: budfleet.kube.v1.KubernetesNode
+	(*v12.GpuInventory)(nil),        // 48: budfleet.gpu.v1.GpuInventory
+	(*v12.GpuHealth)(nil),           // 49: budfleet.gpu.v1.GpuHealth
+	(v12.HealthState)(0),            // 50: budfleet.gpu.v1.HealthState
+	(*v13.Status)(nil),              // 51: budfleet.siem.v1.Status
 }
 var file_budfleet_fleet_v1_fleet_proto_depIdxs = []int32{
 	44, // 0: budfleet.fleet.v1.Token.created_at:type_name -> google.protobuf.Timestamp
@@ -2507,60 +2522,61 @@ var file_budfleet_fleet_v1_fleet_proto_depIdxs = []int32{
 	10, // 16: budfleet.fleet.v1.Node.gpus:type_name -> budfleet.fleet.v1.NodeGpus
 	39, // 17: budfleet.fleet.v1.Node.kubernetes_labels:type_name -> budfleet.fleet.v1.Node.KubernetesLabelsEntry
 	11, // 18: budfleet.fleet.v1.Node.proposed_taints:type_name -> budfleet.fleet.v1.Taint
-	47, // 19: budfleet.fleet.v1.NodeGpus.inventory:type_name -> budfleet.gpu.v1.GpuInventory
-	48, // 20: budfleet.fleet.v1.NodeGpus.health:type_name -> budfleet.gpu.v1.GpuHealth
-	44, // 21: budfleet.fleet.v1.NodeGpus.inventory_updated_at:type_name -> google.protobuf.Timestamp
-	44, // 22: budfleet.fleet.v1.NodeGpus.health_updated_at:type_name -> google.protobuf.Timestamp
-	9,  // 23: budfleet.fleet.v1.ListNodesResponse.nodes:type_name -> budfleet.fleet.v1.Node
-	9,  // 24: budfleet.fleet.v1.GetNodeResponse.node:type_name -> budfleet.fleet.v1.Node
-	40, // 25: budfleet.fleet.v1.Command.params:type_name -> budfleet.fleet.v1.Command.ParamsEntry
-	1,  // 26: budfleet.fleet.v1.Command.state:type_name -> budfleet.fleet.v1.CommandState
-	44, // 27: budfleet.fleet.v1.Command.created_at:type_name -> google.protobuf.Timestamp
-	44, // 28: budfleet.fleet.v1.Command.delivered_at:type_name -> google.protobuf.Timestamp
-	44, // 29: budfleet.fleet.v1.Command.finished_at:type_name -> google.protobuf.Timestamp
-	41, // 30: budfleet.fleet.v1.Command.output:type_name -> budfleet.fleet.v1.Command.OutputEntry
-	42, // 31: budfleet.fleet.v1.CreateCommandRequest.params:type_name -> budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
-	18, // 32: budfleet.fleet.v1.CreateCommandResponse.command:type_name -> budfleet.fleet.v1.Command
-	18, // 33: budfleet.fleet.v1.ListCommandsResponse.commands:type_name -> budfleet.fleet.v1.Command
-	18, // 34: budfleet.fleet.v1.GetCommandResponse.command:type_name -> budfleet.fleet.v1.Command
-	49, // 35: budfleet.fleet.v1.GpuRow.health:type_name -> budfleet.gpu.v1.HealthState
-	25, // 36: budfleet.fleet.v1.ListGpusResponse.gpus:type_name -> budfleet.fleet.v1.GpuRow
-	29, // 37: budfleet.fleet.v1.GetGpuSummaryResponse.products:type_name -> budfleet.fleet.v1.GpuSummaryRow
-	43, // 38: budfleet.fleet.v1.ApplySiemConfigRequest.selector:type_name -> budfleet.fleet.v1.ApplySiemConfigRequest.SelectorEntry
-	50, // 39: budfleet.fleet.v1.NodeSiemStatus.status:type_name -> budfleet.siem.v1.Status
-	44, // 40: budfleet.fleet.v1.NodeSiemStatus.reported_at:type_name -> google.protobuf.Timestamp
-	34, // 41: budfleet.fleet.v1.GetSiemStatusResponse.nodes:type_name -> budfleet.fleet.v1.NodeSiemStatus
-	3,  // 42: budfleet.fleet.v1.FleetService.CreateToken:input_type -> budfleet.fleet.v1.CreateTokenRequest
-	5,  // 43: budfleet.fleet.v1.FleetService.ListTokens:input_type -> budfleet.fleet.v1.ListTokensRequest
-	7,  // 44: budfleet.fleet.v1.FleetService.RevokeToken:input_type -> budfleet.fleet.v1.RevokeTokenRequest
-	12, // 45: budfleet.fleet.v1.FleetService.ListNodes:input_type -> budfleet.fleet.v1.ListNodesRequest
-	14, // 46: budfleet.fleet.v1.FleetService.GetNode:input_type -> budfleet.fleet.v1.GetNodeRequest
-	16, // 47: budfleet.fleet.v1.FleetService.DeleteNode:input_type -> budfleet.fleet.v1.DeleteNodeRequest
-	19, // 48: budfleet.fleet.v1.FleetService.CreateCommand:input_type -> budfleet.fleet.v1.CreateCommandRequest
-	21, // 49: budfleet.fleet.v1.FleetService.ListCommands:input_type -> budfleet.fleet.v1.ListCommandsRequest
-	23, // 50: budfleet.fleet.v1.FleetService.GetCommand:input_type -> budfleet.fleet.v1.GetCommandRequest
-	26, // 51: budfleet.fleet.v1.FleetService.ListGpus:input_type -> budfleet.fleet.v1.ListGpusRequest
-	28, // 52: budfleet.fleet.v1.FleetService.GetGpuSummary:input_type -> budfleet.fleet.v1.GetGpuSummaryRequest
-	31, // 53: budfleet.fleet.v1.FleetService.ApplySiemConfig:input_type -> budfleet.fleet.v1.ApplySiemConfigRequest
-	33, // 54: budfleet.fleet.v1.FleetService.GetSiemStatus:input_type -> budfleet.fleet.v1.GetSiemStatusRequest
-	4,  // 55: budfleet.fleet.v1.FleetService.CreateToken:output_type -> budfleet.fleet.v1.CreateTokenResponse
-	6,  // 56: budfleet.fleet.v1.FleetService.ListTokens:output_type -> budfleet.fleet.v1.ListTokensResponse
-	8,  // 57: budfleet.fleet.v1.FleetService.RevokeToken:output_type -> budfleet.fleet.v1.RevokeTokenResponse
-	13, // 58: budfleet.fleet.v1.FleetService.ListNodes:output_type -> budfleet.fleet.v1.ListNodesResponse
-	15, // 59: budfleet.fleet.v1.FleetService.GetNode:output_type -> budfleet.fleet.v1.GetNodeResponse
-	17, // 60: budfleet.fleet.v1.FleetService.DeleteNode:output_type -> budfleet.fleet.v1.DeleteNodeResponse
-	20, // 61: budfleet.fleet.v1.FleetService.CreateCommand:output_type -> budfleet.fleet.v1.CreateCommandResponse
-	22, // 62: budfleet.fleet.v1.FleetService.ListCommands:output_type -> budfleet.fleet.v1.ListCommandsResponse
-	24, // 63: budfleet.fleet.v1.FleetService.GetCommand:output_type -> budfleet.fleet.v1.GetCommandResponse
-	27, // 64: budfleet.fleet.v1.FleetService.ListGpus:output_type -> budfleet.fleet.v1.ListGpusResponse
-	30, // 65: budfleet.fleet.v1.FleetService.GetGpuSummary:output_type -> budfleet.fleet.v1.GetGpuSummaryResponse
-	32, // 66: budfleet.fleet.v1.FleetService.ApplySiemConfig:output_type -> budfleet.fleet.v1.ApplySiemConfigResponse
-	35, // 67: budfleet.fleet.v1.FleetService.GetSiemStatus:output_type -> budfleet.fleet.v1.GetSiemStatusResponse
-	55, // [55:68] is the sub-list for method output_type
-	42, // [42:55] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	47, // 19: budfleet.fleet.v1.Node.kubernetes:type_name -> budfleet.kube.v1.KubernetesNode
+	48, // 20: budfleet.fleet.v1.NodeGpus.inventory:type_name -> budfleet.gpu.v1.GpuInventory
+	49, // 21: budfleet.fleet.v1.NodeGpus.health:type_name -> budfleet.gpu.v1.GpuHealth
+	44, // 22: budfleet.fleet.v1.NodeGpus.inventory_updated_at:type_name -> google.protobuf.Timestamp
+	44, // 23: budfleet.fleet.v1.NodeGpus.health_updated_at:type_name -> google.protobuf.Timestamp
+	9,  // 24: budfleet.fleet.v1.ListNodesResponse.nodes:type_name -> budfleet.fleet.v1.Node
+	9,  // 25: budfleet.fleet.v1.GetNodeResponse.node:type_name -> budfleet.fleet.v1.Node
+	40, // 26: budfleet.fleet.v1.Command.params:type_name -> budfleet.fleet.v1.Command.ParamsEntry
+	1,  // 27: budfleet.fleet.v1.Command.state:type_name -> budfleet.fleet.v1.CommandState
+	44, // 28: budfleet.fleet.v1.Command.created_at:type_name -> google.protobuf.Timestamp
+	44, // 29: budfleet.fleet.v1.Command.delivered_at:type_name -> google.protobuf.Timestamp
+	44, // 30: budfleet.fleet.v1.Command.finished_at:type_name -> google.protobuf.Timestamp
+	41, // 31: budfleet.fleet.v1.Command.output:type_name -> budfleet.fleet.v1.Command.OutputEntry
+	42, // 32: budfleet.fleet.v1.CreateCommandRequest.params:type_name -> budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
+	18, // 33: budfleet.fleet.v1.CreateCommandResponse.command:type_name -> budfleet.fleet.v1.Command
+	18, // 34: budfleet.fleet.v1.ListCommandsResponse.commands:type_name -> budfleet.fleet.v1.Command
+	18, // 35: budfleet.fleet.v1.GetCommandResponse.command:type_name -> budfleet.fleet.v1.Command
+	50, // 36: budfleet.fleet.v1.GpuRow.health:type_name -> budfleet.gpu.v1.HealthState
+	25, // 37: budfleet.fleet.v1.ListGpusResponse.gpus:type_name -> budfleet.fleet.v1.GpuRow
+	29, // 38: budfleet.fleet.v1.GetGpuSummaryResponse.products:type_name -> budfleet.fleet.v1.GpuSummaryRow
+	43, // 39: budfleet.fleet.v1.ApplySiemConfigRequest.selector:type_name -> budfleet.fleet.v1.ApplySiemConfigRequest.SelectorEntry
+	51, // 40: budfleet.fleet.v1.NodeSiemStatus.status:type_name -> budfleet.siem.v1.Status
+	44, // 41: budfleet.fleet.v1.NodeSiemStatus.reported_at:type_name -> google.protobuf.Timestamp
+	34, // 42: budfleet.fleet.v1.GetSiemStatusResponse.nodes:type_name -> budfleet.fleet.v1.NodeSiemStatus
+	3,  // 43: budfleet.fleet.v1.FleetService.CreateToken:input_type -> budfleet.fleet.v1.CreateTokenRequest
+	5,  // 44: budfleet.fleet.v1.FleetService.ListTokens:input_type -> budfleet.fleet.v1.ListTokensRequest
+	7,  // 45: budfleet.fleet.v1.FleetService.RevokeToken:input_type -> budfleet.fleet.v1.RevokeTokenRequest
+	12, // 46: budfleet.fleet.v1.FleetService.ListNodes:input_type -> budfleet.fleet.v1.ListNodesRequest
+	14, // 47: budfleet.fleet.v1.FleetService.GetNode:input_type -> budfleet.fleet.v1.GetNodeRequest
+	16, // 48: budfleet.fleet.v1.FleetService.DeleteNode:input_type -> budfleet.fleet.v1.DeleteNodeRequest
+	19, // 49: budfleet.fleet.v1.FleetService.CreateCommand:input_type -> budfleet.fleet.v1.CreateCommandRequest
+	21, // 50: budfleet.fleet.v1.FleetService.ListCommands:input_type -> budfleet.fleet.v1.ListCommandsRequest
+	23, // 51: budfleet.fleet.v1.FleetService.GetCommand:input_type -> budfleet.fleet.v1.GetCommandRequest
+	26, // 52: budfleet.fleet.v1.FleetService.ListGpus:input_type -> budfleet.fleet.v1.ListGpusRequest
+	28, // 53: budfleet.fleet.v1.FleetService.GetGpuSummary:input_type -> budfleet.fleet.v1.GetGpuSummaryRequest
+	31, // 54: budfleet.fleet.v1.FleetService.ApplySiemConfig:input_type -> budfleet.fleet.v1.ApplySiemConfigRequest
+	33, // 55: budfleet.fleet.v1.FleetService.GetSiemStatus:input_type -> budfleet.fleet.v1.GetSiemStatusRequest
+	4,  // 56: budfleet.fleet.v1.FleetService.CreateToken:output_type -> budfleet.fleet.v1.CreateTokenResponse
+	6,  // 57: budfleet.fleet.v1.FleetService.ListTokens:output_type -> budfleet.fleet.v1.ListTokensResponse
+	8,  // 58: budfleet.fleet.v1.FleetService.RevokeToken:output_type -> budfleet.fleet.v1.RevokeTokenResponse
+	13, // 59: budfleet.fleet.v1.FleetService.ListNodes:output_type -> budfleet.fleet.v1.ListNodesResponse
+	15, // 60: budfleet.fleet.v1.FleetService.GetNode:output_type -> budfleet.fleet.v1.GetNodeResponse
+	17, // 61: budfleet.fleet.v1.FleetService.DeleteNode:output_type -> budfleet.fleet.v1.DeleteNodeResponse
+	20, // 62: budfleet.fleet.v1.FleetService.CreateCommand:output_type -> budfleet.fleet.v1.CreateCommandResponse
+	22, // 63: budfleet.fleet.v1.FleetService.ListCommands:output_type -> budfleet.fleet.v1.ListCommandsResponse
+	24, // 64: budfleet.fleet.v1.FleetService.GetCommand:output_type -> budfleet.fleet.v1.GetCommandResponse
+	27, // 65: budfleet.fleet.v1.FleetService.ListGpus:output_type -> budfleet.fleet.v1.ListGpusResponse
+	30, // 66: budfleet.fleet.v1.FleetService.GetGpuSummary:output_type -> budfleet.fleet.v1.GetGpuSummaryResponse
+	32, // 67: budfleet.fleet.v1.FleetService.ApplySiemConfig:output_type -> budfleet.fleet.v1.ApplySiemConfigResponse
+	35, // 68: budfleet.fleet.v1.FleetService.GetSiemStatus:output_type -> budfleet.fleet.v1.GetSiemStatusResponse
+	56, // [56:69] is the sub-list for method output_type
+	43, // [43:56] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_budfleet_fleet_v1_fleet_proto_init() }
