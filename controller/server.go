@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bud-ecosystem/budfleet/controller/ca"
+	"github.com/bud-ecosystem/budfleet/controller/kube"
 	"github.com/bud-ecosystem/budfleet/controller/store"
 	"github.com/bud-ecosystem/budfleet/internal/dispatch"
 )
@@ -37,6 +38,10 @@ type Options struct {
 	HeartbeatGrace time.Duration
 	// FullInventoryInterval is how often agents resend unchanged inventory.
 	FullInventoryInterval time.Duration
+
+	// Kube tunes the Kubernetes side (controller/kube: timeouts, the
+	// eviction retry delay); its Store, Logger and Now are the Server's.
+	Kube kube.Options
 }
 
 // Defaults for Options.
@@ -63,6 +68,8 @@ type Server struct {
 	handlers *dispatch.Table[*session]
 	commands *commandDelivery
 	siem     *siemPush
+	// kube is the Kubernetes side: clusters and node operations (clusters.go).
+	kube *kube.Manager
 
 	mu       sync.Mutex
 	sessions map[string]*session // by node id
@@ -127,6 +134,11 @@ func New(opts Options) (*Server, error) {
 	}
 	var err error
 	if s.handlers, err = dispatchTable(s.modules); err != nil {
+		return nil, err
+	}
+	ko := opts.Kube
+	ko.Store, ko.Logger, ko.Now = opts.Store, opts.Logger, opts.Now
+	if s.kube, err = kube.New(ko); err != nil {
 		return nil, err
 	}
 	if err := opts.Registerer.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -267,6 +267,16 @@ func (m *Manager) Clusters(ctx context.Context) ([]ClusterInfo, error) {
 	return out, ctx.Err()
 }
 
+// ClusterNames lists the registered clusters' names, checking nothing.
+func (m *Manager) ClusterNames(ctx context.Context) ([]string, error) {
+	cs, err := m.opts.Store.ListClusters(ctx)
+	names := make([]string, len(cs))
+	for i, c := range cs {
+		names[i] = c.Name
+	}
+	return names, err
+}
+
 // RemoveCluster forgets a cluster and its credentials; store.ErrNotFound
 // naming it.
 func (m *Manager) RemoveCluster(ctx context.Context, name string) error {
