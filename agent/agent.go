@@ -5,9 +5,11 @@ import (
 	"errors"
 	"log/slog"
 	"math/rand/v2"
+	"os"
 	"time"
 
 	"github.com/bud-ecosystem/budfleet/agent/inventory"
+	"github.com/bud-ecosystem/budfleet/agent/maintenance"
 	"github.com/bud-ecosystem/budfleet/agent/session"
 	"github.com/bud-ecosystem/budfleet/agent/state"
 	"github.com/bud-ecosystem/budfleet/agent/transport"
@@ -43,6 +45,18 @@ type Options struct {
 	LocalSIEM *siem.Config
 	// Handlers adds or replaces command handlers by kind.
 	Handlers map[string]Handler
+	// Hostname is the name the node reports, BUD_NODE_NAME of a
+	// maintenance task that names none; "" is the name it joined as.
+	Hostname string
+	// Maintenance runs maintenance.task scripts; nil uses the defaults.
+	Maintenance *maintenance.Runner
+	// RebootCommand is the argv maintenance.reboot runs (config
+	// maintenance.reboot_command); nil is maintenance.DefaultRebootCommand.
+	RebootCommand []string
+	// RebootDelay is the wait between handing the reboot's result to the
+	// session and running the reboot command, for the result to leave the
+	// node; 0 is a second.
+	RebootDelay time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// Transport opens sessions; nil dials the controller over gRPC with the
@@ -96,6 +110,15 @@ func New(opts Options) (*Agent, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.Maintenance == nil {
+		opts.Maintenance = &maintenance.Runner{}
+	}
+	if opts.RebootCommand == nil {
+		opts.RebootCommand = maintenance.DefaultRebootCommand
+	}
+	if opts.RebootDelay == 0 {
+		opts.RebootDelay = time.Second
+	}
 	id, err := opts.State.Identity()
 	if err != nil {
 		if errors.Is(err, state.ErrNotEnrolled) {
@@ -113,11 +136,33 @@ func New(opts Options) (*Agent, error) {
 		collected: make(chan *hostv1.Inventory, 1),
 	}
 	a.siem = &siemForwarding{forwarder: opts.SIEM, local: opts.LocalSIEM, state: opts.State, log: a.log}
-	handlers := map[string]Handler{
-		command.InventoryCollect: a.inventory.collectCommand,
+	bootID := func() string { return "" }
+	if src, ok := opts.Inventory.(interface{ BootID() string }); ok {
+		bootID = src.BootID
+	}
+	hostname := opts.Hostname
+	if hostname == "" {
+		hostname = id.Hostname
+	}
+	if hostname == "" {
+		hostname, _ = os.Hostname()
+	}
+	maint := &maintenanceCommands{
+		runner:        opts.Maintenance,
+		nodeID:        id.NodeID,
+		hostname:      hostname,
+		rebootCommand: opts.RebootCommand,
+		rebootDelay:   opts.RebootDelay,
+		bootID:        bootID,
+		log:           a.log,
+	}
+	handlers := map[string]handler{
+		command.InventoryCollect:  plain(a.inventory.collectCommand),
+		command.MaintenanceTask:   maint.task,
+		command.MaintenanceReboot: maint.reboot,
 	}
 	for k, h := range opts.Handlers {
-		handlers[k] = h
+		handlers[k] = plain(h)
 	}
 	a.commands = &commands{
 		state:       opts.State,
@@ -143,7 +188,7 @@ func New(opts Options) (*Agent, error) {
 	if tr == nil {
 		tr = &transport.GRPC{State: opts.State, Controller: opts.Controller, ServerName: opts.ServerName, Now: opts.Now}
 	}
-	if a.sessions, err = session.NewRunner(session.Options{NodeID: id.NodeID, Transport: tr, Modules: modules, Logger: a.log}); err != nil {
+	if a.sessions, err = session.NewRunner(session.Options{NodeID: id.NodeID, BootID: bootID, Transport: tr, Modules: modules, Logger: a.log}); err != nil {
 		return nil, err
 	}
 	return a, nil

@@ -18,10 +18,36 @@ import (
 // reported to the controller; an error marks the command failed.
 type Handler func(ctx context.Context, params map[string]string) (output map[string]string, err error)
 
+// call is one run of a command as a built-in handler sees it, when it
+// needs more than the parameters a Handler gets.
+type call struct {
+	id     string
+	params map[string]string
+	// progress streams output to the controller while the command runs,
+	// on the session that delivered it; once that session has ended it
+	// drops what it is given (the result carries the end of the output).
+	progress func(*agentv1.CommandProgress)
+	// message, set by the handler, is a success's message ("reboot
+	// started").
+	message string
+	// after, set by the handler, runs once the result is recorded and
+	// handed to the session: for a command whose effect stops the agent
+	// (a reboot), so that the result is not lost with it.
+	after func()
+}
+
+// handler is what the commands module runs for one kind.
+type handler func(ctx context.Context, c *call) (output map[string]string, err error)
+
+// plain adapts a Handler, which needs only the parameters.
+func plain(h Handler) handler {
+	return func(ctx context.Context, c *call) (map[string]string, error) { return h(ctx, c.params) }
+}
+
 // commands runs what the controller delivers, at most once per id.
 type commands struct {
 	state       *state.DB
-	handlers    map[string]Handler
+	handlers    map[string]handler
 	now         func() time.Time
 	stopTimeout time.Duration
 	log         *slog.Logger
@@ -65,11 +91,17 @@ func (m *commands) Run(ctx context.Context, s *session.Session) error {
 			// A command outlives a broken session: it is cut short only by
 			// agent shutdown (after CommandStopTimeout), and its stored
 			// result is reported on the next session.
-			rec, err := m.execute(s.AgentContext(), d.cmd)
+			rec, after, err := m.execute(s.AgentContext(), d.cmd, func(p *agentv1.CommandProgress) {
+				_ = s.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_CommandProgress{CommandProgress: p}})
+			})
 			if err != nil {
 				return fmt.Errorf("record command %s: %w", d.cmd.GetId(), err)
 			}
-			if err := s.Send(resultMessage(rec)); err != nil {
+			sendErr := s.Send(resultMessage(rec))
+			if after != nil {
+				after()
+			}
+			if sendErr != nil {
 				return nil
 			}
 		}
@@ -80,14 +112,24 @@ func (m *commands) Run(ctx context.Context, s *session.Session) error {
 // the id before it runs and the result after, so a redelivered command (after
 // a reconnect or a restart) returns the stored result instead of running
 // again, and one cut short by a crash is reported as interrupted.
+//
+// Output a command streams while it runs goes nowhere here; what a handler
+// asked to run after its result is recorded runs before Execute returns.
 func (a *Agent) Execute(ctx context.Context, c *agentv1.Command) (state.CommandRecord, error) {
-	return a.commands.execute(ctx, c)
+	rec, after, err := a.commands.execute(ctx, c, nil)
+	if after != nil {
+		after()
+	}
+	return rec, err
 }
 
-func (m *commands) execute(ctx context.Context, c *agentv1.Command) (state.CommandRecord, error) {
+// execute runs c at most once and returns its record, and what its handler
+// asked to run once the result has been handed on (nil for none). progress
+// (nil: dropped) takes the output it streams while it runs.
+func (m *commands) execute(ctx context.Context, c *agentv1.Command, progress func(*agentv1.CommandProgress)) (state.CommandRecord, func(), error) {
 	rec, first, err := m.state.BeginCommand(c.GetId(), c.GetKind(), m.now())
 	if err != nil {
-		return rec, err
+		return rec, nil, err
 	}
 	log := m.log.With("command_id", c.GetId(), "kind", c.GetKind())
 	if !first {
@@ -98,17 +140,17 @@ func (m *commands) execute(ctx context.Context, c *agentv1.Command) (state.Comma
 			rec.Success = false
 			rec.Message = "interrupted: the agent stopped while this command was running; it was not run again"
 			if err := m.state.FinishCommand(rec); err != nil {
-				return rec, err
+				return rec, nil, err
 			}
 		}
 		log.Info("command delivered again; reporting the stored result", "deliveries", rec.Deliveries)
-		return rec, nil
+		return rec, nil, nil
 	}
 	h, ok := m.handlers[c.GetKind()]
 	if !ok {
 		rec.FinishedAt = m.now()
 		rec.Message = fmt.Sprintf("this agent (version %s) does not know command kind %q", version.Version, c.GetKind())
-		return rec, m.state.FinishCommand(rec)
+		return rec, nil, m.state.FinishCommand(rec)
 	}
 	// Shutdown should not cut a command short; give it a bounded while.
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -124,15 +166,27 @@ func (m *commands) execute(ctx context.Context, c *agentv1.Command) (state.Comma
 	})
 	defer stop()
 	log.Info("running command")
-	out, herr := h(runCtx, c.GetParams())
+	if progress == nil {
+		progress = func(*agentv1.CommandProgress) {}
+	}
+	cl := &call{id: c.GetId(), params: c.GetParams(), progress: progress}
+	out, herr := h(runCtx, cl)
 	rec.FinishedAt = m.now()
 	rec.Output = out
 	rec.Success = herr == nil
+	rec.Message = cl.message
 	if herr != nil {
 		rec.Message = herr.Error()
 	}
 	log.Info("command finished", "success", rec.Success, "message", rec.Message)
-	return rec, m.state.FinishCommand(rec)
+	if err := m.state.FinishCommand(rec); err != nil {
+		// Not recorded: what was to follow the result must not happen.
+		return rec, nil, err
+	}
+	if herr != nil {
+		return rec, nil, nil
+	}
+	return rec, cl.after, nil
 }
 
 func resultMessage(rec state.CommandRecord) *agentv1.ConnectRequest {

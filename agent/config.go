@@ -30,6 +30,19 @@ type Config struct {
 	// SIEM is the local audit-forwarding configuration; one pushed by the
 	// controller replaces it while the agent runs.
 	SIEM siem.Config `yaml:"siem"`
+	// Maintenance configures the maintenance commands.
+	Maintenance MaintenanceConfig `yaml:"maintenance"`
+	// BootIDFile overrides where the boot id is read
+	// (/proc/sys/kernel/random/boot_id): for tests and simulations that
+	// stand in for a reboot by restarting the agent.
+	BootIDFile string `yaml:"boot_id_file"`
+}
+
+// MaintenanceConfig configures maintenance.task and maintenance.reboot.
+type MaintenanceConfig struct {
+	// RebootCommand is the program and arguments maintenance.reboot runs
+	// (default [systemctl, reboot]).
+	RebootCommand []string `yaml:"reboot_command"`
 }
 
 // GPUConfig configures GPU inventory and health.
@@ -88,6 +101,9 @@ func (c Config) Validate() error {
 		if err := c.SIEM.Validate(); err != nil {
 			return err
 		}
+	}
+	if rc := c.Maintenance.RebootCommand; rc != nil && (len(rc) == 0 || rc[0] == "") {
+		return errors.New("maintenance.reboot_command must name a program, e.g. [systemctl, reboot]")
 	}
 	if c.InventoryInterval > 0 && c.InventoryInterval < time.Second {
 		return fmt.Errorf("inventory_interval %s is under a second", c.InventoryInterval)

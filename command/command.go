@@ -16,16 +16,37 @@ type Spec struct {
 	// Params names the parameters the kind accepts and whether each is
 	// required.
 	Params map[string]bool
+	// Check, when set, checks the parameters' values once their names
+	// passed.
+	Check func(params map[string]string) error
 }
 
 // Kinds known to this build.
 var Kinds = map[string]Spec{
 	InventoryCollect: {Description: "collect and report the host inventory now"},
+	MaintenanceTask: {
+		Description: "run a maintenance script with /bin/sh (base64 in param script, at most 256 KiB; timeout default 30m)",
+		Params:      map[string]bool{ParamScript: true, ParamTimeout: false, ParamCampaignID: false, ParamNodeName: false},
+		Check: func(p map[string]string) error {
+			_, err := ParseMaintenanceTask(p)
+			return err
+		},
+	},
+	MaintenanceReboot: {
+		Description: "reboot the node with the agent's maintenance.reboot_command",
+		Params:      map[string]bool{ParamCampaignID: false},
+		Check: func(p map[string]string) error {
+			_, err := ParseMaintenanceReboot(p)
+			return err
+		},
+	},
 }
 
 // Kind names.
 const (
-	InventoryCollect = "inventory.collect"
+	InventoryCollect  = "inventory.collect"
+	MaintenanceTask   = "maintenance.task"
+	MaintenanceReboot = "maintenance.reboot"
 )
 
 // Validate checks a kind and its parameters.
@@ -43,6 +64,9 @@ func Validate(kind string, params map[string]string) error {
 		if required && params[k] == "" {
 			return fmt.Errorf("command %s needs parameter %q", kind, k)
 		}
+	}
+	if spec.Check != nil {
+		return spec.Check(params)
 	}
 	return nil
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
-	"sync"
 
 	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
@@ -30,6 +29,8 @@ func (s *Server) AgentAPI() *AgentAPI { return &AgentAPI{s: s} }
 var (
 	hostnameRe  = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$`)
 	machineIDRe = regexp.MustCompile(`^[0-9A-Za-z-]{0,64}$`)
+	// bootIDRe: a kernel boot id is a UUID; anything else is not stored.
+	bootIDRe = regexp.MustCompile(`^[0-9A-Za-z-]{1,64}$`)
 )
 
 // Enroll turns a join token and a CSR into a node and its certificate.
@@ -159,7 +160,10 @@ func (a *AgentAPI) Connect(stream agentv1.AgentService_ConnectServer) error {
 		return status.Errorf(codes.PermissionDenied, "node %s was deleted: its certificate is revoked; enroll again with a new join token", node.ID)
 	}
 	log := s.log.With("node_id", node.ID, "hostname", node.Hostname)
-	log.InfoContext(ctx, "agent connected", "peer", sess.peer, "agent_version", hello.GetAgentVersion())
+	log.InfoContext(ctx, "agent connected", "peer", sess.peer, "agent_version", hello.GetAgentVersion(), "boot_id", truncate(hello.GetBootId(), 64))
+	if err := s.recordBootID(ctx, node, hello.GetBootId()); err != nil {
+		return err
+	}
 
 	// The welcome goes out before the send loop starts, so it is always the
 	// first message the agent reads.
@@ -169,24 +173,20 @@ func (a *AgentAPI) Connect(stream agentv1.AgentService_ConnectServer) error {
 	}}}); err != nil {
 		return err
 	}
-	// Each goroutine reports at most once; the buffer lets the losers exit
+	// Each goroutine reports at most once; the buffer lets the loser exit
 	// too.
-	errc := make(chan error, 2+len(s.modules))
+	errc := make(chan error, 2)
 	sendDone := make(chan struct{})
 	go func() { defer close(sendDone); errc <- s.sendLoop(sess, stream) }()
-	var loops sync.WaitGroup
-	for _, m := range s.modules {
-		loops.Add(1)
-		go func() {
-			defer loops.Done()
-			if err := m.run(sess.ctx, sess); err != nil {
-				errc <- err
-			}
-		}()
-	}
 	// The handler must not return while the send loop may still write to
-	// the stream, nor while a module still works for this session.
-	defer func() { sess.cancel(context.Canceled); <-sendDone; loops.Wait() }()
+	// the stream.
+	defer func() { sess.cancel(context.Canceled); <-sendDone }()
+	for _, m := range s.modules {
+		if err := m.start(sess.ctx, sess); err != nil {
+			log.InfoContext(ctx, "agent disconnected", "reason", err)
+			return err
+		}
+	}
 
 	go func() {
 		for {
@@ -212,6 +212,26 @@ func (a *AgentAPI) Connect(stream agentv1.AgentService_ConnectServer) error {
 	}
 	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
 		return err
+	}
+	return nil
+}
+
+// recordBootID stores the boot id a hello reports, when it is new: the node
+// rebooted (or reports it for the first time). A malformed one is logged
+// and not stored.
+func (s *Server) recordBootID(ctx context.Context, node store.Node, bootID string) error {
+	if bootID == "" || bootID == node.BootID {
+		return nil
+	}
+	if !bootIDRe.MatchString(bootID) {
+		s.log.WarnContext(ctx, "ignoring an invalid boot id in a hello", "node_id", node.ID, "boot_id", truncate(bootID, 64))
+		return nil
+	}
+	if _, err := s.store.UpdateNode(ctx, node.ID, func(n *store.Node) error {
+		n.BootID = bootID
+		return nil
+	}); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return status.Errorf(codes.Internal, "store boot id: %v", err)
 	}
 	return nil
 }

@@ -39,7 +39,7 @@ func (m *commandDelivery) handlers() []handler { return []handler{on(m.handleRes
 
 // run delivers what is pending when the session opens. The next session
 // delivers a command again if no result came.
-func (m *commandDelivery) run(ctx context.Context, sess *session) error {
+func (m *commandDelivery) start(ctx context.Context, sess *session) error {
 	// Registered before the first look, so a command queued in between is
 	// not missed: its wake waits for this delivery and then finds it.
 	d := &deliveries{sent: map[string]bool{}}
@@ -125,6 +125,8 @@ func (m *commandDelivery) handleResult(ctx context.Context, sess *session, msg *
 func (m *commandDelivery) recordResult(ctx context.Context, sess *session, r *agentv1.CommandResult) error {
 	s := m.srv
 	now := s.opts.Now()
+	// Chunks the progress module has not written yet go with the result.
+	tail := s.progress.snapshot(sess, r.GetCommandId())
 	c, err := s.store.UpdateCommand(ctx, r.GetCommandId(), func(c *store.Command) error {
 		if c.NodeID != sess.nodeID {
 			return fmt.Errorf("%w: command belongs to another node", store.ErrNotFound)
@@ -138,6 +140,9 @@ func (m *commandDelivery) recordResult(ctx context.Context, sess *session, r *ag
 		}
 		c.Message = r.GetMessage()
 		c.Output = r.GetOutput()
+		if tail != nil {
+			c.OutputTail = tail
+		}
 		c.FinishedAt = now
 		if r.GetFinishedAt() != nil {
 			c.FinishedAt = r.GetFinishedAt().AsTime()

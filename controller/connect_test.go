@@ -187,9 +187,9 @@ type testModule struct {
 	hs []handler
 }
 
-func (m testModule) name() string                      { return m.n }
-func (m testModule) handlers() []handler               { return m.hs }
-func (testModule) run(context.Context, *session) error { return nil }
+func (m testModule) name() string                        { return m.n }
+func (m testModule) handlers() []handler                 { return m.hs }
+func (testModule) start(context.Context, *session) error { return nil }
 
 // A kind is one module's; anything else a module registers that the
 // session could not dispatch is refused when the server is made.

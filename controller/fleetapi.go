@@ -282,6 +282,7 @@ func (s *Server) nodeToProto(n store.Node) *fleetv1.Node {
 		InventoryUpdatedAt:   ts(n.InventoryUpdateAt),
 		CertificateExpiresAt: ts(n.CertExpiresAt),
 		CertificateSerial:    n.CertSerial,
+		BootId:               n.BootID,
 	}
 	if peer := s.sessionPeer(n.ID); peer != "" {
 		p.RemoteAddress = peer
@@ -329,5 +330,19 @@ func commandToProto(c store.Command) *fleetv1.Command {
 		Deliveries:  c.Deliveries,
 		Message:     c.Message,
 		Output:      c.Output,
+		OutputTail:  outputTailToProto(c.OutputTail),
+	}
+}
+
+func outputTailToProto(t *store.OutputTail) *fleetv1.CommandOutputTail {
+	if t == nil {
+		return nil
+	}
+	return &fleetv1.CommandOutputTail{
+		Stdout:      strings.ToValidUTF8(string(t.Stdout), "\uFFFD"),
+		Stderr:      strings.ToValidUTF8(string(t.Stderr), "\uFFFD"),
+		StdoutBytes: t.StdoutBytes,
+		StderrBytes: t.StderrBytes,
+		UpdatedAt:   ts(t.UpdatedAt),
 	}
 }

@@ -28,7 +28,7 @@ func (m *gpuReports) handlers() []handler {
 	return []handler{on(m.handleInventory), on(m.handleHealth)}
 }
 
-func (*gpuReports) run(context.Context, *session) error { return nil }
+func (*gpuReports) start(context.Context, *session) error { return nil }
 
 func (m *gpuReports) handleInventory(ctx context.Context, sess *session, msg *agentv1.ConnectRequest_GpuInventory) error {
 	if err := m.recordInventory(ctx, sess.nodeID, msg.GpuInventory); err != nil {

@@ -15,9 +15,9 @@ type heartbeats struct {
 	siemStatus func(sess *session, st *siemv1.Status)
 }
 
-func (*heartbeats) name() string                        { return "heartbeat" }
-func (m *heartbeats) handlers() []handler               { return []handler{on(m.handleHeartbeat)} }
-func (*heartbeats) run(context.Context, *session) error { return nil }
+func (*heartbeats) name() string                          { return "heartbeat" }
+func (m *heartbeats) handlers() []handler                 { return []handler{on(m.handleHeartbeat)} }
+func (*heartbeats) start(context.Context, *session) error { return nil }
 
 func (m *heartbeats) handleHeartbeat(_ context.Context, sess *session, msg *agentv1.ConnectRequest_Heartbeat) error {
 	s := m.srv

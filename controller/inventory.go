@@ -14,9 +14,9 @@ import (
 // hostInventory stores the host inventory nodes report.
 type hostInventory struct{ srv *Server }
 
-func (*hostInventory) name() string                        { return "inventory" }
-func (m *hostInventory) handlers() []handler               { return []handler{on(m.handleInventory)} }
-func (*hostInventory) run(context.Context, *session) error { return nil }
+func (*hostInventory) name() string                          { return "inventory" }
+func (m *hostInventory) handlers() []handler                 { return []handler{on(m.handleInventory)} }
+func (*hostInventory) start(context.Context, *session) error { return nil }
 
 func (m *hostInventory) handleInventory(ctx context.Context, sess *session, msg *agentv1.ConnectRequest_Inventory) error {
 	s := m.srv
@@ -33,6 +33,9 @@ func (m *hostInventory) handleInventory(ctx context.Context, sess *session, msg 
 		n.InventoryUpdateAt = now
 		if inv.Hostname != "" {
 			n.Hostname = inv.Hostname
+		}
+		if inv.BootId != "" {
+			n.BootID = inv.BootId
 		}
 		return nil
 	}); err != nil {
@@ -54,6 +57,9 @@ func capInventory(p *hostv1.Inventory) *hostv1.Inventory {
 		CpuCores:     p.GetCpuCores(),
 		MemoryBytes:  p.GetMemoryBytes(),
 		AgentVersion: p.GetAgentVersion(),
+	}
+	if bootIDRe.MatchString(p.GetBootId()) {
+		inv.BootId = p.GetBootId()
 	}
 	for _, f := range []*string{&inv.MachineId, &inv.Os, &inv.Kernel, &inv.Architecture, &inv.CpuModel, &inv.AgentVersion} {
 		*f = truncate(*f, 256)

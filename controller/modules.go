@@ -19,10 +19,14 @@ type module interface {
 	name() string
 	// handlers are the agent messages the module takes; read once, by New.
 	handlers() []handler
-	// run is the module's loop for one session, started once the welcome
-	// has gone out. It returns when ctx (the session's) ends; an error ends
-	// the session. A module without a loop returns nil at once.
-	run(ctx context.Context, sess *session) error
+	// start runs once when a session opens, after the welcome and before
+	// the agent's messages are received, so what it queues (pending
+	// commands, a SIEM push) goes first. It must return promptly: a
+	// module that needs a loop starts it and ties it to ctx (the
+	// session's). Nothing waits in a goroutine per module per session, so
+	// an idle connected agent costs only its stream. An error ends the
+	// session.
+	start(ctx context.Context, sess *session) error
 }
 
 // A handler takes one kind of agent message. Handlers run one at a time on

@@ -12,9 +12,9 @@ import (
 // join again.
 type renewal struct{ srv *Server }
 
-func (*renewal) name() string                        { return "renewal" }
-func (m *renewal) handlers() []handler               { return []handler{on(m.handleRequest)} }
-func (*renewal) run(context.Context, *session) error { return nil }
+func (*renewal) name() string                          { return "renewal" }
+func (m *renewal) handlers() []handler                 { return []handler{on(m.handleRequest)} }
+func (*renewal) start(context.Context, *session) error { return nil }
 
 func (m *renewal) handleRequest(ctx context.Context, sess *session, msg *agentv1.ConnectRequest_RenewRequest) error {
 	sess.send(m.renew(ctx, sess.nodeID, msg.RenewRequest))

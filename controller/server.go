@@ -63,10 +63,12 @@ type Server struct {
 	metrics *metrics
 
 	// The capabilities on agent sessions, and their message handlers by
-	// kind. Two are also reached from the operator API.
+	// kind. Two are also reached from the operator API; progress from
+	// commands, which stores a command's streamed tail with its result.
 	modules  []module
 	handlers *dispatch.Table[*session]
 	commands *commandDelivery
+	progress *commandProgress
 	siem     *siemPush
 	// kube is the Kubernetes side: clusters and node operations (clusters.go).
 	kube *kube.Manager
@@ -124,11 +126,13 @@ func New(opts Options) (*Server, error) {
 	s.metrics = newMetrics(opts.Registerer)
 	s.commands = &commandDelivery{srv: s, sessions: map[*session]*deliveries{}}
 	s.siem = &siemPush{srv: s, reports: map[string]siemReport{}, pushed: map[string]time.Time{}}
+	s.progress = &commandProgress{srv: s, sessions: map[*session]*progressState{}}
 	s.modules = []module{
 		&heartbeats{srv: s, siemStatus: s.siem.recordStatus},
 		&hostInventory{srv: s},
 		&gpuReports{srv: s},
 		s.commands,
+		s.progress,
 		&renewal{srv: s},
 		s.siem,
 	}

@@ -45,7 +45,7 @@ func (*siemPush) name() string { return "siem" }
 func (*siemPush) handlers() []handler { return nil }
 
 // run pushes the configuration when the session opens.
-func (m *siemPush) run(_ context.Context, sess *session) error {
+func (m *siemPush) start(_ context.Context, sess *session) error {
 	m.push(sess, true)
 	return nil
 }

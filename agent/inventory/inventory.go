@@ -1,5 +1,5 @@
 // Package inventory collects the host facts an agent reports: hostname,
-// machine id, OS and kernel, CPU, memory and addresses.
+// machine id, boot id, OS and kernel, CPU, memory and addresses.
 package inventory
 
 import (
@@ -39,15 +39,37 @@ type Collector struct {
 	Hostname string
 	// Interfaces lists addresses; nil means the host's.
 	Interfaces func() ([]net.Addr, error)
+	// BootIDFile, when set, is read for the boot id instead of
+	// proc/sys/kernel/random/boot_id under Root: for tests and simulations
+	// that stand in for a reboot by restarting the agent with a new one.
+	BootIDFile string
+}
+
+func (c *Collector) root() string {
+	if c.Root == "" {
+		return "/"
+	}
+	return c.Root
+}
+
+// BootID returns the kernel's boot id, a new one every boot; empty when it
+// cannot be read.
+func (c *Collector) BootID() string {
+	p := c.BootIDFile
+	if p == "" {
+		p = filepath.Join(c.root(), "proc/sys/kernel/random/boot_id")
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }
 
 // Collect takes a snapshot. Facts that cannot be read are left empty rather
 // than failing the whole snapshot.
 func (c *Collector) Collect(ctx context.Context) (*hostv1.Inventory, error) {
-	root := c.Root
-	if root == "" {
-		root = "/"
-	}
+	root := c.root()
 	h := &hostv1.Inventory{Architecture: runtime.GOARCH, AgentVersion: version.Version}
 	if err := ctx.Err(); err != nil {
 		return h, err
@@ -57,6 +79,7 @@ func (c *Collector) Collect(ctx context.Context) (*hostv1.Inventory, error) {
 		h.Hostname, _ = os.Hostname()
 	}
 	h.MachineId = MachineID(root)
+	h.BootId = c.BootID()
 	h.Os = osName(root)
 	var u unix.Utsname
 	if err := unix.Uname(&u); err == nil {

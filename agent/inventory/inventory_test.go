@@ -257,3 +257,41 @@ func TestFingerprint(t *testing.T) {
 		t.Error("fingerprint unchanged after machine-id changed on disk")
 	}
 }
+
+// The boot id is read under the root like the other facts, or from
+// BootIDFile when a test or simulation stands in for a reboot; a new one
+// is a new fingerprint.
+func TestCollectBootID(t *testing.T) {
+	root := fixtureRoot(t)
+	writeFile(t, root, "proc/sys/kernel/random/boot_id", "8d3e1c9a-5f0b-4a61-9c2e-6b7d0f4e2a11\n")
+	c := &Collector{Root: root, Hostname: "node-a", Interfaces: fakeInterfaces}
+	h, err := c.Collect(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.BootId != "8d3e1c9a-5f0b-4a61-9c2e-6b7d0f4e2a11" || c.BootID() != h.BootId {
+		t.Errorf("boot id %q (BootID %q)", h.BootId, c.BootID())
+	}
+
+	override := filepath.Join(t.TempDir(), "boot_id")
+	writeFile(t, filepath.Dir(override), "boot_id", "0f0e0d0c-0b0a-4909-8807-060504030201\n")
+	c.BootIDFile = override
+	h2, err := c.Collect(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h2.BootId != "0f0e0d0c-0b0a-4909-8807-060504030201" {
+		t.Errorf("boot id with BootIDFile = %q", h2.BootId)
+	}
+	if Fingerprint(h2) == Fingerprint(h) {
+		t.Error("fingerprint unchanged after a new boot id")
+	}
+	c.BootIDFile = filepath.Join(t.TempDir(), "missing")
+	if got := c.BootID(); got != "" {
+		t.Errorf("boot id from a missing file = %q", got)
+	}
+	// This host's own, when it has one: a UUID.
+	if id := (&Collector{}).BootID(); id != "" && len(id) != 36 {
+		t.Errorf("this host's boot id %q is not a UUID", id)
+	}
+}

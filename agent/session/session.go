@@ -80,7 +80,9 @@ func (s *Session) Send(m *agentv1.ConnectRequest) error {
 
 // Options configure a Runner.
 type Options struct {
-	NodeID    string
+	NodeID string
+	// BootID, when set, says the kernel's boot id for each hello.
+	BootID    func() string
 	Transport Transport
 	Modules   []Module
 	Logger    *slog.Logger
@@ -122,7 +124,11 @@ func (r *Runner) Run(ctx context.Context) error {
 		return err
 	}
 	defer stream.Close()
-	if err := stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Hello{Hello: &agentv1.Hello{NodeId: r.opts.NodeID, AgentVersion: version.Version}}}); err != nil {
+	hello := &agentv1.Hello{NodeId: r.opts.NodeID, AgentVersion: version.Version}
+	if r.opts.BootID != nil {
+		hello.BootId = r.opts.BootID()
+	}
+	if err := stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Hello{Hello: hello}}); err != nil {
 		return recvErr(stream, err)
 	}
 	first, err := stream.Recv()

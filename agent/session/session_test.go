@@ -329,3 +329,40 @@ func TestNewRunnerRefusesBadRegistrations(t *testing.T) {
 		t.Error("NewRunner without a transport succeeded")
 	}
 }
+
+// The hello carries the boot id when the runner knows how to read it, read
+// anew for every session.
+func TestSessionHelloBootID(t *testing.T) {
+	ctx := testCtx(t)
+	fake := transport.NewFake()
+	ids := []string{"boot-1", "boot-2"}
+	n := 0
+	r, err := session.NewRunner(session.Options{NodeID: "node-1", Transport: fake, BootID: func() string { n++; return ids[n-1] }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range ids {
+		wait := start(t, ctx, r)
+		peer, err := fake.Accept(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first, err := peer.Recv(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h := first.GetHello(); h.GetBootId() != want || h.GetNodeId() != "node-1" {
+			t.Errorf("hello %v; want boot id %s", first, want)
+		}
+		peer.End(io.ErrUnexpectedEOF)
+		_ = wait()
+	}
+	// Without BootID the hello has none.
+	wait := start(t, ctx, newRunner(t, fake, nil))
+	peer, _ := fake.Accept(ctx)
+	if first, _ := peer.Recv(ctx); first.GetHello().GetBootId() != "" {
+		t.Errorf("hello without a BootID source: %v", first)
+	}
+	peer.End(io.ErrUnexpectedEOF)
+	_ = wait()
+}

@@ -100,7 +100,9 @@ func (a *app) run(ctx context.Context, rf runFlags) error {
 	defer fwd.Close()
 	ag, err := agent.New(agent.Options{
 		State:          db,
-		Inventory:      &inventory.Collector{Hostname: cfg.Hostname},
+		Inventory:      &inventory.Collector{Hostname: cfg.Hostname, BootIDFile: cfg.BootIDFile},
+		Hostname:       cfg.Hostname,
+		RebootCommand:  cfg.Maintenance.RebootCommand,
 		Logger:         log,
 		Controller:     cfg.Controller,
 		ServerName:     cfg.ServerName,

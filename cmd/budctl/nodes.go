@@ -86,6 +86,9 @@ func (a *app) nodesCmd() *cobra.Command {
 				row("Labels", labelString(n.GetLabels()))
 				row("Enrolled", age(n.GetEnrolledAt(), now)+" ago with token "+n.GetTokenId())
 				row("Certificate expires", age(n.GetCertificateExpiresAt(), now))
+				if n.GetBootId() != "" {
+					row("Boot ID", n.GetBootId())
+				}
 				if len(n.GetProblems()) > 0 {
 					row("Problems", strings.Join(n.GetProblems(), "\n\t"))
 				}

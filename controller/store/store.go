@@ -153,6 +153,9 @@ type Node struct {
 	// of budfleet.fleet.v1.NodeGpus: a versioned wire schema that new
 	// fields extend without a store migration.
 	GPUs []byte `json:"gpus,omitempty"`
+	// BootID is the node's kernel boot id as last reported, at connect or
+	// in an inventory: a new one means the node rebooted.
+	BootID string `json:"boot_id,omitempty"`
 }
 
 // CommandState is where a command is in its life.
@@ -182,6 +185,21 @@ type Command struct {
 	Deliveries  uint32            `json:"deliveries"`
 	Message     string            `json:"message,omitempty"`
 	Output      map[string]string `json:"output,omitempty"`
+	// OutputTail is what the command streamed while it ran
+	// (maintenance.task); nil for commands that stream nothing.
+	OutputTail *OutputTail `json:"output_tail,omitempty"`
+}
+
+// OutputTail is the end of a running command's stdout and stderr, as the
+// agent streamed them: raw bytes, not necessarily UTF-8.
+type OutputTail struct {
+	Stdout []byte `json:"stdout,omitempty"`
+	Stderr []byte `json:"stderr,omitempty"`
+	// StdoutBytes and StderrBytes count what the command wrote to each
+	// stream so far, including what the tail no longer holds.
+	StdoutBytes uint64    `json:"stdout_bytes,omitempty"`
+	StderrBytes uint64    `json:"stderr_bytes,omitempty"`
+	UpdatedAt   time.Time `json:"updated_at,omitzero"`
 }
 
 // SIEMConfig is an audit-forwarding configuration applied by an operator.

@@ -20,7 +20,6 @@ package bench
 import (
 	"bufio"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -275,20 +274,28 @@ func (c *ctrl) metrics() (map[string]float64, error) {
 }
 
 // rssKiB reads VmRSS of the controller process.
-func (c *ctrl) rssKiB() (int64, error) {
+func (c *ctrl) rssKiB() (int64, error) { return c.statusKiB("VmRSS") }
+
+// anonKiB reads RssAnon: the process's own memory, without the binary's
+// pages mapped from the page cache, which move with the cache's state (a
+// freshly built binary maps more of itself per fault than one partly
+// evicted) and are shared and reclaimable.
+func (c *ctrl) anonKiB() (int64, error) { return c.statusKiB("RssAnon") }
+
+func (c *ctrl) statusKiB(field string) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.cmd.Process.Pid))
 	if err != nil {
 		return 0, err
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
 			f := strings.Fields(rest) // "12345 kB"
 			if len(f) >= 1 {
 				return strconv.ParseInt(f[0], 10, 64)
 			}
 		}
 	}
-	return 0, errors.New("no VmRSS in /proc/PID/status")
+	return 0, fmt.Errorf("no %s in /proc/PID/status", field)
 }
 
 var (
@@ -424,6 +431,10 @@ func BenchmarkConnectedAgentMemory(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	anonBase, err := c.anonKiB()
+	if err != nil {
+		b.Fatal(err)
+	}
 	mBase, err := c.metrics()
 	if err != nil {
 		b.Fatal(err)
@@ -488,6 +499,10 @@ func BenchmarkConnectedAgentMemory(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	anonConn, err := c.anonKiB()
+	if err != nil {
+		b.Fatal(err)
+	}
 	mConn, err := c.metrics()
 	if err != nil {
 		b.Fatal(err)
@@ -514,11 +529,14 @@ func BenchmarkConnectedAgentMemory(b *testing.B) {
 
 	fn := float64(n)
 	b.ReportMetric(float64(rssConn-rssBase)/fn, "KiB/agent")
+	b.ReportMetric(float64(anonConn-anonBase)/fn, "anon-KiB/agent")
 	b.ReportMetric(float64(rssConn-rssReady)/fn, "KiB/agent-incl-enroll")
 	b.ReportMetric((heapConn-heapBase)/1024/fn, "controller-heap-KiB/agent")
 	b.ReportMetric(float64(rssConn)/1024, "controller-RSS-MiB")
 	b.ReportMetric(float64(rssBase)/1024, "controller-RSS-base-MiB")
 	b.ReportMetric((mConn["go_goroutines"]-mBase["go_goroutines"])/fn, "goroutines/agent")
+	b.ReportMetric((mConn["go_memstats_stack_inuse_bytes"]-mBase["go_memstats_stack_inuse_bytes"])/1024/fn, "stack-KiB/agent")
+	b.ReportMetric((mConn["go_memstats_heap_idle_bytes"]-mConn["go_memstats_heap_released_bytes"]-(mBase["go_memstats_heap_idle_bytes"]-mBase["go_memstats_heap_released_bytes"]))/1024/fn, "heap-idle-KiB/agent")
 	b.ReportMetric(float64(connectAll.Microseconds())/1000, "ms/connect-all")
 	b.Logf("agents=%d RSS ready=%d KiB, enrolled=%d KiB, connected=%d KiB; heap_inuse base=%.0f connected=%.0f bytes; connect-all=%s",
 		n, rssReady, rssBase, rssConn, heapBase, heapConn, connectAll)

@@ -12,7 +12,9 @@
 //	                            JSON under the proto field names (node.go)
 //	commands/
 //	  <node id>/             (one bucket per node)
-//	    <seq uint64 BE>      -> JSON store.Command, in the order they were queued
+//	    <seq uint64 BE>      -> JSON store.Command, in the order they were queued;
+//	                            a running command's streamed output under
+//	                            "output_tail" (stdout/stderr base64)
 //	command_index/
 //	  <command id>           -> <node id> NUL <seq uint64 BE>
 //	siem_configs/            (since version 2)

@@ -633,3 +633,73 @@ func cmd(id, node string, state store.CommandState) store.Command {
 }
 
 func commandIDs(cs []store.Command) []string { return storetest.CommandIDs(cs) }
+
+// TestCommandRecordFormat pins how a command's streamed output is kept:
+// under "output_tail", the streams as base64 (they need not be UTF-8); a
+// record from before the tail existed reads without one.
+func TestCommandRecordFormat(t *testing.T) {
+	s := openStore(t, filepath.Join(t.TempDir(), "store.db"))
+	defer s.Close()
+	enrollNode(t, s, testNode("n1", "h1"))
+	if err := s.EnqueueCommand(t.Context(), cmd("c1", "n1", store.CommandDelivered)); err != nil {
+		t.Fatal(err)
+	}
+	raw := func() map[string]json.RawMessage {
+		t.Helper()
+		var m map[string]json.RawMessage
+		if err := s.db.View(func(tx *bbolt.Tx) error {
+			q, key, err := commandLocation(tx, "c1")
+			if err != nil {
+				return err
+			}
+			return json.Unmarshal(q.Get(key), &m)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	if _, ok := raw()["output_tail"]; ok {
+		t.Error("a command without a tail has an output_tail key")
+	}
+	if _, err := s.UpdateCommand(t.Context(), "c1", func(c *store.Command) error {
+		c.OutputTail = &store.OutputTail{Stdout: []byte("a\xff"), StdoutBytes: 2, UpdatedAt: base}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(raw()["output_tail"]), `{"stdout":"Yf8=","stdout_bytes":2,"updated_at":"2030-01-02T03:04:05Z"}`; got != want {
+		t.Errorf("output_tail = %s, want %s", got, want)
+	}
+	// An old record (no output_tail) reads with none and keeps the rest.
+	old := `{"id":"c1","node_id":"n1","kind":"inventory.collect","state":"succeeded","created_at":"2026-01-02T03:04:05Z","deliveries":1,"output":{"hostname":"h"}}`
+	if err := s.db.Update(func(tx *bbolt.Tx) error {
+		q, key, err := commandLocation(tx, "c1")
+		if err != nil {
+			return err
+		}
+		return q.Put(key, []byte(old))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.GetCommand(t.Context(), "c1")
+	if err != nil || c.OutputTail != nil || c.Output["hostname"] != "h" || c.State != store.CommandSucceeded {
+		t.Errorf("old record = %+v, %v", c, err)
+	}
+}
+
+// TestNodeInventoryProtoJSONRecord: a record whose inventory a development
+// build wrote as protojson (64-bit numbers as strings) still reads.
+func TestNodeInventoryProtoJSONRecord(t *testing.T) {
+	raw := `{"id":"n1","hostname":"alpha","token_id":"t","enrolled_at":"2026-01-02T03:04:05Z","cert_serial":"1","cert_expires_at":"2026-01-09T03:04:05Z",` +
+		`"inventory":{"hostname":"alpha","machine_id":"m","cpu_cores":8,"memory_bytes":"17179869184"}}`
+	n, err := decodeNode([]byte(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Inventory.GetMemoryBytes() != 16<<30 || n.Inventory.GetCpuCores() != 8 || n.Inventory.GetMachineId() != "m" {
+		t.Errorf("inventory = %v", n.Inventory)
+	}
+	if _, err := decodeNode([]byte(`{"id":"n2","inventory":{"cpu_cores":"many"}}`)); err == nil || !strings.Contains(err.Error(), "n2") {
+		t.Errorf("decodeNode of a broken inventory = %v; want an error naming the node", err)
+	}
+}

@@ -46,6 +46,8 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"CommandRedelivery", testCommandRedelivery},
 		{"UpdateCommandConcurrent", testUpdateCommandConcurrent},
 		{"DeleteNodeRemovesCommands", testDeleteNodeRemovesCommands},
+		{"CommandOutputTail", testCommandOutputTail},
+		{"NodeBootID", testNodeBootID},
 		{"ListGetConsistency", testListGetConsistency},
 		{"SIEMConfigs", testSIEMConfigs},
 		{"ValuesAreCopies", testValuesAreCopies},
@@ -495,6 +497,28 @@ func testNodeInventory(t *testing.T, s store.Store) {
 	must(t, err)
 	if n, _ := s.GetNode(ctx(t), "n1"); n.Inventory != nil {
 		t.Errorf("cleared inventory came back: %v", n.Inventory)
+	}
+}
+
+// A node's boot id is kept and replaced like its other fields.
+func testNodeBootID(t *testing.T, s store.Store) {
+	EnrollNode(t, s, NewNode("n1", "h1"))
+	if n, _ := s.GetNode(ctx(t), "n1"); n.BootID != "" {
+		t.Errorf("a new node has boot id %q", n.BootID)
+	}
+	for _, id := range []string{"8d3e1c9a-5f0b-4a61-9c2e-6b7d0f4e2a11", "0f0e0d0c-0b0a-4909-8807-060504030201"} {
+		upd, err := s.UpdateNode(ctx(t), "n1", func(n *store.Node) error { n.BootID = id; return nil })
+		must(t, err)
+		got, err := s.GetNode(ctx(t), "n1")
+		must(t, err)
+		if upd.BootID != id || got.BootID != id || !NodesEqual(got, upd) {
+			t.Errorf("boot id after setting %s: returned %q, stored %q", id, upd.BootID, got.BootID)
+		}
+	}
+	ns, err := s.ListNodes(ctx(t))
+	must(t, err)
+	if len(ns) != 1 || ns[0].BootID != "0f0e0d0c-0b0a-4909-8807-060504030201" {
+		t.Errorf("ListNodes = %+v", ns)
 	}
 }
 
@@ -968,6 +992,57 @@ func testValuesAreCopies(t *testing.T, s store.Store) {
 	yaml[0] = 'X'
 	if sc, _, _ := s.SIEMConfigFor(ctx(t), nil); string(sc.YAML) != "sources: []" {
 		t.Errorf("changing the added configuration changed the store: %q", sc.YAML)
+	}
+}
+
+// A running command's output tail is kept with the command, replaced by
+// each update, kept beside the result, and is the caller's copy: bytes
+// that are not UTF-8 survive unchanged.
+func testCommandOutputTail(t *testing.T, s store.Store) {
+	EnrollNode(t, s, NewNode("n1", "h1"))
+	must(t, s.EnqueueCommand(ctx(t), Cmd("c1", "n1", store.CommandDelivered)))
+	if c, _ := s.GetCommand(ctx(t), "c1"); c.OutputTail != nil {
+		t.Errorf("a new command has an output tail: %+v", c.OutputTail)
+	}
+	tail := &store.OutputTail{Stdout: []byte("step 1\n\xff\xfe"), Stderr: []byte("warn\n"), StdoutBytes: 1 << 20, StderrBytes: 5, UpdatedAt: Base.Add(time.Second)}
+	upd, err := s.UpdateCommand(ctx(t), "c1", func(c *store.Command) error { c.OutputTail = tail; return nil })
+	must(t, err)
+	got, err := s.GetCommand(ctx(t), "c1")
+	must(t, err)
+	if !reflect.DeepEqual(got, upd) {
+		t.Errorf("GetCommand = %+v; UpdateCommand returned %+v", got, upd)
+	}
+	tail.Stdout[0] = 'X'
+	got, err = s.GetCommand(ctx(t), "c1")
+	must(t, err)
+	want := store.OutputTail{Stdout: []byte("step 1\n\xff\xfe"), Stderr: []byte("warn\n"), StdoutBytes: 1 << 20, StderrBytes: 5, UpdatedAt: Base.Add(time.Second)}
+	if got.OutputTail == nil || !reflect.DeepEqual(*got.OutputTail, want) {
+		t.Fatalf("stored tail = %+v; want %+v", got.OutputTail, want)
+	}
+	got.OutputTail.Stderr[0] = 'X'
+	if again, _ := s.GetCommand(ctx(t), "c1"); !reflect.DeepEqual(*again.OutputTail, want) {
+		t.Errorf("changing a returned tail changed the store: %+v", again.OutputTail)
+	}
+	// Each update replaces it; the result is stored beside it.
+	_, err = s.UpdateCommand(ctx(t), "c1", func(c *store.Command) error {
+		c.OutputTail.Stdout = append(c.OutputTail.Stdout, "step 2\n"...)
+		c.OutputTail.StdoutBytes += 7
+		c.State = store.CommandSucceeded
+		c.Output = map[string]string{"exit_code": "0"}
+		return nil
+	})
+	must(t, err)
+	cs, err := s.ListCommands(ctx(t), "n1")
+	must(t, err)
+	if len(cs) != 1 || cs[0].OutputTail == nil || string(cs[0].OutputTail.Stdout) != "step 1\n\xff\xfestep 2\n" || cs[0].OutputTail.StdoutBytes != 1<<20+7 ||
+		cs[0].State != store.CommandSucceeded || cs[0].Output["exit_code"] != "0" {
+		t.Errorf("after the result: %+v", cs)
+	}
+	// Clearing it works too.
+	_, err = s.UpdateCommand(ctx(t), "c1", func(c *store.Command) error { c.OutputTail = nil; return nil })
+	must(t, err)
+	if c, _ := s.GetCommand(ctx(t), "c1"); c.OutputTail != nil {
+		t.Errorf("cleared tail came back: %+v", c.OutputTail)
 	}
 }
 

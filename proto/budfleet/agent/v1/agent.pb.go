@@ -28,6 +28,56 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Which output of a running command a CommandProgress carries.
+type OutputStream int32
+
+const (
+	OutputStream_OUTPUT_STREAM_UNSPECIFIED OutputStream = 0
+	OutputStream_OUTPUT_STREAM_STDOUT      OutputStream = 1
+	OutputStream_OUTPUT_STREAM_STDERR      OutputStream = 2
+)
+
+// Enum value maps for OutputStream.
+var (
+	OutputStream_name = map[int32]string{
+		0: "OUTPUT_STREAM_UNSPECIFIED",
+		1: "OUTPUT_STREAM_STDOUT",
+		2: "OUTPUT_STREAM_STDERR",
+	}
+	OutputStream_value = map[string]int32{
+		"OUTPUT_STREAM_UNSPECIFIED": 0,
+		"OUTPUT_STREAM_STDOUT":      1,
+		"OUTPUT_STREAM_STDERR":      2,
+	}
+)
+
+func (x OutputStream) Enum() *OutputStream {
+	p := new(OutputStream)
+	*p = x
+	return p
+}
+
+func (x OutputStream) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (OutputStream) Descriptor() protoreflect.EnumDescriptor {
+	return file_budfleet_agent_v1_agent_proto_enumTypes[0].Descriptor()
+}
+
+func (OutputStream) Type() protoreflect.EnumType {
+	return &file_budfleet_agent_v1_agent_proto_enumTypes[0]
+}
+
+func (x OutputStream) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use OutputStream.Descriptor instead.
+func (OutputStream) EnumDescriptor() ([]byte, []int) {
+	return file_budfleet_agent_v1_agent_proto_rawDescGZIP(), []int{0}
+}
+
 type EnrollRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The token id and secret parts of the join token; the CA hash part never
@@ -180,6 +230,7 @@ type ConnectRequest struct {
 	//	*ConnectRequest_RenewRequest
 	//	*ConnectRequest_GpuInventory
 	//	*ConnectRequest_GpuHealth
+	//	*ConnectRequest_CommandProgress
 	Msg           isConnectRequest_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -285,6 +336,15 @@ func (x *ConnectRequest) GetGpuHealth() *v11.GpuHealthReport {
 	return nil
 }
 
+func (x *ConnectRequest) GetCommandProgress() *CommandProgress {
+	if x != nil {
+		if x, ok := x.Msg.(*ConnectRequest_CommandProgress); ok {
+			return x.CommandProgress
+		}
+	}
+	return nil
+}
+
 type isConnectRequest_Msg interface {
 	isConnectRequest_Msg()
 }
@@ -319,6 +379,11 @@ type ConnectRequest_GpuHealth struct {
 	GpuHealth *v11.GpuHealthReport `protobuf:"bytes,7,opt,name=gpu_health,json=gpuHealth,proto3,oneof"`
 }
 
+type ConnectRequest_CommandProgress struct {
+	// Output of a command while it runs (maintenance.task), in chunks.
+	CommandProgress *CommandProgress `protobuf:"bytes,8,opt,name=command_progress,json=commandProgress,proto3,oneof"`
+}
+
 func (*ConnectRequest_Hello) isConnectRequest_Msg() {}
 
 func (*ConnectRequest_Heartbeat) isConnectRequest_Msg() {}
@@ -332,6 +397,8 @@ func (*ConnectRequest_RenewRequest) isConnectRequest_Msg() {}
 func (*ConnectRequest_GpuInventory) isConnectRequest_Msg() {}
 
 func (*ConnectRequest_GpuHealth) isConnectRequest_Msg() {}
+
+func (*ConnectRequest_CommandProgress) isConnectRequest_Msg() {}
 
 type ConnectResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -449,9 +516,13 @@ func (*ConnectResponse_RenewResponse) isConnectResponse_Msg() {}
 func (*ConnectResponse_SiemConfig) isConnectResponse_Msg() {}
 
 type Hello struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	AgentVersion  string                 `protobuf:"bytes,2,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	NodeId       string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	AgentVersion string                 `protobuf:"bytes,2,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	// The kernel's boot id (/proc/sys/kernel/random/boot_id): a new one means
+	// the node rebooted. Also in the host inventory; here so the controller
+	// knows it at connect.
+	BootId        string `protobuf:"bytes,3,opt,name=boot_id,json=bootId,proto3" json:"boot_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -496,6 +567,13 @@ func (x *Hello) GetNodeId() string {
 func (x *Hello) GetAgentVersion() string {
 	if x != nil {
 		return x.AgentVersion
+	}
+	return ""
+}
+
+func (x *Hello) GetBootId() string {
+	if x != nil {
+		return x.BootId
 	}
 	return ""
 }
@@ -779,6 +857,90 @@ func (x *CommandResult) GetDeliveries() uint32 {
 	return 0
 }
 
+// A chunk of a running command's output. The agent sends one at most every
+// 500 ms, or sooner when 16 KiB are waiting, never more than 16 KiB of data;
+// what it could not send in time is skipped (offset says how much). The
+// command's result carries the final tail of each stream either way.
+type CommandProgress struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	CommandId string                 `protobuf:"bytes,1,opt,name=command_id,json=commandId,proto3" json:"command_id,omitempty"`
+	Stream    OutputStream           `protobuf:"varint,2,opt,name=stream,proto3,enum=budfleet.agent.v1.OutputStream" json:"stream,omitempty"`
+	// Raw bytes as the command wrote them; not necessarily UTF-8 or whole lines.
+	Data []byte `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
+	// Counts the command's progress messages from 1, across both streams.
+	Seq uint64 `protobuf:"varint,4,opt,name=seq,proto3" json:"seq,omitempty"`
+	// Where data begins in its stream: bytes the command wrote before it. A
+	// jump past what was received means output was skipped.
+	Offset        uint64 `protobuf:"varint,5,opt,name=offset,proto3" json:"offset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommandProgress) Reset() {
+	*x = CommandProgress{}
+	mi := &file_budfleet_agent_v1_agent_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommandProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommandProgress) ProtoMessage() {}
+
+func (x *CommandProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_agent_v1_agent_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommandProgress.ProtoReflect.Descriptor instead.
+func (*CommandProgress) Descriptor() ([]byte, []int) {
+	return file_budfleet_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *CommandProgress) GetCommandId() string {
+	if x != nil {
+		return x.CommandId
+	}
+	return ""
+}
+
+func (x *CommandProgress) GetStream() OutputStream {
+	if x != nil {
+		return x.Stream
+	}
+	return OutputStream_OUTPUT_STREAM_UNSPECIFIED
+}
+
+func (x *CommandProgress) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *CommandProgress) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *CommandProgress) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
 type RenewRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	CsrDer        []byte                 `protobuf:"bytes,1,opt,name=csr_der,json=csrDer,proto3" json:"csr_der,omitempty"`
@@ -788,7 +950,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_budfleet_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_budfleet_agent_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -800,7 +962,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_budfleet_agent_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -813,7 +975,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_budfleet_agent_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RenewRequest) GetCsrDer() []byte {
@@ -833,7 +995,7 @@ type RenewResponse struct {
 
 func (x *RenewResponse) Reset() {
 	*x = RenewResponse{}
-	mi := &file_budfleet_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_budfleet_agent_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -845,7 +1007,7 @@ func (x *RenewResponse) String() string {
 func (*RenewResponse) ProtoMessage() {}
 
 func (x *RenewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_budfleet_agent_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -858,7 +1020,7 @@ func (x *RenewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
 func (*RenewResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_budfleet_agent_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RenewResponse) GetCertificateDer() []byte {
@@ -890,7 +1052,7 @@ const file_budfleet_agent_v1_agent_proto_rawDesc = "" +
 	"\x0eEnrollResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12'\n" +
 	"\x0fcertificate_der\x18\x02 \x01(\fR\x0ecertificateDer\x12,\n" +
-	"\x12ca_certificate_der\x18\x03 \x01(\fR\x10caCertificateDer\"\xe0\x03\n" +
+	"\x12ca_certificate_der\x18\x03 \x01(\fR\x10caCertificateDer\"\xb1\x04\n" +
 	"\x0eConnectRequest\x120\n" +
 	"\x05hello\x18\x01 \x01(\v2\x18.budfleet.agent.v1.HelloH\x00R\x05hello\x12<\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x1c.budfleet.agent.v1.HeartbeatH\x00R\theartbeat\x12;\n" +
@@ -899,7 +1061,8 @@ const file_budfleet_agent_v1_agent_proto_rawDesc = "" +
 	"\rrenew_request\x18\x05 \x01(\v2\x1f.budfleet.agent.v1.RenewRequestH\x00R\frenewRequest\x12D\n" +
 	"\rgpu_inventory\x18\x06 \x01(\v2\x1d.budfleet.gpu.v1.GpuInventoryH\x00R\fgpuInventory\x12A\n" +
 	"\n" +
-	"gpu_health\x18\a \x01(\v2 .budfleet.gpu.v1.GpuHealthReportH\x00R\tgpuHealthB\x05\n" +
+	"gpu_health\x18\a \x01(\v2 .budfleet.gpu.v1.GpuHealthReportH\x00R\tgpuHealth\x12O\n" +
+	"\x10command_progress\x18\b \x01(\v2\".budfleet.agent.v1.CommandProgressH\x00R\x0fcommandProgressB\x05\n" +
 	"\x03msg\"\x94\x02\n" +
 	"\x0fConnectResponse\x126\n" +
 	"\awelcome\x18\x01 \x01(\v2\x1a.budfleet.agent.v1.WelcomeH\x00R\awelcome\x126\n" +
@@ -907,10 +1070,11 @@ const file_budfleet_agent_v1_agent_proto_rawDesc = "" +
 	"\x0erenew_response\x18\x03 \x01(\v2 .budfleet.agent.v1.RenewResponseH\x00R\rrenewResponse\x12?\n" +
 	"\vsiem_config\x18\x04 \x01(\v2\x1c.budfleet.siem.v1.ConfigPushH\x00R\n" +
 	"siemConfigB\x05\n" +
-	"\x03msg\"E\n" +
+	"\x03msg\"^\n" +
 	"\x05Hello\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12#\n" +
-	"\ragent_version\x18\x02 \x01(\tR\fagentVersion\"z\n" +
+	"\ragent_version\x18\x02 \x01(\tR\fagentVersion\x12\x17\n" +
+	"\aboot_id\x18\x03 \x01(\tR\x06bootId\"z\n" +
 	"\aWelcome\x122\n" +
 	"\x15heartbeat_interval_ms\x18\x01 \x01(\x03R\x13heartbeatIntervalMs\x12;\n" +
 	"\x1afull_inventory_interval_ms\x18\x02 \x01(\x03R\x17fullInventoryIntervalMs\"\x80\x01\n" +
@@ -942,12 +1106,23 @@ const file_budfleet_agent_v1_agent_proto_rawDesc = "" +
 	"deliveries\x1a9\n" +
 	"\vOutputEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"'\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa7\x01\n" +
+	"\x0fCommandProgress\x12\x1d\n" +
+	"\n" +
+	"command_id\x18\x01 \x01(\tR\tcommandId\x127\n" +
+	"\x06stream\x18\x02 \x01(\x0e2\x1f.budfleet.agent.v1.OutputStreamR\x06stream\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\x12\x10\n" +
+	"\x03seq\x18\x04 \x01(\x04R\x03seq\x12\x16\n" +
+	"\x06offset\x18\x05 \x01(\x04R\x06offset\"'\n" +
 	"\fRenewRequest\x12\x17\n" +
 	"\acsr_der\x18\x01 \x01(\fR\x06csrDer\"N\n" +
 	"\rRenewResponse\x12'\n" +
 	"\x0fcertificate_der\x18\x01 \x01(\fR\x0ecertificateDer\x12\x14\n" +
-	"\x05error\x18\x02 \x01(\tR\x05error2\xb3\x01\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error*a\n" +
+	"\fOutputStream\x12\x1d\n" +
+	"\x19OUTPUT_STREAM_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14OUTPUT_STREAM_STDOUT\x10\x01\x12\x18\n" +
+	"\x14OUTPUT_STREAM_STDERR\x10\x022\xb3\x01\n" +
 	"\fAgentService\x12M\n" +
 	"\x06Enroll\x12 .budfleet.agent.v1.EnrollRequest\x1a!.budfleet.agent.v1.EnrollResponse\x12T\n" +
 	"\aConnect\x12!.budfleet.agent.v1.ConnectRequest\x1a\".budfleet.agent.v1.ConnectResponse(\x010\x01BCZAgithub.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1;agentv1b\x06proto3"
@@ -964,56 +1139,61 @@ func file_budfleet_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_budfleet_agent_v1_agent_proto_rawDescData
 }
 
-var file_budfleet_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_budfleet_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_budfleet_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_budfleet_agent_v1_agent_proto_goTypes = []any{
-	(*EnrollRequest)(nil),         // 0: budfleet.agent.v1.EnrollRequest
-	(*EnrollResponse)(nil),        // 1: budfleet.agent.v1.EnrollResponse
-	(*ConnectRequest)(nil),        // 2: budfleet.agent.v1.ConnectRequest
-	(*ConnectResponse)(nil),       // 3: budfleet.agent.v1.ConnectResponse
-	(*Hello)(nil),                 // 4: budfleet.agent.v1.Hello
-	(*Welcome)(nil),               // 5: budfleet.agent.v1.Welcome
-	(*Heartbeat)(nil),             // 6: budfleet.agent.v1.Heartbeat
-	(*Command)(nil),               // 7: budfleet.agent.v1.Command
-	(*CommandResult)(nil),         // 8: budfleet.agent.v1.CommandResult
-	(*RenewRequest)(nil),          // 9: budfleet.agent.v1.RenewRequest
-	(*RenewResponse)(nil),         // 10: budfleet.agent.v1.RenewResponse
-	nil,                           // 11: budfleet.agent.v1.Command.ParamsEntry
-	nil,                           // 12: budfleet.agent.v1.CommandResult.OutputEntry
-	(*v1.Inventory)(nil),          // 13: budfleet.host.v1.Inventory
-	(*v11.GpuInventory)(nil),      // 14: budfleet.gpu.v1.GpuInventory
-	(*v11.GpuHealthReport)(nil),   // 15: budfleet.gpu.v1.GpuHealthReport
-	(*v12.ConfigPush)(nil),        // 16: budfleet.siem.v1.ConfigPush
-	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
-	(*v12.Status)(nil),            // 18: budfleet.siem.v1.Status
+	(OutputStream)(0),             // 0: budfleet.agent.v1.OutputStream
+	(*EnrollRequest)(nil),         // 1: budfleet.agent.v1.EnrollRequest
+	(*EnrollResponse)(nil),        // 2: budfleet.agent.v1.EnrollResponse
+	(*ConnectRequest)(nil),        // 3: budfleet.agent.v1.ConnectRequest
+	(*ConnectResponse)(nil),       // 4: budfleet.agent.v1.ConnectResponse
+	(*Hello)(nil),                 // 5: budfleet.agent.v1.Hello
+	(*Welcome)(nil),               // 6: budfleet.agent.v1.Welcome
+	(*Heartbeat)(nil),             // 7: budfleet.agent.v1.Heartbeat
+	(*Command)(nil),               // 8: budfleet.agent.v1.Command
+	(*CommandResult)(nil),         // 9: budfleet.agent.v1.CommandResult
+	(*CommandProgress)(nil),       // 10: budfleet.agent.v1.CommandProgress
+	(*RenewRequest)(nil),          // 11: budfleet.agent.v1.RenewRequest
+	(*RenewResponse)(nil),         // 12: budfleet.agent.v1.RenewResponse
+	nil,                           // 13: budfleet.agent.v1.Command.ParamsEntry
+	nil,                           // 14: budfleet.agent.v1.CommandResult.OutputEntry
+	(*v1.Inventory)(nil),          // 15: budfleet.host.v1.Inventory
+	(*v11.GpuInventory)(nil),      // 16: budfleet.gpu.v1.GpuInventory
+	(*v11.GpuHealthReport)(nil),   // 17: budfleet.gpu.v1.GpuHealthReport
+	(*v12.ConfigPush)(nil),        // 18: budfleet.siem.v1.ConfigPush
+	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
+	(*v12.Status)(nil),            // 20: budfleet.siem.v1.Status
 }
 var file_budfleet_agent_v1_agent_proto_depIdxs = []int32{
-	4,  // 0: budfleet.agent.v1.ConnectRequest.hello:type_name -> budfleet.agent.v1.Hello
-	6,  // 1: budfleet.agent.v1.ConnectRequest.heartbeat:type_name -> budfleet.agent.v1.Heartbeat
-	13, // 2: budfleet.agent.v1.ConnectRequest.inventory:type_name -> budfleet.host.v1.Inventory
-	8,  // 3: budfleet.agent.v1.ConnectRequest.command_result:type_name -> budfleet.agent.v1.CommandResult
-	9,  // 4: budfleet.agent.v1.ConnectRequest.renew_request:type_name -> budfleet.agent.v1.RenewRequest
-	14, // 5: budfleet.agent.v1.ConnectRequest.gpu_inventory:type_name -> budfleet.gpu.v1.GpuInventory
-	15, // 6: budfleet.agent.v1.ConnectRequest.gpu_health:type_name -> budfleet.gpu.v1.GpuHealthReport
-	5,  // 7: budfleet.agent.v1.ConnectResponse.welcome:type_name -> budfleet.agent.v1.Welcome
-	7,  // 8: budfleet.agent.v1.ConnectResponse.command:type_name -> budfleet.agent.v1.Command
-	10, // 9: budfleet.agent.v1.ConnectResponse.renew_response:type_name -> budfleet.agent.v1.RenewResponse
-	16, // 10: budfleet.agent.v1.ConnectResponse.siem_config:type_name -> budfleet.siem.v1.ConfigPush
-	17, // 11: budfleet.agent.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
-	18, // 12: budfleet.agent.v1.Heartbeat.siem:type_name -> budfleet.siem.v1.Status
-	11, // 13: budfleet.agent.v1.Command.params:type_name -> budfleet.agent.v1.Command.ParamsEntry
-	17, // 14: budfleet.agent.v1.Command.created_at:type_name -> google.protobuf.Timestamp
-	12, // 15: budfleet.agent.v1.CommandResult.output:type_name -> budfleet.agent.v1.CommandResult.OutputEntry
-	17, // 16: budfleet.agent.v1.CommandResult.started_at:type_name -> google.protobuf.Timestamp
-	17, // 17: budfleet.agent.v1.CommandResult.finished_at:type_name -> google.protobuf.Timestamp
-	0,  // 18: budfleet.agent.v1.AgentService.Enroll:input_type -> budfleet.agent.v1.EnrollRequest
-	2,  // 19: budfleet.agent.v1.AgentService.Connect:input_type -> budfleet.agent.v1.ConnectRequest
-	1,  // 20: budfleet.agent.v1.AgentService.Enroll:output_type -> budfleet.agent.v1.EnrollResponse
-	3,  // 21: budfleet.agent.v1.AgentService.Connect:output_type -> budfleet.agent.v1.ConnectResponse
-	20, // [20:22] is the sub-list for method output_type
-	18, // [18:20] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	5,  // 0: budfleet.agent.v1.ConnectRequest.hello:type_name -> budfleet.agent.v1.Hello
+	7,  // 1: budfleet.agent.v1.ConnectRequest.heartbeat:type_name -> budfleet.agent.v1.Heartbeat
+	15, // 2: budfleet.agent.v1.ConnectRequest.inventory:type_name -> budfleet.host.v1.Inventory
+	9,  // 3: budfleet.agent.v1.ConnectRequest.command_result:type_name -> budfleet.agent.v1.CommandResult
+	11, // 4: budfleet.agent.v1.ConnectRequest.renew_request:type_name -> budfleet.agent.v1.RenewRequest
+	16, // 5: budfleet.agent.v1.ConnectRequest.gpu_inventory:type_name -> budfleet.gpu.v1.GpuInventory
+	17, // 6: budfleet.agent.v1.ConnectRequest.gpu_health:type_name -> budfleet.gpu.v1.GpuHealthReport
+	10, // 7: budfleet.agent.v1.ConnectRequest.command_progress:type_name -> budfleet.agent.v1.CommandProgress
+	6,  // 8: budfleet.agent.v1.ConnectResponse.welcome:type_name -> budfleet.agent.v1.Welcome
+	8,  // 9: budfleet.agent.v1.ConnectResponse.command:type_name -> budfleet.agent.v1.Command
+	12, // 10: budfleet.agent.v1.ConnectResponse.renew_response:type_name -> budfleet.agent.v1.RenewResponse
+	18, // 11: budfleet.agent.v1.ConnectResponse.siem_config:type_name -> budfleet.siem.v1.ConfigPush
+	19, // 12: budfleet.agent.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
+	20, // 13: budfleet.agent.v1.Heartbeat.siem:type_name -> budfleet.siem.v1.Status
+	13, // 14: budfleet.agent.v1.Command.params:type_name -> budfleet.agent.v1.Command.ParamsEntry
+	19, // 15: budfleet.agent.v1.Command.created_at:type_name -> google.protobuf.Timestamp
+	14, // 16: budfleet.agent.v1.CommandResult.output:type_name -> budfleet.agent.v1.CommandResult.OutputEntry
+	19, // 17: budfleet.agent.v1.CommandResult.started_at:type_name -> google.protobuf.Timestamp
+	19, // 18: budfleet.agent.v1.CommandResult.finished_at:type_name -> google.protobuf.Timestamp
+	0,  // 19: budfleet.agent.v1.CommandProgress.stream:type_name -> budfleet.agent.v1.OutputStream
+	1,  // 20: budfleet.agent.v1.AgentService.Enroll:input_type -> budfleet.agent.v1.EnrollRequest
+	3,  // 21: budfleet.agent.v1.AgentService.Connect:input_type -> budfleet.agent.v1.ConnectRequest
+	2,  // 22: budfleet.agent.v1.AgentService.Enroll:output_type -> budfleet.agent.v1.EnrollResponse
+	4,  // 23: budfleet.agent.v1.AgentService.Connect:output_type -> budfleet.agent.v1.ConnectResponse
+	22, // [22:24] is the sub-list for method output_type
+	20, // [20:22] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_budfleet_agent_v1_agent_proto_init() }
@@ -1029,6 +1209,7 @@ func file_budfleet_agent_v1_agent_proto_init() {
 		(*ConnectRequest_RenewRequest)(nil),
 		(*ConnectRequest_GpuInventory)(nil),
 		(*ConnectRequest_GpuHealth)(nil),
+		(*ConnectRequest_CommandProgress)(nil),
 	}
 	file_budfleet_agent_v1_agent_proto_msgTypes[3].OneofWrappers = []any{
 		(*ConnectResponse_Welcome)(nil),
@@ -1041,13 +1222,14 @@ func file_budfleet_agent_v1_agent_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_budfleet_agent_v1_agent_proto_rawDesc), len(file_budfleet_agent_v1_agent_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   13,
+			NumEnums:      1,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_budfleet_agent_v1_agent_proto_goTypes,
 		DependencyIndexes: file_budfleet_agent_v1_agent_proto_depIdxs,
+		EnumInfos:         file_budfleet_agent_v1_agent_proto_enumTypes,
 		MessageInfos:      file_budfleet_agent_v1_agent_proto_msgTypes,
 	}.Build()
 	File_budfleet_agent_v1_agent_proto = out.File

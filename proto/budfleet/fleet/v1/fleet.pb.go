@@ -557,7 +557,10 @@ type Node struct {
 	// when no cluster is registered.
 	Kubernetes *v11.KubernetesNode `protobuf:"bytes,19,opt,name=kubernetes,proto3" json:"kubernetes,omitempty"`
 	// Conditions an operator should look at, e.g. a GPU that fell off the bus.
-	Problems      []string `protobuf:"bytes,17,rep,name=problems,proto3" json:"problems,omitempty"`
+	Problems []string `protobuf:"bytes,17,rep,name=problems,proto3" json:"problems,omitempty"`
+	// The node's boot id as last reported (at connect and in its inventory); a
+	// new one means the node rebooted.
+	BootId        string `protobuf:"bytes,18,opt,name=boot_id,json=bootId,proto3" json:"boot_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -716,6 +719,13 @@ func (x *Node) GetProblems() []string {
 		return x.Problems
 	}
 	return nil
+}
+
+func (x *Node) GetBootId() string {
+	if x != nil {
+		return x.BootId
+	}
+	return ""
 }
 
 type NodeGpus struct {
@@ -1104,18 +1114,21 @@ func (*DeleteNodeResponse) Descriptor() ([]byte, []int) {
 }
 
 type Command struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	NodeId        string                 `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	Kind          string                 `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
-	Params        map[string]string      `protobuf:"bytes,4,rep,name=params,proto3" json:"params,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	State         CommandState           `protobuf:"varint,5,opt,name=state,proto3,enum=budfleet.fleet.v1.CommandState" json:"state,omitempty"`
-	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
-	DeliveredAt   *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=delivered_at,json=deliveredAt,proto3" json:"delivered_at,omitempty"`
-	FinishedAt    *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
-	Deliveries    uint32                 `protobuf:"varint,9,opt,name=deliveries,proto3" json:"deliveries,omitempty"`
-	Message       string                 `protobuf:"bytes,10,opt,name=message,proto3" json:"message,omitempty"`
-	Output        map[string]string      `protobuf:"bytes,11,rep,name=output,proto3" json:"output,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	NodeId      string                 `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Kind        string                 `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	Params      map[string]string      `protobuf:"bytes,4,rep,name=params,proto3" json:"params,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	State       CommandState           `protobuf:"varint,5,opt,name=state,proto3,enum=budfleet.fleet.v1.CommandState" json:"state,omitempty"`
+	CreatedAt   *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	DeliveredAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=delivered_at,json=deliveredAt,proto3" json:"delivered_at,omitempty"`
+	FinishedAt  *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
+	Deliveries  uint32                 `protobuf:"varint,9,opt,name=deliveries,proto3" json:"deliveries,omitempty"`
+	Message     string                 `protobuf:"bytes,10,opt,name=message,proto3" json:"message,omitempty"`
+	Output      map[string]string      `protobuf:"bytes,11,rep,name=output,proto3" json:"output,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// What the command has streamed while running (maintenance.task): the
+	// tail of each output. Absent for commands that stream nothing.
+	OutputTail    *CommandOutputTail `protobuf:"bytes,12,opt,name=output_tail,json=outputTail,proto3" json:"output_tail,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1227,6 +1240,93 @@ func (x *Command) GetOutput() map[string]string {
 	return nil
 }
 
+func (x *Command) GetOutputTail() *CommandOutputTail {
+	if x != nil {
+		return x.OutputTail
+	}
+	return nil
+}
+
+// The last bytes of a running command's stdout and stderr, as streamed.
+type CommandOutputTail struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The last 64 KiB of each stream, as UTF-8 (invalid bytes replaced). A
+	// line "[... N bytes not received ...]" marks output the agent skipped.
+	Stdout string `protobuf:"bytes,1,opt,name=stdout,proto3" json:"stdout,omitempty"`
+	Stderr string `protobuf:"bytes,2,opt,name=stderr,proto3" json:"stderr,omitempty"`
+	// How many bytes the command has written to each stream so far.
+	StdoutBytes   uint64                 `protobuf:"varint,3,opt,name=stdout_bytes,json=stdoutBytes,proto3" json:"stdout_bytes,omitempty"`
+	StderrBytes   uint64                 `protobuf:"varint,4,opt,name=stderr_bytes,json=stderrBytes,proto3" json:"stderr_bytes,omitempty"`
+	UpdatedAt     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommandOutputTail) Reset() {
+	*x = CommandOutputTail{}
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommandOutputTail) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommandOutputTail) ProtoMessage() {}
+
+func (x *CommandOutputTail) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommandOutputTail.ProtoReflect.Descriptor instead.
+func (*CommandOutputTail) Descriptor() ([]byte, []int) {
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *CommandOutputTail) GetStdout() string {
+	if x != nil {
+		return x.Stdout
+	}
+	return ""
+}
+
+func (x *CommandOutputTail) GetStderr() string {
+	if x != nil {
+		return x.Stderr
+	}
+	return ""
+}
+
+func (x *CommandOutputTail) GetStdoutBytes() uint64 {
+	if x != nil {
+		return x.StdoutBytes
+	}
+	return 0
+}
+
+func (x *CommandOutputTail) GetStderrBytes() uint64 {
+	if x != nil {
+		return x.StderrBytes
+	}
+	return 0
+}
+
+func (x *CommandOutputTail) GetUpdatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdatedAt
+	}
+	return nil
+}
+
 type CreateCommandRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
@@ -1238,7 +1338,7 @@ type CreateCommandRequest struct {
 
 func (x *CreateCommandRequest) Reset() {
 	*x = CreateCommandRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[17]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1250,7 +1350,7 @@ func (x *CreateCommandRequest) String() string {
 func (*CreateCommandRequest) ProtoMessage() {}
 
 func (x *CreateCommandRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[17]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1263,7 +1363,7 @@ func (x *CreateCommandRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateCommandRequest.ProtoReflect.Descriptor instead.
 func (*CreateCommandRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{17}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CreateCommandRequest) GetNodeId() string {
@@ -1296,7 +1396,7 @@ type CreateCommandResponse struct {
 
 func (x *CreateCommandResponse) Reset() {
 	*x = CreateCommandResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[18]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1308,7 +1408,7 @@ func (x *CreateCommandResponse) String() string {
 func (*CreateCommandResponse) ProtoMessage() {}
 
 func (x *CreateCommandResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[18]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1321,7 +1421,7 @@ func (x *CreateCommandResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateCommandResponse.ProtoReflect.Descriptor instead.
 func (*CreateCommandResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{18}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CreateCommandResponse) GetCommand() *Command {
@@ -1341,7 +1441,7 @@ type ListCommandsRequest struct {
 
 func (x *ListCommandsRequest) Reset() {
 	*x = ListCommandsRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[19]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1353,7 +1453,7 @@ func (x *ListCommandsRequest) String() string {
 func (*ListCommandsRequest) ProtoMessage() {}
 
 func (x *ListCommandsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[19]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1366,7 +1466,7 @@ func (x *ListCommandsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCommandsRequest.ProtoReflect.Descriptor instead.
 func (*ListCommandsRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{19}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListCommandsRequest) GetNodeId() string {
@@ -1385,7 +1485,7 @@ type ListCommandsResponse struct {
 
 func (x *ListCommandsResponse) Reset() {
 	*x = ListCommandsResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[20]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1397,7 +1497,7 @@ func (x *ListCommandsResponse) String() string {
 func (*ListCommandsResponse) ProtoMessage() {}
 
 func (x *ListCommandsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[20]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1410,7 +1510,7 @@ func (x *ListCommandsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCommandsResponse.ProtoReflect.Descriptor instead.
 func (*ListCommandsResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{20}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListCommandsResponse) GetCommands() []*Command {
@@ -1429,7 +1529,7 @@ type GetCommandRequest struct {
 
 func (x *GetCommandRequest) Reset() {
 	*x = GetCommandRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[21]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1441,7 +1541,7 @@ func (x *GetCommandRequest) String() string {
 func (*GetCommandRequest) ProtoMessage() {}
 
 func (x *GetCommandRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[21]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1454,7 +1554,7 @@ func (x *GetCommandRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCommandRequest.ProtoReflect.Descriptor instead.
 func (*GetCommandRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{21}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetCommandRequest) GetId() string {
@@ -1473,7 +1573,7 @@ type GetCommandResponse struct {
 
 func (x *GetCommandResponse) Reset() {
 	*x = GetCommandResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[22]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1485,7 +1585,7 @@ func (x *GetCommandResponse) String() string {
 func (*GetCommandResponse) ProtoMessage() {}
 
 func (x *GetCommandResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[22]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1498,7 +1598,7 @@ func (x *GetCommandResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCommandResponse.ProtoReflect.Descriptor instead.
 func (*GetCommandResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{22}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetCommandResponse) GetCommand() *Command {
@@ -1529,7 +1629,7 @@ type GpuRow struct {
 
 func (x *GpuRow) Reset() {
 	*x = GpuRow{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[23]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1541,7 +1641,7 @@ func (x *GpuRow) String() string {
 func (*GpuRow) ProtoMessage() {}
 
 func (x *GpuRow) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[23]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1554,7 +1654,7 @@ func (x *GpuRow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GpuRow.ProtoReflect.Descriptor instead.
 func (*GpuRow) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{23}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GpuRow) GetNodeId() string {
@@ -1647,7 +1747,7 @@ type ListGpusRequest struct {
 
 func (x *ListGpusRequest) Reset() {
 	*x = ListGpusRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[24]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1659,7 +1759,7 @@ func (x *ListGpusRequest) String() string {
 func (*ListGpusRequest) ProtoMessage() {}
 
 func (x *ListGpusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[24]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1672,7 +1772,7 @@ func (x *ListGpusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGpusRequest.ProtoReflect.Descriptor instead.
 func (*ListGpusRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{24}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListGpusRequest) GetNodeId() string {
@@ -1705,7 +1805,7 @@ type ListGpusResponse struct {
 
 func (x *ListGpusResponse) Reset() {
 	*x = ListGpusResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[25]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1717,7 +1817,7 @@ func (x *ListGpusResponse) String() string {
 func (*ListGpusResponse) ProtoMessage() {}
 
 func (x *ListGpusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[25]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1730,7 +1830,7 @@ func (x *ListGpusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGpusResponse.ProtoReflect.Descriptor instead.
 func (*ListGpusResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{25}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListGpusResponse) GetGpus() []*GpuRow {
@@ -1748,7 +1848,7 @@ type GetGpuSummaryRequest struct {
 
 func (x *GetGpuSummaryRequest) Reset() {
 	*x = GetGpuSummaryRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[26]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1760,7 +1860,7 @@ func (x *GetGpuSummaryRequest) String() string {
 func (*GetGpuSummaryRequest) ProtoMessage() {}
 
 func (x *GetGpuSummaryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[26]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1773,7 +1873,7 @@ func (x *GetGpuSummaryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGpuSummaryRequest.ProtoReflect.Descriptor instead.
 func (*GetGpuSummaryRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{26}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{27}
 }
 
 type GpuSummaryRow struct {
@@ -1791,7 +1891,7 @@ type GpuSummaryRow struct {
 
 func (x *GpuSummaryRow) Reset() {
 	*x = GpuSummaryRow{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[27]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1803,7 +1903,7 @@ func (x *GpuSummaryRow) String() string {
 func (*GpuSummaryRow) ProtoMessage() {}
 
 func (x *GpuSummaryRow) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[27]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1816,7 +1916,7 @@ func (x *GpuSummaryRow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GpuSummaryRow.ProtoReflect.Descriptor instead.
 func (*GpuSummaryRow) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{27}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GpuSummaryRow) GetProduct() string {
@@ -1881,7 +1981,7 @@ type GetGpuSummaryResponse struct {
 
 func (x *GetGpuSummaryResponse) Reset() {
 	*x = GetGpuSummaryResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[28]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1893,7 +1993,7 @@ func (x *GetGpuSummaryResponse) String() string {
 func (*GetGpuSummaryResponse) ProtoMessage() {}
 
 func (x *GetGpuSummaryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[28]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1906,7 +2006,7 @@ func (x *GetGpuSummaryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGpuSummaryResponse.ProtoReflect.Descriptor instead.
 func (*GetGpuSummaryResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{28}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetGpuSummaryResponse) GetProducts() []*GpuSummaryRow {
@@ -1949,7 +2049,7 @@ type ApplySiemConfigRequest struct {
 
 func (x *ApplySiemConfigRequest) Reset() {
 	*x = ApplySiemConfigRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[29]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1961,7 +2061,7 @@ func (x *ApplySiemConfigRequest) String() string {
 func (*ApplySiemConfigRequest) ProtoMessage() {}
 
 func (x *ApplySiemConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[29]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1974,7 +2074,7 @@ func (x *ApplySiemConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplySiemConfigRequest.ProtoReflect.Descriptor instead.
 func (*ApplySiemConfigRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{29}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ApplySiemConfigRequest) GetYaml() []byte {
@@ -2002,7 +2102,7 @@ type ApplySiemConfigResponse struct {
 
 func (x *ApplySiemConfigResponse) Reset() {
 	*x = ApplySiemConfigResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[30]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2014,7 +2114,7 @@ func (x *ApplySiemConfigResponse) String() string {
 func (*ApplySiemConfigResponse) ProtoMessage() {}
 
 func (x *ApplySiemConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[30]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2027,7 +2127,7 @@ func (x *ApplySiemConfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplySiemConfigResponse.ProtoReflect.Descriptor instead.
 func (*ApplySiemConfigResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{30}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ApplySiemConfigResponse) GetVersion() uint64 {
@@ -2053,7 +2153,7 @@ type GetSiemStatusRequest struct {
 
 func (x *GetSiemStatusRequest) Reset() {
 	*x = GetSiemStatusRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[31]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2065,7 +2165,7 @@ func (x *GetSiemStatusRequest) String() string {
 func (*GetSiemStatusRequest) ProtoMessage() {}
 
 func (x *GetSiemStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[31]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2078,7 +2178,7 @@ func (x *GetSiemStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSiemStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetSiemStatusRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{31}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GetSiemStatusRequest) GetNodeId() string {
@@ -2104,7 +2204,7 @@ type NodeSiemStatus struct {
 
 func (x *NodeSiemStatus) Reset() {
 	*x = NodeSiemStatus{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[32]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2116,7 +2216,7 @@ func (x *NodeSiemStatus) String() string {
 func (*NodeSiemStatus) ProtoMessage() {}
 
 func (x *NodeSiemStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[32]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2129,7 +2229,7 @@ func (x *NodeSiemStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeSiemStatus.ProtoReflect.Descriptor instead.
 func (*NodeSiemStatus) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{32}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *NodeSiemStatus) GetNodeId() string {
@@ -2183,7 +2283,7 @@ type GetSiemStatusResponse struct {
 
 func (x *GetSiemStatusResponse) Reset() {
 	*x = GetSiemStatusResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[33]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2195,7 +2295,7 @@ func (x *GetSiemStatusResponse) String() string {
 func (*GetSiemStatusResponse) ProtoMessage() {}
 
 func (x *GetSiemStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[33]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2208,7 +2308,7 @@ func (x *GetSiemStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSiemStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetSiemStatusResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{33}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetSiemStatusResponse) GetNodes() []*NodeSiemStatus {
@@ -2257,7 +2357,7 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x12RevokeTokenRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"E\n" +
 	"\x13RevokeTokenResponse\x12.\n" +
-	"\x05token\x18\x01 \x01(\v2\x18.budfleet.fleet.v1.TokenR\x05token\"\xbe\b\n" +
+	"\x05token\x18\x01 \x01(\v2\x18.budfleet.fleet.v1.TokenR\x05token\"\xd7\b\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x125\n" +
@@ -2280,7 +2380,8 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\n" +
 	"kubernetes\x18\x13 \x01(\v2 .budfleet.kube.v1.KubernetesNodeR\n" +
 	"kubernetes\x12\x1a\n" +
-	"\bproblems\x18\x11 \x03(\tR\bproblems\x1a9\n" +
+	"\bproblems\x18\x11 \x03(\tR\bproblems\x12\x17\n" +
+	"\aboot_id\x18\x12 \x01(\tR\x06bootId\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aC\n" +
@@ -2306,7 +2407,7 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x04node\x18\x01 \x01(\v2\x17.budfleet.fleet.v1.NodeR\x04node\"#\n" +
 	"\x11DeleteNodeRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x14\n" +
-	"\x12DeleteNodeResponse\"\xe4\x04\n" +
+	"\x12DeleteNodeResponse\"\xab\x05\n" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x12\n" +
@@ -2323,13 +2424,22 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"deliveries\x12\x18\n" +
 	"\amessage\x18\n" +
 	" \x01(\tR\amessage\x12>\n" +
-	"\x06output\x18\v \x03(\v2&.budfleet.fleet.v1.Command.OutputEntryR\x06output\x1a9\n" +
+	"\x06output\x18\v \x03(\v2&.budfleet.fleet.v1.Command.OutputEntryR\x06output\x12E\n" +
+	"\voutput_tail\x18\f \x01(\v2$.budfleet.fleet.v1.CommandOutputTailR\n" +
+	"outputTail\x1a9\n" +
 	"\vParamsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
 	"\vOutputEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcb\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc4\x01\n" +
+	"\x11CommandOutputTail\x12\x16\n" +
+	"\x06stdout\x18\x01 \x01(\tR\x06stdout\x12\x16\n" +
+	"\x06stderr\x18\x02 \x01(\tR\x06stderr\x12!\n" +
+	"\fstdout_bytes\x18\x03 \x01(\x04R\vstdoutBytes\x12!\n" +
+	"\fstderr_bytes\x18\x04 \x01(\x04R\vstderrBytes\x129\n" +
+	"\n" +
+	"updated_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"\xcb\x01\n" +
 	"\x14CreateCommandRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12K\n" +
@@ -2447,7 +2557,7 @@ func file_budfleet_fleet_v1_fleet_proto_rawDescGZIP() []byte {
 }
 
 var file_budfleet_fleet_v1_fleet_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_budfleet_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_budfleet_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_budfleet_fleet_v1_fleet_proto_goTypes = []any{
 	(NodeStatus)(0),                 // 0: budfleet.fleet.v1.NodeStatus
 	(CommandState)(0),               // 1: budfleet.fleet.v1.CommandState
@@ -2468,115 +2578,118 @@ var file_budfleet_fleet_v1_fleet_proto_goTypes = []any{
 	(*DeleteNodeRequest)(nil),       // 16: budfleet.fleet.v1.DeleteNodeRequest
 	(*DeleteNodeResponse)(nil),      // 17: budfleet.fleet.v1.DeleteNodeResponse
 	(*Command)(nil),                 // 18: budfleet.fleet.v1.Command
-	(*CreateCommandRequest)(nil),    // 19: budfleet.fleet.v1.CreateCommandRequest
-	(*CreateCommandResponse)(nil),   // 20: budfleet.fleet.v1.CreateCommandResponse
-	(*ListCommandsRequest)(nil),     // 21: budfleet.fleet.v1.ListCommandsRequest
-	(*ListCommandsResponse)(nil),    // 22: budfleet.fleet.v1.ListCommandsResponse
-	(*GetCommandRequest)(nil),       // 23: budfleet.fleet.v1.GetCommandRequest
-	(*GetCommandResponse)(nil),      // 24: budfleet.fleet.v1.GetCommandResponse
-	(*GpuRow)(nil),                  // 25: budfleet.fleet.v1.GpuRow
-	(*ListGpusRequest)(nil),         // 26: budfleet.fleet.v1.ListGpusRequest
-	(*ListGpusResponse)(nil),        // 27: budfleet.fleet.v1.ListGpusResponse
-	(*GetGpuSummaryRequest)(nil),    // 28: budfleet.fleet.v1.GetGpuSummaryRequest
-	(*GpuSummaryRow)(nil),           // 29: budfleet.fleet.v1.GpuSummaryRow
-	(*GetGpuSummaryResponse)(nil),   // 30: budfleet.fleet.v1.GetGpuSummaryResponse
-	(*ApplySiemConfigRequest)(nil),  // 31: budfleet.fleet.v1.ApplySiemConfigRequest
-	(*ApplySiemConfigResponse)(nil), // 32: budfleet.fleet.v1.ApplySiemConfigResponse
-	(*GetSiemStatusRequest)(nil),    // 33: budfleet.fleet.v1.GetSiemStatusRequest
-	(*NodeSiemStatus)(nil),          // 34: budfleet.fleet.v1.NodeSiemStatus
-	(*GetSiemStatusResponse)(nil),   // 35: budfleet.fleet.v1.GetSiemStatusResponse
-	nil,                             // 36: budfleet.fleet.v1.Token.LabelsEntry
-	nil,                             // 37: budfleet.fleet.v1.CreateTokenRequest.LabelsEntry
-	nil,                             // 38: budfleet.fleet.v1.Node.LabelsEntry
-	nil,                             // 39: budfleet.fleet.v1.Node.KubernetesLabelsEntry
-	nil,                             // 40: budfleet.fleet.v1.Command.ParamsEntry
-	nil,                             // 41: budfleet.fleet.v1.Command.OutputEntry
-	nil,                             // 42: budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
-	nil,                             // 43: budfleet.fleet.v1.ApplySiemConfigRequest.SelectorEntry
-	(*timestamppb.Timestamp)(nil),   // 44: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 45: google.protobuf.Duration
-	(*v1.Inventory)(nil),            // 46: budfleet.host.v1.Inventory
-	(*v11.KubernetesNode)(nil),      // 47: budfleet.kube.v1.KubernetesNode
-	(*v12.GpuInventory)(nil),        // 48: budfleet.gpu.v1.GpuInventory
-	(*v12.GpuHealth)(nil),           // 49: budfleet.gpu.v1.GpuHealth
-	(v12.HealthState)(0),            // 50: budfleet.gpu.v1.HealthState
-	(*v13.Status)(nil),              // 51: budfleet.siem.v1.Status
+	(*CommandOutputTail)(nil),       // 19: budfleet.fleet.v1.CommandOutputTail
+	(*CreateCommandRequest)(nil),    // 20: budfleet.fleet.v1.CreateCommandRequest
+	(*CreateCommandResponse)(nil),   // 21: budfleet.fleet.v1.CreateCommandResponse
+	(*ListCommandsRequest)(nil),     // 22: budfleet.fleet.v1.ListCommandsRequest
+	(*ListCommandsResponse)(nil),    // 23: budfleet.fleet.v1.ListCommandsResponse
+	(*GetCommandRequest)(nil),       // 24: budfleet.fleet.v1.GetCommandRequest
+	(*GetCommandResponse)(nil),      // 25: budfleet.fleet.v1.GetCommandResponse
+	(*GpuRow)(nil),                  // 26: budfleet.fleet.v1.GpuRow
+	(*ListGpusRequest)(nil),         // 27: budfleet.fleet.v1.ListGpusRequest
+	(*ListGpusResponse)(nil),        // 28: budfleet.fleet.v1.ListGpusResponse
+	(*GetGpuSummaryRequest)(nil),    // 29: budfleet.fleet.v1.GetGpuSummaryRequest
+	(*GpuSummaryRow)(nil),           // 30: budfleet.fleet.v1.GpuSummaryRow
+	(*GetGpuSummaryResponse)(nil),   // 31: budfleet.fleet.v1.GetGpuSummaryResponse
+	(*ApplySiemConfigRequest)(nil),  // 32: budfleet.fleet.v1.ApplySiemConfigRequest
+	(*ApplySiemConfigResponse)(nil), // 33: budfleet.fleet.v1.ApplySiemConfigResponse
+	(*GetSiemStatusRequest)(nil),    // 34: budfleet.fleet.v1.GetSiemStatusRequest
+	(*NodeSiemStatus)(nil),          // 35: budfleet.fleet.v1.NodeSiemStatus
+	(*GetSiemStatusResponse)(nil),   // 36: budfleet.fleet.v1.GetSiemStatusResponse
+	nil,                             // 37: budfleet.fleet.v1.Token.LabelsEntry
+	nil,                             // 38: budfleet.fleet.v1.CreateTokenRequest.LabelsEntry
+	nil,                             // 39: budfleet.fleet.v1.Node.LabelsEntry
+	nil,                             // 40: budfleet.fleet.v1.Node.KubernetesLabelsEntry
+	nil,                             // 41: budfleet.fleet.v1.Command.ParamsEntry
+	nil,                             // 42: budfleet.fleet.v1.Command.OutputEntry
+	nil,                             // 43: budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
+	nil,                             // 44: budfleet.fleet.v1.ApplySiemConfigRequest.SelectorEntry
+	(*timestamppb.Timestamp)(nil),   // 45: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 46: google.protobuf.Duration
+	(*v1.Inventory)(nil),            // 47: budfleet.host.v1.Inventory
+	(*v11.KubernetesNode)(nil),      // 48: budfleet.kube.v1.KubernetesNode
+	(*v12.GpuInventory)(nil),        // 49: budfleet.gpu.v1.GpuInventory
+	(*v12.GpuHealth)(nil),           // 50: budfleet.gpu.v1.GpuHealth
+	(v12.HealthState)(0),            // 51: budfleet.gpu.v1.HealthState
+	(*v13.Status)(nil),              // 52: budfleet.siem.v1.Status
 }
 var file_budfleet_fleet_v1_fleet_proto_depIdxs = []int32{
-	44, // 0: budfleet.fleet.v1.Token.created_at:type_name -> google.protobuf.Timestamp
-	44, // 1: budfleet.fleet.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
-	36, // 2: budfleet.fleet.v1.Token.labels:type_name -> budfleet.fleet.v1.Token.LabelsEntry
-	44, // 3: budfleet.fleet.v1.Token.revoked_at:type_name -> google.protobuf.Timestamp
-	45, // 4: budfleet.fleet.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
-	37, // 5: budfleet.fleet.v1.CreateTokenRequest.labels:type_name -> budfleet.fleet.v1.CreateTokenRequest.LabelsEntry
+	45, // 0: budfleet.fleet.v1.Token.created_at:type_name -> google.protobuf.Timestamp
+	45, // 1: budfleet.fleet.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	37, // 2: budfleet.fleet.v1.Token.labels:type_name -> budfleet.fleet.v1.Token.LabelsEntry
+	45, // 3: budfleet.fleet.v1.Token.revoked_at:type_name -> google.protobuf.Timestamp
+	46, // 4: budfleet.fleet.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
+	38, // 5: budfleet.fleet.v1.CreateTokenRequest.labels:type_name -> budfleet.fleet.v1.CreateTokenRequest.LabelsEntry
 	2,  // 6: budfleet.fleet.v1.CreateTokenResponse.token:type_name -> budfleet.fleet.v1.Token
 	2,  // 7: budfleet.fleet.v1.ListTokensResponse.tokens:type_name -> budfleet.fleet.v1.Token
 	2,  // 8: budfleet.fleet.v1.RevokeTokenResponse.token:type_name -> budfleet.fleet.v1.Token
 	0,  // 9: budfleet.fleet.v1.Node.status:type_name -> budfleet.fleet.v1.NodeStatus
-	38, // 10: budfleet.fleet.v1.Node.labels:type_name -> budfleet.fleet.v1.Node.LabelsEntry
-	44, // 11: budfleet.fleet.v1.Node.enrolled_at:type_name -> google.protobuf.Timestamp
-	44, // 12: budfleet.fleet.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
-	46, // 13: budfleet.fleet.v1.Node.inventory:type_name -> budfleet.host.v1.Inventory
-	44, // 14: budfleet.fleet.v1.Node.inventory_updated_at:type_name -> google.protobuf.Timestamp
-	44, // 15: budfleet.fleet.v1.Node.certificate_expires_at:type_name -> google.protobuf.Timestamp
+	39, // 10: budfleet.fleet.v1.Node.labels:type_name -> budfleet.fleet.v1.Node.LabelsEntry
+	45, // 11: budfleet.fleet.v1.Node.enrolled_at:type_name -> google.protobuf.Timestamp
+	45, // 12: budfleet.fleet.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
+	47, // 13: budfleet.fleet.v1.Node.inventory:type_name -> budfleet.host.v1.Inventory
+	45, // 14: budfleet.fleet.v1.Node.inventory_updated_at:type_name -> google.protobuf.Timestamp
+	45, // 15: budfleet.fleet.v1.Node.certificate_expires_at:type_name -> google.protobuf.Timestamp
 	10, // 16: budfleet.fleet.v1.Node.gpus:type_name -> budfleet.fleet.v1.NodeGpus
-	39, // 17: budfleet.fleet.v1.Node.kubernetes_labels:type_name -> budfleet.fleet.v1.Node.KubernetesLabelsEntry
+	40, // 17: budfleet.fleet.v1.Node.kubernetes_labels:type_name -> budfleet.fleet.v1.Node.KubernetesLabelsEntry
 	11, // 18: budfleet.fleet.v1.Node.proposed_taints:type_name -> budfleet.fleet.v1.Taint
-	47, // 19: budfleet.fleet.v1.Node.kubernetes:type_name -> budfleet.kube.v1.KubernetesNode
-	48, // 20: budfleet.fleet.v1.NodeGpus.inventory:type_name -> budfleet.gpu.v1.GpuInventory
-	49, // 21: budfleet.fleet.v1.NodeGpus.health:type_name -> budfleet.gpu.v1.GpuHealth
-	44, // 22: budfleet.fleet.v1.NodeGpus.inventory_updated_at:type_name -> google.protobuf.Timestamp
-	44, // 23: budfleet.fleet.v1.NodeGpus.health_updated_at:type_name -> google.protobuf.Timestamp
+	48, // 19: budfleet.fleet.v1.Node.kubernetes:type_name -> budfleet.kube.v1.KubernetesNode
+	49, // 20: budfleet.fleet.v1.NodeGpus.inventory:type_name -> budfleet.gpu.v1.GpuInventory
+	50, // 21: budfleet.fleet.v1.NodeGpus.health:type_name -> budfleet.gpu.v1.GpuHealth
+	45, // 22: budfleet.fleet.v1.NodeGpus.inventory_updated_at:type_name -> google.protobuf.Timestamp
+	45, // 23: budfleet.fleet.v1.NodeGpus.health_updated_at:type_name -> google.protobuf.Timestamp
 	9,  // 24: budfleet.fleet.v1.ListNodesResponse.nodes:type_name -> budfleet.fleet.v1.Node
 	9,  // 25: budfleet.fleet.v1.GetNodeResponse.node:type_name -> budfleet.fleet.v1.Node
-	40, // 26: budfleet.fleet.v1.Command.params:type_name -> budfleet.fleet.v1.Command.ParamsEntry
+	41, // 26: budfleet.fleet.v1.Command.params:type_name -> budfleet.fleet.v1.Command.ParamsEntry
 	1,  // 27: budfleet.fleet.v1.Command.state:type_name -> budfleet.fleet.v1.CommandState
-	44, // 28: budfleet.fleet.v1.Command.created_at:type_name -> google.protobuf.Timestamp
-	44, // 29: budfleet.fleet.v1.Command.delivered_at:type_name -> google.protobuf.Timestamp
-	44, // 30: budfleet.fleet.v1.Command.finished_at:type_name -> google.protobuf.Timestamp
-	41, // 31: budfleet.fleet.v1.Command.output:type_name -> budfleet.fleet.v1.Command.OutputEntry
-	42, // 32: budfleet.fleet.v1.CreateCommandRequest.params:type_name -> budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
-	18, // 33: budfleet.fleet.v1.CreateCommandResponse.command:type_name -> budfleet.fleet.v1.Command
-	18, // 34: budfleet.fleet.v1.ListCommandsResponse.commands:type_name -> budfleet.fleet.v1.Command
-	18, // 35: budfleet.fleet.v1.GetCommandResponse.command:type_name -> budfleet.fleet.v1.Command
-	50, // 36: budfleet.fleet.v1.GpuRow.health:type_name -> budfleet.gpu.v1.HealthState
-	25, // 37: budfleet.fleet.v1.ListGpusResponse.gpus:type_name -> budfleet.fleet.v1.GpuRow
-	29, // 38: budfleet.fleet.v1.GetGpuSummaryResponse.products:type_name -> budfleet.fleet.v1.GpuSummaryRow
-	43, // 39: budfleet.fleet.v1.ApplySiemConfigRequest.selector:type_name -> budfleet.fleet.v1.ApplySiemConfigRequest.SelectorEntry
-	51, // 40: budfleet.fleet.v1.NodeSiemStatus.status:type_name -> budfleet.siem.v1.Status
-	44, // 41: budfleet.fleet.v1.NodeSiemStatus.reported_at:type_name -> google.protobuf.Timestamp
-	34, // 42: budfleet.fleet.v1.GetSiemStatusResponse.nodes:type_name -> budfleet.fleet.v1.NodeSiemStatus
-	3,  // 43: budfleet.fleet.v1.FleetService.CreateToken:input_type -> budfleet.fleet.v1.CreateTokenRequest
-	5,  // 44: budfleet.fleet.v1.FleetService.ListTokens:input_type -> budfleet.fleet.v1.ListTokensRequest
-	7,  // 45: budfleet.fleet.v1.FleetService.RevokeToken:input_type -> budfleet.fleet.v1.RevokeTokenRequest
-	12, // 46: budfleet.fleet.v1.FleetService.ListNodes:input_type -> budfleet.fleet.v1.ListNodesRequest
-	14, // 47: budfleet.fleet.v1.FleetService.GetNode:input_type -> budfleet.fleet.v1.GetNodeRequest
-	16, // 48: budfleet.fleet.v1.FleetService.DeleteNode:input_type -> budfleet.fleet.v1.DeleteNodeRequest
-	19, // 49: budfleet.fleet.v1.FleetService.CreateCommand:input_type -> budfleet.fleet.v1.CreateCommandRequest
-	21, // 50: budfleet.fleet.v1.FleetService.ListCommands:input_type -> budfleet.fleet.v1.ListCommandsRequest
-	23, // 51: budfleet.fleet.v1.FleetService.GetCommand:input_type -> budfleet.fleet.v1.GetCommandRequest
-	26, // 52: budfleet.fleet.v1.FleetService.ListGpus:input_type -> budfleet.fleet.v1.ListGpusRequest
-	28, // 53: budfleet.fleet.v1.FleetService.GetGpuSummary:input_type -> budfleet.fleet.v1.GetGpuSummaryRequest
-	31, // 54: budfleet.fleet.v1.FleetService.ApplySiemConfig:input_type -> budfleet.fleet.v1.ApplySiemConfigRequest
-	33, // 55: budfleet.fleet.v1.FleetService.GetSiemStatus:input_type -> budfleet.fleet.v1.GetSiemStatusRequest
-	4,  // 56: budfleet.fleet.v1.FleetService.CreateToken:output_type -> budfleet.fleet.v1.CreateTokenResponse
-	6,  // 57: budfleet.fleet.v1.FleetService.ListTokens:output_type -> budfleet.fleet.v1.ListTokensResponse
-	8,  // 58: budfleet.fleet.v1.FleetService.RevokeToken:output_type -> budfleet.fleet.v1.RevokeTokenResponse
-	13, // 59: budfleet.fleet.v1.FleetService.ListNodes:output_type -> budfleet.fleet.v1.ListNodesResponse
-	15, // 60: budfleet.fleet.v1.FleetService.GetNode:output_type -> budfleet.fleet.v1.GetNodeResponse
-	17, // 61: budfleet.fleet.v1.FleetService.DeleteNode:output_type -> budfleet.fleet.v1.DeleteNodeResponse
-	20, // 62: budfleet.fleet.v1.FleetService.CreateCommand:output_type -> budfleet.fleet.v1.CreateCommandResponse
-	22, // 63: budfleet.fleet.v1.FleetService.ListCommands:output_type -> budfleet.fleet.v1.ListCommandsResponse
-	24, // 64: budfleet.fleet.v1.FleetService.GetCommand:output_type -> budfleet.fleet.v1.GetCommandResponse
-	27, // 65: budfleet.fleet.v1.FleetService.ListGpus:output_type -> budfleet.fleet.v1.ListGpusResponse
-	30, // 66: budfleet.fleet.v1.FleetService.GetGpuSummary:output_type -> budfleet.fleet.v1.GetGpuSummaryResponse
-	32, // 67: budfleet.fleet.v1.FleetService.ApplySiemConfig:output_type -> budfleet.fleet.v1.ApplySiemConfigResponse
-	35, // 68: budfleet.fleet.v1.FleetService.GetSiemStatus:output_type -> budfleet.fleet.v1.GetSiemStatusResponse
-	56, // [56:69] is the sub-list for method output_type
-	43, // [43:56] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	45, // 28: budfleet.fleet.v1.Command.created_at:type_name -> google.protobuf.Timestamp
+	45, // 29: budfleet.fleet.v1.Command.delivered_at:type_name -> google.protobuf.Timestamp
+	45, // 30: budfleet.fleet.v1.Command.finished_at:type_name -> google.protobuf.Timestamp
+	42, // 31: budfleet.fleet.v1.Command.output:type_name -> budfleet.fleet.v1.Command.OutputEntry
+	19, // 32: budfleet.fleet.v1.Command.output_tail:type_name -> budfleet.fleet.v1.CommandOutputTail
+	45, // 33: budfleet.fleet.v1.CommandOutputTail.updated_at:type_name -> google.protobuf.Timestamp
+	43, // 34: budfleet.fleet.v1.CreateCommandRequest.params:type_name -> budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
+	18, // 35: budfleet.fleet.v1.CreateCommandResponse.command:type_name -> budfleet.fleet.v1.Command
+	18, // 36: budfleet.fleet.v1.ListCommandsResponse.commands:type_name -> budfleet.fleet.v1.Command
+	18, // 37: budfleet.fleet.v1.GetCommandResponse.command:type_name -> budfleet.fleet.v1.Command
+	51, // 38: budfleet.fleet.v1.GpuRow.health:type_name -> budfleet.gpu.v1.HealthState
+	26, // 39: budfleet.fleet.v1.ListGpusResponse.gpus:type_name -> budfleet.fleet.v1.GpuRow
+	30, // 40: budfleet.fleet.v1.GetGpuSummaryResponse.products:type_name -> budfleet.fleet.v1.GpuSummaryRow
+	44, // 41: budfleet.fleet.v1.ApplySiemConfigRequest.selector:type_name -> budfleet.fleet.v1.ApplySiemConfigRequest.SelectorEntry
+	52, // 42: budfleet.fleet.v1.NodeSiemStatus.status:type_name -> budfleet.siem.v1.Status
+	45, // 43: budfleet.fleet.v1.NodeSiemStatus.reported_at:type_name -> google.protobuf.Timestamp
+	35, // 44: budfleet.fleet.v1.GetSiemStatusResponse.nodes:type_name -> budfleet.fleet.v1.NodeSiemStatus
+	3,  // 45: budfleet.fleet.v1.FleetService.CreateToken:input_type -> budfleet.fleet.v1.CreateTokenRequest
+	5,  // 46: budfleet.fleet.v1.FleetService.ListTokens:input_type -> budfleet.fleet.v1.ListTokensRequest
+	7,  // 47: budfleet.fleet.v1.FleetService.RevokeToken:input_type -> budfleet.fleet.v1.RevokeTokenRequest
+	12, // 48: budfleet.fleet.v1.FleetService.ListNodes:input_type -> budfleet.fleet.v1.ListNodesRequest
+	14, // 49: budfleet.fleet.v1.FleetService.GetNode:input_type -> budfleet.fleet.v1.GetNodeRequest
+	16, // 50: budfleet.fleet.v1.FleetService.DeleteNode:input_type -> budfleet.fleet.v1.DeleteNodeRequest
+	20, // 51: budfleet.fleet.v1.FleetService.CreateCommand:input_type -> budfleet.fleet.v1.CreateCommandRequest
+	22, // 52: budfleet.fleet.v1.FleetService.ListCommands:input_type -> budfleet.fleet.v1.ListCommandsRequest
+	24, // 53: budfleet.fleet.v1.FleetService.GetCommand:input_type -> budfleet.fleet.v1.GetCommandRequest
+	27, // 54: budfleet.fleet.v1.FleetService.ListGpus:input_type -> budfleet.fleet.v1.ListGpusRequest
+	29, // 55: budfleet.fleet.v1.FleetService.GetGpuSummary:input_type -> budfleet.fleet.v1.GetGpuSummaryRequest
+	32, // 56: budfleet.fleet.v1.FleetService.ApplySiemConfig:input_type -> budfleet.fleet.v1.ApplySiemConfigRequest
+	34, // 57: budfleet.fleet.v1.FleetService.GetSiemStatus:input_type -> budfleet.fleet.v1.GetSiemStatusRequest
+	4,  // 58: budfleet.fleet.v1.FleetService.CreateToken:output_type -> budfleet.fleet.v1.CreateTokenResponse
+	6,  // 59: budfleet.fleet.v1.FleetService.ListTokens:output_type -> budfleet.fleet.v1.ListTokensResponse
+	8,  // 60: budfleet.fleet.v1.FleetService.RevokeToken:output_type -> budfleet.fleet.v1.RevokeTokenResponse
+	13, // 61: budfleet.fleet.v1.FleetService.ListNodes:output_type -> budfleet.fleet.v1.ListNodesResponse
+	15, // 62: budfleet.fleet.v1.FleetService.GetNode:output_type -> budfleet.fleet.v1.GetNodeResponse
+	17, // 63: budfleet.fleet.v1.FleetService.DeleteNode:output_type -> budfleet.fleet.v1.DeleteNodeResponse
+	21, // 64: budfleet.fleet.v1.FleetService.CreateCommand:output_type -> budfleet.fleet.v1.CreateCommandResponse
+	23, // 65: budfleet.fleet.v1.FleetService.ListCommands:output_type -> budfleet.fleet.v1.ListCommandsResponse
+	25, // 66: budfleet.fleet.v1.FleetService.GetCommand:output_type -> budfleet.fleet.v1.GetCommandResponse
+	28, // 67: budfleet.fleet.v1.FleetService.ListGpus:output_type -> budfleet.fleet.v1.ListGpusResponse
+	31, // 68: budfleet.fleet.v1.FleetService.GetGpuSummary:output_type -> budfleet.fleet.v1.GetGpuSummaryResponse
+	33, // 69: budfleet.fleet.v1.FleetService.ApplySiemConfig:output_type -> budfleet.fleet.v1.ApplySiemConfigResponse
+	36, // 70: budfleet.fleet.v1.FleetService.GetSiemStatus:output_type -> budfleet.fleet.v1.GetSiemStatusResponse
+	58, // [58:71] is the sub-list for method output_type
+	45, // [45:58] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_budfleet_fleet_v1_fleet_proto_init() }
@@ -2584,14 +2697,14 @@ func file_budfleet_fleet_v1_fleet_proto_init() {
 	if File_budfleet_fleet_v1_fleet_proto != nil {
 		return
 	}
-	file_budfleet_fleet_v1_fleet_proto_msgTypes[23].OneofWrappers = []any{}
+	file_budfleet_fleet_v1_fleet_proto_msgTypes[24].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_budfleet_fleet_v1_fleet_proto_rawDesc), len(file_budfleet_fleet_v1_fleet_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   42,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

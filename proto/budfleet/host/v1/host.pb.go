@@ -25,17 +25,20 @@ const (
 )
 
 type Inventory struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Hostname      string                 `protobuf:"bytes,1,opt,name=hostname,proto3" json:"hostname,omitempty"`
-	MachineId     string                 `protobuf:"bytes,2,opt,name=machine_id,json=machineId,proto3" json:"machine_id,omitempty"`
-	Os            string                 `protobuf:"bytes,3,opt,name=os,proto3" json:"os,omitempty"`
-	Kernel        string                 `protobuf:"bytes,4,opt,name=kernel,proto3" json:"kernel,omitempty"`
-	CpuModel      string                 `protobuf:"bytes,5,opt,name=cpu_model,json=cpuModel,proto3" json:"cpu_model,omitempty"`
-	CpuCores      uint32                 `protobuf:"varint,6,opt,name=cpu_cores,json=cpuCores,proto3" json:"cpu_cores,omitempty"`
-	MemoryBytes   uint64                 `protobuf:"varint,7,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
-	IpAddresses   []string               `protobuf:"bytes,8,rep,name=ip_addresses,json=ipAddresses,proto3" json:"ip_addresses,omitempty"`
-	AgentVersion  string                 `protobuf:"bytes,9,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
-	Architecture  string                 `protobuf:"bytes,10,opt,name=architecture,proto3" json:"architecture,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Hostname     string                 `protobuf:"bytes,1,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	MachineId    string                 `protobuf:"bytes,2,opt,name=machine_id,json=machineId,proto3" json:"machine_id,omitempty"`
+	Os           string                 `protobuf:"bytes,3,opt,name=os,proto3" json:"os,omitempty"`
+	Kernel       string                 `protobuf:"bytes,4,opt,name=kernel,proto3" json:"kernel,omitempty"`
+	CpuModel     string                 `protobuf:"bytes,5,opt,name=cpu_model,json=cpuModel,proto3" json:"cpu_model,omitempty"`
+	CpuCores     uint32                 `protobuf:"varint,6,opt,name=cpu_cores,json=cpuCores,proto3" json:"cpu_cores,omitempty"`
+	MemoryBytes  uint64                 `protobuf:"varint,7,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	IpAddresses  []string               `protobuf:"bytes,8,rep,name=ip_addresses,json=ipAddresses,proto3" json:"ip_addresses,omitempty"`
+	AgentVersion string                 `protobuf:"bytes,9,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	Architecture string                 `protobuf:"bytes,10,opt,name=architecture,proto3" json:"architecture,omitempty"`
+	// The kernel's boot id (/proc/sys/kernel/random/boot_id): it changes on
+	// every boot, so a new one means the node rebooted.
+	BootId        string `protobuf:"bytes,11,opt,name=boot_id,json=bootId,proto3" json:"boot_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -140,11 +143,18 @@ func (x *Inventory) GetArchitecture() string {
 	return ""
 }
 
+func (x *Inventory) GetBootId() string {
+	if x != nil {
+		return x.BootId
+	}
+	return ""
+}
+
 var File_budfleet_host_v1_host_proto protoreflect.FileDescriptor
 
 const file_budfleet_host_v1_host_proto_rawDesc = "" +
 	"\n" +
-	"\x1bbudfleet/host/v1/host.proto\x12\x10budfleet.host.v1\"\xb7\x02\n" +
+	"\x1bbudfleet/host/v1/host.proto\x12\x10budfleet.host.v1\"\xd0\x02\n" +
 	"\tInventory\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x1d\n" +
 	"\n" +
@@ -157,7 +167,8 @@ const file_budfleet_host_v1_host_proto_rawDesc = "" +
 	"\fip_addresses\x18\b \x03(\tR\vipAddresses\x12#\n" +
 	"\ragent_version\x18\t \x01(\tR\fagentVersion\x12\"\n" +
 	"\farchitecture\x18\n" +
-	" \x01(\tR\farchitectureBAZ?github.com/bud-ecosystem/budfleet/proto/budfleet/host/v1;hostv1b\x06proto3"
+	" \x01(\tR\farchitecture\x12\x17\n" +
+	"\aboot_id\x18\v \x01(\tR\x06bootIdBAZ?github.com/bud-ecosystem/budfleet/proto/budfleet/host/v1;hostv1b\x06proto3"
 
 var (
 	file_budfleet_host_v1_host_proto_rawDescOnce sync.Once
