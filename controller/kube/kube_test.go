@@ -402,6 +402,18 @@ func TestDrainReportReading(t *testing.T) {
 	if ok.Result != DrainSucceeded || ok.Message != "drained Node gpu-1 in cluster dc1: evicted 1 pod" || len(ok.Blocked) != 0 {
 		t.Errorf("report %+v", ok)
 	}
+	// A drain its caller stopped (the campaign runner cancels a drain
+	// when it uncordons).
+	stopped := DrainReport{Target: rep.Target}
+	done, cancel := context.WithCancel(t.Context())
+	cancel()
+	rec = &recorder{pods: map[PodRef]*podRecord{}}
+	rec.started(pod("db-0"), true)
+	rec.evicted("ns", "db-0", pdbRefusal("db-pdb"))
+	m.fillReport(done, &stopped, rec, nil, errors.New("global timeout reached"), time.Minute)
+	if stopped.Result != DrainFailed || !strings.Contains(stopped.Message, "stopped (context canceled) with 1 pod left: ns/db-0 (PodDisruptionBudget db-pdb") {
+		t.Errorf("report %+v", stopped)
+	}
 	// A drain kubectl's filters stopped.
 	f := DrainReport{Target: rep.Target}
 	m.fillReport(context.Background(), &f, &recorder{pods: map[PodRef]*podRecord{}}, nil, agg, time.Minute)
