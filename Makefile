@@ -23,6 +23,15 @@ endif
 export BUD_K8S_DIR
 # go-nvml wraps functions NVML marks deprecated; the warnings are noise.
 export CGO_CFLAGS := -O2 -g -Wno-deprecated-declarations
+# kubectl's drain helper (controller/kube) pulls in kustomize, whose Go-plugin
+# loader links the standard library's plugin package. In a cgo binary that
+# makes the linker bind every symbol at start-up (-z now), which go-nvml's
+# symbols (resolved from the dlopen'd driver library) do not survive: the
+# binaries of test/inprocess and test/bench, which link the agent and the
+# controller, die with "symbol lookup error: undefined symbol: nvml...".
+# This tag drops the loader (budfleet loads no kustomize plugins). By hand:
+# go test -tags kustomize_disable_go_plugin_support ./test/inprocess
+export GOFLAGS := $(strip $(shell $(GO) env GOFLAGS) -tags=kustomize_disable_go_plugin_support)
 export GRPCURL
 
 .PHONY: all build run test lint fmt-check vet imports-check buf-lint buf-breaking proto proto-check proto-baseline gpu-check \

@@ -2,9 +2,9 @@ package controller
 
 import (
 	"context"
-	"errors"
 	"time"
 
+	"github.com/bud-ecosystem/budfleet/controller/kube"
 	"github.com/bud-ecosystem/budfleet/controller/maintenance/runner"
 	"github.com/bud-ecosystem/budfleet/controller/store"
 )
@@ -15,35 +15,47 @@ import (
 type campaigns struct {
 	srv     *Server
 	store   store.CampaignStore
-	cluster runner.Cluster // nil: no cluster configured
+	cluster runner.Cluster
 	runner  *runner.Runner
 }
 
-// errNoCluster is what a campaign meets on a controller with no Kubernetes
-// cluster: its nodes cannot be observed, so it waits.
-var errNoCluster = errors.New("no Kubernetes cluster is configured on the controller: add one ('budctl clusters add NAME --kubeconfig FILE') so campaigns can cordon and drain")
+// kubeCluster is the runner's Cluster over controller/kube: the cluster a
+// node belongs to (its label budfleet.io/cluster, or the only one), its
+// Node by hostname or the label budfleet.io/k8s-node, and the fleet
+// playbook's drain (DaemonSet pods stay, emptyDir data goes, not forced).
+type kubeCluster struct{ nodes kube.Nodes }
 
-// noCluster stands in for a missing cluster: every call fails.
-type noCluster struct{}
-
-func (noCluster) NodeState(context.Context, store.Node) (runner.NodeState, error) {
-	return runner.NodeState{}, errNoCluster
+func (k kubeCluster) NodeState(ctx context.Context, n store.Node) (runner.NodeState, error) {
+	st, err := k.nodes.NodeState(ctx, kube.FleetNodeOf(n))
+	if err != nil {
+		return runner.NodeState{}, err
+	}
+	return runner.NodeState{Name: st.Node, Exists: st.Exists, Ready: st.Ready, Unschedulable: st.Unschedulable}, nil
 }
-func (noCluster) Cordon(context.Context, store.Node) error   { return errNoCluster }
-func (noCluster) Uncordon(context.Context, store.Node) error { return errNoCluster }
-func (noCluster) Drain(context.Context, store.Node, time.Duration, time.Duration) error {
-	return errNoCluster
+
+func (k kubeCluster) Cordon(ctx context.Context, n store.Node) error {
+	return k.nodes.Cordon(ctx, kube.FleetNodeOf(n))
+}
+
+func (k kubeCluster) Uncordon(ctx context.Context, n store.Node) error {
+	return k.nodes.Uncordon(ctx, kube.FleetNodeOf(n))
+}
+
+func (k kubeCluster) Drain(ctx context.Context, n store.Node, timeout, gracePeriod time.Duration) error {
+	opts := kube.DefaultDrainOptions()
+	opts.Timeout, opts.GracePeriod = min(timeout, kube.MaxDrainTimeout), gracePeriod
+	_, err := k.nodes.Drain(ctx, kube.FleetNodeOf(n), opts)
+	return err
 }
 
 func newCampaigns(s *Server) (*campaigns, error) {
 	c := &campaigns{srv: s, store: s.opts.Store, cluster: s.opts.Cluster}
-	cluster := c.cluster
-	if cluster == nil {
-		cluster = noCluster{}
+	if c.cluster == nil {
+		c.cluster = kubeCluster{s.kube}
 	}
 	ro := runner.Options{
 		Store:    s.opts.Store,
-		Cluster:  cluster,
+		Cluster:  c.cluster,
 		Agents:   campaignAgents{s},
 		Logger:   s.log,
 		Now:      s.opts.Now,

@@ -171,7 +171,9 @@ func (a *FleetAPI) GetNode(ctx context.Context, req *fleetv1.GetNodeRequest) (*f
 	if err != nil {
 		return nil, storeErr(err)
 	}
-	return &fleetv1.GetNodeResponse{Node: a.s.nodeToProto(n)}, nil
+	p := a.s.nodeToProto(n)
+	p.Kubernetes = a.s.kubernetesNode(ctx, n) // clusters.go
+	return &fleetv1.GetNodeResponse{Node: p}, nil
 }
 
 // DeleteNode forgets a node and revokes its certificate: its session ends

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/bud-ecosystem/budfleet/command"
+	"github.com/bud-ecosystem/budfleet/controller/kube"
 	"github.com/bud-ecosystem/budfleet/controller/maintenance"
 	"github.com/bud-ecosystem/budfleet/controller/maintenance/runner"
 	"github.com/bud-ecosystem/budfleet/controller/store"
@@ -94,6 +95,9 @@ func specFromRequest(req *maintv1.StartCampaignRequest) (maintenance.Spec, error
 	}
 	if d := req.GetPerDomain(); d != nil {
 		spec.PerDomain = &maintenance.DomainLimit{Label: strings.TrimSpace(d.GetLabel()), Max: int(min(d.GetMax(), 1<<20))}
+	}
+	if spec.DrainTimeout > kube.MaxDrainTimeout {
+		errs = append(errs, fmt.Sprintf("drain-timeout %s is over the limit of %s", spec.DrainTimeout, kube.MaxDrainTimeout))
 	}
 	if spec.TaskTimeout > command.MaxTaskTimeout {
 		errs = append(errs, fmt.Sprintf("task-timeout %s is over the agent's limit of %s", spec.TaskTimeout, command.MaxTaskTimeout))
@@ -188,9 +192,6 @@ func (a *MaintenanceAPI) StartCampaign(ctx context.Context, req *maintv1.StartCa
 	if len(matched) == 0 {
 		return nil, invalid("%v", noMatch(spec.Selector, nodes))
 	}
-	if m.cluster == nil {
-		return nil, status.Error(codes.FailedPrecondition, errNoCluster.Error())
-	}
 	if err := m.checkFree(ctx, matched); err != nil {
 		return nil, err
 	}
@@ -203,7 +204,10 @@ func (a *MaintenanceAPI) StartCampaign(ctx context.Context, req *maintv1.StartCa
 			if ctx.Err() != nil {
 				return nil, status.FromContextError(ctx.Err()).Err()
 			}
-			return nil, status.Errorf(codes.Unavailable, "node %s (%s): cannot read its Kubernetes Node: %v; check that the cluster's API server is reachable ('budctl clusters list'), then start the campaign again", n.ID, n.Hostname, err)
+			if errors.Is(err, kube.ErrNoCluster) {
+				return nil, status.Errorf(codes.FailedPrecondition, "node %s (%s): %v", n.ID, n.Hostname, err)
+			}
+			return nil, status.Errorf(codes.Unavailable, "node %s (%s): cannot read its Kubernetes Node: %v; check that the cluster's API server is reachable ('budctl clusters get NAME'), then start the campaign again", n.ID, n.Hostname, err)
 		}
 		targets = append(targets, maintenance.Target{NodeID: n.ID, K8sNode: st.Name, Labels: n.Labels})
 	}

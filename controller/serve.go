@@ -27,6 +27,7 @@ import (
 	"github.com/bud-ecosystem/budfleet/pki"
 	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
 	fleetv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1"
+	kubev1 "github.com/bud-ecosystem/budfleet/proto/budfleet/kube/v1"
 	maintv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/maint/v1"
 )
 
@@ -118,6 +119,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	)
 	agentv1.RegisterAgentServiceServer(gs, srv.AgentAPI())
 	fleetv1.RegisterFleetServiceServer(gs, srv.FleetAPI())
+	kubev1.RegisterClusterServiceServer(gs, srv.ClusterAPI())
 	maintv1.RegisterMaintenanceServiceServer(gs, srv.MaintenanceAPI())
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)

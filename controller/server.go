@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bud-ecosystem/budfleet/controller/ca"
+	"github.com/bud-ecosystem/budfleet/controller/kube"
 	"github.com/bud-ecosystem/budfleet/controller/maintenance/runner"
 	"github.com/bud-ecosystem/budfleet/controller/store"
 	"github.com/bud-ecosystem/budfleet/internal/dispatch"
@@ -39,8 +40,11 @@ type Options struct {
 	// FullInventoryInterval is how often agents resend unchanged inventory.
 	FullInventoryInterval time.Duration
 
-	// Cluster is the Kubernetes side of maintenance campaigns; nil when no
-	// cluster is configured (no campaign starts; stored ones wait).
+	// Kube tunes the Kubernetes side (controller/kube: timeouts, the
+	// eviction retry delay); its Store, Logger and Now are the Server's.
+	Kube kube.Options
+	// Cluster is the Kubernetes side of maintenance campaigns; nil means
+	// the registered clusters (controller/kube). Tests put a fake here.
 	Cluster runner.Cluster
 	// MaintenanceInterval is how often the campaign runner steps (default
 	// 1s); events wake it sooner.
@@ -73,6 +77,8 @@ type Server struct {
 	commands *commandDelivery
 	progress *commandProgress
 	siem     *siemPush
+	// kube is the Kubernetes side: clusters and node operations (clusters.go).
+	kube *kube.Manager
 	// campaigns runs maintenance campaigns (campaigns.go, maintapi.go).
 	campaigns *campaigns
 	// started is when the Server was made: agents reconnect after it.
@@ -144,6 +150,11 @@ func New(opts Options) (*Server, error) {
 	}
 	var err error
 	if s.handlers, err = dispatchTable(s.modules); err != nil {
+		return nil, err
+	}
+	ko := opts.Kube
+	ko.Store, ko.Logger, ko.Now = opts.Store, opts.Logger, opts.Now
+	if s.kube, err = kube.New(ko); err != nil {
 		return nil, err
 	}
 	if s.campaigns, err = newCampaigns(s); err != nil {

@@ -431,13 +431,6 @@ func nodeStep(s maintv1.NodeStep) string {
 	return strings.ToLower(strings.TrimPrefix(s.String(), "NODE_STEP_"))
 }
 
-func dash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
-}
-
 func duration(d *durationpb.Duration) string {
 	if d == nil {
 		return "-"

@@ -23,7 +23,7 @@ func statusWord(s fleetv1.NodeStatus) string {
 }
 
 func (a *app) nodesCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "nodes", Short: "Inspect and remove nodes"}
+	cmd := &cobra.Command{Use: "nodes", Short: "Inspect, remove, cordon and drain nodes"}
 
 	var listOut outputFlag
 	list := &cobra.Command{
@@ -102,6 +102,7 @@ func (a *app) nodesCmd() *cobra.Command {
 					row("Agent version", inv.GetAgentVersion())
 				}
 				printNodeGPUs(tw, n)
+				printNodeKubernetes(tw, n.GetKubernetes())
 			})
 		},
 	}
@@ -120,6 +121,7 @@ func (a *app) nodesCmd() *cobra.Command {
 		},
 	}
 	cmd.AddCommand(list, get, del)
+	cmd.AddCommand(a.nodeKubeCmds()...) // cordon, uncordon, drain (clusters.go)
 	return cmd
 }
 

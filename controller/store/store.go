@@ -99,6 +99,7 @@ type Store interface {
 	// labels (see SIEMConfig.Selects); ok is false when none does.
 	SIEMConfigFor(ctx context.Context, labels map[string]string) (c SIEMConfig, ok bool, err error)
 
+	ClusterStore  // Kubernetes clusters and their credentials (clusters.go)
 	CampaignStore // maintenance campaigns (campaign.go)
 
 	// Close releases the backend. No method may be called after it.

@@ -1,7 +1,7 @@
 // Package bolt is the controller's embedded store: a store.Store in one
 // bbolt file, for a single controller.
 //
-// Schema (version 3):
+// Schema (version 4):
 //
 //	meta/
 //	  schema_version         -> uint64 big-endian (internal/boltdb)
@@ -19,7 +19,10 @@
 //	  <command id>           -> <node id> NUL <seq uint64 BE>
 //	siem_configs/            (since version 2)
 //	  <version uint64 BE>    -> JSON store.SIEMConfig, newest last
-//	campaigns/               (since version 3; campaign.go)
+//	clusters/                (since version 3; clusters.go)
+//	  <cluster name>         -> JSON store.Cluster, its kubeconfig (a
+//	                            credential) included
+//	campaigns/               (since version 4; campaign.go)
 //	  <campaign id>          -> JSON store.Campaign (maintenance.Campaign)
 //
 // The file is opened through internal/boltdb: an upgrade first copies it to
@@ -82,7 +85,9 @@ var migrations = []boltdb.Migration{
 		_, err := tx.CreateBucketIfNotExists(bucketSIEMConfigs)
 		return err
 	},
-	// 2 -> 3: maintenance campaigns.
+	// 2 -> 3: Kubernetes clusters (clusters.go).
+	migrateClusters,
+	// 3 -> 4: maintenance campaigns (campaign.go).
 	migrateCampaigns,
 }
 

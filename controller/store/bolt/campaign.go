@@ -13,10 +13,10 @@ import (
 )
 
 // bucketCampaigns holds maintenance campaigns: <campaign id> -> JSON
-// store.Campaign (since schema version 3).
+// store.Campaign (since schema version 4).
 var bucketCampaigns = []byte("campaigns")
 
-// migrateCampaigns is the migration 2 -> 3: the campaigns bucket.
+// migrateCampaigns is the migration 3 -> 4: the campaigns bucket.
 func migrateCampaigns(tx *bbolt.Tx) error {
 	_, err := tx.CreateBucketIfNotExists(bucketCampaigns)
 	return err

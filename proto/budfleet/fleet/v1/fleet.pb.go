@@ -10,9 +10,10 @@
 package fleetv1
 
 import (
-	v11 "github.com/bud-ecosystem/budfleet/proto/budfleet/gpu/v1"
+	v12 "github.com/bud-ecosystem/budfleet/proto/budfleet/gpu/v1"
 	v1 "github.com/bud-ecosystem/budfleet/proto/budfleet/host/v1"
-	v12 "github.com/bud-ecosystem/budfleet/proto/budfleet/siem/v1"
+	v11 "github.com/bud-ecosystem/budfleet/proto/budfleet/kube/v1"
+	v13 "github.com/bud-ecosystem/budfleet/proto/budfleet/siem/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -552,6 +553,9 @@ type Node struct {
 	KubernetesLabels map[string]string `protobuf:"bytes,15,rep,name=kubernetes_labels,json=kubernetesLabels,proto3" json:"kubernetes_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Taints proposed for the node's Kubernetes object.
 	ProposedTaints []*Taint `protobuf:"bytes,16,rep,name=proposed_taints,json=proposedTaints,proto3" json:"proposed_taints,omitempty"`
+	// The node's Kubernetes Node and its state; set by GetNode only, absent
+	// when no cluster is registered.
+	Kubernetes *v11.KubernetesNode `protobuf:"bytes,19,opt,name=kubernetes,proto3" json:"kubernetes,omitempty"`
 	// Conditions an operator should look at, e.g. a GPU that fell off the bus.
 	Problems []string `protobuf:"bytes,17,rep,name=problems,proto3" json:"problems,omitempty"`
 	// The node's boot id as last reported (at connect and in its inventory); a
@@ -703,6 +707,13 @@ func (x *Node) GetProposedTaints() []*Taint {
 	return nil
 }
 
+func (x *Node) GetKubernetes() *v11.KubernetesNode {
+	if x != nil {
+		return x.Kubernetes
+	}
+	return nil
+}
+
 func (x *Node) GetProblems() []string {
 	if x != nil {
 		return x.Problems
@@ -719,8 +730,8 @@ func (x *Node) GetBootId() string {
 
 type NodeGpus struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
-	Inventory          *v11.GpuInventory      `protobuf:"bytes,1,opt,name=inventory,proto3" json:"inventory,omitempty"`
-	Health             []*v11.GpuHealth       `protobuf:"bytes,2,rep,name=health,proto3" json:"health,omitempty"`
+	Inventory          *v12.GpuInventory      `protobuf:"bytes,1,opt,name=inventory,proto3" json:"inventory,omitempty"`
+	Health             []*v12.GpuHealth       `protobuf:"bytes,2,rep,name=health,proto3" json:"health,omitempty"`
 	InventoryUpdatedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=inventory_updated_at,json=inventoryUpdatedAt,proto3" json:"inventory_updated_at,omitempty"`
 	HealthUpdatedAt    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=health_updated_at,json=healthUpdatedAt,proto3" json:"health_updated_at,omitempty"`
 	// The most GPUs this node has ever reported.
@@ -759,14 +770,14 @@ func (*NodeGpus) Descriptor() ([]byte, []int) {
 	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{8}
 }
 
-func (x *NodeGpus) GetInventory() *v11.GpuInventory {
+func (x *NodeGpus) GetInventory() *v12.GpuInventory {
 	if x != nil {
 		return x.Inventory
 	}
 	return nil
 }
 
-func (x *NodeGpus) GetHealth() []*v11.GpuHealth {
+func (x *NodeGpus) GetHealth() []*v12.GpuHealth {
 	if x != nil {
 		return x.Health
 	}
@@ -1607,7 +1618,7 @@ type GpuRow struct {
 	Uuid        string          `protobuf:"bytes,5,opt,name=uuid,proto3" json:"uuid,omitempty"`
 	Product     string          `protobuf:"bytes,6,opt,name=product,proto3" json:"product,omitempty"`
 	MemoryBytes uint64          `protobuf:"varint,7,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
-	Health      v11.HealthState `protobuf:"varint,8,opt,name=health,proto3,enum=budfleet.gpu.v1.HealthState" json:"health,omitempty"`
+	Health      v12.HealthState `protobuf:"varint,8,opt,name=health,proto3,enum=budfleet.gpu.v1.HealthState" json:"health,omitempty"`
 	Reasons     []string        `protobuf:"bytes,9,rep,name=reasons,proto3" json:"reasons,omitempty"`
 	PciBusId    string          `protobuf:"bytes,10,opt,name=pci_bus_id,json=pciBusId,proto3" json:"pci_bus_id,omitempty"`
 	// For a MIG device, e.g. "1g.10gb".
@@ -1695,11 +1706,11 @@ func (x *GpuRow) GetMemoryBytes() uint64 {
 	return 0
 }
 
-func (x *GpuRow) GetHealth() v11.HealthState {
+func (x *GpuRow) GetHealth() v12.HealthState {
 	if x != nil {
 		return x.Health
 	}
-	return v11.HealthState(0)
+	return v12.HealthState(0)
 }
 
 func (x *GpuRow) GetReasons() []string {
@@ -2185,7 +2196,7 @@ type NodeSiemStatus struct {
 	// "no-config" or "unknown" (no status reported since the controller started).
 	State                string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
 	DesiredConfigVersion uint64                 `protobuf:"varint,4,opt,name=desired_config_version,json=desiredConfigVersion,proto3" json:"desired_config_version,omitempty"`
-	Status               *v12.Status            `protobuf:"bytes,5,opt,name=status,proto3" json:"status,omitempty"`
+	Status               *v13.Status            `protobuf:"bytes,5,opt,name=status,proto3" json:"status,omitempty"`
 	ReportedAt           *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=reported_at,json=reportedAt,proto3" json:"reported_at,omitempty"`
 	unknownFields        protoimpl.UnknownFields
 	sizeCache            protoimpl.SizeCache
@@ -2249,7 +2260,7 @@ func (x *NodeSiemStatus) GetDesiredConfigVersion() uint64 {
 	return 0
 }
 
-func (x *NodeSiemStatus) GetStatus() *v12.Status {
+func (x *NodeSiemStatus) GetStatus() *v13.Status {
 	if x != nil {
 		return x.Status
 	}
@@ -2311,7 +2322,7 @@ var File_budfleet_fleet_v1_fleet_proto protoreflect.FileDescriptor
 
 const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\n" +
-	"\x1dbudfleet/fleet/v1/fleet.proto\x12\x11budfleet.fleet.v1\x1a\x19budfleet/gpu/v1/gpu.proto\x1a\x1bbudfleet/host/v1/host.proto\x1a\x1bbudfleet/siem/v1/siem.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xac\x03\n" +
+	"\x1dbudfleet/fleet/v1/fleet.proto\x12\x11budfleet.fleet.v1\x1a\x19budfleet/gpu/v1/gpu.proto\x1a\x1bbudfleet/host/v1/host.proto\x1a\x1bbudfleet/kube/v1/kube.proto\x1a\x1bbudfleet/siem/v1/siem.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xac\x03\n" +
 	"\x05Token\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x129\n" +
 	"\n" +
@@ -2346,7 +2357,7 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x12RevokeTokenRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"E\n" +
 	"\x13RevokeTokenResponse\x12.\n" +
-	"\x05token\x18\x01 \x01(\v2\x18.budfleet.fleet.v1.TokenR\x05token\"\x95\b\n" +
+	"\x05token\x18\x01 \x01(\v2\x18.budfleet.fleet.v1.TokenR\x05token\"\xd7\b\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x125\n" +
@@ -2365,7 +2376,10 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x0eremote_address\x18\r \x01(\tR\rremoteAddress\x12/\n" +
 	"\x04gpus\x18\x0e \x01(\v2\x1b.budfleet.fleet.v1.NodeGpusR\x04gpus\x12Z\n" +
 	"\x11kubernetes_labels\x18\x0f \x03(\v2-.budfleet.fleet.v1.Node.KubernetesLabelsEntryR\x10kubernetesLabels\x12A\n" +
-	"\x0fproposed_taints\x18\x10 \x03(\v2\x18.budfleet.fleet.v1.TaintR\x0eproposedTaints\x12\x1a\n" +
+	"\x0fproposed_taints\x18\x10 \x03(\v2\x18.budfleet.fleet.v1.TaintR\x0eproposedTaints\x12@\n" +
+	"\n" +
+	"kubernetes\x18\x13 \x01(\v2 .budfleet.kube.v1.KubernetesNodeR\n" +
+	"kubernetes\x12\x1a\n" +
 	"\bproblems\x18\x11 \x03(\tR\bproblems\x12\x17\n" +
 	"\aboot_id\x18\x12 \x01(\tR\x06bootId\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
@@ -2593,10 +2607,11 @@ var file_budfleet_fleet_v1_fleet_proto_goTypes = []any{
 	(*timestamppb.Timestamp)(nil),   // 45: google.protobuf.Timestamp
 	(*durationpb.Duration)(nil),     // 46: google.protobuf.Duration
 	(*v1.Inventory)(nil),            // 47: budfleet.host.v1.Inventory
-	(*v11.GpuInventory)(nil),        // 48: budfleet.gpu.v1.GpuInventory
-	(*v11.GpuHealth)(nil),           // 49: budfleet.gpu.v1.GpuHealth
-	(v11.HealthState)(0),            // 50: budfleet.gpu.v1.HealthState
-	(*v12.Status)(nil),              // 51: budfleet.siem.v1.Status
+	(*v11.KubernetesNode)(nil),      // 48: budfleet.kube.v1.KubernetesNode
+	(*v12.GpuInventory)(nil),        // 49: budfleet.gpu.v1.GpuInventory
+	(*v12.GpuHealth)(nil),           // 50: budfleet.gpu.v1.GpuHealth
+	(v12.HealthState)(0),            // 51: budfleet.gpu.v1.HealthState
+	(*v13.Status)(nil),              // 52: budfleet.siem.v1.Status
 }
 var file_budfleet_fleet_v1_fleet_proto_depIdxs = []int32{
 	45, // 0: budfleet.fleet.v1.Token.created_at:type_name -> google.protobuf.Timestamp
@@ -2618,62 +2633,63 @@ var file_budfleet_fleet_v1_fleet_proto_depIdxs = []int32{
 	10, // 16: budfleet.fleet.v1.Node.gpus:type_name -> budfleet.fleet.v1.NodeGpus
 	40, // 17: budfleet.fleet.v1.Node.kubernetes_labels:type_name -> budfleet.fleet.v1.Node.KubernetesLabelsEntry
 	11, // 18: budfleet.fleet.v1.Node.proposed_taints:type_name -> budfleet.fleet.v1.Taint
-	48, // 19: budfleet.fleet.v1.NodeGpus.inventory:type_name -> budfleet.gpu.v1.GpuInventory
-	49, // 20: budfleet.fleet.v1.NodeGpus.health:type_name -> budfleet.gpu.v1.GpuHealth
-	45, // 21: budfleet.fleet.v1.NodeGpus.inventory_updated_at:type_name -> google.protobuf.Timestamp
-	45, // 22: budfleet.fleet.v1.NodeGpus.health_updated_at:type_name -> google.protobuf.Timestamp
-	9,  // 23: budfleet.fleet.v1.ListNodesResponse.nodes:type_name -> budfleet.fleet.v1.Node
-	9,  // 24: budfleet.fleet.v1.GetNodeResponse.node:type_name -> budfleet.fleet.v1.Node
-	41, // 25: budfleet.fleet.v1.Command.params:type_name -> budfleet.fleet.v1.Command.ParamsEntry
-	1,  // 26: budfleet.fleet.v1.Command.state:type_name -> budfleet.fleet.v1.CommandState
-	45, // 27: budfleet.fleet.v1.Command.created_at:type_name -> google.protobuf.Timestamp
-	45, // 28: budfleet.fleet.v1.Command.delivered_at:type_name -> google.protobuf.Timestamp
-	45, // 29: budfleet.fleet.v1.Command.finished_at:type_name -> google.protobuf.Timestamp
-	42, // 30: budfleet.fleet.v1.Command.output:type_name -> budfleet.fleet.v1.Command.OutputEntry
-	19, // 31: budfleet.fleet.v1.Command.output_tail:type_name -> budfleet.fleet.v1.CommandOutputTail
-	45, // 32: budfleet.fleet.v1.CommandOutputTail.updated_at:type_name -> google.protobuf.Timestamp
-	43, // 33: budfleet.fleet.v1.CreateCommandRequest.params:type_name -> budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
-	18, // 34: budfleet.fleet.v1.CreateCommandResponse.command:type_name -> budfleet.fleet.v1.Command
-	18, // 35: budfleet.fleet.v1.ListCommandsResponse.commands:type_name -> budfleet.fleet.v1.Command
-	18, // 36: budfleet.fleet.v1.GetCommandResponse.command:type_name -> budfleet.fleet.v1.Command
-	50, // 37: budfleet.fleet.v1.GpuRow.health:type_name -> budfleet.gpu.v1.HealthState
-	26, // 38: budfleet.fleet.v1.ListGpusResponse.gpus:type_name -> budfleet.fleet.v1.GpuRow
-	30, // 39: budfleet.fleet.v1.GetGpuSummaryResponse.products:type_name -> budfleet.fleet.v1.GpuSummaryRow
-	44, // 40: budfleet.fleet.v1.ApplySiemConfigRequest.selector:type_name -> budfleet.fleet.v1.ApplySiemConfigRequest.SelectorEntry
-	51, // 41: budfleet.fleet.v1.NodeSiemStatus.status:type_name -> budfleet.siem.v1.Status
-	45, // 42: budfleet.fleet.v1.NodeSiemStatus.reported_at:type_name -> google.protobuf.Timestamp
-	35, // 43: budfleet.fleet.v1.GetSiemStatusResponse.nodes:type_name -> budfleet.fleet.v1.NodeSiemStatus
-	3,  // 44: budfleet.fleet.v1.FleetService.CreateToken:input_type -> budfleet.fleet.v1.CreateTokenRequest
-	5,  // 45: budfleet.fleet.v1.FleetService.ListTokens:input_type -> budfleet.fleet.v1.ListTokensRequest
-	7,  // 46: budfleet.fleet.v1.FleetService.RevokeToken:input_type -> budfleet.fleet.v1.RevokeTokenRequest
-	12, // 47: budfleet.fleet.v1.FleetService.ListNodes:input_type -> budfleet.fleet.v1.ListNodesRequest
-	14, // 48: budfleet.fleet.v1.FleetService.GetNode:input_type -> budfleet.fleet.v1.GetNodeRequest
-	16, // 49: budfleet.fleet.v1.FleetService.DeleteNode:input_type -> budfleet.fleet.v1.DeleteNodeRequest
-	20, // 50: budfleet.fleet.v1.FleetService.CreateCommand:input_type -> budfleet.fleet.v1.CreateCommandRequest
-	22, // 51: budfleet.fleet.v1.FleetService.ListCommands:input_type -> budfleet.fleet.v1.ListCommandsRequest
-	24, // 52: budfleet.fleet.v1.FleetService.GetCommand:input_type -> budfleet.fleet.v1.GetCommandRequest
-	27, // 53: budfleet.fleet.v1.FleetService.ListGpus:input_type -> budfleet.fleet.v1.ListGpusRequest
-	29, // 54: budfleet.fleet.v1.FleetService.GetGpuSummary:input_type -> budfleet.fleet.v1.GetGpuSummaryRequest
-	32, // 55: budfleet.fleet.v1.FleetService.ApplySiemConfig:input_type -> budfleet.fleet.v1.ApplySiemConfigRequest
-	34, // 56: budfleet.fleet.v1.FleetService.GetSiemStatus:input_type -> budfleet.fleet.v1.GetSiemStatusRequest
-	4,  // 57: budfleet.fleet.v1.FleetService.CreateToken:output_type -> budfleet.fleet.v1.CreateTokenResponse
-	6,  // 58: budfleet.fleet.v1.FleetService.ListTokens:output_type -> budfleet.fleet.v1.ListTokensResponse
-	8,  // 59: budfleet.fleet.v1.FleetService.RevokeToken:output_type -> budfleet.fleet.v1.RevokeTokenResponse
-	13, // 60: budfleet.fleet.v1.FleetService.ListNodes:output_type -> budfleet.fleet.v1.ListNodesResponse
-	15, // 61: budfleet.fleet.v1.FleetService.GetNode:output_type -> budfleet.fleet.v1.GetNodeResponse
-	17, // 62: budfleet.fleet.v1.FleetService.DeleteNode:output_type -> budfleet.fleet.v1.DeleteNodeResponse
-	21, // 63: budfleet.fleet.v1.FleetService.CreateCommand:output_type -> budfleet.fleet.v1.CreateCommandResponse
-	23, // 64: budfleet.fleet.v1.FleetService.ListCommands:output_type -> budfleet.fleet.v1.ListCommandsResponse
-	25, // 65: budfleet.fleet.v1.FleetService.GetCommand:output_type -> budfleet.fleet.v1.GetCommandResponse
-	28, // 66: budfleet.fleet.v1.FleetService.ListGpus:output_type -> budfleet.fleet.v1.ListGpusResponse
-	31, // 67: budfleet.fleet.v1.FleetService.GetGpuSummary:output_type -> budfleet.fleet.v1.GetGpuSummaryResponse
-	33, // 68: budfleet.fleet.v1.FleetService.ApplySiemConfig:output_type -> budfleet.fleet.v1.ApplySiemConfigResponse
-	36, // 69: budfleet.fleet.v1.FleetService.GetSiemStatus:output_type -> budfleet.fleet.v1.GetSiemStatusResponse
-	57, // [57:70] is the sub-list for method output_type
-	44, // [44:57] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	48, // 19: budfleet.fleet.v1.Node.kubernetes:type_name -> budfleet.kube.v1.KubernetesNode
+	49, // 20: budfleet.fleet.v1.NodeGpus.inventory:type_name -> budfleet.gpu.v1.GpuInventory
+	50, // 21: budfleet.fleet.v1.NodeGpus.health:type_name -> budfleet.gpu.v1.GpuHealth
+	45, // 22: budfleet.fleet.v1.NodeGpus.inventory_updated_at:type_name -> google.protobuf.Timestamp
+	45, // 23: budfleet.fleet.v1.NodeGpus.health_updated_at:type_name -> google.protobuf.Timestamp
+	9,  // 24: budfleet.fleet.v1.ListNodesResponse.nodes:type_name -> budfleet.fleet.v1.Node
+	9,  // 25: budfleet.fleet.v1.GetNodeResponse.node:type_name -> budfleet.fleet.v1.Node
+	41, // 26: budfleet.fleet.v1.Command.params:type_name -> budfleet.fleet.v1.Command.ParamsEntry
+	1,  // 27: budfleet.fleet.v1.Command.state:type_name -> budfleet.fleet.v1.CommandState
+	45, // 28: budfleet.fleet.v1.Command.created_at:type_name -> google.protobuf.Timestamp
+	45, // 29: budfleet.fleet.v1.Command.delivered_at:type_name -> google.protobuf.Timestamp
+	45, // 30: budfleet.fleet.v1.Command.finished_at:type_name -> google.protobuf.Timestamp
+	42, // 31: budfleet.fleet.v1.Command.output:type_name -> budfleet.fleet.v1.Command.OutputEntry
+	19, // 32: budfleet.fleet.v1.Command.output_tail:type_name -> budfleet.fleet.v1.CommandOutputTail
+	45, // 33: budfleet.fleet.v1.CommandOutputTail.updated_at:type_name -> google.protobuf.Timestamp
+	43, // 34: budfleet.fleet.v1.CreateCommandRequest.params:type_name -> budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
+	18, // 35: budfleet.fleet.v1.CreateCommandResponse.command:type_name -> budfleet.fleet.v1.Command
+	18, // 36: budfleet.fleet.v1.ListCommandsResponse.commands:type_name -> budfleet.fleet.v1.Command
+	18, // 37: budfleet.fleet.v1.GetCommandResponse.command:type_name -> budfleet.fleet.v1.Command
+	51, // 38: budfleet.fleet.v1.GpuRow.health:type_name -> budfleet.gpu.v1.HealthState
+	26, // 39: budfleet.fleet.v1.ListGpusResponse.gpus:type_name -> budfleet.fleet.v1.GpuRow
+	30, // 40: budfleet.fleet.v1.GetGpuSummaryResponse.products:type_name -> budfleet.fleet.v1.GpuSummaryRow
+	44, // 41: budfleet.fleet.v1.ApplySiemConfigRequest.selector:type_name -> budfleet.fleet.v1.ApplySiemConfigRequest.SelectorEntry
+	52, // 42: budfleet.fleet.v1.NodeSiemStatus.status:type_name -> budfleet.siem.v1.Status
+	45, // 43: budfleet.fleet.v1.NodeSiemStatus.reported_at:type_name -> google.protobuf.Timestamp
+	35, // 44: budfleet.fleet.v1.GetSiemStatusResponse.nodes:type_name -> budfleet.fleet.v1.NodeSiemStatus
+	3,  // 45: budfleet.fleet.v1.FleetService.CreateToken:input_type -> budfleet.fleet.v1.CreateTokenRequest
+	5,  // 46: budfleet.fleet.v1.FleetService.ListTokens:input_type -> budfleet.fleet.v1.ListTokensRequest
+	7,  // 47: budfleet.fleet.v1.FleetService.RevokeToken:input_type -> budfleet.fleet.v1.RevokeTokenRequest
+	12, // 48: budfleet.fleet.v1.FleetService.ListNodes:input_type -> budfleet.fleet.v1.ListNodesRequest
+	14, // 49: budfleet.fleet.v1.FleetService.GetNode:input_type -> budfleet.fleet.v1.GetNodeRequest
+	16, // 50: budfleet.fleet.v1.FleetService.DeleteNode:input_type -> budfleet.fleet.v1.DeleteNodeRequest
+	20, // 51: budfleet.fleet.v1.FleetService.CreateCommand:input_type -> budfleet.fleet.v1.CreateCommandRequest
+	22, // 52: budfleet.fleet.v1.FleetService.ListCommands:input_type -> budfleet.fleet.v1.ListCommandsRequest
+	24, // 53: budfleet.fleet.v1.FleetService.GetCommand:input_type -> budfleet.fleet.v1.GetCommandRequest
+	27, // 54: budfleet.fleet.v1.FleetService.ListGpus:input_type -> budfleet.fleet.v1.ListGpusRequest
+	29, // 55: budfleet.fleet.v1.FleetService.GetGpuSummary:input_type -> budfleet.fleet.v1.GetGpuSummaryRequest
+	32, // 56: budfleet.fleet.v1.FleetService.ApplySiemConfig:input_type -> budfleet.fleet.v1.ApplySiemConfigRequest
+	34, // 57: budfleet.fleet.v1.FleetService.GetSiemStatus:input_type -> budfleet.fleet.v1.GetSiemStatusRequest
+	4,  // 58: budfleet.fleet.v1.FleetService.CreateToken:output_type -> budfleet.fleet.v1.CreateTokenResponse
+	6,  // 59: budfleet.fleet.v1.FleetService.ListTokens:output_type -> budfleet.fleet.v1.ListTokensResponse
+	8,  // 60: budfleet.fleet.v1.FleetService.RevokeToken:output_type -> budfleet.fleet.v1.RevokeTokenResponse
+	13, // 61: budfleet.fleet.v1.FleetService.ListNodes:output_type -> budfleet.fleet.v1.ListNodesResponse
+	15, // 62: budfleet.fleet.v1.FleetService.GetNode:output_type -> budfleet.fleet.v1.GetNodeResponse
+	17, // 63: budfleet.fleet.v1.FleetService.DeleteNode:output_type -> budfleet.fleet.v1.DeleteNodeResponse
+	21, // 64: budfleet.fleet.v1.FleetService.CreateCommand:output_type -> budfleet.fleet.v1.CreateCommandResponse
+	23, // 65: budfleet.fleet.v1.FleetService.ListCommands:output_type -> budfleet.fleet.v1.ListCommandsResponse
+	25, // 66: budfleet.fleet.v1.FleetService.GetCommand:output_type -> budfleet.fleet.v1.GetCommandResponse
+	28, // 67: budfleet.fleet.v1.FleetService.ListGpus:output_type -> budfleet.fleet.v1.ListGpusResponse
+	31, // 68: budfleet.fleet.v1.FleetService.GetGpuSummary:output_type -> budfleet.fleet.v1.GetGpuSummaryResponse
+	33, // 69: budfleet.fleet.v1.FleetService.ApplySiemConfig:output_type -> budfleet.fleet.v1.ApplySiemConfigResponse
+	36, // 70: budfleet.fleet.v1.FleetService.GetSiemStatus:output_type -> budfleet.fleet.v1.GetSiemStatusResponse
+	58, // [58:71] is the sub-list for method output_type
+	45, // [45:58] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_budfleet_fleet_v1_fleet_proto_init() }
