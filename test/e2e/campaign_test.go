@@ -306,3 +306,90 @@ func TestCampaign(t *testing.T) {
 		t.Errorf("the audit trail names no operator")
 	}
 }
+
+// TestCampaignReboot: a campaign with --reboot over one node whose agent's
+// reboot command stands in for a reboot (a new boot id, the agent stopped;
+// the test starts it again as systemd would). The controller is SIGKILLed
+// while it waits for the node to come back; the new controller sees the new
+// boot id, checks the node and uncordons it. The task and the reboot ran
+// once each.
+func TestCampaignReboot(t *testing.T) {
+	t.Parallel()
+	cp := kubetest.Start(t, kubetest.WithKwok())
+	c := startController(t)
+	dir := t.TempDir()
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if err := os.WriteFile(kubeconfig, cp.Kubeconfig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c.mustBudctl(t, "clusters", "add", "dc1", "--kubeconfig", kubeconfig)
+	const host = "e2e-reboot"
+	cp.AddKwokNode(host, nil)
+	a := joinAgent(t, c, c.createToken(t, "--label", "pool=reboot"), host)
+
+	bootIDFile, reboots, runs := filepath.Join(dir, "boot_id"), filepath.Join(dir, "reboots"), filepath.Join(dir, "runs")
+	const boot1, boot2 = "0c1d2e3f-4a5b-4c6d-8e7f-8091a2b3c4d5", "f5e4d3c2-b1a0-4987-8654-3210fedcba98"
+	if err := os.WriteFile(bootIDFile, []byte(boot1+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rebootScript := filepath.Join(dir, "reboot.sh")
+	if err := os.WriteFile(rebootScript, []byte(fmt.Sprintf("#!/bin/sh\necho reboot >> %s\necho %s > %s\nkill -TERM $PPID\n", reboots, boot2, bootIDFile)), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(a.configPath, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(f, "boot_id_file: %s\nmaintenance:\n  reboot_command: [/bin/sh, %s]\n", bootIDFile, rebootScript)
+	f.Close()
+	a.start(t)
+	a.waitReady(t)
+	task := filepath.Join(dir, "task.sh")
+	if err := os.WriteFile(task, []byte(fmt.Sprintf("echo run >> %s\n", runs)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	id := strings.TrimSpace(c.mustBudctl(t, "maintenance", "start", "--selector", "pool=reboot", "--max-unavailable", "1", "--task", task, "--reboot"))
+	// The reboot takes the agent down; the controller dies during the wait.
+	select {
+	case <-a.proc.done:
+	case <-time.After(time.Minute):
+		t.Fatalf("the agent was not rebooted:\n%v", c.mustBudctl(t, "maintenance", "get", id))
+	}
+	cm, err := c.getCampaign(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := cm.GetNodes()[0]; n.GetStep() != maintv1.NodeStep_NODE_STEP_REBOOT || n.GetBootIdBefore() != boot1 {
+		t.Fatalf("while rebooting: %v", n)
+	}
+	c.kill(t)
+	c.restart(t)
+	a.start(t)
+
+	eventually(t, 2*time.Minute, func() error {
+		if cm, err = c.getCampaign(id); err != nil {
+			return err
+		}
+		if cm.GetState() != maintv1.CampaignState_CAMPAIGN_STATE_COMPLETED {
+			return fmt.Errorf("campaign %s, node %s", cm.GetState(), cm.GetNodes()[0].GetStep())
+		}
+		return nil
+	})
+	n := cm.GetNodes()[0]
+	if n.GetStep() != maintv1.NodeStep_NODE_STEP_DONE || n.GetBootIdBefore() != boot1 || n.GetBootIdAfter() != boot2 {
+		t.Errorf("node at the end: %v", n)
+	}
+	for file, what := range map[string]string{runs: "run", reboots: "reboot"} {
+		if b, _ := os.ReadFile(file); strings.Count(string(b), what) != 1 {
+			t.Errorf("%s %d times, want once", what, strings.Count(string(b), what))
+		}
+	}
+	if kn, err := cp.Client.CoreV1().Nodes().Get(t.Context(), host, metav1.GetOptions{}); err != nil || kn.Spec.Unschedulable {
+		t.Errorf("Node at the end: unschedulable %v, %v", kn.Spec.Unschedulable, err)
+	}
+	audit := readLog(filepath.Join(c.dataDir, "audit.log"))
+	if !strings.Contains(audit, `"action":"maintenance.node.reboot"`) || !strings.Contains(audit, boot2) {
+		t.Errorf("the audit trail lacks the reboot and its new boot id")
+	}
+}
