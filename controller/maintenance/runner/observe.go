@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -25,7 +26,17 @@ func (r *Runner) observe(ctx context.Context, c store.Campaign) (maintenance.Obs
 	obs := maintenance.Observations{Now: r.opts.Now(), AuditedThrough: r.audited[c.ID], Nodes: map[string]maintenance.NodeObservation{}}
 	r.mu.Unlock()
 	nodes := map[string]store.Node{}
+	startable := mayStart(c, obs.Now)
+	steps := map[string]maintenance.NodeProgress{}
+	for _, n := range c.Nodes {
+		steps[n.NodeID] = n
+	}
 	for _, w := range c.Watchlist() {
+		if n := steps[w.NodeID]; n.Step == maintenance.StepQueued && !startable(n) {
+			// It cannot start this step: spare the API server the read.
+			// Left out, it waits; a queued node has no deadline.
+			continue
+		}
 		node, o, ok := r.observeNode(ctx, c.ID, w)
 		nodes[w.NodeID] = node
 		if ok {
@@ -33,6 +44,32 @@ func (r *Runner) observe(ctx context.Context, c store.Campaign) (maintenance.Obs
 		}
 	}
 	return obs, nodes
+}
+
+// mayStart says which queued nodes could start at this step: none unless
+// the campaign runs (or is about to), its window is open and a slot is
+// free; then those whose domain has room. Step decides; this only spares
+// the reads of nodes it could not start anyway.
+func mayStart(c store.Campaign, now time.Time) func(maintenance.NodeProgress) bool {
+	none := func(maintenance.NodeProgress) bool { return false }
+	if (c.State != maintenance.StateRunning && c.State != maintenance.StatePending) || !c.Spec.Window.Open(now) {
+		return none
+	}
+	held, byDomain := 0, map[string]int{}
+	for _, n := range c.Nodes {
+		switch {
+		case n.Step == maintenance.StepQueued, n.Step.Terminal() && !(n.Step == maintenance.StepFailed && n.CordonedByUs):
+			continue
+		}
+		held++
+		byDomain[n.Domain]++
+	}
+	if held >= c.Spec.MaxUnavailable {
+		return none
+	}
+	return func(n maintenance.NodeProgress) bool {
+		return c.Spec.PerDomain == nil || byDomain[n.Domain] < c.Spec.PerDomain.Max
+	}
 }
 
 // removedNode stands for a fleet node deleted during a campaign: its

@@ -452,3 +452,34 @@ func TestNewValidates(t *testing.T) {
 		t.Errorf("New without parts = %v", err)
 	}
 }
+
+// Queued nodes are not read while no slot is free: a 100-node campaign
+// costs the API server the reads of the nodes in progress, not of all.
+func TestQueuedNodesNotReadWithoutASlot(t *testing.T) {
+	w := newWorld(t, 3, 0)
+	w.cluster.Set("gpu-0", func(n *fake.Node) { n.DrainBlocks = true })
+	run := w.start(nil)
+	c := w.create("c1", maintenance.Spec{MaxUnavailable: 1, Task: script, DrainTimeout: time.Minute})
+	run.r.Track(c.ID)
+	w.wait(c.ID, "gpu-0 draining", 10*time.Second, func(c store.Campaign) bool { return node(t, c, "gpu-0").Step == maintenance.StepDrain })
+	before, _ := w.cluster.Get("gpu-1")
+	first, _ := w.cluster.Get("gpu-0")
+	time.Sleep(200 * time.Millisecond) // ~20 ticks
+	after, _ := w.cluster.Get("gpu-1")
+	busy, _ := w.cluster.Get("gpu-0")
+	if after.Reads != before.Reads {
+		t.Errorf("the queued gpu-1 was read %d times while the only slot was taken", after.Reads-before.Reads)
+	}
+	if busy.Reads <= first.Reads {
+		t.Error("the node in progress was not read")
+	}
+	// Once the slot frees, the queued nodes are read and go on.
+	w.cluster.Set("gpu-0", func(n *fake.Node) { n.DrainBlocks = false })
+	run.stop()
+	w.start(nil)
+	c = w.wait(c.ID, "the campaign to complete", 20*time.Second, settled)
+	if c.State != maintenance.StateCompleted {
+		t.Fatalf("state %s:\n%s", c.State, describe(c))
+	}
+	w.finalChecks(c)
+}

@@ -27,8 +27,9 @@ type Node struct {
 	DrainBlocks bool
 	// DrainErr fails every drain with it.
 	DrainErr error
-	// Drains counts the drains begun, Cordons and Uncordons the calls.
-	Drains, Cordons, Uncordons int
+	// Drains counts the drains begun, Cordons and Uncordons the calls,
+	// Reads the NodeState calls.
+	Drains, Cordons, Uncordons, Reads int
 }
 
 // Cluster is a fake runner.Cluster: Nodes by name, mapped from fleet nodes
@@ -171,6 +172,7 @@ func (c *Cluster) NodeState(ctx context.Context, node store.Node) (runner.NodeSt
 	if !ok {
 		return runner.NodeState{Name: name}, nil
 	}
+	n.Reads++
 	return runner.NodeState{Name: name, Exists: true, Ready: n.Ready, Unschedulable: n.Unschedulable}, nil
 }
 
