@@ -278,6 +278,9 @@ action(type="omfile" file=%[9]s)
 		q(s.ReceivedFile), tlsPort, relpPort, q(s.InternalLog), q(opts.RELPTLSLib))
 }
 
+// startTimeout bounds the wait for rsyslogd to listen.
+const startTimeout = 90 * time.Second
+
 func (s *Server) start() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -303,7 +306,10 @@ func (s *Server) start() error {
 	}()
 	s.cmd, s.done = cmd, done
 
-	deadline := time.Now().Add(15 * time.Second)
+	// rsyslogd loads its TLS and RELP modules before it listens; on a
+	// loaded 2-core machine that has taken over 15 s. The wait only runs
+	// out when something is wrong, so it can be generous.
+	deadline := time.Now().Add(startTimeout)
 	for _, addr := range []string{s.TLSAddr, s.RELPAddr} {
 		for {
 			c, err := net.DialTimeout("tcp", addr, time.Second)
@@ -319,7 +325,7 @@ func (s *Server) start() error {
 			}
 			if time.Now().After(deadline) {
 				s.stopLocked()
-				return fmt.Errorf("rsyslogd did not listen on %s within 15s\n%s\n%s", addr, s.tail(s.OutFile), s.tail(s.InternalLog))
+				return fmt.Errorf("rsyslogd did not listen on %s within %s\n%s\n%s", addr, startTimeout, s.tail(s.OutFile), s.tail(s.InternalLog))
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
