@@ -109,12 +109,13 @@ test-units: build
 	BIN_DIR=$(BIN) scripts/verify-units.sh --self-test
 
 ## bench: every figure in the README's performance section.
-bench: build
+bench: build $(GRPCURL) k8s
 	$(GO) test ./test/bench/ -run '^$$' -bench 'Memory|AgentIdle' -benchtime=1x -count=1
 	$(GO) test ./test/bench/ -run '^$$' -bench Enroll -benchtime=200x -count=1
 	$(GO) test ./agent/gpu/ -run '^$$' -bench Sweep -benchmem -count=1
 	$(GO) test ./siem/spool/ -run '^$$' -bench Append -count=1
 	$(GO) test ./test/siembench/ -run '^$$' -bench ForwardVsRsyslog -benchtime=1x -count=1 -timeout 30m
+	$(GO) test ./test/e2e/ -run '^$$' -bench Campaign -benchtime=1x -count=1
 
 clean:
 	rm -rf $(BIN) .run

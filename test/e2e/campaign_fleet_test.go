@@ -37,82 +37,11 @@ func TestCampaignHundredNodes(t *testing.T) {
 	const nodes, racks, maxUnavailable, perRack = 100, 10, 10, 2
 	cp := kubetest.Start(t, kubetest.WithControllerManager(), kubetest.WithKwok())
 	c := startController(t, withServeArgs("--maintenance-interval", "250ms"))
-	dir := t.TempDir()
-	kubeconfig := filepath.Join(dir, "kubeconfig")
-	if err := os.WriteFile(kubeconfig, cp.Kubeconfig, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c.mustBudctl(t, "clusters", "add", "dc1", "--kubeconfig", kubeconfig)
-
-	host := func(i int) string { return fmt.Sprintf("sim-%03d", i) }
-	// Racks are runs of ten in name order, so the first nodes of the
-	// campaign's order share a rack and the per-rack limit binds.
-	rack := func(i int) string { return fmt.Sprintf("r%02d", i/(nodes/racks)) }
-	rackOf := map[string]string{}
-	tokens := map[string]string{}
-	for r := 0; r < nodes; r += nodes / racks {
-		tokens[rack(r)] = c.createToken(t, "--label", "pool=sim", "--label", "rack="+rack(r), "--uses", fmt.Sprint(nodes))
-	}
-	for i := range nodes {
-		cp.AddKwokNode(host(i), nil)
-		rackOf[host(i)] = rack(i)
-	}
+	f := startSimFleet(t, cp, c, nodes, racks)
+	host, rackOf := f.host, f.rackOf
 	nw := watchNodes(t, cp, func(n string) string { return rackOf[n] })
 
-	// The agents: enrolled, then run in this process until the test ends.
-	states := make([]*state.DB, nodes)
-	t.Cleanup(func() {
-		for _, st := range states {
-			if st != nil {
-				st.Close()
-			}
-		}
-	})
-	g, gctx := errgroup.WithContext(t.Context())
-	g.SetLimit(8)
-	for i := range nodes {
-		g.Go(func() error {
-			st, err := state.Open(filepath.Join(dir, "agents", host(i)), 0)
-			if err != nil {
-				return err
-			}
-			states[i] = st
-			_, err = budagent.Enroll(gctx, budagent.EnrollOptions{Controller: c.addr(), Token: tokens[rack(i)], Hostname: host(i), State: st})
-			return err
-		})
-	}
-	if err := g.Wait(); err != nil {
-		t.Fatal(err)
-	}
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	actx, stopAgents := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() { stopAgents(); wg.Wait() })
-	for i, st := range states {
-		a, err := budagent.New(budagent.Options{State: st, Inventory: &inventory.Collector{Hostname: host(i)}, Logger: quiet,
-			BackoffInitial: 100 * time.Millisecond, BackoffMax: time.Second, Hostname: host(i)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		wg.Go(func() { _ = a.Run(actx) })
-	}
-	eventually(t, 2*time.Minute, func() error {
-		ns, err := c.listNodes()
-		if err != nil {
-			return err
-		}
-		ready := 0
-		for _, n := range ns {
-			if n.GetConnected() {
-				ready++
-			}
-		}
-		if ready < nodes {
-			return fmt.Errorf("%d of %d agents connected", ready, nodes)
-		}
-		return nil
-	})
-
+	dir := t.TempDir()
 	runs := filepath.Join(dir, "runs")
 	task := filepath.Join(dir, "task.sh")
 	if err := os.WriteFile(task, []byte(fmt.Sprintf("echo \"$BUD_NODE_NAME\" >> %s\nsleep 0.2\n", runs)), 0o600); err != nil {
@@ -178,4 +107,93 @@ func TestCampaignHundredNodes(t *testing.T) {
 			t.Errorf("the task ran %d times on %s", k, host(i))
 		}
 	}
+}
+
+// simFleet is startSimFleet's fleet.
+type simFleet struct {
+	host   func(i int) string // sim-000, sim-001, ...
+	rackOf map[string]string  // host to rack
+}
+
+// startSimFleet adds c's Kubernetes cluster dc1 (cp) and n kwok Nodes in
+// racks (runs of n/racks in name order, so the first nodes of a campaign's
+// order share a rack), and runs an agent for each in this process (the real
+// agent library, each with its own state and mTLS session to c), labelled
+// pool=sim and rack=rNN, until the test ends; it returns once all are
+// connected.
+func startSimFleet(t testing.TB, cp *kubetest.ControlPlane, c *controller, n, racks int) *simFleet {
+	t.Helper()
+	dir := t.TempDir()
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if err := os.WriteFile(kubeconfig, cp.Kubeconfig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c.mustBudctl(t, "clusters", "add", "dc1", "--kubeconfig", kubeconfig)
+
+	host := func(i int) string { return fmt.Sprintf("sim-%03d", i) }
+	rack := func(i int) string { return fmt.Sprintf("r%02d", i/(n/racks)) }
+	f := &simFleet{host: host, rackOf: map[string]string{}}
+	tokens := map[string]string{}
+	for r := 0; r < n; r += n / racks {
+		tokens[rack(r)] = c.createToken(t, "--label", "pool=sim", "--label", "rack="+rack(r), "--uses", fmt.Sprint(n))
+	}
+	for i := range n {
+		cp.AddKwokNode(host(i), nil)
+		f.rackOf[host(i)] = rack(i)
+	}
+
+	// The agents: enrolled, then run in this process until the test ends.
+	states := make([]*state.DB, n)
+	t.Cleanup(func() {
+		for _, st := range states {
+			if st != nil {
+				st.Close()
+			}
+		}
+	})
+	g, gctx := errgroup.WithContext(t.Context())
+	g.SetLimit(8)
+	for i := range n {
+		g.Go(func() error {
+			st, err := state.Open(filepath.Join(dir, "agents", host(i)), 0)
+			if err != nil {
+				return err
+			}
+			states[i] = st
+			_, err = budagent.Enroll(gctx, budagent.EnrollOptions{Controller: c.addr(), Token: tokens[rack(i)], Hostname: host(i), State: st})
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	actx, stopAgents := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { stopAgents(); wg.Wait() })
+	for i, st := range states {
+		a, err := budagent.New(budagent.Options{State: st, Inventory: &inventory.Collector{Hostname: host(i)}, Logger: quiet,
+			BackoffInitial: 100 * time.Millisecond, BackoffMax: time.Second, Hostname: host(i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() { _ = a.Run(actx) })
+	}
+	eventually(t, 2*time.Minute, func() error {
+		ns, err := c.listNodes()
+		if err != nil {
+			return err
+		}
+		ready := 0
+		for _, n := range ns {
+			if n.GetConnected() {
+				ready++
+			}
+		}
+		if ready < n {
+			return fmt.Errorf("%d of %d agents connected", ready, n)
+		}
+		return nil
+	})
+	return f
 }

@@ -33,7 +33,7 @@ type nodeWatch struct {
 
 // watchNodes starts the watch; rackOf (nil: one rack) names each Node's
 // failure domain for the per-rack maxima.
-func watchNodes(t *testing.T, cp *kubetest.ControlPlane, rackOf func(node string) string) *nodeWatch {
+func watchNodes(t testing.TB, cp *kubetest.ControlPlane, rackOf func(node string) string) *nodeWatch {
 	t.Helper()
 	if rackOf == nil {
 		rackOf = func(string) string { return "" }
@@ -100,8 +100,27 @@ func (w *nodeWatch) cordoned() []string {
 
 // runApp runs a one-pod Deployment named name on node (its pods name the
 // node: there is no scheduler), with an emptyDir volume.
-func runApp(t *testing.T, cp *kubetest.ControlPlane, ns, name, node string) {
+func runApp(t testing.TB, cp *kubetest.ControlPlane, ns, name, node string) {
 	t.Helper()
+	if _, err := cp.Client.AppsV1().Deployments(ns).Create(t.Context(), appDeployment(ns, name, node), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, time.Minute, func() error {
+		pods, err := cp.Client.CoreV1().Pods(ns).List(t.Context(), metav1.ListOptions{LabelSelector: "app=" + name})
+		if err != nil {
+			return err
+		}
+		for _, p := range pods.Items {
+			if p.Status.Phase == corev1.PodRunning {
+				return nil
+			}
+		}
+		return fmt.Errorf("no pod of %s running yet", name)
+	})
+}
+
+// appDeployment is runApp's Deployment: one pod, bound to node by nodeName.
+func appDeployment(ns, name, node string) *appsv1.Deployment {
 	labels := map[string]string{"app": name}
 	one := int32(1)
 	d := &appsv1.Deployment{
@@ -120,21 +139,7 @@ func runApp(t *testing.T, cp *kubetest.ControlPlane, ns, name, node string) {
 			},
 		},
 	}
-	if _, err := cp.Client.AppsV1().Deployments(ns).Create(t.Context(), d, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, time.Minute, func() error {
-		pods, err := cp.Client.CoreV1().Pods(ns).List(t.Context(), metav1.ListOptions{LabelSelector: "app=" + name})
-		if err != nil {
-			return err
-		}
-		for _, p := range pods.Items {
-			if p.Status.Phase == corev1.PodRunning {
-				return nil
-			}
-		}
-		return fmt.Errorf("no pod of %s running yet", name)
-	})
+	return d
 }
 
 func (c *controller) getCampaign(id string) (*maintv1.Campaign, error) {

@@ -183,7 +183,7 @@ func poll(timeout time.Duration, f func() error) error {
 
 // eventually calls f until it returns nil, failing the test with f's last
 // error once timeout has passed.
-func eventually(t *testing.T, timeout time.Duration, f func() error) {
+func eventually(t testing.TB, timeout time.Duration, f func() error) {
 	t.Helper()
 	if err := poll(timeout, f); err != nil {
 		t.Fatalf("not true within %s: %v", timeout, err)
@@ -192,7 +192,7 @@ func eventually(t *testing.T, timeout time.Duration, f func() error) {
 
 // consistently calls f for d and fails the test the first time it returns
 // an error.
-func consistently(t *testing.T, d time.Duration, f func() error) {
+func consistently(t testing.TB, d time.Duration, f func() error) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for {
@@ -218,7 +218,7 @@ var ports struct {
 // from below the kernel's ephemeral range, so that the many outgoing
 // connections of the agents and budctl never take a controller's port while
 // the controller is restarting.
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	ports.Lock()
 	defer ports.Unlock()
@@ -274,7 +274,7 @@ type proc struct {
 // startProc starts bin with its stdout and stderr appended to logPath. The
 // process is killed when owner ends: the test that made the controller or
 // agent, which may outlive the subtest that (re)starts it.
-func startProc(t, owner *testing.T, name, logPath, bin string, args ...string) *proc {
+func startProc(t, owner testing.TB, name, logPath, bin string, args ...string) *proc {
 	t.Helper()
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -314,7 +314,7 @@ func (p *proc) exited() bool {
 
 // signal sends sig and waits for the process to exit; it returns the exit
 // status.
-func (p *proc) signal(t *testing.T, sig syscall.Signal, timeout time.Duration) error {
+func (p *proc) signal(t testing.TB, sig syscall.Signal, timeout time.Duration) error {
 	t.Helper()
 	if p.exited() {
 		t.Fatalf("%s exited before it was sent %s: %v", p.name, sig, p.waitErr)
@@ -334,7 +334,7 @@ func (p *proc) signal(t *testing.T, sig syscall.Signal, timeout time.Duration) e
 }
 
 // stop sends SIGTERM and expects a clean exit.
-func (p *proc) stop(t *testing.T) {
+func (p *proc) stop(t testing.TB) {
 	t.Helper()
 	if err := p.signal(t, syscall.SIGTERM, 20*time.Second); err != nil {
 		t.Errorf("%s exited with %v after SIGTERM; want a clean exit", p.name, err)
@@ -342,7 +342,7 @@ func (p *proc) stop(t *testing.T) {
 }
 
 // kill sends SIGKILL and waits for the process to go.
-func (p *proc) kill(t *testing.T) {
+func (p *proc) kill(t testing.TB) {
 	t.Helper()
 	_ = p.signal(t, syscall.SIGKILL, 10*time.Second)
 }
@@ -365,7 +365,7 @@ func runCmd(timeout time.Duration, bin string, args ...string) (string, string, 
 // dumpLogOnFailure registers a cleanup that prints the tail of a log file
 // when the test failed. Register it before starting the process: cleanups run
 // last-in first-out, so the log is read after the process was killed.
-func dumpLogOnFailure(t *testing.T, name, path string) {
+func dumpLogOnFailure(t testing.TB, name, path string) {
 	t.Cleanup(func() {
 		if !t.Failed() {
 			return
@@ -413,7 +413,7 @@ func withHeartbeat(interval, grace string) controllerOption {
 }
 
 type controller struct {
-	owner       *testing.T
+	owner       testing.TB
 	cfg         controllerConfig
 	dataDir     string
 	adminConfig string
@@ -428,7 +428,7 @@ type controller struct {
 var caHashLine = regexp.MustCompile(`CA hash:\s+sha256:([0-9a-f]{64})`)
 
 // initDataDir runs 'bud-controller init' and returns the CA hash it prints.
-func initDataDir(t *testing.T, dataDir, advertise string) string {
+func initDataDir(t testing.TB, dataDir, advertise string) string {
 	t.Helper()
 	stdout, stderr, err := runCmd(30*time.Second, filepath.Join(binDir, "bud-controller"), "init", "--data-dir", dataDir, "--advertise", advertise)
 	if err != nil {
@@ -443,7 +443,7 @@ func initDataDir(t *testing.T, dataDir, advertise string) string {
 
 // startController inits a data dir and serves it on free ports, waiting until
 // the controller answers health checks.
-func startController(t *testing.T, opts ...controllerOption) *controller {
+func startController(t testing.TB, opts ...controllerOption) *controller {
 	t.Helper()
 	cfg := controllerConfig{heartbeatInterval: "500ms", heartbeatGrace: "2s"}
 	for _, o := range opts {
@@ -484,7 +484,7 @@ func startController(t *testing.T, opts ...controllerOption) *controller {
 func (c *controller) addr() string { return fmt.Sprintf("127.0.0.1:%d", c.port) }
 
 // setServer rewrites the server: line of the admin budctl config.
-func (c *controller) setServer(t *testing.T, addr string) {
+func (c *controller) setServer(t testing.TB, addr string) {
 	t.Helper()
 	b, err := os.ReadFile(c.adminConfig)
 	if err != nil {
@@ -506,7 +506,7 @@ func (c *controller) serveArgs() []string {
 	return append(args, c.cfg.extra...)
 }
 
-func (c *controller) tryStart(t *testing.T) error {
+func (c *controller) tryStart(t testing.TB) error {
 	t.Helper()
 	c.proc = startProc(t, c.owner, "bud-controller", c.logPath, filepath.Join(binDir, "bud-controller"), c.serveArgs()...)
 	deadline := time.Now().Add(20 * time.Second)
@@ -524,7 +524,7 @@ func (c *controller) tryStart(t *testing.T) error {
 }
 
 // restart starts the controller again on the same data dir and port.
-func (c *controller) restart(t *testing.T) {
+func (c *controller) restart(t testing.TB) {
 	t.Helper()
 	if c.proc != nil && !c.proc.exited() {
 		t.Fatal("restart: the controller is still running")
@@ -534,8 +534,8 @@ func (c *controller) restart(t *testing.T) {
 	}
 }
 
-func (c *controller) stop(t *testing.T) { t.Helper(); c.proc.stop(t) }
-func (c *controller) kill(t *testing.T) { t.Helper(); c.proc.kill(t) }
+func (c *controller) stop(t testing.TB) { t.Helper(); c.proc.stop(t) }
+func (c *controller) kill(t testing.TB) { t.Helper(); c.proc.kill(t) }
 
 func tail(s string, n int) string {
 	if len(s) > n {
@@ -553,7 +553,7 @@ func (c *controller) caOnlyTLS() *tls.Config {
 
 // dialNoCert opens a gRPC connection that trusts the CA but has no client
 // certificate: what an agent has before it enrolls.
-func (c *controller) dialNoCert(t *testing.T) *grpc.ClientConn {
+func (c *controller) dialNoCert(t testing.TB) *grpc.ClientConn {
 	t.Helper()
 	conn, err := grpc.NewClient(c.addr(), grpc.WithTransportCredentials(credentials.NewTLS(c.caOnlyTLS())))
 	if err != nil {
@@ -583,7 +583,7 @@ func (c *controller) health() error {
 }
 
 // metrics returns the controller's Prometheus exposition.
-func (c *controller) metrics(t *testing.T) string {
+func (c *controller) metrics(t testing.TB) string {
 	t.Helper()
 	cl := &http.Client{Timeout: 5 * time.Second}
 	resp, err := cl.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", c.metricsPort))
@@ -624,7 +624,7 @@ func runBudctl(config string, args ...string) (string, string, error) {
 }
 
 // mustBudctl runs budctl and fails the test if it fails.
-func (c *controller) mustBudctl(t *testing.T, args ...string) string {
+func (c *controller) mustBudctl(t testing.TB, args ...string) string {
 	t.Helper()
 	stdout, stderr, err := c.budctl(args...)
 	if err != nil {
@@ -651,7 +651,7 @@ func (c *controller) listNodes() ([]*fleetv1.Node, error) {
 	return resp.GetNodes(), err
 }
 
-func (c *controller) mustListNodes(t *testing.T) []*fleetv1.Node {
+func (c *controller) mustListNodes(t testing.TB) []*fleetv1.Node {
 	t.Helper()
 	ns, err := c.listNodes()
 	if err != nil {
@@ -666,7 +666,7 @@ func (c *controller) getNode(id string) (*fleetv1.Node, error) {
 	return resp.GetNode(), err
 }
 
-func (c *controller) mustGetNode(t *testing.T, id string) *fleetv1.Node {
+func (c *controller) mustGetNode(t testing.TB, id string) *fleetv1.Node {
 	t.Helper()
 	n, err := c.getNode(id)
 	if err != nil {
@@ -682,7 +682,7 @@ func (c *controller) listTokens() ([]*fleetv1.Token, error) {
 }
 
 // tokenUses returns the uses of every token by id.
-func (c *controller) tokenUses(t *testing.T) map[string]uint32 {
+func (c *controller) tokenUses(t testing.TB) map[string]uint32 {
 	t.Helper()
 	ts, err := c.listTokens()
 	if err != nil {
@@ -705,7 +705,7 @@ var tokenRe = regexp.MustCompile(`^bud1\.[0-9a-f]{64}\.[0-9a-f]{12}\.[0-9a-f]{32
 
 // createToken runs 'budctl tokens create' and returns the join token, which
 // must be all that is printed on stdout.
-func (c *controller) createToken(t *testing.T, args ...string) string {
+func (c *controller) createToken(t testing.TB, args ...string) string {
 	t.Helper()
 	stdout := c.mustBudctl(t, append([]string{"tokens", "create"}, args...)...)
 	tok := strings.TrimSuffix(stdout, "\n")
@@ -716,7 +716,7 @@ func (c *controller) createToken(t *testing.T, args ...string) string {
 }
 
 // tokenParts splits a join token into CA hash, id and secret.
-func tokenParts(t *testing.T, tok string) (caHash, id, secret string) {
+func tokenParts(t testing.TB, tok string) (caHash, id, secret string) {
 	t.Helper()
 	p := strings.Split(tok, ".")
 	if len(p) != 4 {
@@ -729,7 +729,7 @@ func tokenParts(t *testing.T, tok string) (caHash, id, secret string) {
 // Agents
 
 type agent struct {
-	owner      *testing.T
+	owner      testing.TB
 	c          *controller
 	hostname   string
 	stateDir   string
@@ -740,7 +740,7 @@ type agent struct {
 }
 
 // newAgent prepares a state dir, a log and a config file for one agent.
-func (c *controller) newAgent(t *testing.T, hostname string) *agent {
+func (c *controller) newAgent(t testing.TB, hostname string) *agent {
 	t.Helper()
 	dir := t.TempDir()
 	a := &agent{
@@ -771,7 +771,7 @@ func (a *agent) join(token string) (stdout, stderr string, err error) {
 var enrolledRe = regexp.MustCompile(`(?m)^enrolled as node ([0-9a-f-]{36})$`)
 
 // mustJoin joins and records the node id.
-func (a *agent) mustJoin(t *testing.T, token string) string {
+func (a *agent) mustJoin(t testing.TB, token string) string {
 	t.Helper()
 	stdout, stderr, err := a.join(token)
 	if err != nil {
@@ -786,7 +786,7 @@ func (a *agent) mustJoin(t *testing.T, token string) string {
 }
 
 // joinAgent makes an agent and enrolls it with token.
-func joinAgent(t *testing.T, c *controller, token, hostname string) *agent {
+func joinAgent(t testing.TB, c *controller, token, hostname string) *agent {
 	t.Helper()
 	a := c.newAgent(t, hostname)
 	a.mustJoin(t, token)
@@ -798,7 +798,7 @@ func (a *agent) runArgs(extra ...string) []string {
 }
 
 // start runs 'bud-agent run'.
-func (a *agent) start(t *testing.T, extra ...string) {
+func (a *agent) start(t testing.TB, extra ...string) {
 	t.Helper()
 	if a.proc != nil && !a.proc.exited() {
 		t.Fatalf("agent %s is already running", a.hostname)
@@ -806,8 +806,8 @@ func (a *agent) start(t *testing.T, extra ...string) {
 	a.proc = startProc(t, a.owner, "bud-agent "+a.hostname, a.logPath, filepath.Join(binDir, "bud-agent"), a.runArgs(extra...)...)
 }
 
-func (a *agent) stop(t *testing.T) { t.Helper(); a.proc.stop(t) }
-func (a *agent) kill(t *testing.T) { t.Helper(); a.proc.kill(t) }
+func (a *agent) stop(t testing.TB) { t.Helper(); a.proc.stop(t) }
+func (a *agent) kill(t testing.TB) { t.Helper(); a.proc.kill(t) }
 
 func (a *agent) log() string { return readLog(a.logPath) }
 
@@ -827,7 +827,7 @@ func (a *agent) readyErr() error {
 }
 
 // waitReady waits until the agent's node is Ready and connected.
-func (a *agent) waitReady(t *testing.T) {
+func (a *agent) waitReady(t testing.TB) {
 	t.Helper()
 	if err := poll(20*time.Second, a.readyErr); err != nil {
 		a.fatalNotReady(t, "within 20s", err)
@@ -837,7 +837,7 @@ func (a *agent) waitReady(t *testing.T) {
 // fatalNotReady fails the test for an agent that did not get Ready. If the
 // agent is still running, it is made to dump its goroutines (SIGQUIT) into
 // its log first, to name a known hang.
-func (a *agent) fatalNotReady(t *testing.T, when string, err error) {
+func (a *agent) fatalNotReady(t testing.TB, when string, err error) {
 	t.Helper()
 	if a.proc == nil || a.proc.exited() {
 		t.Fatalf("agent %s not Ready %s: %v", a.hostname, when, err)
@@ -856,7 +856,7 @@ func (a *agent) fatalNotReady(t *testing.T, when string, err error) {
 }
 
 // waitDisconnected waits until the controller has seen the session end.
-func (a *agent) waitDisconnected(t *testing.T) {
+func (a *agent) waitDisconnected(t testing.TB) {
 	t.Helper()
 	eventually(t, 10*time.Second, func() error {
 		n, err := a.c.getNode(a.nodeID)
@@ -875,7 +875,7 @@ func (a *agent) waitDisconnected(t *testing.T) {
 
 // writePEMFiles writes the CA, certificate and key of a budctl config to
 // files for grpcurl.
-func writePEMFiles(t *testing.T, dir, ca, cert, key string) (caPath, certPath, keyPath string) {
+func writePEMFiles(t testing.TB, dir, ca, cert, key string) (caPath, certPath, keyPath string) {
 	t.Helper()
 	caPath, certPath, keyPath = filepath.Join(dir, "ca.pem"), filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	for p, s := range map[string]string{caPath: ca, certPath: cert, keyPath: key} {
