@@ -99,10 +99,15 @@ $(GRPCURL):
 k8s:
 	@scripts/ensure-k8s.sh >/dev/null
 
-test-unit: k8s
+## kubelet-deps: Debian containerd, runc, CNI plugins and busybox-static for the real-kubelet tests (quiet when present).
+.PHONY: kubelet-deps
+kubelet-deps:
+	@scripts/ensure-kubelet-deps.sh
+
+test-unit: k8s kubelet-deps
 	$(GO) test -race -count=1 $(UNIT_PKGS)
 
-test-e2e: build $(GRPCURL) k8s
+test-e2e: build $(GRPCURL) k8s kubelet-deps
 	$(GO) test -count=1 ./test/...
 
 test-units: build

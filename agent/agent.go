@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/bud-ecosystem/budfleet/agent/inventory"
+	"github.com/bud-ecosystem/budfleet/agent/kubelet"
 	"github.com/bud-ecosystem/budfleet/agent/maintenance"
 	"github.com/bud-ecosystem/budfleet/agent/session"
 	"github.com/bud-ecosystem/budfleet/agent/state"
@@ -57,6 +58,10 @@ type Options struct {
 	// session and running the reboot command, for the result to leave the
 	// node; 0 is a second.
 	RebootDelay time.Duration
+	// Kubelet joins the node to Kubernetes clusters (kubelet.join); nil
+	// makes one with its defaults (root /, no artifact source: the node's
+	// own binaries).
+	Kubelet *kubelet.Module
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// Transport opens sessions; nil dials the controller over gRPC with the
@@ -79,6 +84,7 @@ type Agent struct {
 	inventory *hostInventory
 	commands  *commands
 	siem      *siemForwarding
+	kubelet   *kubelet.Module
 }
 
 // New checks opts and returns an Agent.
@@ -156,10 +162,16 @@ func New(opts Options) (*Agent, error) {
 		bootID:        bootID,
 		log:           a.log,
 	}
+	if a.kubelet = opts.Kubelet; a.kubelet == nil {
+		if a.kubelet, err = kubelet.New(kubelet.Options{Logger: a.log}); err != nil {
+			return nil, err
+		}
+	}
 	handlers := map[string]handler{
 		command.InventoryCollect:  plain(a.inventory.collectCommand),
 		command.MaintenanceTask:   maint.task,
 		command.MaintenanceReboot: maint.reboot,
+		command.KubeletJoin:       (&kubeletJoin{module: a.kubelet}).join,
 	}
 	for k, h := range opts.Handlers {
 		handlers[k] = plain(h)
@@ -201,6 +213,8 @@ func (a *Agent) NodeID() string { return a.nodeID }
 // exponential backoff and full jitter, until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
 	a.siem.start(ctx)
+	// What the kubelet module supervises lives as long as the agent runs.
+	a.kubelet.Start(ctx)
 	// The controller stops redelivering a command once it has its result;
 	// records a month old only take space.
 	if n, err := a.state.PruneCommands(a.opts.Now().Add(-commandRecordTTL)); err != nil {

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
+	"path/filepath"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -32,6 +34,8 @@ type Config struct {
 	SIEM siem.Config `yaml:"siem"`
 	// Maintenance configures the maintenance commands.
 	Maintenance MaintenanceConfig `yaml:"maintenance"`
+	// Kubelet configures kubelet.join.
+	Kubelet KubeletConfig `yaml:"kubelet"`
 	// BootIDFile overrides where the boot id is read
 	// (/proc/sys/kernel/random/boot_id): for tests and simulations that
 	// stand in for a reboot by restarting the agent.
@@ -43,6 +47,21 @@ type MaintenanceConfig struct {
 	// RebootCommand is the program and arguments maintenance.reboot runs
 	// (default [systemctl, reboot]).
 	RebootCommand []string `yaml:"reboot_command"`
+}
+
+// KubeletConfig configures kubelet.join (agent/kubelet).
+type KubeletConfig struct {
+	// Root is where the join writes everything (default /): kubeadm's
+	// paths beneath it.
+	Root string `yaml:"root"`
+	// NodeIP is the kubelet's --node-ip (default: the kubelet chooses).
+	NodeIP string `yaml:"node_ip"`
+	// Supervise is systemd or agent: how containerd and the kubelet run
+	// (default: systemd when PID 1 is systemd, else the agent).
+	Supervise string `yaml:"supervise"`
+	// NVIDIARuntime is the NVIDIA container runtime on GPU nodes (default
+	// /usr/bin/nvidia-container-runtime).
+	NVIDIARuntime string `yaml:"nvidia_runtime"`
 }
 
 // GPUConfig configures GPU inventory and health.
@@ -104,6 +123,17 @@ func (c Config) Validate() error {
 	}
 	if rc := c.Maintenance.RebootCommand; rc != nil && (len(rc) == 0 || rc[0] == "") {
 		return errors.New("maintenance.reboot_command must name a program, e.g. [systemctl, reboot]")
+	}
+	if r := c.Kubelet.Root; r != "" && !filepath.IsAbs(r) {
+		return fmt.Errorf("kubelet.root %q must be an absolute path", r)
+	}
+	if ip := c.Kubelet.NodeIP; ip != "" && net.ParseIP(ip) == nil {
+		return fmt.Errorf("kubelet.node_ip %q is not an IP address", ip)
+	}
+	switch c.Kubelet.Supervise {
+	case "", "systemd", "agent":
+	default:
+		return fmt.Errorf("kubelet.supervise %q: want systemd or agent (or leave it out)", c.Kubelet.Supervise)
 	}
 	if c.InventoryInterval > 0 && c.InventoryInterval < time.Second {
 		return fmt.Errorf("inventory_interval %s is under a second", c.InventoryInterval)

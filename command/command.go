@@ -19,6 +19,9 @@ type Spec struct {
 	// Check, when set, checks the parameters' values once their names
 	// passed.
 	Check func(params map[string]string) error
+	// Secret names the parameters that carry credentials (a bootstrap
+	// token): the operator API shows them redacted (Redact).
+	Secret map[string]bool
 }
 
 // Kinds known to this build.
@@ -32,6 +35,7 @@ var Kinds = map[string]Spec{
 			return err
 		},
 	},
+	KubeletJoin: kubeletJoinSpec,
 	MaintenanceReboot: {
 		Description: "reboot the node with the agent's maintenance.reboot_command",
 		Params:      map[string]bool{ParamCampaignID: false},
@@ -48,6 +52,26 @@ const (
 	MaintenanceTask   = "maintenance.task"
 	MaintenanceReboot = "maintenance.reboot"
 )
+
+// Redacted stands in for a secret parameter's value.
+const Redacted = "[redacted]"
+
+// Redact returns params with the kind's secret parameters replaced by
+// Redacted (params itself when it has none).
+func Redact(kind string, params map[string]string) map[string]string {
+	spec := Kinds[kind]
+	if len(spec.Secret) == 0 {
+		return params
+	}
+	out := make(map[string]string, len(params))
+	for k, v := range params {
+		if spec.Secret[k] {
+			v = Redacted
+		}
+		out[k] = v
+	}
+	return out
+}
 
 // Validate checks a kind and its parameters.
 func Validate(kind string, params map[string]string) error {

@@ -172,7 +172,8 @@ func (a *FleetAPI) GetNode(ctx context.Context, req *fleetv1.GetNodeRequest) (*f
 		return nil, storeErr(err)
 	}
 	p := a.s.nodeToProto(n)
-	p.Kubernetes = a.s.kubernetesNode(ctx, n) // clusters.go
+	p.Kubernetes = a.s.kubernetesNode(ctx, n)  // clusters.go
+	p.KubeletJoin = a.s.kubeletJoin(ctx, n.ID) // kubeletjoin.go
 	return &fleetv1.GetNodeResponse{Node: p}, nil
 }
 
@@ -322,7 +323,7 @@ func commandToProto(c store.Command) *fleetv1.Command {
 		Id:          c.ID,
 		NodeId:      c.NodeID,
 		Kind:        c.Kind,
-		Params:      c.Params,
+		Params:      command.Redact(c.Kind, c.Params),
 		State:       commandStates[c.State],
 		CreatedAt:   ts(c.CreatedAt),
 		DeliveredAt: ts(c.DeliveredAt),

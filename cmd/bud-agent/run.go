@@ -12,6 +12,7 @@ import (
 	"github.com/bud-ecosystem/budfleet/agent"
 	"github.com/bud-ecosystem/budfleet/agent/gpu"
 	"github.com/bud-ecosystem/budfleet/agent/inventory"
+	"github.com/bud-ecosystem/budfleet/agent/kubelet"
 	"github.com/bud-ecosystem/budfleet/agent/state"
 	"github.com/bud-ecosystem/budfleet/internal/cli"
 	"github.com/bud-ecosystem/budfleet/siem/forward"
@@ -98,6 +99,19 @@ func (a *app) run(ctx context.Context, rf runFlags) error {
 		return err
 	}
 	defer fwd.Close()
+	// The artifact source of kubelet.join is the controller's artifact
+	// store over the session, once agent/artifact is wired in; until then
+	// a join uses the binaries the node has.
+	kub, err := kubelet.New(kubelet.Options{
+		Root:          cfg.Kubelet.Root,
+		NodeIP:        cfg.Kubelet.NodeIP,
+		Supervise:     cfg.Kubelet.Supervise,
+		NVIDIARuntime: cfg.Kubelet.NVIDIARuntime,
+		Logger:        log,
+	})
+	if err != nil {
+		return err
+	}
 	ag, err := agent.New(agent.Options{
 		State:          db,
 		Inventory:      &inventory.Collector{Hostname: cfg.Hostname, BootIDFile: cfg.BootIDFile},
@@ -114,6 +128,7 @@ func (a *app) run(ctx context.Context, rf runFlags) error {
 		GPUHealthInterval: cfg.GPU.HealthInterval,
 		SIEM:              fwd,
 		LocalSIEM:         &cfg.SIEM,
+		Kubelet:           kub,
 	})
 	if err != nil {
 		return err

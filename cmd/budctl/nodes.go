@@ -103,6 +103,7 @@ func (a *app) nodesCmd() *cobra.Command {
 				}
 				printNodeGPUs(tw, n)
 				printNodeKubernetes(tw, n.GetKubernetes())
+				printKubeletJoin(tw, n.GetKubeletJoin(), now) // join.go
 			})
 		},
 	}
@@ -122,6 +123,7 @@ func (a *app) nodesCmd() *cobra.Command {
 	}
 	cmd.AddCommand(list, get, del)
 	cmd.AddCommand(a.nodeKubeCmds()...) // cordon, uncordon, drain (clusters.go)
+	cmd.AddCommand(a.joinClusterCmd())  // join.go
 	return cmd
 }
 

@@ -560,7 +560,10 @@ type Node struct {
 	Problems []string `protobuf:"bytes,17,rep,name=problems,proto3" json:"problems,omitempty"`
 	// The node's boot id as last reported (at connect and in its inventory); a
 	// new one means the node rebooted.
-	BootId        string `protobuf:"bytes,18,opt,name=boot_id,json=bootId,proto3" json:"boot_id,omitempty"`
+	BootId string `protobuf:"bytes,18,opt,name=boot_id,json=bootId,proto3" json:"boot_id,omitempty"`
+	// The node's latest kubelet join and its phase; set by GetNode only,
+	// absent when it never had one.
+	KubeletJoin   *v11.KubeletJoin `protobuf:"bytes,20,opt,name=kubelet_join,json=kubeletJoin,proto3" json:"kubelet_join,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -726,6 +729,13 @@ func (x *Node) GetBootId() string {
 		return x.BootId
 	}
 	return ""
+}
+
+func (x *Node) GetKubeletJoin() *v11.KubeletJoin {
+	if x != nil {
+		return x.KubeletJoin
+	}
+	return nil
 }
 
 type NodeGpus struct {
@@ -2357,7 +2367,7 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x12RevokeTokenRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"E\n" +
 	"\x13RevokeTokenResponse\x12.\n" +
-	"\x05token\x18\x01 \x01(\v2\x18.budfleet.fleet.v1.TokenR\x05token\"\xd7\b\n" +
+	"\x05token\x18\x01 \x01(\v2\x18.budfleet.fleet.v1.TokenR\x05token\"\x99\t\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x125\n" +
@@ -2381,7 +2391,8 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"kubernetes\x18\x13 \x01(\v2 .budfleet.kube.v1.KubernetesNodeR\n" +
 	"kubernetes\x12\x1a\n" +
 	"\bproblems\x18\x11 \x03(\tR\bproblems\x12\x17\n" +
-	"\aboot_id\x18\x12 \x01(\tR\x06bootId\x1a9\n" +
+	"\aboot_id\x18\x12 \x01(\tR\x06bootId\x12@\n" +
+	"\fkubelet_join\x18\x14 \x01(\v2\x1d.budfleet.kube.v1.KubeletJoinR\vkubeletJoin\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aC\n" +
@@ -2608,10 +2619,11 @@ var file_budfleet_fleet_v1_fleet_proto_goTypes = []any{
 	(*durationpb.Duration)(nil),     // 46: google.protobuf.Duration
 	(*v1.Inventory)(nil),            // 47: budfleet.host.v1.Inventory
 	(*v11.KubernetesNode)(nil),      // 48: budfleet.kube.v1.KubernetesNode
-	(*v12.GpuInventory)(nil),        // 49: budfleet.gpu.v1.GpuInventory
-	(*v12.GpuHealth)(nil),           // 50: budfleet.gpu.v1.GpuHealth
-	(v12.HealthState)(0),            // 51: budfleet.gpu.v1.HealthState
-	(*v13.Status)(nil),              // 52: budfleet.siem.v1.Status
+	(*v11.KubeletJoin)(nil),         // 49: budfleet.kube.v1.KubeletJoin
+	(*v12.GpuInventory)(nil),        // 50: budfleet.gpu.v1.GpuInventory
+	(*v12.GpuHealth)(nil),           // 51: budfleet.gpu.v1.GpuHealth
+	(v12.HealthState)(0),            // 52: budfleet.gpu.v1.HealthState
+	(*v13.Status)(nil),              // 53: budfleet.siem.v1.Status
 }
 var file_budfleet_fleet_v1_fleet_proto_depIdxs = []int32{
 	45, // 0: budfleet.fleet.v1.Token.created_at:type_name -> google.protobuf.Timestamp
@@ -2634,62 +2646,63 @@ var file_budfleet_fleet_v1_fleet_proto_depIdxs = []int32{
 	40, // 17: budfleet.fleet.v1.Node.kubernetes_labels:type_name -> budfleet.fleet.v1.Node.KubernetesLabelsEntry
 	11, // 18: budfleet.fleet.v1.Node.proposed_taints:type_name -> budfleet.fleet.v1.Taint
 	48, // 19: budfleet.fleet.v1.Node.kubernetes:type_name -> budfleet.kube.v1.KubernetesNode
-	49, // 20: budfleet.fleet.v1.NodeGpus.inventory:type_name -> budfleet.gpu.v1.GpuInventory
-	50, // 21: budfleet.fleet.v1.NodeGpus.health:type_name -> budfleet.gpu.v1.GpuHealth
-	45, // 22: budfleet.fleet.v1.NodeGpus.inventory_updated_at:type_name -> google.protobuf.Timestamp
-	45, // 23: budfleet.fleet.v1.NodeGpus.health_updated_at:type_name -> google.protobuf.Timestamp
-	9,  // 24: budfleet.fleet.v1.ListNodesResponse.nodes:type_name -> budfleet.fleet.v1.Node
-	9,  // 25: budfleet.fleet.v1.GetNodeResponse.node:type_name -> budfleet.fleet.v1.Node
-	41, // 26: budfleet.fleet.v1.Command.params:type_name -> budfleet.fleet.v1.Command.ParamsEntry
-	1,  // 27: budfleet.fleet.v1.Command.state:type_name -> budfleet.fleet.v1.CommandState
-	45, // 28: budfleet.fleet.v1.Command.created_at:type_name -> google.protobuf.Timestamp
-	45, // 29: budfleet.fleet.v1.Command.delivered_at:type_name -> google.protobuf.Timestamp
-	45, // 30: budfleet.fleet.v1.Command.finished_at:type_name -> google.protobuf.Timestamp
-	42, // 31: budfleet.fleet.v1.Command.output:type_name -> budfleet.fleet.v1.Command.OutputEntry
-	19, // 32: budfleet.fleet.v1.Command.output_tail:type_name -> budfleet.fleet.v1.CommandOutputTail
-	45, // 33: budfleet.fleet.v1.CommandOutputTail.updated_at:type_name -> google.protobuf.Timestamp
-	43, // 34: budfleet.fleet.v1.CreateCommandRequest.params:type_name -> budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
-	18, // 35: budfleet.fleet.v1.CreateCommandResponse.command:type_name -> budfleet.fleet.v1.Command
-	18, // 36: budfleet.fleet.v1.ListCommandsResponse.commands:type_name -> budfleet.fleet.v1.Command
-	18, // 37: budfleet.fleet.v1.GetCommandResponse.command:type_name -> budfleet.fleet.v1.Command
-	51, // 38: budfleet.fleet.v1.GpuRow.health:type_name -> budfleet.gpu.v1.HealthState
-	26, // 39: budfleet.fleet.v1.ListGpusResponse.gpus:type_name -> budfleet.fleet.v1.GpuRow
-	30, // 40: budfleet.fleet.v1.GetGpuSummaryResponse.products:type_name -> budfleet.fleet.v1.GpuSummaryRow
-	44, // 41: budfleet.fleet.v1.ApplySiemConfigRequest.selector:type_name -> budfleet.fleet.v1.ApplySiemConfigRequest.SelectorEntry
-	52, // 42: budfleet.fleet.v1.NodeSiemStatus.status:type_name -> budfleet.siem.v1.Status
-	45, // 43: budfleet.fleet.v1.NodeSiemStatus.reported_at:type_name -> google.protobuf.Timestamp
-	35, // 44: budfleet.fleet.v1.GetSiemStatusResponse.nodes:type_name -> budfleet.fleet.v1.NodeSiemStatus
-	3,  // 45: budfleet.fleet.v1.FleetService.CreateToken:input_type -> budfleet.fleet.v1.CreateTokenRequest
-	5,  // 46: budfleet.fleet.v1.FleetService.ListTokens:input_type -> budfleet.fleet.v1.ListTokensRequest
-	7,  // 47: budfleet.fleet.v1.FleetService.RevokeToken:input_type -> budfleet.fleet.v1.RevokeTokenRequest
-	12, // 48: budfleet.fleet.v1.FleetService.ListNodes:input_type -> budfleet.fleet.v1.ListNodesRequest
-	14, // 49: budfleet.fleet.v1.FleetService.GetNode:input_type -> budfleet.fleet.v1.GetNodeRequest
-	16, // 50: budfleet.fleet.v1.FleetService.DeleteNode:input_type -> budfleet.fleet.v1.DeleteNodeRequest
-	20, // 51: budfleet.fleet.v1.FleetService.CreateCommand:input_type -> budfleet.fleet.v1.CreateCommandRequest
-	22, // 52: budfleet.fleet.v1.FleetService.ListCommands:input_type -> budfleet.fleet.v1.ListCommandsRequest
-	24, // 53: budfleet.fleet.v1.FleetService.GetCommand:input_type -> budfleet.fleet.v1.GetCommandRequest
-	27, // 54: budfleet.fleet.v1.FleetService.ListGpus:input_type -> budfleet.fleet.v1.ListGpusRequest
-	29, // 55: budfleet.fleet.v1.FleetService.GetGpuSummary:input_type -> budfleet.fleet.v1.GetGpuSummaryRequest
-	32, // 56: budfleet.fleet.v1.FleetService.ApplySiemConfig:input_type -> budfleet.fleet.v1.ApplySiemConfigRequest
-	34, // 57: budfleet.fleet.v1.FleetService.GetSiemStatus:input_type -> budfleet.fleet.v1.GetSiemStatusRequest
-	4,  // 58: budfleet.fleet.v1.FleetService.CreateToken:output_type -> budfleet.fleet.v1.CreateTokenResponse
-	6,  // 59: budfleet.fleet.v1.FleetService.ListTokens:output_type -> budfleet.fleet.v1.ListTokensResponse
-	8,  // 60: budfleet.fleet.v1.FleetService.RevokeToken:output_type -> budfleet.fleet.v1.RevokeTokenResponse
-	13, // 61: budfleet.fleet.v1.FleetService.ListNodes:output_type -> budfleet.fleet.v1.ListNodesResponse
-	15, // 62: budfleet.fleet.v1.FleetService.GetNode:output_type -> budfleet.fleet.v1.GetNodeResponse
-	17, // 63: budfleet.fleet.v1.FleetService.DeleteNode:output_type -> budfleet.fleet.v1.DeleteNodeResponse
-	21, // 64: budfleet.fleet.v1.FleetService.CreateCommand:output_type -> budfleet.fleet.v1.CreateCommandResponse
-	23, // 65: budfleet.fleet.v1.FleetService.ListCommands:output_type -> budfleet.fleet.v1.ListCommandsResponse
-	25, // 66: budfleet.fleet.v1.FleetService.GetCommand:output_type -> budfleet.fleet.v1.GetCommandResponse
-	28, // 67: budfleet.fleet.v1.FleetService.ListGpus:output_type -> budfleet.fleet.v1.ListGpusResponse
-	31, // 68: budfleet.fleet.v1.FleetService.GetGpuSummary:output_type -> budfleet.fleet.v1.GetGpuSummaryResponse
-	33, // 69: budfleet.fleet.v1.FleetService.ApplySiemConfig:output_type -> budfleet.fleet.v1.ApplySiemConfigResponse
-	36, // 70: budfleet.fleet.v1.FleetService.GetSiemStatus:output_type -> budfleet.fleet.v1.GetSiemStatusResponse
-	58, // [58:71] is the sub-list for method output_type
-	45, // [45:58] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	49, // 20: budfleet.fleet.v1.Node.kubelet_join:type_name -> budfleet.kube.v1.KubeletJoin
+	50, // 21: budfleet.fleet.v1.NodeGpus.inventory:type_name -> budfleet.gpu.v1.GpuInventory
+	51, // 22: budfleet.fleet.v1.NodeGpus.health:type_name -> budfleet.gpu.v1.GpuHealth
+	45, // 23: budfleet.fleet.v1.NodeGpus.inventory_updated_at:type_name -> google.protobuf.Timestamp
+	45, // 24: budfleet.fleet.v1.NodeGpus.health_updated_at:type_name -> google.protobuf.Timestamp
+	9,  // 25: budfleet.fleet.v1.ListNodesResponse.nodes:type_name -> budfleet.fleet.v1.Node
+	9,  // 26: budfleet.fleet.v1.GetNodeResponse.node:type_name -> budfleet.fleet.v1.Node
+	41, // 27: budfleet.fleet.v1.Command.params:type_name -> budfleet.fleet.v1.Command.ParamsEntry
+	1,  // 28: budfleet.fleet.v1.Command.state:type_name -> budfleet.fleet.v1.CommandState
+	45, // 29: budfleet.fleet.v1.Command.created_at:type_name -> google.protobuf.Timestamp
+	45, // 30: budfleet.fleet.v1.Command.delivered_at:type_name -> google.protobuf.Timestamp
+	45, // 31: budfleet.fleet.v1.Command.finished_at:type_name -> google.protobuf.Timestamp
+	42, // 32: budfleet.fleet.v1.Command.output:type_name -> budfleet.fleet.v1.Command.OutputEntry
+	19, // 33: budfleet.fleet.v1.Command.output_tail:type_name -> budfleet.fleet.v1.CommandOutputTail
+	45, // 34: budfleet.fleet.v1.CommandOutputTail.updated_at:type_name -> google.protobuf.Timestamp
+	43, // 35: budfleet.fleet.v1.CreateCommandRequest.params:type_name -> budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
+	18, // 36: budfleet.fleet.v1.CreateCommandResponse.command:type_name -> budfleet.fleet.v1.Command
+	18, // 37: budfleet.fleet.v1.ListCommandsResponse.commands:type_name -> budfleet.fleet.v1.Command
+	18, // 38: budfleet.fleet.v1.GetCommandResponse.command:type_name -> budfleet.fleet.v1.Command
+	52, // 39: budfleet.fleet.v1.GpuRow.health:type_name -> budfleet.gpu.v1.HealthState
+	26, // 40: budfleet.fleet.v1.ListGpusResponse.gpus:type_name -> budfleet.fleet.v1.GpuRow
+	30, // 41: budfleet.fleet.v1.GetGpuSummaryResponse.products:type_name -> budfleet.fleet.v1.GpuSummaryRow
+	44, // 42: budfleet.fleet.v1.ApplySiemConfigRequest.selector:type_name -> budfleet.fleet.v1.ApplySiemConfigRequest.SelectorEntry
+	53, // 43: budfleet.fleet.v1.NodeSiemStatus.status:type_name -> budfleet.siem.v1.Status
+	45, // 44: budfleet.fleet.v1.NodeSiemStatus.reported_at:type_name -> google.protobuf.Timestamp
+	35, // 45: budfleet.fleet.v1.GetSiemStatusResponse.nodes:type_name -> budfleet.fleet.v1.NodeSiemStatus
+	3,  // 46: budfleet.fleet.v1.FleetService.CreateToken:input_type -> budfleet.fleet.v1.CreateTokenRequest
+	5,  // 47: budfleet.fleet.v1.FleetService.ListTokens:input_type -> budfleet.fleet.v1.ListTokensRequest
+	7,  // 48: budfleet.fleet.v1.FleetService.RevokeToken:input_type -> budfleet.fleet.v1.RevokeTokenRequest
+	12, // 49: budfleet.fleet.v1.FleetService.ListNodes:input_type -> budfleet.fleet.v1.ListNodesRequest
+	14, // 50: budfleet.fleet.v1.FleetService.GetNode:input_type -> budfleet.fleet.v1.GetNodeRequest
+	16, // 51: budfleet.fleet.v1.FleetService.DeleteNode:input_type -> budfleet.fleet.v1.DeleteNodeRequest
+	20, // 52: budfleet.fleet.v1.FleetService.CreateCommand:input_type -> budfleet.fleet.v1.CreateCommandRequest
+	22, // 53: budfleet.fleet.v1.FleetService.ListCommands:input_type -> budfleet.fleet.v1.ListCommandsRequest
+	24, // 54: budfleet.fleet.v1.FleetService.GetCommand:input_type -> budfleet.fleet.v1.GetCommandRequest
+	27, // 55: budfleet.fleet.v1.FleetService.ListGpus:input_type -> budfleet.fleet.v1.ListGpusRequest
+	29, // 56: budfleet.fleet.v1.FleetService.GetGpuSummary:input_type -> budfleet.fleet.v1.GetGpuSummaryRequest
+	32, // 57: budfleet.fleet.v1.FleetService.ApplySiemConfig:input_type -> budfleet.fleet.v1.ApplySiemConfigRequest
+	34, // 58: budfleet.fleet.v1.FleetService.GetSiemStatus:input_type -> budfleet.fleet.v1.GetSiemStatusRequest
+	4,  // 59: budfleet.fleet.v1.FleetService.CreateToken:output_type -> budfleet.fleet.v1.CreateTokenResponse
+	6,  // 60: budfleet.fleet.v1.FleetService.ListTokens:output_type -> budfleet.fleet.v1.ListTokensResponse
+	8,  // 61: budfleet.fleet.v1.FleetService.RevokeToken:output_type -> budfleet.fleet.v1.RevokeTokenResponse
+	13, // 62: budfleet.fleet.v1.FleetService.ListNodes:output_type -> budfleet.fleet.v1.ListNodesResponse
+	15, // 63: budfleet.fleet.v1.FleetService.GetNode:output_type -> budfleet.fleet.v1.GetNodeResponse
+	17, // 64: budfleet.fleet.v1.FleetService.DeleteNode:output_type -> budfleet.fleet.v1.DeleteNodeResponse
+	21, // 65: budfleet.fleet.v1.FleetService.CreateCommand:output_type -> budfleet.fleet.v1.CreateCommandResponse
+	23, // 66: budfleet.fleet.v1.FleetService.ListCommands:output_type -> budfleet.fleet.v1.ListCommandsResponse
+	25, // 67: budfleet.fleet.v1.FleetService.GetCommand:output_type -> budfleet.fleet.v1.GetCommandResponse
+	28, // 68: budfleet.fleet.v1.FleetService.ListGpus:output_type -> budfleet.fleet.v1.ListGpusResponse
+	31, // 69: budfleet.fleet.v1.FleetService.GetGpuSummary:output_type -> budfleet.fleet.v1.GetGpuSummaryResponse
+	33, // 70: budfleet.fleet.v1.FleetService.ApplySiemConfig:output_type -> budfleet.fleet.v1.ApplySiemConfigResponse
+	36, // 71: budfleet.fleet.v1.FleetService.GetSiemStatus:output_type -> budfleet.fleet.v1.GetSiemStatusResponse
+	59, // [59:72] is the sub-list for method output_type
+	46, // [46:59] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_budfleet_fleet_v1_fleet_proto_init() }

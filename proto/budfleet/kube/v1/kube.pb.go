@@ -1283,6 +1283,314 @@ func (x *BlockedPod) GetReason() string {
 	return ""
 }
 
+type JoinNodeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The fleet node id.
+	NodeId string `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// The registered cluster to join; empty means the node's own (its label
+	// budfleet.io/cluster, else the only registered cluster).
+	Cluster string `protobuf:"bytes,2,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// The kubelet's version, e.g. v1.37.2; empty means the cluster's API
+	// server version.
+	KubeletVersion string `protobuf:"bytes,3,opt,name=kubelet_version,json=kubeletVersion,proto3" json:"kubelet_version,omitempty"`
+	// Node labels beside the ones derived from the GPU inventory (which
+	// these override).
+	Labels map[string]string `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Taints as key=value:Effect or key:Effect, beside the GPU node's
+	// nvidia.com/gpu=true:NoSchedule.
+	Taints []string `protobuf:"bytes,5,rep,name=taints,proto3" json:"taints,omitempty"`
+	// Image tarball artifacts (name or name:version) to import into the
+	// node's containerd before the kubelet starts.
+	Images []string `protobuf:"bytes,6,rep,name=images,proto3" json:"images,omitempty"`
+	// How long the bootstrap token works; unset means 1h (1m to 24h).
+	TokenTtl      *durationpb.Duration `protobuf:"bytes,7,opt,name=token_ttl,json=tokenTtl,proto3" json:"token_ttl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinNodeRequest) Reset() {
+	*x = JoinNodeRequest{}
+	mi := &file_budfleet_kube_v1_kube_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinNodeRequest) ProtoMessage() {}
+
+func (x *JoinNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_kube_v1_kube_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinNodeRequest.ProtoReflect.Descriptor instead.
+func (*JoinNodeRequest) Descriptor() ([]byte, []int) {
+	return file_budfleet_kube_v1_kube_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *JoinNodeRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *JoinNodeRequest) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *JoinNodeRequest) GetKubeletVersion() string {
+	if x != nil {
+		return x.KubeletVersion
+	}
+	return ""
+}
+
+func (x *JoinNodeRequest) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *JoinNodeRequest) GetTaints() []string {
+	if x != nil {
+		return x.Taints
+	}
+	return nil
+}
+
+func (x *JoinNodeRequest) GetImages() []string {
+	if x != nil {
+		return x.Images
+	}
+	return nil
+}
+
+func (x *JoinNodeRequest) GetTokenTtl() *durationpb.Duration {
+	if x != nil {
+		return x.TokenTtl
+	}
+	return nil
+}
+
+type JoinNodeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The queued kubelet.join command's id.
+	CommandId string `protobuf:"bytes,1,opt,name=command_id,json=commandId,proto3" json:"command_id,omitempty"`
+	// Where the node joins.
+	Node *KubernetesNode `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	// The bootstrap token's id (its secret is only in the command) and when
+	// it expires.
+	TokenId        string                 `protobuf:"bytes,3,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	TokenExpiresAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=token_expires_at,json=tokenExpiresAt,proto3" json:"token_expires_at,omitempty"`
+	KubeletVersion string                 `protobuf:"bytes,5,opt,name=kubelet_version,json=kubeletVersion,proto3" json:"kubelet_version,omitempty"`
+	Labels         map[string]string      `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Taints         []string               `protobuf:"bytes,7,rep,name=taints,proto3" json:"taints,omitempty"`
+	// The artifacts the node installs, "kind name version digest"; none
+	// means it uses what it has.
+	Artifacts     []string `protobuf:"bytes,8,rep,name=artifacts,proto3" json:"artifacts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinNodeResponse) Reset() {
+	*x = JoinNodeResponse{}
+	mi := &file_budfleet_kube_v1_kube_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinNodeResponse) ProtoMessage() {}
+
+func (x *JoinNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_kube_v1_kube_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinNodeResponse.ProtoReflect.Descriptor instead.
+func (*JoinNodeResponse) Descriptor() ([]byte, []int) {
+	return file_budfleet_kube_v1_kube_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *JoinNodeResponse) GetCommandId() string {
+	if x != nil {
+		return x.CommandId
+	}
+	return ""
+}
+
+func (x *JoinNodeResponse) GetNode() *KubernetesNode {
+	if x != nil {
+		return x.Node
+	}
+	return nil
+}
+
+func (x *JoinNodeResponse) GetTokenId() string {
+	if x != nil {
+		return x.TokenId
+	}
+	return ""
+}
+
+func (x *JoinNodeResponse) GetTokenExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.TokenExpiresAt
+	}
+	return nil
+}
+
+func (x *JoinNodeResponse) GetKubeletVersion() string {
+	if x != nil {
+		return x.KubeletVersion
+	}
+	return ""
+}
+
+func (x *JoinNodeResponse) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *JoinNodeResponse) GetTaints() []string {
+	if x != nil {
+		return x.Taints
+	}
+	return nil
+}
+
+func (x *JoinNodeResponse) GetArtifacts() []string {
+	if x != nil {
+		return x.Artifacts
+	}
+	return nil
+}
+
+// KubeletJoin is the state of a node's latest join (kubelet.join), as its
+// agent reports it.
+type KubeletJoin struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	CommandId string                 `protobuf:"bytes,1,opt,name=command_id,json=commandId,proto3" json:"command_id,omitempty"`
+	Cluster   string                 `protobuf:"bytes,2,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// Queued (not yet delivered), preparing, installing, starting,
+	// registered, ready or failed.
+	Phase string `protobuf:"bytes,3,opt,name=phase,proto3" json:"phase,omitempty"`
+	// What the phase is doing, or why the join failed.
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The Node the kubelet registered.
+	NodeName      string                 `protobuf:"bytes,5,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
+	StartedAt     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	UpdatedAt     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KubeletJoin) Reset() {
+	*x = KubeletJoin{}
+	mi := &file_budfleet_kube_v1_kube_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KubeletJoin) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KubeletJoin) ProtoMessage() {}
+
+func (x *KubeletJoin) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_kube_v1_kube_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KubeletJoin.ProtoReflect.Descriptor instead.
+func (*KubeletJoin) Descriptor() ([]byte, []int) {
+	return file_budfleet_kube_v1_kube_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *KubeletJoin) GetCommandId() string {
+	if x != nil {
+		return x.CommandId
+	}
+	return ""
+}
+
+func (x *KubeletJoin) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *KubeletJoin) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *KubeletJoin) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *KubeletJoin) GetNodeName() string {
+	if x != nil {
+		return x.NodeName
+	}
+	return ""
+}
+
+func (x *KubeletJoin) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *KubeletJoin) GetUpdatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdatedAt
+	}
+	return nil
+}
+
 var File_budfleet_kube_v1_kube_proto protoreflect.FileDescriptor
 
 const file_budfleet_kube_v1_kube_proto_rawDesc = "" +
@@ -1367,12 +1675,47 @@ const file_budfleet_kube_v1_kube_proto_rawDesc = "" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x10\n" +
 	"\x03pdb\x18\x03 \x01(\tR\x03pdb\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason*|\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"\xd7\x02\n" +
+	"\x0fJoinNodeRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
+	"\acluster\x18\x02 \x01(\tR\acluster\x12'\n" +
+	"\x0fkubelet_version\x18\x03 \x01(\tR\x0ekubeletVersion\x12E\n" +
+	"\x06labels\x18\x04 \x03(\v2-.budfleet.kube.v1.JoinNodeRequest.LabelsEntryR\x06labels\x12\x16\n" +
+	"\x06taints\x18\x05 \x03(\tR\x06taints\x12\x16\n" +
+	"\x06images\x18\x06 \x03(\tR\x06images\x126\n" +
+	"\ttoken_ttl\x18\a \x01(\v2\x19.google.protobuf.DurationR\btokenTtl\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xaa\x03\n" +
+	"\x10JoinNodeResponse\x12\x1d\n" +
+	"\n" +
+	"command_id\x18\x01 \x01(\tR\tcommandId\x124\n" +
+	"\x04node\x18\x02 \x01(\v2 .budfleet.kube.v1.KubernetesNodeR\x04node\x12\x19\n" +
+	"\btoken_id\x18\x03 \x01(\tR\atokenId\x12D\n" +
+	"\x10token_expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x0etokenExpiresAt\x12'\n" +
+	"\x0fkubelet_version\x18\x05 \x01(\tR\x0ekubeletVersion\x12F\n" +
+	"\x06labels\x18\x06 \x03(\v2..budfleet.kube.v1.JoinNodeResponse.LabelsEntryR\x06labels\x12\x16\n" +
+	"\x06taints\x18\a \x03(\tR\x06taints\x12\x1c\n" +
+	"\tartifacts\x18\b \x03(\tR\tartifacts\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x87\x02\n" +
+	"\vKubeletJoin\x12\x1d\n" +
+	"\n" +
+	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x18\n" +
+	"\acluster\x18\x02 \x01(\tR\acluster\x12\x14\n" +
+	"\x05phase\x18\x03 \x01(\tR\x05phase\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x1b\n" +
+	"\tnode_name\x18\x05 \x01(\tR\bnodeName\x129\n" +
+	"\n" +
+	"started_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x129\n" +
+	"\n" +
+	"updated_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt*|\n" +
 	"\vDrainResult\x12\x1c\n" +
 	"\x18DRAIN_RESULT_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16DRAIN_RESULT_SUCCEEDED\x10\x01\x12\x17\n" +
 	"\x13DRAIN_RESULT_FAILED\x10\x02\x12\x1a\n" +
-	"\x16DRAIN_RESULT_TIMED_OUT\x10\x032\x91\x05\n" +
+	"\x16DRAIN_RESULT_TIMED_OUT\x10\x032\xe4\x05\n" +
 	"\x0eClusterService\x12W\n" +
 	"\n" +
 	"AddCluster\x12#.budfleet.kube.v1.AddClusterRequest\x1a$.budfleet.kube.v1.AddClusterResponse\x12]\n" +
@@ -1383,7 +1726,8 @@ const file_budfleet_kube_v1_kube_proto_rawDesc = "" +
 	"\n" +
 	"CordonNode\x12#.budfleet.kube.v1.CordonNodeRequest\x1a$.budfleet.kube.v1.CordonNodeResponse\x12]\n" +
 	"\fUncordonNode\x12%.budfleet.kube.v1.UncordonNodeRequest\x1a&.budfleet.kube.v1.UncordonNodeResponse\x12T\n" +
-	"\tDrainNode\x12\".budfleet.kube.v1.DrainNodeRequest\x1a#.budfleet.kube.v1.DrainNodeResponseBAZ?github.com/bud-ecosystem/budfleet/proto/budfleet/kube/v1;kubev1b\x06proto3"
+	"\tDrainNode\x12\".budfleet.kube.v1.DrainNodeRequest\x1a#.budfleet.kube.v1.DrainNodeResponse\x12Q\n" +
+	"\bJoinNode\x12!.budfleet.kube.v1.JoinNodeRequest\x1a\".budfleet.kube.v1.JoinNodeResponseBAZ?github.com/bud-ecosystem/budfleet/proto/budfleet/kube/v1;kubev1b\x06proto3"
 
 var (
 	file_budfleet_kube_v1_kube_proto_rawDescOnce sync.Once
@@ -1398,7 +1742,7 @@ func file_budfleet_kube_v1_kube_proto_rawDescGZIP() []byte {
 }
 
 var file_budfleet_kube_v1_kube_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_budfleet_kube_v1_kube_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_budfleet_kube_v1_kube_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_budfleet_kube_v1_kube_proto_goTypes = []any{
 	(DrainResult)(0),              // 0: budfleet.kube.v1.DrainResult
 	(*Cluster)(nil),               // 1: budfleet.kube.v1.Cluster
@@ -1421,44 +1765,58 @@ var file_budfleet_kube_v1_kube_proto_goTypes = []any{
 	(*DrainReport)(nil),           // 18: budfleet.kube.v1.DrainReport
 	(*PodRef)(nil),                // 19: budfleet.kube.v1.PodRef
 	(*BlockedPod)(nil),            // 20: budfleet.kube.v1.BlockedPod
-	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 22: google.protobuf.Duration
+	(*JoinNodeRequest)(nil),       // 21: budfleet.kube.v1.JoinNodeRequest
+	(*JoinNodeResponse)(nil),      // 22: budfleet.kube.v1.JoinNodeResponse
+	(*KubeletJoin)(nil),           // 23: budfleet.kube.v1.KubeletJoin
+	nil,                           // 24: budfleet.kube.v1.JoinNodeRequest.LabelsEntry
+	nil,                           // 25: budfleet.kube.v1.JoinNodeResponse.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 26: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 27: google.protobuf.Duration
 }
 var file_budfleet_kube_v1_kube_proto_depIdxs = []int32{
-	21, // 0: budfleet.kube.v1.Cluster.added_at:type_name -> google.protobuf.Timestamp
+	26, // 0: budfleet.kube.v1.Cluster.added_at:type_name -> google.protobuf.Timestamp
 	2,  // 1: budfleet.kube.v1.Cluster.check:type_name -> budfleet.kube.v1.ClusterCheck
-	21, // 2: budfleet.kube.v1.ClusterCheck.checked_at:type_name -> google.protobuf.Timestamp
+	26, // 2: budfleet.kube.v1.ClusterCheck.checked_at:type_name -> google.protobuf.Timestamp
 	1,  // 3: budfleet.kube.v1.AddClusterResponse.cluster:type_name -> budfleet.kube.v1.Cluster
 	1,  // 4: budfleet.kube.v1.ListClustersResponse.clusters:type_name -> budfleet.kube.v1.Cluster
 	1,  // 5: budfleet.kube.v1.GetClusterResponse.cluster:type_name -> budfleet.kube.v1.Cluster
 	11, // 6: budfleet.kube.v1.CordonNodeResponse.node:type_name -> budfleet.kube.v1.KubernetesNode
 	11, // 7: budfleet.kube.v1.UncordonNodeResponse.node:type_name -> budfleet.kube.v1.KubernetesNode
-	22, // 8: budfleet.kube.v1.DrainNodeRequest.timeout:type_name -> google.protobuf.Duration
+	27, // 8: budfleet.kube.v1.DrainNodeRequest.timeout:type_name -> google.protobuf.Duration
 	18, // 9: budfleet.kube.v1.DrainNodeResponse.report:type_name -> budfleet.kube.v1.DrainReport
 	11, // 10: budfleet.kube.v1.DrainReport.node:type_name -> budfleet.kube.v1.KubernetesNode
 	0,  // 11: budfleet.kube.v1.DrainReport.result:type_name -> budfleet.kube.v1.DrainResult
 	19, // 12: budfleet.kube.v1.DrainReport.evicted:type_name -> budfleet.kube.v1.PodRef
 	20, // 13: budfleet.kube.v1.DrainReport.blocked:type_name -> budfleet.kube.v1.BlockedPod
-	22, // 14: budfleet.kube.v1.DrainReport.duration:type_name -> google.protobuf.Duration
-	3,  // 15: budfleet.kube.v1.ClusterService.AddCluster:input_type -> budfleet.kube.v1.AddClusterRequest
-	5,  // 16: budfleet.kube.v1.ClusterService.ListClusters:input_type -> budfleet.kube.v1.ListClustersRequest
-	7,  // 17: budfleet.kube.v1.ClusterService.GetCluster:input_type -> budfleet.kube.v1.GetClusterRequest
-	9,  // 18: budfleet.kube.v1.ClusterService.RemoveCluster:input_type -> budfleet.kube.v1.RemoveClusterRequest
-	12, // 19: budfleet.kube.v1.ClusterService.CordonNode:input_type -> budfleet.kube.v1.CordonNodeRequest
-	14, // 20: budfleet.kube.v1.ClusterService.UncordonNode:input_type -> budfleet.kube.v1.UncordonNodeRequest
-	16, // 21: budfleet.kube.v1.ClusterService.DrainNode:input_type -> budfleet.kube.v1.DrainNodeRequest
-	4,  // 22: budfleet.kube.v1.ClusterService.AddCluster:output_type -> budfleet.kube.v1.AddClusterResponse
-	6,  // 23: budfleet.kube.v1.ClusterService.ListClusters:output_type -> budfleet.kube.v1.ListClustersResponse
-	8,  // 24: budfleet.kube.v1.ClusterService.GetCluster:output_type -> budfleet.kube.v1.GetClusterResponse
-	10, // 25: budfleet.kube.v1.ClusterService.RemoveCluster:output_type -> budfleet.kube.v1.RemoveClusterResponse
-	13, // 26: budfleet.kube.v1.ClusterService.CordonNode:output_type -> budfleet.kube.v1.CordonNodeResponse
-	15, // 27: budfleet.kube.v1.ClusterService.UncordonNode:output_type -> budfleet.kube.v1.UncordonNodeResponse
-	17, // 28: budfleet.kube.v1.ClusterService.DrainNode:output_type -> budfleet.kube.v1.DrainNodeResponse
-	22, // [22:29] is the sub-list for method output_type
-	15, // [15:22] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	27, // 14: budfleet.kube.v1.DrainReport.duration:type_name -> google.protobuf.Duration
+	24, // 15: budfleet.kube.v1.JoinNodeRequest.labels:type_name -> budfleet.kube.v1.JoinNodeRequest.LabelsEntry
+	27, // 16: budfleet.kube.v1.JoinNodeRequest.token_ttl:type_name -> google.protobuf.Duration
+	11, // 17: budfleet.kube.v1.JoinNodeResponse.node:type_name -> budfleet.kube.v1.KubernetesNode
+	26, // 18: budfleet.kube.v1.JoinNodeResponse.token_expires_at:type_name -> google.protobuf.Timestamp
+	25, // 19: budfleet.kube.v1.JoinNodeResponse.labels:type_name -> budfleet.kube.v1.JoinNodeResponse.LabelsEntry
+	26, // 20: budfleet.kube.v1.KubeletJoin.started_at:type_name -> google.protobuf.Timestamp
+	26, // 21: budfleet.kube.v1.KubeletJoin.updated_at:type_name -> google.protobuf.Timestamp
+	3,  // 22: budfleet.kube.v1.ClusterService.AddCluster:input_type -> budfleet.kube.v1.AddClusterRequest
+	5,  // 23: budfleet.kube.v1.ClusterService.ListClusters:input_type -> budfleet.kube.v1.ListClustersRequest
+	7,  // 24: budfleet.kube.v1.ClusterService.GetCluster:input_type -> budfleet.kube.v1.GetClusterRequest
+	9,  // 25: budfleet.kube.v1.ClusterService.RemoveCluster:input_type -> budfleet.kube.v1.RemoveClusterRequest
+	12, // 26: budfleet.kube.v1.ClusterService.CordonNode:input_type -> budfleet.kube.v1.CordonNodeRequest
+	14, // 27: budfleet.kube.v1.ClusterService.UncordonNode:input_type -> budfleet.kube.v1.UncordonNodeRequest
+	16, // 28: budfleet.kube.v1.ClusterService.DrainNode:input_type -> budfleet.kube.v1.DrainNodeRequest
+	21, // 29: budfleet.kube.v1.ClusterService.JoinNode:input_type -> budfleet.kube.v1.JoinNodeRequest
+	4,  // 30: budfleet.kube.v1.ClusterService.AddCluster:output_type -> budfleet.kube.v1.AddClusterResponse
+	6,  // 31: budfleet.kube.v1.ClusterService.ListClusters:output_type -> budfleet.kube.v1.ListClustersResponse
+	8,  // 32: budfleet.kube.v1.ClusterService.GetCluster:output_type -> budfleet.kube.v1.GetClusterResponse
+	10, // 33: budfleet.kube.v1.ClusterService.RemoveCluster:output_type -> budfleet.kube.v1.RemoveClusterResponse
+	13, // 34: budfleet.kube.v1.ClusterService.CordonNode:output_type -> budfleet.kube.v1.CordonNodeResponse
+	15, // 35: budfleet.kube.v1.ClusterService.UncordonNode:output_type -> budfleet.kube.v1.UncordonNodeResponse
+	17, // 36: budfleet.kube.v1.ClusterService.DrainNode:output_type -> budfleet.kube.v1.DrainNodeResponse
+	22, // 37: budfleet.kube.v1.ClusterService.JoinNode:output_type -> budfleet.kube.v1.JoinNodeResponse
+	30, // [30:38] is the sub-list for method output_type
+	22, // [22:30] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_budfleet_kube_v1_kube_proto_init() }
@@ -1473,7 +1831,7 @@ func file_budfleet_kube_v1_kube_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_budfleet_kube_v1_kube_proto_rawDesc), len(file_budfleet_kube_v1_kube_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   20,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -40,6 +40,7 @@ const (
 	ClusterService_CordonNode_FullMethodName    = "/budfleet.kube.v1.ClusterService/CordonNode"
 	ClusterService_UncordonNode_FullMethodName  = "/budfleet.kube.v1.ClusterService/UncordonNode"
 	ClusterService_DrainNode_FullMethodName     = "/budfleet.kube.v1.ClusterService/DrainNode"
+	ClusterService_JoinNode_FullMethodName      = "/budfleet.kube.v1.ClusterService/JoinNode"
 )
 
 // ClusterServiceClient is the client API for ClusterService service.
@@ -69,6 +70,15 @@ type ClusterServiceClient interface {
 	// answers OK: the report says what blocked it. Errors are for drains that
 	// could not start (unknown node, no Kubernetes Node, unreachable cluster).
 	DrainNode(ctx context.Context, in *DrainNodeRequest, opts ...grpc.CallOption) (*DrainNodeResponse, error)
+	// JoinNode queues the join of a fleet node to a cluster (command kind
+	// kubelet.join): the controller makes sure the cluster's bootstrap RBAC
+	// is there, mints a short-lived bootstrap token (Secret
+	// bootstrap-token-<id> in kube-system, group
+	// system:bootstrappers:budfleet), finds the artifacts to install, and
+	// queues the join spec for the node's agent. Bad input and a cluster
+	// that cannot be prepared queue nothing. FleetService.GetNode shows the
+	// join's phase (Node.kubelet_join).
+	JoinNode(ctx context.Context, in *JoinNodeRequest, opts ...grpc.CallOption) (*JoinNodeResponse, error)
 }
 
 type clusterServiceClient struct {
@@ -149,6 +159,16 @@ func (c *clusterServiceClient) DrainNode(ctx context.Context, in *DrainNodeReque
 	return out, nil
 }
 
+func (c *clusterServiceClient) JoinNode(ctx context.Context, in *JoinNodeRequest, opts ...grpc.CallOption) (*JoinNodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(JoinNodeResponse)
+	err := c.cc.Invoke(ctx, ClusterService_JoinNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServiceServer is the server API for ClusterService service.
 // All implementations must embed UnimplementedClusterServiceServer
 // for forward compatibility.
@@ -176,6 +196,15 @@ type ClusterServiceServer interface {
 	// answers OK: the report says what blocked it. Errors are for drains that
 	// could not start (unknown node, no Kubernetes Node, unreachable cluster).
 	DrainNode(context.Context, *DrainNodeRequest) (*DrainNodeResponse, error)
+	// JoinNode queues the join of a fleet node to a cluster (command kind
+	// kubelet.join): the controller makes sure the cluster's bootstrap RBAC
+	// is there, mints a short-lived bootstrap token (Secret
+	// bootstrap-token-<id> in kube-system, group
+	// system:bootstrappers:budfleet), finds the artifacts to install, and
+	// queues the join spec for the node's agent. Bad input and a cluster
+	// that cannot be prepared queue nothing. FleetService.GetNode shows the
+	// join's phase (Node.kubelet_join).
+	JoinNode(context.Context, *JoinNodeRequest) (*JoinNodeResponse, error)
 	mustEmbedUnimplementedClusterServiceServer()
 }
 
@@ -206,6 +235,9 @@ func (UnimplementedClusterServiceServer) UncordonNode(context.Context, *Uncordon
 }
 func (UnimplementedClusterServiceServer) DrainNode(context.Context, *DrainNodeRequest) (*DrainNodeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DrainNode not implemented")
+}
+func (UnimplementedClusterServiceServer) JoinNode(context.Context, *JoinNodeRequest) (*JoinNodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method JoinNode not implemented")
 }
 func (UnimplementedClusterServiceServer) mustEmbedUnimplementedClusterServiceServer() {}
 func (UnimplementedClusterServiceServer) testEmbeddedByValue()                        {}
@@ -354,6 +386,24 @@ func _ClusterService_DrainNode_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ClusterService_JoinNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(JoinNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).JoinNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_JoinNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).JoinNode(ctx, req.(*JoinNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ClusterService_ServiceDesc is the grpc.ServiceDesc for ClusterService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -388,6 +438,10 @@ var ClusterService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DrainNode",
 			Handler:    _ClusterService_DrainNode_Handler,
+		},
+		{
+			MethodName: "JoinNode",
+			Handler:    _ClusterService_JoinNode_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
