@@ -28,7 +28,9 @@
 // client certificate in group system:masters. The apiserver runs with
 // --authorization-mode=Node,RBAC, bootstrap-token authentication, the
 // NodeRestriction admission plugin and --endpoint-reconciler-type=none
-// (needed on loopback). There is no kube-scheduler: a pod runs only when
+// (needed on loopback); it reaches kubelets with a client certificate in
+// system:masters at their InternalIP (logs, exec of a real kubelet's
+// pods). There is no kube-scheduler: a pod runs only when
 // it names its node (spec.nodeName).
 //
 // Each process gets SIGKILL when Stop is called, when the test ends
@@ -279,6 +281,10 @@ func (cp *ControlPlane) start(ctx context.Context, o *options) error {
 		"--client-ca-file=" + cp.CACertFile,
 		"--kubelet-client-certificate=" + kubeletClientCert,
 		"--kubelet-client-key=" + kubeletClientKey,
+		// A real kubelet's Node lists its --hostname-override first, which
+		// resolves nowhere here: reach kubelets (logs, exec) at their IP,
+		// as kubeadm's clusters do.
+		"--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
 		"--service-account-issuer=https://kubernetes.default.svc",
 		"--service-account-key-file=" + saPub,
 		"--service-account-signing-key-file=" + saKey,
