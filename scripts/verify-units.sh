@@ -9,6 +9,8 @@
 # Fails if systemd-analyze exits non-zero or prints anything on stderr that
 # mentions the unit (unknown keys, bad values, missing binaries only warn).
 #
+# A unit's drop-ins (UNIT_FILE.d/*.conf) are verified with it.
+#
 # Usage: scripts/verify-units.sh [--self-test] [UNIT_FILE...]
 #   --self-test  also check that a unit with a bogus key is rejected.
 set -euo pipefail
@@ -58,6 +60,10 @@ verify_unit() {
 	sed "s#^\(Exec[A-Za-z]*=[-@:+!]*\)/usr/bin/\(bud-[A-Za-z0-9_-]*\)#\1${bin:-/usr/bin}/\2#" "$src" >"$unit"
 	if [ -n "$extra" ]; then
 		sed -i "/^\[Service\]/a $extra" "$unit"
+	fi
+	# Drop-ins beside the unit (NAME.d/*.conf) are verified with it.
+	if [ -d "$src.d" ]; then
+		cp -r "$src.d" "$dir/"
 	fi
 
 	# --man=no: Documentation= man: pages need not be installed here.
