@@ -34,8 +34,8 @@ import (
 func TestClusterServiceAccess(t *testing.T) {
 	c := issueCerts(t)
 	desc := kubev1.ClusterService_ServiceDesc
-	if len(desc.Methods) != 7 {
-		t.Errorf("ClusterService has %d methods; this test expects 7, update it", len(desc.Methods))
+	if len(desc.Methods) != 8 {
+		t.Errorf("ClusterService has %d methods; this test expects 8, update it", len(desc.Methods))
 	}
 	for _, m := range desc.Methods {
 		method := "/" + desc.ServiceName + "/" + m.MethodName
