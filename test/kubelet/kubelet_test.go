@@ -270,46 +270,7 @@ func TestRealKubeletJoin(t *testing.T) {
 	})
 
 	t.Run("a pod from an imported image runs and its log reads back", func(t *testing.T) {
-		pod := &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: "hello", Namespace: metav1.NamespaceDefault},
-			Spec: corev1.PodSpec{
-				NodeName:                      "gpu-node-1",
-				RestartPolicy:                 corev1.RestartPolicyNever,
-				TerminationGracePeriodSeconds: ptr(int64(1)),
-				Tolerations:                   []corev1.Toleration{{Key: "nvidia.com/gpu", Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule}},
-				Containers: []corev1.Container{{
-					Name: "hello", Image: busyboxImage, ImagePullPolicy: corev1.PullNever,
-					Command: []string{"/bin/sh", "-c", "echo hello from a budfleet node; ls /bin | wc -l >/dev/null"},
-				}},
-			},
-		}
-		began := time.Now()
-		if _, err := cp.Client.CoreV1().Pods(pod.Namespace).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		var last *corev1.Pod
-		deadline := time.Now().Add(2 * time.Minute)
-		for time.Now().Before(deadline) {
-			last, err = cp.Client.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
-			if err == nil && (last.Status.Phase == corev1.PodSucceeded || last.Status.Phase == corev1.PodFailed) {
-				break
-			}
-			time.Sleep(250 * time.Millisecond)
-		}
-		if last == nil || last.Status.Phase != corev1.PodSucceeded {
-			t.Fatalf("pod did not succeed: %+v", last.Status)
-		}
-		t.Logf("pod created to Succeeded: %v", time.Since(began).Round(time.Millisecond))
-		b, err := cp.Client.CoreV1().Pods(pod.Namespace).GetLogs(pod.Name, &corev1.PodLogOptions{}).DoRaw(ctx)
-		if err != nil {
-			t.Fatalf("logs: %v", err)
-		}
-		if got := strings.TrimSpace(string(b)); got != "hello from a budfleet node" {
-			t.Errorf("log %q", got)
-		}
-		if err := cp.Client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))}); err != nil {
-			t.Error(err)
-		}
+		runPod(t, ctx, cp, "gpu-node-1")
 	})
 
 	t.Run("joining again converges without a new CSR", func(t *testing.T) {
@@ -447,6 +408,55 @@ func TestRealKubeletJoin(t *testing.T) {
 		s := specFor(t, ctx, km, "node-5", "node-5", bad)
 		failsWith(t, fresh(t), s, "installing:", "is corrupted", "refused")
 	})
+}
+
+// runPod runs a pod of the imported busybox image on node (the GPU taint
+// tolerated), waits for it to succeed, reads its log back and deletes it.
+func runPod(t *testing.T, ctx context.Context, cp *kubetest.ControlPlane, node string) {
+	t.Helper()
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "hello", Namespace: metav1.NamespaceDefault},
+		Spec: corev1.PodSpec{
+			NodeName:                      node,
+			RestartPolicy:                 corev1.RestartPolicyNever,
+			TerminationGracePeriodSeconds: ptr(int64(1)),
+			Tolerations:                   []corev1.Toleration{{Key: "nvidia.com/gpu", Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule}},
+			Containers: []corev1.Container{{
+				Name: "hello", Image: busyboxImage, ImagePullPolicy: corev1.PullNever,
+				Command: []string{"/bin/sh", "-c", "echo hello from a budfleet node"},
+			}},
+		},
+	}
+	began := time.Now()
+	if _, err := cp.Client.CoreV1().Pods(pod.Namespace).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		last *corev1.Pod
+		err  error
+	)
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		last, err = cp.Client.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
+		if err == nil && (last.Status.Phase == corev1.PodSucceeded || last.Status.Phase == corev1.PodFailed) {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if last == nil || last.Status.Phase != corev1.PodSucceeded {
+		t.Fatalf("pod did not succeed: %+v", last.Status)
+	}
+	t.Logf("pod created to Succeeded: %v", time.Since(began).Round(time.Millisecond))
+	b, err := cp.Client.CoreV1().Pods(pod.Namespace).GetLogs(pod.Name, &corev1.PodLogOptions{}).DoRaw(ctx)
+	if err != nil {
+		t.Fatalf("logs: %v", err)
+	}
+	if got := strings.TrimSpace(string(b)); got != "hello from a budfleet node" {
+		t.Errorf("log %q", got)
+	}
+	if err := cp.Client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))}); err != nil {
+		t.Error(err)
+	}
 }
 
 // kubeletInstall copies the kubelet binary to dst.
