@@ -162,8 +162,8 @@ func TestJoinNode(t *testing.T) {
 	checkRBAC := func(t *testing.T) {
 		t.Helper()
 		for name, want := range map[string]string{
-			"kubeadm:kubelet-bootstrap":                    "system:node-bootstrapper Group/system:bootstrappers:budfleet",
-			"kubeadm:node-autoapprove-bootstrap":           "system:certificates.k8s.io:certificatesigningrequests:nodeclient Group/system:bootstrappers:budfleet",
+			"kubeadm:kubelet-bootstrap":                     "system:node-bootstrapper Group/system:bootstrappers:budfleet",
+			"kubeadm:node-autoapprove-bootstrap":            "system:certificates.k8s.io:certificatesigningrequests:nodeclient Group/system:bootstrappers:budfleet",
 			"kubeadm:node-autoapprove-certificate-rotation": "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient Group/system:nodes",
 		} {
 			b, err := cp.Client.RbacV1().ClusterRoleBindings().Get(ctx, name, metav1.GetOptions{})
