@@ -12,6 +12,8 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/bud-ecosystem/budfleet/agent/kubelet"
+
 	"github.com/bud-ecosystem/budfleet/siem"
 )
 
@@ -62,6 +64,9 @@ type KubeletConfig struct {
 	// NVIDIARuntime is the NVIDIA container runtime on GPU nodes (default
 	// /usr/bin/nvidia-container-runtime).
 	NVIDIARuntime string `yaml:"nvidia_runtime"`
+	// Configuration holds KubeletConfiguration fields (their YAML names:
+	// evictionHard, maxPods, ...) laid over the ones a join writes.
+	Configuration map[string]any `yaml:"configuration"`
 }
 
 // GPUConfig configures GPU inventory and health.
@@ -129,6 +134,9 @@ func (c Config) Validate() error {
 	}
 	if ip := c.Kubelet.NodeIP; ip != "" && net.ParseIP(ip) == nil {
 		return fmt.Errorf("kubelet.node_ip %q is not an IP address", ip)
+	}
+	if _, err := kubelet.ConfigurationPatch(c.Kubelet.Configuration); err != nil {
+		return fmt.Errorf("kubelet.configuration: %w", err)
 	}
 	switch c.Kubelet.Supervise {
 	case "", "systemd", "agent":

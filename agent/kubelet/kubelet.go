@@ -624,7 +624,7 @@ func (m *Module) writeConfig(spec command.KubeletJoinSpec, h host, args []string
 		{p.bootstrapKubeconfig, boot, 0o600, false}, // a new token alone restarts nothing
 		{p.kubeletConfig, cfg, 0o644, true},
 		{p.kubeletUnit, renderKubeletUnit(p), 0o644, false},
-		{p.kubeletDropIn, renderKubeletDropIn(p, args), 0o644, false},
+		{p.kubeletDropIn, renderKubeletDropIn(p, args), 0o644, true},
 		{p.containerdConfig, renderContainerdConfig(p, h, spec.GPU), 0o644, false},
 	}
 	if h.systemd && m.containerdBin() == p.containerdBin {

@@ -119,6 +119,33 @@ var kubeletCodecs = func() serializer.CodecFactory {
 // the defaults are set (agent config, tests).
 type KubeletConfigTuner func(*kubeletv1beta1.KubeletConfiguration)
 
+// ConfigurationPatch checks fields of a KubeletConfiguration (by their
+// YAML names) and returns the tuner that lays them over a join's
+// configuration; nil for none. Unknown fields are errors.
+func ConfigurationPatch(fields map[string]any) (KubeletConfigTuner, error) {
+	if len(fields) == 0 {
+		return nil, nil
+	}
+	for _, k := range []string{"apiVersion", "kind"} {
+		if _, ok := fields[k]; ok {
+			return nil, fmt.Errorf("%s is the join's to set; give only the fields to change", k)
+		}
+	}
+	b, err := json.Marshal(fields)
+	if err != nil {
+		return nil, err
+	}
+	apply := func(c *kubeletv1beta1.KubeletConfiguration) error {
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.DisallowUnknownFields()
+		return dec.Decode(c)
+	}
+	if err := apply(&kubeletv1beta1.KubeletConfiguration{}); err != nil {
+		return nil, fmt.Errorf("not KubeletConfiguration (kubelet.config.k8s.io/v1beta1) fields: %w", err)
+	}
+	return func(c *kubeletv1beta1.KubeletConfiguration) { _ = apply(c) }, nil
+}
+
 // renderKubeletConfig is the kubelet's --config, a typed
 // KubeletConfiguration serialized with the kubelet's own scheme.
 func renderKubeletConfig(p paths, h host, tune KubeletConfigTuner) ([]byte, error) {

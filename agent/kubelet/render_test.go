@@ -183,3 +183,25 @@ func TestSupervisorRestartsAndStops(t *testing.T) {
 		t.Error("ensure after the agent stopped succeeded")
 	}
 }
+
+func TestConfigurationPatch(t *testing.T) {
+	tune, err := ConfigurationPatch(map[string]any{"maxPods": 17, "evictionHard": map[string]any{"memory.available": "1Mi"}, "failSwapOn": false})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := renderKubeletConfig(newPaths("/"), host{}, tune)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"maxPods: 17", "memory.available: 1Mi", "failSwapOn: false", "rotateCertificates: true"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("config lacks %q:\n%s", want, b)
+		}
+	}
+	if _, err := ConfigurationPatch(map[string]any{"maxPodz": 1}); err == nil || !strings.Contains(err.Error(), "maxPodz") {
+		t.Errorf("unknown field: %v", err)
+	}
+	if _, err := ConfigurationPatch(map[string]any{"kind": "X"}); err == nil {
+		t.Error("kind was taken")
+	}
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -102,12 +103,17 @@ func (a *app) run(ctx context.Context, rf runFlags) error {
 	// The artifact source of kubelet.join is the controller's artifact
 	// store over the session, once agent/artifact is wired in; until then
 	// a join uses the binaries the node has.
+	tune, err := kubelet.ConfigurationPatch(cfg.Kubelet.Configuration)
+	if err != nil {
+		return fmt.Errorf("agent config kubelet.configuration: %w", err)
+	}
 	kub, err := kubelet.New(kubelet.Options{
-		Root:          cfg.Kubelet.Root,
-		NodeIP:        cfg.Kubelet.NodeIP,
-		Supervise:     cfg.Kubelet.Supervise,
-		NVIDIARuntime: cfg.Kubelet.NVIDIARuntime,
-		Logger:        log,
+		TuneKubeletConfig: tune,
+		Root:              cfg.Kubelet.Root,
+		NodeIP:            cfg.Kubelet.NodeIP,
+		Supervise:         cfg.Kubelet.Supervise,
+		NVIDIARuntime:     cfg.Kubelet.NVIDIARuntime,
+		Logger:            log,
 	})
 	if err != nil {
 		return err
