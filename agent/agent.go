@@ -213,8 +213,10 @@ func (a *Agent) NodeID() string { return a.nodeID }
 // exponential backoff and full jitter, until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
 	a.siem.start(ctx)
-	// What the kubelet module supervises lives as long as the agent runs.
+	// What the kubelet module supervises lives as long as the agent runs,
+	// and the agent exits after it has stopped.
 	a.kubelet.Start(ctx)
+	defer a.kubelet.Wait()
 	// The controller stops redelivering a command once it has its result;
 	// records a month old only take space.
 	if n, err := a.state.PruneCommands(a.opts.Now().Add(-commandRecordTTL)); err != nil {

@@ -290,11 +290,16 @@ func (s *Server) kubeletJoin(ctx context.Context, nodeID string) *kubev1.Kubelet
 		if n := c.Output[command.OutputJoinNode]; n != "" {
 			j.NodeName = n
 		}
-		if c.State == store.CommandFailed {
+		switch {
+		case c.State == store.CommandFailed:
 			j.Phase = command.JoinFailed
 			if j.Reason == "" {
 				j.Reason = c.Message
 			}
+		case c.Output[command.OutputJoinAlready] == "true":
+			j.Reason = "already joined; left as it was"
+		case j.Reason == "" && c.Output[command.OutputJoinDuration] != "":
+			j.Reason = "joined in " + c.Output[command.OutputJoinDuration]
 		}
 		j.UpdatedAt = ts(c.FinishedAt)
 	case c.OutputTail != nil:

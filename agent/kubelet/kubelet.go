@@ -162,6 +162,11 @@ func (m *Module) Start(ctx context.Context) {
 	m.log.Info("kubelet started again for the joined node", "cluster", rec.Cluster, "node_name", rec.NodeName)
 }
 
+// Wait returns once what the module supervised (containerd, the kubelet)
+// has stopped after the context Start was given ended, so that the agent
+// exits after them.
+func (m *Module) Wait() { m.sup.wait() }
+
 // Record is what var/lib/budfleet/kubelet/join.json keeps of the node's
 // join.
 type Record struct {

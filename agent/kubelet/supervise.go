@@ -26,6 +26,8 @@ type supervisor struct {
 	mu      sync.Mutex
 	ctx     context.Context // the agent's; nil until start
 	running map[string]*child
+	// stopped is closed once every child is stopped after ctx ended.
+	stopped chan struct{}
 }
 
 const (
@@ -49,7 +51,7 @@ type child struct {
 }
 
 func newSupervisor(log *slog.Logger) *supervisor {
-	return &supervisor{log: log, running: map[string]*child{}}
+	return &supervisor{log: log, running: map[string]*child{}, stopped: make(chan struct{})}
 }
 
 // start ties the supervisor to the agent's lifetime: when ctx ends every
@@ -58,7 +60,21 @@ func (s *supervisor) start(ctx context.Context) {
 	s.mu.Lock()
 	s.ctx = ctx
 	s.mu.Unlock()
-	context.AfterFunc(ctx, s.stopAll)
+	context.AfterFunc(ctx, func() {
+		s.stopAll()
+		close(s.stopped)
+	})
+}
+
+// wait returns once the children are stopped after the agent's context
+// ended; at once when start was never called.
+func (s *supervisor) wait() {
+	s.mu.Lock()
+	started := s.ctx != nil
+	s.mu.Unlock()
+	if started {
+		<-s.stopped
+	}
 }
 
 // ensure makes name run argv (logging to logFile): started when it is not

@@ -138,7 +138,7 @@ func specFor(t *testing.T, ctx context.Context, m *kube.Manager, id, hostname st
 }
 
 func TestRealKubeletJoin(t *testing.T) {
-	requireRoot(t)
+	requireNode(t)
 	checkDeps(t)
 	cp := kubetest.Start(t, kubetest.WithControllerManager())
 	addNodeLink(t)

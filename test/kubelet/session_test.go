@@ -66,7 +66,7 @@ func (f fixedInventory) Collect(ctx context.Context) (*hostv1.Inventory, error) 
 // kubelet, streaming its phases, and GetNode shows them up to ready; the
 // Node carries the labels derived from the GPU inventory.
 func TestJoinThroughTheSession(t *testing.T) {
-	requireRoot(t)
+	requireNode(t)
 	checkDeps(t)
 	cp := kubetest.Start(t, kubetest.WithControllerManager())
 	addNode := addNodeLink
