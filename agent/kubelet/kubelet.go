@@ -33,6 +33,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -43,9 +44,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -499,27 +498,55 @@ func preflight(ctx context.Context, spec command.KubeletJoinSpec) error {
 		Timeout:         15 * time.Second,
 		UserAgent:       "bud-agent",
 	}
-	c, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return err
-	}
 	// Listing CSRs is what node-bootstrapper grants the token's group.
-	_, err = c.CertificatesV1().CertificateSigningRequests().List(ctx, metav1.ListOptions{Limit: 1})
+	code, body, err := apiGet(ctx, cfg, "/apis/certificates.k8s.io/v1/certificatesigningrequests?limit=1")
 	switch {
-	case err == nil:
-		return nil
-	case apierrors.IsUnauthorized(err):
-		return fmt.Errorf("the API server %s refused the bootstrap token (expired, or deleted from kube-system): run the join again for a new one", spec.Server)
-	case apierrors.IsForbidden(err):
-		return fmt.Errorf("the API server %s took the bootstrap token but does not let it manage CSRs (%v): the cluster's bootstrap RBAC is missing; the controller ensures it when it queues the join", spec.Server, err)
-	case strings.Contains(err.Error(), "x509:"), strings.Contains(err.Error(), "certificate"):
+	case err != nil && (strings.Contains(err.Error(), "x509:") || strings.Contains(err.Error(), "certificate")):
 		return fmt.Errorf("the cluster CA in the join spec does not verify the API server %s (%v): the cluster's kubeconfig on the controller names another CA; add the cluster again with the right certificate-authority-data", spec.Server, err)
+	case err != nil:
+		return fmt.Errorf("the API server %s could not be reached from this node: %w", spec.Server, err)
+	case code == http.StatusOK, code == http.StatusNotFound: // 404: no certificates.k8s.io/v1 here, not ours to judge
+		return nil
+	case code == http.StatusUnauthorized:
+		return fmt.Errorf("the API server %s refused the bootstrap token (expired, or deleted from kube-system): run the join again for a new one", spec.Server)
+	case code == http.StatusForbidden:
+		return fmt.Errorf("the API server %s took the bootstrap token but does not let it manage CSRs (%s): the cluster's bootstrap RBAC is missing; the controller ensures it when it queues the join", spec.Server, statusMessage(body))
 	}
-	var se *apierrors.StatusError
-	if errors.As(err, &se) && se.Status().Code == http.StatusNotFound {
-		return nil // an API server without certificates.k8s.io/v1 is not ours to judge
+	return fmt.Errorf("the API server %s answered %d: %s", spec.Server, code, statusMessage(body))
+}
+
+// apiGet GETs path from the API server of cfg with its credentials. The
+// agent makes two kinds of call (list CSRs, get its Node), so it does
+// them over rest's HTTP client rather than with client-go's clientsets,
+// whose scheme of every API group would more than double the agent's
+// binary.
+func apiGet(ctx context.Context, cfg *rest.Config, path string) (code int, body []byte, err error) {
+	hc, err := rest.HTTPClientFor(cfg)
+	if err != nil {
+		return 0, nil, err
 	}
-	return fmt.Errorf("the API server %s could not be reached from this node: %w", spec.Server, err)
+	defer hc.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(cfg.Host, "/")+path, nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	body, err = io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	return resp.StatusCode, body, err
+}
+
+// statusMessage is the message of a metav1.Status body, else the body.
+func statusMessage(body []byte) string {
+	var st metav1.Status
+	if json.Unmarshal(body, &st) == nil && st.Message != "" {
+		return st.Message
+	}
+	return strings.TrimSpace(string(body))
 }
 
 // install puts the kubelet, containerd, runc and the CNI plugins in place:
@@ -751,24 +778,34 @@ func systemctl(ctx context.Context, args ...string) error {
 	return nil
 }
 
-// nodeClient is a client with the kubelet's own credentials (kubelet.conf,
-// once bootstrapped): the Node authorizer lets it read its own Node.
-func (m *Module) nodeClient() (kubernetes.Interface, error) {
+// getNode reads Node name with the kubelet's own credentials
+// (kubelet.conf, once bootstrapped): the Node authorizer lets it read its
+// own Node.
+func (m *Module) getNode(ctx context.Context, name string) (*corev1.Node, error) {
 	cfg, err := clientcmd.BuildConfigFromFlags("", m.paths.kubeconfig)
 	if err != nil {
 		return nil, err
 	}
 	cfg.Timeout = 10 * time.Second
 	cfg.UserAgent = "bud-agent"
-	return kubernetes.NewForConfig(cfg)
+	code, body, err := apiGet(ctx, cfg, "/api/v1/nodes/"+name)
+	switch {
+	case err != nil:
+		return nil, err
+	case code == http.StatusNotFound:
+		return nil, fmt.Errorf("no Node %s yet", name)
+	case code != http.StatusOK:
+		return nil, fmt.Errorf("get Node %s: %d: %s", name, code, statusMessage(body))
+	}
+	var n corev1.Node
+	if err := json.Unmarshal(body, &n); err != nil {
+		return nil, fmt.Errorf("get Node %s: %w", name, err)
+	}
+	return &n, nil
 }
 
 func (m *Module) nodeReady(ctx context.Context, name string) (bool, error) {
-	c, err := m.nodeClient()
-	if err != nil {
-		return false, err
-	}
-	n, err := c.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	n, err := m.getNode(ctx, name)
 	if err != nil {
 		return false, err
 	}
@@ -821,11 +858,7 @@ func (m *Module) waitRegistered(ctx context.Context, name string) (*corev1.Node,
 			}
 			return false, "no " + m.paths.kubeconfig + " yet (the CSR is not signed)"
 		}
-		c, err := m.nodeClient()
-		if err != nil {
-			return false, err.Error()
-		}
-		n, err := c.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		n, err := m.getNode(ctx, name)
 		if err != nil {
 			return false, err.Error()
 		}
@@ -846,11 +879,7 @@ func (m *Module) ensureCNI(ctx context.Context, name string) error {
 	}
 	var cidr string
 	err := m.poll(ctx, "a pod CIDR on Node "+name+" (the controller manager's --allocate-node-cidrs), for the node's bridge network", func() (bool, string) {
-		c, err := m.nodeClient()
-		if err != nil {
-			return false, err.Error()
-		}
-		n, err := c.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		n, err := m.getNode(ctx, name)
 		if err != nil {
 			return false, err.Error()
 		}
@@ -870,11 +899,7 @@ func (m *Module) ensureCNI(ctx context.Context, name string) error {
 
 func (m *Module) waitReady(ctx context.Context, name string) error {
 	return m.poll(ctx, "Node "+name+" to turn Ready", func() (bool, string) {
-		c, err := m.nodeClient()
-		if err != nil {
-			return false, err.Error()
-		}
-		n, err := c.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		n, err := m.getNode(ctx, name)
 		if err != nil {
 			return false, err.Error()
 		}
