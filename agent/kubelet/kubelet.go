@@ -119,7 +119,10 @@ func New(opts Options) (*Module, error) {
 		opts.Now = time.Now
 	}
 	log := opts.Logger.With("module", "kubelet")
-	return &Module{opts: opts, log: log, paths: newPaths(opts.Root), sup: newSupervisor(log)}, nil
+	p := newPaths(opts.Root)
+	sup := newSupervisor(log)
+	sup.path = strings.Join([]string{p.binDir, p.sbinDir, os.Getenv("PATH")}, string(os.PathListSeparator))
+	return &Module{opts: opts, log: log, paths: p, sup: sup}, nil
 }
 
 // systemd reports whether containerd and the kubelet run under systemd.

@@ -1,6 +1,8 @@
 package kubelet
 
 import (
+	"archive/tar"
+	"compress/gzip"
 	"errors"
 	"io"
 	"log/slog"
@@ -82,5 +84,48 @@ func TestInstallFileIsAtomicAndIdempotent(t *testing.T) {
 	st, err := os.Stat(dst)
 	if err != nil || st.Mode().Perm() != 0o755 {
 		t.Errorf("installed %v %v", st.Mode(), err)
+	}
+}
+
+func TestExtractBinaries(t *testing.T) {
+	dir := t.TempDir()
+	tgz := filepath.Join(dir, "containerd.tar.gz")
+	f, err := os.Create(tgz)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zw := gzip.NewWriter(f)
+	tw := tar.NewWriter(zw)
+	for _, e := range []struct{ name, body string }{
+		{"bin/containerd", "c"}, {"bin/containerd-shim-runc-v2", "s"}, {"bin/ctr", "t"}, {"README.md", "r"}, {"bin/.hidden", "h"},
+	} {
+		if err := tw.WriteHeader(&tar.Header{Name: e.name, Mode: 0o644, Size: int64(len(e.body)), Typeflag: tar.TypeReg}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write([]byte(e.body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.WriteHeader(&tar.Header{Name: "bin/../../escape", Typeflag: tar.TypeSymlink, Linkname: "/etc/passwd"}); err != nil {
+		t.Fatal(err)
+	}
+	tw.Close()
+	zw.Close()
+	f.Close()
+	out := filepath.Join(dir, "out")
+	n, err := extractBinaries(tgz, out, func(name string) bool { return name != "README.md" })
+	if err != nil || n != 3 {
+		t.Fatalf("extracted %d, %v; want 3", n, err)
+	}
+	for _, b := range []string{"containerd", "containerd-shim-runc-v2", "ctr"} {
+		if st, err := os.Stat(filepath.Join(out, b)); err != nil || st.Mode().Perm() != 0o755 {
+			t.Errorf("%s: %v %v", b, st, err)
+		}
+	}
+	if _, err := os.Lstat(filepath.Join(dir, "escape")); err == nil {
+		t.Error("a link outside the directory was made")
+	}
+	if _, err := extractBinaries(filepath.Join(dir, "out", "ctr"), out, func(string) bool { return true }); err == nil || !strings.Contains(err.Error(), "not a .tar.gz") {
+		t.Errorf("a file that is not a tarball: %v", err)
 	}
 }

@@ -28,6 +28,9 @@ type supervisor struct {
 	running map[string]*child
 	// stopped is closed once every child is stopped after ctx ended.
 	stopped chan struct{}
+	// path is the children's PATH: the join's own bin directories first,
+	// so containerd finds the shim and runc installed beside it.
+	path string
 }
 
 const (
@@ -182,6 +185,9 @@ func (s *supervisor) runOnce(ctx context.Context, c *child) error {
 	cmd := exec.Command(c.argv[0], c.argv[1:]...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Dir = "/"
+	if s.path != "" {
+		cmd.Env = append(os.Environ(), "PATH="+s.path)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
 		return err

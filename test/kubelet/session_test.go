@@ -53,6 +53,13 @@ func (l *lookup) LookupArtifact(_ context.Context, name, version, platform strin
 	return "", "", fmt.Errorf("%s %s: %w", name, version, store.ErrNotFound)
 }
 
+func tailOf(b []byte, n int) string {
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(b)
+}
+
 type fixedInventory struct{ h *hostv1.Inventory }
 
 func (f fixedInventory) Collect(ctx context.Context) (*hostv1.Inventory, error) {
@@ -76,7 +83,34 @@ func TestJoinThroughTheSession(t *testing.T) {
 
 	src := kubelettest.NewDirSource(t.TempDir())
 	arts := artifacts(t, src, cp.BinDir)
+	// The node's runtime from artifacts too: containerd's and the CNI
+	// plugins' release tarballs and runc, made of Debian's binaries.
+	tmp := t.TempDir()
+	runtimeArts := map[string]string{
+		command.ArtifactContainerd: filepath.Join(tmp, "containerd.tar.gz"),
+		command.ArtifactCNIPlugins: filepath.Join(tmp, "cni-plugins.tar.gz"),
+		command.ArtifactRunc:       "/usr/sbin/runc",
+	}
+	if err := kubelettest.ReleaseTarball(runtimeArts[command.ArtifactContainerd], map[string]string{
+		"bin/containerd": "/usr/bin/containerd", "bin/containerd-shim-runc-v2": "/usr/bin/containerd-shim-runc-v2", "bin/ctr": "/usr/bin/ctr",
+	}); err != nil {
+		t.Fatal(err)
+	}
+	cni := map[string]string{}
+	for _, p := range []string{"bridge", "host-local", "loopback", "portmap"} {
+		cni["./"+p] = "/usr/lib/cni/" + p
+	}
+	if err := kubelettest.ReleaseTarball(runtimeArts[command.ArtifactCNIPlugins], cni); err != nil {
+		t.Fatal(err)
+	}
 	look := &lookup{m: map[string]string{}}
+	for name, p := range runtimeArts {
+		d, err := src.Add(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		look.add(name, "debian", d)
+	}
 	for _, a := range arts {
 		name := a.Name
 		if a.Kind == command.ArtifactImage {
@@ -218,8 +252,19 @@ func TestJoinThroughTheSession(t *testing.T) {
 	if len(kn.Spec.Taints) == 0 || kn.Spec.Taints[0].Key != "nvidia.com/gpu" {
 		t.Errorf("taints %v", kn.Spec.Taints)
 	}
-	if got := len(src.Fetched()); got != 3 {
-		t.Errorf("%d artifacts fetched over the join, want 3 (kubelet, two images)", got)
+	if got := len(src.Fetched()); got != 6 {
+		t.Errorf("%d artifacts fetched over the join, want 6 (kubelet, containerd, runc, CNI plugins, two images)", got)
+	}
+	// containerd, its shim, runc and the CNI plugins ran from where the
+	// join installed them.
+	if b, err := os.ReadFile(filepath.Join(root, "var/log/budfleet/containerd.log")); err != nil || !strings.Contains(string(b), `starts ["`+filepath.Join(root, "usr/local/bin/containerd")+`"`) {
+		t.Errorf("containerd did not run from the join's install: %v %s", err, tailOf(b, 2000))
+	}
+	cfgToml, _ := os.ReadFile(filepath.Join(root, "etc/containerd/config.toml"))
+	for _, want := range []string{`BinaryName = "` + filepath.Join(root, "usr/local/sbin/runc") + `"`, `bin_dir = "` + filepath.Join(root, "opt/cni/bin") + `"`} {
+		if !strings.Contains(string(cfgToml), want) {
+			t.Errorf("containerd config lacks %s:\n%s", want, cfgToml)
+		}
 	}
 	// A pod runs under containerd's default runtime of a GPU node, nvidia.
 	runPod(t, ctx, cp, "dgx-7")

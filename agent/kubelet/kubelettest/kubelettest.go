@@ -7,6 +7,7 @@ package kubelettest
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -17,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -232,4 +234,45 @@ func digestOf(b []byte) string {
 
 func blobName(digest string) string {
 	return "blobs/sha256/" + strings.TrimPrefix(digest, "sha256:")
+}
+
+// ReleaseTarball writes a .tar.gz at path holding each file of files
+// (name in the tarball -> file on disk), as containerd's and the CNI
+// plugins' releases ship their binaries.
+func ReleaseTarball(path string, files map[string]string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	zw := gzip.NewWriter(f)
+	tw := tar.NewWriter(zw)
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		b, err := os.ReadFile(files[name])
+		if err != nil {
+			f.Close()
+			return err
+		}
+		if err := tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(b)), ModTime: time.Unix(0, 0)}); err != nil {
+			f.Close()
+			return err
+		}
+		if _, err := tw.Write(b); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := zw.Close(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
