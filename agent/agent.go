@@ -58,10 +58,10 @@ type Options struct {
 	// session and running the reboot command, for the result to leave the
 	// node; 0 is a second.
 	RebootDelay time.Duration
-	// Kubelet joins the node to Kubernetes clusters (kubelet.join); nil
-	// makes one with its defaults (root /, no artifact source: the node's
-	// own binaries).
-	Kubelet *kubelet.Module
+	// Kubelet configures the kubelet.join module (agent/kubelet): the zero
+	// value is root /, automatic supervision, and no artifact source (the
+	// node's own binaries). Its Logger defaults to the agent's.
+	Kubelet kubelet.Options
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// Transport opens sessions; nil dials the controller over gRPC with the
@@ -162,10 +162,14 @@ func New(opts Options) (*Agent, error) {
 		bootID:        bootID,
 		log:           a.log,
 	}
-	if a.kubelet = opts.Kubelet; a.kubelet == nil {
-		if a.kubelet, err = kubelet.New(kubelet.Options{Logger: a.log}); err != nil {
-			return nil, err
-		}
+	// A Source left nil is where the agent's artifact fetcher goes: the
+	// joins then install what the controller's artifact store serves.
+	kopts := opts.Kubelet
+	if kopts.Logger == nil {
+		kopts.Logger = a.log
+	}
+	if a.kubelet, err = kubelet.New(kopts); err != nil {
+		return nil, err
 	}
 	handlers := map[string]handler{
 		command.InventoryCollect:  plain(a.inventory.collectCommand),

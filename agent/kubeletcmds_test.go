@@ -35,11 +35,7 @@ func TestLoadConfigKubelet(t *testing.T) {
 func TestExecuteKubeletJoinBadSpec(t *testing.T) {
 	st := openState(t, enrolledState(t))
 	defer st.Close()
-	mod, err := kubelet.New(kubelet.Options{Root: t.TempDir(), Logger: discardLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := New(Options{State: st, Inventory: &fakeInventory{}, Logger: discardLogger(), Kubelet: mod})
+	a, err := New(Options{State: st, Inventory: &fakeInventory{}, Logger: discardLogger(), Kubelet: kubelet.Options{Root: t.TempDir()}})
 	if err != nil {
 		t.Fatal(err)
 	}

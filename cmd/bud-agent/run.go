@@ -100,23 +100,19 @@ func (a *app) run(ctx context.Context, rf runFlags) error {
 		return err
 	}
 	defer fwd.Close()
-	// The artifact source of kubelet.join is the controller's artifact
-	// store over the session, once agent/artifact is wired in; until then
-	// a join uses the binaries the node has.
+	// kubelet.join's artifact source is left to agent.New, which has the
+	// session the artifacts come over; without one a join uses the
+	// binaries the node has.
 	tune, err := kubelet.ConfigurationPatch(cfg.Kubelet.Configuration)
 	if err != nil {
 		return fmt.Errorf("agent config kubelet.configuration: %w", err)
 	}
-	kub, err := kubelet.New(kubelet.Options{
-		TuneKubeletConfig: tune,
+	kub := kubelet.Options{
 		Root:              cfg.Kubelet.Root,
 		NodeIP:            cfg.Kubelet.NodeIP,
 		Supervise:         cfg.Kubelet.Supervise,
 		NVIDIARuntime:     cfg.Kubelet.NVIDIARuntime,
-		Logger:            log,
-	})
-	if err != nil {
-		return err
+		TuneKubeletConfig: tune,
 	}
 	ag, err := agent.New(agent.Options{
 		State:          db,

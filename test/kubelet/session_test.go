@@ -177,12 +177,9 @@ func TestJoinThroughTheSession(t *testing.T) {
 	if err := os.WriteFile(nvidia, []byte("#!/bin/sh\nexec runc \"$@\"\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	mod, err := kubelet.New(kubelet.Options{Root: root, Source: src, Logger: logger(t), Supervise: kubelet.SuperviseAgent, NodeIP: nodeIP, TuneKubeletConfig: tune, NVIDIARuntime: nvidia})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ag, err := agent.New(agent.Options{
-		State: st, Logger: logger(t), GPU: gpus, Kubelet: mod,
+		State: st, Logger: logger(t), GPU: gpus,
+		Kubelet:        kubelet.Options{Root: root, Source: src, Supervise: kubelet.SuperviseAgent, NodeIP: nodeIP, TuneKubeletConfig: tune, NVIDIARuntime: nvidia},
 		Inventory:      fixedInventory{&hostv1.Inventory{Hostname: "dgx-7", Architecture: "amd64", AgentVersion: "test"}},
 		BackoffInitial: 50 * time.Millisecond, BackoffMax: time.Second, InventoryCheck: time.Second,
 	})
