@@ -190,7 +190,7 @@ func (s *Server) joinNode(ctx context.Context, n store.Node, req *kubev1.JoinNod
 // joinArtifacts looks up what the node installs; nil without an artifact
 // store.
 func (s *Server) joinArtifacts(ctx context.Context, n store.Node, version string, images []string) ([]command.JoinArtifact, error) {
-	look := s.opts.Artifacts
+	look := s.opts.JoinArtifacts
 	if look == nil {
 		if len(images) > 0 {
 			return nil, status.Errorf(codes.FailedPrecondition, "images %s were asked for but this controller has no artifact store to find them in", strings.Join(images, ", "))

@@ -63,7 +63,7 @@ func TestJoinNode(t *testing.T) {
 	if err := (&gpuReports{srv: e.srv}).recordInventory(ctx, "n1", gpuTestInventory("r", gpuTestH100, 8, 81920)); err != nil {
 		t.Fatal(err)
 	}
-	e.srv.opts.Artifacts = fakeArtifacts{
+	e.srv.opts.JoinArtifacts = fakeArtifacts{
 		"kubelet@v1.37.2/amd64":    digest('a'),
 		"containerd@1.7.28/amd64":  digest('b'),
 		"pause-image@3.10/amd64":   digest('c'),
@@ -270,9 +270,9 @@ func TestJoinNode(t *testing.T) {
 	})
 
 	t.Run("without an artifact store the spec names none", func(t *testing.T) {
-		prev := e.srv.opts.Artifacts
-		e.srv.opts.Artifacts = nil
-		defer func() { e.srv.opts.Artifacts = prev }()
+		prev := e.srv.opts.JoinArtifacts
+		e.srv.opts.JoinArtifacts = nil
+		defer func() { e.srv.opts.JoinArtifacts = prev }()
 		r, err := api.JoinNode(ctx, &kubev1.JoinNodeRequest{NodeId: "n1"})
 		if err != nil {
 			t.Fatal(err)

@@ -97,9 +97,9 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	opts := cfg.Server
 	opts.Store, opts.CA, opts.Logger, opts.Registerer, opts.AuditLog = st, authority, log, reg, al
-	// opts.Artifacts (the kubelet join's artifact lookup, kubeletjoin.go) is the
-	// artifact store's once it is part of the controller; until then joins
-	// carry no digests.
+	// opts.JoinArtifacts (the kubelet join's artifact lookup, kubeletjoin.go)
+	// is the artifact store's once it is part of the controller; until then
+	// joins carry no digests.
 	srv, err := New(opts)
 	if err != nil {
 		return err

@@ -49,9 +49,10 @@ type Options struct {
 	// MaintenanceInterval is how often the campaign runner steps (default
 	// 1s); events wake it sooner.
 	MaintenanceInterval time.Duration
-	// Artifacts finds the artifacts a kubelet join installs (kubeletjoin.go);
-	// nil queues joins without any, for nodes that have what they need.
-	Artifacts ArtifactLookup
+	// JoinArtifacts finds the artifacts a kubelet join installs
+	// (kubeletjoin.go); nil queues joins without any, for nodes that have
+	// what they need.
+	JoinArtifacts ArtifactLookup
 }
 
 // Defaults for Options.

@@ -130,7 +130,7 @@ func TestJoinThroughTheSession(t *testing.T) {
 	go func() {
 		served <- controller.Serve(sctx, controller.ServeConfig{
 			DataDir: dataDir, Listen: "127.0.0.1:0", Logger: logger(t), StopTimeout: 5 * time.Second,
-			Server: controller.Options{HeartbeatInterval: 500 * time.Millisecond, Artifacts: look},
+			Server: controller.Options{HeartbeatInterval: 500 * time.Millisecond, JoinArtifacts: look},
 			Ready:  func(g, _ net.Addr) { ready <- g },
 		})
 	}()
