@@ -147,6 +147,9 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		defer close(maintDone)
 		return srv.RunMaintenance(gctx)
 	})
+	if srv.quarantine != nil {
+		g.Go(func() error { return srv.quarantine.run(gctx) })
+	}
 	g.Go(func() error {
 		if err := gs.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("grpc server: %w", err)

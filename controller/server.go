@@ -49,6 +49,9 @@ type Options struct {
 	// MaintenanceInterval is how often the campaign runner steps (default
 	// 1s); events wake it sooner.
 	MaintenanceInterval time.Duration
+	// GPUQuarantine is the optional policy that cordons and taints a node
+	// with an Unhealthy GPU (quarantine.go); the zero value is off.
+	GPUQuarantine QuarantinePolicy
 }
 
 // Defaults for Options.
@@ -81,6 +84,8 @@ type Server struct {
 	kube *kube.Manager
 	// campaigns runs maintenance campaigns (campaigns.go, maintapi.go).
 	campaigns *campaigns
+	// quarantine applies the GPU quarantine policy; nil when it is off.
+	quarantine *gpuQuarantine
 	// started is when the Server was made: agents reconnect after it.
 	started time.Time
 
@@ -158,6 +163,9 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	if s.campaigns, err = newCampaigns(s); err != nil {
+		return nil, err
+	}
+	if s.quarantine, err = newGPUQuarantine(s, s.campaigns.cluster); err != nil {
 		return nil, err
 	}
 	if err := opts.Registerer.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
