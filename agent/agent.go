@@ -200,6 +200,9 @@ func (a *Agent) NodeID() string { return a.nodeID }
 // Run holds a session with the controller, reconnecting with capped
 // exponential backoff and full jitter, until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
+	// A command running when ctx ends gets CommandStopTimeout to finish
+	// and record its result before Run returns and the state is closed.
+	defer a.commands.wait()
 	a.siem.start(ctx)
 	// The controller stops redelivering a command once it has its result;
 	// records a month old only take space.

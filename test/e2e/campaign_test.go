@@ -152,7 +152,8 @@ func (c *controller) getCampaign(id string) (*maintv1.Campaign, error) {
 // Kubernetes control plane (kubetest with kwok): a campaign over three
 // nodes with max-unavailable 1 runs its task on each node once, cordoning
 // and uncordoning the Nodes in order and never two at once, across a
-// SIGKILL of the controller while the first task runs. The third node's
+// SIGKILL of the controller while the first task runs (the agent is back on
+// the new controller before the task ends). The third node's
 // pod is held by a PodDisruptionBudget: its drain fails at its timeout,
 // naming the budget, and the node is uncordoned and counted failed; with
 // --max-failures 2 the campaign completes. Every step is in the audit
@@ -232,6 +233,17 @@ func TestCampaign(t *testing.T) {
 	})
 	c.kill(t)
 	c.restart(t)
+	// The agent is back on the new controller while its task still runs.
+	eventually(t, 30*time.Second, func() error {
+		n, err := c.getNode(agents[hosts[0]].nodeID)
+		if err != nil || !n.GetConnected() {
+			return fmt.Errorf("%s not connected to the new controller during its task (%v)", hosts[0], err)
+		}
+		return nil
+	})
+	if b, _ := os.ReadFile(runs); strings.Count(string(b), hosts[0]+" ") != 1 {
+		t.Fatalf("the task is not running once on %s:\n%s", hosts[0], b)
+	}
 	if err := os.WriteFile(release, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
