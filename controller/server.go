@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/bud-ecosystem/budfleet/controller/artifact"
 	"github.com/bud-ecosystem/budfleet/controller/ca"
 	"github.com/bud-ecosystem/budfleet/controller/kube"
 	"github.com/bud-ecosystem/budfleet/controller/maintenance/runner"
@@ -49,6 +50,9 @@ type Options struct {
 	// MaintenanceInterval is how often the campaign runner steps (default
 	// 1s); events wake it sooner.
 	MaintenanceInterval time.Duration
+	// Artifacts is the artifact store (controller/artifact); nil answers
+	// the artifact services with FailedPrecondition.
+	Artifacts *artifact.Store
 }
 
 // Defaults for Options.

@@ -52,7 +52,7 @@ func newRoot() *cobra.Command {
 	_ = initCmd.MarkFlagRequired("data-dir")
 
 	var sc controller.ServeConfig
-	var siemConfig string
+	var siemConfig, artifactMax string
 	serveCmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the controller",
@@ -63,6 +63,9 @@ func newRoot() *cobra.Command {
 				return err
 			}
 			sc.Logger = log
+			if sc.ArtifactMaxBytes, err = parseSize(artifactMax); err != nil {
+				return fmt.Errorf("--artifact-max-size: %w", err)
+			}
 			if siemConfig != "" {
 				fc, err := loadControllerSIEM(siemConfig)
 				if err != nil {
@@ -84,6 +87,7 @@ func newRoot() *cobra.Command {
 	f.DurationVar(&sc.Server.HeartbeatGrace, "heartbeat-grace", controller.DefaultHeartbeatGrace, "a node is NotReady this long after its last heartbeat")
 	f.DurationVar(&sc.Server.FullInventoryInterval, "full-inventory-interval", controller.DefaultFullInventoryInterval, "how often agents resend unchanged inventory")
 	f.DurationVar(&sc.Server.MaintenanceInterval, "maintenance-interval", runner.DefaultInterval, "how often maintenance campaigns are stepped (agent and command events step them sooner)")
+	f.StringVar(&artifactMax, "artifact-max-size", "16GiB", "largest artifact 'budctl artifacts push' may store (bytes, or with KiB, MiB, GiB, TiB)")
 	f.StringVar(&siemConfig, "siem-config", "", "YAML with a siem: section: forward the controller's audit log (operator actions) with the agents' forwarding code")
 	_ = serveCmd.MarkFlagRequired("data-dir")
 
