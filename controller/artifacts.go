@@ -240,8 +240,10 @@ func (a *NodeArtifactAPI) Fetch(req *artifactv1.FetchRequest, stream artifactv1.
 	} else {
 		log.DebugContext(ctx, "artifact fetch", "size", size)
 	}
-	if size == 0 {
-		return stream.Send(&artifactv1.FetchResponse{Crc32C: crc32.Checksum(nil, castagnoli)})
+	if off == size {
+		// Nothing left (an empty artifact, or a node whose partial file is
+		// whole): one message without data says where the end is.
+		return stream.Send(&artifactv1.FetchResponse{Offset: off, Crc32C: crc32.Checksum(nil, castagnoli), Size: size})
 	}
 	for off < size {
 		// A fresh buffer per message: gRPC may still hold the last one.

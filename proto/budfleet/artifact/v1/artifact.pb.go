@@ -796,8 +796,9 @@ type FetchResponse struct {
 	Data   []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
 	// CRC-32C (Castagnoli) of data.
 	Crc32C uint32 `protobuf:"fixed32,3,opt,name=crc32c,proto3" json:"crc32c,omitempty"`
-	// The whole content's size, in every message; an empty artifact is one
-	// message with no data.
+	// The whole content's size, in every message. When nothing is left from
+	// the offset asked for (an empty artifact, say), the answer is one
+	// message without data at that offset.
 	Size          uint64 `protobuf:"varint,4,opt,name=size,proto3" json:"size,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
