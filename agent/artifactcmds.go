@@ -25,7 +25,8 @@ type artifactCommands struct {
 
 // fetch fetches the artifact and copies it into place. The output names
 // the path and digest, the size, and how the transfer went: whether it
-// was cached, how much arrived, where it resumed.
+// was cached, how much arrived, where it resumed (offsets, comma-separated;
+// absent when it did not).
 func (m *artifactCommands) fetch(ctx context.Context, c *call) (map[string]string, error) {
 	p, err := command.ParseArtifactFetch(c.params)
 	if err != nil {
@@ -40,9 +41,11 @@ func (m *artifactCommands) fetch(ctx context.Context, c *call) (map[string]strin
 		resumed[i] = strconv.FormatInt(off, 10)
 	}
 	out := map[string]string{
-		"digest":       p.Digest,
-		"received":     strconv.FormatInt(res.Received, 10),
-		"resumed_from": strings.Join(resumed, ","),
+		"digest":   p.Digest,
+		"received": strconv.FormatInt(res.Received, 10),
+	}
+	if len(resumed) > 0 {
+		out["resumed_from"] = strings.Join(resumed, ",")
 	}
 	if err != nil {
 		return out, err

@@ -123,6 +123,12 @@ func New(opts Options) (*Fetcher, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	// Paths handed out stay valid whatever the working directory.
+	dir, err := filepath.Abs(opts.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("artifact cache: %w", err)
+	}
+	opts.Dir = dir
 	if err := os.MkdirAll(filepath.Join(opts.Dir, "sha256"), 0o700); err != nil {
 		return nil, fmt.Errorf("artifact cache: %w", err)
 	}

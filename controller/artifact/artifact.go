@@ -313,6 +313,9 @@ func (s *Store) commit(ctx context.Context, tmp string, a store.Artifact) (store
 		if !existed {
 			_ = os.Remove(blob)
 		}
+		if errors.Is(err, store.ErrAlreadyExists) {
+			err = fmt.Errorf("%w; nothing stored (push under a new version, or remove the stored artifact first with 'budctl artifacts rm')", err)
+		}
 		return store.Artifact{}, false, err
 	}
 	return stored, created, nil
@@ -327,7 +330,7 @@ func (s *Store) checkBinding(ctx context.Context, p Push, digest string) error {
 	}
 	for _, a := range found {
 		if a.Platform == p.Platform && a.Digest != digest {
-			return fmt.Errorf("artifact %s@%s (%s) is already bound to other content, %s: push it under a new version, or remove the stored one first: %w", p.Name, p.Version, p.Platform, a.Digest, store.ErrAlreadyExists)
+			return fmt.Errorf("artifact %s@%s (%s) is already bound to other content, %s: %w; nothing sent (push under a new version, or remove the stored artifact first with 'budctl artifacts rm')", p.Name, p.Version, p.Platform, a.Digest, store.ErrAlreadyExists)
 		}
 	}
 	return nil

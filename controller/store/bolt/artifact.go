@@ -33,10 +33,6 @@ func artifactNameKey(name, version, platform string) []byte {
 	return []byte(name + "\x00" + version + "\x00" + platform)
 }
 
-func artifactRef(a store.Artifact) string {
-	return fmt.Sprintf("%s@%s (%s, %s)", a.Name, a.Version, a.Platform, a.Digest)
-}
-
 // PutArtifact stores a unless its digest or its name, version and
 // platform are taken; the same artifact again returns the stored one.
 func (s *Store) PutArtifact(ctx context.Context, a store.Artifact) (store.Artifact, bool, error) {
@@ -49,7 +45,7 @@ func (s *Store) PutArtifact(ctx context.Context, a store.Artifact) (store.Artifa
 			if stored.Name == a.Name && stored.Version == a.Version && stored.Platform == a.Platform {
 				return nil
 			}
-			return fmt.Errorf("artifact %s: this content is already stored as %s: %w", a.Digest, artifactRef(stored), store.ErrAlreadyExists)
+			return fmt.Errorf("artifact %s@%s (%s): its content, %s, is already stored as %s@%s (%s): %w", a.Name, a.Version, a.Platform, a.Digest, stored.Name, stored.Version, stored.Platform, store.ErrAlreadyExists)
 		} else if !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
