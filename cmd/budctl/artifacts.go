@@ -319,4 +319,3 @@ func sizeString(n int64) string {
 	}
 	return fmt.Sprintf("%.1f %s", v, units[u])
 }
-
