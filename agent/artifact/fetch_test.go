@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"hash/crc32"
+	"log/slog"
 	"math/big"
 	"net"
 	"os"
@@ -170,7 +171,7 @@ func newRig(t testing.TB, blobs ...[]byte) *rig {
 
 func (r *rig) fetcher(t testing.TB) *Fetcher {
 	t.Helper()
-	f, err := New(Options{Dir: r.dir, Conns: conns{r.conn}, RetryWait: 10 * time.Millisecond})
+	f, err := New(Options{Dir: r.dir, Conns: conns{r.conn}, RetryWait: 10 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
