@@ -86,8 +86,9 @@ type Agent struct {
 	commands  *commands
 	siem      *siemForwarding
 	// artifacts fetches from the controller's artifact store; nil without
-	// an ArtifactDir. The capabilities that install artifacts take it as
-	// an artifact.Source.
+	// an ArtifactDir, which fails every fetch with artifact.ErrNoCache.
+	// The capabilities that install artifacts take it as an
+	// artifact.Source.
 	artifacts *artifact.Fetcher
 }
 

@@ -59,6 +59,8 @@ var (
 	ErrDigestMismatch = errors.New("artifact digest mismatch")
 	// ErrInvalidDigest: the digest is malformed.
 	ErrInvalidDigest = errors.New("invalid artifact digest")
+	// ErrNoCache: a nil *Fetcher, the agent's when it has no cache.
+	ErrNoCache = errors.New("this agent keeps no artifact cache: it runs without a state dir or without its gRPC transport")
 )
 
 // Conns gives the connection to the controller to fetch over: the agent
@@ -172,9 +174,14 @@ func (f *Fetcher) lock(digest string) func() {
 	return l.Unlock
 }
 
-// Get is Fetch, saying what it did.
+// Get is Fetch, saying what it did. A nil *Fetcher (an agent without a
+// cache) fails every call with ErrNoCache, so it can be handed on as a
+// Source all the same.
 func (f *Fetcher) Get(ctx context.Context, digest string) (Result, error) {
 	r := Result{Digest: digest}
+	if f == nil {
+		return r, ErrNoCache
+	}
 	h, ok := strings.CutPrefix(digest, "sha256:")
 	if !ok || !hexRe.MatchString(h) {
 		return r, fmt.Errorf("%w: %q: want sha256:<64 lower-case hex digits>", ErrInvalidDigest, digest)

@@ -339,6 +339,11 @@ func TestFetchDigestMismatchAndNotFound(t *testing.T) {
 	if _, err := r.fetcher(t).Get(t.Context(), "sha256:XYZ"); !errors.Is(err, ErrInvalidDigest) {
 		t.Errorf("Get of a malformed digest = %v; want ErrInvalidDigest", err)
 	}
+	var none *Fetcher
+	var src Source = none
+	if _, err := src.Fetch(t.Context(), digestOf(b)); !errors.Is(err, ErrNoCache) {
+		t.Errorf("Fetch on a nil *Fetcher = %v; want ErrNoCache", err)
+	}
 }
 
 // Fetches of one digest at once make one transfer.

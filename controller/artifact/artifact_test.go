@@ -111,6 +111,20 @@ func TestPushStoresContentByDigest(t *testing.T) {
 	}
 }
 
+// An empty file is an artifact like any other.
+func TestPushEmpty(t *testing.T) {
+	r := newRig(t, 0)
+	a, created, err := r.s.Push(t.Context(), push("marker", "1", nil), bytes.NewReader(nil))
+	if err != nil || !created || a.Size != 0 || a.Digest != digestOf(nil) {
+		t.Fatalf("Push of nothing = %+v, %v, %v", a, created, err)
+	}
+	f, _, err := r.s.Open(t.Context(), a.Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+}
+
 // cutReader gives n bytes of b and then fails, as a stream that broke.
 type cutReader struct {
 	r *bytes.Reader
