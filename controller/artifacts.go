@@ -208,7 +208,21 @@ func (a *ArtifactAPI) RemoveArtifact(ctx context.Context, req *artifactv1.Remove
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Fetch streams an artifact's content from the offset the node asks for.
-func (a *NodeArtifactAPI) Fetch(req *artifactv1.FetchRequest, stream artifactv1.NodeArtifactService_FetchServer) error {
+func (a *NodeArtifactAPI) Fetch(req *artifactv1.FetchRequest, stream artifactv1.NodeArtifactService_FetchServer) (err error) {
+	defer func() {
+		result := "complete"
+		switch {
+		case err == nil && req.GetOffset() > 0:
+			result = "resumed_complete"
+		case status.Code(err) == codes.NotFound:
+			result = "not_found"
+		case status.Code(err) == codes.Canceled, status.Code(err) == codes.Unavailable, errors.Is(err, context.Canceled):
+			result = "cut"
+		case err != nil:
+			result = "error"
+		}
+		a.s.metrics.artifactFetches.WithLabelValues(result).Inc()
+	}()
 	ctx := stream.Context()
 	id, ok := IdentityFrom(ctx)
 	if !ok {
@@ -259,6 +273,7 @@ func (a *NodeArtifactAPI) Fetch(req *artifactv1.FetchRequest, stream artifactv1.
 		if err := stream.Send(&artifactv1.FetchResponse{Offset: off, Data: buf, Crc32C: crc32.Checksum(buf, castagnoli), Size: size}); err != nil {
 			return err
 		}
+		a.s.metrics.artifactBytes.Add(float64(n))
 		off += uint64(n)
 	}
 	return nil

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -356,6 +357,15 @@ func TestArtifactsFetchResumesAfterControllerKill(t *testing.T) {
 	m := resumeLine.FindStringSubmatch(readLog(c.logPath))
 	if m == nil || m[1] != strconv.FormatInt(resumed, 10) {
 		t.Errorf("controller log: resume line %v; want one at offset %d", m, resumed)
+	}
+	// Its metrics say the same: one fetch from an offset, the rest sent.
+	exp := c.metrics(t)
+	if got := metricSamples(exp, "bud_controller_artifact_fetches_total"); !slices.Contains(got, `bud_controller_artifact_fetches_total{result="resumed_complete"} 1`) {
+		t.Errorf("fetch metrics after the restart = %v; want one resumed_complete", got)
+	}
+	got := metricSamples(exp, "bud_controller_artifact_bytes_served_total")
+	if served, err := strconv.ParseFloat(strings.TrimPrefix(strings.Join(got, ""), "bud_controller_artifact_bytes_served_total "), 64); err != nil || served != float64(size-resumed) {
+		t.Errorf("bytes served after the restart = %v; want %d", got, size-resumed)
 	}
 	t.Logf("resumed from %d of %d bytes; %d received in all", resumed, size, received)
 	if got := fileDigest(t, out["path"]); got != digest {
