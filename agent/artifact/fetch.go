@@ -307,8 +307,9 @@ func (f *Fetcher) transfer(ctx context.Context, log *slog.Logger, digest string,
 		}
 		if t.offset > before {
 			idle, wait = 0, f.opts.RetryWait
+		} else {
+			idle++
 		}
-		idle++
 		if idle > f.opts.Attempts {
 			return fmt.Errorf("fetch %s: %d transfers in a row broke without bringing data, the last: %w; the partial file keeps %d bytes, fetch again to resume", digest, idle, err, t.offset)
 		}

@@ -47,6 +47,8 @@ type server struct {
 	// flip corrupts one byte of the chunk at this offset, flips times.
 	flipAt int64
 	flips  int
+	// down fails every call before it sends anything.
+	down bool
 	// What the calls asked for and sent.
 	offsets []uint64
 	sent    int64
@@ -59,9 +61,12 @@ func (s *server) Fetch(req *artifactv1.FetchRequest, stream artifactv1.NodeArtif
 	}
 	s.mu.Lock()
 	s.offsets = append(s.offsets, req.GetOffset())
-	cut, block := s.cutAfter, s.block
+	cut, block, down := s.cutAfter, s.block, s.down
 	s.cutAfter, s.block = 0, false
 	s.mu.Unlock()
+	if down {
+		return status.Error(codes.Unavailable, "controller down")
+	}
 	off := int64(req.GetOffset())
 	if off > int64(len(b)) {
 		return status.Error(codes.OutOfRange, "past the end")
@@ -252,6 +257,25 @@ func TestFetchResumesACutTransfer(t *testing.T) {
 	}
 	if len(res.ResumedFrom) != 1 || res.ResumedFrom[0] != 512<<10 {
 		t.Errorf("ResumedFrom = %v; want [524288]", res.ResumedFrom)
+	}
+}
+
+// A controller that breaks every transfer before a byte: the fetch gives up
+// after Attempts tries in a row, keeping its partial file.
+func TestFetchGivesUpWithoutProgress(t *testing.T) {
+	b := content(1 << 20)
+	r := newRig(t, b)
+	r.srv.down = true
+	f, err := New(Options{Dir: r.dir, Conns: conns{r.conn}, Attempts: 2, RetryWait: time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.Get(t.Context(), digestOf(b))
+	if status.Code(errors.Unwrap(err)) != codes.Unavailable || !strings.Contains(err.Error(), "3 transfers in a row broke without bringing data") {
+		t.Fatalf("Get from a controller that is down = %v; want Unavailable after 3 transfers", err)
+	}
+	if offsets, _ := r.srv.stats(); len(offsets) != 3 {
+		t.Errorf("%d calls; want 3", len(offsets))
 	}
 }
 
