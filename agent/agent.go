@@ -8,6 +8,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/bud-ecosystem/budfleet/agent/artifact"
 	"github.com/bud-ecosystem/budfleet/agent/inventory"
 	"github.com/bud-ecosystem/budfleet/agent/maintenance"
 	"github.com/bud-ecosystem/budfleet/agent/session"
@@ -62,6 +63,11 @@ type Options struct {
 	// Transport opens sessions; nil dials the controller over gRPC with the
 	// identity stored at enrollment.
 	Transport session.Transport
+	// ArtifactDir is the cache of artifacts fetched from the controller
+	// (<state dir>/artifacts); "" keeps none. Fetches go over the
+	// session's connection, so they need a Transport that offers it
+	// (artifact.Conns: the gRPC one does).
+	ArtifactDir string
 }
 
 // commandRecordTTL is how long the agent remembers a finished command.
@@ -79,6 +85,11 @@ type Agent struct {
 	inventory *hostInventory
 	commands  *commands
 	siem      *siemForwarding
+	// artifacts fetches from the controller's artifact store; nil without
+	// an ArtifactDir, which fails every fetch with artifact.ErrNoCache.
+	// The capabilities that install artifacts take it as an
+	// artifact.Source.
+	artifacts *artifact.Fetcher
 }
 
 // New checks opts and returns an Agent.
@@ -156,10 +167,21 @@ func New(opts Options) (*Agent, error) {
 		bootID:        bootID,
 		log:           a.log,
 	}
+	tr := opts.Transport
+	if tr == nil {
+		tr = &transport.GRPC{State: opts.State, Controller: opts.Controller, ServerName: opts.ServerName, Now: opts.Now}
+	}
+	if conns, ok := tr.(artifact.Conns); ok && opts.ArtifactDir != "" {
+		if a.artifacts, err = artifact.New(artifact.Options{Dir: opts.ArtifactDir, Conns: conns, Logger: a.log}); err != nil {
+			return nil, err
+		}
+	}
+	arts := &artifactCommands{fetcher: a.artifacts}
 	handlers := map[string]handler{
 		command.InventoryCollect:  plain(a.inventory.collectCommand),
 		command.MaintenanceTask:   maint.task,
 		command.MaintenanceReboot: maint.reboot,
+		command.ArtifactFetch:     arts.fetch,
 	}
 	for k, h := range opts.Handlers {
 		handlers[k] = plain(h)
@@ -184,10 +206,6 @@ func New(opts Options) (*Agent, error) {
 		a.commands,
 		a.siem,
 	)
-	tr := opts.Transport
-	if tr == nil {
-		tr = &transport.GRPC{State: opts.State, Controller: opts.Controller, ServerName: opts.ServerName, Now: opts.Now}
-	}
 	if a.sessions, err = session.NewRunner(session.Options{NodeID: id.NodeID, BootID: bootID, Transport: tr, Modules: modules, Logger: a.log}); err != nil {
 		return nil, err
 	}

@@ -32,6 +32,14 @@ var Kinds = map[string]Spec{
 			return err
 		},
 	},
+	ArtifactFetch: {
+		Description: "fetch an artifact from the controller's artifact store into the node's cache, and copy it to path with mode when given",
+		Params:      map[string]bool{ParamDigest: true, ParamPath: false, ParamMode: false},
+		Check: func(p map[string]string) error {
+			_, err := ParseArtifactFetch(p)
+			return err
+		},
+	},
 	MaintenanceReboot: {
 		Description: "reboot the node with the agent's maintenance.reboot_command",
 		Params:      map[string]bool{ParamCampaignID: false},
@@ -47,6 +55,7 @@ const (
 	InventoryCollect  = "inventory.collect"
 	MaintenanceTask   = "maintenance.task"
 	MaintenanceReboot = "maintenance.reboot"
+	ArtifactFetch     = "artifact.fetch"
 )
 
 // Validate checks a kind and its parameters.

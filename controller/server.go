@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/bud-ecosystem/budfleet/controller/artifact"
 	"github.com/bud-ecosystem/budfleet/controller/ca"
 	"github.com/bud-ecosystem/budfleet/controller/kube"
 	"github.com/bud-ecosystem/budfleet/controller/maintenance/runner"
@@ -52,6 +53,9 @@ type Options struct {
 	// GPUQuarantine is the optional policy that cordons and taints a node
 	// with an Unhealthy GPU (quarantine.go); the zero value is off.
 	GPUQuarantine QuarantinePolicy
+	// Artifacts is the artifact store (controller/artifact); nil answers
+	// the artifact services with FailedPrecondition.
+	Artifacts *artifact.Store
 }
 
 // Defaults for Options.

@@ -114,6 +114,7 @@ func (a *app) run(ctx context.Context, rf runFlags) error {
 		GPUHealthInterval: cfg.GPU.HealthInterval,
 		SIEM:              fwd,
 		LocalSIEM:         &cfg.SIEM,
+		ArtifactDir:       filepath.Join(a.stateDir, "artifacts"),
 	})
 	if err != nil {
 		return err

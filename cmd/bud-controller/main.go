@@ -53,7 +53,7 @@ func newRoot() *cobra.Command {
 	_ = initCmd.MarkFlagRequired("data-dir")
 
 	var sc controller.ServeConfig
-	var siemConfig, quarantineTask string
+	var siemConfig, quarantineTask, artifactMax string
 	serveCmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the controller",
@@ -73,6 +73,9 @@ func newRoot() *cobra.Command {
 					return fmt.Errorf("--gpu-quarantine-task: %w", err)
 				}
 				sc.Server.GPUQuarantine.Task = string(b)
+			}
+			if sc.ArtifactMaxBytes, err = parseSize(artifactMax); err != nil {
+				return fmt.Errorf("--artifact-max-size: %w", err)
 			}
 			if siemConfig != "" {
 				fc, err := loadControllerSIEM(siemConfig)
@@ -100,6 +103,7 @@ func newRoot() *cobra.Command {
 	f.StringVar(&quarantineTask, "gpu-quarantine-task", "", "script of a one-node remediation campaign opened for each quarantined node (drain, then the task on the node)")
 	f.DurationVar(&sc.Server.GPUQuarantine.TaskTimeout, "gpu-quarantine-task-timeout", maintenance.DefaultTaskTimeout, "the remediation task's timeout")
 	f.BoolVar(&sc.Server.GPUQuarantine.Reboot, "gpu-quarantine-reboot", false, "the remediation campaign reboots the node after its task")
+	f.StringVar(&artifactMax, "artifact-max-size", "16GiB", "largest artifact 'budctl artifacts push' may store (bytes, or with KiB, MiB, GiB, TiB)")
 	f.StringVar(&siemConfig, "siem-config", "", "YAML with a siem: section: forward the controller's audit log (operator actions) with the agents' forwarding code")
 	_ = serveCmd.MarkFlagRequired("data-dir")
 
