@@ -121,6 +121,8 @@ bench: build $(GRPCURL) k8s
 	$(GO) test ./siem/spool/ -run '^$$' -bench Append -count=1
 	$(GO) test ./test/siembench/ -run '^$$' -bench ForwardVsRsyslog -benchtime=1x -count=1 -timeout 30m
 	$(GO) test ./test/e2e/ -run '^$$' -bench Campaign -benchtime=1x -count=1
+	$(GO) test ./test/e2e/ -run '^$$' -bench ArtifactTransfer -benchtime=1x -count=1
+	$(GO) test ./agent/artifact/ -run '^$$' -bench Fetch -benchtime=4x -count=1
 
 clean:
 	rm -rf $(BIN) .run

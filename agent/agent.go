@@ -8,6 +8,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/bud-ecosystem/budfleet/agent/artifact"
 	"github.com/bud-ecosystem/budfleet/agent/inventory"
 	"github.com/bud-ecosystem/budfleet/agent/kubelet"
 	"github.com/bud-ecosystem/budfleet/agent/maintenance"
@@ -67,6 +68,11 @@ type Options struct {
 	// Transport opens sessions; nil dials the controller over gRPC with the
 	// identity stored at enrollment.
 	Transport session.Transport
+	// ArtifactDir is the cache of artifacts fetched from the controller
+	// (<state dir>/artifacts); "" keeps none. Fetches go over the
+	// session's connection, so they need a Transport that offers it
+	// (artifact.Conns: the gRPC one does).
+	ArtifactDir string
 }
 
 // commandRecordTTL is how long the agent remembers a finished command.
@@ -85,6 +91,11 @@ type Agent struct {
 	commands  *commands
 	siem      *siemForwarding
 	kubelet   *kubelet.Module
+	// artifacts fetches from the controller's artifact store; nil without
+	// an ArtifactDir, which fails every fetch with artifact.ErrNoCache.
+	// The capabilities that install artifacts take it as an
+	// artifact.Source.
+	artifacts *artifact.Fetcher
 }
 
 // New checks opts and returns an Agent.
@@ -162,6 +173,16 @@ func New(opts Options) (*Agent, error) {
 		bootID:        bootID,
 		log:           a.log,
 	}
+	tr := opts.Transport
+	if tr == nil {
+		tr = &transport.GRPC{State: opts.State, Controller: opts.Controller, ServerName: opts.ServerName, Now: opts.Now}
+	}
+	if conns, ok := tr.(artifact.Conns); ok && opts.ArtifactDir != "" {
+		if a.artifacts, err = artifact.New(artifact.Options{Dir: opts.ArtifactDir, Conns: conns, Logger: a.log}); err != nil {
+			return nil, err
+		}
+	}
+	arts := &artifactCommands{fetcher: a.artifacts}
 	// A Source left nil is where the agent's artifact fetcher goes: the
 	// joins then install what the controller's artifact store serves.
 	kopts := opts.Kubelet
@@ -176,6 +197,7 @@ func New(opts Options) (*Agent, error) {
 		command.MaintenanceTask:   maint.task,
 		command.MaintenanceReboot: maint.reboot,
 		command.KubeletJoin:       (&kubeletJoin{module: a.kubelet}).join,
+		command.ArtifactFetch:     arts.fetch,
 	}
 	for k, h := range opts.Handlers {
 		handlers[k] = plain(h)
@@ -200,10 +222,6 @@ func New(opts Options) (*Agent, error) {
 		a.commands,
 		a.siem,
 	)
-	tr := opts.Transport
-	if tr == nil {
-		tr = &transport.GRPC{State: opts.State, Controller: opts.Controller, ServerName: opts.ServerName, Now: opts.Now}
-	}
 	if a.sessions, err = session.NewRunner(session.Options{NodeID: id.NodeID, BootID: bootID, Transport: tr, Modules: modules, Logger: a.log}); err != nil {
 		return nil, err
 	}
@@ -216,6 +234,9 @@ func (a *Agent) NodeID() string { return a.nodeID }
 // Run holds a session with the controller, reconnecting with capped
 // exponential backoff and full jitter, until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
+	// A command running when ctx ends gets CommandStopTimeout to finish
+	// and record its result before Run returns and the state is closed.
+	defer a.commands.wait()
 	a.siem.start(ctx)
 	// What the kubelet module supervises lives as long as the agent runs,
 	// and the agent exits after it has stopped.

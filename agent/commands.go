@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -51,14 +52,29 @@ type commands struct {
 	now         func() time.Time
 	stopTimeout time.Duration
 	log         *slog.Logger
-	// delivered hands commands from the receiving goroutine to the loop, so
-	// that a running command does not hold up other messages.
+	// delivered hands commands from the receiving goroutine to the
+	// session's loop, so that a running command does not hold up other
+	// messages.
 	delivered chan delivery
+
+	// The worker runs commands for the agent's lifetime, not a session's:
+	// a session that breaks while a command runs is replaced at once, and
+	// the command's progress and result go to whichever session is open
+	// when they come. work is its queue; queued holds the ids queued or
+	// running, so a command the controller delivers again meanwhile (after
+	// a reconnect) is not queued twice.
+	mu         sync.Mutex
+	current    *session.Session
+	queued     map[string]bool
+	work       chan *agentv1.Command
+	workerOnce sync.Once
+	workerDone chan struct{}
 }
 
-// delivery is a command and the session that brought it. One still queued
-// when its session ends is dropped, not run by the next session: the
-// controller delivers it again there.
+// delivery is a command and the session that brought it. One not yet
+// handed to the worker when its session ends is dropped: the controller
+// delivers it again on the next session. One the worker has runs whatever
+// happens to the session.
 type delivery struct {
 	s   *session.Session
 	cmd *agentv1.Command
@@ -78,8 +94,28 @@ func (m *commands) handleCommand(ctx context.Context, s *session.Session, msg *a
 	return nil
 }
 
-// Run runs delivered commands one at a time, in delivery order.
+// Run hands the session's deliveries to the worker, which runs them one at
+// a time, in delivery order. It returns as soon as the session ends, even
+// with a command running.
 func (m *commands) Run(ctx context.Context, s *session.Session) error {
+	m.workerOnce.Do(func() {
+		m.mu.Lock()
+		m.queued = map[string]bool{}
+		m.work = make(chan *agentv1.Command, cap(m.delivered))
+		m.workerDone = make(chan struct{})
+		m.mu.Unlock()
+		go m.worker(s.AgentContext())
+	})
+	m.mu.Lock()
+	m.current = s
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		if m.current == s {
+			m.current = nil
+		}
+		m.mu.Unlock()
+	}()
 	for {
 		select {
 		case <-ctx.Done():
@@ -88,23 +124,84 @@ func (m *commands) Run(ctx context.Context, s *session.Session) error {
 			if d.s != s {
 				continue
 			}
-			// A command outlives a broken session: it is cut short only by
-			// agent shutdown (after CommandStopTimeout), and its stored
-			// result is reported on the next session.
-			rec, after, err := m.execute(s.AgentContext(), d.cmd, func(p *agentv1.CommandProgress) {
-				_ = s.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_CommandProgress{CommandProgress: p}})
-			})
-			if err != nil {
-				return fmt.Errorf("record command %s: %w", d.cmd.GetId(), err)
+			m.mu.Lock()
+			dup := m.queued[d.cmd.GetId()]
+			if !dup {
+				m.queued[d.cmd.GetId()] = true
 			}
-			sendErr := s.Send(resultMessage(rec))
-			if after != nil {
-				after()
+			m.mu.Unlock()
+			if dup {
+				m.log.Info("command delivered again while queued or running; its result follows when it ends", "command_id", d.cmd.GetId())
+				continue
 			}
-			if sendErr != nil {
+			select {
+			case m.work <- d.cmd:
+			case <-ctx.Done():
+				m.unqueue(d.cmd.GetId()) // delivered again on the next session
 				return nil
 			}
 		}
+	}
+}
+
+// worker runs queued commands until the agent stops. A command cut short
+// by the stop is bounded by CommandStopTimeout (see execute); wait waits for
+// it.
+func (m *commands) worker(ctx context.Context) {
+	defer close(m.workerDone)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case c := <-m.work:
+			if ctx.Err() != nil {
+				return // not begun: delivered again after the restart
+			}
+			rec, after, err := m.execute(ctx, c, func(p *agentv1.CommandProgress) {
+				m.send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_CommandProgress{CommandProgress: p}})
+			})
+			m.unqueue(c.GetId())
+			if err != nil {
+				// The state file failed: the controller delivers the
+				// command again and the record decides then.
+				m.log.Error("record command", "command_id", c.GetId(), "error", err)
+				continue
+			}
+			m.send(resultMessage(rec))
+			if after != nil {
+				after()
+			}
+		}
+	}
+}
+
+func (m *commands) unqueue(id string) {
+	m.mu.Lock()
+	delete(m.queued, id)
+	m.mu.Unlock()
+}
+
+// send hands msg to the open session. Between sessions it is dropped: a
+// result is in the agent's state, and the controller delivers the command
+// again on the next session, which reports it from there; progress is only
+// a preview of the output the result carries.
+func (m *commands) send(msg *agentv1.ConnectRequest) {
+	m.mu.Lock()
+	s := m.current
+	m.mu.Unlock()
+	if s != nil {
+		_ = s.Send(msg)
+	}
+}
+
+// wait returns once the worker has stopped (after the agent's context
+// ended), so that the agent's state is not closed under a command.
+func (m *commands) wait() {
+	m.mu.Lock()
+	done := m.workerDone
+	m.mu.Unlock()
+	if done != nil {
+		<-done
 	}
 }
 

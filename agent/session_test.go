@@ -270,9 +270,13 @@ func TestSessionCommandRunsOnceAcrossRedelivery(t *testing.T) {
 	}
 }
 
-// A command still queued when its session breaks is not run by the next
-// session: the controller delivers it again there, and it runs once.
-func TestSessionQueuedCommandDroppedWithItsSession(t *testing.T) {
+// A command running when its session breaks does not keep the agent off
+// the controller: it reconnects at once and heartbeats while the command
+// runs. A redelivery of the running command on the new session is not
+// queued again; the result goes out on the new session when the command
+// ends, and so does that of a command queued behind it on the old session.
+// Each ran once.
+func TestSessionReconnectsWhileACommandRuns(t *testing.T) {
 	release := make(chan struct{})
 	var mu sync.Mutex
 	var ran []string
@@ -298,26 +302,43 @@ func TestSessionQueuedCommandDroppedWithItsSession(t *testing.T) {
 	send(peer, "queued") // waits behind the slow one
 	time.Sleep(50 * time.Millisecond)
 	peer.End(status.Error(codes.Unavailable, "gone"))
-	close(release) // the slow one finishes after its session ended
 
-	peer = r.session(time.Second, time.Hour)
-	send(peer, "queued")
-	res := r.next(peer, "the queued command's result", func(m *agentv1.ConnectRequest) bool { return m.GetCommandResult().GetCommandId() == "queued" })
-	if res.GetCommandResult().GetDeliveries() != 1 {
-		t.Errorf("queued command: %v; want it run on its one delivery that reached the loop", res)
-	}
+	// The new session opens and lives while the command still runs.
+	peer = r.session(20*time.Millisecond, time.Hour)
+	r.next(peer, "a heartbeat while the command runs", isHeartbeat)
+	send(peer, "slow") // the controller delivers it again
 	for _, m := range r.collect(peer, 100*time.Millisecond) {
-		if m.GetCommandResult().GetCommandId() == "queued" {
-			t.Errorf("a second result for the queued command: %v", m)
+		if isResult(m) {
+			t.Fatalf("a result while the command still runs: %v", m)
 		}
 	}
-	if rec, err := r.a.state.Command("queued"); err != nil || rec.Deliveries != 1 {
-		t.Errorf("the agent's record of the queued command: %+v, %v; want one delivery", rec, err)
+	close(release)
+	results := map[string]*agentv1.CommandResult{}
+	for len(results) < 2 {
+		res := r.next(peer, "the commands' results", isResult).GetCommandResult()
+		if results[res.GetCommandId()] != nil {
+			t.Errorf("a second result for %s: %v", res.GetCommandId(), res)
+		}
+		results[res.GetCommandId()] = res
+	}
+	for _, id := range []string{"slow", "queued"} {
+		if res := results[id]; !res.GetSuccess() || res.GetDeliveries() != 1 {
+			t.Errorf("%s: %v; want success on its first delivery", id, res)
+		}
+	}
+	for _, m := range r.collect(peer, 100*time.Millisecond) {
+		if isResult(m) {
+			t.Errorf("an extra result: %v", m)
+		}
+	}
+	send(peer, "queued") // delivered again: the stored result
+	if res := r.next(peer, "the stored result", isResult).GetCommandResult(); res.GetCommandId() != "queued" || res.GetDeliveries() != 2 {
+		t.Errorf("redelivered queued: %v; want its stored result, second delivery", res)
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if len(ran) != 2 || ran[1] != "queued" {
-		t.Errorf("ran %v; want slow, then queued once", ran)
+	if len(ran) != 2 || ran[0] != "slow" || ran[1] != "queued" {
+		t.Errorf("ran %v; want slow, then queued, once each", ran)
 	}
 }
 

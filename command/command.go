@@ -36,6 +36,14 @@ var Kinds = map[string]Spec{
 		},
 	},
 	KubeletJoin: kubeletJoinSpec,
+	ArtifactFetch: {
+		Description: "fetch an artifact from the controller's artifact store into the node's cache, and copy it to path with mode when given",
+		Params:      map[string]bool{ParamDigest: true, ParamPath: false, ParamMode: false},
+		Check: func(p map[string]string) error {
+			_, err := ParseArtifactFetch(p)
+			return err
+		},
+	},
 	MaintenanceReboot: {
 		Description: "reboot the node with the agent's maintenance.reboot_command",
 		Params:      map[string]bool{ParamCampaignID: false},
@@ -51,6 +59,7 @@ const (
 	InventoryCollect  = "inventory.collect"
 	MaintenanceTask   = "maintenance.task"
 	MaintenanceReboot = "maintenance.reboot"
+	ArtifactFetch     = "artifact.fetch"
 )
 
 // Redacted stands in for a secret parameter's value.

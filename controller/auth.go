@@ -14,6 +14,7 @@ import (
 
 	"github.com/bud-ecosystem/budfleet/pki"
 	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
+	artifactv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/artifact/v1"
 )
 
 // Who may call a method. The TLS layer has already checked that any client
@@ -32,7 +33,10 @@ func methodAccess(fullMethod string) access {
 	case fullMethod == agentv1.AgentService_Enroll_FullMethodName,
 		strings.HasPrefix(fullMethod, "/grpc.health.v1.Health/"):
 		return accessPublic
-	case fullMethod == agentv1.AgentService_Connect_FullMethodName:
+	case fullMethod == agentv1.AgentService_Connect_FullMethodName,
+		// Read only: a node fetches artifacts, never pushes or removes
+		// them (ArtifactService is the operators').
+		fullMethod == artifactv1.NodeArtifactService_Fetch_FullMethodName:
 		return accessNode
 	default:
 		// The operator API, reflection and anything added later: closed
@@ -81,7 +85,7 @@ func authorize(ctx context.Context, fullMethod string) (context.Context, error) 
 	switch need {
 	case accessNode:
 		if !slices.Contains(orgs, pki.OrgNode) {
-			return nil, status.Error(codes.PermissionDenied, "only enrolled nodes may open an agent session")
+			return nil, status.Errorf(codes.PermissionDenied, "only enrolled nodes may call %s", fullMethod)
 		}
 		return context.WithValue(ctx, identityKey{}, Identity{Name: cert.Subject.CommonName, Cert: cert}), nil
 	default:

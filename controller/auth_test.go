@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	"github.com/bud-ecosystem/budfleet/controller/ca"
 	"github.com/bud-ecosystem/budfleet/pki"
 	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
+	artifactv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/artifact/v1"
 	fleetv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1"
 )
 
@@ -36,6 +38,15 @@ var fleetMethods = []string{
 	fleetv1.FleetService_GetCommand_FullMethodName,
 }
 
+// artifactMethods are the operators' artifact calls: a node certificate,
+// which may fetch, may not push or remove.
+var artifactMethods = []string{
+	artifactv1.ArtifactService_PushArtifact_FullMethodName,
+	artifactv1.ArtifactService_ListArtifacts_FullMethodName,
+	artifactv1.ArtifactService_GetArtifact_FullMethodName,
+	artifactv1.ArtifactService_RemoveArtifact_FullMethodName,
+}
+
 var reflectionMethods = []string{
 	reflectionv1.ServerReflection_ServerReflectionInfo_FullMethodName,
 	reflectionv1alpha.ServerReflection_ServerReflectionInfo_FullMethodName,
@@ -43,17 +54,18 @@ var reflectionMethods = []string{
 
 func TestMethodAccess(t *testing.T) {
 	cases := map[string]access{
-		agentv1.AgentService_Enroll_FullMethodName:  accessPublic,
-		healthpb.Health_Check_FullMethodName:        accessPublic,
-		healthpb.Health_Watch_FullMethodName:        accessPublic,
-		agentv1.AgentService_Connect_FullMethodName: accessNode,
+		agentv1.AgentService_Enroll_FullMethodName:          accessPublic,
+		healthpb.Health_Check_FullMethodName:                accessPublic,
+		healthpb.Health_Watch_FullMethodName:                accessPublic,
+		agentv1.AgentService_Connect_FullMethodName:         accessNode,
+		artifactv1.NodeArtifactService_Fetch_FullMethodName: accessNode,
 		// Anything not named is closed: operators only.
 		"/budfleet.fleet.v2.FleetService/CreateToken": accessOperator,
 		"/budfleet.agent.v1.AgentService/NewMethod":   accessOperator,
 		"/grpc.health.v1.HealthX/Check":               accessOperator,
 		"":                                            accessOperator,
 	}
-	for _, m := range fleetMethods {
+	for _, m := range slices.Concat(fleetMethods, artifactMethods) {
 		cases[m] = accessOperator
 	}
 	for _, m := range reflectionMethods {
@@ -123,6 +135,7 @@ func TestAuthorize(t *testing.T) {
 	enroll := agentv1.AgentService_Enroll_FullMethodName
 	health := healthpb.Health_Check_FullMethodName
 	create := fleetv1.FleetService_CreateToken_FullMethodName
+	fetch := artifactv1.NodeArtifactService_Fetch_FullMethodName
 
 	type tc struct {
 		name     string
@@ -138,13 +151,16 @@ func TestAuthorize(t *testing.T) {
 		{"stranger on Connect", withPeer(c.stranger, c.ca.Cert), connect, codes.PermissionDenied, "", ""},
 		{"no cert on Connect", withPeer(nil, nil), connect, codes.Unauthenticated, "", ""},
 		{"no peer on Connect", context.Background(), connect, codes.Unauthenticated, "", ""},
+		{"node on Fetch", withPeer(c.node, c.ca.Cert), fetch, codes.OK, "node-1", ""},
+		{"admin on Fetch", withPeer(c.admin, c.ca.Cert), fetch, codes.PermissionDenied, "", ""},
+		{"no cert on Fetch", withPeer(nil, nil), fetch, codes.Unauthenticated, "", ""},
 		{"no cert on Enroll", withPeer(nil, nil), enroll, codes.OK, "", ""},
 		{"no peer on Enroll", context.Background(), enroll, codes.OK, "", ""},
 		{"no cert on health", withPeer(nil, nil), health, codes.OK, "", ""},
 		{"unverified cert on fleet", peer.NewContext(context.Background(), &peer.Peer{AuthInfo: credentials.TLSInfo{State: tls.ConnectionState{PeerCertificates: []*x509.Certificate{c.admin}}}}), create, codes.Unauthenticated, "", ""},
 		{"non-TLS peer on fleet", peer.NewContext(context.Background(), &peer.Peer{}), create, codes.Unauthenticated, "", ""},
 	}
-	for _, m := range append(append([]string(nil), fleetMethods...), reflectionMethods...) {
+	for _, m := range slices.Concat(fleetMethods, artifactMethods, reflectionMethods) {
 		cases = append(cases,
 			tc{"admin on " + m, withPeer(c.admin, c.ca.Cert), m, codes.OK, "alice", pki.RoleAdmin},
 			tc{"viewer on " + m, withPeer(c.viewer, c.ca.Cert), m, codes.PermissionDenied, "", ""},

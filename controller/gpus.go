@@ -99,10 +99,14 @@ func (m *gpuReports) recordInventory(ctx context.Context, nodeID string, inv *gp
 
 func (m *gpuReports) recordHealth(ctx context.Context, nodeID string, r *gpuv1.GpuHealthReport) error {
 	now := timestamppb.New(m.srv.opts.Now())
-	return m.update(ctx, nodeID, func(g *fleetv1.NodeGpus) {
+	err := m.update(ctx, nodeID, func(g *fleetv1.NodeGpus) {
 		g.Health = r.GetGpus()
 		g.HealthUpdatedAt = now
 	})
+	if err == nil {
+		m.srv.quarantine.observe(nodeID)
+	}
+	return err
 }
 
 // GPU-facing Kubernetes labels and taint, in the forms NVIDIA's GPU feature
@@ -212,6 +216,13 @@ func gpuProblems(g *fleetv1.NodeGpus) []string {
 			}
 			out = append(out, fmt.Sprintf("gpu-unhealthy: %s: %s", id, strings.Join(h.GetReasons(), "; ")))
 		}
+	}
+	if q := g.GetQuarantine(); q != nil {
+		msg := "gpu-quarantine: " + strings.ToLower(strings.TrimPrefix(q.GetState().String(), "QUARANTINE_STATE_"))
+		if q.GetError() != "" {
+			msg += ": " + q.GetError()
+		}
+		out = append(out, msg)
 	}
 	return out
 }

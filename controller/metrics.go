@@ -11,6 +11,9 @@ type metrics struct {
 	cmdLatency  prometheus.Histogram
 	cmdResults  *prometheus.CounterVec
 	renewals    prometheus.Counter
+	// Artifact fetches by nodes: what was sent, and how each call ended.
+	artifactBytes   prometheus.Counter
+	artifactFetches *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -40,7 +43,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "bud_controller_certificate_renewals_total",
 			Help: "Node certificates renewed over agent sessions.",
 		}),
+		artifactBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bud_controller_artifact_bytes_served_total",
+			Help: "Artifact content sent to nodes.",
+		}),
+		artifactFetches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bud_controller_artifact_fetches_total",
+			Help: "Artifact fetch calls by result: complete, resumed_complete (from an offset), not_found, cut (the call ended early), error.",
+		}, []string{"result"}),
 	}
-	reg.MustRegister(m.connected, m.heartbeats, m.enrollments, m.cmdLatency, m.cmdResults, m.renewals)
+	reg.MustRegister(m.connected, m.heartbeats, m.enrollments, m.cmdLatency, m.cmdResults, m.renewals, m.artifactBytes, m.artifactFetches)
 	return m
 }

@@ -22,10 +22,12 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/bud-ecosystem/budfleet/controller/artifact"
 	"github.com/bud-ecosystem/budfleet/controller/ca"
 	"github.com/bud-ecosystem/budfleet/controller/store/bolt"
 	"github.com/bud-ecosystem/budfleet/pki"
 	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
+	artifactv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/artifact/v1"
 	fleetv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1"
 	kubev1 "github.com/bud-ecosystem/budfleet/proto/budfleet/kube/v1"
 	maintv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/maint/v1"
@@ -41,6 +43,9 @@ const (
 // a few KiB.
 const MaxMessageBytes = 1 << 20
 
+// ArtifactDir is the artifact store's directory in the data dir.
+const ArtifactDir = "artifacts"
+
 // ServeConfig configures Serve.
 type ServeConfig struct {
 	DataDir       string
@@ -48,6 +53,9 @@ type ServeConfig struct {
 	MetricsListen string
 	Logger        *slog.Logger
 	Server        Options
+	// ArtifactMaxBytes is the largest artifact the store takes; 0 is
+	// artifact.DefaultMaxBytes.
+	ArtifactMaxBytes int64
 	// Ready, when set, receives the bound addresses once listening.
 	Ready func(grpcAddr, metricsAddr net.Addr)
 	// StopTimeout bounds the graceful stop.
@@ -93,13 +101,24 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		defer stop()
 	}
 
+	arts, err := artifact.Open(ctx, artifact.Options{
+		Dir:          filepath.Join(cfg.DataDir, ArtifactDir),
+		Meta:         st,
+		MaxBytes:     cfg.ArtifactMaxBytes,
+		MaxBytesHint: "raise bud-controller serve --artifact-max-size",
+		Logger:       log,
+	})
+	if err != nil {
+		return err
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	opts := cfg.Server
-	opts.Store, opts.CA, opts.Logger, opts.Registerer, opts.AuditLog = st, authority, log, reg, al
+	opts.Store, opts.CA, opts.Logger, opts.Registerer, opts.AuditLog, opts.Artifacts = st, authority, log, reg, al, arts
 	// opts.JoinArtifacts (the kubelet join's artifact lookup, kubeletjoin.go)
-	// is the artifact store's once it is part of the controller; until then
-	// joins carry no digests.
+	// is to be the artifact store's (arts); until it is, joins carry no
+	// digests.
 	srv, err := New(opts)
 	if err != nil {
 		return err
@@ -124,6 +143,8 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	fleetv1.RegisterFleetServiceServer(gs, srv.FleetAPI())
 	kubev1.RegisterClusterServiceServer(gs, srv.ClusterAPI())
 	maintv1.RegisterMaintenanceServiceServer(gs, srv.MaintenanceAPI())
+	artifactv1.RegisterArtifactServiceServer(gs, srv.ArtifactAPI())
+	artifactv1.RegisterNodeArtifactServiceServer(gs, srv.NodeArtifactAPI())
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
@@ -150,6 +171,9 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		defer close(maintDone)
 		return srv.RunMaintenance(gctx)
 	})
+	if srv.quarantine != nil {
+		g.Go(func() error { return srv.quarantine.run(gctx) })
+	}
 	g.Go(func() error {
 		if err := gs.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("grpc server: %w", err)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/bud-ecosystem/budfleet/controller/artifact"
 	"github.com/bud-ecosystem/budfleet/controller/ca"
 	"github.com/bud-ecosystem/budfleet/controller/kube"
 	"github.com/bud-ecosystem/budfleet/controller/maintenance/runner"
@@ -49,6 +50,12 @@ type Options struct {
 	// MaintenanceInterval is how often the campaign runner steps (default
 	// 1s); events wake it sooner.
 	MaintenanceInterval time.Duration
+	// GPUQuarantine is the optional policy that cordons and taints a node
+	// with an Unhealthy GPU (quarantine.go); the zero value is off.
+	GPUQuarantine QuarantinePolicy
+	// Artifacts is the artifact store (controller/artifact); nil answers
+	// the artifact services with FailedPrecondition.
+	Artifacts *artifact.Store
 	// JoinArtifacts finds the artifacts a kubelet join installs
 	// (kubeletjoin.go); nil queues joins without any, for nodes that have
 	// what they need.
@@ -85,6 +92,8 @@ type Server struct {
 	kube *kube.Manager
 	// campaigns runs maintenance campaigns (campaigns.go, maintapi.go).
 	campaigns *campaigns
+	// quarantine applies the GPU quarantine policy; nil when it is off.
+	quarantine *gpuQuarantine
 	// started is when the Server was made: agents reconnect after it.
 	started time.Time
 
@@ -162,6 +171,9 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	if s.campaigns, err = newCampaigns(s); err != nil {
+		return nil, err
+	}
+	if s.quarantine, err = newGPUQuarantine(s, s.campaigns.cluster); err != nil {
 		return nil, err
 	}
 	if err := opts.Registerer.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -35,6 +36,12 @@ type GRPC struct {
 	ServerName string
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+
+	// The open session's connection, which Conn hands to the agent's other
+	// calls; changed is closed (and replaced) when it is set.
+	mu      sync.Mutex
+	conn    *grpc.ClientConn
+	changed chan struct{}
 }
 
 var _ session.Transport = (*GRPC)(nil)
@@ -50,15 +57,59 @@ func (g *GRPC) Connect(ctx context.Context) (session.Stream, error) {
 		conn.Close()
 		return nil, err
 	}
-	return grpcStream{stream, conn}, nil
+	g.setConn(conn)
+	return grpcStream{stream, conn, g}, nil
 }
 
 type grpcStream struct {
 	agentv1.AgentService_ConnectClient
 	conn *grpc.ClientConn
+	g    *GRPC
 }
 
-func (s grpcStream) Close() error { return s.conn.Close() }
+func (s grpcStream) Close() error {
+	s.g.mu.Lock()
+	if s.g.conn == s.conn {
+		s.g.conn = nil
+	}
+	s.g.mu.Unlock()
+	return s.conn.Close()
+}
+
+func (g *GRPC) setConn(conn *grpc.ClientConn) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.conn = conn
+	if g.changed != nil {
+		close(g.changed)
+	}
+	g.changed = make(chan struct{})
+}
+
+// Conn returns the connection of the open session, waiting until one is
+// open or ctx ends: the agent's other calls to the controller (artifact
+// fetches) share the session's mutual-TLS connection rather than dial
+// their own. The connection closes with its session; a call cut by that
+// takes Conn again for the next session's.
+func (g *GRPC) Conn(ctx context.Context) (grpc.ClientConnInterface, error) {
+	for {
+		g.mu.Lock()
+		conn := g.conn
+		if g.changed == nil {
+			g.changed = make(chan struct{})
+		}
+		changed := g.changed
+		g.mu.Unlock()
+		if conn != nil {
+			return conn, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("no session with the controller: %w", ctx.Err())
+		case <-changed:
+		}
+	}
+}
 
 func (g *GRPC) dial() (*grpc.ClientConn, error) {
 	id, err := g.State.Identity()

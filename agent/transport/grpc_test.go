@@ -157,3 +157,45 @@ func TestGRPCExpiredCertificate(t *testing.T) {
 		t.Error("an address without a port was accepted")
 	}
 }
+
+// Conn hands out the open session's connection, waits while none is open,
+// and no longer hands out one whose session closed.
+func TestGRPCConnSharesTheSession(t *testing.T) {
+	f := newFixture(t, time.Now().Add(time.Hour))
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(pki.ServerTLS(f.ca, f.server))))
+	agentv1.RegisterAgentServiceServer(gs, welcomer{})
+	go gs.Serve(lis)
+	t.Cleanup(gs.Stop)
+	g := &GRPC{State: f.state, Controller: lis.Addr().String()}
+
+	got := make(chan grpc.ClientConnInterface, 1)
+	go func() {
+		conn, err := g.Conn(t.Context())
+		if err != nil {
+			t.Error(err)
+		}
+		got <- conn
+	}()
+	stream, err := g.Connect(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case conn := <-got:
+		if conn != stream.(grpcStream).conn {
+			t.Errorf("Conn = %p; want the session's connection %p", conn, stream.(grpcStream).conn)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Conn did not return once a session was open")
+	}
+	stream.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	if conn, err := g.Conn(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Conn after the session closed = %v, %v; want to wait until ctx ends", conn, err)
+	}
+}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/bud-ecosystem/budfleet/controller"
 	"github.com/bud-ecosystem/budfleet/controller/ca"
+	"github.com/bud-ecosystem/budfleet/controller/maintenance"
 	"github.com/bud-ecosystem/budfleet/controller/maintenance/runner"
 	"github.com/bud-ecosystem/budfleet/internal/cli"
 	"github.com/bud-ecosystem/budfleet/pki"
@@ -52,7 +53,7 @@ func newRoot() *cobra.Command {
 	_ = initCmd.MarkFlagRequired("data-dir")
 
 	var sc controller.ServeConfig
-	var siemConfig string
+	var siemConfig, quarantineTask, artifactMax string
 	serveCmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the controller",
@@ -63,6 +64,19 @@ func newRoot() *cobra.Command {
 				return err
 			}
 			sc.Logger = log
+			if quarantineTask != "" {
+				if !sc.Server.GPUQuarantine.Enabled {
+					return fmt.Errorf("--gpu-quarantine-task needs --gpu-quarantine")
+				}
+				b, err := os.ReadFile(quarantineTask)
+				if err != nil {
+					return fmt.Errorf("--gpu-quarantine-task: %w", err)
+				}
+				sc.Server.GPUQuarantine.Task = string(b)
+			}
+			if sc.ArtifactMaxBytes, err = parseSize(artifactMax); err != nil {
+				return fmt.Errorf("--artifact-max-size: %w", err)
+			}
 			if siemConfig != "" {
 				fc, err := loadControllerSIEM(siemConfig)
 				if err != nil {
@@ -84,6 +98,12 @@ func newRoot() *cobra.Command {
 	f.DurationVar(&sc.Server.HeartbeatGrace, "heartbeat-grace", controller.DefaultHeartbeatGrace, "a node is NotReady this long after its last heartbeat")
 	f.DurationVar(&sc.Server.FullInventoryInterval, "full-inventory-interval", controller.DefaultFullInventoryInterval, "how often agents resend unchanged inventory")
 	f.DurationVar(&sc.Server.MaintenanceInterval, "maintenance-interval", runner.DefaultInterval, "how often maintenance campaigns are stepped (agent and command events step them sooner)")
+	f.BoolVar(&sc.Server.GPUQuarantine.Enabled, "gpu-quarantine", false, "quarantine a node with an Unhealthy GPU: cordon its Node and taint it "+controller.TaintGPUUnhealthy+"=true:NoSchedule until every GPU is healthy again")
+	f.IntVar(&sc.Server.GPUQuarantine.MaxNodes, "gpu-quarantine-max-nodes", controller.DefaultQuarantineMaxNodes, "circuit breaker: at most this many nodes quarantined at once; more wait")
+	f.StringVar(&quarantineTask, "gpu-quarantine-task", "", "script of a one-node remediation campaign opened for each quarantined node (drain, then the task on the node)")
+	f.DurationVar(&sc.Server.GPUQuarantine.TaskTimeout, "gpu-quarantine-task-timeout", maintenance.DefaultTaskTimeout, "the remediation task's timeout")
+	f.BoolVar(&sc.Server.GPUQuarantine.Reboot, "gpu-quarantine-reboot", false, "the remediation campaign reboots the node after its task")
+	f.StringVar(&artifactMax, "artifact-max-size", "16GiB", "largest artifact 'budctl artifacts push' may store (bytes, or with KiB, MiB, GiB, TiB)")
 	f.StringVar(&siemConfig, "siem-config", "", "YAML with a siem: section: forward the controller's audit log (operator actions) with the agents' forwarding code")
 	_ = serveCmd.MarkFlagRequired("data-dir")
 

@@ -277,7 +277,15 @@ completed without a failure, 1 otherwise.`,
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "campaign %s %s: %s\n", c.GetId(), did, campaignState(c.GetState()))
+				w := cmd.OutOrStdout()
+				fmt.Fprintf(w, "campaign %s %s: %s\n", c.GetId(), did, campaignState(c.GetState()))
+				// The failed nodes it holds stay cordoned whatever is done
+				// to the campaign: name them, they are the operator's now.
+				for _, n := range c.GetNodes() {
+					if n.GetStep() == maintv1.NodeStep_NODE_STEP_FAILED && n.GetCordonedByCampaign() {
+						fmt.Fprintf(w, "left cordoned, failed: node %s (Kubernetes Node %s): %s\n", n.GetNodeId(), n.GetK8SNode(), n.GetError())
+					}
+				}
 				return nil
 			},
 		}

@@ -102,6 +102,9 @@ func (a *app) nodesCmd() *cobra.Command {
 					row("Agent version", inv.GetAgentVersion())
 				}
 				printNodeGPUs(tw, n)
+				if q := n.GetGpus().GetQuarantine(); q != nil {
+					row("GPU quarantine", quarantineText(q, now))
+				}
 				printNodeKubernetes(tw, n.GetKubernetes())
 				printKubeletJoin(tw, n.GetKubeletJoin(), now) // join.go
 			})
@@ -177,4 +180,17 @@ func printNodeGPUs(tw *tabwriter.Writer, n *fleetv1.Node) {
 	for _, t := range n.GetProposedTaints() {
 		fmt.Fprintf(tw, "Proposed taint:\t%s=%s:%s\n", t.GetKey(), t.GetValue(), t.GetEffect())
 	}
+}
+
+// quarantineText is one line on a node's GPU quarantine.
+func quarantineText(q *fleetv1.GpuQuarantine, now time.Time) string {
+	word := strings.ToLower(strings.TrimPrefix(q.GetState().String(), "QUARANTINE_STATE_"))
+	out := word + " for " + age(q.GetSince(), now) + ": " + q.GetReason()
+	if q.GetCampaignId() != "" {
+		out += "; remediation campaign " + q.GetCampaignId()
+	}
+	if q.GetError() != "" {
+		out += "; " + q.GetError()
+	}
+	return out
 }

@@ -180,6 +180,51 @@ func TestAgainstControlPlane(t *testing.T) {
 		}
 	})
 
+	t.Run("taints", func(t *testing.T) {
+		// kwok-b carries a taint of someone else's; SetTaint keeps it.
+		kn := kubeNode(t, cp, "kwok-b")
+		other := corev1.Taint{Key: "example.com/other", Value: "x", Effect: corev1.TaintEffectNoExecute}
+		kn.Spec.Taints = append(kn.Spec.Taints, other)
+		if _, err := cp.Client.CoreV1().Nodes().Update(ctx, kn, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		n := FleetNode{ID: "n-b", Hostname: "kwok-b"}
+		gpu := corev1.Taint{Key: "nvidia.com/gpu.unhealthy", Value: "true", Effect: corev1.TaintEffectNoSchedule}
+		taints := func() []string {
+			var out []string
+			for _, x := range kubeNode(t, cp, "kwok-b").Spec.Taints {
+				// The node lifecycle controller's own (not-ready while a
+				// loaded machine delays kwok's heartbeats) come and go.
+				if !strings.HasPrefix(x.Key, "node.kubernetes.io/") {
+					out = append(out, x.ToString())
+				}
+			}
+			slices.Sort(out)
+			return out
+		}
+		for _, step := range []struct {
+			taint   corev1.Taint
+			present bool
+			want    []string
+		}{
+			{gpu, true, []string{"example.com/other=x:NoExecute", "nvidia.com/gpu.unhealthy=true:NoSchedule"}},
+			{gpu, true, []string{"example.com/other=x:NoExecute", "nvidia.com/gpu.unhealthy=true:NoSchedule"}}, // again: unchanged
+			{corev1.Taint{Key: gpu.Key, Value: "xid-79", Effect: gpu.Effect}, true, []string{"example.com/other=x:NoExecute", "nvidia.com/gpu.unhealthy=xid-79:NoSchedule"}},
+			{gpu, false, []string{"example.com/other=x:NoExecute"}},
+			{gpu, false, []string{"example.com/other=x:NoExecute"}},
+		} {
+			if err := m.SetTaint(ctx, n, step.taint, step.present); err != nil {
+				t.Fatalf("SetTaint(%s, %v): %v", step.taint.ToString(), step.present, err)
+			}
+			if got := taints(); !slices.Equal(got, step.want) {
+				t.Errorf("after SetTaint(%s, %v): taints %v, want %v", step.taint.ToString(), step.present, got, step.want)
+			}
+		}
+		if err := m.SetTaint(ctx, FleetNode{ID: "n-x", Hostname: "not-in-k8s"}, gpu, true); !errors.Is(err, ErrNodeNotFound) {
+			t.Errorf("SetTaint of a node with no Node = %v, want ErrNodeNotFound", err)
+		}
+	})
+
 	const ns = "work"
 	cp.CreateNamespace(ns)
 

@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/kubectl/pkg/drain"
 
 	"github.com/bud-ecosystem/budfleet/controller/store"
@@ -51,6 +52,8 @@ type Nodes interface {
 	// drain succeeded (ErrDrainBlocked when it ran but left pods; the
 	// report is filled as far as it got in every case).
 	Drain(ctx context.Context, n FleetNode, opts DrainOptions) (DrainReport, error)
+	// SetTaint adds (present true) or removes a taint of the Node.
+	SetTaint(ctx context.Context, n FleetNode, taint corev1.Taint, present bool) error
 }
 
 // FleetNode is what mapping a fleet node to Kubernetes needs: its id,
@@ -233,3 +236,50 @@ func (m *Manager) cordon(ctx context.Context, t Target, cc *clusterClient, kn *c
 }
 
 func isNodeNotFound(err error) bool { return err != nil && errors.Is(err, ErrNodeNotFound) }
+
+// SetTaint adds taint to the node's Node (present true), replacing one with
+// the same key and effect, or removes it (false). It rereads and retries on
+// a conflicting write, so taints others set meanwhile are kept.
+func (m *Manager) SetTaint(ctx context.Context, n FleetNode, taint corev1.Taint, present bool) error {
+	t, cc, _, err := m.node(ctx, n)
+	if err != nil {
+		return err
+	}
+	nodes := cc.client.CoreV1().Nodes()
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cctx, cancel := context.WithTimeout(ctx, m.opts.CallTimeout)
+		defer cancel()
+		kn, err := nodes.Get(cctx, t.Node, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		kept := make([]corev1.Taint, 0, len(kn.Spec.Taints)+1)
+		found := false
+		for _, x := range kn.Spec.Taints {
+			if x.Key == taint.Key && x.Effect == taint.Effect {
+				if present && x.Value == taint.Value {
+					found = true
+					kept = append(kept, x)
+				}
+				continue
+			}
+			kept = append(kept, x)
+		}
+		if present && !found {
+			kept = append(kept, taint)
+		}
+		if len(kept) == len(kn.Spec.Taints) && (found || !present) {
+			return nil // already as desired
+		}
+		kn.Spec.Taints = kept
+		_, err = nodes.Update(cctx, kn, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
+		if apierrors.IsNotFound(err) {
+			return fmt.Errorf("%w: Kubernetes Node %q in cluster %s is gone", ErrNodeNotFound, t.Node, t.Cluster)
+		}
+		return m.callErr(ctx, t, cc, err)
+	}
+	return nil
+}

@@ -142,6 +142,79 @@ func appDeployment(ns, name, node string) *appsv1.Deployment {
 	return d
 }
 
+// runDaemonSet makes a DaemonSet for every Node and, standing in for the
+// scheduler kubetest does not run, binds each of its pods to the Node the
+// DaemonSet controller meant it for; it returns the pods' UIDs by Node once
+// all are Running.
+func runDaemonSet(t testing.TB, cp *kubetest.ControlPlane, ns, name string, nodes int) map[string]string {
+	t.Helper()
+	labels := map[string]string{"app": name}
+	ds := &appsv1.DaemonSet{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: appsv1.DaemonSetSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{
+					Containers:                    []corev1.Container{{Name: name, Image: "registry.invalid/" + name + ":1"}},
+					TerminationGracePeriodSeconds: new(int64(1)),
+				},
+			},
+		},
+	}
+	if _, err := cp.Client.AppsV1().DaemonSets(ns).Create(t.Context(), ds, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	uids := map[string]string{}
+	eventually(t, time.Minute, func() error {
+		pods, err := cp.Client.CoreV1().Pods(ns).List(t.Context(), metav1.ListOptions{LabelSelector: "app=" + name})
+		if err != nil {
+			return err
+		}
+		running := 0
+		for _, p := range pods.Items {
+			if p.Spec.NodeName == "" {
+				node := daemonPodNode(p)
+				if node == "" {
+					return fmt.Errorf("DaemonSet pod %s names no Node in its affinity", p.Name)
+				}
+				if err := cp.Client.CoreV1().Pods(ns).Bind(t.Context(), &corev1.Binding{
+					ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: ns},
+					Target:     corev1.ObjectReference{Kind: "Node", Name: node},
+				}, metav1.CreateOptions{}); err != nil {
+					return err
+				}
+				continue
+			}
+			if p.Status.Phase == corev1.PodRunning {
+				running++
+				uids[p.Spec.NodeName] = string(p.UID)
+			}
+		}
+		if running != nodes {
+			return fmt.Errorf("%d of %d DaemonSet pods running", running, nodes)
+		}
+		return nil
+	})
+	return uids
+}
+
+// daemonPodNode is the Node a DaemonSet pod is for: the DaemonSet
+// controller pins it with a required node affinity on metadata.name.
+func daemonPodNode(p corev1.Pod) string {
+	if p.Spec.Affinity == nil || p.Spec.Affinity.NodeAffinity == nil || p.Spec.Affinity.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution == nil {
+		return ""
+	}
+	for _, term := range p.Spec.Affinity.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms {
+		for _, f := range term.MatchFields {
+			if f.Key == "metadata.name" && len(f.Values) == 1 {
+				return f.Values[0]
+			}
+		}
+	}
+	return ""
+}
+
 func (c *controller) getCampaign(id string) (*maintv1.Campaign, error) {
 	var resp maintv1.GetCampaignResponse
 	err := c.budctlJSON(&resp, "maintenance", "get", id)
@@ -152,11 +225,13 @@ func (c *controller) getCampaign(id string) (*maintv1.Campaign, error) {
 // Kubernetes control plane (kubetest with kwok): a campaign over three
 // nodes with max-unavailable 1 runs its task on each node once, cordoning
 // and uncordoning the Nodes in order and never two at once, across a
-// SIGKILL of the controller while the first task runs. The third node's
+// SIGKILL of the controller while the first task runs (the agent is back on
+// the new controller before the task ends). The third node's
 // pod is held by a PodDisruptionBudget: its drain fails at its timeout,
 // naming the budget, and the node is uncordoned and counted failed; with
 // --max-failures 2 the campaign completes. Every step is in the audit
-// trail. Bad input is refused and stores nothing.
+// trail. A DaemonSet's pods stay on their nodes through the drains. Bad
+// input is refused and stores nothing.
 func TestCampaign(t *testing.T) {
 	t.Parallel()
 	cp := kubetest.Start(t, kubetest.WithControllerManager(), kubetest.WithKwok())
@@ -185,6 +260,7 @@ func TestCampaign(t *testing.T) {
 	runApp(t, cp, ns, "web-a", hosts[0])
 	runApp(t, cp, ns, "web-b", hosts[1])
 	runDB(t, cp, ns, hosts[2]) // under a PodDisruptionBudget that allows no eviction
+	daemons := runDaemonSet(t, cp, ns, "node-exporter", len(hosts))
 	nw := watchNodes(t, cp, nil)
 
 	// The task notes each run and waits for the release file, so the
@@ -232,6 +308,17 @@ func TestCampaign(t *testing.T) {
 	})
 	c.kill(t)
 	c.restart(t)
+	// The agent is back on the new controller while its task still runs.
+	eventually(t, 30*time.Second, func() error {
+		n, err := c.getNode(agents[hosts[0]].nodeID)
+		if err != nil || !n.GetConnected() {
+			return fmt.Errorf("%s not connected to the new controller during its task (%v)", hosts[0], err)
+		}
+		return nil
+	})
+	if b, _ := os.ReadFile(runs); strings.Count(string(b), hosts[0]+" ") != 1 {
+		t.Fatalf("the task is not running once on %s:\n%s", hosts[0], b)
+	}
 	if err := os.WriteFile(release, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -296,6 +383,23 @@ func TestCampaign(t *testing.T) {
 		n, err := cp.Client.CoreV1().Nodes().Get(t.Context(), h, metav1.GetOptions{})
 		if err != nil || n.Spec.Unschedulable {
 			t.Errorf("Node %s at the end: unschedulable %v, %v", h, n.Spec.Unschedulable, err)
+		}
+	}
+
+	// The DaemonSet's pods stayed through the drains.
+	pods, err := cp.Client.CoreV1().Pods(ns).List(t.Context(), metav1.ListOptions{LabelSelector: "app=node-exporter"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := map[string]string{}
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil {
+			after[p.Spec.NodeName] = string(p.UID)
+		}
+	}
+	for node, uid := range daemons {
+		if after[node] != uid {
+			t.Errorf("the DaemonSet pod on %s was %s before the campaign and %q after; DaemonSet pods stay", node, uid, after[node])
 		}
 	}
 

@@ -58,6 +58,9 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 	for _, tc := range clusterTests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore(t)) })
 	}
+	for _, tc := range artifactTests {
+		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore(t)) })
+	}
 	t.Run("Campaigns", func(t *testing.T) { testCampaigns(t, newStore) })
 }
 

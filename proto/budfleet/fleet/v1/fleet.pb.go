@@ -79,6 +79,66 @@ func (NodeStatus) EnumDescriptor() ([]byte, []int) {
 	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{0}
 }
 
+type QuarantineState int32
+
+const (
+	QuarantineState_QUARANTINE_STATE_UNSPECIFIED QuarantineState = 0
+	// Decided and being applied to the Node (or retried after an error).
+	QuarantineState_QUARANTINE_STATE_PENDING QuarantineState = 1
+	// The Node is cordoned and tainted.
+	QuarantineState_QUARANTINE_STATE_ACTIVE QuarantineState = 2
+	// Not applied: the circuit breaker (--gpu-quarantine-max-nodes) holds it
+	// until fewer nodes are quarantined.
+	QuarantineState_QUARANTINE_STATE_HELD QuarantineState = 3
+	// The GPUs are healthy again and the quarantine is being lifted.
+	QuarantineState_QUARANTINE_STATE_RELEASING QuarantineState = 4
+)
+
+// Enum value maps for QuarantineState.
+var (
+	QuarantineState_name = map[int32]string{
+		0: "QUARANTINE_STATE_UNSPECIFIED",
+		1: "QUARANTINE_STATE_PENDING",
+		2: "QUARANTINE_STATE_ACTIVE",
+		3: "QUARANTINE_STATE_HELD",
+		4: "QUARANTINE_STATE_RELEASING",
+	}
+	QuarantineState_value = map[string]int32{
+		"QUARANTINE_STATE_UNSPECIFIED": 0,
+		"QUARANTINE_STATE_PENDING":     1,
+		"QUARANTINE_STATE_ACTIVE":      2,
+		"QUARANTINE_STATE_HELD":        3,
+		"QUARANTINE_STATE_RELEASING":   4,
+	}
+)
+
+func (x QuarantineState) Enum() *QuarantineState {
+	p := new(QuarantineState)
+	*p = x
+	return p
+}
+
+func (x QuarantineState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (QuarantineState) Descriptor() protoreflect.EnumDescriptor {
+	return file_budfleet_fleet_v1_fleet_proto_enumTypes[1].Descriptor()
+}
+
+func (QuarantineState) Type() protoreflect.EnumType {
+	return &file_budfleet_fleet_v1_fleet_proto_enumTypes[1]
+}
+
+func (x QuarantineState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use QuarantineState.Descriptor instead.
+func (QuarantineState) EnumDescriptor() ([]byte, []int) {
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{1}
+}
+
 type CommandState int32
 
 const (
@@ -118,11 +178,11 @@ func (x CommandState) String() string {
 }
 
 func (CommandState) Descriptor() protoreflect.EnumDescriptor {
-	return file_budfleet_fleet_v1_fleet_proto_enumTypes[1].Descriptor()
+	return file_budfleet_fleet_v1_fleet_proto_enumTypes[2].Descriptor()
 }
 
 func (CommandState) Type() protoreflect.EnumType {
-	return &file_budfleet_fleet_v1_fleet_proto_enumTypes[1]
+	return &file_budfleet_fleet_v1_fleet_proto_enumTypes[2]
 }
 
 func (x CommandState) Number() protoreflect.EnumNumber {
@@ -131,7 +191,7 @@ func (x CommandState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CommandState.Descriptor instead.
 func (CommandState) EnumDescriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{1}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{2}
 }
 
 type Token struct {
@@ -745,7 +805,10 @@ type NodeGpus struct {
 	InventoryUpdatedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=inventory_updated_at,json=inventoryUpdatedAt,proto3" json:"inventory_updated_at,omitempty"`
 	HealthUpdatedAt    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=health_updated_at,json=healthUpdatedAt,proto3" json:"health_updated_at,omitempty"`
 	// The most GPUs this node has ever reported.
-	MaxGpuCount   uint32 `protobuf:"varint,5,opt,name=max_gpu_count,json=maxGpuCount,proto3" json:"max_gpu_count,omitempty"`
+	MaxGpuCount uint32 `protobuf:"varint,5,opt,name=max_gpu_count,json=maxGpuCount,proto3" json:"max_gpu_count,omitempty"`
+	// The controller's quarantine of the node for an Unhealthy GPU (bud-controller
+	// serve --gpu-quarantine); absent when the node is not quarantined.
+	Quarantine    *GpuQuarantine `protobuf:"bytes,6,opt,name=quarantine,proto3" json:"quarantine,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -815,6 +878,107 @@ func (x *NodeGpus) GetMaxGpuCount() uint32 {
 	return 0
 }
 
+func (x *NodeGpus) GetQuarantine() *GpuQuarantine {
+	if x != nil {
+		return x.Quarantine
+	}
+	return nil
+}
+
+// GpuQuarantine takes a node with an Unhealthy GPU out of scheduling: its
+// Node cordoned and tainted nvidia.com/gpu.unhealthy=true:NoSchedule until
+// every GPU reports healthy again, and optionally a one-node campaign that
+// drains it and runs a remediation task.
+type GpuQuarantine struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	State QuarantineState        `protobuf:"varint,1,opt,name=state,proto3,enum=budfleet.fleet.v1.QuarantineState" json:"state,omitempty"`
+	Since *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=since,proto3" json:"since,omitempty"`
+	// The GPUs that made it, e.g. "GPU 3 (GPU-...): XID 79".
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The quarantine cordoned the Node, so lifting it uncordons; a Node found
+	// cordoned is left cordoned.
+	CordonedByQuarantine bool `protobuf:"varint,4,opt,name=cordoned_by_quarantine,json=cordonedByQuarantine,proto3" json:"cordoned_by_quarantine,omitempty"`
+	// The one-node remediation campaign, when one was opened.
+	CampaignId string `protobuf:"bytes,5,opt,name=campaign_id,json=campaignId,proto3" json:"campaign_id,omitempty"`
+	// Why the last attempt to apply or lift the quarantine failed; it is
+	// retried.
+	Error         string `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GpuQuarantine) Reset() {
+	*x = GpuQuarantine{}
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GpuQuarantine) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GpuQuarantine) ProtoMessage() {}
+
+func (x *GpuQuarantine) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GpuQuarantine.ProtoReflect.Descriptor instead.
+func (*GpuQuarantine) Descriptor() ([]byte, []int) {
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *GpuQuarantine) GetState() QuarantineState {
+	if x != nil {
+		return x.State
+	}
+	return QuarantineState_QUARANTINE_STATE_UNSPECIFIED
+}
+
+func (x *GpuQuarantine) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *GpuQuarantine) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *GpuQuarantine) GetCordonedByQuarantine() bool {
+	if x != nil {
+		return x.CordonedByQuarantine
+	}
+	return false
+}
+
+func (x *GpuQuarantine) GetCampaignId() string {
+	if x != nil {
+		return x.CampaignId
+	}
+	return ""
+}
+
+func (x *GpuQuarantine) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 type Taint struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -826,7 +990,7 @@ type Taint struct {
 
 func (x *Taint) Reset() {
 	*x = Taint{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[9]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -838,7 +1002,7 @@ func (x *Taint) String() string {
 func (*Taint) ProtoMessage() {}
 
 func (x *Taint) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[9]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -851,7 +1015,7 @@ func (x *Taint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Taint.ProtoReflect.Descriptor instead.
 func (*Taint) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{9}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Taint) GetKey() string {
@@ -883,7 +1047,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[10]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -895,7 +1059,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[10]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -908,7 +1072,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{10}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{11}
 }
 
 type ListNodesResponse struct {
@@ -920,7 +1084,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[11]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -932,7 +1096,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[11]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -945,7 +1109,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{11}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -964,7 +1128,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[12]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -976,7 +1140,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[12]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -989,7 +1153,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{12}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetNodeRequest) GetId() string {
@@ -1008,7 +1172,7 @@ type GetNodeResponse struct {
 
 func (x *GetNodeResponse) Reset() {
 	*x = GetNodeResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[13]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1020,7 +1184,7 @@ func (x *GetNodeResponse) String() string {
 func (*GetNodeResponse) ProtoMessage() {}
 
 func (x *GetNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[13]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1033,7 +1197,7 @@ func (x *GetNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeResponse.ProtoReflect.Descriptor instead.
 func (*GetNodeResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{13}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetNodeResponse) GetNode() *Node {
@@ -1052,7 +1216,7 @@ type DeleteNodeRequest struct {
 
 func (x *DeleteNodeRequest) Reset() {
 	*x = DeleteNodeRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[14]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1064,7 +1228,7 @@ func (x *DeleteNodeRequest) String() string {
 func (*DeleteNodeRequest) ProtoMessage() {}
 
 func (x *DeleteNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[14]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1077,7 +1241,7 @@ func (x *DeleteNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNodeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteNodeRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{14}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeleteNodeRequest) GetId() string {
@@ -1095,7 +1259,7 @@ type DeleteNodeResponse struct {
 
 func (x *DeleteNodeResponse) Reset() {
 	*x = DeleteNodeResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[15]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1107,7 +1271,7 @@ func (x *DeleteNodeResponse) String() string {
 func (*DeleteNodeResponse) ProtoMessage() {}
 
 func (x *DeleteNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[15]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1120,7 +1284,7 @@ func (x *DeleteNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNodeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteNodeResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{15}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{16}
 }
 
 type Command struct {
@@ -1145,7 +1309,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[16]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1157,7 +1321,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[16]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1170,7 +1334,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{16}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Command) GetId() string {
@@ -1274,7 +1438,7 @@ type CommandOutputTail struct {
 
 func (x *CommandOutputTail) Reset() {
 	*x = CommandOutputTail{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[17]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1286,7 +1450,7 @@ func (x *CommandOutputTail) String() string {
 func (*CommandOutputTail) ProtoMessage() {}
 
 func (x *CommandOutputTail) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[17]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1299,7 +1463,7 @@ func (x *CommandOutputTail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandOutputTail.ProtoReflect.Descriptor instead.
 func (*CommandOutputTail) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{17}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CommandOutputTail) GetStdout() string {
@@ -1348,7 +1512,7 @@ type CreateCommandRequest struct {
 
 func (x *CreateCommandRequest) Reset() {
 	*x = CreateCommandRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[18]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1360,7 +1524,7 @@ func (x *CreateCommandRequest) String() string {
 func (*CreateCommandRequest) ProtoMessage() {}
 
 func (x *CreateCommandRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[18]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1373,7 +1537,7 @@ func (x *CreateCommandRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateCommandRequest.ProtoReflect.Descriptor instead.
 func (*CreateCommandRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{18}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CreateCommandRequest) GetNodeId() string {
@@ -1406,7 +1570,7 @@ type CreateCommandResponse struct {
 
 func (x *CreateCommandResponse) Reset() {
 	*x = CreateCommandResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[19]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1418,7 +1582,7 @@ func (x *CreateCommandResponse) String() string {
 func (*CreateCommandResponse) ProtoMessage() {}
 
 func (x *CreateCommandResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[19]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1431,7 +1595,7 @@ func (x *CreateCommandResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateCommandResponse.ProtoReflect.Descriptor instead.
 func (*CreateCommandResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{19}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CreateCommandResponse) GetCommand() *Command {
@@ -1451,7 +1615,7 @@ type ListCommandsRequest struct {
 
 func (x *ListCommandsRequest) Reset() {
 	*x = ListCommandsRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[20]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1463,7 +1627,7 @@ func (x *ListCommandsRequest) String() string {
 func (*ListCommandsRequest) ProtoMessage() {}
 
 func (x *ListCommandsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[20]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1476,7 +1640,7 @@ func (x *ListCommandsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCommandsRequest.ProtoReflect.Descriptor instead.
 func (*ListCommandsRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{20}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListCommandsRequest) GetNodeId() string {
@@ -1495,7 +1659,7 @@ type ListCommandsResponse struct {
 
 func (x *ListCommandsResponse) Reset() {
 	*x = ListCommandsResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[21]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1507,7 +1671,7 @@ func (x *ListCommandsResponse) String() string {
 func (*ListCommandsResponse) ProtoMessage() {}
 
 func (x *ListCommandsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[21]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1520,7 +1684,7 @@ func (x *ListCommandsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCommandsResponse.ProtoReflect.Descriptor instead.
 func (*ListCommandsResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{21}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListCommandsResponse) GetCommands() []*Command {
@@ -1539,7 +1703,7 @@ type GetCommandRequest struct {
 
 func (x *GetCommandRequest) Reset() {
 	*x = GetCommandRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[22]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1551,7 +1715,7 @@ func (x *GetCommandRequest) String() string {
 func (*GetCommandRequest) ProtoMessage() {}
 
 func (x *GetCommandRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[22]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1564,7 +1728,7 @@ func (x *GetCommandRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCommandRequest.ProtoReflect.Descriptor instead.
 func (*GetCommandRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{22}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetCommandRequest) GetId() string {
@@ -1583,7 +1747,7 @@ type GetCommandResponse struct {
 
 func (x *GetCommandResponse) Reset() {
 	*x = GetCommandResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[23]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1595,7 +1759,7 @@ func (x *GetCommandResponse) String() string {
 func (*GetCommandResponse) ProtoMessage() {}
 
 func (x *GetCommandResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[23]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1608,7 +1772,7 @@ func (x *GetCommandResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCommandResponse.ProtoReflect.Descriptor instead.
 func (*GetCommandResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{23}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetCommandResponse) GetCommand() *Command {
@@ -1639,7 +1803,7 @@ type GpuRow struct {
 
 func (x *GpuRow) Reset() {
 	*x = GpuRow{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[24]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1651,7 +1815,7 @@ func (x *GpuRow) String() string {
 func (*GpuRow) ProtoMessage() {}
 
 func (x *GpuRow) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[24]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1664,7 +1828,7 @@ func (x *GpuRow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GpuRow.ProtoReflect.Descriptor instead.
 func (*GpuRow) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{24}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GpuRow) GetNodeId() string {
@@ -1757,7 +1921,7 @@ type ListGpusRequest struct {
 
 func (x *ListGpusRequest) Reset() {
 	*x = ListGpusRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[25]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1769,7 +1933,7 @@ func (x *ListGpusRequest) String() string {
 func (*ListGpusRequest) ProtoMessage() {}
 
 func (x *ListGpusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[25]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1782,7 +1946,7 @@ func (x *ListGpusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGpusRequest.ProtoReflect.Descriptor instead.
 func (*ListGpusRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{25}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListGpusRequest) GetNodeId() string {
@@ -1815,7 +1979,7 @@ type ListGpusResponse struct {
 
 func (x *ListGpusResponse) Reset() {
 	*x = ListGpusResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[26]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1827,7 +1991,7 @@ func (x *ListGpusResponse) String() string {
 func (*ListGpusResponse) ProtoMessage() {}
 
 func (x *ListGpusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[26]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1840,7 +2004,7 @@ func (x *ListGpusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGpusResponse.ProtoReflect.Descriptor instead.
 func (*ListGpusResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{26}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListGpusResponse) GetGpus() []*GpuRow {
@@ -1858,7 +2022,7 @@ type GetGpuSummaryRequest struct {
 
 func (x *GetGpuSummaryRequest) Reset() {
 	*x = GetGpuSummaryRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[27]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1870,7 +2034,7 @@ func (x *GetGpuSummaryRequest) String() string {
 func (*GetGpuSummaryRequest) ProtoMessage() {}
 
 func (x *GetGpuSummaryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[27]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1883,7 +2047,7 @@ func (x *GetGpuSummaryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGpuSummaryRequest.ProtoReflect.Descriptor instead.
 func (*GetGpuSummaryRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{27}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{28}
 }
 
 type GpuSummaryRow struct {
@@ -1901,7 +2065,7 @@ type GpuSummaryRow struct {
 
 func (x *GpuSummaryRow) Reset() {
 	*x = GpuSummaryRow{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[28]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1913,7 +2077,7 @@ func (x *GpuSummaryRow) String() string {
 func (*GpuSummaryRow) ProtoMessage() {}
 
 func (x *GpuSummaryRow) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[28]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1926,7 +2090,7 @@ func (x *GpuSummaryRow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GpuSummaryRow.ProtoReflect.Descriptor instead.
 func (*GpuSummaryRow) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{28}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GpuSummaryRow) GetProduct() string {
@@ -1991,7 +2155,7 @@ type GetGpuSummaryResponse struct {
 
 func (x *GetGpuSummaryResponse) Reset() {
 	*x = GetGpuSummaryResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[29]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2003,7 +2167,7 @@ func (x *GetGpuSummaryResponse) String() string {
 func (*GetGpuSummaryResponse) ProtoMessage() {}
 
 func (x *GetGpuSummaryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[29]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2016,7 +2180,7 @@ func (x *GetGpuSummaryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGpuSummaryResponse.ProtoReflect.Descriptor instead.
 func (*GetGpuSummaryResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{29}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetGpuSummaryResponse) GetProducts() []*GpuSummaryRow {
@@ -2059,7 +2223,7 @@ type ApplySiemConfigRequest struct {
 
 func (x *ApplySiemConfigRequest) Reset() {
 	*x = ApplySiemConfigRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[30]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2071,7 +2235,7 @@ func (x *ApplySiemConfigRequest) String() string {
 func (*ApplySiemConfigRequest) ProtoMessage() {}
 
 func (x *ApplySiemConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[30]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2084,7 +2248,7 @@ func (x *ApplySiemConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplySiemConfigRequest.ProtoReflect.Descriptor instead.
 func (*ApplySiemConfigRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{30}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ApplySiemConfigRequest) GetYaml() []byte {
@@ -2112,7 +2276,7 @@ type ApplySiemConfigResponse struct {
 
 func (x *ApplySiemConfigResponse) Reset() {
 	*x = ApplySiemConfigResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[31]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2124,7 +2288,7 @@ func (x *ApplySiemConfigResponse) String() string {
 func (*ApplySiemConfigResponse) ProtoMessage() {}
 
 func (x *ApplySiemConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[31]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2137,7 +2301,7 @@ func (x *ApplySiemConfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplySiemConfigResponse.ProtoReflect.Descriptor instead.
 func (*ApplySiemConfigResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{31}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ApplySiemConfigResponse) GetVersion() uint64 {
@@ -2163,7 +2327,7 @@ type GetSiemStatusRequest struct {
 
 func (x *GetSiemStatusRequest) Reset() {
 	*x = GetSiemStatusRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[32]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2175,7 +2339,7 @@ func (x *GetSiemStatusRequest) String() string {
 func (*GetSiemStatusRequest) ProtoMessage() {}
 
 func (x *GetSiemStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[32]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2188,7 +2352,7 @@ func (x *GetSiemStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSiemStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetSiemStatusRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{32}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *GetSiemStatusRequest) GetNodeId() string {
@@ -2214,7 +2378,7 @@ type NodeSiemStatus struct {
 
 func (x *NodeSiemStatus) Reset() {
 	*x = NodeSiemStatus{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[33]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2226,7 +2390,7 @@ func (x *NodeSiemStatus) String() string {
 func (*NodeSiemStatus) ProtoMessage() {}
 
 func (x *NodeSiemStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[33]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2239,7 +2403,7 @@ func (x *NodeSiemStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeSiemStatus.ProtoReflect.Descriptor instead.
 func (*NodeSiemStatus) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{33}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *NodeSiemStatus) GetNodeId() string {
@@ -2293,7 +2457,7 @@ type GetSiemStatusResponse struct {
 
 func (x *GetSiemStatusResponse) Reset() {
 	*x = GetSiemStatusResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[34]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2305,7 +2469,7 @@ func (x *GetSiemStatusResponse) String() string {
 func (*GetSiemStatusResponse) ProtoMessage() {}
 
 func (x *GetSiemStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[34]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2318,7 +2482,7 @@ func (x *GetSiemStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSiemStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetSiemStatusResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{34}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GetSiemStatusResponse) GetNodes() []*NodeSiemStatus {
@@ -2398,13 +2562,24 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aC\n" +
 	"\x15KubernetesLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb5\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf7\x02\n" +
 	"\bNodeGpus\x12;\n" +
 	"\tinventory\x18\x01 \x01(\v2\x1d.budfleet.gpu.v1.GpuInventoryR\tinventory\x122\n" +
 	"\x06health\x18\x02 \x03(\v2\x1a.budfleet.gpu.v1.GpuHealthR\x06health\x12L\n" +
 	"\x14inventory_updated_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x12inventoryUpdatedAt\x12F\n" +
 	"\x11health_updated_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x0fhealthUpdatedAt\x12\"\n" +
-	"\rmax_gpu_count\x18\x05 \x01(\rR\vmaxGpuCount\"G\n" +
+	"\rmax_gpu_count\x18\x05 \x01(\rR\vmaxGpuCount\x12@\n" +
+	"\n" +
+	"quarantine\x18\x06 \x01(\v2 .budfleet.fleet.v1.GpuQuarantineR\n" +
+	"quarantine\"\x80\x02\n" +
+	"\rGpuQuarantine\x128\n" +
+	"\x05state\x18\x01 \x01(\x0e2\".budfleet.fleet.v1.QuarantineStateR\x05state\x120\n" +
+	"\x05since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x124\n" +
+	"\x16cordoned_by_quarantine\x18\x04 \x01(\bR\x14cordonedByQuarantine\x12\x1f\n" +
+	"\vcampaign_id\x18\x05 \x01(\tR\n" +
+	"campaignId\x12\x14\n" +
+	"\x05error\x18\x06 \x01(\tR\x05error\"G\n" +
 	"\x05Taint\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\x12\x16\n" +
@@ -2530,7 +2705,13 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"NodeStatus\x12\x1b\n" +
 	"\x17NODE_STATUS_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11NODE_STATUS_READY\x10\x01\x12\x19\n" +
-	"\x15NODE_STATUS_NOT_READY\x10\x02*\x9c\x01\n" +
+	"\x15NODE_STATUS_NOT_READY\x10\x02*\xa9\x01\n" +
+	"\x0fQuarantineState\x12 \n" +
+	"\x1cQUARANTINE_STATE_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18QUARANTINE_STATE_PENDING\x10\x01\x12\x1b\n" +
+	"\x17QUARANTINE_STATE_ACTIVE\x10\x02\x12\x19\n" +
+	"\x15QUARANTINE_STATE_HELD\x10\x03\x12\x1e\n" +
+	"\x1aQUARANTINE_STATE_RELEASING\x10\x04*\x9c\x01\n" +
 	"\fCommandState\x12\x1d\n" +
 	"\x19COMMAND_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15COMMAND_STATE_PENDING\x10\x01\x12\x1b\n" +
@@ -2567,142 +2748,147 @@ func file_budfleet_fleet_v1_fleet_proto_rawDescGZIP() []byte {
 	return file_budfleet_fleet_v1_fleet_proto_rawDescData
 }
 
-var file_budfleet_fleet_v1_fleet_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_budfleet_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_budfleet_fleet_v1_fleet_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_budfleet_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_budfleet_fleet_v1_fleet_proto_goTypes = []any{
 	(NodeStatus)(0),                 // 0: budfleet.fleet.v1.NodeStatus
-	(CommandState)(0),               // 1: budfleet.fleet.v1.CommandState
-	(*Token)(nil),                   // 2: budfleet.fleet.v1.Token
-	(*CreateTokenRequest)(nil),      // 3: budfleet.fleet.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),     // 4: budfleet.fleet.v1.CreateTokenResponse
-	(*ListTokensRequest)(nil),       // 5: budfleet.fleet.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),      // 6: budfleet.fleet.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),      // 7: budfleet.fleet.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),     // 8: budfleet.fleet.v1.RevokeTokenResponse
-	(*Node)(nil),                    // 9: budfleet.fleet.v1.Node
-	(*NodeGpus)(nil),                // 10: budfleet.fleet.v1.NodeGpus
-	(*Taint)(nil),                   // 11: budfleet.fleet.v1.Taint
-	(*ListNodesRequest)(nil),        // 12: budfleet.fleet.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),       // 13: budfleet.fleet.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),          // 14: budfleet.fleet.v1.GetNodeRequest
-	(*GetNodeResponse)(nil),         // 15: budfleet.fleet.v1.GetNodeResponse
-	(*DeleteNodeRequest)(nil),       // 16: budfleet.fleet.v1.DeleteNodeRequest
-	(*DeleteNodeResponse)(nil),      // 17: budfleet.fleet.v1.DeleteNodeResponse
-	(*Command)(nil),                 // 18: budfleet.fleet.v1.Command
-	(*CommandOutputTail)(nil),       // 19: budfleet.fleet.v1.CommandOutputTail
-	(*CreateCommandRequest)(nil),    // 20: budfleet.fleet.v1.CreateCommandRequest
-	(*CreateCommandResponse)(nil),   // 21: budfleet.fleet.v1.CreateCommandResponse
-	(*ListCommandsRequest)(nil),     // 22: budfleet.fleet.v1.ListCommandsRequest
-	(*ListCommandsResponse)(nil),    // 23: budfleet.fleet.v1.ListCommandsResponse
-	(*GetCommandRequest)(nil),       // 24: budfleet.fleet.v1.GetCommandRequest
-	(*GetCommandResponse)(nil),      // 25: budfleet.fleet.v1.GetCommandResponse
-	(*GpuRow)(nil),                  // 26: budfleet.fleet.v1.GpuRow
-	(*ListGpusRequest)(nil),         // 27: budfleet.fleet.v1.ListGpusRequest
-	(*ListGpusResponse)(nil),        // 28: budfleet.fleet.v1.ListGpusResponse
-	(*GetGpuSummaryRequest)(nil),    // 29: budfleet.fleet.v1.GetGpuSummaryRequest
-	(*GpuSummaryRow)(nil),           // 30: budfleet.fleet.v1.GpuSummaryRow
-	(*GetGpuSummaryResponse)(nil),   // 31: budfleet.fleet.v1.GetGpuSummaryResponse
-	(*ApplySiemConfigRequest)(nil),  // 32: budfleet.fleet.v1.ApplySiemConfigRequest
-	(*ApplySiemConfigResponse)(nil), // 33: budfleet.fleet.v1.ApplySiemConfigResponse
-	(*GetSiemStatusRequest)(nil),    // 34: budfleet.fleet.v1.GetSiemStatusRequest
-	(*NodeSiemStatus)(nil),          // 35: budfleet.fleet.v1.NodeSiemStatus
-	(*GetSiemStatusResponse)(nil),   // 36: budfleet.fleet.v1.GetSiemStatusResponse
-	nil,                             // 37: budfleet.fleet.v1.Token.LabelsEntry
-	nil,                             // 38: budfleet.fleet.v1.CreateTokenRequest.LabelsEntry
-	nil,                             // 39: budfleet.fleet.v1.Node.LabelsEntry
-	nil,                             // 40: budfleet.fleet.v1.Node.KubernetesLabelsEntry
-	nil,                             // 41: budfleet.fleet.v1.Command.ParamsEntry
-	nil,                             // 42: budfleet.fleet.v1.Command.OutputEntry
-	nil,                             // 43: budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
-	nil,                             // 44: budfleet.fleet.v1.ApplySiemConfigRequest.SelectorEntry
-	(*timestamppb.Timestamp)(nil),   // 45: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 46: google.protobuf.Duration
-	(*v1.Inventory)(nil),            // 47: budfleet.host.v1.Inventory
-	(*v11.KubernetesNode)(nil),      // 48: budfleet.kube.v1.KubernetesNode
-	(*v11.KubeletJoin)(nil),         // 49: budfleet.kube.v1.KubeletJoin
-	(*v12.GpuInventory)(nil),        // 50: budfleet.gpu.v1.GpuInventory
-	(*v12.GpuHealth)(nil),           // 51: budfleet.gpu.v1.GpuHealth
-	(v12.HealthState)(0),            // 52: budfleet.gpu.v1.HealthState
-	(*v13.Status)(nil),              // 53: budfleet.siem.v1.Status
+	(QuarantineState)(0),            // 1: budfleet.fleet.v1.QuarantineState
+	(CommandState)(0),               // 2: budfleet.fleet.v1.CommandState
+	(*Token)(nil),                   // 3: budfleet.fleet.v1.Token
+	(*CreateTokenRequest)(nil),      // 4: budfleet.fleet.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),     // 5: budfleet.fleet.v1.CreateTokenResponse
+	(*ListTokensRequest)(nil),       // 6: budfleet.fleet.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),      // 7: budfleet.fleet.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),      // 8: budfleet.fleet.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),     // 9: budfleet.fleet.v1.RevokeTokenResponse
+	(*Node)(nil),                    // 10: budfleet.fleet.v1.Node
+	(*NodeGpus)(nil),                // 11: budfleet.fleet.v1.NodeGpus
+	(*GpuQuarantine)(nil),           // 12: budfleet.fleet.v1.GpuQuarantine
+	(*Taint)(nil),                   // 13: budfleet.fleet.v1.Taint
+	(*ListNodesRequest)(nil),        // 14: budfleet.fleet.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),       // 15: budfleet.fleet.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),          // 16: budfleet.fleet.v1.GetNodeRequest
+	(*GetNodeResponse)(nil),         // 17: budfleet.fleet.v1.GetNodeResponse
+	(*DeleteNodeRequest)(nil),       // 18: budfleet.fleet.v1.DeleteNodeRequest
+	(*DeleteNodeResponse)(nil),      // 19: budfleet.fleet.v1.DeleteNodeResponse
+	(*Command)(nil),                 // 20: budfleet.fleet.v1.Command
+	(*CommandOutputTail)(nil),       // 21: budfleet.fleet.v1.CommandOutputTail
+	(*CreateCommandRequest)(nil),    // 22: budfleet.fleet.v1.CreateCommandRequest
+	(*CreateCommandResponse)(nil),   // 23: budfleet.fleet.v1.CreateCommandResponse
+	(*ListCommandsRequest)(nil),     // 24: budfleet.fleet.v1.ListCommandsRequest
+	(*ListCommandsResponse)(nil),    // 25: budfleet.fleet.v1.ListCommandsResponse
+	(*GetCommandRequest)(nil),       // 26: budfleet.fleet.v1.GetCommandRequest
+	(*GetCommandResponse)(nil),      // 27: budfleet.fleet.v1.GetCommandResponse
+	(*GpuRow)(nil),                  // 28: budfleet.fleet.v1.GpuRow
+	(*ListGpusRequest)(nil),         // 29: budfleet.fleet.v1.ListGpusRequest
+	(*ListGpusResponse)(nil),        // 30: budfleet.fleet.v1.ListGpusResponse
+	(*GetGpuSummaryRequest)(nil),    // 31: budfleet.fleet.v1.GetGpuSummaryRequest
+	(*GpuSummaryRow)(nil),           // 32: budfleet.fleet.v1.GpuSummaryRow
+	(*GetGpuSummaryResponse)(nil),   // 33: budfleet.fleet.v1.GetGpuSummaryResponse
+	(*ApplySiemConfigRequest)(nil),  // 34: budfleet.fleet.v1.ApplySiemConfigRequest
+	(*ApplySiemConfigResponse)(nil), // 35: budfleet.fleet.v1.ApplySiemConfigResponse
+	(*GetSiemStatusRequest)(nil),    // 36: budfleet.fleet.v1.GetSiemStatusRequest
+	(*NodeSiemStatus)(nil),          // 37: budfleet.fleet.v1.NodeSiemStatus
+	(*GetSiemStatusResponse)(nil),   // 38: budfleet.fleet.v1.GetSiemStatusResponse
+	nil,                             // 39: budfleet.fleet.v1.Token.LabelsEntry
+	nil,                             // 40: budfleet.fleet.v1.CreateTokenRequest.LabelsEntry
+	nil,                             // 41: budfleet.fleet.v1.Node.LabelsEntry
+	nil,                             // 42: budfleet.fleet.v1.Node.KubernetesLabelsEntry
+	nil,                             // 43: budfleet.fleet.v1.Command.ParamsEntry
+	nil,                             // 44: budfleet.fleet.v1.Command.OutputEntry
+	nil,                             // 45: budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
+	nil,                             // 46: budfleet.fleet.v1.ApplySiemConfigRequest.SelectorEntry
+	(*timestamppb.Timestamp)(nil),   // 47: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 48: google.protobuf.Duration
+	(*v1.Inventory)(nil),            // 49: budfleet.host.v1.Inventory
+	(*v11.KubernetesNode)(nil),      // 50: budfleet.kube.v1.KubernetesNode
+	(*v11.KubeletJoin)(nil),         // 51: budfleet.kube.v1.KubeletJoin
+	(*v12.GpuInventory)(nil),        // 52: budfleet.gpu.v1.GpuInventory
+	(*v12.GpuHealth)(nil),           // 53: budfleet.gpu.v1.GpuHealth
+	(v12.HealthState)(0),            // 54: budfleet.gpu.v1.HealthState
+	(*v13.Status)(nil),              // 55: budfleet.siem.v1.Status
 }
 var file_budfleet_fleet_v1_fleet_proto_depIdxs = []int32{
-	45, // 0: budfleet.fleet.v1.Token.created_at:type_name -> google.protobuf.Timestamp
-	45, // 1: budfleet.fleet.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
-	37, // 2: budfleet.fleet.v1.Token.labels:type_name -> budfleet.fleet.v1.Token.LabelsEntry
-	45, // 3: budfleet.fleet.v1.Token.revoked_at:type_name -> google.protobuf.Timestamp
-	46, // 4: budfleet.fleet.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
-	38, // 5: budfleet.fleet.v1.CreateTokenRequest.labels:type_name -> budfleet.fleet.v1.CreateTokenRequest.LabelsEntry
-	2,  // 6: budfleet.fleet.v1.CreateTokenResponse.token:type_name -> budfleet.fleet.v1.Token
-	2,  // 7: budfleet.fleet.v1.ListTokensResponse.tokens:type_name -> budfleet.fleet.v1.Token
-	2,  // 8: budfleet.fleet.v1.RevokeTokenResponse.token:type_name -> budfleet.fleet.v1.Token
+	47, // 0: budfleet.fleet.v1.Token.created_at:type_name -> google.protobuf.Timestamp
+	47, // 1: budfleet.fleet.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	39, // 2: budfleet.fleet.v1.Token.labels:type_name -> budfleet.fleet.v1.Token.LabelsEntry
+	47, // 3: budfleet.fleet.v1.Token.revoked_at:type_name -> google.protobuf.Timestamp
+	48, // 4: budfleet.fleet.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
+	40, // 5: budfleet.fleet.v1.CreateTokenRequest.labels:type_name -> budfleet.fleet.v1.CreateTokenRequest.LabelsEntry
+	3,  // 6: budfleet.fleet.v1.CreateTokenResponse.token:type_name -> budfleet.fleet.v1.Token
+	3,  // 7: budfleet.fleet.v1.ListTokensResponse.tokens:type_name -> budfleet.fleet.v1.Token
+	3,  // 8: budfleet.fleet.v1.RevokeTokenResponse.token:type_name -> budfleet.fleet.v1.Token
 	0,  // 9: budfleet.fleet.v1.Node.status:type_name -> budfleet.fleet.v1.NodeStatus
-	39, // 10: budfleet.fleet.v1.Node.labels:type_name -> budfleet.fleet.v1.Node.LabelsEntry
-	45, // 11: budfleet.fleet.v1.Node.enrolled_at:type_name -> google.protobuf.Timestamp
-	45, // 12: budfleet.fleet.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
-	47, // 13: budfleet.fleet.v1.Node.inventory:type_name -> budfleet.host.v1.Inventory
-	45, // 14: budfleet.fleet.v1.Node.inventory_updated_at:type_name -> google.protobuf.Timestamp
-	45, // 15: budfleet.fleet.v1.Node.certificate_expires_at:type_name -> google.protobuf.Timestamp
-	10, // 16: budfleet.fleet.v1.Node.gpus:type_name -> budfleet.fleet.v1.NodeGpus
-	40, // 17: budfleet.fleet.v1.Node.kubernetes_labels:type_name -> budfleet.fleet.v1.Node.KubernetesLabelsEntry
-	11, // 18: budfleet.fleet.v1.Node.proposed_taints:type_name -> budfleet.fleet.v1.Taint
-	48, // 19: budfleet.fleet.v1.Node.kubernetes:type_name -> budfleet.kube.v1.KubernetesNode
-	49, // 20: budfleet.fleet.v1.Node.kubelet_join:type_name -> budfleet.kube.v1.KubeletJoin
-	50, // 21: budfleet.fleet.v1.NodeGpus.inventory:type_name -> budfleet.gpu.v1.GpuInventory
-	51, // 22: budfleet.fleet.v1.NodeGpus.health:type_name -> budfleet.gpu.v1.GpuHealth
-	45, // 23: budfleet.fleet.v1.NodeGpus.inventory_updated_at:type_name -> google.protobuf.Timestamp
-	45, // 24: budfleet.fleet.v1.NodeGpus.health_updated_at:type_name -> google.protobuf.Timestamp
-	9,  // 25: budfleet.fleet.v1.ListNodesResponse.nodes:type_name -> budfleet.fleet.v1.Node
-	9,  // 26: budfleet.fleet.v1.GetNodeResponse.node:type_name -> budfleet.fleet.v1.Node
-	41, // 27: budfleet.fleet.v1.Command.params:type_name -> budfleet.fleet.v1.Command.ParamsEntry
-	1,  // 28: budfleet.fleet.v1.Command.state:type_name -> budfleet.fleet.v1.CommandState
-	45, // 29: budfleet.fleet.v1.Command.created_at:type_name -> google.protobuf.Timestamp
-	45, // 30: budfleet.fleet.v1.Command.delivered_at:type_name -> google.protobuf.Timestamp
-	45, // 31: budfleet.fleet.v1.Command.finished_at:type_name -> google.protobuf.Timestamp
-	42, // 32: budfleet.fleet.v1.Command.output:type_name -> budfleet.fleet.v1.Command.OutputEntry
-	19, // 33: budfleet.fleet.v1.Command.output_tail:type_name -> budfleet.fleet.v1.CommandOutputTail
-	45, // 34: budfleet.fleet.v1.CommandOutputTail.updated_at:type_name -> google.protobuf.Timestamp
-	43, // 35: budfleet.fleet.v1.CreateCommandRequest.params:type_name -> budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
-	18, // 36: budfleet.fleet.v1.CreateCommandResponse.command:type_name -> budfleet.fleet.v1.Command
-	18, // 37: budfleet.fleet.v1.ListCommandsResponse.commands:type_name -> budfleet.fleet.v1.Command
-	18, // 38: budfleet.fleet.v1.GetCommandResponse.command:type_name -> budfleet.fleet.v1.Command
-	52, // 39: budfleet.fleet.v1.GpuRow.health:type_name -> budfleet.gpu.v1.HealthState
-	26, // 40: budfleet.fleet.v1.ListGpusResponse.gpus:type_name -> budfleet.fleet.v1.GpuRow
-	30, // 41: budfleet.fleet.v1.GetGpuSummaryResponse.products:type_name -> budfleet.fleet.v1.GpuSummaryRow
-	44, // 42: budfleet.fleet.v1.ApplySiemConfigRequest.selector:type_name -> budfleet.fleet.v1.ApplySiemConfigRequest.SelectorEntry
-	53, // 43: budfleet.fleet.v1.NodeSiemStatus.status:type_name -> budfleet.siem.v1.Status
-	45, // 44: budfleet.fleet.v1.NodeSiemStatus.reported_at:type_name -> google.protobuf.Timestamp
-	35, // 45: budfleet.fleet.v1.GetSiemStatusResponse.nodes:type_name -> budfleet.fleet.v1.NodeSiemStatus
-	3,  // 46: budfleet.fleet.v1.FleetService.CreateToken:input_type -> budfleet.fleet.v1.CreateTokenRequest
-	5,  // 47: budfleet.fleet.v1.FleetService.ListTokens:input_type -> budfleet.fleet.v1.ListTokensRequest
-	7,  // 48: budfleet.fleet.v1.FleetService.RevokeToken:input_type -> budfleet.fleet.v1.RevokeTokenRequest
-	12, // 49: budfleet.fleet.v1.FleetService.ListNodes:input_type -> budfleet.fleet.v1.ListNodesRequest
-	14, // 50: budfleet.fleet.v1.FleetService.GetNode:input_type -> budfleet.fleet.v1.GetNodeRequest
-	16, // 51: budfleet.fleet.v1.FleetService.DeleteNode:input_type -> budfleet.fleet.v1.DeleteNodeRequest
-	20, // 52: budfleet.fleet.v1.FleetService.CreateCommand:input_type -> budfleet.fleet.v1.CreateCommandRequest
-	22, // 53: budfleet.fleet.v1.FleetService.ListCommands:input_type -> budfleet.fleet.v1.ListCommandsRequest
-	24, // 54: budfleet.fleet.v1.FleetService.GetCommand:input_type -> budfleet.fleet.v1.GetCommandRequest
-	27, // 55: budfleet.fleet.v1.FleetService.ListGpus:input_type -> budfleet.fleet.v1.ListGpusRequest
-	29, // 56: budfleet.fleet.v1.FleetService.GetGpuSummary:input_type -> budfleet.fleet.v1.GetGpuSummaryRequest
-	32, // 57: budfleet.fleet.v1.FleetService.ApplySiemConfig:input_type -> budfleet.fleet.v1.ApplySiemConfigRequest
-	34, // 58: budfleet.fleet.v1.FleetService.GetSiemStatus:input_type -> budfleet.fleet.v1.GetSiemStatusRequest
-	4,  // 59: budfleet.fleet.v1.FleetService.CreateToken:output_type -> budfleet.fleet.v1.CreateTokenResponse
-	6,  // 60: budfleet.fleet.v1.FleetService.ListTokens:output_type -> budfleet.fleet.v1.ListTokensResponse
-	8,  // 61: budfleet.fleet.v1.FleetService.RevokeToken:output_type -> budfleet.fleet.v1.RevokeTokenResponse
-	13, // 62: budfleet.fleet.v1.FleetService.ListNodes:output_type -> budfleet.fleet.v1.ListNodesResponse
-	15, // 63: budfleet.fleet.v1.FleetService.GetNode:output_type -> budfleet.fleet.v1.GetNodeResponse
-	17, // 64: budfleet.fleet.v1.FleetService.DeleteNode:output_type -> budfleet.fleet.v1.DeleteNodeResponse
-	21, // 65: budfleet.fleet.v1.FleetService.CreateCommand:output_type -> budfleet.fleet.v1.CreateCommandResponse
-	23, // 66: budfleet.fleet.v1.FleetService.ListCommands:output_type -> budfleet.fleet.v1.ListCommandsResponse
-	25, // 67: budfleet.fleet.v1.FleetService.GetCommand:output_type -> budfleet.fleet.v1.GetCommandResponse
-	28, // 68: budfleet.fleet.v1.FleetService.ListGpus:output_type -> budfleet.fleet.v1.ListGpusResponse
-	31, // 69: budfleet.fleet.v1.FleetService.GetGpuSummary:output_type -> budfleet.fleet.v1.GetGpuSummaryResponse
-	33, // 70: budfleet.fleet.v1.FleetService.ApplySiemConfig:output_type -> budfleet.fleet.v1.ApplySiemConfigResponse
-	36, // 71: budfleet.fleet.v1.FleetService.GetSiemStatus:output_type -> budfleet.fleet.v1.GetSiemStatusResponse
-	59, // [59:72] is the sub-list for method output_type
-	46, // [46:59] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	41, // 10: budfleet.fleet.v1.Node.labels:type_name -> budfleet.fleet.v1.Node.LabelsEntry
+	47, // 11: budfleet.fleet.v1.Node.enrolled_at:type_name -> google.protobuf.Timestamp
+	47, // 12: budfleet.fleet.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
+	49, // 13: budfleet.fleet.v1.Node.inventory:type_name -> budfleet.host.v1.Inventory
+	47, // 14: budfleet.fleet.v1.Node.inventory_updated_at:type_name -> google.protobuf.Timestamp
+	47, // 15: budfleet.fleet.v1.Node.certificate_expires_at:type_name -> google.protobuf.Timestamp
+	11, // 16: budfleet.fleet.v1.Node.gpus:type_name -> budfleet.fleet.v1.NodeGpus
+	42, // 17: budfleet.fleet.v1.Node.kubernetes_labels:type_name -> budfleet.fleet.v1.Node.KubernetesLabelsEntry
+	13, // 18: budfleet.fleet.v1.Node.proposed_taints:type_name -> budfleet.fleet.v1.Taint
+	50, // 19: budfleet.fleet.v1.Node.kubernetes:type_name -> budfleet.kube.v1.KubernetesNode
+	51, // 20: budfleet.fleet.v1.Node.kubelet_join:type_name -> budfleet.kube.v1.KubeletJoin
+	52, // 21: budfleet.fleet.v1.NodeGpus.inventory:type_name -> budfleet.gpu.v1.GpuInventory
+	53, // 22: budfleet.fleet.v1.NodeGpus.health:type_name -> budfleet.gpu.v1.GpuHealth
+	47, // 23: budfleet.fleet.v1.NodeGpus.inventory_updated_at:type_name -> google.protobuf.Timestamp
+	47, // 24: budfleet.fleet.v1.NodeGpus.health_updated_at:type_name -> google.protobuf.Timestamp
+	12, // 25: budfleet.fleet.v1.NodeGpus.quarantine:type_name -> budfleet.fleet.v1.GpuQuarantine
+	1,  // 26: budfleet.fleet.v1.GpuQuarantine.state:type_name -> budfleet.fleet.v1.QuarantineState
+	47, // 27: budfleet.fleet.v1.GpuQuarantine.since:type_name -> google.protobuf.Timestamp
+	10, // 28: budfleet.fleet.v1.ListNodesResponse.nodes:type_name -> budfleet.fleet.v1.Node
+	10, // 29: budfleet.fleet.v1.GetNodeResponse.node:type_name -> budfleet.fleet.v1.Node
+	43, // 30: budfleet.fleet.v1.Command.params:type_name -> budfleet.fleet.v1.Command.ParamsEntry
+	2,  // 31: budfleet.fleet.v1.Command.state:type_name -> budfleet.fleet.v1.CommandState
+	47, // 32: budfleet.fleet.v1.Command.created_at:type_name -> google.protobuf.Timestamp
+	47, // 33: budfleet.fleet.v1.Command.delivered_at:type_name -> google.protobuf.Timestamp
+	47, // 34: budfleet.fleet.v1.Command.finished_at:type_name -> google.protobuf.Timestamp
+	44, // 35: budfleet.fleet.v1.Command.output:type_name -> budfleet.fleet.v1.Command.OutputEntry
+	21, // 36: budfleet.fleet.v1.Command.output_tail:type_name -> budfleet.fleet.v1.CommandOutputTail
+	47, // 37: budfleet.fleet.v1.CommandOutputTail.updated_at:type_name -> google.protobuf.Timestamp
+	45, // 38: budfleet.fleet.v1.CreateCommandRequest.params:type_name -> budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
+	20, // 39: budfleet.fleet.v1.CreateCommandResponse.command:type_name -> budfleet.fleet.v1.Command
+	20, // 40: budfleet.fleet.v1.ListCommandsResponse.commands:type_name -> budfleet.fleet.v1.Command
+	20, // 41: budfleet.fleet.v1.GetCommandResponse.command:type_name -> budfleet.fleet.v1.Command
+	54, // 42: budfleet.fleet.v1.GpuRow.health:type_name -> budfleet.gpu.v1.HealthState
+	28, // 43: budfleet.fleet.v1.ListGpusResponse.gpus:type_name -> budfleet.fleet.v1.GpuRow
+	32, // 44: budfleet.fleet.v1.GetGpuSummaryResponse.products:type_name -> budfleet.fleet.v1.GpuSummaryRow
+	46, // 45: budfleet.fleet.v1.ApplySiemConfigRequest.selector:type_name -> budfleet.fleet.v1.ApplySiemConfigRequest.SelectorEntry
+	55, // 46: budfleet.fleet.v1.NodeSiemStatus.status:type_name -> budfleet.siem.v1.Status
+	47, // 47: budfleet.fleet.v1.NodeSiemStatus.reported_at:type_name -> google.protobuf.Timestamp
+	37, // 48: budfleet.fleet.v1.GetSiemStatusResponse.nodes:type_name -> budfleet.fleet.v1.NodeSiemStatus
+	4,  // 49: budfleet.fleet.v1.FleetService.CreateToken:input_type -> budfleet.fleet.v1.CreateTokenRequest
+	6,  // 50: budfleet.fleet.v1.FleetService.ListTokens:input_type -> budfleet.fleet.v1.ListTokensRequest
+	8,  // 51: budfleet.fleet.v1.FleetService.RevokeToken:input_type -> budfleet.fleet.v1.RevokeTokenRequest
+	14, // 52: budfleet.fleet.v1.FleetService.ListNodes:input_type -> budfleet.fleet.v1.ListNodesRequest
+	16, // 53: budfleet.fleet.v1.FleetService.GetNode:input_type -> budfleet.fleet.v1.GetNodeRequest
+	18, // 54: budfleet.fleet.v1.FleetService.DeleteNode:input_type -> budfleet.fleet.v1.DeleteNodeRequest
+	22, // 55: budfleet.fleet.v1.FleetService.CreateCommand:input_type -> budfleet.fleet.v1.CreateCommandRequest
+	24, // 56: budfleet.fleet.v1.FleetService.ListCommands:input_type -> budfleet.fleet.v1.ListCommandsRequest
+	26, // 57: budfleet.fleet.v1.FleetService.GetCommand:input_type -> budfleet.fleet.v1.GetCommandRequest
+	29, // 58: budfleet.fleet.v1.FleetService.ListGpus:input_type -> budfleet.fleet.v1.ListGpusRequest
+	31, // 59: budfleet.fleet.v1.FleetService.GetGpuSummary:input_type -> budfleet.fleet.v1.GetGpuSummaryRequest
+	34, // 60: budfleet.fleet.v1.FleetService.ApplySiemConfig:input_type -> budfleet.fleet.v1.ApplySiemConfigRequest
+	36, // 61: budfleet.fleet.v1.FleetService.GetSiemStatus:input_type -> budfleet.fleet.v1.GetSiemStatusRequest
+	5,  // 62: budfleet.fleet.v1.FleetService.CreateToken:output_type -> budfleet.fleet.v1.CreateTokenResponse
+	7,  // 63: budfleet.fleet.v1.FleetService.ListTokens:output_type -> budfleet.fleet.v1.ListTokensResponse
+	9,  // 64: budfleet.fleet.v1.FleetService.RevokeToken:output_type -> budfleet.fleet.v1.RevokeTokenResponse
+	15, // 65: budfleet.fleet.v1.FleetService.ListNodes:output_type -> budfleet.fleet.v1.ListNodesResponse
+	17, // 66: budfleet.fleet.v1.FleetService.GetNode:output_type -> budfleet.fleet.v1.GetNodeResponse
+	19, // 67: budfleet.fleet.v1.FleetService.DeleteNode:output_type -> budfleet.fleet.v1.DeleteNodeResponse
+	23, // 68: budfleet.fleet.v1.FleetService.CreateCommand:output_type -> budfleet.fleet.v1.CreateCommandResponse
+	25, // 69: budfleet.fleet.v1.FleetService.ListCommands:output_type -> budfleet.fleet.v1.ListCommandsResponse
+	27, // 70: budfleet.fleet.v1.FleetService.GetCommand:output_type -> budfleet.fleet.v1.GetCommandResponse
+	30, // 71: budfleet.fleet.v1.FleetService.ListGpus:output_type -> budfleet.fleet.v1.ListGpusResponse
+	33, // 72: budfleet.fleet.v1.FleetService.GetGpuSummary:output_type -> budfleet.fleet.v1.GetGpuSummaryResponse
+	35, // 73: budfleet.fleet.v1.FleetService.ApplySiemConfig:output_type -> budfleet.fleet.v1.ApplySiemConfigResponse
+	38, // 74: budfleet.fleet.v1.FleetService.GetSiemStatus:output_type -> budfleet.fleet.v1.GetSiemStatusResponse
+	62, // [62:75] is the sub-list for method output_type
+	49, // [49:62] is the sub-list for method input_type
+	49, // [49:49] is the sub-list for extension type_name
+	49, // [49:49] is the sub-list for extension extendee
+	0,  // [0:49] is the sub-list for field type_name
 }
 
 func init() { file_budfleet_fleet_v1_fleet_proto_init() }
@@ -2710,14 +2896,14 @@ func file_budfleet_fleet_v1_fleet_proto_init() {
 	if File_budfleet_fleet_v1_fleet_proto != nil {
 		return
 	}
-	file_budfleet_fleet_v1_fleet_proto_msgTypes[24].OneofWrappers = []any{}
+	file_budfleet_fleet_v1_fleet_proto_msgTypes[25].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_budfleet_fleet_v1_fleet_proto_rawDesc), len(file_budfleet_fleet_v1_fleet_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   43,
+			NumEnums:      3,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
