@@ -133,7 +133,7 @@ const maxJoinSpec = 256 << 10
 
 var (
 	bootstrapTokenRe = regexp.MustCompile(`^[a-z0-9]{6}\.[a-z0-9]{16}$`)
-	digestRe         = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+	joinDigestRe     = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
 	versionRe        = regexp.MustCompile(`^v[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]+)?$`)
 	// A DNS subdomain, as Node names are.
 	nodeNameRe = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
@@ -234,7 +234,7 @@ func ParseKubeletJoin(params map[string]string) (KubeletJoinSpec, error) {
 		if !artifactKind[a.Kind] {
 			return s, fmt.Errorf("kubelet.join spec: artifact %s has kind %q, not one of %s", a.Name, a.Kind, strings.Join(sortedKeys(artifactKind), ", "))
 		}
-		if !digestRe.MatchString(a.Digest) {
+		if !joinDigestRe.MatchString(a.Digest) {
 			return s, fmt.Errorf("kubelet.join spec: artifact %s digest %q: want sha256:<64 lower-case hex>", a.Name, a.Digest)
 		}
 	}
