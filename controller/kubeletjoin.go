@@ -222,7 +222,7 @@ func (s *Server) joinArtifacts(ctx context.Context, n store.Node, version string
 		out = append(out, command.JoinArtifact{Kind: name, Name: name, Version: found, Digest: digest})
 	}
 	for _, img := range images {
-		name, ver, _ := strings.Cut(img, ":")
+		name, ver, _ := strings.Cut(img, "@")
 		digest, found, err := look.LookupArtifact(ctx, name, ver, platform)
 		switch {
 		case errors.Is(err, store.ErrNotFound):

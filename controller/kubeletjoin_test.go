@@ -99,7 +99,7 @@ func TestJoinNode(t *testing.T) {
 
 	resp, err := api.JoinNode(ctx, &kubev1.JoinNodeRequest{
 		NodeId: "n1", Cluster: "k1", Labels: map[string]string{"budfleet.io/pool": "a"},
-		Taints: []string{"dedicated=ml:NoExecute"}, Images: []string{"pause-image:3.10", "busybox-image"},
+		Taints: []string{"dedicated=ml:NoExecute"}, Images: []string{"pause-image@3.10", "busybox-image"},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -74,7 +74,7 @@ Joining again converges and keeps the node's credentials.`,
 	cmd.Flags().StringVar(&version, "kubelet-version", "", "the kubelet's version, e.g. v1.37.2 (default: the API server's)")
 	cmd.Flags().StringArrayVar(&labels, "label", nil, "Node label k=v (repeatable; overrides the GPU labels)")
 	cmd.Flags().StringArrayVar(&taints, "taint", nil, "Node taint k=v:Effect or k:Effect (repeatable)")
-	cmd.Flags().StringArrayVar(&images, "image", nil, "image tarball artifact NAME[:VERSION] to import before the kubelet starts (repeatable)")
+	cmd.Flags().StringArrayVar(&images, "image", nil, "image tarball artifact NAME or NAME@VERSION to import before the kubelet starts (repeatable)")
 	cmd.Flags().DurationVar(&tokenTTL, "token-ttl", 0, "how long the bootstrap token works (default 1h; 1m to 24h)")
 	out.add(cmd)
 	return cmd

@@ -1299,7 +1299,7 @@ type JoinNodeRequest struct {
 	// Taints as key=value:Effect or key:Effect, beside the GPU node's
 	// nvidia.com/gpu=true:NoSchedule.
 	Taints []string `protobuf:"bytes,5,rep,name=taints,proto3" json:"taints,omitempty"`
-	// Image tarball artifacts (name or name:version) to import into the
+	// Image tarball artifacts (name, the newest version, or name@version, as budctl artifacts names them) to import into the
 	// node's containerd before the kubelet starts.
 	Images []string `protobuf:"bytes,6,rep,name=images,proto3" json:"images,omitempty"`
 	// How long the bootstrap token works; unset means 1h (1m to 24h).
