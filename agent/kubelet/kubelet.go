@@ -39,6 +39,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -375,7 +376,7 @@ func (m *Module) Join(ctx context.Context, spec command.KubeletJoinSpec, progres
 		return fail(err)
 	}
 	for _, a := range spec.Artifact(command.ArtifactImage) {
-		if contains(rec.ImportedImage, a.Digest) {
+		if slices.Contains(rec.ImportedImage, a.Digest) {
 			continue
 		}
 		progress(command.JoinStarting, "importing image "+a.Name+" "+a.Version)
@@ -410,15 +411,6 @@ func (m *Module) Join(ctx context.Context, spec command.KubeletJoinSpec, progres
 	res.Duration = m.opts.Now().Sub(began)
 	phase(command.JoinReady, fmt.Sprintf("Node %s Ready after %s", node.Name, res.Duration.Round(time.Millisecond)))
 	return res, nil
-}
-
-func contains(l []string, s string) bool {
-	for _, x := range l {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // hostOf finds what the rendering needs to know about this host.

@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
@@ -380,16 +379,4 @@ func renderCNIConfList(p paths, podCIDR string) ([]byte, error) {
 	}
 	b, err := json.MarshalIndent(conf, "", "  ")
 	return append(b, '\n'), err
-}
-
-// taintsOf is for checking the Node the kubelet registered.
-func taintsOf(s command.KubeletJoinSpec) []corev1.Taint {
-	var out []corev1.Taint
-	for _, t := range s.Taints {
-		k, v, e, err := command.ParseTaint(t)
-		if err == nil {
-			out = append(out, corev1.Taint{Key: k, Value: v, Effect: corev1.TaintEffect(e)})
-		}
-	}
-	return out
 }
