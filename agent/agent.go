@@ -183,11 +183,14 @@ func New(opts Options) (*Agent, error) {
 		}
 	}
 	arts := &artifactCommands{fetcher: a.artifacts}
-	// A Source left nil is where the agent's artifact fetcher goes: the
-	// joins then install what the controller's artifact store serves.
+	// Joins install what the controller's artifact store serves, through
+	// the agent's fetcher (a nil one fails every fetch with ErrNoCache).
 	kopts := opts.Kubelet
 	if kopts.Logger == nil {
 		kopts.Logger = a.log
+	}
+	if kopts.Source == nil {
+		kopts.Source = a.artifacts
 	}
 	if a.kubelet, err = kubelet.New(kopts); err != nil {
 		return nil, err

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/bud-ecosystem/budfleet/command"
+	"github.com/bud-ecosystem/budfleet/controller/artifact"
 	"github.com/bud-ecosystem/budfleet/controller/kube"
 	"github.com/bud-ecosystem/budfleet/controller/store"
 	kubev1 "github.com/bud-ecosystem/budfleet/proto/budfleet/kube/v1"
@@ -27,6 +29,33 @@ type ArtifactLookup interface {
 	// ("linux/amd64"), and the version found. An error wrapping
 	// store.ErrNotFound means there is none.
 	LookupArtifact(ctx context.Context, name, version, platform string) (digest, foundVersion string, err error)
+}
+
+// joinLookup finds a join's artifacts in the controller's artifact store.
+type joinLookup struct{ arts *artifact.Store }
+
+func (l joinLookup) LookupArtifact(ctx context.Context, name, version, platform string) (string, string, error) {
+	if version != "" {
+		a, err := l.arts.Resolve(ctx, name+"@"+version, platform)
+		if err != nil {
+			return "", "", err
+		}
+		return a.Digest, a.Version, nil
+	}
+	all, err := l.arts.List(ctx)
+	if err != nil {
+		return "", "", err
+	}
+	var newest *store.Artifact
+	for i, a := range all {
+		if a.Name == name && a.Platform == platform && (newest == nil || a.Created.After(newest.Created)) {
+			newest = &all[i]
+		}
+	}
+	if newest == nil {
+		return "", "", fmt.Errorf("%w: no artifact %s for %s (push one with 'budctl artifacts push FILE --name %s --version V --platform %s')", store.ErrNotFound, name, platform, name, platform)
+	}
+	return newest.Digest, newest.Version, nil
 }
 
 // The artifact names a join looks up: the kubelet at the join's version;

@@ -116,9 +116,9 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	opts := cfg.Server
 	opts.Store, opts.CA, opts.Logger, opts.Registerer, opts.AuditLog, opts.Artifacts = st, authority, log, reg, al, arts
-	// opts.JoinArtifacts (the kubelet join's artifact lookup, kubeletjoin.go)
-	// is to be the artifact store's (arts); until it is, joins carry no
-	// digests.
+	if opts.JoinArtifacts == nil {
+		opts.JoinArtifacts = joinLookup{arts}
+	}
 	srv, err := New(opts)
 	if err != nil {
 		return err

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"os"
 	"os/exec"
@@ -12,6 +13,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/bud-ecosystem/budfleet/agent/kubelet"
+	"github.com/bud-ecosystem/budfleet/agent/kubelet/kubelettest"
 	"github.com/bud-ecosystem/budfleet/command"
 	"github.com/bud-ecosystem/budfleet/internal/kubetest"
 	fleetv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1"
@@ -22,13 +25,15 @@ import (
 // control plane signing CSRs: 'budctl nodes join-cluster' queues the
 // join, the controller is SIGKILLed while the agent runs it and started
 // again, and 'nodes get' follows the phases to ready; the Node carries the
-// labels and taint asked for; joining again makes no new CSR. These
-// binaries have no artifact store yet, so the node has the kubelet at its
-// place already and the join uses it. Root only; one kubelet per machine
+// labels and taint asked for; joining again makes no new CSR. The node has
+// no kubelet of its own: the kubelet binary, the sandbox image and a
+// busybox image are pushed to the controller's artifact store with budctl,
+// the agent installs them from there, and a pod of that busybox image
+// (imagePullPolicy Never) runs and its log reads back. Root only; one kubelet per machine
 // (kubetest.LockKubelet), so it does not run in parallel.
 func TestKubeletJoin(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("a real kubelet needs root (network links, mounts, cgroups)")
+		t.Fatal("a real kubelet needs root (network links, mounts, cgroups): run the tests as root")
 	}
 	kubetest.LockKubelet(t, 10*time.Minute)
 	if out, err := exec.Command(filepath.Join(repoRoot, "scripts", "ensure-kubelet-deps.sh")).CombinedOutput(); err != nil {
@@ -47,14 +52,29 @@ func TestKubeletJoin(t *testing.T) {
 	const host = "e2e-kubelet-1"
 	a := joinAgent(t, c, c.createToken(t), host)
 	root := t.TempDir()
-	kubelet := filepath.Join(root, "usr/local/bin/kubelet")
-	if err := os.MkdirAll(filepath.Dir(kubelet), 0o755); err != nil {
-		t.Fatal(err)
+
+	// The node has no kubelet: it comes from the controller's artifact
+	// store, with the sandbox (pause) image and a busybox image built by
+	// hand, all pushed with budctl as an operator would.
+	imgDir := t.TempDir()
+	push := func(path, name, version, kind string) string {
+		t.Helper()
+		return strings.TrimSpace(c.mustBudctl(t, "artifacts", "push", path, "--name", name, "--version", version, "--kind", kind))
 	}
-	if b, err := os.ReadFile(filepath.Join(cp.BinDir, "kubelet")); err != nil {
-		t.Fatal(err)
-	} else if err := os.WriteFile(kubelet, b, 0o755); err != nil {
-		t.Fatal(err)
+	kubeletDigest := push(filepath.Join(cp.BinDir, "kubelet"), "kubelet", kubetest.Version, "binary")
+	for _, img := range []struct {
+		kubelettest.Image
+		artifact string
+	}{
+		{kubelettest.Image{Name: kubelet.PauseImage, Binary: "/bin/busybox", Applets: []string{"sh", "sleep"},
+			Cmd: []string{"/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"}}, "pause"},
+		{kubelettest.Image{Name: e2eBusybox, Binary: "/bin/busybox", Applets: []string{"sh", "echo"}, Cmd: []string{"/bin/sh"}}, "busybox"},
+	} {
+		p := filepath.Join(imgDir, img.artifact+".tar")
+		if err := kubelettest.BuildOCI(img.Image, p); err != nil {
+			t.Fatal(err)
+		}
+		push(p, img.artifact, "test", "image")
 	}
 	cfg, err := os.ReadFile(a.configPath)
 	if err != nil {
@@ -91,9 +111,9 @@ func TestKubeletJoin(t *testing.T) {
 
 	began := time.Now()
 	out := c.mustBudctl(t, "nodes", "join-cluster", a.nodeID, "--cluster", "k1", "--kubelet-version", kubetest.Version,
-		"--label", "budfleet.io/pool=e2e", "--taint", "dedicated=e2e:NoSchedule")
+		"--label", "budfleet.io/pool=e2e", "--taint", "dedicated=e2e:NoSchedule", "--image", "pause@test", "--image", "busybox")
 	t.Logf("budctl nodes join-cluster:\n%s", out)
-	for _, want := range []string{"Kubernetes Node " + host + " in cluster k1", "Kubelet:", kubetest.Version, "budfleet.io/pool=e2e", "dedicated=e2e:NoSchedule", "none: the node uses what it has"} {
+	for _, want := range []string{"Kubernetes Node " + host + " in cluster k1", "Kubelet:", kubetest.Version, "budfleet.io/pool=e2e", "dedicated=e2e:NoSchedule", kubeletDigest} {
 		if !strings.Contains(out, want) {
 			t.Errorf("join-cluster output lacks %q", want)
 		}
@@ -158,6 +178,15 @@ func TestKubeletJoin(t *testing.T) {
 		t.Errorf("Node taints %v", kn.Spec.Taints)
 	}
 
+	// The kubelet ran from the artifact store's copy.
+	if b, err := os.ReadFile(filepath.Join(root, "usr/local/bin/kubelet")); err != nil {
+		t.Errorf("no installed kubelet: %v", err)
+	} else if d := fmt.Sprintf("sha256:%x", sha256.Sum256(b)); d != kubeletDigest {
+		t.Errorf("installed kubelet is %s, the pushed artifact %s", d, kubeletDigest)
+	}
+	// A pod of the image from the artifact store runs; its log reads back.
+	runImportedPod(t, cp, host, e2eBusybox)
+
 	// Joining again: left alone, no new CSR.
 	first := joinPhase().GetKubeletJoin().GetCommandId()
 	c.mustBudctl(t, "nodes", "join-cluster", a.nodeID, "--cluster", "k1")
@@ -173,5 +202,55 @@ func TestKubeletJoin(t *testing.T) {
 	}
 	if len(csrs.Items) != 1 {
 		t.Errorf("%d CSRs after two joins, want 1", len(csrs.Items))
+	}
+}
+
+// e2eBusybox is the busybox image the join imports from the artifact store.
+const e2eBusybox = "docker.io/library/busybox:budfleet-e2e"
+
+// runImportedPod runs a pod of image (never pulled: it must be imported)
+// on node, tolerating every NoSchedule taint, waits for it to succeed and
+// reads its log back.
+func runImportedPod(t *testing.T, cp *kubetest.ControlPlane, node, image string) {
+	t.Helper()
+	ctx := t.Context()
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "hello", Namespace: metav1.NamespaceDefault},
+		Spec: corev1.PodSpec{
+			NodeName:                      node,
+			RestartPolicy:                 corev1.RestartPolicyNever,
+			TerminationGracePeriodSeconds: new(int64(1)),
+			Tolerations:                   []corev1.Toleration{{Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule}},
+			Containers: []corev1.Container{{
+				Name: "hello", Image: image, ImagePullPolicy: corev1.PullNever,
+				Command: []string{"/bin/sh", "-c", "echo hello from the artifact store"},
+			}},
+		},
+	}
+	if _, err := cp.Client.CoreV1().Pods(pod.Namespace).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 2*time.Minute, func() error {
+		p, err := cp.Client.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if p.Status.Phase == corev1.PodFailed {
+			t.Fatalf("pod failed: %+v", p.Status)
+		}
+		if p.Status.Phase != corev1.PodSucceeded {
+			return fmt.Errorf("pod %s: %+v", p.Status.Phase, p.Status.ContainerStatuses)
+		}
+		return nil
+	})
+	b, err := cp.Client.CoreV1().Pods(pod.Namespace).GetLogs(pod.Name, &corev1.PodLogOptions{}).DoRaw(ctx)
+	if err != nil {
+		t.Fatalf("pod log: %v", err)
+	}
+	if got := strings.TrimSpace(string(b)); got != "hello from the artifact store" {
+		t.Errorf("pod log %q", got)
+	}
+	if err := cp.Client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64(0))}); err != nil {
+		t.Error(err)
 	}
 }

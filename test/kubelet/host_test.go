@@ -10,12 +10,12 @@ import (
 
 const nodeIP = kubetest.NodeIP
 
-// requireNode skips a test that is not root and makes it the only one on
+// requireNode fails a test that is not root and makes it the only one on
 // the machine running a real kubelet (kubetest.LockKubelet).
 func requireNode(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("a real kubelet needs root (network links, mounts, cgroups)")
+		t.Fatal("a real kubelet needs root (network links, mounts, cgroups): run the tests as root")
 	}
 	kubetest.LockKubelet(t, 10*time.Minute)
 }
