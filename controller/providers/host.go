@@ -84,9 +84,6 @@ func (h *Host) Provider(name string) (*Provider, error) {
 	for i, p := range h.providers {
 		names[i] = p.cfg.Name
 	}
-	if len(names) == 0 {
-		return nil, fmt.Errorf("%w %q: the controller has no providers (bud-controller serve --providers FILE)", ErrUnknownProvider, name)
-	}
 	return nil, fmt.Errorf("%w %q: the providers file names %s", ErrUnknownProvider, name, strings.Join(names, ", "))
 }
 
