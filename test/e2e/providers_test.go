@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/url"
@@ -23,8 +24,10 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/bud-ecosystem/budfleet/internal/kubetest"
 	fleetv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1"
 	machinev1 "github.com/bud-ecosystem/budfleet/proto/budfleet/machine/v1"
+	maintv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/maint/v1"
 	providerv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/provider/v1"
 )
 
@@ -510,5 +513,78 @@ func TestProviderFaults(t *testing.T) {
 	_, stderr, err = c.budctl("machines", "create", "--provider", "changing")
 	if err == nil || !strings.Contains(stderr, "changed since the providers file was read") {
 		t.Errorf("create on a changed binary: %v\n%s", err, stderr)
+	}
+}
+
+// A machine made by a provider whose agent joins with the bootstrap it was
+// handed, and whose node then goes into a maintenance campaign: deleting
+// it is refused with the campaign named until the campaign ends.
+func TestMachineDeleteDuringCampaign(t *testing.T) {
+	t.Parallel()
+	cp := kubetest.Start(t, kubetest.WithKwok())
+	plugin := helperBinary(t, "internal/providertest/bud-provider-test")
+	bootDir := t.TempDir()
+	file := writeFile(t, "providers.yaml", fmt.Sprintf(`providers:
+  - name: local
+    path: %s
+    sha256: %s
+    agent_package: /srv/bud-agent.deb
+    config: {bootstrap_dir: %s, labels: {rack: r7}}
+`, plugin, fileSHA256(t, plugin), bootDir))
+	c := startController(t, withServeArgs("--providers", file))
+	kubeconfig := writeFile(t, "kubeconfig", string(cp.Kubeconfig))
+	c.mustBudctl(t, "clusters", "add", "dc1", "--kubeconfig", kubeconfig)
+
+	const host = "gpu-01"
+	c.mustBudctl(t, "machines", "create", "--provider", "local", "--name", host, "--label", "pool=maint")
+	b, err := os.ReadFile(filepath.Join(bootDir, host+".json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var boot struct{ ControllerAddress, CAPin, JoinToken, AgentPackage string }
+	if err := json.Unmarshal(b, &boot); err != nil {
+		t.Fatal(err)
+	}
+	if boot.ControllerAddress != c.addr() || boot.CAPin != c.caHash || boot.AgentPackage != "/srv/bud-agent.deb" {
+		t.Fatalf("bootstrap = %+v", boot)
+	}
+	cp.AddKwokNode(host, nil)
+	a := c.newAgent(t, host)
+	a.mustJoin(t, boot.JoinToken)
+	a.start(t)
+	a.waitReady(t)
+	m := c.machines(t)[0]
+	if m.GetNode().GetId() != a.nodeID {
+		t.Fatalf("machine %v, node %s", m, a.nodeID)
+	}
+	if l := c.mustGetNode(t, a.nodeID).GetLabels(); l["rack"] != "r7" || l["pool"] != "maint" {
+		t.Fatalf("node labels %v: want the provider's rack and the --label", l)
+	}
+
+	task := writeFile(t, "task.sh", "sleep 3\n")
+	id := strings.TrimSpace(c.mustBudctl(t, "maintenance", "start", "--selector", "pool=maint", "--max-unavailable", "1", "--task", task))
+	_, stderr, err := c.budctl("machines", "delete", m.GetId())
+	if err == nil || !strings.Contains(stderr, "FailedPrecondition") || !strings.Contains(stderr, "in maintenance campaign "+id) || !strings.Contains(stderr, "budctl maintenance abort "+id) {
+		t.Fatalf("delete during the campaign: %v\n%s", err, stderr)
+	}
+	if ms := c.machines(t); len(ms) != 1 || ms[0].GetState() != machinev1.MachineState_MACHINE_STATE_ENROLLED {
+		t.Fatalf("the refused delete changed the machine: %v", ms)
+	}
+	eventually(t, time.Minute, func() error {
+		cm, err := c.getCampaign(id)
+		if err != nil {
+			return err
+		}
+		if cm.GetState() != maintv1.CampaignState_CAMPAIGN_STATE_COMPLETED {
+			return fmt.Errorf("campaign %s", cm.GetState())
+		}
+		return nil
+	})
+	c.mustBudctl(t, "machines", "delete", m.GetId())
+	if _, err := c.getNode(a.nodeID); err == nil {
+		t.Error("the node is still there after its machine's delete")
+	}
+	if ms := c.machines(t); len(ms) != 0 {
+		t.Errorf("machines after the delete: %v", ms)
 	}
 }
