@@ -24,12 +24,14 @@ import (
 
 	"github.com/bud-ecosystem/budfleet/controller/artifact"
 	"github.com/bud-ecosystem/budfleet/controller/ca"
+	"github.com/bud-ecosystem/budfleet/controller/providers"
 	"github.com/bud-ecosystem/budfleet/controller/store/bolt"
 	"github.com/bud-ecosystem/budfleet/pki"
 	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
 	artifactv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/artifact/v1"
 	fleetv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1"
 	kubev1 "github.com/bud-ecosystem/budfleet/proto/budfleet/kube/v1"
+	machinev1 "github.com/bud-ecosystem/budfleet/proto/budfleet/machine/v1"
 	maintv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/maint/v1"
 )
 
@@ -63,6 +65,10 @@ type ServeConfig struct {
 	// Forward, when set, starts forwarding the controller's audit log (at
 	// the given path) to the SIEM and returns a function that stops it.
 	Forward func(ctx context.Context, auditLogPath string) (stop func(), err error)
+	// Providers are the provider plugins (providers.LoadFile); Serve hosts
+	// them and stops them when it returns. Server.Advertise defaults to
+	// the address listened on.
+	Providers []providers.Config
 }
 
 // Serve runs the controller until ctx ends.
@@ -112,6 +118,10 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		return err
 	}
 
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	opts := cfg.Server
@@ -119,14 +129,18 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	if opts.JoinArtifacts == nil {
 		opts.JoinArtifacts = joinLookup{arts}
 	}
+	if len(cfg.Providers) > 0 {
+		host := providers.New(cfg.Providers, providers.Options{Logger: log})
+		defer host.Close()
+		opts.Providers = host
+	}
+	if opts.Advertise == "" {
+		opts.Advertise = lis.Addr().String()
+	}
 	srv, err := New(opts)
 	if err != nil {
+		lis.Close()
 		return err
-	}
-
-	lis, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
 	gs := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(pki.ServerTLS(authority.Cert, serverCert))),
@@ -145,6 +159,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	maintv1.RegisterMaintenanceServiceServer(gs, srv.MaintenanceAPI())
 	artifactv1.RegisterArtifactServiceServer(gs, srv.ArtifactAPI())
 	artifactv1.RegisterNodeArtifactServiceServer(gs, srv.NodeArtifactAPI())
+	machinev1.RegisterMachineServiceServer(gs, srv.MachineAPI())
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)

@@ -102,6 +102,7 @@ type Store interface {
 	ClusterStore  // Kubernetes clusters and their credentials (clusters.go)
 	CampaignStore // maintenance campaigns (campaign.go)
 	ArtifactStore // the artifact store's metadata (artifact.go)
+	MachineStore  // machines of provider plugins (machines.go)
 
 	// Close releases the backend. No method may be called after it.
 	Close() error

@@ -28,6 +28,8 @@
 //	  <digest>               -> JSON store.Artifact ("sha256:<hex>")
 //	artifact_names/          (since version 5)
 //	  <name> NUL <version> NUL <platform> -> <digest>
+//	machines/                (since version 6; machines.go)
+//	  <machine id>           -> JSON store.Machine
 //
 // The file is opened through internal/boltdb: an upgrade first copies it to
 // <path>.v<old version>.bak and runs the migrations below in one
@@ -95,6 +97,8 @@ var migrations = []boltdb.Migration{
 	migrateCampaigns,
 	// 4 -> 5: the artifact store's metadata (artifact.go).
 	migrateArtifacts,
+	// 5 -> 6: machines of provider plugins (machines.go).
+	migrateMachines,
 }
 
 // SchemaVersion is the version this build writes.
