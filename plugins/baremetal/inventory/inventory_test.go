@@ -115,7 +115,7 @@ ungrouped_top:
 		// group_vars/all beats a child group's inline vars, as in Ansible.
 		"group_vars/all.yml": "tier: from-group_vars-all\nntp: 10.0.0.1\n",
 		// a group_vars directory: files in name order, the later wins.
-		"group_vars/h100/10-main.yml": "gpu_type: nvidia-h100\nansible_become: true\n",
+		"group_vars/h100/10-main.yml":  "gpu_type: nvidia-h100\nansible_become: true\n",
 		"group_vars/h100/20-more.yaml": "gpu_type: nvidia-h100-sxm\n",
 		"group_vars/r12":               "rack: r12\n",
 		"host_vars/gpu-02.yml":         "ansible_host: 10.0.1.32\nrole: special\n",
@@ -288,10 +288,10 @@ func TestExpandPattern(t *testing.T) {
 
 func TestSanitizeLabelValue(t *testing.T) {
 	for in, want := range map[string]string{
-		"nvidia-a100":      "nvidia-a100",
-		"NVIDIA A100 80GB": "NVIDIA-A100-80GB",
-		"-x/y_":            "x-y",
-		"ü":                "",
+		"nvidia-a100":                  "nvidia-a100",
+		"NVIDIA A100 80GB":             "NVIDIA-A100-80GB",
+		"-x/y_":                        "x-y",
+		"ü":                            "",
 		strings.Repeat("a", 70) + "-b": strings.Repeat("a", 63),
 	} {
 		if got := SanitizeLabelValue(in); got != want {

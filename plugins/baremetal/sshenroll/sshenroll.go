@@ -498,11 +498,16 @@ func (e *Enroller) dial(ctx context.Context, t Target) (*ssh.Client, error) {
 		// One agent connection per dial, closed once the handshake has
 		// signed with it.
 		ac, err := net.Dial("unix", e.opts.AgentSocket)
-		if err != nil {
-			return nil, fmt.Errorf("ssh-agent at %s (SSH_AUTH_SOCK): %w", e.opts.AgentSocket, err)
+		switch {
+		case err == nil:
+			defer ac.Close()
+			auth = append(auth, ssh.PublicKeysCallback(agent.NewClient(ac).Signers))
+		case len(auth) == 0:
+			return nil, fmt.Errorf("host %s: no SSH key: ssh_key_file is not set and the ssh-agent at %s (SSH_AUTH_SOCK) cannot be reached: %w", t.Name, e.opts.AgentSocket, err)
+		default:
+			// A key file is there: an agent that is gone costs nothing.
+			e.opts.Log.DebugContext(ctx, "ssh-agent not reachable; using ssh_key_file alone", "socket", e.opts.AgentSocket, "error", err)
 		}
-		defer ac.Close()
-		auth = append(auth, ssh.PublicKeysCallback(agent.NewClient(ac).Signers))
 	}
 	addr := t.addr()
 	cfg := &ssh.ClientConfig{
