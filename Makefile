@@ -39,11 +39,11 @@ export GRPCURL
 
 all: build
 
-# The controller and budctl are static; the agent needs cgo for NVML (it
-# dlopens the driver's library at run time and links only libc).
+# The controller, budctl and the provider plugins are static; the agent needs
+# cgo for NVML (it dlopens the driver's library at run time and links only libc).
 build:
 	@mkdir -p $(BIN)
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/bud-controller ./cmd/budctl
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/bud-controller ./cmd/budctl ./cmd/bud-provider-baremetal
 	CGO_ENABLED=1 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/bud-agent
 
 ## gpu-check: the agent for linux/amd64 with cgo, printing this host's GPUs through NVML.
@@ -99,10 +99,15 @@ $(GRPCURL):
 k8s:
 	@scripts/ensure-k8s.sh >/dev/null
 
-test-unit: k8s
+## baremetal-peers: sshd, ipmi_sim and ipmitool for the bare-metal provider's tests (quiet when present).
+.PHONY: baremetal-peers
+baremetal-peers:
+	@scripts/ensure-baremetal.sh
+
+test-unit: k8s baremetal-peers
 	$(GO) test -race -count=1 $(UNIT_PKGS)
 
-test-e2e: build $(GRPCURL) k8s
+test-e2e: build $(GRPCURL) k8s baremetal-peers
 	$(GO) test -count=1 ./test/...
 
 test-units: build
