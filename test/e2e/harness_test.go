@@ -398,9 +398,19 @@ type controllerConfig struct {
 	heartbeatInterval string
 	heartbeatGrace    string
 	extra             []string
+	// host is the address the controller listens on and agents dial
+	// (127.0.0.1 unless withListenHost).
+	host string
 }
 
 type controllerOption func(*controllerConfig)
+
+// withListenHost serves on ip instead of 127.0.0.1 (and puts it in the
+// server certificate): the address of a bridge that hosts in network
+// namespaces reach.
+func withListenHost(ip string) controllerOption {
+	return func(c *controllerConfig) { c.host = ip }
+}
 
 // withServeArgs adds flags to 'bud-controller serve'.
 func withServeArgs(args ...string) controllerOption {
@@ -428,9 +438,10 @@ type controller struct {
 var caHashLine = regexp.MustCompile(`CA hash:\s+sha256:([0-9a-f]{64})`)
 
 // initDataDir runs 'bud-controller init' and returns the CA hash it prints.
-func initDataDir(t testing.TB, dataDir, advertise string) string {
+func initDataDir(t testing.TB, dataDir, advertise string, extra ...string) string {
 	t.Helper()
-	stdout, stderr, err := runCmd(30*time.Second, filepath.Join(binDir, "bud-controller"), "init", "--data-dir", dataDir, "--advertise", advertise)
+	args := append([]string{"init", "--data-dir", dataDir, "--advertise", advertise}, extra...)
+	stdout, stderr, err := runCmd(30*time.Second, filepath.Join(binDir, "bud-controller"), args...)
 	if err != nil {
 		t.Fatalf("bud-controller init: %v\n%s%s", err, stdout, stderr)
 	}
@@ -445,7 +456,7 @@ func initDataDir(t testing.TB, dataDir, advertise string) string {
 // the controller answers health checks.
 func startController(t testing.TB, opts ...controllerOption) *controller {
 	t.Helper()
-	cfg := controllerConfig{heartbeatInterval: "500ms", heartbeatGrace: "2s"}
+	cfg := controllerConfig{heartbeatInterval: "500ms", heartbeatGrace: "2s", host: "127.0.0.1"}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -460,7 +471,11 @@ func startController(t testing.TB, opts ...controllerOption) *controller {
 	}
 	c.adminConfig = filepath.Join(c.dataDir, "admin.budctl.yaml")
 	dumpLogOnFailure(t, "controller", c.logPath)
-	c.caHash = initDataDir(t, c.dataDir, c.addr())
+	var initArgs []string
+	if cfg.host != "127.0.0.1" {
+		initArgs = []string{"--server-name", cfg.host}
+	}
+	c.caHash = initDataDir(t, c.dataDir, c.addr(), initArgs...)
 	var err error
 	if c.caPEM, err = os.ReadFile(filepath.Join(c.dataDir, "ca.crt")); err != nil {
 		t.Fatal(err)
@@ -481,7 +496,7 @@ func startController(t testing.TB, opts ...controllerOption) *controller {
 	}
 }
 
-func (c *controller) addr() string { return fmt.Sprintf("127.0.0.1:%d", c.port) }
+func (c *controller) addr() string { return net.JoinHostPort(c.cfg.host, strconv.Itoa(c.port)) }
 
 // setServer rewrites the server: line of the admin budctl config.
 func (c *controller) setServer(t testing.TB, addr string) {
