@@ -101,6 +101,7 @@ func (a *AgentAPI) enroll(ctx context.Context, req *agentv1.EnrollRequest) (*age
 		return nil, status.Errorf(codes.Internal, "store enrollment: %v", err)
 	}
 	s.log.InfoContext(ctx, "node enrolled", "node_id", nodeID, "hostname", node.Hostname, "token_id", tok.ID, "peer", peerAddr(ctx))
+	s.machines.enrolled(ctx, tok, nodeID)
 	return &agentv1.EnrollResponse{
 		NodeId:           nodeID,
 		CertificateDer:   cert.Raw,

@@ -23,11 +23,13 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/bud-ecosystem/budfleet/controller/ca"
+	"github.com/bud-ecosystem/budfleet/controller/providers"
 	"github.com/bud-ecosystem/budfleet/controller/store/bolt"
 	"github.com/bud-ecosystem/budfleet/pki"
 	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
 	fleetv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1"
 	kubev1 "github.com/bud-ecosystem/budfleet/proto/budfleet/kube/v1"
+	machinev1 "github.com/bud-ecosystem/budfleet/proto/budfleet/machine/v1"
 	maintv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/maint/v1"
 )
 
@@ -55,6 +57,10 @@ type ServeConfig struct {
 	// Forward, when set, starts forwarding the controller's audit log (at
 	// the given path) to the SIEM and returns a function that stops it.
 	Forward func(ctx context.Context, auditLogPath string) (stop func(), err error)
+	// Providers are the provider plugins (providers.LoadFile); Serve hosts
+	// them and stops them when it returns. Server.Advertise defaults to
+	// the address listened on.
+	Providers []providers.Config
 }
 
 // Serve runs the controller until ctx ends.
@@ -93,18 +99,26 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		defer stop()
 	}
 
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	opts := cfg.Server
 	opts.Store, opts.CA, opts.Logger, opts.Registerer, opts.AuditLog = st, authority, log, reg, al
+	if len(cfg.Providers) > 0 {
+		host := providers.New(cfg.Providers, providers.Options{Logger: log})
+		defer host.Close()
+		opts.Providers = host
+	}
+	if opts.Advertise == "" {
+		opts.Advertise = lis.Addr().String()
+	}
 	srv, err := New(opts)
 	if err != nil {
+		lis.Close()
 		return err
-	}
-
-	lis, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
 	gs := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(pki.ServerTLS(authority.Cert, serverCert))),
@@ -121,6 +135,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	fleetv1.RegisterFleetServiceServer(gs, srv.FleetAPI())
 	kubev1.RegisterClusterServiceServer(gs, srv.ClusterAPI())
 	maintv1.RegisterMaintenanceServiceServer(gs, srv.MaintenanceAPI())
+	machinev1.RegisterMachineServiceServer(gs, srv.MachineAPI())
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)

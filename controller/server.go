@@ -14,6 +14,7 @@ import (
 	"github.com/bud-ecosystem/budfleet/controller/ca"
 	"github.com/bud-ecosystem/budfleet/controller/kube"
 	"github.com/bud-ecosystem/budfleet/controller/maintenance/runner"
+	"github.com/bud-ecosystem/budfleet/controller/providers"
 	"github.com/bud-ecosystem/budfleet/controller/store"
 	"github.com/bud-ecosystem/budfleet/internal/dispatch"
 )
@@ -52,6 +53,16 @@ type Options struct {
 	// GPUQuarantine is the optional policy that cordons and taints a node
 	// with an Unhealthy GPU (quarantine.go); the zero value is off.
 	GPUQuarantine QuarantinePolicy
+
+	// Providers are the provider plugins machines are made by
+	// (machines.go); nil means none.
+	Providers *providers.Host
+	// Advertise is the controller address handed to the machines providers
+	// make, for their agents to dial.
+	Advertise string
+	// MachineTokenTTL is the lifetime of each machine's single-use join
+	// token: the time it has to boot and enroll.
+	MachineTokenTTL time.Duration
 }
 
 // Defaults for Options.
@@ -86,6 +97,9 @@ type Server struct {
 	campaigns *campaigns
 	// quarantine applies the GPU quarantine policy; nil when it is off.
 	quarantine *gpuQuarantine
+	// machines are the provider plugins' machines (machines.go,
+	// machineapi.go).
+	machines *machines
 	// started is when the Server was made: agents reconnect after it.
 	started time.Time
 
@@ -124,6 +138,12 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.FullInventoryInterval == 0 {
 		opts.FullInventoryInterval = DefaultFullInventoryInterval
+	}
+	if opts.MachineTokenTTL == 0 {
+		opts.MachineTokenTTL = DefaultMachineTokenTTL
+	}
+	if opts.MachineTokenTTL < time.Minute || opts.MachineTokenTTL > MaxTokenTTL {
+		return nil, fmt.Errorf("controller: machine token TTL %s must be between a minute and %s", opts.MachineTokenTTL, MaxTokenTTL)
 	}
 	if opts.HeartbeatGrace <= opts.HeartbeatInterval {
 		return nil, fmt.Errorf("controller: heartbeat grace (%s) must be longer than the heartbeat interval (%s)", opts.HeartbeatGrace, opts.HeartbeatInterval)
@@ -168,6 +188,7 @@ func New(opts Options) (*Server, error) {
 	if s.quarantine, err = newGPUQuarantine(s, s.campaigns.cluster); err != nil {
 		return nil, err
 	}
+	s.machines = newMachines(s)
 	if err := opts.Registerer.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "bud_controller_ready_nodes",
 		Help: "Nodes whose last heartbeat is within the grace period.",

@@ -13,6 +13,7 @@ import (
 	"github.com/bud-ecosystem/budfleet/controller/ca"
 	"github.com/bud-ecosystem/budfleet/controller/maintenance"
 	"github.com/bud-ecosystem/budfleet/controller/maintenance/runner"
+	"github.com/bud-ecosystem/budfleet/controller/providers"
 	"github.com/bud-ecosystem/budfleet/internal/cli"
 	"github.com/bud-ecosystem/budfleet/pki"
 	"github.com/bud-ecosystem/budfleet/version"
@@ -53,7 +54,7 @@ func newRoot() *cobra.Command {
 	_ = initCmd.MarkFlagRequired("data-dir")
 
 	var sc controller.ServeConfig
-	var siemConfig, quarantineTask string
+	var siemConfig, quarantineTask, providersFile string
 	serveCmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the controller",
@@ -83,6 +84,11 @@ func newRoot() *cobra.Command {
 					return forwardAuditLog(ctx, fc, auditLog, filepath.Join(sc.DataDir, "siem-spool.db"), log)
 				}
 			}
+			if providersFile != "" {
+				if sc.Providers, err = providers.LoadFile(providersFile); err != nil {
+					return fmt.Errorf("--providers: %w", err)
+				}
+			}
 			return controller.Serve(cmd.Context(), sc)
 		},
 	}
@@ -101,6 +107,9 @@ func newRoot() *cobra.Command {
 	f.DurationVar(&sc.Server.GPUQuarantine.TaskTimeout, "gpu-quarantine-task-timeout", maintenance.DefaultTaskTimeout, "the remediation task's timeout")
 	f.BoolVar(&sc.Server.GPUQuarantine.Reboot, "gpu-quarantine-reboot", false, "the remediation campaign reboots the node after its task")
 	f.StringVar(&siemConfig, "siem-config", "", "YAML with a siem: section: forward the controller's audit log (operator actions) with the agents' forwarding code")
+	f.StringVar(&providersFile, "providers", "", "YAML file of provider plugins (name, path, sha256, config) that make and enroll machines")
+	f.StringVar(&sc.Server.Advertise, "advertise", "", "controller address the machines that providers make are told to dial (default: the --listen address bound)")
+	f.DurationVar(&sc.Server.MachineTokenTTL, "machine-token-ttl", controller.DefaultMachineTokenTTL, "lifetime of each machine's single-use join token: the time it has to boot and enroll")
 	_ = serveCmd.MarkFlagRequired("data-dir")
 
 	root.AddCommand(initCmd, serveCmd, &cobra.Command{

@@ -101,6 +101,7 @@ type Store interface {
 
 	ClusterStore  // Kubernetes clusters and their credentials (clusters.go)
 	CampaignStore // maintenance campaigns (campaign.go)
+	MachineStore  // machines of provider plugins (machines.go)
 
 	// Close releases the backend. No method may be called after it.
 	Close() error

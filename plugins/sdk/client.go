@@ -137,14 +137,18 @@ func (c *client) fromStatus(err error) error {
 		return &remoteError{msg: st.Message(), sentinel: ErrInvalid}
 	case codes.Unimplemented:
 		return &remoteError{msg: st.Message(), sentinel: ErrUnsupported}
-	case codes.Canceled, codes.Unavailable:
-		if c.done.Err() != nil {
-			return fmt.Errorf("%w: %s", ErrPluginExited, st.Message())
-		}
+	case codes.Unknown:
+		// What the plugin returned as a plain error.
+		return errors.New(st.Message())
 	case codes.DeadlineExceeded:
 		return fmt.Errorf("%w: %s", context.DeadlineExceeded, st.Message())
 	}
-	return errors.New(st.Message())
+	if c.done.Err() != nil {
+		return fmt.Errorf("%w: %s", ErrPluginExited, st.Message())
+	}
+	// A transport failure (Unavailable) and the like keep their status,
+	// so that a host can tell them from the plugin's own errors.
+	return err
 }
 
 // ErrPluginExited is a call that ended because the plugin process did.

@@ -113,8 +113,10 @@ type Machine struct {
 
 // MachineSpec says what to make.
 type MachineSpec struct {
-	// Name is the machine's name; the provider may add to it (a suffix
-	// for uniqueness) but not replace it.
+	// Name is the name the operator asked for (budctl machines create
+	// --name). A provider that makes machines names them so; one that
+	// enrolls existing hosts may read it as the host to enroll. The
+	// returned Machine.Name is what the controller records.
 	Name string
 	// Options is the provider-specific part as a JSON object (CPUs,
 	// memory, the host to enroll); nil for the provider's defaults.

@@ -1,7 +1,7 @@
 // Package bolt is the controller's embedded store: a store.Store in one
 // bbolt file, for a single controller.
 //
-// Schema (version 4):
+// Schema (version 5):
 //
 //	meta/
 //	  schema_version         -> uint64 big-endian (internal/boltdb)
@@ -24,6 +24,8 @@
 //	                            credential) included
 //	campaigns/               (since version 4; campaign.go)
 //	  <campaign id>          -> JSON store.Campaign (maintenance.Campaign)
+//	machines/                (since version 5; machines.go)
+//	  <machine id>           -> JSON store.Machine
 //
 // The file is opened through internal/boltdb: an upgrade first copies it to
 // <path>.v<old version>.bak and runs the migrations below in one
@@ -89,6 +91,8 @@ var migrations = []boltdb.Migration{
 	migrateClusters,
 	// 3 -> 4: maintenance campaigns (campaign.go).
 	migrateCampaigns,
+	// 4 -> 5: machines of provider plugins (machines.go).
+	migrateMachines,
 }
 
 // SchemaVersion is the version this build writes.

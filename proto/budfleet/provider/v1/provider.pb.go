@@ -297,7 +297,8 @@ func (x *Bootstrap) GetAgentPackage() string {
 
 type MachineSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The machine's name; the provider may add to it but not replace it.
+	// The name the operator asked for: a provider that makes machines names
+	// them so; one that enrolls existing hosts may read it as the host.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// The provider-specific part (CPUs, memory, a host to enroll...) as a
 	// JSON object; empty for the provider's defaults.
