@@ -44,7 +44,7 @@ const grpcurlModule = "github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3"
 
 var (
 	repoRoot   string // module root, holds go.mod and proto/
-	binDir     string // bud-controller, bud-agent, budctl
+	binDir     string // bud-controller, bud-agent, budctl, bud-provider-baremetal
 	grpcurlBin string
 )
 
@@ -129,7 +129,7 @@ func prepareBinaries(tmp string) (string, error) {
 	dir := os.Getenv("BUD_BIN_DIR")
 	if dir == "" {
 		dir = filepath.Join(tmp, "bin")
-		cmd := exec.Command(goTool(), "build", "-o", dir+string(filepath.Separator), "./cmd/bud-controller", "./cmd/bud-agent", "./cmd/budctl")
+		cmd := exec.Command(goTool(), "build", "-o", dir+string(filepath.Separator), "./cmd/bud-controller", "./cmd/bud-agent", "./cmd/budctl", "./cmd/bud-provider-baremetal")
 		cmd.Dir = repoRoot
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return "", fmt.Errorf("go build: %v\n%s", err, out)
@@ -137,7 +137,7 @@ func prepareBinaries(tmp string) (string, error) {
 	} else {
 		dir = resolvePath(dir)
 	}
-	for _, b := range []string{"bud-controller", "bud-agent", "budctl"} {
+	for _, b := range []string{"bud-controller", "bud-agent", "budctl", "bud-provider-baremetal"} {
 		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
 			return "", fmt.Errorf("binary %s: %w (BUD_BIN_DIR=%q)", b, err, os.Getenv("BUD_BIN_DIR"))
 		}
