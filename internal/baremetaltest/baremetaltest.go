@@ -154,6 +154,13 @@ type HostSpec struct {
 func NewNetwork(t testing.TB, specs ...HostSpec) *Network {
 	t.Helper()
 	Ensure(t)
+	// Test processes of several packages make networks at once: the lock
+	// keeps two of them off the same /24 between the pick and the bridge.
+	unlock, err := lockFile("/run/budfleet-baremetaltest.lock")
+	if err != nil {
+		t.Fatalf("baremetaltest: %v", err)
+	}
+	defer unlock()
 	removeStale()
 	n := &Network{t: t, dir: t.TempDir()}
 	n.tag = fmt.Sprintf("%x%c", os.Getpid(), 'a'+rune(seq.Add(1)%26))
@@ -398,6 +405,19 @@ func writeKey(t testing.TB, file string) (string, ssh.Signer) {
 		t.Fatal(err)
 	}
 	return file, signer
+}
+
+// lockFile takes an exclusive flock on path.
+func lockFile(path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	return func() { _ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
 }
 
 func run(name string, args ...string) error {
