@@ -39,11 +39,12 @@ export GRPCURL
 
 all: build
 
-# The controller, budctl and the provider plugins are static; the agent needs
-# cgo for NVML (it dlopens the driver's library at run time and links only libc).
+# The controller, budctl and the provider plugins are static; the agent
+# needs cgo for NVML (it dlopens the driver's library at run time and links
+# only libc).
 build:
 	@mkdir -p $(BIN)
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/bud-controller ./cmd/budctl ./cmd/bud-provider-baremetal
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/bud-controller ./cmd/budctl ./cmd/bud-provider-vsphere ./cmd/bud-provider-baremetal
 	CGO_ENABLED=1 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/bud-agent
 
 ## gpu-check: the agent for linux/amd64 with cgo, printing this host's GPUs through NVML.
