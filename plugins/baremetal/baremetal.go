@@ -49,6 +49,9 @@ import (
 // Name is the plugin's name in Info.
 const Name = "baremetal"
 
+// ErrAlreadyEnrolled: CreateMachine named a host that is enrolled already.
+var ErrAlreadyEnrolled = errors.New("host already enrolled")
+
 // Config is the provider's config block.
 type Config struct {
 	Inventory           string `json:"inventory"`
@@ -398,6 +401,17 @@ func (p *Provider) CreateMachine(ctx context.Context, spec sdk.MachineSpec, boot
 	res, err := e.Enroll(ctx, t, sshenroll.Bootstrap{Controller: boot.ControllerAddress, Token: boot.JoinToken, AgentPath: agentPath})
 	if err != nil {
 		return sdk.Machine{}, err
+	}
+	if res.Already {
+		// Success would leave the controller a second record for the host
+		// whose token no agent ever uses; the SDK cannot say "this is the
+		// machine you already have", so it is an error that changes
+		// nothing (the agent was at most started again).
+		node := res.NodeID
+		if node == "" {
+			node = "unknown"
+		}
+		return sdk.Machine{}, fmt.Errorf("%w: host %s is already enrolled (node %s) and was left alone: its machine is the one budctl machines list shows, or delete that machine first to enroll the host again", ErrAlreadyEnrolled, h.Name, node)
 	}
 	p.opts.Log.InfoContext(ctx, "host enrolled", "host", h.Name, "node_id", res.NodeID, "already", res.Already)
 	return machineOf(h), nil

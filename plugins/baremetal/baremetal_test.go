@@ -140,6 +140,11 @@ func TestProviderOverSSHAndIPMI(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(gpu.InstallRoot, "var/lib/bud-agent/enrollment")); err != nil {
 		t.Errorf("gpu-01 not enrolled: %v", err)
 	}
+	// Again: left alone, and an error, so that the controller keeps one
+	// record of the host.
+	if _, err := p.CreateMachine(ctx, sdk.MachineSpec{Name: "gpu-01"}, boot); err == nil || !strings.Contains(err.Error(), "already enrolled (node node-gpu-01) and was left alone") {
+		t.Errorf("CreateMachine gpu-01 again: %v", err)
+	}
 	// The next free host, of a group: the impostor is refused (its key),
 	// so worker-01 is the one.
 	m, err = p.CreateMachine(ctx, sdk.MachineSpec{Name: "baremetal", Options: json.RawMessage(`{"group":"k8s_workers"}`)}, boot)
