@@ -223,3 +223,54 @@ func fileSHA256(t testing.TB, path string) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
 }
+
+// TestBareMetalProviderBadInventory: an inventory with a syntax error and
+// one with a host without an address keep the provider from starting; the
+// operator sees why (file and line) from budctl, and nothing is made.
+func TestBareMetalProviderBadInventory(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	write := func(name, content string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	broken := write("broken.yml", "all:\n  children:\n    gpu_nodes:\n      hosts:\n        gpu-01: {ansible_host: 10.0.1.30\n", 0o644)
+	noAddr := write("noaddr.yml", "all:\n  children:\n    k8s_workers:\n      hosts:\n        worker-01: {ansible_user: admin}\n", 0o644)
+	known := write("known_hosts", "", 0o644)
+	key := write("key", "", 0o600)
+	plugin := filepath.Join(binDir, "bud-provider-baremetal")
+	sum := fileSHA256(t, plugin)
+	var b strings.Builder
+	b.WriteString("providers:\n")
+	for _, p := range []struct{ name, inv string }{{"broken", broken}, {"noaddr", noAddr}} {
+		fmt.Fprintf(&b, "  - name: %s\n    path: %s\n    sha256: %s\n    config: {inventory: %s, known_hosts: %s, ssh_key_file: %s, agent_package: %s}\n",
+			p.name, plugin, sum, p.inv, known, key, filepath.Join(binDir, "bud-agent"))
+	}
+	c := startController(t, withServeArgs("--providers", write("providers.yml", b.String(), 0o644)))
+
+	for name, want := range map[string]string{
+		"broken": broken + " line 5: YAML syntax error",
+		"noaddr": noAddr + " line 5: host worker-01 has no address: set ansible_host",
+	} {
+		_, stderr, err := c.budctlLong(time.Minute, "machines", "create", "--provider", name)
+		if err == nil || !strings.Contains(stderr, want) {
+			t.Errorf("machines create --provider %s: %v: %s\nwant %q", name, err, stderr, want)
+		}
+	}
+	var resp machinev1.ListProvidersResponse
+	if err := c.budctlJSON(&resp, "providers", "list"); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range resp.GetProviders() {
+		if p.GetHealth() != machinev1.ProviderHealth_PROVIDER_HEALTH_UNHEALTHY || !strings.Contains(p.GetLastError(), "line") {
+			t.Errorf("provider %s: %s, last error %q", p.GetName(), p.GetHealth(), p.GetLastError())
+		}
+	}
+	var machines machinev1.ListMachinesResponse
+	if err := c.budctlJSON(&machines, "machines", "list"); err != nil || len(machines.GetMachines()) != 0 {
+		t.Errorf("machines after the refusals: %v, %v", machines.GetMachines(), err)
+	}
+}

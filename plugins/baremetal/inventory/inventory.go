@@ -577,12 +577,29 @@ func (p *parser) errAt(n *yaml.Node, format string, args ...any) error {
 
 var yamlLineRe = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 
-// yamlErr turns yaml's "yaml: line 3: did not find expected key" into
-// "FILE line 3: did not find expected key".
+// yamlParserErrors are the messages of go-yaml's parser (not its
+// scanner). For them go-yaml reports the line of the enclosing mapping or
+// list counted from 0 (its scanner errors count from 1), so "line 4: did
+// not find expected ',' or '}'" is about a flow mapping opened on line 5.
+var yamlParserErrors = []string{
+	"did not find expected key", "did not find expected node content",
+	"did not find expected ',' or '}'", "did not find expected ',' or ']'",
+	"did not find expected '-' indicator", "did not find expected <document start>",
+}
+
+// yamlErr turns yaml's "yaml: line 3: mapping values are not allowed"
+// into "FILE line 3: YAML syntax error: mapping values are not allowed",
+// with the line a person counts.
 func (p *parser) yamlErr(file string, err error) error {
 	msg := err.Error()
 	if m := yamlLineRe.FindStringSubmatch(msg); m != nil {
-		return fmt.Errorf("%s line %s: YAML syntax error: %s", file, m[1], m[2])
+		line, _ := strconv.Atoi(m[1])
+		for _, pe := range yamlParserErrors {
+			if strings.HasPrefix(m[2], pe) {
+				return fmt.Errorf("%s line %d: YAML syntax error in the mapping or list that starts on this line: %s", file, line+1, m[2])
+			}
+		}
+		return fmt.Errorf("%s line %d: YAML syntax error: %s", file, line, m[2])
 	}
 	return fmt.Errorf("%s: YAML syntax error: %s", file, strings.TrimPrefix(msg, "yaml: "))
 }

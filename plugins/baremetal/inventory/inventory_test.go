@@ -204,7 +204,15 @@ func TestBadInventories(t *testing.T) {
 	}{
 		"syntax error names file and line": {
 			map[string]string{"hosts.yml": "all:\n  hosts:\n    a: {ansible_host: 1.2.3.4\n    b:\n"},
-			[]string{"hosts.yml line", "YAML syntax error"},
+			[]string{"hosts.yml line 3: YAML syntax error", "did not find expected ',' or '}'"},
+		},
+		"bad indentation": {
+			map[string]string{"hosts.yml": "all:\n  hosts:\n    a: {ansible_host: 1.2.3.4}\n      b: 1\n"},
+			[]string{"hosts.yml line 3: YAML syntax error", "did not find expected key"},
+		},
+		"a colon in a value": {
+			map[string]string{"hosts.yml": "all:\n  hosts:\n    a: x: y\n"},
+			[]string{"hosts.yml line 3: YAML syntax error", "mapping values are not allowed"},
 		},
 		"tab indentation": {
 			map[string]string{"hosts.yml": "all:\n\thosts:\n"},
