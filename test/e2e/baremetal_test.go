@@ -81,19 +81,22 @@ func TestBareMetalProvider(t *testing.T) {
 
 	c := startController(t, withListenHost(net.Gateway), withServeArgs("--providers", providers))
 
-	// gpu-01 by name.
+	// gpu-01 by name (the plugin starts at this first call).
+	start := time.Now()
 	out, stderr, err := c.budctlLong(3*time.Minute, "machines", "create", "--provider", "metal", "--name", "gpu-01")
 	if err != nil {
 		t.Fatalf("machines create gpu-01: %v\n%s%s", err, out, stderr)
 	}
+	t.Logf("gpu-01 enrolled over SSH in %v, the plugin's start included", time.Since(start).Round(10*time.Millisecond))
 	// Two more, whichever are free: the impostor is skipped (its key), so
 	// worker-01 and worker-02.
-	start := time.Now()
+	start = time.Now()
 	out, stderr, err = c.budctlLong(3*time.Minute, "machines", "create", "--provider", "metal", "--count", "2", "--name", "w")
 	if err != nil {
 		t.Fatalf("machines create --count 2: %v\n%s%s", err, out, stderr)
 	}
-	t.Logf("two hosts enrolled over SSH in %v", time.Since(start).Round(10*time.Millisecond))
+	t.Logf("two hosts enrolled over SSH in %v (gpu-01 probed and left, the impostor probed and refused)", time.Since(start).Round(10*time.Millisecond))
+	created := time.Now()
 	// The impostor by name: refused before anything is sent.
 	out, stderr, err = c.budctlLong(time.Minute, "machines", "create", "--provider", "metal", "--name", "impostor")
 	if err == nil || !strings.Contains(stderr, "host key not trusted") || !strings.Contains(stderr, "known_hosts "+knownHosts+" line 2") {
@@ -128,6 +131,7 @@ func TestBareMetalProvider(t *testing.T) {
 		}
 		return nil
 	})
+	t.Logf("all three Ready and linked %v after the last create returned", time.Since(created).Round(10*time.Millisecond))
 	for _, h := range []string{"gpu-01", "worker-01", "worker-02"} {
 		if byHost[h] == nil {
 			t.Fatalf("no machine for %s: %v", h, byHost)
