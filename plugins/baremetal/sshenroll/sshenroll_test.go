@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	gonet "net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/agent"
 
 	"github.com/bud-ecosystem/budfleet/internal/baremetaltest"
 )
@@ -167,6 +171,43 @@ func TestEnrollOverSSH(t *testing.T) {
 	if agentPid(t, refused) != 0 {
 		t.Error("an agent runs after a refused join")
 	}
+	// ssh-agent auth: no key file, the key in an agent.
+	ring := agent.NewKeyring()
+	keyPEM, _ := os.ReadFile(net.ClientKeyFile)
+	raw, err := ssh.ParseRawPrivateKey(keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ring.Add(agent.AddedKey{PrivateKey: raw}); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	l, err := gonet.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { agent.ServeAgent(ring, c); c.Close() }()
+		}
+	}()
+	viaAgent, err := New(Options{KnownHostsFile: known, AgentSocket: sock, AgentBinary: agentBin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if enrolled, running, id, err := viaAgent.Status(ctx, target(w2)); err != nil || !enrolled || !running || id != "node-worker-02" {
+		t.Errorf("Status through ssh-agent = %v %v %q %v", enrolled, running, id, err)
+	}
+	noAgent, _ := New(Options{KnownHostsFile: known, AgentSocket: filepath.Join(t.TempDir(), "gone.sock")})
+	if _, _, _, err := noAgent.Status(ctx, target(w2)); err == nil || !strings.Contains(err.Error(), "SSH_AUTH_SOCK") {
+		t.Errorf("Status with the agent gone: %v", err)
+	}
+
 	// A wrong user.
 	bad := target(w2)
 	bad.User = "nobody-here"
