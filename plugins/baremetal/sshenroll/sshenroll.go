@@ -242,27 +242,25 @@ func (e *Enroller) Enroll(ctx context.Context, t Target, b Bootstrap) (Result, e
 		return Result{NodeID: st.nodeID, Already: true}, nil
 	}
 
+	// Three SSH sessions in all (the probe, the upload, the rest): each
+	// costs the host a login shell, which on hosts with a heavy profile
+	// is most of an enrollment's time.
+	install := ""
 	if b.AgentPath != "" {
-		if _, err := e.run(ctx, c, t, fmt.Sprintf(`set -e; mkdir -p %s; cp %s %s.tmp; chmod 0755 %s.tmp; mv -f %s.tmp %s`,
-			q(path.Dir(p.bin)), q(b.AgentPath), q(p.bin), q(p.bin), q(p.bin), q(p.bin)), nil); err != nil {
-			return Result{}, fmt.Errorf("host %s: install %s as the agent: %w", t.Name, b.AgentPath, err)
-		}
+		install = fmt.Sprintf("mkdir -p %s && cp %s %s.tmp && chmod 0755 %s.tmp && mv -f %s.tmp %s || fail 'install %s as the agent'\n",
+			q(path.Dir(p.bin)), q(b.AgentPath), q(p.bin), q(p.bin), q(p.bin), q(p.bin), b.AgentPath)
 	} else if err := e.upload(ctx, c, t, p); err != nil {
 		return Result{}, err
 	}
-	if err := e.install(ctx, c, t, p); err != nil {
-		return Result{}, err
-	}
-	out, err := e.run(ctx, c, t, fmt.Sprintf(`%s join --state-dir %s --controller %s --hostname %s --token-file /dev/stdin && %s status --state-dir %s > %s.tmp && mv -f %s.tmp %s && cat %s`,
-		q(p.bin), q(p.state), q(b.Controller), q(t.Name), q(p.bin), q(p.state), q(p.enrollment), q(p.enrollment), q(p.enrollment), q(p.enrollment)),
-		strings.NewReader(b.Token+"\n"))
+	script := e.agentFuncs(p) + "\n" + install + e.installScript(p) + fmt.Sprintf(`%s join --state-dir %s --controller %s --hostname %s --token-file /dev/stdin >&2 || fail 'bud-agent join'
+%s status --state-dir %s > %s.tmp && mv -f %s.tmp %s || fail 'bud-agent status after the join'
+`, q(p.bin), q(p.state), q(b.Controller), q(t.Name), q(p.bin), q(p.state), q(p.enrollment), q(p.enrollment), q(p.enrollment)) +
+		e.startScript(p) + fmt.Sprintf("cat %s\n", q(p.enrollment))
+	out, err := e.run(ctx, c, t, script, strings.NewReader(b.Token+"\n"))
 	if err != nil {
-		return Result{}, fmt.Errorf("host %s: bud-agent join: %w", t.Name, err)
+		return Result{}, fmt.Errorf("host %s: %w", t.Name, err)
 	}
 	nodeID := statusField(out, "node_id")
-	if err := e.start(ctx, c, t, p); err != nil {
-		return Result{}, err
-	}
 	log.InfoContext(ctx, "host enrolled", "node_id", nodeID)
 	return Result{NodeID: nodeID}, nil
 }
@@ -344,20 +342,24 @@ type hostState struct {
 // still that binary, not a process that reused the number), stop_agent
 // stops it (SIGTERM, SIGKILL after 30 s).
 func (e *Enroller) agentFuncs(p remotePaths) string {
-	return fmt.Sprintf(`agent_pid() {
+	return fmt.Sprintf(`fail() { echo "$1 failed" >&2; exit 1; }
+agent_pid() {
 	[ -f %[1]s ] || return 1
-	pid=$(cat %[1]s)
-	case $pid in ''|*[!0-9]*) return 1 ;; esac
-	[ -r /proc/$pid/cmdline ] || return 1
-	tr '\0' '\n' < /proc/$pid/cmdline | head -n 1 | grep -qxF %[2]s || return 1
-	echo "$pid"
+	p=$(cat %[1]s)
+	case $p in ''|*[!0-9]*) return 1 ;; esac
+	[ -r /proc/$p/cmdline ] || return 1
+	tr '\0' '\n' < /proc/$p/cmdline | head -n 1 | grep -qxF %[2]s || return 1
+	echo "$p"
 }
+# stop_agent waits on agent_pid, not kill -0: an agent that exited may stay
+# a zombie (its parent, init, reaps it when it gets to it), and a zombie
+# has no cmdline.
 stop_agent() {
 	pid=$(agent_pid) || return 0
 	kill -TERM "$pid" 2>/dev/null || return 0
 	i=0
-	while kill -0 "$pid" 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
-	kill -KILL "$pid" 2>/dev/null || true
+	while agent_pid >/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+	if agent_pid >/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
 }
 agent_running() {
 	if [ %[3]s = / ] && [ -d /run/systemd/system ]; then
@@ -392,27 +394,27 @@ echo enrolled=no
 	}, nil
 }
 
-// upload copies the agent binary to the host, checks its SHA-256 there and
-// renames it into place, so a cut connection never leaves half a binary.
+// upload copies the agent binary to the host, checks its SHA-256 there
+// and renames it into place, so a cut connection or a damaged copy never
+// leaves half a binary where the unit points.
 func (e *Enroller) upload(ctx context.Context, c *ssh.Client, t Target, p remotePaths) error {
 	tmp := p.bin + ".tmp"
-	out, err := e.run(ctx, c, t, fmt.Sprintf(`set -e; umask 022; mkdir -p %s; cat > %s; chmod 0755 %s; sha256sum %s`,
-		q(path.Dir(p.bin)), q(tmp), q(tmp), q(tmp)), bytes.NewReader(e.agentBin))
-	if err != nil {
+	script := fmt.Sprintf(`umask 022
+mkdir -p %[1]s || exit 1
+cat > %[2]s || exit 1
+sum=$(sha256sum %[2]s | cut -d' ' -f1)
+if [ "$sum" != %[3]s ]; then rm -f %[2]s; echo "the uploaded agent's SHA-256 is $sum, not %[3]s: the copy was damaged; try again" >&2; exit 1; fi
+chmod 0755 %[2]s && mv -f %[2]s %[4]s
+`, q(path.Dir(p.bin)), q(tmp), e.agentSum, q(p.bin))
+	if _, err := e.run(ctx, c, t, script, bytes.NewReader(e.agentBin)); err != nil {
 		return fmt.Errorf("host %s: upload the agent: %w", t.Name, err)
-	}
-	if f := strings.Fields(out); len(f) == 0 || f[0] != e.agentSum {
-		return fmt.Errorf("host %s: the uploaded agent's SHA-256 is %q, not %s: the copy was damaged; try again", t.Name, out, e.agentSum)
-	}
-	if _, err := e.run(ctx, c, t, fmt.Sprintf(`mv -f %s %s`, q(tmp), q(p.bin)), nil); err != nil {
-		return fmt.Errorf("host %s: install the agent: %w", t.Name, err)
 	}
 	return nil
 }
 
-// install writes the unit (paths moved under the install root) and an
-// empty agent config when there is none.
-func (e *Enroller) install(ctx context.Context, c *ssh.Client, t Target, p remotePaths) error {
+// installScript writes the unit (paths moved under the install root) and
+// an empty agent config when there is none.
+func (e *Enroller) installScript(p remotePaths) string {
 	unit := string(systemd.AgentUnit)
 	if p.root != "/" {
 		unit = strings.NewReplacer(
@@ -424,51 +426,51 @@ func (e *Enroller) install(ctx context.Context, c *ssh.Client, t Target, p remot
 	if !strings.HasSuffix(unit, "\n") {
 		unit += "\n"
 	}
-	script := fmt.Sprintf(`set -e; umask 022
-mkdir -p %s %s
-cat > %s.tmp <<'BUDFLEET_UNIT_EOF'
+	return fmt.Sprintf(`umask 022
+mkdir -p %s %s || fail 'make the unit and config directories'
+cat > %s.tmp <<'BUDFLEET_UNIT_EOF' || fail 'write the unit'
 %sBUDFLEET_UNIT_EOF
-mv -f %s.tmp %s
-if [ ! -e %s ]; then printf '%%s\n' %s > %s; fi
+mv -f %s.tmp %s || fail 'install the unit'
+if [ ! -e %s ]; then printf '%%s\n' %s > %s || fail 'write the agent config'; fi
 `, q(path.Dir(p.unit)), q(path.Dir(p.config)),
 		q(p.unit), unit, q(p.unit), q(p.unit),
 		q(p.config), q(strings.TrimSuffix(configMarker, "\n")), q(p.config))
-	if _, err := e.run(ctx, c, t, script, nil); err != nil {
-		return fmt.Errorf("host %s: install the unit: %w", t.Name, err)
+}
+
+// start starts the agent of an enrolled host (see startScript).
+func (e *Enroller) start(ctx context.Context, c *ssh.Client, t Target, p remotePaths) error {
+	if _, err := e.run(ctx, c, t, e.agentFuncs(p)+"\n"+e.startScript(p), nil); err != nil {
+		return fmt.Errorf("host %s: %w", t.Name, err)
 	}
 	return nil
 }
 
-// start starts the agent: through systemd where systemd runs and the root
-// is /, else detached with a pid file. It checks the agent is still up
-// after StartCheck, so an agent that dies at once (a bad config, a wrong
-// architecture) is an error here, with the end of its log.
-func (e *Enroller) start(ctx context.Context, c *ssh.Client, t Target, p remotePaths) error {
+// startScript starts the agent: through systemd where systemd runs and
+// the root is /, else detached with a pid file. It checks the agent is
+// still up after StartCheck, so an agent that dies at once (a bad config,
+// a wrong architecture) is an error here, with the end of its log.
+func (e *Enroller) startScript(p remotePaths) string {
 	wait := strconv.FormatFloat(e.opts.StartCheck.Seconds(), 'f', 1, 64)
-	script := fmt.Sprintf(`%[1]s
-if [ %[2]s = / ] && [ -d /run/systemd/system ]; then
-	systemctl daemon-reload
-	systemctl enable --now bud-agent.service
-	sleep %[3]s
-	if systemctl is-active --quiet bud-agent.service; then exit 0; fi
-	journalctl -u bud-agent.service -n 20 --no-pager >&2 || true
-	exit 1
+	return fmt.Sprintf(`if [ %[1]s = / ] && [ -d /run/systemd/system ]; then
+	systemctl daemon-reload && systemctl enable --now bud-agent.service >&2 || fail 'systemctl enable --now bud-agent.service'
+	sleep %[2]s
+	if ! systemctl is-active --quiet bud-agent.service; then
+		journalctl -u bud-agent.service -n 20 --no-pager >&2 || true
+		fail 'start the agent (the unit is not active)'
+	fi
+elif ! agent_pid >/dev/null; then
+	mkdir -p %[3]s %[4]s || fail 'make the log and pid directories'
+	setsid %[5]s run --state-dir %[6]s --config %[7]s </dev/null >>%[8]s 2>&1 &
+	echo $! > %[9]s
+	sleep %[2]s
+	if ! agent_pid >/dev/null; then
+		echo "the end of %[8]s:" >&2
+		tail -n 20 %[8]s >&2
+		fail 'start the agent (bud-agent exited at once)'
+	fi
 fi
-if agent_pid >/dev/null; then exit 0; fi
-mkdir -p %[4]s %[5]s
-setsid %[6]s run --state-dir %[7]s --config %[8]s </dev/null >>%[9]s 2>&1 &
-echo $! > %[10]s
-sleep %[3]s
-if agent_pid >/dev/null; then exit 0; fi
-echo "bud-agent exited at once; the end of %[9]s:" >&2
-tail -n 20 %[9]s >&2
-exit 1
-`, e.agentFuncs(p), q(p.root), wait, q(path.Dir(p.log)), q(path.Dir(p.pid)),
+`, q(p.root), wait, q(path.Dir(p.log)), q(path.Dir(p.pid)),
 		q(p.bin), q(p.state), q(p.config), q(p.log), q(p.pid))
-	if _, err := e.run(ctx, c, t, script, nil); err != nil {
-		return fmt.Errorf("host %s: start the agent: %w", t.Name, err)
-	}
-	return nil
 }
 
 // statusField reads "key: value" or "key=value" lines.
