@@ -243,7 +243,7 @@ func (p *Provider) do(ctx context.Context, op string, timeout time.Duration, fn 
 		return fmt.Errorf("provider %s: %w", p.cfg.Name, err)
 	case exitedSoon(client, err):
 		msg := fmt.Sprintf("the plugin exited during %s%s; the controller starts it again", op, stderr.reason())
-		p.crashed(client, msg)
+		p.crashed(client, msg, false)
 		return fmt.Errorf("%w: provider %s: %s", ErrUnavailable, p.cfg.Name, msg)
 	case ctx.Err() == nil && (cctx.Err() != nil || errors.Is(err, context.DeadlineExceeded)):
 		// gRPC's own timer for the deadline may fire before the context's.
@@ -290,8 +290,10 @@ func (p *Provider) answered(err error) {
 }
 
 // crashed records that client's process exited and lets the next call
-// start it again after the backoff.
-func (p *Provider) crashed(client *plugin.Client, msg string) {
+// start it again after the backoff. A plugin found dead between calls
+// (killed, say) after it had answered is started again at once: the call
+// that found it is not made to fail for it; one that keeps dying backs off.
+func (p *Provider) crashed(client *plugin.Client, msg string, idle bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.client != client {
@@ -299,7 +301,11 @@ func (p *Provider) crashed(client *plugin.Client, msg string) {
 	}
 	p.client.Kill()
 	p.client, p.impl = nil, nil
+	firstIdle := idle && p.failures == 0
 	p.failLocked(msg)
+	if firstIdle {
+		p.retryAt = p.opts.Now()
+	}
 	p.log.Error("provider plugin crashed", "error", msg, "restart_after", p.retryAt.Sub(p.opts.Now()).Round(time.Millisecond))
 }
 
@@ -340,7 +346,7 @@ func (p *Provider) current() (sdk.Provider, *plugin.Client, *stderrTail, bool) {
 		return nil, nil, nil, false
 	}
 	if c.Exited() {
-		p.crashed(c, "the plugin exited while idle"+tail.reason())
+		p.crashed(c, "the plugin exited between calls"+tail.reason(), true)
 		return nil, nil, nil, false
 	}
 	return impl, c, tail, true

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -308,5 +309,32 @@ func TestHangTimesOut(t *testing.T) {
 	}
 	if st := h.Status()[0]; st.Health != HealthUnhealthy || !strings.Contains(st.LastError, "did not answer") {
 		t.Fatalf("stuck: %+v", st)
+	}
+}
+
+// A plugin that dies between calls (killed) is started again by the next
+// call, which succeeds; the death is in its status.
+func TestKilledWhileIdle(t *testing.T) {
+	h := newHost(t, entry(t, "a", ""))
+	p := provider(t, h, "a")
+	if _, err := p.ListMachines(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	p.mu.Lock()
+	pid := p.client.ReattachConfig().Pid
+	p.mu.Unlock()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for h.Status()[0].Running && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := p.ListMachines(t.Context()); err != nil {
+		t.Fatalf("ListMachines after the plugin was killed: %v", err)
+	}
+	st := h.Status()[0]
+	if st.Health != HealthHealthy || !st.Running || st.Restarts != 1 || !strings.Contains(st.LastError, "exited between calls") {
+		t.Fatalf("after the restart: %+v", st)
 	}
 }

@@ -11,6 +11,9 @@
 //	fail_config: "url is required"    # ValidateConfig fails with this
 //	bootstrap_dir: /tmp/boot          # CreateMachine writes NAME.json there
 //	labels: {rack: r1}                # labels of every machine made
+//
+// A machine spec may hold cpus (ignored) and panic: true (CreateMachine
+// panics).
 package providertest
 
 import (
@@ -40,6 +43,9 @@ type Config struct {
 // Options is a machine spec's options.
 type Options struct {
 	CPUs int `json:"cpus"`
+	// Panic panics the plugin process in this CreateMachine, so that one
+	// call can crash it and the next one find it restarted.
+	Panic bool `json:"panic"`
 }
 
 // Provider is the in-memory provider.
@@ -112,6 +118,9 @@ func (p *Provider) CreateMachine(_ context.Context, spec sdk.MachineSpec, boot s
 	var opts Options
 	if err := sdk.DecodeStrict(spec.Options, &opts); err != nil {
 		return sdk.Machine{}, fmt.Errorf("machine spec: %w", err)
+	}
+	if opts.Panic {
+		panic("providertest: the spec asked for a panic")
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()

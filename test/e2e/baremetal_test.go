@@ -1,8 +1,6 @@
 package e2e
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -216,16 +214,6 @@ func TestBareMetalProvider(t *testing.T) {
 // calls that enroll hosts.
 func (c *controller) budctlLong(timeout time.Duration, args ...string) (string, string, error) {
 	return runCmd(timeout+10*time.Second, filepath.Join(binDir, "budctl"), append([]string{"--config", c.adminConfig, "--timeout", timeout.String()}, args...)...)
-}
-
-func fileSHA256(t testing.TB, path string) string {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := sha256.Sum256(b)
-	return hex.EncodeToString(s[:])
 }
 
 // TestBareMetalProviderBadInventory: an inventory with a syntax error and

@@ -44,8 +44,10 @@ const grpcurlModule = "github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3"
 
 var (
 	repoRoot   string // module root, holds go.mod and proto/
-	binDir     string // bud-controller, bud-agent, budctl, bud-provider-baremetal
+	binDir     string // bud-controller, bud-agent, budctl, bud-provider-vsphere, bud-provider-baremetal
 	grpcurlBin string
+	// helperDir holds the test helpers built on demand (helperBinary).
+	helperDir string
 )
 
 // defaultParallel is how many tests run at once unless -parallel is given.
@@ -76,6 +78,7 @@ func testMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(tmp)
 
+	helperDir = filepath.Join(tmp, "helpers")
 	if binDir, err = prepareBinaries(tmp); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 2
@@ -129,7 +132,7 @@ func prepareBinaries(tmp string) (string, error) {
 	dir := os.Getenv("BUD_BIN_DIR")
 	if dir == "" {
 		dir = filepath.Join(tmp, "bin")
-		cmd := exec.Command(goTool(), "build", "-o", dir+string(filepath.Separator), "./cmd/bud-controller", "./cmd/bud-agent", "./cmd/budctl", "./cmd/bud-provider-baremetal")
+		cmd := exec.Command(goTool(), "build", "-o", dir+string(filepath.Separator), "./cmd/bud-controller", "./cmd/bud-agent", "./cmd/budctl", "./cmd/bud-provider-vsphere", "./cmd/bud-provider-baremetal")
 		cmd.Dir = repoRoot
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return "", fmt.Errorf("go build: %v\n%s", err, out)
@@ -137,7 +140,7 @@ func prepareBinaries(tmp string) (string, error) {
 	} else {
 		dir = resolvePath(dir)
 	}
-	for _, b := range []string{"bud-controller", "bud-agent", "budctl", "bud-provider-baremetal"} {
+	for _, b := range []string{"bud-controller", "bud-agent", "budctl", "bud-provider-vsphere", "bud-provider-baremetal"} {
 		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
 			return "", fmt.Errorf("binary %s: %w (BUD_BIN_DIR=%q)", b, err, os.Getenv("BUD_BIN_DIR"))
 		}
