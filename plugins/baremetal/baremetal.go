@@ -20,7 +20,9 @@
 //
 // CreateMachine enrolls, in this order: the host named by the spec option
 // host, the host named by the machine's name, else the first host (by
-// name, of the spec option group when given) that is not enrolled yet.
+// name, of the spec option group when given) that is not enrolled yet
+// (each looked at for at most 5 s; hosts this process saw enrolled are not
+// looked at again). Only ansible_connection ssh (the default) is served.
 // ListMachines reads only the inventory: it opens no SSH or IPMI session,
 // because the controller may list often and BMCs freeze under bursts.
 // GetMachine and Power ask the BMC.
@@ -38,6 +40,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/bud-ecosystem/budfleet/plugins/baremetal/bmc"
 	"github.com/bud-ecosystem/budfleet/plugins/baremetal/inventory"
@@ -89,6 +92,11 @@ type Provider struct {
 	// inflight are the hosts a CreateMachine or DeleteMachine is working
 	// on, so two concurrent creates never pick the same free host.
 	inflight map[string]bool
+	// enrolled are the hosts this process saw enrolled, so picking a free
+	// host does not log in to them again and again (a --count over a big
+	// inventory would otherwise probe every enrolled host for each
+	// machine). DeleteMachine forgets a host.
+	enrolled map[string]bool
 }
 
 var _ sdk.Provider = (*Provider)(nil)
@@ -101,7 +109,7 @@ func New(opts Options) *Provider {
 	if opts.AgentSocket == "" {
 		opts.AgentSocket = os.Getenv("SSH_AUTH_SOCK")
 	}
-	return &Provider{opts: opts, inflight: map[string]bool{}}
+	return &Provider{opts: opts, inflight: map[string]bool{}, enrolled: map[string]bool{}}
 }
 
 // Info implements sdk.Provider.
@@ -339,6 +347,11 @@ func (p *Provider) bmcOf(h inventory.Host) (bmc.Controller, error) {
 // target is how the enroller reaches h.
 func target(h inventory.Host) (sshenroll.Target, error) {
 	t := sshenroll.Target{Name: h.Name, Address: h.Address, Port: h.Port, User: h.User}
+	switch c, _ := h.Vars["ansible_connection"].(string); c {
+	case "", "ssh", "smart", "paramiko":
+	default:
+		return t, fmt.Errorf("%w: host %s: ansible_connection %s: the provider reaches hosts over SSH only", sdk.ErrUnsupported, h.Name, c)
+	}
 	switch v := h.Vars["ansible_become"].(type) {
 	case nil:
 	case bool:
@@ -403,6 +416,9 @@ func (p *Provider) CreateMachine(ctx context.Context, spec sdk.MachineSpec, boot
 		return sdk.Machine{}, err
 	}
 	if res.Already {
+		p.mu.Lock()
+		p.enrolled[h.Name] = true
+		p.mu.Unlock()
 		// Success would leave the controller a second record for the host
 		// whose token no agent ever uses; the SDK cannot say "this is the
 		// machine you already have", so it is an error that changes
@@ -413,6 +429,9 @@ func (p *Provider) CreateMachine(ctx context.Context, spec sdk.MachineSpec, boot
 		}
 		return sdk.Machine{}, fmt.Errorf("%w: host %s is already enrolled (node %s) and was left alone: its machine is the one budctl machines list shows, or delete that machine first to enroll the host again", ErrAlreadyEnrolled, h.Name, node)
 	}
+	p.mu.Lock()
+	p.enrolled[h.Name] = true
+	p.mu.Unlock()
 	p.opts.Log.InfoContext(ctx, "host enrolled", "host", h.Name, "node_id", res.NodeID, "already", res.Already)
 	return machineOf(h), nil
 }
@@ -445,7 +464,7 @@ func (p *Provider) pick(ctx context.Context, e *sshenroll.Enroller, inv *invento
 			continue
 		}
 		p.mu.Lock()
-		busy := p.inflight[h.Name]
+		busy := p.inflight[h.Name] || p.enrolled[h.Name]
 		p.mu.Unlock()
 		if busy {
 			continue
@@ -455,7 +474,11 @@ func (p *Provider) pick(ctx context.Context, e *sshenroll.Enroller, inv *invento
 			skipped = append(skipped, err.Error())
 			continue
 		}
-		enrolled, _, _, err := e.Status(ctx, t)
+		// A host that is down must not hold the pick up for the whole
+		// dial timeout of every host after it.
+		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+		enrolled, _, _, err := e.Status(pctx, t)
+		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
 				return inventory.Host{}, nil, ctx.Err()
@@ -465,6 +488,9 @@ func (p *Provider) pick(ctx context.Context, e *sshenroll.Enroller, inv *invento
 			continue
 		}
 		if enrolled {
+			p.mu.Lock()
+			p.enrolled[h.Name] = true
+			p.mu.Unlock()
 			continue
 		}
 		if h, release, err := claim(h); err == nil {
@@ -485,6 +511,9 @@ func (p *Provider) pick(ctx context.Context, e *sshenroll.Enroller, inv *invento
 	}
 	return inventory.Host{}, nil, errors.New(msg)
 }
+
+// probeTimeout bounds the look at one host while picking a free one.
+const probeTimeout = 5 * time.Second
 
 func contains(list []string, s string) bool {
 	for _, v := range list {
@@ -523,5 +552,11 @@ func (p *Provider) DeleteMachine(ctx context.Context, providerID string) error {
 	p.inflight[h.Name] = true
 	p.mu.Unlock()
 	defer func() { p.mu.Lock(); delete(p.inflight, h.Name); p.mu.Unlock() }()
-	return e.Remove(ctx, t)
+	if err := e.Remove(ctx, t); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	delete(p.enrolled, h.Name)
+	p.mu.Unlock()
+	return nil
 }

@@ -15,6 +15,8 @@ import (
 
 	"github.com/bud-ecosystem/budfleet/internal/baremetaltest"
 	"github.com/bud-ecosystem/budfleet/plugins/baremetal/bmc"
+	"github.com/bud-ecosystem/budfleet/plugins/baremetal/inventory"
+	"github.com/bud-ecosystem/budfleet/plugins/baremetal/sshenroll"
 	"github.com/bud-ecosystem/budfleet/plugins/sdk"
 )
 
@@ -268,6 +270,26 @@ func TestValidateConfigRefusesBadConfig(t *testing.T) {
 		}
 		if !errors.Is(err, sdk.ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want ErrInvalid with %q", name, err, tc.want)
+		}
+	}
+}
+
+func TestTargetFromHostVars(t *testing.T) {
+	h := func(vars map[string]any) inventory.Host {
+		return inventory.Host{Name: "n1", Address: "10.0.0.1", Port: 2200, User: "admin", Vars: vars}
+	}
+	got, err := target(h(map[string]any{"ansible_become": "yes", "budfleet_install_root": "/srv/n1", "ansible_ssh_private_key_file": "/k"}))
+	want := sshenroll.Target{Name: "n1", Address: "10.0.0.1", Port: 2200, User: "admin", Become: true, InstallRoot: "/srv/n1", KeyFile: "/k"}
+	if err != nil || got != want {
+		t.Errorf("target = %+v, %v; want %+v", got, err, want)
+	}
+	for name, vars := range map[string]map[string]any{
+		"local connection":      {"ansible_connection": "local"},
+		"become with su":        {"ansible_become": true, "ansible_become_method": "su"},
+		"relative install root": {"budfleet_install_root": "srv/n1"},
+	} {
+		if _, err := target(h(vars)); err == nil {
+			t.Errorf("%s: accepted", name)
 		}
 	}
 }
