@@ -29,7 +29,10 @@
 //
 // Enrolling is idempotent: a host whose state holds an enrollment is left
 // alone (its agent is started if it is not running), so a retried
-// CreateMachine never enrolls a node twice.
+// CreateMachine never enrolls a node twice. A join the controller refuses
+// (a used or expired token) takes the files it installed off again. An
+// agent that joined but does not stay up is left in place with its log,
+// for the operator to read.
 package sshenroll
 
 import (
@@ -247,12 +250,12 @@ func (e *Enroller) Enroll(ctx context.Context, t Target, b Bootstrap) (Result, e
 	// is most of an enrollment's time.
 	install := ""
 	if b.AgentPath != "" {
-		install = fmt.Sprintf("mkdir -p %s && cp %s %s.tmp && chmod 0755 %s.tmp && mv -f %s.tmp %s || fail 'install %s as the agent'\n",
-			q(path.Dir(p.bin)), q(b.AgentPath), q(p.bin), q(p.bin), q(p.bin), q(p.bin), b.AgentPath)
+		install = fmt.Sprintf("mkdir -p %s && cp %s %s.tmp && chmod 0755 %s.tmp && mv -f %s.tmp %s || fail %s\n",
+			q(path.Dir(p.bin)), q(b.AgentPath), q(p.bin), q(p.bin), q(p.bin), q(p.bin), q("install "+b.AgentPath+" as the agent"))
 	} else if err := e.upload(ctx, c, t, p); err != nil {
 		return Result{}, err
 	}
-	script := e.agentFuncs(p) + "\n" + install + e.installScript(p) + fmt.Sprintf(`%s join --state-dir %s --controller %s --hostname %s --token-file /dev/stdin >&2 || fail 'bud-agent join'
+	script := e.agentFuncs(p) + "\n" + install + e.installScript(p) + fmt.Sprintf(`%s join --state-dir %s --controller %s --hostname %s --token-file /dev/stdin >&2 || { undo; fail 'bud-agent join'; }
 %s status --state-dir %s > %s.tmp && mv -f %s.tmp %s || fail 'bud-agent status after the join'
 `, q(p.bin), q(p.state), q(b.Controller), q(t.Name), q(p.bin), q(p.state), q(p.enrollment), q(p.enrollment), q(p.enrollment)) +
 		e.startScript(p) + fmt.Sprintf("cat %s\n", q(p.enrollment))
@@ -361,12 +364,19 @@ stop_agent() {
 	while agent_pid >/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
 	if agent_pid >/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
 }
+# undo takes off what a join that failed leaves (the host was not
+# enrolled before, so none of it is anyone else's).
+undo() {
+	rm -f %[2]s %[4]s
+	rm -rf %[5]s
+	if [ -f %[6]s ] && [ "$(cat %[6]s)" = %[7]s ]; then rm -f %[6]s; fi
+}
 agent_running() {
 	if [ %[3]s = / ] && [ -d /run/systemd/system ]; then
 		systemctl is-active --quiet bud-agent.service && return 0
 	fi
 	agent_pid >/dev/null
-}`, q(p.pid), q(p.bin), q(p.root))
+}`, q(p.pid), q(p.bin), q(p.root), q(p.unit), q(p.state), q(p.config), q(strings.TrimSuffix(configMarker, "\n")))
 }
 
 // probe reads the host's enrollment without changing anything.

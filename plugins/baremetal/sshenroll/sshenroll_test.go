@@ -171,6 +171,9 @@ func TestEnrollOverSSH(t *testing.T) {
 	if agentPid(t, refused) != 0 {
 		t.Error("an agent runs after a refused join")
 	}
+	if files := refused.Files(); len(files) != 0 {
+		t.Errorf("a refused join left %v", files)
+	}
 	// ssh-agent auth: no key file, the key in an agent.
 	ring := agent.NewKeyring()
 	keyPEM, _ := os.ReadFile(net.ClientKeyFile)
