@@ -98,6 +98,7 @@ func TestEnrollOverSSH(t *testing.T) {
 	if !strings.Contains(string(unit), "ExecStart="+filepath.Join(root, "usr/bin/bud-agent")+" run --state-dir "+filepath.Join(root, "var/lib/bud-agent")) {
 		t.Errorf("unit's ExecStart not under the install root:\n%s", unit)
 	}
+	verifyUnit(t, filepath.Join(root, "etc/systemd/system/bud-agent.service"))
 	if cfg, _ := os.ReadFile(filepath.Join(root, "etc/budfleet/agent.yaml")); string(cfg) != configMarker {
 		t.Errorf("agent.yaml = %q", cfg)
 	}
@@ -301,5 +302,23 @@ func TestQuote(t *testing.T) {
 		if got := q(in); got != want {
 			t.Errorf("q(%q) = %s, want %s", in, got, want)
 		}
+	}
+}
+
+// verifyUnit checks an installed unit with systemd-analyze verify (which
+// needs its ExecStart binary to exist: the install root's).
+func verifyUnit(t *testing.T, unit string) {
+	t.Helper()
+	root, err := baremetaltest.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("bash", filepath.Join(root, "scripts", "ensure-systemd-analyze.sh")).CombinedOutput(); err != nil {
+		t.Fatalf("scripts/ensure-systemd-analyze.sh: %v\n%s", err, out)
+	}
+	out, err := exec.Command("systemd-analyze", "verify", unit).CombinedOutput()
+	// Unknown keys only warn: anything that names the unit counts.
+	if err != nil || strings.Contains(string(out), filepath.Base(unit)) {
+		t.Errorf("systemd-analyze verify %s: %v\n%s", unit, err, out)
 	}
 }
