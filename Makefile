@@ -44,7 +44,7 @@ all: build
 # only libc).
 build:
 	@mkdir -p $(BIN)
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/bud-controller ./cmd/budctl ./cmd/bud-provider-vsphere
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/bud-controller ./cmd/budctl ./cmd/bud-provider-vsphere ./cmd/bud-provider-baremetal
 	CGO_ENABLED=1 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/bud-agent
 
 ## gpu-check: the agent for linux/amd64 with cgo, printing this host's GPUs through NVML.
@@ -105,10 +105,15 @@ k8s:
 kubelet-deps:
 	@scripts/ensure-kubelet-deps.sh
 
-test-unit: k8s kubelet-deps
+## baremetal-peers: sshd, ipmi_sim and ipmitool for the bare-metal provider's tests (quiet when present).
+.PHONY: baremetal-peers
+baremetal-peers:
+	@scripts/ensure-baremetal.sh
+
+test-unit: k8s kubelet-deps baremetal-peers
 	$(GO) test -race -count=1 $(UNIT_PKGS)
 
-test-e2e: build $(GRPCURL) k8s kubelet-deps
+test-e2e: build $(GRPCURL) k8s kubelet-deps baremetal-peers
 	$(GO) test -count=1 ./test/...
 
 test-units: build

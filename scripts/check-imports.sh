@@ -2,6 +2,8 @@
 # The house's rules, checked from `go list -deps` of the non-test packages:
 #   - nothing under agent/, client/ or pki/ depends on controller/...;
 #   - nothing under controller/ depends on agent/...;
+#   - provider plugins (plugins/) depend on neither daemon: they are
+#     separate processes that speak only the SDK's contract;
 #   - pki, siem, command, internal and proto are shared: they depend on
 #     neither daemon;
 #   - go.etcd.io/bbolt is imported only by internal/boltdb and the packages
@@ -33,6 +35,7 @@ forbid agent controller
 forbid client controller agent
 forbid pki controller agent
 forbid controller agent
+forbid plugins controller agent cmd
 for shared in siem command internal proto; do
 	forbid "$shared" controller agent cmd
 done

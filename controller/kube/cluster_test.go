@@ -31,6 +31,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/bud-ecosystem/budfleet/controller/store"
 	"github.com/bud-ecosystem/budfleet/internal/kubetest"
@@ -182,10 +183,13 @@ func TestAgainstControlPlane(t *testing.T) {
 
 	t.Run("taints", func(t *testing.T) {
 		// kwok-b carries a taint of someone else's; SetTaint keeps it.
-		kn := kubeNode(t, cp, "kwok-b")
 		other := corev1.Taint{Key: "example.com/other", Value: "x", Effect: corev1.TaintEffectNoExecute}
-		kn.Spec.Taints = append(kn.Spec.Taints, other)
-		if _, err := cp.Client.CoreV1().Nodes().Update(ctx, kn, metav1.UpdateOptions{}); err != nil {
+		if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			kn := kubeNode(t, cp, "kwok-b") // kwok writes its status meanwhile
+			kn.Spec.Taints = append(kn.Spec.Taints, other)
+			_, err := cp.Client.CoreV1().Nodes().Update(ctx, kn, metav1.UpdateOptions{})
+			return err
+		}); err != nil {
 			t.Fatal(err)
 		}
 		n := FleetNode{ID: "n-b", Hostname: "kwok-b"}

@@ -44,7 +44,7 @@ const grpcurlModule = "github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3"
 
 var (
 	repoRoot   string // module root, holds go.mod and proto/
-	binDir     string // bud-controller, bud-agent, budctl, bud-provider-vsphere
+	binDir     string // bud-controller, bud-agent, budctl, bud-provider-vsphere, bud-provider-baremetal
 	grpcurlBin string
 	// helperDir holds the test helpers built on demand (helperBinary).
 	helperDir string
@@ -132,7 +132,7 @@ func prepareBinaries(tmp string) (string, error) {
 	dir := os.Getenv("BUD_BIN_DIR")
 	if dir == "" {
 		dir = filepath.Join(tmp, "bin")
-		cmd := exec.Command(goTool(), "build", "-o", dir+string(filepath.Separator), "./cmd/bud-controller", "./cmd/bud-agent", "./cmd/budctl", "./cmd/bud-provider-vsphere")
+		cmd := exec.Command(goTool(), "build", "-o", dir+string(filepath.Separator), "./cmd/bud-controller", "./cmd/bud-agent", "./cmd/budctl", "./cmd/bud-provider-vsphere", "./cmd/bud-provider-baremetal")
 		cmd.Dir = repoRoot
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return "", fmt.Errorf("go build: %v\n%s", err, out)
@@ -140,7 +140,7 @@ func prepareBinaries(tmp string) (string, error) {
 	} else {
 		dir = resolvePath(dir)
 	}
-	for _, b := range []string{"bud-controller", "bud-agent", "budctl", "bud-provider-vsphere"} {
+	for _, b := range []string{"bud-controller", "bud-agent", "budctl", "bud-provider-vsphere", "bud-provider-baremetal"} {
 		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
 			return "", fmt.Errorf("binary %s: %w (BUD_BIN_DIR=%q)", b, err, os.Getenv("BUD_BIN_DIR"))
 		}
@@ -401,9 +401,19 @@ type controllerConfig struct {
 	heartbeatInterval string
 	heartbeatGrace    string
 	extra             []string
+	// host is the address the controller listens on and agents dial
+	// (127.0.0.1 unless withListenHost).
+	host string
 }
 
 type controllerOption func(*controllerConfig)
+
+// withListenHost serves on ip instead of 127.0.0.1 (and puts it in the
+// server certificate): the address of a bridge that hosts in network
+// namespaces reach.
+func withListenHost(ip string) controllerOption {
+	return func(c *controllerConfig) { c.host = ip }
+}
 
 // withServeArgs adds flags to 'bud-controller serve'.
 func withServeArgs(args ...string) controllerOption {
@@ -431,9 +441,10 @@ type controller struct {
 var caHashLine = regexp.MustCompile(`CA hash:\s+sha256:([0-9a-f]{64})`)
 
 // initDataDir runs 'bud-controller init' and returns the CA hash it prints.
-func initDataDir(t testing.TB, dataDir, advertise string) string {
+func initDataDir(t testing.TB, dataDir, advertise string, extra ...string) string {
 	t.Helper()
-	stdout, stderr, err := runCmd(30*time.Second, filepath.Join(binDir, "bud-controller"), "init", "--data-dir", dataDir, "--advertise", advertise)
+	args := append([]string{"init", "--data-dir", dataDir, "--advertise", advertise}, extra...)
+	stdout, stderr, err := runCmd(30*time.Second, filepath.Join(binDir, "bud-controller"), args...)
 	if err != nil {
 		t.Fatalf("bud-controller init: %v\n%s%s", err, stdout, stderr)
 	}
@@ -448,7 +459,7 @@ func initDataDir(t testing.TB, dataDir, advertise string) string {
 // the controller answers health checks.
 func startController(t testing.TB, opts ...controllerOption) *controller {
 	t.Helper()
-	cfg := controllerConfig{heartbeatInterval: "500ms", heartbeatGrace: "2s"}
+	cfg := controllerConfig{heartbeatInterval: "500ms", heartbeatGrace: "2s", host: "127.0.0.1"}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -463,7 +474,11 @@ func startController(t testing.TB, opts ...controllerOption) *controller {
 	}
 	c.adminConfig = filepath.Join(c.dataDir, "admin.budctl.yaml")
 	dumpLogOnFailure(t, "controller", c.logPath)
-	c.caHash = initDataDir(t, c.dataDir, c.addr())
+	var initArgs []string
+	if cfg.host != "127.0.0.1" {
+		initArgs = []string{"--server-name", cfg.host}
+	}
+	c.caHash = initDataDir(t, c.dataDir, c.addr(), initArgs...)
 	var err error
 	if c.caPEM, err = os.ReadFile(filepath.Join(c.dataDir, "ca.crt")); err != nil {
 		t.Fatal(err)
@@ -484,7 +499,7 @@ func startController(t testing.TB, opts ...controllerOption) *controller {
 	}
 }
 
-func (c *controller) addr() string { return fmt.Sprintf("127.0.0.1:%d", c.port) }
+func (c *controller) addr() string { return net.JoinHostPort(c.cfg.host, strconv.Itoa(c.port)) }
 
 // setServer rewrites the server: line of the admin budctl config.
 func (c *controller) setServer(t testing.TB, addr string) {
