@@ -171,6 +171,7 @@ func (a *AgentAPI) Connect(stream agentv1.AgentService_ConnectServer) error {
 	if err := stream.Send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Welcome{Welcome: &agentv1.Welcome{
 		HeartbeatIntervalMs:     s.opts.HeartbeatInterval.Milliseconds(),
 		FullInventoryIntervalMs: s.opts.FullInventoryInterval.Milliseconds(),
+		Controllers:             s.controllers(),
 	}}}); err != nil {
 		return err
 	}

@@ -75,7 +75,31 @@ func (s *Server) nodeEvent(nodeID string) { s.campaigns.runner.NodeEvent(nodeID)
 
 // RunMaintenance runs the maintenance campaigns until ctx ends (Serve does;
 // tests may). It resumes the campaigns the store has unsettled.
-func (s *Server) RunMaintenance(ctx context.Context) error { return s.campaigns.runner.Run(ctx) }
+// With Peers, only the leader of "campaigns" runs them; a new leader
+// resumes what the last one left.
+func (s *Server) RunMaintenance(ctx context.Context) error {
+	if s.opts.Peers == nil {
+		return s.campaigns.runner.Run(ctx)
+	}
+	return s.singleton(ctx, "campaigns", func(ctx context.Context) error {
+		r := s.campaigns.runner
+		r.Reload()
+		go func() {
+			// Campaigns created or changed through another controller.
+			t := time.NewTicker(max(s.opts.MaintenanceInterval, time.Second))
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					r.Reload()
+				}
+			}
+		}()
+		return r.Run(ctx)
+	})
+}
 
 // campaignAgents is the runner's view of agent sessions.
 type campaignAgents struct{ s *Server }
@@ -92,6 +116,11 @@ func (a campaignAgents) AgentConnected(nodeID string) (connected, known bool) {
 	sess, last := s.sessions[nodeID], s.lastSeen[nodeID]
 	s.mu.Unlock()
 	connected = sess != nil && (s.ready(last) || now.Sub(sess.opened) < s.opts.HeartbeatGrace)
+	if sess == nil {
+		if rl, ok := s.remoteLiveness(nodeID); ok {
+			connected = s.ready(rl)
+		}
+	}
 	return connected, connected || now.Sub(s.started) >= s.opts.HeartbeatGrace
 }
 

@@ -8,7 +8,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,7 +27,9 @@ import (
 	"github.com/bud-ecosystem/budfleet/controller/artifact"
 	"github.com/bud-ecosystem/budfleet/controller/ca"
 	"github.com/bud-ecosystem/budfleet/controller/providers"
+	"github.com/bud-ecosystem/budfleet/controller/store"
 	"github.com/bud-ecosystem/budfleet/controller/store/bolt"
+	etcdstore "github.com/bud-ecosystem/budfleet/controller/store/etcd"
 	"github.com/bud-ecosystem/budfleet/pki"
 	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
 	artifactv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/artifact/v1"
@@ -69,6 +73,37 @@ type ServeConfig struct {
 	// them and stops them when it returns. Server.Advertise defaults to
 	// the address listened on.
 	Providers []providers.Config
+	// PKIDir holds the CA and the server certificate (default DataDir):
+	// several controllers of one fleet share these files.
+	PKIDir string
+	// Etcd, when set, keeps the state in etcd (controller/store/etcd)
+	// rather than in DataDir's bbolt file, and makes this controller one
+	// of several on it.
+	Etcd *EtcdConfig
+}
+
+// EtcdConfig is the etcd store of a controller among several.
+type EtcdConfig struct {
+	Store etcdstore.Options
+	// ID names this controller among its peers (default host name and
+	// listen port).
+	ID string
+	// LeaseTTL, in seconds, is how long a dead controller's presence and
+	// leaderships outlive it (default etcdstore.DefaultLeaseTTL).
+	LeaseTTL int
+}
+
+// openStore opens the configured backend; peers is nil for bbolt.
+func openStore(ctx context.Context, cfg ServeConfig) (store.Store, *etcdstore.Store, error) {
+	if cfg.Etcd == nil {
+		st, err := bolt.Open(filepath.Join(cfg.DataDir, StoreFile), bolt.Options{})
+		return st, nil, err
+	}
+	st, err := etcdstore.Open(ctx, cfg.Etcd.Store)
+	if err != nil {
+		return nil, nil, err
+	}
+	return st, st, nil
 }
 
 // Serve runs the controller until ctx ends.
@@ -80,15 +115,19 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	if cfg.StopTimeout == 0 {
 		cfg.StopTimeout = 10 * time.Second
 	}
-	authority, err := ca.LoadCA(cfg.DataDir)
+	pkiDir := cfg.PKIDir
+	if pkiDir == "" {
+		pkiDir = cfg.DataDir
+	}
+	authority, err := ca.LoadCA(pkiDir)
 	if err != nil {
 		return err
 	}
-	serverCert, err := tls.LoadX509KeyPair(filepath.Join(cfg.DataDir, ca.ServerCertFile), filepath.Join(cfg.DataDir, ca.ServerKeyFile))
+	serverCert, err := tls.LoadX509KeyPair(filepath.Join(pkiDir, ca.ServerCertFile), filepath.Join(pkiDir, ca.ServerKeyFile))
 	if err != nil {
 		return fmt.Errorf("load server certificate: %w", err)
 	}
-	st, err := bolt.Open(filepath.Join(cfg.DataDir, StoreFile), bolt.Options{})
+	st, est, err := openStore(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -136,6 +175,21 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	}
 	if opts.Advertise == "" {
 		opts.Advertise = lis.Addr().String()
+	}
+	var peers *etcdstore.Peers
+	if est != nil {
+		id := cfg.Etcd.ID
+		if id == "" {
+			host, _ := os.Hostname()
+			_, port, _ := net.SplitHostPort(lis.Addr().String())
+			id = host + ":" + port
+		}
+		if peers, err = etcdstore.NewPeers(ctx, est, id, opts.Advertise, cfg.Etcd.LeaseTTL, log); err != nil {
+			lis.Close()
+			return err
+		}
+		defer peers.Close()
+		opts.Peers = peers
 	}
 	srv, err := New(opts)
 	if err != nil {
@@ -187,7 +241,11 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		return srv.RunMaintenance(gctx)
 	})
 	if srv.quarantine != nil {
-		g.Go(func() error { return srv.quarantine.run(gctx) })
+		g.Go(func() error { return srv.singleton(gctx, "gpu-quarantine", srv.quarantine.run) })
+	}
+	if peers != nil {
+		g.Go(func() error { return peers.Follow(gctx) })
+		g.Go(func() error { return srv.RunPeers(gctx) })
 	}
 	g.Go(func() error {
 		if err := gs.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
@@ -231,7 +289,11 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	if mlis != nil {
 		maddr = mlis.Addr()
 	}
-	log.Info("controller serving", "listen", lis.Addr().String(), "metrics", addrString(maddr), "data_dir", cfg.DataDir, "ca_hash", "sha256:"+pki.PublicKeyHash(authority.Cert))
+	storeDesc := "bbolt " + filepath.Join(cfg.DataDir, StoreFile)
+	if peers != nil {
+		storeDesc = "etcd " + strings.Join(cfg.Etcd.Store.Endpoints, ",") + " prefix " + est.Prefix() + " as " + peers.ID()
+	}
+	log.Info("controller serving", "listen", lis.Addr().String(), "metrics", addrString(maddr), "data_dir", cfg.DataDir, "store", storeDesc, "ca_hash", "sha256:"+pki.PublicKeyHash(authority.Cert))
 	if cfg.Ready != nil {
 		cfg.Ready(lis.Addr(), maddr)
 	}

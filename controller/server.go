@@ -71,6 +71,14 @@ type Options struct {
 	// MachineTokenTTL is the lifetime of each machine's single-use join
 	// token: the time it has to boot and enroll.
 	MachineTokenTTL time.Duration
+
+	// Peers, when set, are the other controllers on the same store
+	// (cluster.go): presence, queue watch, leadership of campaigns and
+	// the other singletons, and the controller set in the welcome.
+	Peers Peers
+	// PresenceInterval is how often the sessions' last heartbeats are
+	// published to Peers (default DefaultPresenceInterval).
+	PresenceInterval time.Duration
 }
 
 // Defaults for Options.
@@ -146,6 +154,9 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.FullInventoryInterval == 0 {
 		opts.FullInventoryInterval = DefaultFullInventoryInterval
+	}
+	if opts.PresenceInterval == 0 {
+		opts.PresenceInterval = DefaultPresenceInterval
 	}
 	if opts.MachineTokenTTL == 0 {
 		opts.MachineTokenTTL = DefaultMachineTokenTTL
@@ -225,7 +236,15 @@ func (s *Server) nodeLiveness(id string) (time.Time, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	_, connected := s.sessions[id]
-	return s.lastSeen[id], connected
+	last := s.lastSeen[id]
+	s.mu.Unlock()
+	if !connected {
+		if rl, ok := s.remoteLiveness(id); ok {
+			return rl, true
+		}
+	}
+	s.mu.Lock()
+	return last, connected
 }
 
 func (s *Server) ready(last time.Time) bool {

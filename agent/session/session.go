@@ -24,7 +24,13 @@ type Welcome struct {
 	// FullInventoryInterval is how often an unchanged inventory is sent
 	// anyway.
 	FullInventoryInterval time.Duration
+	// Controllers are the live controllers' addresses when several share
+	// one store; empty for a controller alone.
+	Controllers []string
 }
+
+// Learner is a Transport that takes the controller set of each welcome.
+type Learner interface{ Learn(addrs []string) }
 
 // Defaults for a welcome that leaves an interval out.
 const (
@@ -41,7 +47,7 @@ func welcomeFrom(w *agentv1.Welcome) Welcome {
 	if full <= 0 {
 		full = DefaultFullInventoryInterval
 	}
-	return Welcome{HeartbeatInterval: hb, FullInventoryInterval: full}
+	return Welcome{HeartbeatInterval: hb, FullInventoryInterval: full, Controllers: w.GetControllers()}
 }
 
 // Session is a module's handle on one open session.
@@ -145,7 +151,10 @@ func (r *Runner) Run(ctx context.Context) error {
 		ctx:      sctx,
 		agentCtx: ctx,
 	}
-	r.log.Info("connected to controller", "heartbeat_interval", s.welcome.HeartbeatInterval)
+	if l, ok := r.opts.Transport.(Learner); ok {
+		l.Learn(s.welcome.Controllers)
+	}
+	r.log.Info("connected to controller", "heartbeat_interval", s.welcome.HeartbeatInterval, "controllers", s.welcome.Controllers)
 
 	var wg sync.WaitGroup
 	run := func(f func() error) {

@@ -8,7 +8,10 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -42,6 +45,81 @@ type GRPC struct {
 	mu      sync.Mutex
 	conn    *grpc.ClientConn
 	changed chan struct{}
+
+	// learned is the controller set of the last welcome; order is the
+	// candidates in the random order being tried, next the one to try.
+	learned []string
+	order   []string
+	next    int
+}
+
+// Learn takes the controller set a welcome named (several controllers on
+// one store): later connects try those and the configured address in a
+// random order, each failed or ended session moving on to the next.
+func (g *GRPC) Learn(addrs []string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if slices.Equal(addrs, g.learned) {
+		return
+	}
+	g.learned = slices.Clone(addrs)
+	g.order = nil
+}
+
+// candidates is the configured address (or those, comma-separated) and the
+// learned ones, each once.
+func (g *GRPC) candidates(stored string) []string {
+	base := stored
+	if g.Controller != "" {
+		base = g.Controller
+	}
+	var out []string
+	for _, a := range append(strings.Split(base, ","), g.learned...) {
+		if a = strings.TrimSpace(a); a != "" && !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// pick returns the next controller address to dial.
+func (g *GRPC) pick(stored string) string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	c := g.candidates(stored)
+	switch len(c) {
+	case 0:
+		return stored
+	case 1:
+		return c[0]
+	}
+	if g.order == nil || g.next >= len(g.order) || !sameSet(g.order, c) {
+		last := ""
+		if g.order != nil && g.next > 0 && g.next <= len(g.order) {
+			last = g.order[g.next-1]
+		}
+		g.order = slices.Clone(c)
+		rand.Shuffle(len(g.order), func(i, j int) { g.order[i], g.order[j] = g.order[j], g.order[i] })
+		if g.order[0] == last { // never the one just left first again
+			g.order[0], g.order[len(g.order)-1] = g.order[len(g.order)-1], g.order[0]
+		}
+		g.next = 0
+	}
+	a := g.order[g.next]
+	g.next++
+	return a
+}
+
+func sameSet(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			return false
+		}
+	}
+	return true
 }
 
 var _ session.Transport = (*GRPC)(nil)
@@ -116,14 +194,11 @@ func (g *GRPC) dial() (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	addr := id.Controller
-	if g.Controller != "" {
-		addr = g.Controller
-	}
+	addr := g.pick(id.Controller)
 	serverName := id.ServerName
 	if g.ServerName != "" {
 		serverName = g.ServerName
-	} else if g.Controller != "" {
+	} else if addr != id.Controller || g.Controller != "" {
 		host, _, err := net.SplitHostPort(addr)
 		if err != nil {
 			return nil, fmt.Errorf("controller address %q must be host:port: %w", addr, err)

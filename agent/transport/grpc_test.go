@@ -199,3 +199,28 @@ func TestGRPCConnSharesTheSession(t *testing.T) {
 		t.Errorf("Conn after the session closed = %v, %v; want to wait until ctx ends", conn, err)
 	}
 }
+
+// With several controllers known (configured comma-separated, or learned
+// from a welcome), connects go round all of them in a random order, and the
+// one just left is never first in the next round.
+func TestGRPCPicksControllersInRandomOrder(t *testing.T) {
+	g := &GRPC{Controller: "a:1,b:1"}
+	g.Learn([]string{"b:1", "c:1"})
+	seen := map[string]int{}
+	last := ""
+	for i := range 30 {
+		a := g.pick("stored:1")
+		if a == last {
+			t.Fatalf("pick %d: %s twice in a row", i, a)
+		}
+		seen[a]++
+		last = a
+	}
+	if len(seen) != 3 || seen["stored:1"] != 0 {
+		t.Errorf("picked %v, want a:1, b:1 and c:1 only", seen)
+	}
+	alone := &GRPC{}
+	if got := alone.pick("stored:1"); got != "stored:1" {
+		t.Errorf("alone picked %s, want the stored address", got)
+	}
+}

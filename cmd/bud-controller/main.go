@@ -14,6 +14,7 @@ import (
 	"github.com/bud-ecosystem/budfleet/controller/maintenance"
 	"github.com/bud-ecosystem/budfleet/controller/maintenance/runner"
 	"github.com/bud-ecosystem/budfleet/controller/providers"
+	etcdstore "github.com/bud-ecosystem/budfleet/controller/store/etcd"
 	"github.com/bud-ecosystem/budfleet/internal/cli"
 	"github.com/bud-ecosystem/budfleet/pki"
 	"github.com/bud-ecosystem/budfleet/version"
@@ -55,6 +56,9 @@ func newRoot() *cobra.Command {
 
 	var sc controller.ServeConfig
 	var siemConfig, quarantineTask, artifactMax, providersFile string
+	var storeKind, etcdCA, etcdCert, etcdKey, etcdPrefix, controllerID string
+	var etcdEndpoints []string
+	var etcdLeaseTTL int
 	serveCmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the controller",
@@ -92,6 +96,22 @@ func newRoot() *cobra.Command {
 					return fmt.Errorf("--providers: %w", err)
 				}
 			}
+			switch storeKind {
+			case "bolt", "bbolt", "":
+				if len(etcdEndpoints) > 0 {
+					return fmt.Errorf("--etcd-endpoints needs --store etcd")
+				}
+			case "etcd":
+				if len(etcdEndpoints) == 0 {
+					return fmt.Errorf("--store etcd needs --etcd-endpoints")
+				}
+				sc.Etcd = &controller.EtcdConfig{
+					Store: etcdstore.Options{Endpoints: etcdEndpoints, CAFile: etcdCA, CertFile: etcdCert, KeyFile: etcdKey, Prefix: etcdPrefix},
+					ID:    controllerID, LeaseTTL: etcdLeaseTTL,
+				}
+			default:
+				return fmt.Errorf("--store %q: want bolt or etcd", storeKind)
+			}
 			return controller.Serve(cmd.Context(), sc)
 		},
 	}
@@ -114,6 +134,15 @@ func newRoot() *cobra.Command {
 	f.StringVar(&providersFile, "providers", "", "YAML file of provider plugins (name, path, sha256, config) that make and enroll machines")
 	f.StringVar(&sc.Server.Advertise, "advertise", "", "controller address the machines that providers make are told to dial (default: the --listen address bound)")
 	f.DurationVar(&sc.Server.MachineTokenTTL, "machine-token-ttl", controller.DefaultMachineTokenTTL, "lifetime of each machine's single-use join token: the time it has to boot and enroll")
+	f.StringVar(&storeKind, "store", "bolt", "where the controller keeps its state: bolt (one file in --data-dir, one controller) or etcd (several controllers on one etcd cluster)")
+	f.StringSliceVar(&etcdEndpoints, "etcd-endpoints", nil, "etcd client URLs (comma-separated) for --store etcd")
+	f.StringVar(&etcdCA, "etcd-ca", "", "CA certificate (PEM) that etcd's serving certificates chain to")
+	f.StringVar(&etcdCert, "etcd-cert", "", "client certificate (PEM) for etcd")
+	f.StringVar(&etcdKey, "etcd-key", "", "client key (PEM) for etcd")
+	f.StringVar(&etcdPrefix, "etcd-prefix", etcdstore.DefaultPrefix, "key prefix of this fleet in etcd")
+	f.StringVar(&controllerID, "controller-id", "", "this controller's name among the controllers on one etcd (default host name and listen port)")
+	f.IntVar(&etcdLeaseTTL, "etcd-lease-ttl", etcdstore.DefaultLeaseTTL, "seconds a dead controller's sessions and leaderships outlive it")
+	f.StringVar(&sc.PKIDir, "pki-dir", "", "directory with ca.crt, ca.key, server.crt, server.key (default --data-dir): controllers of one fleet share them")
 	_ = serveCmd.MarkFlagRequired("data-dir")
 
 	root.AddCommand(initCmd, serveCmd, &cobra.Command{

@@ -212,6 +212,17 @@ func (r *Runner) Track(id string) {
 	r.Wake()
 }
 
+// Reload makes the next step load the store's unsettled campaigns again,
+// as the first step does: for a runner that shares its store with other
+// controllers' (a campaign created on another, or one it led before this
+// runner became the leader).
+func (r *Runner) Reload() {
+	r.mu.Lock()
+	r.loaded = false
+	r.mu.Unlock()
+	r.Wake()
+}
+
 // Changed returns a channel closed at the next change of any campaign the
 // runner persists or Track is told of.
 func (r *Runner) Changed() <-chan struct{} {

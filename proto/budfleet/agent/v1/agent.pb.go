@@ -585,8 +585,12 @@ type Welcome struct {
 	HeartbeatIntervalMs int64 `protobuf:"varint,1,opt,name=heartbeat_interval_ms,json=heartbeatIntervalMs,proto3" json:"heartbeat_interval_ms,omitempty"`
 	// How often the agent should send its full inventory even when unchanged.
 	FullInventoryIntervalMs int64 `protobuf:"varint,2,opt,name=full_inventory_interval_ms,json=fullInventoryIntervalMs,proto3" json:"full_inventory_interval_ms,omitempty"`
-	unknownFields           protoimpl.UnknownFields
-	sizeCache               protoimpl.SizeCache
+	// The agent addresses (host:port) of every live controller of the fleet,
+	// this one included, when several share one store: the agent tries them
+	// in random order when its session ends. Empty for a controller alone.
+	Controllers   []string `protobuf:"bytes,3,rep,name=controllers,proto3" json:"controllers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Welcome) Reset() {
@@ -631,6 +635,13 @@ func (x *Welcome) GetFullInventoryIntervalMs() int64 {
 		return x.FullInventoryIntervalMs
 	}
 	return 0
+}
+
+func (x *Welcome) GetControllers() []string {
+	if x != nil {
+		return x.Controllers
+	}
+	return nil
 }
 
 type Heartbeat struct {
@@ -1074,10 +1085,11 @@ const file_budfleet_agent_v1_agent_proto_rawDesc = "" +
 	"\x05Hello\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12#\n" +
 	"\ragent_version\x18\x02 \x01(\tR\fagentVersion\x12\x17\n" +
-	"\aboot_id\x18\x03 \x01(\tR\x06bootId\"z\n" +
+	"\aboot_id\x18\x03 \x01(\tR\x06bootId\"\x9c\x01\n" +
 	"\aWelcome\x122\n" +
 	"\x15heartbeat_interval_ms\x18\x01 \x01(\x03R\x13heartbeatIntervalMs\x12;\n" +
-	"\x1afull_inventory_interval_ms\x18\x02 \x01(\x03R\x17fullInventoryIntervalMs\"\x80\x01\n" +
+	"\x1afull_inventory_interval_ms\x18\x02 \x01(\x03R\x17fullInventoryIntervalMs\x12 \n" +
+	"\vcontrollers\x18\x03 \x03(\tR\vcontrollers\"\x80\x01\n" +
 	"\tHeartbeat\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x123\n" +
 	"\asent_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\x12,\n" +
