@@ -68,7 +68,11 @@ func (m *commandDelivery) wakeNode(nodeID string) {
 		return // its first delivery has not begun: it will find the command
 	}
 	go func() {
-		if err := m.deliver(sess.ctx, sess, d); err != nil {
+		if err := m.deliver(sess.ctx, sess, d); storeUnavailable(err) {
+			// etcd without a quorum: the session stays; the command goes
+			// at the next wake or session once the store is back.
+			m.srv.log.Warn("deliver commands: the store is unavailable", "node_id", nodeID, "error", err)
+		} else if err != nil {
 			sess.cancel(err)
 		}
 	}()

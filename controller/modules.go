@@ -2,11 +2,14 @@ package controller
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"reflect"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/bud-ecosystem/budfleet/controller/store"
 	"github.com/bud-ecosystem/budfleet/internal/dispatch"
 	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
 )
@@ -66,5 +69,18 @@ func (s *Server) handleAgentMessage(sess *session, msg *agentv1.ConnectRequest) 
 	if !ok {
 		return status.Error(codes.InvalidArgument, "unknown message")
 	}
+	if storeUnavailable(err) {
+		// The store (etcd without a quorum) cannot take the report now:
+		// the session stays, and what the report said comes again (the
+		// next inventory, a result on the command's redelivery).
+		s.log.Warn("agent report not stored: the store is unavailable", "node_id", sess.nodeID, "kind", kind.String(), "error", err)
+		return nil
+	}
 	return err
+}
+
+// storeUnavailable reports whether err is the store being unavailable,
+// also when a handler flattened it into a status message.
+func storeUnavailable(err error) bool {
+	return err != nil && (errors.Is(err, store.ErrUnavailable) || strings.Contains(err.Error(), store.ErrUnavailable.Error()))
 }

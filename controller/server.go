@@ -77,7 +77,8 @@ type Options struct {
 	// the other singletons, and the controller set in the welcome.
 	Peers Peers
 	// PresenceInterval is how often the sessions' last heartbeats are
-	// published to Peers (default DefaultPresenceInterval).
+	// published to Peers (default DefaultPresenceInterval, or a quarter of
+	// HeartbeatGrace when that is shorter).
 	PresenceInterval time.Duration
 }
 
@@ -156,7 +157,8 @@ func New(opts Options) (*Server, error) {
 		opts.FullInventoryInterval = DefaultFullInventoryInterval
 	}
 	if opts.PresenceInterval == 0 {
-		opts.PresenceInterval = DefaultPresenceInterval
+		// Published last heartbeats are at most a quarter of the grace old.
+		opts.PresenceInterval = min(DefaultPresenceInterval, max(opts.HeartbeatGrace, 4*time.Millisecond)/4)
 	}
 	if opts.MachineTokenTTL == 0 {
 		opts.MachineTokenTTL = DefaultMachineTokenTTL
@@ -230,20 +232,19 @@ func (s *Server) countReady() float64 {
 	return float64(n)
 }
 
-// nodeLiveness reports a node's last heartbeat seen by this process and
-// whether it has a session open.
+// nodeLiveness reports a node's last heartbeat and whether it has a
+// session open, on this controller or (with Peers) another.
 func (s *Server) nodeLiveness(id string) (time.Time, bool) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	_, connected := s.sessions[id]
 	last := s.lastSeen[id]
 	s.mu.Unlock()
 	if !connected {
+		// A session on another controller of the fleet.
 		if rl, ok := s.remoteLiveness(id); ok {
 			return rl, true
 		}
 	}
-	s.mu.Lock()
 	return last, connected
 }
 

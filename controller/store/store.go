@@ -26,6 +26,9 @@ var (
 	ErrNotFound      = errors.New("not found")
 	ErrTokenInvalid  = errors.New("join token is not valid")
 	ErrAlreadyExists = errors.New("already exists")
+	// ErrUnavailable: the backend cannot serve the call now (etcd without
+	// a quorum); nothing was changed, and the same call may succeed later.
+	ErrUnavailable = errors.New("the controller's store is unavailable; nothing was changed")
 )
 
 // Store is the controller's persistent state.

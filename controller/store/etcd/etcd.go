@@ -61,7 +61,7 @@ var ErrNewerSchema = errors.New("the etcd prefix was written by a newer bud-cont
 
 // ErrUnavailable wraps an etcd request that did not complete: no quorum,
 // or no member reachable. Writes are refused then, never half done.
-var ErrUnavailable = errors.New("etcd is unavailable (no quorum or no member reachable); nothing was changed")
+var ErrUnavailable = fmt.Errorf("etcd is unavailable (no quorum or no member reachable): %w", store.ErrUnavailable)
 
 // Options configure Open.
 type Options struct {
