@@ -33,6 +33,7 @@ import (
 	"github.com/bud-ecosystem/budfleet/pki"
 	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
 	artifactv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/artifact/v1"
+	backupv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/backup/v1"
 	fleetv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1"
 	kubev1 "github.com/bud-ecosystem/budfleet/proto/budfleet/kube/v1"
 	machinev1 "github.com/bud-ecosystem/budfleet/proto/budfleet/machine/v1"
@@ -165,6 +166,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	opts := cfg.Server
 	opts.Store, opts.CA, opts.Logger, opts.Registerer, opts.AuditLog, opts.Artifacts = st, authority, log, reg, al, arts
+	opts.PKIDir = pkiDir
 	if opts.JoinArtifacts == nil {
 		opts.JoinArtifacts = joinLookup{arts}
 	}
@@ -214,6 +216,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	artifactv1.RegisterArtifactServiceServer(gs, srv.ArtifactAPI())
 	artifactv1.RegisterNodeArtifactServiceServer(gs, srv.NodeArtifactAPI())
 	machinev1.RegisterMachineServiceServer(gs, srv.MachineAPI())
+	backupv1.RegisterBackupServiceServer(gs, srv.BackupAPI())
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)

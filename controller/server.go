@@ -76,6 +76,9 @@ type Options struct {
 	// (cluster.go): presence, queue watch, leadership of campaigns and
 	// the other singletons, and the controller set in the welcome.
 	Peers Peers
+	// PKIDir holds the CA and server key files, for backups that include
+	// them; empty when unknown.
+	PKIDir string
 	// PresenceInterval is how often the sessions' last heartbeats are
 	// published to Peers (default DefaultPresenceInterval, or a quarter of
 	// HeartbeatGrace when that is shorter).

@@ -145,7 +145,7 @@ func newRoot() *cobra.Command {
 	f.StringVar(&sc.PKIDir, "pki-dir", "", "directory with ca.crt, ca.key, server.crt, server.key (default --data-dir): controllers of one fleet share them")
 	_ = serveCmd.MarkFlagRequired("data-dir")
 
-	root.AddCommand(initCmd, serveCmd, &cobra.Command{
+	root.AddCommand(initCmd, serveCmd, restoreCmd(), &cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
 		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), version.Version) },
