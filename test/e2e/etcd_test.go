@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -150,6 +152,17 @@ func TestEtcdControllerFailover(t *testing.T) {
 		}
 	}
 
+	// etcd's write rate with the fleet idle (heartbeats every 500 ms).
+	const idle = 10 * time.Second
+	p0 := etcdProposals(t, f.etcd)
+	time.Sleep(idle)
+	p1 := etcdProposals(t, f.etcd)
+	rate := float64(p1-p0) / idle.Seconds()
+	t.Logf("etcd write rate, %d idle agents on 3 controllers, heartbeats every 500 ms: %.2f proposals/s (%.4f per agent per s; the heartbeats alone would be %d/s)", n, rate, rate/float64(n), n*2)
+	if rate > float64(n) {
+		t.Errorf("etcd takes %.1f writes/s from %d idle agents: heartbeats are not batched", rate, n)
+	}
+
 	// Queued on c2 for nodes whose sessions are on c0.
 	var before []string
 	var worst time.Duration
@@ -189,6 +202,30 @@ func TestEtcdControllerFailover(t *testing.T) {
 		}
 	}
 	t.Logf("sessions after the failover: c1 %d, c2 %d", connectedAgents(t, c1), connectedAgents(t, c2))
+}
+
+// etcdProposals is etcd's etcd_server_proposals_committed_total (every
+// write, leases' keep-alives aside, is one), from the first member.
+func etcdProposals(t *testing.T, e *etcdtest.Cluster) int64 {
+	t.Helper()
+	resp, err := http.Get(e.Members[0].ClientURL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range metricSamples(string(b), "etcd_server_proposals_committed_total") {
+		f := strings.Fields(l)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err == nil {
+			return int64(v)
+		}
+	}
+	t.Fatal("etcd has no etcd_server_proposals_committed_total")
+	return 0
 }
 
 // connectedAgents is the controller's bud_controller_connected_agents.
