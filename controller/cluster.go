@@ -119,7 +119,6 @@ func (s *Server) singleton(ctx context.Context, name string, fn func(ctx context
 	})
 }
 
-
 // controllers is the controller set for the welcome; none for a
 // controller alone.
 func (s *Server) controllers() []string {

@@ -3,8 +3,8 @@ package controller
 import (
 	"context"
 	"errors"
-	"strings"
 	"reflect"
+	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"

@@ -167,4 +167,3 @@ func restorePKI(m backup.Manifest, pkiDir, passFile string) error {
 	}
 	return nil
 }
-

@@ -14,8 +14,8 @@ import (
 	"github.com/bud-ecosystem/budfleet/controller/store"
 )
 
-func (s *Store) tokenKey(id string) string    { return s.p + "tokens/" + id }
-func (s *Store) nodeKey(id string) string     { return s.p + "nodes/" + id }
+func (s *Store) tokenKey(id string) string { return s.p + "tokens/" + id }
+func (s *Store) nodeKey(id string) string  { return s.p + "nodes/" + id }
 func (s *Store) queuePrefix(node string) string {
 	return s.p + "commands/" + node + "\x00"
 }

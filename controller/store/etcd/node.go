@@ -64,4 +64,3 @@ func decodeNode(raw []byte) (store.Node, error) {
 	n.Inventory = inv
 	return n, nil
 }
-
