@@ -35,7 +35,7 @@ export GOFLAGS := $(strip $(shell $(GO) env GOFLAGS) -tags=kustomize_disable_go_
 export GRPCURL
 
 .PHONY: all build run test lint fmt-check vet imports-check buf-lint buf-breaking proto proto-check proto-baseline gpu-check \
-        test-unit test-e2e test-units bench clean packages
+        test-unit test-e2e test-units bench clean packages bundle
 
 all: build
 
@@ -56,6 +56,11 @@ gpu-check:
 PACKAGE_ARCHES ?= amd64 arm64
 packages:
 	VERSION=$(VERSION) scripts/packages.sh --arch "$(PACKAGE_ARCHES)" --out dist
+
+## bundle: the packages, and a bundle of them signed with $(BUNDLE_KEY) (made when missing: a development key) in dist/.
+BUNDLE_KEY ?= $(CACHE)/bundle/dev-bundle.key
+bundle: packages build
+	scripts/bundle.sh --budctl $(BIN)/budctl --key $(BUNDLE_KEY) --version $(VERSION) --dist dist
 
 ## run: a local controller with its embedded store and an agent for this host, until Ctrl-C.
 run: build

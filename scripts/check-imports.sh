@@ -2,7 +2,7 @@
 # The house's rules, checked from `go list -deps` of the non-test packages:
 #   - nothing under agent/, client/ or pki/ depends on controller/...;
 #   - nothing under controller/ depends on agent/...;
-#   - pki, siem, command, internal and proto are shared: they depend on
+#   - pki, siem, command, internal, proto and bundle are shared: they depend on
 #     neither daemon;
 #   - go.etcd.io/bbolt is imported only by internal/boltdb and the packages
 #     that own a bbolt file.
@@ -33,7 +33,7 @@ forbid agent controller
 forbid client controller agent
 forbid pki controller agent
 forbid controller agent
-for shared in siem command internal proto; do
+for shared in siem command internal proto bundle; do
 	forbid "$shared" controller agent cmd
 done
 

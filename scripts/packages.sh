@@ -41,6 +41,9 @@ host_arch=$($GO env GOHOSTARCH)
 ldflags="-X github.com/bud-ecosystem/budfleet/version.Version=$version"
 nfpm=("$GO" tool -modfile=tools/go.mod nfpm)
 mkdir -p "$out"
+# built.list: what this run made, "PACKAGE ARCH FILE" a line, for
+# scripts/bundle.sh.
+: >"$out/built.list"
 specs=$(mktemp -d)
 trap 'rm -rf "$specs"' EXIT
 
@@ -87,7 +90,8 @@ for arch in $arches; do
 		fi
 		rendered=$(render "$spec" "$name" "$arch" "$bin")
 		for fmt in deb rpm; do
-			"${nfpm[@]}" package --config "$rendered" --packager "$fmt" --target "$out/" >/dev/null </dev/null
+			file=$("${nfpm[@]}" package --config "$rendered" --packager "$fmt" --target "$out/" </dev/null | sed -n 's/^created package: //p')
+			echo "$name $arch $(basename "$file")" >>"$out/built.list"
 		done
 		echo "packages.sh: $name $pkg_version linux/$arch"
 	done <packaging/packages.list
