@@ -32,6 +32,8 @@ type Config struct {
 	SIEM siem.Config `yaml:"siem"`
 	// Maintenance configures the maintenance commands.
 	Maintenance MaintenanceConfig `yaml:"maintenance"`
+	// Upgrade configures agent.upgrade.
+	Upgrade UpgradeConfig `yaml:"upgrade"`
 	// BootIDFile overrides where the boot id is read
 	// (/proc/sys/kernel/random/boot_id): for tests and simulations that
 	// stand in for a reboot by restarting the agent.
@@ -43,6 +45,17 @@ type MaintenanceConfig struct {
 	// RebootCommand is the program and arguments maintenance.reboot runs
 	// (default [systemctl, reboot]).
 	RebootCommand []string `yaml:"reboot_command"`
+}
+
+// UpgradeConfig configures agent.upgrade.
+type UpgradeConfig struct {
+	// RestartCommand restarts the agent into its new binary (default
+	// [systemctl, restart, bud-agent.service]); it runs detached, with
+	// BUD_AGENT_PID set.
+	RestartCommand []string `yaml:"restart_command"`
+	// WatchPrefix starts the rollback watch outside the agent's service
+	// (default: systemd-run when systemd is PID 1; [] for none).
+	WatchPrefix []string `yaml:"watch_prefix"`
 }
 
 // GPUConfig configures GPU inventory and health.

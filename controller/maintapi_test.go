@@ -347,7 +347,7 @@ func (s *watchStream) Send(m *maintv1.WatchCampaignResponse) error {
 func TestWatchCampaign(t *testing.T) {
 	e := newMaintServer(t, fake.NewCluster("gpu-1", "gpu-2"))
 	for _, id := range []string{"n1", "n2"} {
-		sess, err := e.srv.openSession(t.Context(), id, "peer")
+		sess, err := e.srv.openSession(t.Context(), id, "peer", "test")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -98,6 +98,11 @@ func (a *app) run(ctx context.Context, rf runFlags) error {
 		return err
 	}
 	defer fwd.Close()
+	// The rollback watch runs in a session of its own: an absolute path.
+	upgrade := agent.UpgradeOptions{RestartCommand: cfg.Upgrade.RestartCommand, WatchPrefix: cfg.Upgrade.WatchPrefix}
+	if upgrade.StateDir, err = filepath.Abs(a.stateDir); err != nil {
+		return err
+	}
 	ag, err := agent.New(agent.Options{
 		State:          db,
 		Inventory:      &inventory.Collector{Hostname: cfg.Hostname, BootIDFile: cfg.BootIDFile},
@@ -115,6 +120,7 @@ func (a *app) run(ctx context.Context, rf runFlags) error {
 		SIEM:              fwd,
 		LocalSIEM:         &cfg.SIEM,
 		ArtifactDir:       filepath.Join(a.stateDir, "artifacts"),
+		Upgrade:           upgrade,
 	})
 	if err != nil {
 		return err
