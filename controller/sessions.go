@@ -26,7 +26,7 @@ type session struct {
 	// version is the agent's, from its hello.
 	version string
 	ctx     context.Context
-	cancel context.CancelCauseFunc
+	cancel  context.CancelCauseFunc
 	// out carries messages to the agent; the session's send loop is its
 	// only reader and the stream's only writer.
 	out chan *agentv1.ConnectResponse
