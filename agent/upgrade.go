@@ -286,13 +286,12 @@ func WatchUpgrade(ctx context.Context, stateDir string, log *slog.Logger) error 
 	if err != nil {
 		return err
 	}
-	log = log.With("command_id", rec.CommandID, "to_version", rec.To, "deadline", rec.Deadline)
-	log.Info("watching the upgrade")
+	log.Info("watching the upgrade", "command_id", rec.CommandID, "to_version", rec.To, "deadline", rec.Deadline)
 	t := time.NewTicker(200 * time.Millisecond)
 	defer t.Stop()
 	for time.Now().Before(rec.Deadline) {
 		if _, err := os.Stat(pending); errors.Is(err, os.ErrNotExist) {
-			log.Info("the upgrade was confirmed or rolled back")
+			log.Info("the upgrade was confirmed or rolled back", "command_id", rec.CommandID)
 			return nil
 		}
 		select {
