@@ -305,10 +305,13 @@ func (p *progress) rate() float64 {
 	return float64(p.sent) / s
 }
 
-// line prints a line of its own above the bar, which the next add draws
-// again.
+// line prints a line of its own above the bar on a terminal (the next add
+// draws the bar again); elsewhere nothing, the final line says it all.
 func (p *progress) line(s string) {
-	if p.tty && !p.drawn.IsZero() {
+	if !p.tty {
+		return
+	}
+	if !p.drawn.IsZero() {
 		fmt.Fprint(p.w, "\r\033[K")
 	}
 	fmt.Fprintln(p.w, s)
