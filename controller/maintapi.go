@@ -241,8 +241,12 @@ func (a *MaintenanceAPI) StartCampaign(ctx context.Context, req *maintv1.StartCa
 		return nil, storeErr(err)
 	}
 	m.runner.Track(c.ID)
-	s.FleetAPI().audit(ctx, "maintenance.start", "campaign_id", c.ID, "name", c.Name, "nodes", len(c.Nodes),
-		"selector", labelsText(spec.Selector), "max_unavailable", spec.MaxUnavailable, "task_bytes", len(spec.Task), "reboot", spec.Reboot)
+	attrs := []any{"campaign_id", c.ID, "name", c.Name, "nodes", len(c.Nodes),
+		"selector", labelsText(spec.Selector), "max_unavailable", spec.MaxUnavailable, "task_bytes", len(spec.Task), "reboot", spec.Reboot}
+	if spec.Upgrade != nil {
+		attrs = append(attrs, "agent_version", spec.Upgrade.Version)
+	}
+	s.FleetAPI().audit(ctx, "maintenance.start", attrs...)
 	return &maintv1.StartCampaignResponse{Id: c.ID, Campaign: campaignToProto(c, now)}, nil
 }
 
