@@ -82,6 +82,8 @@ func wantGone(t *testing.T, path, after string) {
 // identity and the operator's config; a remove keeps both; a purge takes
 // them. It lists the .rpm with rpm -qpl. Everything is removed at the end.
 func TestAgentPackage(t *testing.T) {
+	// No other test uses the paths it installs.
+	t.Parallel()
 	if os.Geteuid() != 0 {
 		t.Skip("dpkg -i needs root")
 	}
@@ -94,8 +96,8 @@ func TestAgentPackage(t *testing.T) {
 	if _, err := os.Stat(pkgAgentState); err == nil {
 		t.Skipf("%s exists; the test would take over a real node's identity", pkgAgentState)
 	}
-	if err := exec.Command(filepath.Join(repoRoot, "scripts", "ensure-rpm.sh")).Run(); err != nil {
-		t.Fatalf("scripts/ensure-rpm.sh: %v", err)
+	if out, err := exec.Command("bash", filepath.Join(repoRoot, "scripts", "ensure-rpm.sh")).CombinedOutput(); err != nil {
+		t.Fatalf("scripts/ensure-rpm.sh: %v\n%s", err, out)
 	}
 	deb1, rpm1 := buildAgentPackages(t, "v1.0.0")
 	deb2, _ := buildAgentPackages(t, "v1.0.1")
