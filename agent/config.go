@@ -50,7 +50,7 @@ type MaintenanceConfig struct {
 // UpgradeConfig configures agent.upgrade.
 type UpgradeConfig struct {
 	// RestartCommand restarts the agent into its new binary (default
-	// [systemctl, restart, bud-agent.service]); it runs detached, with
+	// [systemctl, --no-block, restart, bud-agent.service]); it runs detached, with
 	// BUD_AGENT_PID set.
 	RestartCommand []string `yaml:"restart_command"`
 	// WatchPrefix starts the rollback watch outside the agent's service

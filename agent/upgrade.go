@@ -51,8 +51,9 @@ const (
 	upgradeRollback  = "upgrade.rollback.json"
 )
 
-// DefaultRestartCommand restarts the agent's systemd service.
-var DefaultRestartCommand = []string{"systemctl", "restart", "bud-agent.service"}
+// DefaultRestartCommand restarts the agent's systemd service. --no-block:
+// the restart stops the service, and this command with it.
+var DefaultRestartCommand = []string{"systemctl", "--no-block", "restart", "bud-agent.service"}
 
 // ErrRolledBack ends Run of a new binary that did not connect within its
 // upgrade's time: the previous binary is back in place, and the agent's
