@@ -197,8 +197,12 @@ func TestAgentPackage(t *testing.T) {
 		keeps(t, "dpkg -r and a new install")
 	})
 	t.Run("purge", func(t *testing.T) {
+		// What an agent.upgrade keeps beside the binary goes too.
+		if err := os.WriteFile(pkgAgentBin+".prev", []byte("kept"), 0o755); err != nil {
+			t.Fatal(err)
+		}
 		mustRun(t, "dpkg", "--purge", "bud-agent")
-		for _, p := range []string{pkgAgentBin, pkgAgentUnit, pkgAgentState, pkgAgentConfig, "/etc/budfleet"} {
+		for _, p := range []string{pkgAgentBin, pkgAgentBin + ".prev", pkgAgentUnit, pkgAgentState, pkgAgentConfig, "/etc/budfleet"} {
 			wantGone(t, p, "dpkg --purge")
 		}
 	})
