@@ -85,16 +85,16 @@ func TestAgentPackage(t *testing.T) {
 	// No other test uses the paths it installs.
 	t.Parallel()
 	if os.Geteuid() != 0 {
-		t.Skip("dpkg -i needs root")
+		t.Fatal("dpkg -i needs root: run the tests as root")
 	}
 	if _, err := exec.LookPath("dpkg"); err != nil {
-		t.Skip("no dpkg on this machine")
+		t.Fatal("no dpkg on this machine: the packages are tested on Debian")
 	}
 	if out, err := exec.Command("dpkg-query", "-W", "-f=${Status}", "bud-agent").Output(); err == nil && strings.Contains(string(out), "installed") {
-		t.Skipf("bud-agent is installed on this machine (%s); the test would replace it", out)
+		t.Fatalf("bud-agent is installed on this machine (%s); the test would replace it: run it where budfleet is not installed", out)
 	}
 	if _, err := os.Stat(pkgAgentState); err == nil {
-		t.Skipf("%s exists; the test would take over a real node's identity", pkgAgentState)
+		t.Fatalf("%s exists; the test would take over a real node's identity: run it where budfleet is not installed", pkgAgentState)
 	}
 	if out, err := exec.Command("bash", filepath.Join(repoRoot, "scripts", "ensure-rpm.sh")).CombinedOutput(); err != nil {
 		t.Fatalf("scripts/ensure-rpm.sh: %v\n%s", err, out)
