@@ -34,6 +34,7 @@ type Member struct {
 	LogFile   string
 	args      []string
 	bin       string
+	http      *http.Client
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -121,6 +122,11 @@ func FreePort(t testing.TB) int {
 // Start runs an n-member cluster in a temp dir and stops it at cleanup.
 func Start(t testing.TB, n int) *Cluster {
 	t.Helper()
+	return start(t, n, "http", nil, http.DefaultClient)
+}
+
+func start(t testing.TB, n int, scheme string, extra []string, hc *http.Client) *Cluster {
+	t.Helper()
 	bin, err := Binary()
 	if err != nil {
 		t.Fatal(err)
@@ -131,11 +137,12 @@ func Start(t testing.TB, n int) *Cluster {
 	for i := range n {
 		m := &Member{
 			Name:      "m" + strconv.Itoa(i),
-			ClientURL: "http://127.0.0.1:" + strconv.Itoa(FreePort(t)),
+			ClientURL: scheme + "://127.0.0.1:" + strconv.Itoa(FreePort(t)),
 			PeerURL:   "http://127.0.0.1:" + strconv.Itoa(FreePort(t)),
 			DataDir:   filepath.Join(dir, "m"+strconv.Itoa(i)),
 			LogFile:   filepath.Join(dir, "m"+strconv.Itoa(i)+".log"),
 			bin:       bin,
+			http:      hc,
 		}
 		initial = append(initial, m.Name+"="+m.PeerURL)
 		c.Members = append(c.Members, m)
@@ -156,6 +163,7 @@ func Start(t testing.TB, n int) *Cluster {
 			"--heartbeat-interval=50",
 			"--election-timeout=500",
 		}
+		m.args = append(m.args, extra...)
 		if err := m.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -214,7 +222,7 @@ func (m *Member) Kill() {
 func (m *Member) WaitHealthy(ctx context.Context) error {
 	for {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, m.ClientURL+"/health", nil)
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := m.http.Do(req)
 		if err == nil {
 			var buf [256]byte
 			k, _ := resp.Body.Read(buf[:])
