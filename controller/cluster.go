@@ -21,6 +21,9 @@ type Peers interface {
 	// WatchQueued calls fn with the node of each command queued by any
 	// controller until ctx ends; with "" when it may have missed some.
 	WatchQueued(ctx context.Context, fn func(nodeID string)) error
+	// WatchDeleted calls fn with each node deleted through any controller
+	// until ctx ends.
+	WatchDeleted(ctx context.Context, fn func(nodeID string)) error
 	// Controllers lists the live controllers' agent addresses, for the
 	// welcome.
 	Controllers() []string
@@ -90,17 +93,21 @@ func (s *Server) remoteLiveness(id string) (time.Time, bool) {
 }
 
 // RunPeers runs the controller's part among its peers until ctx ends:
-// presence, the queue watch. Serve runs it when Peers is set.
+// presence, the queue watch, node deletions. Serve runs it when Peers is set.
 func (s *Server) RunPeers(ctx context.Context) error {
 	if s.opts.Peers == nil {
 		return nil
 	}
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- s.publishPresence(ctx) }()
 	go func() { errc <- s.watchQueued(ctx) }()
-	err := <-errc
-	if err2 := <-errc; err == nil {
-		err = err2
+	// A node deleted through another controller loses its session here.
+	go func() { errc <- s.opts.Peers.WatchDeleted(ctx, s.dropNode) }()
+	var err error
+	for range 3 {
+		if e := <-errc; err == nil {
+			err = e
+		}
 	}
 	return err
 }

@@ -202,6 +202,21 @@ func TestEtcdControllerFailover(t *testing.T) {
 		}
 	}
 	t.Logf("sessions after the failover: c1 %d, c2 %d", connectedAgents(t, c1), connectedAgents(t, c2))
+
+	// A node deleted through one controller loses its session on the
+	// other too.
+	last := agents[n-1]
+	via := c1 // the controller without its session
+	if strings.Contains(readLog(c1.logPath), `"msg":"agent connected","node_id":"`+last.nodeID) {
+		via = c2
+	}
+	via.mustBudctl(t, "nodes", "delete", last.nodeID)
+	eventually(t, 10*time.Second, func() error {
+		if got := connectedAgents(t, c1) + connectedAgents(t, c2); got != n-1 {
+			return fmt.Errorf("%d sessions after deleting one of %d nodes", got, n)
+		}
+		return nil
+	})
 }
 
 // etcdProposals is etcd's etcd_server_proposals_committed_total (every

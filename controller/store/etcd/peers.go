@@ -342,6 +342,27 @@ func (p *Peers) WatchQueued(ctx context.Context, fn func(nodeID string)) error {
 	return nil
 }
 
+// WatchDeleted calls fn with every node deleted through any controller,
+// until ctx ends.
+func (p *Peers) WatchDeleted(ctx context.Context, fn func(nodeID string)) error {
+	prefix := p.s.p + "nodes/"
+	for ctx.Err() == nil {
+		for resp := range p.s.cli.Watch(clientv3.WithRequireLeader(ctx), prefix, clientv3.WithPrefix(), clientv3.WithFilterPut()) {
+			if resp.Err() != nil {
+				break
+			}
+			for _, ev := range resp.Events {
+				fn(strings.TrimPrefix(string(ev.Kv.Key), prefix))
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+	return nil
+}
+
 // Lead runs fn while this controller leads name; again whenever it wins
 // the election anew, until ctx ends. Each term has its own lease: fn's
 // context ends when that lease cannot be kept alive (LeaseTTL), so a
