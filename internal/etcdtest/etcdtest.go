@@ -238,3 +238,13 @@ func (m *Member) WaitHealthy(ctx context.Context) error {
 		}
 	}
 }
+
+// Pid is the member's process id; 0 when it is not running.
+func (m *Member) Pid() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.cmd == nil {
+		return 0
+	}
+	return m.cmd.Process.Pid
+}

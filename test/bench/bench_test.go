@@ -44,6 +44,7 @@ import (
 	"github.com/bud-ecosystem/budfleet/agent/state"
 	"github.com/bud-ecosystem/budfleet/client"
 	"github.com/bud-ecosystem/budfleet/controller"
+	"github.com/bud-ecosystem/budfleet/internal/etcdtest"
 	fleetv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1"
 )
 
@@ -146,7 +147,7 @@ func startController() (*ctrl, error) {
 		return fail(err)
 	}
 	defer logf.Close() // the child holds its own copy
-	c.cmd = exec.Command(controllerBin, "serve", "--data-dir", c.dataDir, "--listen", c.addr, "--metrics-listen", c.metricsAddr)
+	c.cmd = exec.Command(controllerBin, append([]string{"serve", "--data-dir", c.dataDir, "--listen", c.addr, "--metrics-listen", c.metricsAddr}, extraServe...)...)
 	c.cmd.Stdout, c.cmd.Stderr = logf, logf
 	if err := c.cmd.Start(); err != nil {
 		return fail(fmt.Errorf("start bud-controller serve: %w", err))
@@ -373,6 +374,7 @@ func benchAgents(b *testing.B) int {
 // per invocation; run it with -benchtime=1x.
 func BenchmarkConnectedAgentMemory(b *testing.B) {
 	n := benchAgents(b)
+	etcd := startBenchEtcd(b)
 	c, err := startController()
 	if err != nil {
 		b.Fatal(err)
@@ -511,6 +513,9 @@ func BenchmarkConnectedAgentMemory(b *testing.B) {
 		b.Fatalf("bud_controller_connected_agents = %v after settling, want %d (sessions dropped?)\ncontroller log:\n%s", v, n, c.logTail())
 	}
 	heapConn := mConn["go_memstats_heap_inuse_bytes"]
+	if etcd != nil {
+		reportEtcd(b, etcd, c, n)
+	}
 
 	// Clean stop: agents first, then the controller.
 	stopAll()
@@ -540,4 +545,71 @@ func BenchmarkConnectedAgentMemory(b *testing.B) {
 	b.ReportMetric(float64(connectAll.Microseconds())/1000, "ms/connect-all")
 	b.Logf("agents=%d RSS ready=%d KiB, enrolled=%d KiB, connected=%d KiB; heap_inuse base=%.0f connected=%.0f bytes; connect-all=%s",
 		n, rssReady, rssBase, rssConn, heapBase, heapConn, connectAll)
+}
+
+// extraServe are more flags for 'bud-controller serve' (the etcd store).
+var extraServe []string
+
+// startBenchEtcd starts a one-member etcd and points the controller at it
+// when BUD_BENCH_STORE=etcd; nil otherwise.
+func startBenchEtcd(b *testing.B) *etcdtest.Cluster {
+	if os.Getenv("BUD_BENCH_STORE") != "etcd" {
+		extraServe = nil
+		return nil
+	}
+	e := etcdtest.Start(b, 1)
+	extraServe = []string{"--store", "etcd", "--etcd-endpoints", strings.Join(e.Endpoints(), ","), "--etcd-prefix", "/bench"}
+	return e
+}
+
+// cpuTicks is utime+stime of pid, in clock ticks (1/100 s here).
+func cpuTicks(pid int) (int64, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	f := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+2:]))
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return u + st, nil
+}
+
+func etcdProposals(e *etcdtest.Cluster) (float64, error) {
+	resp, err := http.Get(e.Members[0].ClientURL + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if l := sc.Text(); strings.HasPrefix(l, "etcd_server_proposals_committed_total ") {
+			return strconv.ParseFloat(strings.Fields(l)[1], 64)
+		}
+	}
+	return 0, fmt.Errorf("etcd has no etcd_server_proposals_committed_total")
+}
+
+// reportEtcd measures, over 20 s of idle connected agents, etcd's write
+// rate and CPU beside the controller's.
+func reportEtcd(b *testing.B, e *etcdtest.Cluster, c *ctrl, n int) {
+	const window = 20 * time.Second
+	p0, err := etcdProposals(e)
+	if err != nil {
+		b.Fatal(err)
+	}
+	e0, _ := cpuTicks(e.Members[0].Pid())
+	c0, _ := cpuTicks(c.cmd.Process.Pid)
+	time.Sleep(window)
+	p1, err := etcdProposals(e)
+	if err != nil {
+		b.Fatal(err)
+	}
+	e1, _ := cpuTicks(e.Members[0].Pid())
+	c1, _ := cpuTicks(c.cmd.Process.Pid)
+	rate := (p1 - p0) / window.Seconds()
+	b.ReportMetric(rate, "etcd_writes/s")
+	b.ReportMetric(rate/float64(n), "etcd_writes/s/agent")
+	b.ReportMetric(float64(e1-e0)/window.Seconds(), "etcd_cpu_%")
+	b.ReportMetric(float64(c1-c0)/window.Seconds(), "controller_cpu_%")
+	b.Logf("etcd over %s with %d idle agents: %.2f writes/s (%.5f per agent), etcd CPU %.1f %%, controller CPU %.1f %%", window, n, rate, rate/float64(n), float64(e1-e0)/window.Seconds(), float64(c1-c0)/window.Seconds())
 }
