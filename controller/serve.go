@@ -180,6 +180,10 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	}
 	var peers *etcdstore.Peers
 	if est != nil {
+		if host, _, err := net.SplitHostPort(opts.Advertise); err != nil || net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified() {
+			lis.Close()
+			return fmt.Errorf("--advertise %q: with --store etcd agents are told every controller's address: give this one's host:port as agents reach it (the listen address is a wildcard)", opts.Advertise)
+		}
 		id := cfg.Etcd.ID
 		if id == "" {
 			host, _ := os.Hostname()
