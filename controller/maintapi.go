@@ -422,10 +422,18 @@ func (a *MaintenanceAPI) WatchCampaign(req *maintv1.WatchCampaignRequest, stream
 		if c.State.Done() {
 			return nil
 		}
+		// With other controllers the leader may be another: its changes
+		// are in the store only, so look every second (unchanged views are
+		// not sent again).
+		var peers <-chan time.Time
+		if a.s.opts.Peers != nil {
+			peers = time.After(time.Second)
+		}
 		select {
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
 		case <-changed:
+		case <-peers:
 		case <-time.After(watchRefresh):
 			last = nil
 		}
