@@ -84,10 +84,12 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	if err != nil {
 		return err
 	}
-	serverCert, err := tls.LoadX509KeyPair(filepath.Join(cfg.DataDir, ca.ServerCertFile), filepath.Join(cfg.DataDir, ca.ServerKeyFile))
+	serverCerts, err := newServerCerts(cfg.DataDir, authority.Cert, log, time.Now)
 	if err != nil {
-		return fmt.Errorf("load server certificate: %w", err)
+		return err
 	}
+	tlsConf := pki.ServerTLS(authority.Cert, tls.Certificate{})
+	tlsConf.Certificates, tlsConf.GetCertificate = nil, serverCerts.get
 	st, err := bolt.Open(filepath.Join(cfg.DataDir, StoreFile), bolt.Options{})
 	if err != nil {
 		return err
@@ -143,26 +145,20 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		return err
 	}
 	gs := grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(pki.ServerTLS(authority.Cert, serverCert))),
+		grpc.Creds(credentials.NewTLS(tlsConf)),
 		grpc.MaxRecvMsgSize(MaxMessageBytes),
 		// The read buffer is not pooled under TLS; without it an idle agent
 		// costs ~16 KiB less.
 		grpc.ReadBufferSize(0),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-		grpc.ChainUnaryInterceptor(unaryAuth),
-		grpc.ChainStreamInterceptor(streamAuth),
+		// A TLS handshake that has not finished in this long is dropped.
+		grpc.ConnectionTimeout(ConnectionTimeout),
+		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
+		grpc.ChainUnaryInterceptor(srv.UnaryAuth),
+		grpc.ChainStreamInterceptor(srv.StreamAuth),
 	)
-	agentv1.RegisterAgentServiceServer(gs, srv.AgentAPI())
-	fleetv1.RegisterFleetServiceServer(gs, srv.FleetAPI())
-	kubev1.RegisterClusterServiceServer(gs, srv.ClusterAPI())
-	maintv1.RegisterMaintenanceServiceServer(gs, srv.MaintenanceAPI())
-	artifactv1.RegisterArtifactServiceServer(gs, srv.ArtifactAPI())
-	artifactv1.RegisterNodeArtifactServiceServer(gs, srv.NodeArtifactAPI())
-	machinev1.RegisterMachineServiceServer(gs, srv.MachineAPI())
-	hs := health.NewServer()
-	healthpb.RegisterHealthServer(gs, hs)
-	reflection.Register(gs)
+	hs := srv.RegisterServices(gs)
 
 	var mlis net.Listener
 	var hsrv *http.Server
@@ -186,6 +182,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		defer close(maintDone)
 		return srv.RunMaintenance(gctx)
 	})
+	g.Go(func() error { return serverCerts.rotate(gctx, time.Hour) })
 	if srv.quarantine != nil {
 		g.Go(func() error { return srv.quarantine.run(gctx) })
 	}
@@ -245,4 +242,26 @@ func addrString(a net.Addr) string {
 		return ""
 	}
 	return a.String()
+}
+
+// Limits of the gRPC server.
+const (
+	ConnectionTimeout    = 10 * time.Second
+	MaxConcurrentStreams = 64
+)
+
+// RegisterServices registers every service the controller serves on gs,
+// health and reflection included, and returns the health server.
+func (srv *Server) RegisterServices(gs *grpc.Server) *health.Server {
+	agentv1.RegisterAgentServiceServer(gs, srv.AgentAPI())
+	fleetv1.RegisterFleetServiceServer(gs, srv.FleetAPI())
+	kubev1.RegisterClusterServiceServer(gs, srv.ClusterAPI())
+	maintv1.RegisterMaintenanceServiceServer(gs, srv.MaintenanceAPI())
+	artifactv1.RegisterArtifactServiceServer(gs, srv.ArtifactAPI())
+	artifactv1.RegisterNodeArtifactServiceServer(gs, srv.NodeArtifactAPI())
+	machinev1.RegisterMachineServiceServer(gs, srv.MachineAPI())
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+	reflection.Register(gs)
+	return hs
 }

@@ -28,8 +28,44 @@ const (
 	OrgOperator = "budfleet:operator"
 )
 
-// Role of an operator certificate, carried as its OrganizationalUnit.
-const RoleAdmin = "admin"
+// Roles of operator certificates, carried as their OrganizationalUnit.
+// viewer reads; operator also runs the fleet (tokens, nodes, commands,
+// maintenance, machines, artifacts); siem-admin also configures audit
+// forwarding; admin may do everything, credentials and clusters included.
+const (
+	RoleViewer    = "viewer"
+	RoleOperator  = "operator"
+	RoleSIEMAdmin = "siem-admin"
+	RoleAdmin     = "admin"
+)
+
+// Roles lists the operator roles, least privileged first.
+var Roles = []string{RoleViewer, RoleOperator, RoleSIEMAdmin, RoleAdmin}
+
+// ValidRole reports whether r is one of Roles.
+func ValidRole(r string) bool {
+	for _, x := range Roles {
+		if x == r {
+			return true
+		}
+	}
+	return false
+}
+
+// RoleAllows reports whether an operator with role have may call a method
+// that needs role need: admin may call everything, operator and
+// siem-admin what viewer may and their own, viewer only reads.
+func RoleAllows(have, need string) bool {
+	switch {
+	case !ValidRole(have) || !ValidRole(need):
+		return false
+	case have == need, have == RoleAdmin:
+		return true
+	case need == RoleViewer:
+		return have == RoleOperator || have == RoleSIEMAdmin
+	}
+	return false
+}
 
 // NodeSubject is the subject of a node's client certificate.
 func NodeSubject(nodeID string) pkix.Name {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -116,7 +117,24 @@ func newRoot() *cobra.Command {
 	f.DurationVar(&sc.Server.MachineTokenTTL, "machine-token-ttl", controller.DefaultMachineTokenTTL, "lifetime of each machine's single-use join token: the time it has to boot and enroll")
 	_ = serveCmd.MarkFlagRequired("data-dir")
 
-	root.AddCommand(initCmd, serveCmd, &cobra.Command{
+	var rotateDir string
+	rotateCmd := &cobra.Command{
+		Use:   "rotate-server-cert",
+		Short: "Issue a new server certificate and key for the same names; a running controller picks it up within seconds",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cert, err := controller.RotateServerCert(rotateDir, time.Now())
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "server certificate rotated: serial %s, expires %s\n", cert.SerialNumber.Text(16), cert.NotAfter.UTC().Format(time.RFC3339))
+			return nil
+		},
+	}
+	rotateCmd.Flags().StringVar(&rotateDir, "data-dir", "", "controller data dir")
+	_ = rotateCmd.MarkFlagRequired("data-dir")
+
+	root.AddCommand(initCmd, serveCmd, rotateCmd, &cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
 		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), version.Version) },

@@ -103,6 +103,7 @@ type Store interface {
 	CampaignStore // maintenance campaigns (campaign.go)
 	ArtifactStore // the artifact store's metadata (artifact.go)
 	MachineStore  // machines of provider plugins (machines.go)
+	OperatorStore // operator credentials and their roles (operators.go)
 
 	// Close releases the backend. No method may be called after it.
 	Close() error
