@@ -757,6 +757,11 @@ type agent struct {
 	proc       *proc
 }
 
+// permissiveSIEMAllow lets pushed SIEM configurations read the tests'
+// temp files and send to their loopback receivers (plain http HEC too);
+// the agent's state directory stays refused. TestSIEMAllowlist* replace it.
+const permissiveSIEMAllow = "siem_allow: {source_prefixes: [/], file_prefixes: [/], schemes: [syslog, relp, https, http], allow_plain_http: true}\n"
+
 // newAgent prepares a state dir, a log and a config file for one agent.
 func (c *controller) newAgent(t testing.TB, hostname string) *agent {
 	t.Helper()
@@ -772,7 +777,7 @@ func (c *controller) newAgent(t testing.TB, hostname string) *agent {
 	// The hostname is set in the config: 'bud-agent run' reports the
 	// machine's own hostname otherwise, and every agent here runs on the
 	// same machine.
-	cfg := fmt.Sprintf("hostname: %s\nreconnect: {initial: 100ms, max: 1s}\ninventory_interval: 1s\n", hostname)
+	cfg := fmt.Sprintf("hostname: %s\nreconnect: {initial: 100ms, max: 1s}\ninventory_interval: 1s\n%s", hostname, permissiveSIEMAllow)
 	if err := os.WriteFile(a.configPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
