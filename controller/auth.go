@@ -191,7 +191,13 @@ func (s *Server) authorize(ctx context.Context, fullMethod string) (context.Cont
 		return nil, err
 	}
 	id, ok := IdentityFrom(ctx)
-	if !ok || id.Role == "" {
+	if !ok {
+		return ctx, nil
+	}
+	if id.Role == "" {
+		if err := s.nodeCertCurrent(ctx, id.Name, id.Cert, s.opts.Now()); err != nil {
+			return nil, err
+		}
 		return ctx, nil
 	}
 	if err := s.operatorCurrent(ctx, id.Name, id.Cert, s.opts.Now()); err != nil {
@@ -218,6 +224,21 @@ func (s *Server) operatorCurrent(ctx context.Context, name string, cert *x509.Ce
 		return nil
 	}
 	return status.Errorf(codes.PermissionDenied, "this certificate of operator %s was replaced by a renewal; use the renewed one", name)
+}
+
+// nodeCertCurrent refuses a node certificate a renewal replaced, once its
+// grace is over. A node the store does not know is left to the handler
+// (Connect says it was deleted).
+func (s *Server) nodeCertCurrent(ctx context.Context, nodeID string, cert *x509.Certificate, now time.Time) error {
+	n, err := s.store.GetNode(ctx, nodeID)
+	if err != nil || n.CertSerial == "" {
+		return nil
+	}
+	serial := cert.SerialNumber.Text(16)
+	if serial == n.CertSerial || (serial == n.PrevCertSerial && now.Before(n.PrevCertUntil)) {
+		return nil
+	}
+	return status.Errorf(codes.PermissionDenied, "this certificate of node %s was replaced by a renewal: use the current one (or enroll again)", nodeID)
 }
 
 // UnaryAuth and StreamAuth are the controller's interceptors.

@@ -57,7 +57,15 @@ func (a *FleetAPI) audit(ctx context.Context, action string, args ...any) {
 		who = id.Name
 	}
 	a.s.log.InfoContext(ctx, "operator action", append([]any{"action", action, "operator", who}, args...)...)
-	if a.s.opts.AuditLog == nil {
+	a.s.auditRecord(ctx, action, who, args...)
+}
+
+// auditRecord writes one event into the audit log file, when there is one:
+// operator actions, and what nodes do that security teams follow
+// (enrollments, renewals, renames, refusals in aggregate). who is the
+// operator or node.
+func (s *Server) auditRecord(ctx context.Context, action, who string, args ...any) {
+	if s.opts.AuditLog == nil {
 		return
 	}
 	attrs := map[string]any{}
@@ -66,8 +74,8 @@ func (a *FleetAPI) audit(ctx context.Context, action string, args ...any) {
 			attrs[k] = fmt.Sprint(args[i+1])
 		}
 	}
-	if err := a.s.opts.AuditLog.Record(a.s.opts.Now(), action, who, attrs); err != nil {
-		a.s.log.ErrorContext(ctx, "write audit log", "action", action, "error", err)
+	if err := s.opts.AuditLog.Record(s.opts.Now(), action, who, attrs); err != nil {
+		s.log.ErrorContext(ctx, "write audit log", "action", action, "error", err)
 	}
 }
 
@@ -297,6 +305,9 @@ func (s *Server) nodeToProto(n store.Node) *fleetv1.Node {
 		p.Problems = gpuProblems(g)
 	} else {
 		p.Problems = append(p.Problems, err.Error())
+	}
+	if n.HostnameConflict != "" {
+		p.Problems = append(p.Problems, n.HostnameConflict)
 	}
 	p.Inventory = n.Inventory
 	return p

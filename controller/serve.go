@@ -69,6 +69,10 @@ type ServeConfig struct {
 	// them and stops them when it returns. Server.Advertise defaults to
 	// the address listened on.
 	Providers []providers.Config
+	// MaxConnections and MaxConnectionsPerSource bound the open
+	// connections overall and per source IP (0: the defaults).
+	MaxConnections          int
+	MaxConnectionsPerSource int
 }
 
 // Serve runs the controller until ctx ends.
@@ -151,7 +155,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		// costs ~16 KiB less.
 		grpc.ReadBufferSize(0),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, MaxConnectionIdle: MaxConnectionIdle}),
 		// A TLS handshake that has not finished in this long is dropped.
 		grpc.ConnectionTimeout(ConnectionTimeout),
 		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
@@ -159,6 +163,9 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		grpc.ChainStreamInterceptor(srv.StreamAuth),
 	)
 	hs := srv.RegisterServices(gs)
+	limited := newLimitListener(lis, cfg.MaxConnections, cfg.MaxConnectionsPerSource, func(addr, reason string) {
+		srv.refusals.note(ctx, "connection", addr, errors.New(reason))
+	})
 
 	var mlis net.Listener
 	var hsrv *http.Server
@@ -187,7 +194,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		g.Go(func() error { return srv.quarantine.run(gctx) })
 	}
 	g.Go(func() error {
-		if err := gs.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		if err := gs.Serve(limited); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("grpc server: %w", err)
 		}
 		return nil

@@ -115,6 +115,10 @@ func newRoot() *cobra.Command {
 	f.StringVar(&providersFile, "providers", "", "YAML file of provider plugins (name, path, sha256, config) that make and enroll machines")
 	f.StringVar(&sc.Server.Advertise, "advertise", "", "controller address the machines that providers make are told to dial (default: the --listen address bound)")
 	f.DurationVar(&sc.Server.MachineTokenTTL, "machine-token-ttl", controller.DefaultMachineTokenTTL, "lifetime of each machine's single-use join token: the time it has to boot and enroll")
+	f.Float64Var(&sc.Server.EnrollRate, "enroll-rate", controller.DefaultEnrollRate, "Enroll calls per second allowed from one source address (token bucket)")
+	f.IntVar(&sc.Server.EnrollBurst, "enroll-burst", controller.DefaultEnrollBurst, "Enroll calls one source address may make at once")
+	f.IntVar(&sc.MaxConnections, "max-connections", controller.DefaultMaxConnections, "open connections allowed overall")
+	f.IntVar(&sc.MaxConnectionsPerSource, "max-connections-per-source", controller.DefaultMaxConnectionsPerSource, "open connections allowed from one IP address")
 	_ = serveCmd.MarkFlagRequired("data-dir")
 
 	var rotateDir string
