@@ -32,7 +32,7 @@ func Init(cfg InitConfig) error {
 	if cfg.Now.IsZero() {
 		cfg.Now = time.Now()
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+	if err := pki.PrivateDir(cfg.DataDir); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
 	}
 	if _, err := os.Stat(filepath.Join(cfg.DataDir, ca.CACertFile)); err == nil {

@@ -206,3 +206,22 @@ func syncDir(dir string) error {
 	}
 	return nil
 }
+
+// PrivateDir makes dir (and its parents) for keys and state, mode 0700,
+// and tightens it to 0700 when it exists with a looser mode: MkdirAll
+// leaves an existing directory's mode alone.
+func PrivateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return fmt.Errorf("tighten %s to 0700 (it is %#o): %w", dir, fi.Mode().Perm(), err)
+		}
+	}
+	return nil
+}

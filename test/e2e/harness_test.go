@@ -24,6 +24,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -723,8 +724,14 @@ var tokenRe = regexp.MustCompile(`^bud1\.[0-9a-f]{64}\.[0-9a-f]{12}\.[0-9a-f]{32
 
 // createToken runs 'budctl tokens create' and returns the join token, which
 // must be all that is printed on stdout.
+//
+// budctl's tokens are single-use by default; the tests that join several
+// agents with one token get an unlimited one unless they pass --uses.
 func (c *controller) createToken(t testing.TB, args ...string) string {
 	t.Helper()
+	if !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--uses") }) {
+		args = append(args, "--uses", "0")
+	}
 	stdout := c.mustBudctl(t, append([]string{"tokens", "create"}, args...)...)
 	tok := strings.TrimSuffix(stdout, "\n")
 	if strings.Contains(tok, "\n") || !tokenRe.MatchString(tok) {
