@@ -158,16 +158,16 @@ func (a *FleetAPI) RevokeToken(ctx context.Context, req *fleetv1.RevokeTokenRequ
 }
 
 // ListNodes lists enrolled nodes with their live status.
-func (a *FleetAPI) ListNodes(ctx context.Context, _ *fleetv1.ListNodesRequest) (*fleetv1.ListNodesResponse, error) {
+func (a *FleetAPI) ListNodes(ctx context.Context, req *fleetv1.ListNodesRequest) (*fleetv1.ListNodesResponse, error) {
 	ns, err := a.s.store.ListNodes(ctx)
 	if err != nil {
 		return nil, storeErr(err)
 	}
-	out := &fleetv1.ListNodesResponse{}
-	for _, n := range ns {
-		out.Nodes = append(out.Nodes, a.s.nodeToProto(n))
+	nodes, next, err := page(ns, func(n store.Node) string { return n.ID }, a.s.nodeToProto, req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err
 	}
-	return out, nil
+	return &fleetv1.ListNodesResponse{Nodes: nodes, NextPageToken: next}, nil
 }
 
 // GetNode returns one node.
@@ -230,11 +230,11 @@ func (a *FleetAPI) ListCommands(ctx context.Context, req *fleetv1.ListCommandsRe
 	if err != nil {
 		return nil, storeErr(err)
 	}
-	out := &fleetv1.ListCommandsResponse{}
-	for _, c := range cs {
-		out.Commands = append(out.Commands, commandToProto(c))
+	cmds, next, err := page(cs, func(c store.Command) string { return c.ID }, commandToProto, req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err
 	}
-	return out, nil
+	return &fleetv1.ListCommandsResponse{Commands: cmds, NextPageToken: next}, nil
 }
 
 // GetCommand returns one command.

@@ -68,7 +68,7 @@ func (a *app) commandsCmd() *cobra.Command {
 			if err := listOut.check(); err != nil {
 				return err
 			}
-			resp, err := fleetCall(a, cmd.Context(), fleetv1.FleetServiceClient.ListCommands, &fleetv1.ListCommandsRequest{NodeId: listNode})
+			resp, err := allCommands(a, cmd.Context(), listNode)
 			if err != nil {
 				return err
 			}

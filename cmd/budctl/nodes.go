@@ -34,7 +34,7 @@ func (a *app) nodesCmd() *cobra.Command {
 			if err := listOut.check(); err != nil {
 				return err
 			}
-			resp, err := fleetCall(a, cmd.Context(), fleetv1.FleetServiceClient.ListNodes, &fleetv1.ListNodesRequest{})
+			resp, err := allNodes(a, cmd.Context())
 			if err != nil {
 				return err
 			}

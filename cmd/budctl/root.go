@@ -202,3 +202,38 @@ func labelString(m map[string]string) string {
 	sortStrings(parts)
 	return strings.Join(parts, ",")
 }
+
+// allNodes lists every node, following the pages.
+func allNodes(a *app, ctx context.Context) (*fleetv1.ListNodesResponse, error) {
+	out := &fleetv1.ListNodesResponse{}
+	req := &fleetv1.ListNodesRequest{}
+	for {
+		resp, err := fleetCall(a, ctx, fleetv1.FleetServiceClient.ListNodes, req)
+		if err != nil {
+			return nil, err
+		}
+		out.Nodes = append(out.Nodes, resp.GetNodes()...)
+		if resp.GetNextPageToken() == "" {
+			return out, nil
+		}
+		req.PageToken = resp.GetNextPageToken()
+	}
+}
+
+// allCommands lists every command of node (all nodes when empty),
+// following the pages.
+func allCommands(a *app, ctx context.Context, node string) (*fleetv1.ListCommandsResponse, error) {
+	out := &fleetv1.ListCommandsResponse{}
+	req := &fleetv1.ListCommandsRequest{NodeId: node}
+	for {
+		resp, err := fleetCall(a, ctx, fleetv1.FleetServiceClient.ListCommands, req)
+		if err != nil {
+			return nil, err
+		}
+		out.Commands = append(out.Commands, resp.GetCommands()...)
+		if resp.GetNextPageToken() == "" {
+			return out, nil
+		}
+		req.PageToken = resp.GetNextPageToken()
+	}
+}
