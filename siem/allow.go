@@ -198,3 +198,5 @@ func (a Allowlist) Check(c Config, protected []string) error {
 	}
 	return errors.Join(errs...)
 }
+
+func cleanPath(p string) string { return filepath.Clean(p) }
