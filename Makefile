@@ -35,7 +35,7 @@ export GOFLAGS := $(strip $(shell $(GO) env GOFLAGS) -tags=kustomize_disable_go_
 export GRPCURL
 
 .PHONY: all build run test lint fmt-check vet imports-check buf-lint buf-breaking proto proto-check proto-baseline gpu-check \
-        test-unit test-e2e test-units bench clean fuzz
+        test-unit test-e2e test-units bench clean fuzz packages bundle
 
 all: build
 
@@ -52,6 +52,16 @@ gpu-check:
 	@mkdir -p $(BIN)/linux-amd64
 	CGO_ENABLED=1 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/linux-amd64/ ./cmd/bud-agent
 	$(BIN)/linux-amd64/bud-agent gpus --gpu-backend nvml -o json
+
+## packages: .deb and .rpm of every package in packaging/packages.list for $(PACKAGE_ARCHES), into dist/ (scripts/packages.sh).
+PACKAGE_ARCHES ?= amd64 arm64
+packages:
+	VERSION=$(VERSION) scripts/packages.sh --arch "$(PACKAGE_ARCHES)" --out dist
+
+## bundle: the packages, and a bundle of them signed with $(BUNDLE_KEY) (made when missing: a development key) in dist/.
+BUNDLE_KEY ?= $(CACHE)/bundle/dev-bundle.key
+bundle: packages build
+	scripts/bundle.sh --budctl $(BIN)/budctl --key $(BUNDLE_KEY) --version $(VERSION) --dist dist
 
 ## run: a local controller with its embedded store and an agent for this host, until Ctrl-C.
 run: build
@@ -141,4 +151,4 @@ bench: build $(GRPCURL) k8s
 	$(GO) test ./agent/artifact/ -run '^$$' -bench Fetch -benchtime=4x -count=1
 
 clean:
-	rm -rf $(BIN) .run
+	rm -rf $(BIN) .run dist

@@ -77,6 +77,9 @@ type Options struct {
 	// session's connection, so they need a Transport that offers it
 	// (artifact.Conns: the gRPC one does).
 	ArtifactDir string
+	// Upgrade configures agent.upgrade and the rollback of an upgrade to
+	// this binary that does not connect in time.
+	Upgrade UpgradeOptions
 }
 
 // commandRecordTTL is how long the agent remembers a finished command.
@@ -100,6 +103,7 @@ type Agent struct {
 	// The capabilities that install artifacts take it as an
 	// artifact.Source.
 	artifacts *artifact.Fetcher
+	upgrader  *upgrader
 }
 
 // New checks opts and returns an Agent.
@@ -199,12 +203,14 @@ func New(opts Options) (*Agent, error) {
 	if a.kubelet, err = kubelet.New(kopts); err != nil {
 		return nil, err
 	}
+	a.upgrader = &upgrader{opts: opts.Upgrade, fetcher: a.artifacts, now: opts.Now, log: a.log}
 	handlers := map[string]handler{
 		command.InventoryCollect:  plain(a.inventory.collectCommand),
 		command.MaintenanceTask:   maint.task,
 		command.MaintenanceReboot: maint.reboot,
 		command.KubeletJoin:       (&kubeletJoin{module: a.kubelet}).join,
 		command.ArtifactFetch:     arts.fetch,
+		command.AgentUpgrade:      a.upgrader.upgrade,
 	}
 	for k, h := range opts.Handlers {
 		handlers[k] = plain(h)
@@ -216,7 +222,9 @@ func New(opts Options) (*Agent, error) {
 		stopTimeout: opts.CommandStopTimeout,
 		log:         a.log,
 		delivered:   make(chan delivery, 64),
+		settle:      a.upgrader.settle,
 	}
+	a.upgrader.report = a.commands.report
 	modules := []session.Module{
 		&heartbeat{now: opts.Now, siemStatus: a.siem.status},
 		a.inventory,
@@ -228,6 +236,7 @@ func New(opts Options) (*Agent, error) {
 		&renewal{state: opts.State, nodeID: id.NodeID, now: opts.Now, log: a.log, renewed: make(chan struct{}, 1)},
 		a.commands,
 		a.siem,
+		a.upgrader,
 	)
 	if a.sessions, err = session.NewRunner(session.Options{NodeID: id.NodeID, BootID: bootID, Transport: tr, Modules: modules, Logger: a.log}); err != nil {
 		return nil, err
@@ -239,11 +248,19 @@ func New(opts Options) (*Agent, error) {
 func (a *Agent) NodeID() string { return a.nodeID }
 
 // Run holds a session with the controller, reconnecting with capped
-// exponential backoff and full jitter, until ctx ends.
+// exponential backoff and full jitter, until ctx ends. A binary on trial
+// after an upgrade that is rolled back ends Run with ErrRolledBack.
 func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	// A command running when ctx ends gets CommandStopTimeout to finish
 	// and record its result before Run returns and the state is closed.
 	defer a.commands.wait()
+	go func() {
+		if err := a.upgrader.trial(ctx); err != nil {
+			cancel(err)
+		}
+	}()
 	a.siem.start(ctx)
 	// What the kubelet module supervises lives as long as the agent runs,
 	// and the agent exits after it has stopped.
@@ -261,7 +278,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		start := a.opts.Now()
 		err := a.sessions.Run(ctx)
 		if ctx.Err() != nil {
-			return nil
+			return rolledBack(ctx)
 		}
 		if a.opts.Now().Sub(start) > a.opts.BackoffMax {
 			attempt = 0 // a session that lived a while was healthy
@@ -275,10 +292,19 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			return nil
+			return rolledBack(ctx)
 		case <-time.After(wait):
 		}
 	}
+}
+
+// rolledBack is what Run returns once ctx ended: ErrRolledBack when the
+// trial ended it, nil when the caller did.
+func rolledBack(ctx context.Context) error {
+	if err := context.Cause(ctx); errors.Is(err, ErrRolledBack) {
+		return err
+	}
+	return nil
 }
 
 // backoff returns a random wait in [0, min(max, initial*2^attempt)]: full

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -52,6 +53,11 @@ type commands struct {
 	now         func() time.Time
 	stopTimeout time.Duration
 	log         *slog.Logger
+	// settle, when set, gives the result of a command whose handler left
+	// it unfinished on purpose (errResultAfterRestart): an upgrade's, which
+	// the agent running after the restart knows. mine is false for any
+	// other command; done is false while the result is not known yet.
+	settle func(rec state.CommandRecord) (out state.CommandRecord, mine, done bool)
 	// delivered hands commands from the receiving goroutine to the
 	// session's loop, so that a running command does not hold up other
 	// messages.
@@ -167,7 +173,9 @@ func (m *commands) worker(ctx context.Context) {
 				m.log.Error("record command", "command_id", c.GetId(), "error", err)
 				continue
 			}
-			m.send(resultMessage(rec))
+			if rec.Finished() {
+				m.send(resultMessage(rec))
+			}
 			if after != nil {
 				after()
 			}
@@ -230,6 +238,18 @@ func (m *commands) execute(ctx context.Context, c *agentv1.Command, progress fun
 	}
 	log := m.log.With("command_id", c.GetId(), "kind", c.GetKind())
 	if !first {
+		if !rec.Finished() && m.settle != nil {
+			if out, mine, done := m.settle(rec); mine {
+				if !done {
+					log.Info("command delivered again; its result follows once the agent knows it")
+					return rec, nil, nil
+				}
+				if err := m.state.FinishCommand(out); err != nil {
+					return rec, nil, err
+				}
+				return out, nil, nil
+			}
+		}
 		if !rec.Finished() {
 			// It was running when the agent last stopped. Running it again
 			// could repeat a side effect, so report it instead.
@@ -268,6 +288,10 @@ func (m *commands) execute(ctx context.Context, c *agentv1.Command, progress fun
 	}
 	cl := &call{id: c.GetId(), params: c.GetParams(), progress: progress}
 	out, herr := h(runCtx, cl)
+	if errors.Is(herr, errResultAfterRestart) {
+		log.Info("command's result follows after the restart")
+		return rec, cl.after, nil
+	}
 	rec.FinishedAt = m.now()
 	rec.Output = out
 	rec.Success = herr == nil
@@ -284,6 +308,30 @@ func (m *commands) execute(ctx context.Context, c *agentv1.Command, progress fun
 		return rec, nil, nil
 	}
 	return rec, cl.after, nil
+}
+
+// errResultAfterRestart, from a handler, leaves the command unfinished and
+// unreported: what it did restarts the agent, and settle gives its result
+// afterwards.
+var errResultAfterRestart = errors.New("the result follows after the restart")
+
+// report settles the command id, left unfinished on purpose, and sends its
+// result on s, once its result is known.
+func (m *commands) report(s *session.Session, id string) {
+	rec, err := m.state.Command(id)
+	if err != nil || rec.Finished() || m.settle == nil {
+		return
+	}
+	out, mine, done := m.settle(rec)
+	if !mine || !done {
+		return
+	}
+	if err := m.state.FinishCommand(out); err != nil {
+		m.log.Error("record command", "command_id", id, "error", err)
+		return
+	}
+	m.log.Info("command finished", "command_id", id, "kind", out.Kind, "success", out.Success, "message", out.Message)
+	_ = s.Send(resultMessage(out))
 }
 
 func resultMessage(rec state.CommandRecord) *agentv1.ConnectRequest {

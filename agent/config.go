@@ -42,6 +42,8 @@ type Config struct {
 	Maintenance MaintenanceConfig `yaml:"maintenance"`
 	// Kubelet configures kubelet.join.
 	Kubelet KubeletConfig `yaml:"kubelet"`
+	// Upgrade configures agent.upgrade.
+	Upgrade UpgradeConfig `yaml:"upgrade"`
 	// BootIDFile overrides where the boot id is read
 	// (/proc/sys/kernel/random/boot_id): for tests and simulations that
 	// stand in for a reboot by restarting the agent.
@@ -71,6 +73,17 @@ type KubeletConfig struct {
 	// Configuration holds KubeletConfiguration fields (their YAML names:
 	// evictionHard, maxPods, ...) laid over the ones a join writes.
 	Configuration map[string]any `yaml:"configuration"`
+}
+
+// UpgradeConfig configures agent.upgrade.
+type UpgradeConfig struct {
+	// RestartCommand restarts the agent into its new binary (default
+	// [systemctl, --no-block, restart, bud-agent.service]); it runs detached, with
+	// BUD_AGENT_PID set.
+	RestartCommand []string `yaml:"restart_command"`
+	// WatchPrefix starts the rollback watch outside the agent's service
+	// (default: systemd-run when systemd is PID 1; [] for none).
+	WatchPrefix []string `yaml:"watch_prefix"`
 }
 
 // GPUConfig configures GPU inventory and health.

@@ -44,6 +44,14 @@ var Kinds = map[string]Spec{
 			return err
 		},
 	},
+	AgentUpgrade: {
+		Description: "install the bud-agent binary of an artifact beside the running one (kept for a rollback), restart, and roll back when the new one does not connect within timeout (default 2m)",
+		Params:      map[string]bool{ParamDigest: true, ParamVersion: true, ParamUpgradeTimeout: false, ParamCampaignID: false},
+		Check: func(p map[string]string) error {
+			_, err := ParseAgentUpgrade(p)
+			return err
+		},
+	},
 	MaintenanceReboot: {
 		Description: "reboot the node with the agent's maintenance.reboot_command",
 		Params:      map[string]bool{ParamCampaignID: false},
@@ -60,6 +68,7 @@ const (
 	MaintenanceTask   = "maintenance.task"
 	MaintenanceReboot = "maintenance.reboot"
 	ArtifactFetch     = "artifact.fetch"
+	AgentUpgrade      = "agent.upgrade"
 )
 
 // Redacted stands in for a secret parameter's value.

@@ -160,7 +160,7 @@ func (a *AgentAPI) Connect(stream agentv1.AgentService_ConnectServer) error {
 		return status.Errorf(codes.InvalidArgument, "hello names node %q but the certificate is for %q", hello.GetNodeId(), node.ID)
 	}
 
-	sess, err := s.openSession(ctx, node.ID, peerAddr(ctx))
+	sess, err := s.openSession(ctx, node.ID, peerAddr(ctx), truncate(hello.GetAgentVersion(), 128))
 	if err != nil {
 		return err
 	}

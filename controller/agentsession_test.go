@@ -29,7 +29,7 @@ func TestInventoryHostnameChecked(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	sess, err := e.srv.openSession(ctx, "n1", "peer")
+	sess, err := e.srv.openSession(ctx, "n1", "peer", "test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +73,7 @@ func TestInventoryHostnameCollisionRefused(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	sess, err := e.srv.openSession(t.Context(), "n1", "peer")
+	sess, err := e.srv.openSession(t.Context(), "n1", "peer", "test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +103,7 @@ func TestInventoryHostnameCollisionRefused(t *testing.T) {
 func TestNoSessionsDuringShutdown(t *testing.T) {
 	e := newTestServer(t)
 	e.srv.closeAllSessions()
-	_, err := e.srv.openSession(context.Background(), "n1", "peer")
+	_, err := e.srv.openSession(context.Background(), "n1", "peer", "test")
 	if status.Code(err) != codes.Unavailable {
 		t.Fatalf("openSession during shutdown = %v, want Unavailable", err)
 	}

@@ -95,5 +95,15 @@ func (a campaignAgents) AgentConnected(nodeID string) (connected, known bool) {
 	return connected, connected || now.Sub(s.started) >= s.opts.HeartbeatGrace
 }
 
+// AgentVersion: the version in the hello of the node's session.
+func (a campaignAgents) AgentVersion(nodeID string) string {
+	a.s.mu.Lock()
+	defer a.s.mu.Unlock()
+	if sess := a.s.sessions[nodeID]; sess != nil {
+		return sess.version
+	}
+	return ""
+}
+
 // CommandQueued delivers the node's new command if it is connected.
 func (a campaignAgents) CommandQueued(nodeID string) { a.s.commands.wakeNode(nodeID) }

@@ -93,6 +93,12 @@ func specFromRequest(req *maintv1.StartCampaignRequest) (maintenance.Spec, error
 	} else {
 		errs = append(errs, fmt.Sprintf("on-drain-failure %v: want uncordon, cordon or proceed", req.GetOnDrainFailure()))
 	}
+	if u := req.GetAgentUpgrade(); u != nil {
+		spec.Upgrade = &maintenance.Upgrade{Version: strings.TrimSpace(u.GetVersion()), Timeout: dur("upgrade-timeout", u.GetTimeout())}
+		if spec.Upgrade.Timeout > command.MaxUpgradeTimeout {
+			errs = append(errs, fmt.Sprintf("upgrade-timeout %s is over the agent's limit of %s", spec.Upgrade.Timeout, command.MaxUpgradeTimeout))
+		}
+	}
 	if d := req.GetPerDomain(); d != nil {
 		spec.PerDomain = &maintenance.DomainLimit{Label: strings.TrimSpace(d.GetLabel()), Max: int(min(d.GetMax(), 1<<20))}
 	}
@@ -195,8 +201,16 @@ func (a *MaintenanceAPI) StartCampaign(ctx context.Context, req *maintv1.StartCa
 	if err := m.checkFree(ctx, matched); err != nil {
 		return nil, err
 	}
-	targets := make([]maintenance.Target, 0, len(matched))
+	var targets []maintenance.Target
+	if spec.Upgrade != nil {
+		if targets, err = a.upgradeTargets(ctx, spec.Upgrade.Version, matched); err != nil {
+			return nil, err
+		}
+	}
 	for _, n := range matched {
+		if spec.Upgrade != nil {
+			break
+		}
 		cctx, cancel := context.WithTimeout(ctx, runner.DefaultCallTimeout)
 		st, err := m.cluster.NodeState(cctx, n)
 		cancel()
@@ -227,9 +241,47 @@ func (a *MaintenanceAPI) StartCampaign(ctx context.Context, req *maintv1.StartCa
 		return nil, storeErr(err)
 	}
 	m.runner.Track(c.ID)
-	s.FleetAPI().audit(ctx, "maintenance.start", "campaign_id", c.ID, "name", c.Name, "nodes", len(c.Nodes),
-		"selector", labelsText(spec.Selector), "max_unavailable", spec.MaxUnavailable, "task_bytes", len(spec.Task), "reboot", spec.Reboot)
+	attrs := []any{"campaign_id", c.ID, "name", c.Name, "nodes", len(c.Nodes),
+		"selector", labelsText(spec.Selector), "max_unavailable", spec.MaxUnavailable, "task_bytes", len(spec.Task), "reboot", spec.Reboot}
+	if spec.Upgrade != nil {
+		attrs = append(attrs, "agent_version", spec.Upgrade.Version)
+	}
+	s.FleetAPI().audit(ctx, "maintenance.start", attrs...)
 	return &maintv1.StartCampaignResponse{Id: c.ID, Campaign: campaignToProto(c, now)}, nil
+}
+
+// upgradeArtifact is the agent artifact an upgrade installs: a binary, one per
+// platform.
+const upgradeArtifact = "bud-agent"
+
+// upgradeTargets finds, for each node, the bud-agent artifact of version
+// for its platform (linux/<the architecture in its inventory>).
+func (a *MaintenanceAPI) upgradeTargets(ctx context.Context, version string, nodes []store.Node) ([]maintenance.Target, error) {
+	arts, err := a.s.artifactStore()
+	if err != nil {
+		return nil, err
+	}
+	ref := upgradeArtifact + "@" + version
+	var targets []maintenance.Target
+	for _, n := range nodes {
+		arch := n.Inventory.GetArchitecture()
+		if arch == "" {
+			return nil, status.Errorf(codes.FailedPrecondition, "node %s (%s) has reported no inventory yet, so its architecture is unknown; wait for it to connect, then start the upgrade again", n.ID, n.Hostname)
+		}
+		platform := "linux/" + arch
+		art, err := arts.Resolve(ctx, ref, platform)
+		if err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				return nil, status.Errorf(codes.FailedPrecondition, "no artifact %s for %s (node %s, %s): push it ('budctl artifacts push bud-agent --name %s --version %s --platform %s --kind binary') or load a bundle that has it", ref, platform, n.ID, n.Hostname, upgradeArtifact, version, platform)
+			}
+			return nil, artifactErr(err)
+		}
+		if art.Kind != store.ArtifactBinary {
+			return nil, status.Errorf(codes.FailedPrecondition, "artifact %s (%s) is a %s, not a binary: push the bud-agent binary as --kind binary", ref, platform, art.Kind)
+		}
+		targets = append(targets, maintenance.Target{NodeID: n.ID, K8sNode: n.Hostname, Labels: n.Labels, UpgradeDigest: art.Digest})
+	}
+	return targets, nil
 }
 
 // checkFree refuses nodes that are in a campaign not yet final: two
@@ -259,6 +311,15 @@ func (m *campaigns) checkFree(ctx context.Context, nodes []store.Node) error {
 // checkCommands checks, for every node, the commands the campaign will
 // queue as the agent will check them, so that none is refused later.
 func checkCommands(c store.Campaign) error {
+	if u := c.Spec.Upgrade; u != nil {
+		for _, n := range c.Nodes {
+			p := map[string]string{maintenance.ParamDigest: n.UpgradeDigest, maintenance.ParamVersion: u.Version, maintenance.ParamTimeout: u.Timeout.String(), maintenance.ParamCampaignID: c.ID}
+			if _, err := runner.CommandParams(maintenance.EnqueueCommand{Kind: maintenance.KindUpgrade, NodeID: n.NodeID, Params: p}); err != nil {
+				return fmt.Errorf("node %s: %w", n.NodeID, err)
+			}
+		}
+		return nil
+	}
 	for _, n := range c.Nodes {
 		if n.K8sNode == "" {
 			continue // fails at its start, untouched
@@ -451,6 +512,7 @@ var nodeSteps = map[maintenance.NodeStep]maintv1.NodeStep{
 	maintenance.StepDone:     maintv1.NodeStep_NODE_STEP_DONE,
 	maintenance.StepFailed:   maintv1.NodeStep_NODE_STEP_FAILED,
 	maintenance.StepSkipped:  maintv1.NodeStep_NODE_STEP_SKIPPED,
+	maintenance.StepUpgrade:  maintv1.NodeStep_NODE_STEP_UPGRADE,
 }
 
 func dpb(d time.Duration) *durationpb.Duration {
@@ -496,6 +558,9 @@ func campaignToProto(c store.Campaign, now time.Time) *maintv1.Campaign {
 	if sp.PerDomain != nil {
 		spec.PerDomain = &maintv1.DomainLimit{Label: sp.PerDomain.Label, Max: uint32(sp.PerDomain.Max)}
 	}
+	if u := sp.Upgrade; u != nil {
+		spec.AgentUpgrade = &maintv1.AgentUpgrade{Version: u.Version, Timeout: dpb(u.Timeout)}
+	}
 	if sp.Task != "" {
 		sum := sha256.Sum256([]byte(sp.Task))
 		spec.TaskBytes, spec.TaskSha256 = uint32(len(sp.Task)), hex.EncodeToString(sum[:])
@@ -535,6 +600,9 @@ func campaignToProto(c store.Campaign, now time.Time) *maintv1.Campaign {
 			BootIdBefore:       n.BootIDBefore,
 			BootIdAfter:        n.BootIDAfter,
 			GpuCountBefore:     uint32(n.GPUCountBefore),
+			UpgradeCommandId:   n.UpgradeCommandID,
+			VersionBefore:      n.VersionBefore,
+			VersionAfter:       n.VersionAfter,
 		}
 		if !n.Step.Terminal() && n.Step != maintenance.StepQueued {
 			np.StepElapsed = since(n.StepSince, time.Time{}, now)

@@ -68,6 +68,13 @@ type maintEnv struct {
 // (cpu-3, pool=cpu).
 func newMaintServer(t *testing.T, cluster *fake.Cluster) *maintEnv {
 	t.Helper()
+	return newMaintServerWith(t, cluster, nil)
+}
+
+// newMaintServerWith is newMaintServer with edit (when not nil) applied to
+// the server's options.
+func newMaintServerWith(t *testing.T, cluster *fake.Cluster, edit func(*Options)) *maintEnv {
+	t.Helper()
 	st, err := bolt.Open(filepath.Join(t.TempDir(), StoreFile), bolt.Options{LockTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -81,6 +88,9 @@ func newMaintServer(t *testing.T, cluster *fake.Cluster) *maintEnv {
 	opts := Options{Store: st, CA: authority, Logger: discardLogger(), Now: clock.Now, MaintenanceInterval: 5 * time.Millisecond}
 	if cluster != nil {
 		opts.Cluster = cluster
+	}
+	if edit != nil {
+		edit(&opts)
 	}
 	srv, err := New(opts)
 	if err != nil {
@@ -347,7 +357,7 @@ func (s *watchStream) Send(m *maintv1.WatchCampaignResponse) error {
 func TestWatchCampaign(t *testing.T) {
 	e := newMaintServer(t, fake.NewCluster("gpu-1", "gpu-2"))
 	for _, id := range []string{"n1", "n2"} {
-		sess, err := e.srv.openSession(t.Context(), id, "peer")
+		sess, err := e.srv.openSession(t.Context(), id, "peer", "test")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -23,8 +23,10 @@ type session struct {
 	nodeID string
 	peer   string
 	opened time.Time
-	ctx    context.Context
-	cancel context.CancelCauseFunc
+	// version is the agent's, from its hello.
+	version string
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
 	// out carries messages to the agent; the session's send loop is its
 	// only reader and the stream's only writer.
 	out chan *agentv1.ConnectResponse
@@ -49,9 +51,9 @@ func (sess *session) offer(m *agentv1.ConnectResponse) bool {
 	}
 }
 
-func (s *Server) openSession(ctx context.Context, nodeID, peer string) (*session, error) {
+func (s *Server) openSession(ctx context.Context, nodeID, peer, version string) (*session, error) {
 	sctx, cancel := context.WithCancelCause(ctx)
-	sess := &session{nodeID: nodeID, peer: peer, opened: s.opts.Now(), ctx: sctx, cancel: cancel, out: make(chan *agentv1.ConnectResponse, 16)}
+	sess := &session{nodeID: nodeID, peer: peer, opened: s.opts.Now(), version: version, ctx: sctx, cancel: cancel, out: make(chan *agentv1.ConnectResponse, 16)}
 	s.mu.Lock()
 	if s.shuttingDown {
 		s.mu.Unlock()

@@ -184,8 +184,8 @@ func TestPushSiemOnlyWhenNotRunning(t *testing.T) {
 	siemTestNode(t, e, "n2", map[string]string{"rack": "r2"})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	s1, _ := e.srv.openSession(ctx, "n1", "10.0.0.1:1")
-	s2, _ := e.srv.openSession(ctx, "n2", "10.0.0.2:1")
+	s1, _ := e.srv.openSession(ctx, "n1", "10.0.0.1:1", "test")
+	s2, _ := e.srv.openSession(ctx, "n2", "10.0.0.2:1", "test")
 	defer e.srv.closeSession(s1)
 	defer e.srv.closeSession(s2)
 
@@ -317,7 +317,7 @@ func TestGetSiemStatusOrder(t *testing.T) {
 		"g-failing": {ConfigVersion: 1, ConfigSource: "controller", Sources: []*siemv1.SourceStatus{{Path: "/a", Paused: true}}, Outputs: []*siemv1.OutputStatus{{Name: "soc", Connected: true}}},
 	}
 	for id, st := range reports {
-		sess, _ := e.srv.openSession(ctx, id, "peer")
+		sess, _ := e.srv.openSession(ctx, id, "peer", "test")
 		siemHeartbeat(t, e, sess, st)
 		e.srv.closeSession(sess)
 	}

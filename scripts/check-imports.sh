@@ -4,7 +4,7 @@
 #   - nothing under controller/ depends on agent/...;
 #   - provider plugins (plugins/) depend on neither daemon: they are
 #     separate processes that speak only the SDK's contract;
-#   - pki, siem, command, internal and proto are shared: they depend on
+#   - pki, siem, command, internal, proto and bundle are shared: they depend on
 #     neither daemon;
 #   - go.etcd.io/bbolt is imported only by internal/boltdb and the packages
 #     that own a bbolt file.
@@ -36,7 +36,7 @@ forbid client controller agent
 forbid pki controller agent
 forbid controller agent
 forbid plugins controller agent cmd
-for shared in siem command internal proto; do
+for shared in siem command internal proto bundle; do
 	forbid "$shared" controller agent cmd
 done
 

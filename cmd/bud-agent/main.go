@@ -27,7 +27,7 @@ func newRoot() *cobra.Command {
 	cli.LogFlags(root, &a.logFormat, &a.logLevel)
 	root.PersistentFlags().StringVar(&a.stateDir, "state-dir", "/var/lib/bud-agent", "agent state dir")
 
-	root.AddCommand(a.joinCmd(), a.runCmd(), a.statusCmd(), gpusCmd(), &cobra.Command{
+	root.AddCommand(a.joinCmd(), a.runCmd(), a.statusCmd(), gpusCmd(), a.upgradeWatchCmd(), &cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
 		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), version.Version) },

@@ -100,9 +100,8 @@ func (a *app) run(ctx context.Context, rf runFlags) error {
 		return err
 	}
 	defer fwd.Close()
-	// kubelet.join's artifact source is left to agent.New, which has the
-	// session the artifacts come over; without one a join uses the
-	// binaries the node has.
+	// kubelet.join's artifact source is the agent's fetcher, which
+	// agent.New makes over the session's connection.
 	tune, err := kubelet.ConfigurationPatch(cfg.Kubelet.Configuration)
 	if err != nil {
 		return fmt.Errorf("agent config kubelet.configuration: %w", err)
@@ -113,6 +112,11 @@ func (a *app) run(ctx context.Context, rf runFlags) error {
 		Supervise:         cfg.Kubelet.Supervise,
 		NVIDIARuntime:     cfg.Kubelet.NVIDIARuntime,
 		TuneKubeletConfig: tune,
+	}
+	// The rollback watch runs in a session of its own: an absolute path.
+	upgrade := agent.UpgradeOptions{RestartCommand: cfg.Upgrade.RestartCommand, WatchPrefix: cfg.Upgrade.WatchPrefix}
+	if upgrade.StateDir, err = filepath.Abs(a.stateDir); err != nil {
+		return err
 	}
 	ag, err := agent.New(agent.Options{
 		State:          db,
@@ -133,6 +137,7 @@ func (a *app) run(ctx context.Context, rf runFlags) error {
 		SIEMAllow:         cfg.SIEMAllow,
 		ArtifactDir:       filepath.Join(a.stateDir, "artifacts"),
 		Kubelet:           kub,
+		Upgrade:           upgrade,
 	})
 	if err != nil {
 		return err

@@ -184,22 +184,48 @@ func (a *app) push(ctx context.Context, path string, md *artifactv1.PushMetadata
 		return fmt.Errorf("%s is not a regular file", path)
 	}
 	md.Size = uint64(st.Size())
+	bar := newProgress(stderr, st.Size())
+	resp, err := a.pushContent(ctx, f, md, bar)
+	if err != nil {
+		if errors.Is(err, errContent) {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		return err
+	}
+	x := resp.GetArtifact()
+	note := ""
+	if resp.GetAlreadyStored() {
+		note = " (already stored; nothing changed)"
+	}
+	bar.done(fmt.Sprintf("pushed %s@%s (%s, %s)%s", x.GetName(), x.GetVersion(), x.GetPlatform(), artifactKind(x.GetKind()), note))
+	fmt.Fprintln(stdout, x.GetDigest())
+	return nil
+}
+
+// errContent marks a push that failed reading its content, not at the
+// controller.
+var errContent = errors.New("reading the content")
+
+// pushContent streams md.Size bytes of content to the controller, counting
+// them on bar, and checks the digest the controller answers against what
+// was sent. A read error (wrapping errContent) cancels the push, so the
+// controller keeps nothing of it.
+func (a *app) pushContent(ctx context.Context, content io.Reader, md *artifactv1.PushMetadata, bar *progress) (*artifactv1.PushArtifactResponse, error) {
 	c, err := a.artifactClient()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := c.PushArtifact(ctx)
 	if err != nil {
-		return statusErr(err)
+		return nil, statusErr(err)
 	}
-	bar := newProgress(stderr, st.Size())
 	h := sha256.New()
 	sendErr := stream.Send(&artifactv1.PushArtifactRequest{Msg: &artifactv1.PushArtifactRequest_Metadata{Metadata: md}})
 	buf := make([]byte, pushChunkBytes)
 	for sendErr == nil {
-		n, err := io.ReadFull(f, buf)
+		n, err := io.ReadFull(content, buf)
 		if n > 0 {
 			h.Write(buf[:n])
 			// Send does not keep the message once it returns.
@@ -210,31 +236,27 @@ func (a *app) push(ctx context.Context, path string, md *artifactv1.PushMetadata
 			break
 		}
 		if err != nil {
-			return fmt.Errorf("read %s: %w", path, err)
+			bar.abort()
+			return nil, fmt.Errorf("%w: %w", errContent, err)
 		}
 	}
 	// A send that failed with io.EOF means the controller ended the push
 	// early (it refused it); its answer says why.
 	if sendErr != nil && !errors.Is(sendErr, io.EOF) {
 		bar.abort()
-		return statusErr(sendErr)
+		return nil, statusErr(sendErr)
 	}
 	resp, err := stream.CloseAndRecv()
 	if err != nil {
 		bar.abort()
-		return statusErr(err)
+		return nil, statusErr(err)
 	}
 	x := resp.GetArtifact()
 	if want := "sha256:" + hex.EncodeToString(h.Sum(nil)); x.GetDigest() != want {
-		return fmt.Errorf("the controller stored %s as %s, but what was sent hashes to %s: remove it ('budctl artifacts rm %s') and push again", path, x.GetDigest(), want, x.GetDigest())
+		bar.abort()
+		return nil, fmt.Errorf("the controller stored %s@%s as %s, but what was sent hashes to %s: remove it ('budctl artifacts rm %s') and push again", md.GetName(), md.GetVersion(), x.GetDigest(), want, x.GetDigest())
 	}
-	note := ""
-	if resp.GetAlreadyStored() {
-		note = " (already stored; nothing changed)"
-	}
-	bar.done(fmt.Sprintf("pushed %s@%s (%s, %s)%s", x.GetName(), x.GetVersion(), x.GetPlatform(), artifactKind(x.GetKind()), note))
-	fmt.Fprintln(stdout, x.GetDigest())
-	return nil
+	return resp, nil
 }
 
 func statusErr(err error) error {
@@ -281,6 +303,18 @@ func (p *progress) rate() float64 {
 		return 0
 	}
 	return float64(p.sent) / s
+}
+
+// line prints a line of its own above the bar on a terminal (the next add
+// draws the bar again); elsewhere nothing, the final line says it all.
+func (p *progress) line(s string) {
+	if !p.tty {
+		return
+	}
+	if !p.drawn.IsZero() {
+		fmt.Fprint(p.w, "\r\033[K")
+	}
+	fmt.Fprintln(p.w, s)
 }
 
 // abort ends a drawn bar's line, so an error prints on its own.

@@ -469,6 +469,9 @@ func printCampaign(tw *tabwriter.Writer, c *maintv1.Campaign) {
 	row("Selector", labelString(sp.GetSelector()))
 	row("Limits", limits)
 	what := []string{"drain " + duration(sp.GetDrainTimeout())}
+	if u := sp.GetAgentUpgrade(); u != nil {
+		what = []string{fmt.Sprintf("upgrade the agents to %s (rolled back unless connected within %s)", u.GetVersion(), duration(u.GetTimeout()))}
+	}
 	if sp.GetTaskBytes() > 0 {
 		what = append(what, fmt.Sprintf("task %d bytes (sha256 %.12s), timeout %s", sp.GetTaskBytes(), sp.GetTaskSha256(), duration(sp.GetTaskTimeout())))
 	}
@@ -494,6 +497,9 @@ func printCampaign(tw *tabwriter.Writer, c *maintv1.Campaign) {
 		step := nodeStep(n.GetStep())
 		if n.GetStep() == maintv1.NodeStep_NODE_STEP_DRAIN && n.GetDrainAttempt() > 1 {
 			step += fmt.Sprintf(" (attempt %d)", n.GetDrainAttempt())
+		}
+		if n.GetVersionAfter() != "" && n.GetVersionAfter() != n.GetVersionBefore() {
+			step += fmt.Sprintf(" (%s -> %s)", n.GetVersionBefore(), n.GetVersionAfter())
 		}
 		cordoned := "-"
 		if n.GetCordonedByCampaign() {

@@ -54,7 +54,7 @@ func newRoot() *cobra.Command {
 	root.PersistentFlags().StringVar(&a.configPath, "config", defaultConfigPath(), "budctl config file (also $BUDCTL_CONFIG)")
 	root.PersistentFlags().StringVar(&a.server, "server", "", "controller address, overriding the config file")
 	root.PersistentFlags().DurationVar(&a.timeout, "timeout", 30*time.Second, "time limit for each call")
-	root.AddCommand(a.tokensCmd(), a.nodesCmd(), a.commandsCmd(), a.gpusCmd(), a.siemCmd(), a.clustersCmd(), a.maintenanceCmd(), a.artifactsCmd(), a.providersCmd(), a.machinesCmd(), a.operatorsCmd(), &cobra.Command{
+	root.AddCommand(a.tokensCmd(), a.nodesCmd(), a.commandsCmd(), a.gpusCmd(), a.siemCmd(), a.clustersCmd(), a.maintenanceCmd(), a.artifactsCmd(), a.providersCmd(), a.machinesCmd(), a.bundleCmd(), a.agentsCmd(), a.operatorsCmd(), &cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
 		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), version.Version) },

@@ -44,6 +44,7 @@ const (
 	StepTask     NodeStep = "task"     // the task command is queued or running
 	StepReboot   NodeStep = "reboot"   // the reboot command is queued; waiting for a new boot id
 	StepVerify   NodeStep = "verify"   // waiting for Node Ready, agent connected, GPUs as before
+	StepUpgrade  NodeStep = "upgrade"  // agent.upgrade queued; waiting for the agent back on the new version
 	StepUncordon NodeStep = "uncordon" // waiting for the uncordon to show; Result says what follows
 	StepDone     NodeStep = "done"     // maintained and back in service; slot released
 	StepFailed   NodeStep = "failed"   // failed (Error says why); holds its slot while left cordoned
@@ -53,7 +54,7 @@ const (
 // inFlight reports whether a node in step s holds a slot as in progress.
 func (s NodeStep) inFlight() bool {
 	switch s {
-	case StepCordon, StepDrain, StepDrained, StepTask, StepReboot, StepVerify, StepUncordon:
+	case StepCordon, StepDrain, StepDrained, StepTask, StepReboot, StepVerify, StepUncordon, StepUpgrade:
 		return true
 	}
 	return false
@@ -79,13 +80,16 @@ const (
 // registered in the command package; their names are repeated here because
 // this package imports nothing of budfleet.
 const (
-	KindTask   = "maintenance.task"
-	KindReboot = "maintenance.reboot"
+	KindTask    = "maintenance.task"
+	KindReboot  = "maintenance.reboot"
+	KindUpgrade = "agent.upgrade"
 
 	ParamScript     = "script"      // the task script
 	ParamTimeout    = "timeout"     // the task timeout, as a Go duration ("30m0s")
 	ParamCampaignID = "campaign_id" // for BUD_CAMPAIGN_ID
 	ParamNodeName   = "node_name"   // the Kubernetes Node name, for BUD_NODE_NAME
+	ParamDigest     = "digest"      // the upgrade's bud-agent artifact
+	ParamVersion    = "version"     // the version the new agent reports
 )
 
 // commandAttempt is the attempt number in every command id: each node gets
@@ -111,6 +115,9 @@ type Target struct {
 	// Labels are the fleet node's labels; the domain label is read from
 	// them.
 	Labels map[string]string `json:"labels,omitempty"`
+	// UpgradeDigest is the bud-agent artifact for the node's platform, in
+	// an upgrade campaign.
+	UpgradeDigest string `json:"upgrade_digest,omitempty"`
 }
 
 // NodeProgress is one node's course through the campaign.
@@ -166,6 +173,13 @@ type NodeProgress struct {
 	BootIDBefore    string `json:"boot_id_before,omitempty"`
 	RebootCommandID string `json:"reboot_command_id,omitempty"`
 	BootIDAfter     string `json:"boot_id_after,omitempty"`
+
+	// An upgrade: the artifact, its command, and the agent's version when
+	// the node started and when it was back.
+	UpgradeDigest    string `json:"upgrade_digest,omitempty"`
+	UpgradeCommandID string `json:"upgrade_command_id,omitempty"`
+	VersionBefore    string `json:"version_before,omitempty"`
+	VersionAfter     string `json:"version_after,omitempty"`
 }
 
 // disrupted reports whether a task or reboot may have been queued for the
@@ -265,7 +279,10 @@ func New(id, name string, spec Spec, targets []Target, now time.Time) (Campaign,
 			return Campaign{}, fmt.Errorf("node %s is listed twice", t.NodeID)
 		}
 		seen[t.NodeID] = true
-		n := NodeProgress{NodeID: t.NodeID, K8sNode: t.K8sNode, Step: StepQueued}
+		n := NodeProgress{NodeID: t.NodeID, K8sNode: t.K8sNode, Step: StepQueued, UpgradeDigest: t.UpgradeDigest}
+		if spec.Upgrade != nil && t.UpgradeDigest == "" {
+			return Campaign{}, fmt.Errorf("node %s has no bud-agent artifact to upgrade to", t.NodeID)
+		}
 		if spec.PerDomain != nil {
 			n.Domain = t.Labels[spec.PerDomain.Label]
 		}
@@ -385,7 +402,7 @@ func (c Campaign) Watchlist() []Watch {
 			continue
 		}
 		w := Watch{NodeID: n.NodeID, K8sNode: n.K8sNode, DrainAttempt: n.DrainAttempt}
-		for _, id := range []string{n.TaskCommandID, n.RebootCommandID} {
+		for _, id := range []string{n.TaskCommandID, n.RebootCommandID, n.UpgradeCommandID} {
 			if id != "" {
 				w.CommandIDs = append(w.CommandIDs, id)
 			}

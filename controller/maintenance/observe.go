@@ -33,6 +33,9 @@ type NodeObservation struct {
 	AgentConnected bool `json:"agent_connected"`
 	// BootID is the boot id the agent last reported ("" when never).
 	BootID string `json:"boot_id,omitempty"`
+	// AgentVersion is the version the connected agent said in its hello
+	// ("" when not connected).
+	AgentVersion string `json:"agent_version,omitempty"`
 	// GPUCount is the GPUs in the agent's latest inventory; GPUHealthy is
 	// false when any of them is unhealthy (true with no GPUs).
 	GPUCount   int  `json:"gpu_count"`

@@ -18,6 +18,7 @@ const (
 	DefaultRebootTimeout   = 15 * time.Minute
 	DefaultHealthTimeout   = 10 * time.Minute
 	DefaultMaxFailures     = 1
+	DefaultUpgradeTimeout  = 2 * time.Minute
 )
 
 // MaxTaskBytes is the largest task script a campaign carries. The script is
@@ -140,11 +141,27 @@ type Spec struct {
 	// Ready, the agent connected and the GPUs back as they were.
 	HealthTimeout time.Duration `json:"health_timeout"`
 
+	// Upgrade, when set, makes the campaign an agent upgrade: each node's
+	// agent installs the bud-agent artifact of Upgrade.Version for its
+	// platform (command agent.upgrade) and must come back on it; no
+	// cordon, drain, task or reboot, since only the agent restarts.
+	Upgrade *Upgrade `json:"upgrade,omitempty"`
+
 	// Window limits when a new node may start; the zero Window is always.
 	Window Window `json:"window,omitzero"`
 	// MaxFailures trips the circuit breaker: after this many failed nodes
 	// the campaign stops by itself.
 	MaxFailures int `json:"max_failures"`
+}
+
+// Upgrade is an agent upgrade's part of a Spec.
+type Upgrade struct {
+	// Version is what the new agents report.
+	Version string `json:"version"`
+	// Timeout is the agent's: how long the new binary has, from the
+	// restart, to connect before the agent rolls itself back. The campaign
+	// waits UpgradeGrace longer for the agent to be back on it.
+	Timeout time.Duration `json:"timeout"`
 }
 
 // Validate checks the spec and returns every problem at once, each saying
@@ -198,7 +215,14 @@ func (s Spec) Validate() error {
 	if s.MaxFailures < 0 {
 		errs = append(errs, fmt.Errorf("max-failures must not be negative (got %d); 0 means the default, %d", s.MaxFailures, DefaultMaxFailures))
 	}
-	if s.Task == "" && !s.Reboot {
+	switch u := s.Upgrade; {
+	case u != nil && (s.Task != "" || s.Reboot):
+		errs = append(errs, errors.New("an agent upgrade runs no task and no reboot: start those as a maintenance campaign of their own"))
+	case u != nil && strings.TrimSpace(u.Version) == "":
+		errs = append(errs, errors.New("an agent upgrade needs the --version its agents are to run"))
+	case u != nil && u.Timeout < 0:
+		errs = append(errs, fmt.Errorf("upgrade-timeout must not be negative (got %s)", u.Timeout))
+	case u == nil && s.Task == "" && !s.Reboot:
 		errs = append(errs, errors.New("nothing to do: give --task FILE, --reboot, or both"))
 	}
 	if len(s.Task) > MaxTaskBytes {
@@ -230,6 +254,11 @@ func (s Spec) WithDefaults() Spec {
 	}
 	if s.MaxFailures == 0 {
 		s.MaxFailures = DefaultMaxFailures
+	}
+	if s.Upgrade != nil {
+		u := *s.Upgrade
+		def(&u.Timeout, DefaultUpgradeTimeout)
+		s.Upgrade = &u
 	}
 	return s
 }

@@ -18,6 +18,9 @@ const (
 	// CommandGrace is the allowance beyond the task timeout for delivering
 	// the task and reporting its result.
 	CommandGrace = 5 * time.Minute
+	// UpgradeGrace is the allowance beyond an upgrade's timeout for
+	// delivering agent.upgrade, fetching the artifact and restarting.
+	UpgradeGrace = 5 * time.Minute
 	// MaxRecordons is how often a node found uncordoned before its task or
 	// reboot is cordoned and drained again before it fails: something else
 	// keeps uncordoning it.
@@ -169,6 +172,65 @@ func (s *stepper) advance(n *NodeProgress) {
 		s.advanceVerify(n, o)
 	case StepUncordon:
 		s.advanceUncordon(n, o)
+	case StepUpgrade:
+		s.advanceUpgrade(n, o)
+	}
+}
+
+// startUpgrade starts a queued node of an upgrade campaign, whose agent is
+// connected: done at once when it runs the version already.
+func (s *stepper) startUpgrade(n *NodeProgress, o NodeObservation) {
+	u := s.c.Spec.Upgrade
+	n.VersionBefore = o.AgentVersion
+	if o.AgentVersion == u.Version {
+		n.VersionAfter = o.AgentVersion
+		s.setStep(n, StepDone)
+		n.FinishedAt = s.now
+		s.audit(n, "node.done", AuditSucceeded, "the agent runs "+u.Version+" already")
+		return
+	}
+	s.setStep(n, StepUpgrade)
+	n.UpgradeCommandID = CommandID(s.c.ID, n.NodeID, KindUpgrade, commandAttempt)
+	s.emit(s.upgradeCommand(n))
+	s.audit(n, "node.upgrade", AuditStarted, fmt.Sprintf("command %s: %s to %s", n.UpgradeCommandID, o.AgentVersion, u.Version))
+}
+
+func (s *stepper) upgradeCommand(n *NodeProgress) EnqueueCommand {
+	u := s.c.Spec.Upgrade
+	return EnqueueCommand{ID: n.UpgradeCommandID, NodeID: n.NodeID, Kind: KindUpgrade, Params: map[string]string{
+		ParamDigest:     n.UpgradeDigest,
+		ParamVersion:    u.Version,
+		ParamTimeout:    u.Timeout.String(),
+		ParamCampaignID: s.c.ID,
+	}}
+}
+
+// advanceUpgrade waits for the agent back on the new version. The
+// command's result comes from the agent that runs after the restart: it
+// fails when the new binary did not connect in time and the agent rolled
+// back to the binary it kept.
+func (s *stepper) advanceUpgrade(n *NodeProgress, o NodeObservation) {
+	u := s.c.Spec.Upgrade
+	if o.AgentConnected && o.AgentVersion == u.Version {
+		n.VersionAfter = o.AgentVersion
+		s.setStep(n, StepDone)
+		n.FinishedAt = s.now
+		s.audit(n, "node.upgrade", AuditSucceeded, fmt.Sprintf("back on %s (was %s)", o.AgentVersion, n.VersionBefore))
+		s.audit(n, "node.done", AuditSucceeded, "")
+		return
+	}
+	cmd, found := o.Commands[n.UpgradeCommandID]
+	switch {
+	case !found:
+		s.emit(s.upgradeCommand(n)) // lost in a crash; the id makes it once
+	case cmd.State == CommandFailed:
+		s.failLeave(n, "upgrade failed on the node: "+cmd.Message)
+	case cmd.State == CommandSucceeded && o.AgentConnected:
+		// Upgraded, then restarted on another version: a binary whose
+		// version string is not the one the artifact was pushed under.
+		s.failLeave(n, fmt.Sprintf("the agent reported the upgrade done but runs %s, not %s: check the version the artifact bud-agent@%s was built with", o.AgentVersion, u.Version, u.Version))
+	case s.now.Sub(n.StepSince) >= u.Timeout+UpgradeGrace:
+		s.failLeave(n, fmt.Sprintf("the agent is not back on %s within %s (upgrade-timeout %s + %s to deliver, fetch and restart)", u.Version, u.Timeout+UpgradeGrace, u.Timeout, UpgradeGrace))
 	}
 }
 
@@ -590,6 +652,22 @@ func (s *stepper) start() {
 		}
 		o, ok := s.obs.Nodes[n.NodeID]
 		if !ok {
+			continue
+		}
+		if c.Spec.Upgrade != nil {
+			if !o.AgentConnected {
+				s.failLeave(n, "agent not connected; nothing was done to the node")
+				continue
+			}
+			held++
+			byDomain[n.Domain]++
+			n.StartedAt, n.Error = s.now, ""
+			s.audit(n, "node.started", AuditStarted, fmt.Sprintf("slot %d of %d", held, c.Spec.MaxUnavailable))
+			s.startUpgrade(n, o)
+			if n.Step == StepDone {
+				held--
+				byDomain[n.Domain]--
+			}
 			continue
 		}
 		switch {

@@ -27,8 +27,9 @@ import (
 // again, and 'nodes get' follows the phases to ready; the Node carries the
 // labels and taint asked for; joining again makes no new CSR. The node has
 // no kubelet of its own: the kubelet binary, the sandbox image and a
-// busybox image are pushed to the controller's artifact store with budctl,
-// the agent installs them from there, and a pod of that busybox image
+// busybox image come in a signed offline bundle (budctl bundle create,
+// verify, push) into the controller's artifact store, the agent installs
+// them from there, and a pod of that busybox image
 // (imagePullPolicy Never) runs and its log reads back. Root only; one kubelet per machine
 // (kubetest.LockKubelet), so it does not run in parallel.
 func TestKubeletJoin(t *testing.T) {
@@ -55,13 +56,17 @@ func TestKubeletJoin(t *testing.T) {
 
 	// The node has no kubelet: it comes from the controller's artifact
 	// store, with the sandbox (pause) image and a busybox image built by
-	// hand, all pushed with budctl as an operator would.
-	imgDir := t.TempDir()
-	push := func(path, name, version, kind string) string {
-		t.Helper()
-		return strings.TrimSpace(c.mustBudctl(t, "artifacts", "push", path, "--name", name, "--version", version, "--kind", kind))
+	// hand. They arrive as an operator in an air-gapped site brings them: a
+	// signed offline bundle, verified and pushed with budctl.
+	bdir := t.TempDir()
+	kb, err := os.ReadFile(filepath.Join(cp.BinDir, "kubelet"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	kubeletDigest := push(filepath.Join(cp.BinDir, "kubelet"), "kubelet", kubetest.Version, "binary")
+	if err := os.WriteFile(filepath.Join(bdir, "kubelet"), kb, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	kubeletDigest := fmt.Sprintf("sha256:%x", sha256.Sum256(kb))
 	for _, img := range []struct {
 		kubelettest.Image
 		artifact string
@@ -70,12 +75,23 @@ func TestKubeletJoin(t *testing.T) {
 			Cmd: []string{"/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"}}, "pause"},
 		{kubelettest.Image{Name: e2eBusybox, Binary: "/bin/busybox", Applets: []string{"sh", "echo"}, Cmd: []string{"/bin/sh"}}, "busybox"},
 	} {
-		p := filepath.Join(imgDir, img.artifact+".tar")
-		if err := kubelettest.BuildOCI(img.Image, p); err != nil {
+		if err := kubelettest.BuildOCI(img.Image, filepath.Join(bdir, img.artifact+".tar")); err != nil {
 			t.Fatal(err)
 		}
-		push(p, img.artifact, "test", "image")
 	}
+	manifest := filepath.Join(bdir, "bundle.yaml")
+	if err := os.WriteFile(manifest, []byte(fmt.Sprintf(`artifacts:
+  - {name: kubelet, version: %s, platform: linux/amd64, kind: binary, path: ./kubelet}
+  - {name: pause, version: test, kind: image, path: ./pause.tar}
+  - {name: busybox, version: test, kind: image, path: ./busybox.tar}
+`, kubetest.Version)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	key, pub, bundle := filepath.Join(bdir, "site.key"), filepath.Join(bdir, "site.pub"), filepath.Join(bdir, "site.tar")
+	c.mustBudctl(t, "bundle", "keygen", "--private", key, "--public", pub)
+	c.mustBudctl(t, "bundle", "create", "--manifest", manifest, "--key", key, "-o", bundle)
+	c.mustBudctl(t, "bundle", "verify", bundle, "--key", pub)
+	c.mustBudctl(t, "bundle", "push", bundle, "--key", pub)
 	cfg, err := os.ReadFile(a.configPath)
 	if err != nil {
 		t.Fatal(err)

@@ -110,6 +110,20 @@ func CommandParams(a maintenance.EnqueueCommand) (map[string]string, error) {
 		p = t.Params()
 	case command.MaintenanceReboot:
 		p = command.MaintenanceRebootParams{CampaignID: a.Params[maintenance.ParamCampaignID]}.Params()
+	case command.AgentUpgrade:
+		u := command.AgentUpgradeParams{
+			Digest:     a.Params[maintenance.ParamDigest],
+			Version:    a.Params[maintenance.ParamVersion],
+			CampaignID: a.Params[maintenance.ParamCampaignID],
+		}
+		if v := a.Params[maintenance.ParamTimeout]; v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				return nil, fmt.Errorf("upgrade timeout %q: %w", v, err)
+			}
+			u.Timeout = d
+		}
+		p = u.Params()
 	default:
 		return nil, fmt.Errorf("a campaign queues no command of kind %q", a.Kind)
 	}

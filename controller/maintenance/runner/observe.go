@@ -37,7 +37,7 @@ func (r *Runner) observe(ctx context.Context, c store.Campaign) (maintenance.Obs
 			// Left out, it waits; a queued node has no deadline.
 			continue
 		}
-		node, o, ok := r.observeNode(ctx, c.ID, w)
+		node, o, ok := r.observeNode(ctx, c.ID, w, c.Spec.Upgrade == nil)
 		nodes[w.NodeID] = node
 		if ok {
 			obs.Nodes[w.NodeID] = o
@@ -79,7 +79,9 @@ func removedNode(w maintenance.Watch) store.Node {
 	return store.Node{ID: w.NodeID, Hostname: w.K8sNode, Labels: map[string]string{K8sNodeLabel: w.K8sNode}}
 }
 
-func (r *Runner) observeNode(ctx context.Context, campaignID string, w maintenance.Watch) (store.Node, maintenance.NodeObservation, bool) {
+// observeNode observes one node; its Kubernetes Node only when kube is
+// set (an agent upgrade does not touch the Node).
+func (r *Runner) observeNode(ctx context.Context, campaignID string, w maintenance.Watch, kube bool) (store.Node, maintenance.NodeObservation, bool) {
 	log := r.log.With("campaign_id", campaignID, "node_id", w.NodeID)
 	var o maintenance.NodeObservation
 	node, err := r.opts.Store.GetNode(ctx, w.NodeID)
@@ -94,19 +96,21 @@ func (r *Runner) observeNode(ctx context.Context, campaignID string, w maintenan
 		return removedNode(w), o, false
 	}
 
-	cctx, cancel := r.callCtx(ctx)
-	st, err := r.opts.Cluster.NodeState(cctx, node)
-	cancel()
-	if err != nil {
-		if ctx.Err() == nil {
-			log.WarnContext(ctx, "read the Kubernetes Node; it waits for the next step", "k8s_node", w.K8sNode, "error", err)
+	if kube {
+		cctx, cancel := r.callCtx(ctx)
+		st, err := r.opts.Cluster.NodeState(cctx, node)
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				log.WarnContext(ctx, "read the Kubernetes Node; it waits for the next step", "k8s_node", w.K8sNode, "error", err)
+			}
+			return node, o, false
 		}
-		return node, o, false
+		// A Node other than the campaign's is not the campaign's Node: the
+		// mapping changed under it, so its Node is gone.
+		o.K8sNodeExists = st.Exists && w.K8sNode != "" && st.Name == w.K8sNode
+		o.K8sReady, o.Unschedulable = st.Ready, st.Unschedulable
 	}
-	// A Node other than the campaign's is not the campaign's Node: the
-	// mapping changed under it, so its Node is gone.
-	o.K8sNodeExists = st.Exists && w.K8sNode != "" && st.Name == w.K8sNode
-	o.K8sReady, o.Unschedulable = st.Ready, st.Unschedulable
 
 	if !removed {
 		connected, known := r.opts.Agents.AgentConnected(w.NodeID)
@@ -114,6 +118,9 @@ func (r *Runner) observeNode(ctx context.Context, campaignID string, w maintenan
 			return node, o, false
 		}
 		o.AgentConnected = connected
+		if connected {
+			o.AgentVersion = r.opts.Agents.AgentVersion(w.NodeID)
+		}
 		o.BootID = bootID(node)
 		o.GPUCount, o.GPUHealthy, err = gpus(node)
 		if err != nil {

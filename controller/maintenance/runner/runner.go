@@ -94,6 +94,9 @@ type Agents interface {
 	// tell yet (it started too recently for agents to have reconnected):
 	// the runner then leaves the node out of its observations.
 	AgentConnected(nodeID string) (connected, known bool)
+	// AgentVersion returns the version the node's connected agent said in
+	// its hello; "" when it is not connected.
+	AgentVersion(nodeID string) string
 	// CommandQueued tells delivery that the node has a new command.
 	CommandQueued(nodeID string)
 }

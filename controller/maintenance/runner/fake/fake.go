@@ -266,13 +266,14 @@ type Agents struct {
 	unknown   bool
 	queued    map[string]int
 	onQueued  func(nodeID string)
+	versions  map[string]string
 }
 
 var _ runner.Agents = (*Agents)(nil)
 
 // NewAgents returns agents connected for the node ids.
 func NewAgents(ids ...string) *Agents {
-	a := &Agents{connected: map[string]bool{}, queued: map[string]int{}}
+	a := &Agents{connected: map[string]bool{}, queued: map[string]int{}, versions: map[string]string{}}
 	for _, id := range ids {
 		a.connected[id] = true
 	}
@@ -316,6 +317,23 @@ func (a *Agents) AgentConnected(id string) (bool, bool) {
 		return false, false
 	}
 	return a.connected[id], true
+}
+
+// SetVersion sets the version AgentVersion reports for a connected node.
+func (a *Agents) SetVersion(id, version string) {
+	a.mu.Lock()
+	a.versions[id] = version
+	a.mu.Unlock()
+}
+
+// AgentVersion implements runner.Agents.
+func (a *Agents) AgentVersion(id string) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.connected[id] {
+		return ""
+	}
+	return a.versions[id]
 }
 
 // CommandQueued implements runner.Agents.

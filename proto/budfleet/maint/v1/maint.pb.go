@@ -182,6 +182,8 @@ const (
 	NodeStep_NODE_STEP_FAILED NodeStep = 10
 	// Never maintained: the campaign was aborted first.
 	NodeStep_NODE_STEP_SKIPPED NodeStep = 11
+	// Its agent upgrades: waiting for it back on the new version.
+	NodeStep_NODE_STEP_UPGRADE NodeStep = 12
 )
 
 // Enum value maps for NodeStep.
@@ -199,6 +201,7 @@ var (
 		9:  "NODE_STEP_DONE",
 		10: "NODE_STEP_FAILED",
 		11: "NODE_STEP_SKIPPED",
+		12: "NODE_STEP_UPGRADE",
 	}
 	NodeStep_value = map[string]int32{
 		"NODE_STEP_UNSPECIFIED": 0,
@@ -213,6 +216,7 @@ var (
 		"NODE_STEP_DONE":        9,
 		"NODE_STEP_FAILED":      10,
 		"NODE_STEP_SKIPPED":     11,
+		"NODE_STEP_UPGRADE":     12,
 	}
 )
 
@@ -333,7 +337,10 @@ type StartCampaignRequest struct {
 	HealthTimeout *durationpb.Duration `protobuf:"bytes,16,opt,name=health_timeout,json=healthTimeout,proto3" json:"health_timeout,omitempty"`
 	// Check everything and return the campaign that would run, storing
 	// nothing.
-	DryRun        bool `protobuf:"varint,17,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	DryRun bool `protobuf:"varint,17,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// When set, the campaign upgrades the nodes' agents instead (no task,
+	// reboot, cordon or drain).
+	AgentUpgrade  *AgentUpgrade `protobuf:"bytes,18,opt,name=agent_upgrade,json=agentUpgrade,proto3" json:"agent_upgrade,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -487,6 +494,70 @@ func (x *StartCampaignRequest) GetDryRun() bool {
 	return false
 }
 
+func (x *StartCampaignRequest) GetAgentUpgrade() *AgentUpgrade {
+	if x != nil {
+		return x.AgentUpgrade
+	}
+	return nil
+}
+
+// An agent upgrade: each node's agent installs the artifact
+// bud-agent@version for its platform (linux/<architecture>), restarts on
+// it, and rolls itself back to the binary it kept when the new one does not
+// connect within timeout.
+type AgentUpgrade struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Version string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	// 2m when unset.
+	Timeout       *durationpb.Duration `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentUpgrade) Reset() {
+	*x = AgentUpgrade{}
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentUpgrade) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentUpgrade) ProtoMessage() {}
+
+func (x *AgentUpgrade) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentUpgrade.ProtoReflect.Descriptor instead.
+func (*AgentUpgrade) Descriptor() ([]byte, []int) {
+	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *AgentUpgrade) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *AgentUpgrade) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
 type StartCampaignResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -497,7 +568,7 @@ type StartCampaignResponse struct {
 
 func (x *StartCampaignResponse) Reset() {
 	*x = StartCampaignResponse{}
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[2]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -509,7 +580,7 @@ func (x *StartCampaignResponse) String() string {
 func (*StartCampaignResponse) ProtoMessage() {}
 
 func (x *StartCampaignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[2]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -522,7 +593,7 @@ func (x *StartCampaignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartCampaignResponse.ProtoReflect.Descriptor instead.
 func (*StartCampaignResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{2}
+	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *StartCampaignResponse) GetId() string {
@@ -547,7 +618,7 @@ type ListCampaignsRequest struct {
 
 func (x *ListCampaignsRequest) Reset() {
 	*x = ListCampaignsRequest{}
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[3]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -559,7 +630,7 @@ func (x *ListCampaignsRequest) String() string {
 func (*ListCampaignsRequest) ProtoMessage() {}
 
 func (x *ListCampaignsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[3]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -572,7 +643,7 @@ func (x *ListCampaignsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCampaignsRequest.ProtoReflect.Descriptor instead.
 func (*ListCampaignsRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{3}
+	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{4}
 }
 
 type ListCampaignsResponse struct {
@@ -584,7 +655,7 @@ type ListCampaignsResponse struct {
 
 func (x *ListCampaignsResponse) Reset() {
 	*x = ListCampaignsResponse{}
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[4]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -596,7 +667,7 @@ func (x *ListCampaignsResponse) String() string {
 func (*ListCampaignsResponse) ProtoMessage() {}
 
 func (x *ListCampaignsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[4]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -609,7 +680,7 @@ func (x *ListCampaignsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCampaignsResponse.ProtoReflect.Descriptor instead.
 func (*ListCampaignsResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{4}
+	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ListCampaignsResponse) GetCampaigns() []*Campaign {
@@ -628,7 +699,7 @@ type GetCampaignRequest struct {
 
 func (x *GetCampaignRequest) Reset() {
 	*x = GetCampaignRequest{}
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[5]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -640,7 +711,7 @@ func (x *GetCampaignRequest) String() string {
 func (*GetCampaignRequest) ProtoMessage() {}
 
 func (x *GetCampaignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[5]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -653,7 +724,7 @@ func (x *GetCampaignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCampaignRequest.ProtoReflect.Descriptor instead.
 func (*GetCampaignRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{5}
+	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetCampaignRequest) GetId() string {
@@ -672,7 +743,7 @@ type GetCampaignResponse struct {
 
 func (x *GetCampaignResponse) Reset() {
 	*x = GetCampaignResponse{}
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[6]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -684,7 +755,7 @@ func (x *GetCampaignResponse) String() string {
 func (*GetCampaignResponse) ProtoMessage() {}
 
 func (x *GetCampaignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[6]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -697,7 +768,7 @@ func (x *GetCampaignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCampaignResponse.ProtoReflect.Descriptor instead.
 func (*GetCampaignResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{6}
+	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetCampaignResponse) GetCampaign() *Campaign {
@@ -716,7 +787,7 @@ type WatchCampaignRequest struct {
 
 func (x *WatchCampaignRequest) Reset() {
 	*x = WatchCampaignRequest{}
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[7]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -728,7 +799,7 @@ func (x *WatchCampaignRequest) String() string {
 func (*WatchCampaignRequest) ProtoMessage() {}
 
 func (x *WatchCampaignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[7]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -741,7 +812,7 @@ func (x *WatchCampaignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchCampaignRequest.ProtoReflect.Descriptor instead.
 func (*WatchCampaignRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{7}
+	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *WatchCampaignRequest) GetId() string {
@@ -760,7 +831,7 @@ type WatchCampaignResponse struct {
 
 func (x *WatchCampaignResponse) Reset() {
 	*x = WatchCampaignResponse{}
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[8]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -772,7 +843,7 @@ func (x *WatchCampaignResponse) String() string {
 func (*WatchCampaignResponse) ProtoMessage() {}
 
 func (x *WatchCampaignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[8]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -785,7 +856,7 @@ func (x *WatchCampaignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchCampaignResponse.ProtoReflect.Descriptor instead.
 func (*WatchCampaignResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{8}
+	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *WatchCampaignResponse) GetCampaign() *Campaign {
@@ -804,7 +875,7 @@ type PauseCampaignRequest struct {
 
 func (x *PauseCampaignRequest) Reset() {
 	*x = PauseCampaignRequest{}
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[9]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -816,7 +887,7 @@ func (x *PauseCampaignRequest) String() string {
 func (*PauseCampaignRequest) ProtoMessage() {}
 
 func (x *PauseCampaignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[9]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -829,7 +900,7 @@ func (x *PauseCampaignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseCampaignRequest.ProtoReflect.Descriptor instead.
 func (*PauseCampaignRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{9}
+	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PauseCampaignRequest) GetId() string {
@@ -848,7 +919,7 @@ type PauseCampaignResponse struct {
 
 func (x *PauseCampaignResponse) Reset() {
 	*x = PauseCampaignResponse{}
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[10]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -860,7 +931,7 @@ func (x *PauseCampaignResponse) String() string {
 func (*PauseCampaignResponse) ProtoMessage() {}
 
 func (x *PauseCampaignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[10]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -873,7 +944,7 @@ func (x *PauseCampaignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseCampaignResponse.ProtoReflect.Descriptor instead.
 func (*PauseCampaignResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{10}
+	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PauseCampaignResponse) GetCampaign() *Campaign {
@@ -892,7 +963,7 @@ type ResumeCampaignRequest struct {
 
 func (x *ResumeCampaignRequest) Reset() {
 	*x = ResumeCampaignRequest{}
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[11]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -904,7 +975,7 @@ func (x *ResumeCampaignRequest) String() string {
 func (*ResumeCampaignRequest) ProtoMessage() {}
 
 func (x *ResumeCampaignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[11]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -917,7 +988,7 @@ func (x *ResumeCampaignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeCampaignRequest.ProtoReflect.Descriptor instead.
 func (*ResumeCampaignRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{11}
+	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ResumeCampaignRequest) GetId() string {
@@ -936,7 +1007,7 @@ type ResumeCampaignResponse struct {
 
 func (x *ResumeCampaignResponse) Reset() {
 	*x = ResumeCampaignResponse{}
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[12]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -948,7 +1019,7 @@ func (x *ResumeCampaignResponse) String() string {
 func (*ResumeCampaignResponse) ProtoMessage() {}
 
 func (x *ResumeCampaignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[12]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -961,7 +1032,7 @@ func (x *ResumeCampaignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeCampaignResponse.ProtoReflect.Descriptor instead.
 func (*ResumeCampaignResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{12}
+	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ResumeCampaignResponse) GetCampaign() *Campaign {
@@ -980,7 +1051,7 @@ type AbortCampaignRequest struct {
 
 func (x *AbortCampaignRequest) Reset() {
 	*x = AbortCampaignRequest{}
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[13]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -992,7 +1063,7 @@ func (x *AbortCampaignRequest) String() string {
 func (*AbortCampaignRequest) ProtoMessage() {}
 
 func (x *AbortCampaignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[13]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1005,7 +1076,7 @@ func (x *AbortCampaignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortCampaignRequest.ProtoReflect.Descriptor instead.
 func (*AbortCampaignRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{13}
+	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *AbortCampaignRequest) GetId() string {
@@ -1024,7 +1095,7 @@ type AbortCampaignResponse struct {
 
 func (x *AbortCampaignResponse) Reset() {
 	*x = AbortCampaignResponse{}
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[14]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1036,7 +1107,7 @@ func (x *AbortCampaignResponse) String() string {
 func (*AbortCampaignResponse) ProtoMessage() {}
 
 func (x *AbortCampaignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[14]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1049,7 +1120,7 @@ func (x *AbortCampaignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortCampaignResponse.ProtoReflect.Descriptor instead.
 func (*AbortCampaignResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{14}
+	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AbortCampaignResponse) GetCampaign() *Campaign {
@@ -1079,13 +1150,14 @@ type CampaignSpec struct {
 	HealthTimeout *durationpb.Duration `protobuf:"bytes,14,opt,name=health_timeout,json=healthTimeout,proto3" json:"health_timeout,omitempty"`
 	Window        string               `protobuf:"bytes,15,opt,name=window,proto3" json:"window,omitempty"`
 	MaxFailures   uint32               `protobuf:"varint,16,opt,name=max_failures,json=maxFailures,proto3" json:"max_failures,omitempty"`
+	AgentUpgrade  *AgentUpgrade        `protobuf:"bytes,17,opt,name=agent_upgrade,json=agentUpgrade,proto3" json:"agent_upgrade,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CampaignSpec) Reset() {
 	*x = CampaignSpec{}
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[15]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1097,7 +1169,7 @@ func (x *CampaignSpec) String() string {
 func (*CampaignSpec) ProtoMessage() {}
 
 func (x *CampaignSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[15]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1110,7 +1182,7 @@ func (x *CampaignSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CampaignSpec.ProtoReflect.Descriptor instead.
 func (*CampaignSpec) Descriptor() ([]byte, []int) {
-	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{15}
+	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CampaignSpec) GetSelector() map[string]string {
@@ -1225,6 +1297,13 @@ func (x *CampaignSpec) GetMaxFailures() uint32 {
 	return 0
 }
 
+func (x *CampaignSpec) GetAgentUpgrade() *AgentUpgrade {
+	if x != nil {
+		return x.AgentUpgrade
+	}
+	return nil
+}
+
 type NodeProgress struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
@@ -1251,13 +1330,17 @@ type NodeProgress struct {
 	BootIdBefore       string `protobuf:"bytes,17,opt,name=boot_id_before,json=bootIdBefore,proto3" json:"boot_id_before,omitempty"`
 	BootIdAfter        string `protobuf:"bytes,18,opt,name=boot_id_after,json=bootIdAfter,proto3" json:"boot_id_after,omitempty"`
 	GpuCountBefore     uint32 `protobuf:"varint,19,opt,name=gpu_count_before,json=gpuCountBefore,proto3" json:"gpu_count_before,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// An upgrade: its command, and the agent's version before and after.
+	UpgradeCommandId string `protobuf:"bytes,20,opt,name=upgrade_command_id,json=upgradeCommandId,proto3" json:"upgrade_command_id,omitempty"`
+	VersionBefore    string `protobuf:"bytes,21,opt,name=version_before,json=versionBefore,proto3" json:"version_before,omitempty"`
+	VersionAfter     string `protobuf:"bytes,22,opt,name=version_after,json=versionAfter,proto3" json:"version_after,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *NodeProgress) Reset() {
 	*x = NodeProgress{}
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[16]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1269,7 +1352,7 @@ func (x *NodeProgress) String() string {
 func (*NodeProgress) ProtoMessage() {}
 
 func (x *NodeProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[16]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1282,7 +1365,7 @@ func (x *NodeProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeProgress.ProtoReflect.Descriptor instead.
 func (*NodeProgress) Descriptor() ([]byte, []int) {
-	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{16}
+	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *NodeProgress) GetNodeId() string {
@@ -1418,6 +1501,27 @@ func (x *NodeProgress) GetGpuCountBefore() uint32 {
 	return 0
 }
 
+func (x *NodeProgress) GetUpgradeCommandId() string {
+	if x != nil {
+		return x.UpgradeCommandId
+	}
+	return ""
+}
+
+func (x *NodeProgress) GetVersionBefore() string {
+	if x != nil {
+		return x.VersionBefore
+	}
+	return ""
+}
+
+func (x *NodeProgress) GetVersionAfter() string {
+	if x != nil {
+		return x.VersionAfter
+	}
+	return ""
+}
+
 type Campaign struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1454,7 +1558,7 @@ type Campaign struct {
 
 func (x *Campaign) Reset() {
 	*x = Campaign{}
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[17]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1466,7 +1570,7 @@ func (x *Campaign) String() string {
 func (*Campaign) ProtoMessage() {}
 
 func (x *Campaign) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[17]
+	mi := &file_budfleet_maint_v1_maint_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1479,7 +1583,7 @@ func (x *Campaign) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Campaign.ProtoReflect.Descriptor instead.
 func (*Campaign) Descriptor() ([]byte, []int) {
-	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{17}
+	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Campaign) GetId() string {
@@ -1629,7 +1733,7 @@ const file_budfleet_maint_v1_maint_proto_rawDesc = "" +
 	"\x1dbudfleet/maint/v1/maint.proto\x12\x11budfleet.maint.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"5\n" +
 	"\vDomainLimit\x12\x14\n" +
 	"\x05label\x18\x01 \x01(\tR\x05label\x12\x10\n" +
-	"\x03max\x18\x02 \x01(\rR\x03max\"\xa1\a\n" +
+	"\x03max\x18\x02 \x01(\rR\x03max\"\xe7\a\n" +
 	"\x14StartCampaignRequest\x12Q\n" +
 	"\bselector\x18\x01 \x03(\v25.budfleet.maint.v1.StartCampaignRequest.SelectorEntryR\bselector\x12'\n" +
 	"\x0fmax_unavailable\x18\x02 \x01(\rR\x0emaxUnavailable\x12=\n" +
@@ -1649,10 +1753,14 @@ const file_budfleet_maint_v1_maint_proto_rawDesc = "" +
 	"\x10on_drain_failure\x18\x0e \x01(\x0e2%.budfleet.maint.v1.DrainFailurePolicyR\x0eonDrainFailure\x12@\n" +
 	"\x0ereboot_timeout\x18\x0f \x01(\v2\x19.google.protobuf.DurationR\rrebootTimeout\x12@\n" +
 	"\x0ehealth_timeout\x18\x10 \x01(\v2\x19.google.protobuf.DurationR\rhealthTimeout\x12\x17\n" +
-	"\adry_run\x18\x11 \x01(\bR\x06dryRun\x1a;\n" +
+	"\adry_run\x18\x11 \x01(\bR\x06dryRun\x12D\n" +
+	"\ragent_upgrade\x18\x12 \x01(\v2\x1f.budfleet.maint.v1.AgentUpgradeR\fagentUpgrade\x1a;\n" +
 	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"`\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"]\n" +
+	"\fAgentUpgrade\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\tR\aversion\x123\n" +
+	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"`\n" +
 	"\x15StartCampaignResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x127\n" +
 	"\bcampaign\x18\x02 \x01(\v2\x1b.budfleet.maint.v1.CampaignR\bcampaign\"\x16\n" +
@@ -1678,7 +1786,7 @@ const file_budfleet_maint_v1_maint_proto_rawDesc = "" +
 	"\x14AbortCampaignRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"P\n" +
 	"\x15AbortCampaignResponse\x127\n" +
-	"\bcampaign\x18\x01 \x01(\v2\x1b.budfleet.maint.v1.CampaignR\bcampaign\"\x90\a\n" +
+	"\bcampaign\x18\x01 \x01(\v2\x1b.budfleet.maint.v1.CampaignR\bcampaign\"\xd6\a\n" +
 	"\fCampaignSpec\x12I\n" +
 	"\bselector\x18\x01 \x03(\v2-.budfleet.maint.v1.CampaignSpec.SelectorEntryR\bselector\x12'\n" +
 	"\x0fmax_unavailable\x18\x02 \x01(\rR\x0emaxUnavailable\x12=\n" +
@@ -1699,10 +1807,11 @@ const file_budfleet_maint_v1_maint_proto_rawDesc = "" +
 	"\x0ereboot_timeout\x18\r \x01(\v2\x19.google.protobuf.DurationR\rrebootTimeout\x12@\n" +
 	"\x0ehealth_timeout\x18\x0e \x01(\v2\x19.google.protobuf.DurationR\rhealthTimeout\x12\x16\n" +
 	"\x06window\x18\x0f \x01(\tR\x06window\x12!\n" +
-	"\fmax_failures\x18\x10 \x01(\rR\vmaxFailures\x1a;\n" +
+	"\fmax_failures\x18\x10 \x01(\rR\vmaxFailures\x12D\n" +
+	"\ragent_upgrade\x18\x11 \x01(\v2\x1f.budfleet.maint.v1.AgentUpgradeR\fagentUpgrade\x1a;\n" +
 	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xae\x06\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa8\a\n" +
 	"\fNodeProgress\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x19\n" +
 	"\bk8s_node\x18\x02 \x01(\tR\ak8sNode\x12\x16\n" +
@@ -1726,7 +1835,10 @@ const file_budfleet_maint_v1_maint_proto_rawDesc = "" +
 	"\x11reboot_command_id\x18\x10 \x01(\tR\x0frebootCommandId\x12$\n" +
 	"\x0eboot_id_before\x18\x11 \x01(\tR\fbootIdBefore\x12\"\n" +
 	"\rboot_id_after\x18\x12 \x01(\tR\vbootIdAfter\x12(\n" +
-	"\x10gpu_count_before\x18\x13 \x01(\rR\x0egpuCountBefore\"\xc0\x06\n" +
+	"\x10gpu_count_before\x18\x13 \x01(\rR\x0egpuCountBefore\x12,\n" +
+	"\x12upgrade_command_id\x18\x14 \x01(\tR\x10upgradeCommandId\x12%\n" +
+	"\x0eversion_before\x18\x15 \x01(\tR\rversionBefore\x12#\n" +
+	"\rversion_after\x18\x16 \x01(\tR\fversionAfter\"\xc0\x06\n" +
 	"\bCampaign\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x126\n" +
@@ -1768,7 +1880,7 @@ const file_budfleet_maint_v1_maint_proto_rawDesc = "" +
 	"\x16CAMPAIGN_STATE_STOPPED\x10\x05\x12\x1b\n" +
 	"\x17CAMPAIGN_STATE_ABORTING\x10\x06\x12\x1a\n" +
 	"\x16CAMPAIGN_STATE_ABORTED\x10\a\x12\x1c\n" +
-	"\x18CAMPAIGN_STATE_COMPLETED\x10\b*\x96\x02\n" +
+	"\x18CAMPAIGN_STATE_COMPLETED\x10\b*\xad\x02\n" +
 	"\bNodeStep\x12\x19\n" +
 	"\x15NODE_STEP_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10NODE_STEP_QUEUED\x10\x01\x12\x14\n" +
@@ -1782,7 +1894,8 @@ const file_budfleet_maint_v1_maint_proto_rawDesc = "" +
 	"\x0eNODE_STEP_DONE\x10\t\x12\x14\n" +
 	"\x10NODE_STEP_FAILED\x10\n" +
 	"\x12\x15\n" +
-	"\x11NODE_STEP_SKIPPED\x10\v2\xcf\x05\n" +
+	"\x11NODE_STEP_SKIPPED\x10\v\x12\x15\n" +
+	"\x11NODE_STEP_UPGRADE\x10\f2\xcf\x05\n" +
 	"\x12MaintenanceService\x12b\n" +
 	"\rStartCampaign\x12'.budfleet.maint.v1.StartCampaignRequest\x1a(.budfleet.maint.v1.StartCampaignResponse\x12b\n" +
 	"\rListCampaigns\x12'.budfleet.maint.v1.ListCampaignsRequest\x1a(.budfleet.maint.v1.ListCampaignsResponse\x12\\\n" +
@@ -1805,93 +1918,97 @@ func file_budfleet_maint_v1_maint_proto_rawDescGZIP() []byte {
 }
 
 var file_budfleet_maint_v1_maint_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_budfleet_maint_v1_maint_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_budfleet_maint_v1_maint_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_budfleet_maint_v1_maint_proto_goTypes = []any{
 	(DrainFailurePolicy)(0),        // 0: budfleet.maint.v1.DrainFailurePolicy
 	(CampaignState)(0),             // 1: budfleet.maint.v1.CampaignState
 	(NodeStep)(0),                  // 2: budfleet.maint.v1.NodeStep
 	(*DomainLimit)(nil),            // 3: budfleet.maint.v1.DomainLimit
 	(*StartCampaignRequest)(nil),   // 4: budfleet.maint.v1.StartCampaignRequest
-	(*StartCampaignResponse)(nil),  // 5: budfleet.maint.v1.StartCampaignResponse
-	(*ListCampaignsRequest)(nil),   // 6: budfleet.maint.v1.ListCampaignsRequest
-	(*ListCampaignsResponse)(nil),  // 7: budfleet.maint.v1.ListCampaignsResponse
-	(*GetCampaignRequest)(nil),     // 8: budfleet.maint.v1.GetCampaignRequest
-	(*GetCampaignResponse)(nil),    // 9: budfleet.maint.v1.GetCampaignResponse
-	(*WatchCampaignRequest)(nil),   // 10: budfleet.maint.v1.WatchCampaignRequest
-	(*WatchCampaignResponse)(nil),  // 11: budfleet.maint.v1.WatchCampaignResponse
-	(*PauseCampaignRequest)(nil),   // 12: budfleet.maint.v1.PauseCampaignRequest
-	(*PauseCampaignResponse)(nil),  // 13: budfleet.maint.v1.PauseCampaignResponse
-	(*ResumeCampaignRequest)(nil),  // 14: budfleet.maint.v1.ResumeCampaignRequest
-	(*ResumeCampaignResponse)(nil), // 15: budfleet.maint.v1.ResumeCampaignResponse
-	(*AbortCampaignRequest)(nil),   // 16: budfleet.maint.v1.AbortCampaignRequest
-	(*AbortCampaignResponse)(nil),  // 17: budfleet.maint.v1.AbortCampaignResponse
-	(*CampaignSpec)(nil),           // 18: budfleet.maint.v1.CampaignSpec
-	(*NodeProgress)(nil),           // 19: budfleet.maint.v1.NodeProgress
-	(*Campaign)(nil),               // 20: budfleet.maint.v1.Campaign
-	nil,                            // 21: budfleet.maint.v1.StartCampaignRequest.SelectorEntry
-	nil,                            // 22: budfleet.maint.v1.CampaignSpec.SelectorEntry
-	(*durationpb.Duration)(nil),    // 23: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),  // 24: google.protobuf.Timestamp
+	(*AgentUpgrade)(nil),           // 5: budfleet.maint.v1.AgentUpgrade
+	(*StartCampaignResponse)(nil),  // 6: budfleet.maint.v1.StartCampaignResponse
+	(*ListCampaignsRequest)(nil),   // 7: budfleet.maint.v1.ListCampaignsRequest
+	(*ListCampaignsResponse)(nil),  // 8: budfleet.maint.v1.ListCampaignsResponse
+	(*GetCampaignRequest)(nil),     // 9: budfleet.maint.v1.GetCampaignRequest
+	(*GetCampaignResponse)(nil),    // 10: budfleet.maint.v1.GetCampaignResponse
+	(*WatchCampaignRequest)(nil),   // 11: budfleet.maint.v1.WatchCampaignRequest
+	(*WatchCampaignResponse)(nil),  // 12: budfleet.maint.v1.WatchCampaignResponse
+	(*PauseCampaignRequest)(nil),   // 13: budfleet.maint.v1.PauseCampaignRequest
+	(*PauseCampaignResponse)(nil),  // 14: budfleet.maint.v1.PauseCampaignResponse
+	(*ResumeCampaignRequest)(nil),  // 15: budfleet.maint.v1.ResumeCampaignRequest
+	(*ResumeCampaignResponse)(nil), // 16: budfleet.maint.v1.ResumeCampaignResponse
+	(*AbortCampaignRequest)(nil),   // 17: budfleet.maint.v1.AbortCampaignRequest
+	(*AbortCampaignResponse)(nil),  // 18: budfleet.maint.v1.AbortCampaignResponse
+	(*CampaignSpec)(nil),           // 19: budfleet.maint.v1.CampaignSpec
+	(*NodeProgress)(nil),           // 20: budfleet.maint.v1.NodeProgress
+	(*Campaign)(nil),               // 21: budfleet.maint.v1.Campaign
+	nil,                            // 22: budfleet.maint.v1.StartCampaignRequest.SelectorEntry
+	nil,                            // 23: budfleet.maint.v1.CampaignSpec.SelectorEntry
+	(*durationpb.Duration)(nil),    // 24: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 25: google.protobuf.Timestamp
 }
 var file_budfleet_maint_v1_maint_proto_depIdxs = []int32{
-	21, // 0: budfleet.maint.v1.StartCampaignRequest.selector:type_name -> budfleet.maint.v1.StartCampaignRequest.SelectorEntry
+	22, // 0: budfleet.maint.v1.StartCampaignRequest.selector:type_name -> budfleet.maint.v1.StartCampaignRequest.SelectorEntry
 	3,  // 1: budfleet.maint.v1.StartCampaignRequest.per_domain:type_name -> budfleet.maint.v1.DomainLimit
-	23, // 2: budfleet.maint.v1.StartCampaignRequest.drain_timeout:type_name -> google.protobuf.Duration
-	23, // 3: budfleet.maint.v1.StartCampaignRequest.task_timeout:type_name -> google.protobuf.Duration
-	23, // 4: budfleet.maint.v1.StartCampaignRequest.drain_retry_delay:type_name -> google.protobuf.Duration
-	23, // 5: budfleet.maint.v1.StartCampaignRequest.grace_period:type_name -> google.protobuf.Duration
+	24, // 2: budfleet.maint.v1.StartCampaignRequest.drain_timeout:type_name -> google.protobuf.Duration
+	24, // 3: budfleet.maint.v1.StartCampaignRequest.task_timeout:type_name -> google.protobuf.Duration
+	24, // 4: budfleet.maint.v1.StartCampaignRequest.drain_retry_delay:type_name -> google.protobuf.Duration
+	24, // 5: budfleet.maint.v1.StartCampaignRequest.grace_period:type_name -> google.protobuf.Duration
 	0,  // 6: budfleet.maint.v1.StartCampaignRequest.on_drain_failure:type_name -> budfleet.maint.v1.DrainFailurePolicy
-	23, // 7: budfleet.maint.v1.StartCampaignRequest.reboot_timeout:type_name -> google.protobuf.Duration
-	23, // 8: budfleet.maint.v1.StartCampaignRequest.health_timeout:type_name -> google.protobuf.Duration
-	20, // 9: budfleet.maint.v1.StartCampaignResponse.campaign:type_name -> budfleet.maint.v1.Campaign
-	20, // 10: budfleet.maint.v1.ListCampaignsResponse.campaigns:type_name -> budfleet.maint.v1.Campaign
-	20, // 11: budfleet.maint.v1.GetCampaignResponse.campaign:type_name -> budfleet.maint.v1.Campaign
-	20, // 12: budfleet.maint.v1.WatchCampaignResponse.campaign:type_name -> budfleet.maint.v1.Campaign
-	20, // 13: budfleet.maint.v1.PauseCampaignResponse.campaign:type_name -> budfleet.maint.v1.Campaign
-	20, // 14: budfleet.maint.v1.ResumeCampaignResponse.campaign:type_name -> budfleet.maint.v1.Campaign
-	20, // 15: budfleet.maint.v1.AbortCampaignResponse.campaign:type_name -> budfleet.maint.v1.Campaign
-	22, // 16: budfleet.maint.v1.CampaignSpec.selector:type_name -> budfleet.maint.v1.CampaignSpec.SelectorEntry
-	3,  // 17: budfleet.maint.v1.CampaignSpec.per_domain:type_name -> budfleet.maint.v1.DomainLimit
-	23, // 18: budfleet.maint.v1.CampaignSpec.drain_timeout:type_name -> google.protobuf.Duration
-	23, // 19: budfleet.maint.v1.CampaignSpec.drain_retry_delay:type_name -> google.protobuf.Duration
-	23, // 20: budfleet.maint.v1.CampaignSpec.grace_period:type_name -> google.protobuf.Duration
-	0,  // 21: budfleet.maint.v1.CampaignSpec.on_drain_failure:type_name -> budfleet.maint.v1.DrainFailurePolicy
-	23, // 22: budfleet.maint.v1.CampaignSpec.task_timeout:type_name -> google.protobuf.Duration
-	23, // 23: budfleet.maint.v1.CampaignSpec.reboot_timeout:type_name -> google.protobuf.Duration
-	23, // 24: budfleet.maint.v1.CampaignSpec.health_timeout:type_name -> google.protobuf.Duration
-	2,  // 25: budfleet.maint.v1.NodeProgress.step:type_name -> budfleet.maint.v1.NodeStep
-	24, // 26: budfleet.maint.v1.NodeProgress.started_at:type_name -> google.protobuf.Timestamp
-	24, // 27: budfleet.maint.v1.NodeProgress.step_since:type_name -> google.protobuf.Timestamp
-	24, // 28: budfleet.maint.v1.NodeProgress.finished_at:type_name -> google.protobuf.Timestamp
-	23, // 29: budfleet.maint.v1.NodeProgress.elapsed:type_name -> google.protobuf.Duration
-	23, // 30: budfleet.maint.v1.NodeProgress.step_elapsed:type_name -> google.protobuf.Duration
-	1,  // 31: budfleet.maint.v1.Campaign.state:type_name -> budfleet.maint.v1.CampaignState
-	24, // 32: budfleet.maint.v1.Campaign.created_at:type_name -> google.protobuf.Timestamp
-	24, // 33: budfleet.maint.v1.Campaign.updated_at:type_name -> google.protobuf.Timestamp
-	24, // 34: budfleet.maint.v1.Campaign.started_at:type_name -> google.protobuf.Timestamp
-	24, // 35: budfleet.maint.v1.Campaign.ended_at:type_name -> google.protobuf.Timestamp
-	23, // 36: budfleet.maint.v1.Campaign.elapsed:type_name -> google.protobuf.Duration
-	18, // 37: budfleet.maint.v1.Campaign.spec:type_name -> budfleet.maint.v1.CampaignSpec
-	19, // 38: budfleet.maint.v1.Campaign.nodes:type_name -> budfleet.maint.v1.NodeProgress
-	4,  // 39: budfleet.maint.v1.MaintenanceService.StartCampaign:input_type -> budfleet.maint.v1.StartCampaignRequest
-	6,  // 40: budfleet.maint.v1.MaintenanceService.ListCampaigns:input_type -> budfleet.maint.v1.ListCampaignsRequest
-	8,  // 41: budfleet.maint.v1.MaintenanceService.GetCampaign:input_type -> budfleet.maint.v1.GetCampaignRequest
-	10, // 42: budfleet.maint.v1.MaintenanceService.WatchCampaign:input_type -> budfleet.maint.v1.WatchCampaignRequest
-	12, // 43: budfleet.maint.v1.MaintenanceService.PauseCampaign:input_type -> budfleet.maint.v1.PauseCampaignRequest
-	14, // 44: budfleet.maint.v1.MaintenanceService.ResumeCampaign:input_type -> budfleet.maint.v1.ResumeCampaignRequest
-	16, // 45: budfleet.maint.v1.MaintenanceService.AbortCampaign:input_type -> budfleet.maint.v1.AbortCampaignRequest
-	5,  // 46: budfleet.maint.v1.MaintenanceService.StartCampaign:output_type -> budfleet.maint.v1.StartCampaignResponse
-	7,  // 47: budfleet.maint.v1.MaintenanceService.ListCampaigns:output_type -> budfleet.maint.v1.ListCampaignsResponse
-	9,  // 48: budfleet.maint.v1.MaintenanceService.GetCampaign:output_type -> budfleet.maint.v1.GetCampaignResponse
-	11, // 49: budfleet.maint.v1.MaintenanceService.WatchCampaign:output_type -> budfleet.maint.v1.WatchCampaignResponse
-	13, // 50: budfleet.maint.v1.MaintenanceService.PauseCampaign:output_type -> budfleet.maint.v1.PauseCampaignResponse
-	15, // 51: budfleet.maint.v1.MaintenanceService.ResumeCampaign:output_type -> budfleet.maint.v1.ResumeCampaignResponse
-	17, // 52: budfleet.maint.v1.MaintenanceService.AbortCampaign:output_type -> budfleet.maint.v1.AbortCampaignResponse
-	46, // [46:53] is the sub-list for method output_type
-	39, // [39:46] is the sub-list for method input_type
-	39, // [39:39] is the sub-list for extension type_name
-	39, // [39:39] is the sub-list for extension extendee
-	0,  // [0:39] is the sub-list for field type_name
+	24, // 7: budfleet.maint.v1.StartCampaignRequest.reboot_timeout:type_name -> google.protobuf.Duration
+	24, // 8: budfleet.maint.v1.StartCampaignRequest.health_timeout:type_name -> google.protobuf.Duration
+	5,  // 9: budfleet.maint.v1.StartCampaignRequest.agent_upgrade:type_name -> budfleet.maint.v1.AgentUpgrade
+	24, // 10: budfleet.maint.v1.AgentUpgrade.timeout:type_name -> google.protobuf.Duration
+	21, // 11: budfleet.maint.v1.StartCampaignResponse.campaign:type_name -> budfleet.maint.v1.Campaign
+	21, // 12: budfleet.maint.v1.ListCampaignsResponse.campaigns:type_name -> budfleet.maint.v1.Campaign
+	21, // 13: budfleet.maint.v1.GetCampaignResponse.campaign:type_name -> budfleet.maint.v1.Campaign
+	21, // 14: budfleet.maint.v1.WatchCampaignResponse.campaign:type_name -> budfleet.maint.v1.Campaign
+	21, // 15: budfleet.maint.v1.PauseCampaignResponse.campaign:type_name -> budfleet.maint.v1.Campaign
+	21, // 16: budfleet.maint.v1.ResumeCampaignResponse.campaign:type_name -> budfleet.maint.v1.Campaign
+	21, // 17: budfleet.maint.v1.AbortCampaignResponse.campaign:type_name -> budfleet.maint.v1.Campaign
+	23, // 18: budfleet.maint.v1.CampaignSpec.selector:type_name -> budfleet.maint.v1.CampaignSpec.SelectorEntry
+	3,  // 19: budfleet.maint.v1.CampaignSpec.per_domain:type_name -> budfleet.maint.v1.DomainLimit
+	24, // 20: budfleet.maint.v1.CampaignSpec.drain_timeout:type_name -> google.protobuf.Duration
+	24, // 21: budfleet.maint.v1.CampaignSpec.drain_retry_delay:type_name -> google.protobuf.Duration
+	24, // 22: budfleet.maint.v1.CampaignSpec.grace_period:type_name -> google.protobuf.Duration
+	0,  // 23: budfleet.maint.v1.CampaignSpec.on_drain_failure:type_name -> budfleet.maint.v1.DrainFailurePolicy
+	24, // 24: budfleet.maint.v1.CampaignSpec.task_timeout:type_name -> google.protobuf.Duration
+	24, // 25: budfleet.maint.v1.CampaignSpec.reboot_timeout:type_name -> google.protobuf.Duration
+	24, // 26: budfleet.maint.v1.CampaignSpec.health_timeout:type_name -> google.protobuf.Duration
+	5,  // 27: budfleet.maint.v1.CampaignSpec.agent_upgrade:type_name -> budfleet.maint.v1.AgentUpgrade
+	2,  // 28: budfleet.maint.v1.NodeProgress.step:type_name -> budfleet.maint.v1.NodeStep
+	25, // 29: budfleet.maint.v1.NodeProgress.started_at:type_name -> google.protobuf.Timestamp
+	25, // 30: budfleet.maint.v1.NodeProgress.step_since:type_name -> google.protobuf.Timestamp
+	25, // 31: budfleet.maint.v1.NodeProgress.finished_at:type_name -> google.protobuf.Timestamp
+	24, // 32: budfleet.maint.v1.NodeProgress.elapsed:type_name -> google.protobuf.Duration
+	24, // 33: budfleet.maint.v1.NodeProgress.step_elapsed:type_name -> google.protobuf.Duration
+	1,  // 34: budfleet.maint.v1.Campaign.state:type_name -> budfleet.maint.v1.CampaignState
+	25, // 35: budfleet.maint.v1.Campaign.created_at:type_name -> google.protobuf.Timestamp
+	25, // 36: budfleet.maint.v1.Campaign.updated_at:type_name -> google.protobuf.Timestamp
+	25, // 37: budfleet.maint.v1.Campaign.started_at:type_name -> google.protobuf.Timestamp
+	25, // 38: budfleet.maint.v1.Campaign.ended_at:type_name -> google.protobuf.Timestamp
+	24, // 39: budfleet.maint.v1.Campaign.elapsed:type_name -> google.protobuf.Duration
+	19, // 40: budfleet.maint.v1.Campaign.spec:type_name -> budfleet.maint.v1.CampaignSpec
+	20, // 41: budfleet.maint.v1.Campaign.nodes:type_name -> budfleet.maint.v1.NodeProgress
+	4,  // 42: budfleet.maint.v1.MaintenanceService.StartCampaign:input_type -> budfleet.maint.v1.StartCampaignRequest
+	7,  // 43: budfleet.maint.v1.MaintenanceService.ListCampaigns:input_type -> budfleet.maint.v1.ListCampaignsRequest
+	9,  // 44: budfleet.maint.v1.MaintenanceService.GetCampaign:input_type -> budfleet.maint.v1.GetCampaignRequest
+	11, // 45: budfleet.maint.v1.MaintenanceService.WatchCampaign:input_type -> budfleet.maint.v1.WatchCampaignRequest
+	13, // 46: budfleet.maint.v1.MaintenanceService.PauseCampaign:input_type -> budfleet.maint.v1.PauseCampaignRequest
+	15, // 47: budfleet.maint.v1.MaintenanceService.ResumeCampaign:input_type -> budfleet.maint.v1.ResumeCampaignRequest
+	17, // 48: budfleet.maint.v1.MaintenanceService.AbortCampaign:input_type -> budfleet.maint.v1.AbortCampaignRequest
+	6,  // 49: budfleet.maint.v1.MaintenanceService.StartCampaign:output_type -> budfleet.maint.v1.StartCampaignResponse
+	8,  // 50: budfleet.maint.v1.MaintenanceService.ListCampaigns:output_type -> budfleet.maint.v1.ListCampaignsResponse
+	10, // 51: budfleet.maint.v1.MaintenanceService.GetCampaign:output_type -> budfleet.maint.v1.GetCampaignResponse
+	12, // 52: budfleet.maint.v1.MaintenanceService.WatchCampaign:output_type -> budfleet.maint.v1.WatchCampaignResponse
+	14, // 53: budfleet.maint.v1.MaintenanceService.PauseCampaign:output_type -> budfleet.maint.v1.PauseCampaignResponse
+	16, // 54: budfleet.maint.v1.MaintenanceService.ResumeCampaign:output_type -> budfleet.maint.v1.ResumeCampaignResponse
+	18, // 55: budfleet.maint.v1.MaintenanceService.AbortCampaign:output_type -> budfleet.maint.v1.AbortCampaignResponse
+	49, // [49:56] is the sub-list for method output_type
+	42, // [42:49] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_budfleet_maint_v1_maint_proto_init() }
@@ -1905,7 +2022,7 @@ func file_budfleet_maint_v1_maint_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_budfleet_maint_v1_maint_proto_rawDesc), len(file_budfleet_maint_v1_maint_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   20,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
