@@ -35,7 +35,7 @@ export GOFLAGS := $(strip $(shell $(GO) env GOFLAGS) -tags=kustomize_disable_go_
 export GRPCURL
 
 .PHONY: all build run test lint fmt-check vet imports-check buf-lint buf-breaking proto proto-check proto-baseline gpu-check \
-        test-unit test-e2e test-units bench clean packages bundle
+        test-unit test-e2e test-units bench clean fuzz packages bundle
 
 all: build
 
@@ -68,7 +68,7 @@ run: build
 	@scripts/run-local.sh
 
 ## test: everything CI runs.
-test: lint test-unit test-e2e test-units
+test: lint test-unit fuzz test-e2e test-units
 	@echo "make test: all checks passed"
 
 lint: fmt-check vet imports-check buf-lint buf-breaking proto-check
@@ -122,6 +122,16 @@ baremetal-peers:
 
 test-unit: k8s kubelet-deps baremetal-peers
 	$(GO) test -race -count=1 $(UNIT_PKGS)
+
+## fuzz: each fuzz target for FUZZTIME (default 5s) over its committed corpus (testdata/fuzz/).
+FUZZTIME ?= 5s
+FUZZ_TARGETS = ./agent:FuzzLoadConfig ./siem:FuzzPushedConfig ./controller:FuzzCheckNodeText
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$name ($$pkg, $(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg; \
+	done
 
 test-e2e: build $(GRPCURL) k8s kubelet-deps baremetal-peers
 	$(GO) test -count=1 ./test/...

@@ -45,6 +45,10 @@ type Options struct {
 	// used until the controller pushes one.
 	SIEM      SIEMForwarder
 	LocalSIEM *siem.Config
+	// SIEMAllow is what a pushed SIEM configuration may read and where it
+	// may send (agent.yaml's siem_allow); the zero value is the defaults
+	// (siem.Allowlist.WithDefaults).
+	SIEMAllow siem.Allowlist
 	// Handlers adds or replaces command handlers by kind.
 	Handlers map[string]Handler
 	// Hostname is the name the node reports, BUD_NODE_NAME of a
@@ -156,7 +160,7 @@ func New(opts Options) (*Agent, error) {
 		log:       a.log,
 		collected: make(chan *hostv1.Inventory, 1),
 	}
-	a.siem = &siemForwarding{forwarder: opts.SIEM, local: opts.LocalSIEM, state: opts.State, log: a.log}
+	a.siem = &siemForwarding{forwarder: opts.SIEM, local: opts.LocalSIEM, allow: opts.SIEMAllow, state: opts.State, log: a.log}
 	bootID := func() string { return "" }
 	if src, ok := opts.Inventory.(interface{ BootID() string }); ok {
 		bootID = src.BootID

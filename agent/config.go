@@ -34,6 +34,10 @@ type Config struct {
 	// SIEM is the local audit-forwarding configuration; one pushed by the
 	// controller replaces it while the agent runs.
 	SIEM siem.Config `yaml:"siem"`
+	// SIEMAllow is the node owner's allowlist for SIEM configurations the
+	// controller pushes (siem.Allowlist): source prefixes, destinations,
+	// schemes. The agent's state directory is refused whatever it says.
+	SIEMAllow siem.Allowlist `yaml:"siem_allow"`
 	// Maintenance configures the maintenance commands.
 	Maintenance MaintenanceConfig `yaml:"maintenance"`
 	// Kubelet configures kubelet.join.
@@ -138,6 +142,9 @@ func (c Config) Validate() error {
 		if err := c.SIEM.Validate(); err != nil {
 			return err
 		}
+	}
+	if err := c.SIEMAllow.Validate(); err != nil {
+		return err
 	}
 	if rc := c.Maintenance.RebootCommand; rc != nil && (len(rc) == 0 || rc[0] == "") {
 		return errors.New("maintenance.reboot_command must name a program, e.g. [systemctl, reboot]")

@@ -28,8 +28,10 @@ type SIEMForwarder interface {
 type siemForwarding struct {
 	forwarder SIEMForwarder // nil: the agent forwards nothing
 	local     *siem.Config
-	state     *state.DB
-	log       *slog.Logger
+	// allow is the node owner's allowlist for pushed configurations.
+	allow siem.Allowlist
+	state *state.DB
+	log   *slog.Logger
 
 	mu      sync.Mutex
 	lastErr string // why the last configuration was refused
@@ -68,6 +70,11 @@ func (m *siemForwarding) start(ctx context.Context) {
 
 func (m *siemForwarding) applyPushed(ctx context.Context, pc state.PushedConfig) error {
 	cfg, err := siem.ParseYAML(pc.YAML)
+	if err == nil {
+		// The allowlist is checked before anything is opened: a refused
+		// push reads nothing and sends nothing.
+		err = m.allow.Check(cfg, []string{m.state.Dir()})
+	}
 	if err == nil {
 		err = m.forwarder.Apply(ctx, cfg, pc.Version, "controller")
 	}

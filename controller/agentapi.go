@@ -36,11 +36,21 @@ var (
 // Enroll turns a join token and a CSR into a node and its certificate.
 func (a *AgentAPI) Enroll(ctx context.Context, req *agentv1.EnrollRequest) (*agentv1.EnrollResponse, error) {
 	s := a.s
+	if !s.enrollLimit.allow(peerAddr(ctx)) {
+		err := status.Error(codes.ResourceExhausted, "too many enrollment attempts from this address: wait and retry")
+		s.refusals.note(ctx, "enroll rate", peerAddr(ctx), err)
+		s.metrics.enrollments.WithLabelValues(codes.ResourceExhausted.String()).Inc()
+		return nil, err
+	}
 	resp, err := a.enroll(ctx, req)
 	result := "ok"
 	if err != nil {
 		result = status.Code(err).String()
-		s.log.WarnContext(ctx, "enrollment refused", "token_id", req.GetTokenId(), "hostname", req.GetHostname(), "peer", peerAddr(ctx), "error", err)
+		// Sampled, with the caller's fields cut and quoted: an
+		// unauthenticated caller must not be able to flood the log.
+		s.refusals.note(ctx, "enroll", peerAddr(ctx), err, "token_id", quoted(req.GetTokenId()), "hostname", quoted(req.GetHostname()))
+	} else {
+		s.auditRecord(ctx, "node.enroll", resp.GetNodeId(), "node_id", resp.GetNodeId(), "hostname", req.GetHostname(), "token_id", req.GetTokenId(), "peer", peerAddr(ctx))
 	}
 	s.metrics.enrollments.WithLabelValues(result).Inc()
 	return resp, err

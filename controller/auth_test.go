@@ -36,6 +36,14 @@ var fleetMethods = []string{
 	fleetv1.FleetService_CreateCommand_FullMethodName,
 	fleetv1.FleetService_ListCommands_FullMethodName,
 	fleetv1.FleetService_GetCommand_FullMethodName,
+	fleetv1.FleetService_ListGpus_FullMethodName,
+	fleetv1.FleetService_GetGpuSummary_FullMethodName,
+	fleetv1.FleetService_ApplySiemConfig_FullMethodName,
+	fleetv1.FleetService_GetSiemStatus_FullMethodName,
+	fleetv1.FleetService_IssueOperator_FullMethodName,
+	fleetv1.FleetService_ListOperators_FullMethodName,
+	fleetv1.FleetService_RevokeOperator_FullMethodName,
+	fleetv1.FleetService_RenewOperator_FullMethodName,
 }
 
 // artifactMethods are the operators' artifact calls: a node certificate,
@@ -83,6 +91,8 @@ type certs struct {
 	node     *x509.Certificate
 	admin    *x509.Certificate
 	viewer   *x509.Certificate
+	operator *x509.Certificate
+	siem     *x509.Certificate
 	noRole   *x509.Certificate
 	stranger *x509.Certificate // chains to the CA, neither node nor operator
 }
@@ -110,6 +120,8 @@ func issueCerts(t *testing.T) certs {
 		node:     issue(pki.NodeSubject("node-1")),
 		admin:    issue(pki.OperatorSubject("alice", pki.RoleAdmin)),
 		viewer:   issue(pki.OperatorSubject("bob", "viewer")),
+		operator: issue(pki.OperatorSubject("olga", pki.RoleOperator)),
+		siem:     issue(pki.OperatorSubject("sam", pki.RoleSIEMAdmin)),
 		noRole:   issue(pkix.Name{CommonName: "carol", Organization: []string{pki.OrgOperator}}),
 		stranger: issue(pkix.Name{CommonName: "eve", Organization: []string{"budfleet"}}),
 	}
@@ -127,6 +139,14 @@ func withPeer(cert, ca *x509.Certificate) context.Context {
 		Addr:     &net.TCPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 40000},
 		AuthInfo: credentials.TLSInfo{State: st},
 	})
+}
+
+// roleCode is what authorize answers role on method.
+func roleCode(role, method string) codes.Code {
+	if pki.RoleAllows(role, methodRoles[method]) {
+		return codes.OK
+	}
+	return codes.PermissionDenied
 }
 
 func TestAuthorize(t *testing.T) {
@@ -163,7 +183,9 @@ func TestAuthorize(t *testing.T) {
 	for _, m := range slices.Concat(fleetMethods, artifactMethods, reflectionMethods) {
 		cases = append(cases,
 			tc{"admin on " + m, withPeer(c.admin, c.ca.Cert), m, codes.OK, "alice", pki.RoleAdmin},
-			tc{"viewer on " + m, withPeer(c.viewer, c.ca.Cert), m, codes.PermissionDenied, "", ""},
+			tc{"viewer on " + m, withPeer(c.viewer, c.ca.Cert), m, roleCode(pki.RoleViewer, m), "bob", "viewer"},
+			tc{"operator on " + m, withPeer(c.operator, c.ca.Cert), m, roleCode(pki.RoleOperator, m), "olga", pki.RoleOperator},
+			tc{"siem-admin on " + m, withPeer(c.siem, c.ca.Cert), m, roleCode(pki.RoleSIEMAdmin, m), "sam", pki.RoleSIEMAdmin},
 			tc{"operator without role on " + m, withPeer(c.noRole, c.ca.Cert), m, codes.PermissionDenied, "", ""},
 			tc{"node on " + m, withPeer(c.node, c.ca.Cert), m, codes.PermissionDenied, "", ""},
 			tc{"stranger on " + m, withPeer(c.stranger, c.ca.Cert), m, codes.PermissionDenied, "", ""},
@@ -199,7 +221,7 @@ func TestAuthorizeMessageNamesRole(t *testing.T) {
 	c := issueCerts(t)
 	_, err := authorize(withPeer(c.viewer, c.ca.Cert), fleetv1.FleetService_DeleteNode_FullMethodName)
 	st, _ := status.FromError(err)
-	if want := `operator role "viewer" may not call ` + fleetv1.FleetService_DeleteNode_FullMethodName; st.Message() != want {
+	if want := `operator role "viewer" may not call ` + fleetv1.FleetService_DeleteNode_FullMethodName + ` (it needs operator)`; st.Message() != want {
 		t.Errorf("message %q, want %q", st.Message(), want)
 	}
 }

@@ -48,7 +48,7 @@ func TestClusterServiceAccess(t *testing.T) {
 			want codes.Code
 		}{
 			{"admin", withPeer(c.admin, c.ca.Cert), codes.OK},
-			{"viewer", withPeer(c.viewer, c.ca.Cert), codes.PermissionDenied},
+			{"viewer", withPeer(c.viewer, c.ca.Cert), roleCode(pki.RoleViewer, method)},
 			{"node", withPeer(c.node, c.ca.Cert), codes.PermissionDenied},
 			{"no cert", withPeer(nil, nil), codes.Unauthenticated},
 		} {

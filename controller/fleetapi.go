@@ -57,7 +57,15 @@ func (a *FleetAPI) audit(ctx context.Context, action string, args ...any) {
 		who = id.Name
 	}
 	a.s.log.InfoContext(ctx, "operator action", append([]any{"action", action, "operator", who}, args...)...)
-	if a.s.opts.AuditLog == nil {
+	a.s.auditRecord(ctx, action, who, args...)
+}
+
+// auditRecord writes one event into the audit log file, when there is one:
+// operator actions, and what nodes do that security teams follow
+// (enrollments, renewals, renames, refusals in aggregate). who is the
+// operator or node.
+func (s *Server) auditRecord(ctx context.Context, action, who string, args ...any) {
+	if s.opts.AuditLog == nil {
 		return
 	}
 	attrs := map[string]any{}
@@ -66,8 +74,8 @@ func (a *FleetAPI) audit(ctx context.Context, action string, args ...any) {
 			attrs[k] = fmt.Sprint(args[i+1])
 		}
 	}
-	if err := a.s.opts.AuditLog.Record(a.s.opts.Now(), action, who, attrs); err != nil {
-		a.s.log.ErrorContext(ctx, "write audit log", "action", action, "error", err)
+	if err := s.opts.AuditLog.Record(s.opts.Now(), action, who, attrs); err != nil {
+		s.log.ErrorContext(ctx, "write audit log", "action", action, "error", err)
 	}
 }
 
@@ -152,16 +160,16 @@ func (a *FleetAPI) RevokeToken(ctx context.Context, req *fleetv1.RevokeTokenRequ
 }
 
 // ListNodes lists enrolled nodes with their live status.
-func (a *FleetAPI) ListNodes(ctx context.Context, _ *fleetv1.ListNodesRequest) (*fleetv1.ListNodesResponse, error) {
+func (a *FleetAPI) ListNodes(ctx context.Context, req *fleetv1.ListNodesRequest) (*fleetv1.ListNodesResponse, error) {
 	ns, err := a.s.store.ListNodes(ctx)
 	if err != nil {
 		return nil, storeErr(err)
 	}
-	out := &fleetv1.ListNodesResponse{}
-	for _, n := range ns {
-		out.Nodes = append(out.Nodes, a.s.nodeToProto(n))
+	nodes, next, err := page(ns, func(n store.Node) string { return n.ID }, a.s.nodeToProto, req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err
 	}
-	return out, nil
+	return &fleetv1.ListNodesResponse{Nodes: nodes, NextPageToken: next}, nil
 }
 
 // GetNode returns one node.
@@ -224,11 +232,11 @@ func (a *FleetAPI) ListCommands(ctx context.Context, req *fleetv1.ListCommandsRe
 	if err != nil {
 		return nil, storeErr(err)
 	}
-	out := &fleetv1.ListCommandsResponse{}
-	for _, c := range cs {
-		out.Commands = append(out.Commands, commandToProto(c))
+	cmds, next, err := page(cs, func(c store.Command) string { return c.ID }, commandToProto, req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err
 	}
-	return out, nil
+	return &fleetv1.ListCommandsResponse{Commands: cmds, NextPageToken: next}, nil
 }
 
 // GetCommand returns one command.
@@ -299,6 +307,9 @@ func (s *Server) nodeToProto(n store.Node) *fleetv1.Node {
 		p.Problems = gpuProblems(g)
 	} else {
 		p.Problems = append(p.Problems, err.Error())
+	}
+	if n.HostnameConflict != "" {
+		p.Problems = append(p.Problems, n.HostnameConflict)
 	}
 	p.Inventory = n.Inventory
 	return p

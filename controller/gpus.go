@@ -31,6 +31,10 @@ func (m *gpuReports) handlers() []handler {
 func (*gpuReports) start(context.Context, *session) error { return nil }
 
 func (m *gpuReports) handleInventory(ctx context.Context, sess *session, msg *agentv1.ConnectRequest_GpuInventory) error {
+	if err := checkNodeText(msg.GpuInventory); err != nil {
+		m.srv.refusals.note(ctx, "gpu inventory", sess.nodeID, err)
+		return nil
+	}
 	if err := m.recordInventory(ctx, sess.nodeID, msg.GpuInventory); err != nil {
 		return status.Errorf(codes.Internal, "store GPU inventory: %v", err)
 	}
@@ -38,6 +42,10 @@ func (m *gpuReports) handleInventory(ctx context.Context, sess *session, msg *ag
 }
 
 func (m *gpuReports) handleHealth(ctx context.Context, sess *session, msg *agentv1.ConnectRequest_GpuHealth) error {
+	if err := checkNodeText(msg.GpuHealth); err != nil {
+		m.srv.refusals.note(ctx, "gpu health", sess.nodeID, err)
+		return nil
+	}
 	if err := m.recordHealth(ctx, sess.nodeID, msg.GpuHealth); err != nil {
 		return status.Errorf(codes.Internal, "store GPU health: %v", err)
 	}

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -31,7 +32,7 @@ func Init(cfg InitConfig) error {
 	if cfg.Now.IsZero() {
 		cfg.Now = time.Now()
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+	if err := pki.PrivateDir(cfg.DataDir); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
 	}
 	if _, err := os.Stat(filepath.Join(cfg.DataDir, ca.CACertFile)); err == nil {
@@ -68,6 +69,12 @@ func Init(cfg InitConfig) error {
 	if err != nil {
 		return err
 	}
+	// The admin is an operator record like any other: it can be renewed
+	// and revoked.
+	if err := RecordOperator(context.Background(), st, adminCert, cfg.Now); err != nil {
+		st.Close()
+		return err
+	}
 	if err := st.Close(); err != nil {
 		return err
 	}
@@ -80,7 +87,7 @@ func writeServerCert(dir string, authority *ca.CA, names []string, now time.Time
 	if err != nil {
 		return err
 	}
-	cert, err := authority.IssueServer(key.Public(), names, now, 2*365*24*time.Hour)
+	cert, err := authority.IssueServer(key.Public(), names, now, ServerCertTTL)
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,10 @@ package controller
 
 import (
 	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -20,6 +24,11 @@ func (*hostInventory) start(context.Context, *session) error { return nil }
 
 func (m *hostInventory) handleInventory(ctx context.Context, sess *session, msg *agentv1.ConnectRequest_Inventory) error {
 	s := m.srv
+	if err := checkNodeText(msg.Inventory); err != nil {
+		// Refused whole: text from a node ends up in terminals and logs.
+		s.refusals.note(ctx, "inventory", sess.nodeID, err)
+		return nil
+	}
 	inv := capInventory(msg.Inventory)
 	if !hostnameRe.MatchString(inv.Hostname) {
 		// Enrollment checked the hostname; a report does not get to
@@ -28,10 +37,37 @@ func (m *hostInventory) handleInventory(ctx context.Context, sess *session, msg 
 		inv.Hostname = ""
 	}
 	now := s.opts.Now()
+	// A hostname change must not take another node's name (operators and
+	// campaigns address nodes by it).
+	var renamedFrom, conflict string
+	if inv.Hostname != "" {
+		cur, err := s.store.GetNode(ctx, sess.nodeID)
+		if err != nil {
+			return status.Errorf(codes.Internal, "load node: %v", err)
+		}
+		if cur.Hostname != inv.Hostname {
+			all, err := s.store.ListNodes(ctx)
+			if err != nil {
+				return status.Errorf(codes.Internal, "list nodes: %v", err)
+			}
+			for _, o := range all {
+				if o.ID != sess.nodeID && strings.EqualFold(o.Hostname, inv.Hostname) {
+					conflict = fmt.Sprintf("hostname change to %q refused: node %s has that name", inv.Hostname, o.ID)
+					break
+				}
+			}
+			if conflict == "" {
+				renamedFrom = cur.Hostname
+			}
+		}
+	}
 	if _, err := s.store.UpdateNode(ctx, sess.nodeID, func(n *store.Node) error {
 		n.Inventory = inv
 		n.InventoryUpdateAt = now
-		if inv.Hostname != "" {
+		n.HostnameConflict = conflict
+		if conflict != "" {
+			n.Inventory.Hostname = n.Hostname
+		} else if inv.Hostname != "" {
 			n.Hostname = inv.Hostname
 		}
 		if inv.BootId != "" {
@@ -40,6 +76,14 @@ func (m *hostInventory) handleInventory(ctx context.Context, sess *session, msg 
 		return nil
 	}); err != nil {
 		return status.Errorf(codes.Internal, "store inventory: %v", err)
+	}
+	switch {
+	case conflict != "":
+		s.log.WarnContext(ctx, "node hostname change refused", "node_id", sess.nodeID, "hostname", inv.Hostname, "reason", conflict)
+		s.auditRecord(ctx, "node.rename_refused", sess.nodeID, "node_id", sess.nodeID, "hostname", inv.Hostname, "reason", conflict)
+	case renamedFrom != "":
+		s.log.InfoContext(ctx, "node renamed", "node_id", sess.nodeID, "from", renamedFrom, "to", inv.Hostname)
+		s.auditRecord(ctx, "node.rename", sess.nodeID, "node_id", sess.nodeID, "from", renamedFrom, "to", inv.Hostname)
 	}
 	return nil
 }
@@ -69,7 +113,18 @@ func capInventory(p *hostv1.Inventory) *hostv1.Inventory {
 		ips = ips[:64]
 	}
 	for _, ip := range ips {
-		inv.IpAddresses = append(inv.IpAddresses, truncate(ip, 64))
+		if validAddress(ip) {
+			inv.IpAddresses = append(inv.IpAddresses, ip)
+		}
 	}
 	return inv
+}
+
+// validAddress: an IP address, or one with a prefix length (10.0.0.5/24).
+func validAddress(s string) bool {
+	if net.ParseIP(s) != nil {
+		return true
+	}
+	_, err := netip.ParsePrefix(s)
+	return err == nil
 }

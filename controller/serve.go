@@ -81,6 +81,10 @@ type ServeConfig struct {
 	// rather than in DataDir's bbolt file, and makes this controller one
 	// of several on it.
 	Etcd *EtcdConfig
+	// MaxConnections and MaxConnectionsPerSource bound the open
+	// connections overall and per source IP (0: the defaults).
+	MaxConnections          int
+	MaxConnectionsPerSource int
 }
 
 // EtcdConfig is the etcd store of a controller among several.
@@ -124,10 +128,12 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	if err != nil {
 		return err
 	}
-	serverCert, err := tls.LoadX509KeyPair(filepath.Join(pkiDir, ca.ServerCertFile), filepath.Join(pkiDir, ca.ServerKeyFile))
+	serverCerts, err := newServerCerts(pkiDir, authority.Cert, log, time.Now)
 	if err != nil {
-		return fmt.Errorf("load server certificate: %w", err)
+		return err
 	}
+	tlsConf := pki.ServerTLS(authority.Cert, tls.Certificate{})
+	tlsConf.Certificates, tlsConf.GetCertificate = nil, serverCerts.get
 	st, est, err := openStore(ctx, cfg)
 	if err != nil {
 		return err
@@ -203,27 +209,23 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		return err
 	}
 	gs := grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(pki.ServerTLS(authority.Cert, serverCert))),
+		grpc.Creds(credentials.NewTLS(tlsConf)),
 		grpc.MaxRecvMsgSize(MaxMessageBytes),
 		// The read buffer is not pooled under TLS; without it an idle agent
 		// costs ~16 KiB less.
 		grpc.ReadBufferSize(0),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-		grpc.ChainUnaryInterceptor(unaryAuth),
-		grpc.ChainStreamInterceptor(streamAuth),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, MaxConnectionIdle: MaxConnectionIdle}),
+		// A TLS handshake that has not finished in this long is dropped.
+		grpc.ConnectionTimeout(ConnectionTimeout),
+		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
+		grpc.ChainUnaryInterceptor(srv.UnaryAuth),
+		grpc.ChainStreamInterceptor(srv.StreamAuth),
 	)
-	agentv1.RegisterAgentServiceServer(gs, srv.AgentAPI())
-	fleetv1.RegisterFleetServiceServer(gs, srv.FleetAPI())
-	kubev1.RegisterClusterServiceServer(gs, srv.ClusterAPI())
-	maintv1.RegisterMaintenanceServiceServer(gs, srv.MaintenanceAPI())
-	artifactv1.RegisterArtifactServiceServer(gs, srv.ArtifactAPI())
-	artifactv1.RegisterNodeArtifactServiceServer(gs, srv.NodeArtifactAPI())
-	machinev1.RegisterMachineServiceServer(gs, srv.MachineAPI())
-	backupv1.RegisterBackupServiceServer(gs, srv.BackupAPI())
-	hs := health.NewServer()
-	healthpb.RegisterHealthServer(gs, hs)
-	reflection.Register(gs)
+	hs := srv.RegisterServices(gs)
+	limited := newLimitListener(lis, cfg.MaxConnections, cfg.MaxConnectionsPerSource, func(addr, reason string) {
+		srv.refusals.note(ctx, "connection", addr, errors.New(reason))
+	})
 
 	var mlis net.Listener
 	var hsrv *http.Server
@@ -247,6 +249,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		defer close(maintDone)
 		return srv.RunMaintenance(gctx)
 	})
+	g.Go(func() error { return serverCerts.rotate(gctx, time.Hour) })
 	if srv.quarantine != nil {
 		g.Go(func() error { return srv.singleton(gctx, "gpu-quarantine", srv.quarantine.run) })
 	}
@@ -255,7 +258,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		g.Go(func() error { return srv.RunPeers(gctx) })
 	}
 	g.Go(func() error {
-		if err := gs.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		if err := gs.Serve(limited); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("grpc server: %w", err)
 		}
 		return nil
@@ -314,4 +317,27 @@ func addrString(a net.Addr) string {
 		return ""
 	}
 	return a.String()
+}
+
+// Limits of the gRPC server.
+const (
+	ConnectionTimeout    = 10 * time.Second
+	MaxConcurrentStreams = 64
+)
+
+// RegisterServices registers every service the controller serves on gs,
+// health and reflection included, and returns the health server.
+func (srv *Server) RegisterServices(gs *grpc.Server) *health.Server {
+	agentv1.RegisterAgentServiceServer(gs, srv.AgentAPI())
+	fleetv1.RegisterFleetServiceServer(gs, srv.FleetAPI())
+	kubev1.RegisterClusterServiceServer(gs, srv.ClusterAPI())
+	maintv1.RegisterMaintenanceServiceServer(gs, srv.MaintenanceAPI())
+	artifactv1.RegisterArtifactServiceServer(gs, srv.ArtifactAPI())
+	artifactv1.RegisterNodeArtifactServiceServer(gs, srv.NodeArtifactAPI())
+	machinev1.RegisterMachineServiceServer(gs, srv.MachineAPI())
+	backupv1.RegisterBackupServiceServer(gs, srv.BackupAPI())
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+	reflection.Register(gs)
+	return hs
 }

@@ -68,6 +68,11 @@ type Options struct {
 	// Advertise is the controller address handed to the machines providers
 	// make, for their agents to dial.
 	Advertise string
+	// EnrollRate and EnrollBurst are the token bucket each source address
+	// gets for Enroll calls (defaults DefaultEnrollRate, DefaultEnrollBurst).
+	EnrollRate  float64
+	EnrollBurst int
+
 	// MachineTokenTTL is the lifetime of each machine's single-use join
 	// token: the time it has to boot and enroll.
 	MachineTokenTTL time.Duration
@@ -111,6 +116,10 @@ type Server struct {
 	commands *commandDelivery
 	progress *commandProgress
 	siem     *siemPush
+	// refusals samples refusal logs and counts them for the audit trail.
+	refusals *refusals
+	// enrollLimit rate-limits Enroll per source address.
+	enrollLimit *addrLimiter
 	// kube is the Kubernetes side: clusters and node operations (clusters.go).
 	kube *kube.Manager
 	// campaigns runs maintenance campaigns (campaigns.go, maintapi.go).
@@ -163,6 +172,12 @@ func New(opts Options) (*Server, error) {
 		// Published last heartbeats are at most a quarter of the grace old.
 		opts.PresenceInterval = min(DefaultPresenceInterval, max(opts.HeartbeatGrace, 4*time.Millisecond)/4)
 	}
+	if opts.EnrollRate == 0 {
+		opts.EnrollRate = DefaultEnrollRate
+	}
+	if opts.EnrollBurst == 0 {
+		opts.EnrollBurst = DefaultEnrollBurst
+	}
 	if opts.MachineTokenTTL == 0 {
 		opts.MachineTokenTTL = DefaultMachineTokenTTL
 	}
@@ -185,6 +200,8 @@ func New(opts Options) (*Server, error) {
 		started:  opts.Now(),
 	}
 	s.metrics = newMetrics(opts.Registerer)
+	s.refusals = newRefusals(s)
+	s.enrollLimit = newAddrLimiter(opts.EnrollRate, opts.EnrollBurst, opts.Now)
 	s.commands = &commandDelivery{srv: s, sessions: map[*session]*deliveries{}}
 	s.siem = &siemPush{srv: s, reports: map[string]siemReport{}, pushed: map[string]time.Time{}}
 	s.progress = &commandProgress{srv: s, sessions: map[*session]*progressState{}}

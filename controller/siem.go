@@ -2,6 +2,8 @@ package controller
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"sort"
 	"sync"
@@ -164,7 +166,10 @@ func (a *FleetAPI) ApplySiemConfig(ctx context.Context, req *fleetv1.ApplySiemCo
 			a.s.siem.push(sess, false)
 		}
 	}
-	a.audit(ctx, "siem.apply", "version", c.Version, "selector", fmt.Sprint(req.GetSelector()), "nodes", len(resp.NodeIds))
+	// The audit event names exactly what was pushed: the sha256 of the
+	// text, which the store keeps in full under the version.
+	sum := sha256.Sum256(req.GetYaml())
+	a.audit(ctx, "siem.apply", "version", c.Version, "sha256", hex.EncodeToString(sum[:]), "bytes", len(req.GetYaml()), "selector", fmt.Sprint(req.GetSelector()), "nodes", len(resp.NodeIds))
 	return resp, nil
 }
 

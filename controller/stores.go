@@ -53,6 +53,7 @@ type serverStore interface {
 	nodeStore
 	commandStore
 	siemConfigStore
+	store.OperatorStore
 }
 
 var _ serverStore = store.Store(nil)

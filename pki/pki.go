@@ -28,8 +28,44 @@ const (
 	OrgOperator = "budfleet:operator"
 )
 
-// Role of an operator certificate, carried as its OrganizationalUnit.
-const RoleAdmin = "admin"
+// Roles of operator certificates, carried as their OrganizationalUnit.
+// viewer reads; operator also runs the fleet (tokens, nodes, commands,
+// maintenance, machines, artifacts); siem-admin also configures audit
+// forwarding; admin may do everything, credentials and clusters included.
+const (
+	RoleViewer    = "viewer"
+	RoleOperator  = "operator"
+	RoleSIEMAdmin = "siem-admin"
+	RoleAdmin     = "admin"
+)
+
+// Roles lists the operator roles, least privileged first.
+var Roles = []string{RoleViewer, RoleOperator, RoleSIEMAdmin, RoleAdmin}
+
+// ValidRole reports whether r is one of Roles.
+func ValidRole(r string) bool {
+	for _, x := range Roles {
+		if x == r {
+			return true
+		}
+	}
+	return false
+}
+
+// RoleAllows reports whether an operator with role have may call a method
+// that needs role need: admin may call everything, operator and
+// siem-admin what viewer may and their own, viewer only reads.
+func RoleAllows(have, need string) bool {
+	switch {
+	case !ValidRole(have) || !ValidRole(need):
+		return false
+	case have == need, have == RoleAdmin:
+		return true
+	case need == RoleViewer:
+		return have == RoleOperator || have == RoleSIEMAdmin
+	}
+	return false
+}
 
 // NodeSubject is the subject of a node's client certificate.
 func NodeSubject(nodeID string) pkix.Name {
@@ -167,6 +203,25 @@ func syncDir(dir string) error {
 	defer d.Close()
 	if err := d.Sync(); err != nil {
 		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// PrivateDir makes dir (and its parents) for keys and state, mode 0700,
+// and tightens it to 0700 when it exists with a looser mode: MkdirAll
+// leaves an existing directory's mode alone.
+func PrivateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return fmt.Errorf("tighten %s to 0700 (it is %#o): %w", dir, fi.Mode().Perm(), err)
+		}
 	}
 	return nil
 }

@@ -265,3 +265,7 @@ func (d *DB) PushedSIEM() (c PushedConfig, ok bool, err error) {
 	})
 	return c, ok, err
 }
+
+// Dir is the state directory: the node's key and certificate live in it,
+// so nothing the controller configures may read from it.
+func (d *DB) Dir() string { return filepath.Dir(d.db.Path()) }

@@ -134,6 +134,7 @@ func (a *app) run(ctx context.Context, rf runFlags) error {
 		GPUHealthInterval: cfg.GPU.HealthInterval,
 		SIEM:              fwd,
 		LocalSIEM:         &cfg.SIEM,
+		SIEMAllow:         cfg.SIEMAllow,
 		ArtifactDir:       filepath.Join(a.stateDir, "artifacts"),
 		Kubelet:           kub,
 		Upgrade:           upgrade,

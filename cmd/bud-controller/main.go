@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -143,9 +144,30 @@ func newRoot() *cobra.Command {
 	f.StringVar(&controllerID, "controller-id", "", "this controller's name among the controllers on one etcd (default host name and listen port)")
 	f.IntVar(&etcdLeaseTTL, "etcd-lease-ttl", etcdstore.DefaultLeaseTTL, "seconds a dead controller's sessions and leaderships outlive it")
 	f.StringVar(&sc.PKIDir, "pki-dir", "", "directory with ca.crt, ca.key, server.crt, server.key (default --data-dir): controllers of one fleet share them")
+	f.Float64Var(&sc.Server.EnrollRate, "enroll-rate", controller.DefaultEnrollRate, "Enroll calls per second allowed from one source address (token bucket)")
+	f.IntVar(&sc.Server.EnrollBurst, "enroll-burst", controller.DefaultEnrollBurst, "Enroll calls one source address may make at once")
+	f.IntVar(&sc.MaxConnections, "max-connections", controller.DefaultMaxConnections, "open connections allowed overall")
+	f.IntVar(&sc.MaxConnectionsPerSource, "max-connections-per-source", controller.DefaultMaxConnectionsPerSource, "open connections allowed from one IP address")
 	_ = serveCmd.MarkFlagRequired("data-dir")
 
-	root.AddCommand(initCmd, serveCmd, restoreCmd(), &cobra.Command{
+	var rotateDir string
+	rotateCmd := &cobra.Command{
+		Use:   "rotate-server-cert",
+		Short: "Issue a new server certificate and key for the same names; a running controller picks it up within seconds",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cert, err := controller.RotateServerCert(rotateDir, time.Now())
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "server certificate rotated: serial %s, expires %s\n", cert.SerialNumber.Text(16), cert.NotAfter.UTC().Format(time.RFC3339))
+			return nil
+		},
+	}
+	rotateCmd.Flags().StringVar(&rotateDir, "data-dir", "", "controller data dir")
+	_ = rotateCmd.MarkFlagRequired("data-dir")
+
+	root.AddCommand(initCmd, serveCmd, restoreCmd(), rotateCmd, &cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
 		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), version.Version) },

@@ -68,7 +68,7 @@ func (a *app) commandsCmd() *cobra.Command {
 			if err := listOut.check(); err != nil {
 				return err
 			}
-			resp, err := fleetCall(a, cmd.Context(), fleetv1.FleetServiceClient.ListCommands, &fleetv1.ListCommandsRequest{NodeId: listNode})
+			resp, err := allCommands(a, cmd.Context(), listNode)
 			if err != nil {
 				return err
 			}
@@ -76,7 +76,7 @@ func (a *app) commandsCmd() *cobra.Command {
 			return listOut.print(cmd.OutOrStdout(), resp, func(tw *tabwriter.Writer) {
 				fmt.Fprintln(tw, "ID\tNODE\tKIND\tSTATE\tDELIVERIES\tAGE\tMESSAGE")
 				for _, c := range resp.GetCommands() {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", c.GetId(), c.GetNodeId(), c.GetKind(), commandState(c.GetState()), c.GetDeliveries(), age(c.GetCreatedAt(), now), c.GetMessage())
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", c.GetId(), c.GetNodeId(), c.GetKind(), commandState(c.GetState()), c.GetDeliveries(), age(c.GetCreatedAt(), now), safe(c.GetMessage()))
 				}
 			})
 		},
@@ -134,7 +134,7 @@ func addScript(p map[string]string, path string) (map[string]string, error) {
 // table, then multi-line outputs (a task's stdout and stderr) as blocks,
 // and while it runs the tail of what it has streamed.
 func printCommand(tw *tabwriter.Writer, w io.Writer, c *fleetv1.Command, now time.Time) {
-	fmt.Fprintf(tw, "ID:\t%s\nNode:\t%s\nKind:\t%s\nState:\t%s\nDeliveries:\t%d\nMessage:\t%s\n", c.GetId(), c.GetNodeId(), c.GetKind(), commandState(c.GetState()), c.GetDeliveries(), c.GetMessage())
+	fmt.Fprintf(tw, "ID:\t%s\nNode:\t%s\nKind:\t%s\nState:\t%s\nDeliveries:\t%d\nMessage:\t%s\n", c.GetId(), c.GetNodeId(), c.GetKind(), commandState(c.GetState()), c.GetDeliveries(), safe(c.GetMessage()))
 	keys := make([]string, 0, len(c.GetOutput()))
 	for k := range c.GetOutput() {
 		keys = append(keys, k)
@@ -147,7 +147,7 @@ func printCommand(tw *tabwriter.Writer, w io.Writer, c *fleetv1.Command, now tim
 			blocks = append(blocks, k)
 			continue
 		}
-		fmt.Fprintf(tw, "Output %s:\t%s\n", k, v)
+		fmt.Fprintf(tw, "Output %s:\t%s\n", safe(k), safe(v))
 	}
 	done := c.GetState() == fleetv1.CommandState_COMMAND_STATE_SUCCEEDED || c.GetState() == fleetv1.CommandState_COMMAND_STATE_FAILED
 	tail := c.GetOutputTail()
@@ -180,6 +180,6 @@ func printCommand(tw *tabwriter.Writer, w io.Writer, c *fleetv1.Command, now tim
 func printBlock(w io.Writer, title, text string) {
 	fmt.Fprintf(w, "%s:\n", title)
 	for _, line := range strings.Split(strings.TrimSuffix(text, "\n"), "\n") {
-		fmt.Fprintf(w, "    %s\n", line)
+		fmt.Fprintf(w, "    %s\n", safe(line))
 	}
 }

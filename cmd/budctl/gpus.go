@@ -60,7 +60,7 @@ func (a *app) gpusCmd() *cobra.Command {
 					if reasons == "" {
 						reasons = "-"
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", g.GetNodeId(), g.GetHostname(), idx, g.GetUuid(), product, mib(g.GetMemoryBytes()), healthWord(g.GetHealth()), reasons)
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", g.GetNodeId(), safe(g.GetHostname()), idx, safe(g.GetUuid()), safe(product), mib(g.GetMemoryBytes()), healthWord(g.GetHealth()), safe(reasons))
 				}
 			})
 		},
@@ -86,7 +86,7 @@ func (a *app) gpusCmd() *cobra.Command {
 			return sumOut.print(cmd.OutOrStdout(), resp, func(tw *tabwriter.Writer) {
 				fmt.Fprintln(tw, "PRODUCT\tNODES\tGPUS\tHEALTHY\tDEGRADED\tUNHEALTHY\tUNKNOWN")
 				for _, r := range resp.GetProducts() {
-					fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\n", r.GetProduct(), r.GetNodes(), r.GetTotal(), r.GetHealthy(), r.GetDegraded(), r.GetUnhealthy(), r.GetUnknown())
+					fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\n", safe(r.GetProduct()), r.GetNodes(), r.GetTotal(), r.GetHealthy(), r.GetDegraded(), r.GetUnhealthy(), r.GetUnknown())
 				}
 				fmt.Fprintf(tw, "\nnodes with GPUs: %d, without: %d, missing GPUs: %d\n", resp.GetNodesWithGpus(), resp.GetNodesWithoutGpus(), resp.GetNodesMissingGpus())
 			})

@@ -34,7 +34,7 @@ func (a *app) nodesCmd() *cobra.Command {
 			if err := listOut.check(); err != nil {
 				return err
 			}
-			resp, err := fleetCall(a, cmd.Context(), fleetv1.FleetServiceClient.ListNodes, &fleetv1.ListNodesRequest{})
+			resp, err := allNodes(a, cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -54,7 +54,7 @@ func (a *app) nodesCmd() *cobra.Command {
 					if len(n.GetProblems()) > 0 {
 						problems = strings.Join(n.GetProblems(), " | ")
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.GetId(), n.GetHostname(), statusWord(n.GetStatus()), gpuCount(n), age(n.GetLastHeartbeat(), now), addrs, ver, age(n.GetEnrolledAt(), now), problems)
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.GetId(), safe(n.GetHostname()), statusWord(n.GetStatus()), gpuCount(n), age(n.GetLastHeartbeat(), now), safe(addrs), safe(ver), age(n.GetEnrolledAt(), now), safe(problems))
 				}
 			})
 		},
@@ -77,7 +77,7 @@ func (a *app) nodesCmd() *cobra.Command {
 			now := time.Now()
 			return getOut.print(cmd.OutOrStdout(), resp, func(tw *tabwriter.Writer) {
 				n := resp.GetNode()
-				row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
+				row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, safe(v)) }
 				row("ID", n.GetId())
 				row("Hostname", n.GetHostname())
 				row("Status", statusWord(n.GetStatus()))
@@ -158,10 +158,10 @@ func printNodeGPUs(tw *tabwriter.Writer, n *fleetv1.Node) {
 	}
 	inv := g.GetInventory()
 	if !inv.GetAvailable() {
-		fmt.Fprintf(tw, "GPUs:\tnone (%s)\n", inv.GetReason())
+		fmt.Fprintf(tw, "GPUs:\tnone (%s)\n", safe(inv.GetReason()))
 		return
 	}
-	fmt.Fprintf(tw, "GPU driver:\t%s (CUDA %s, NVML %s)\n", inv.GetDriverVersion(), inv.GetCudaDriverVersion(), inv.GetNvmlVersion())
+	fmt.Fprintf(tw, "GPU driver:\t%s (CUDA %s, NVML %s)\n", safe(inv.GetDriverVersion()), safe(inv.GetCudaDriverVersion()), safe(inv.GetNvmlVersion()))
 	health := map[string]*gpuv1.GpuHealth{}
 	for _, h := range g.GetHealth() {
 		health[h.GetUuid()] = h
@@ -172,13 +172,13 @@ func printNodeGPUs(tw *tabwriter.Writer, n *fleetv1.Node) {
 		if len(h.GetReasons()) > 0 {
 			line += ": " + strings.Join(h.GetReasons(), "; ")
 		}
-		fmt.Fprintf(tw, "GPU %d:\t%s\n", gpu.GetIndex(), line)
+		fmt.Fprintf(tw, "GPU %d:\t%s\n", gpu.GetIndex(), safe(line))
 	}
 	if len(n.GetKubernetesLabels()) > 0 {
 		fmt.Fprintf(tw, "Kubernetes labels:\t%s\n", labelString(n.GetKubernetesLabels()))
 	}
 	for _, t := range n.GetProposedTaints() {
-		fmt.Fprintf(tw, "Proposed taint:\t%s=%s:%s\n", t.GetKey(), t.GetValue(), t.GetEffect())
+		fmt.Fprintf(tw, "Proposed taint:\t%s=%s:%s\n", safe(t.GetKey()), safe(t.GetValue()), safe(t.GetEffect()))
 	}
 }
 

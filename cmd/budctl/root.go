@@ -54,7 +54,7 @@ func newRoot() *cobra.Command {
 	root.PersistentFlags().StringVar(&a.configPath, "config", defaultConfigPath(), "budctl config file (also $BUDCTL_CONFIG)")
 	root.PersistentFlags().StringVar(&a.server, "server", "", "controller address, overriding the config file")
 	root.PersistentFlags().DurationVar(&a.timeout, "timeout", 30*time.Second, "time limit for each call")
-	root.AddCommand(a.tokensCmd(), a.nodesCmd(), a.commandsCmd(), a.gpusCmd(), a.siemCmd(), a.clustersCmd(), a.maintenanceCmd(), a.artifactsCmd(), a.providersCmd(), a.machinesCmd(), a.bundleCmd(), a.agentsCmd(), a.backupCmd(), &cobra.Command{
+	root.AddCommand(a.tokensCmd(), a.nodesCmd(), a.commandsCmd(), a.gpusCmd(), a.siemCmd(), a.clustersCmd(), a.maintenanceCmd(), a.artifactsCmd(), a.providersCmd(), a.machinesCmd(), a.bundleCmd(), a.agentsCmd(), a.backupCmd(), a.operatorsCmd(), &cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
 		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), version.Version) },
@@ -201,4 +201,39 @@ func labelString(m map[string]string) string {
 	}
 	sortStrings(parts)
 	return strings.Join(parts, ",")
+}
+
+// allNodes lists every node, following the pages.
+func allNodes(a *app, ctx context.Context) (*fleetv1.ListNodesResponse, error) {
+	out := &fleetv1.ListNodesResponse{}
+	req := &fleetv1.ListNodesRequest{}
+	for {
+		resp, err := fleetCall(a, ctx, fleetv1.FleetServiceClient.ListNodes, req)
+		if err != nil {
+			return nil, err
+		}
+		out.Nodes = append(out.Nodes, resp.GetNodes()...)
+		if resp.GetNextPageToken() == "" {
+			return out, nil
+		}
+		req.PageToken = resp.GetNextPageToken()
+	}
+}
+
+// allCommands lists every command of node (all nodes when empty),
+// following the pages.
+func allCommands(a *app, ctx context.Context, node string) (*fleetv1.ListCommandsResponse, error) {
+	out := &fleetv1.ListCommandsResponse{}
+	req := &fleetv1.ListCommandsRequest{NodeId: node}
+	for {
+		resp, err := fleetCall(a, ctx, fleetv1.FleetServiceClient.ListCommands, req)
+		if err != nil {
+			return nil, err
+		}
+		out.Commands = append(out.Commands, resp.GetCommands()...)
+		if resp.GetNextPageToken() == "" {
+			return out, nil
+		}
+		req.PageToken = resp.GetNextPageToken()
+	}
 }

@@ -85,7 +85,7 @@ func (a *app) siemCmd() *cobra.Command {
 						if errMsg == "" {
 							errMsg = "-"
 						}
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t-\t-\t-\t-\t%d\t%s\n", n.GetNodeId(), n.GetHostname(), n.GetState(), cfg, read, errMsg)
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t-\t-\t-\t-\t%d\t%s\n", n.GetNodeId(), safe(n.GetHostname()), n.GetState(), cfg, read, safe(errMsg))
 						continue
 					}
 					for _, o := range st.GetOutputs() {
@@ -97,7 +97,7 @@ func (a *app) siemCmd() *cobra.Command {
 							errMsg += " (" + age(o.GetLastErrorAt(), now) + " ago)"
 						}
 						lag := fmt.Sprintf("%.1fs", o.GetLagSeconds())
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%d\t%s\n", n.GetNodeId(), n.GetHostname(), n.GetState(), cfg, o.GetName(), o.GetEventsAcknowledged(), o.GetSpoolEvents(), lag, read, strings.ReplaceAll(errMsg, "\n", " "))
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%d\t%s\n", n.GetNodeId(), safe(n.GetHostname()), n.GetState(), cfg, safe(o.GetName()), o.GetEventsAcknowledged(), o.GetSpoolEvents(), lag, read, safe(strings.ReplaceAll(errMsg, "\n", " ")))
 					}
 				}
 			})

@@ -37,11 +37,14 @@ func (a *app) tokensCmd() *cobra.Command {
 				return err
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), resp.GetJoinToken())
+			if uses == 1 {
+				fmt.Fprintln(cmd.ErrOrStderr(), "single-use token (one node may join with it); for more nodes mint one with --uses N, or --uses 0 for unlimited")
+			}
 			return nil
 		},
 	}
 	create.Flags().DurationVar(&ttl, "ttl", 24*time.Hour, "how long the token is valid")
-	create.Flags().Uint32Var(&uses, "uses", 0, "how many nodes may join with it (0: unlimited)")
+	create.Flags().Uint32Var(&uses, "uses", 1, "how many nodes may join with it (default a single one; 0: unlimited)")
 	create.Flags().StringArrayVar(&labels, "label", nil, "label k=v applied to nodes that join with it (repeatable)")
 	create.Flags().StringVar(&desc, "description", "", "free text shown in 'tokens list'")
 

@@ -106,6 +106,7 @@ type Store interface {
 	CampaignStore // maintenance campaigns (campaign.go)
 	ArtifactStore // the artifact store's metadata (artifact.go)
 	MachineStore  // machines of provider plugins (machines.go)
+	OperatorStore // operator credentials and their roles (operators.go)
 
 	// Close releases the backend. No method may be called after it.
 	Close() error
@@ -162,6 +163,13 @@ type Node struct {
 	// BootID is the node's kernel boot id as last reported, at connect or
 	// in an inventory: a new one means the node rebooted.
 	BootID string `json:"boot_id,omitempty"`
+	// HostnameConflict says why the node's last hostname change was
+	// refused (another node has that name); empty when none was.
+	HostnameConflict string `json:"hostname_conflict,omitempty"`
+	// PrevCertSerial is the certificate the last renewal replaced; it is
+	// accepted until PrevCertUntil, then only CertSerial is.
+	PrevCertSerial string    `json:"prev_cert_serial,omitempty"`
+	PrevCertUntil  time.Time `json:"prev_cert_until,omitzero"`
 }
 
 // CommandState is where a command is in its life.

@@ -23,6 +23,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
+
+	"github.com/bud-ecosystem/budfleet/pki"
 )
 
 // The meta bucket and its schema version key.
@@ -96,7 +98,7 @@ func Open(path string, o Options) (*bolt.DB, error) {
 	if o.UpgradeHint == "" {
 		o.UpgradeHint = "upgrade to a release that knows it"
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	if err := pki.PrivateDir(filepath.Dir(path)); err != nil {
 		return nil, fmt.Errorf("create the directory of %s %s: %w", o.Name, path, err)
 	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{

@@ -19,6 +19,8 @@ import (
 	"github.com/bud-ecosystem/budfleet/siem"
 	"github.com/bud-ecosystem/budfleet/siem/output"
 	"github.com/bud-ecosystem/budfleet/siem/spool"
+
+	"github.com/bud-ecosystem/budfleet/pki"
 )
 
 // Options configure a Forwarder.
@@ -75,7 +77,7 @@ func New(opts Options) (*Forwarder, error) {
 	if opts.Dial == nil {
 		opts.Dial = dialOutput
 	}
-	if err := os.MkdirAll(filepath.Dir(opts.SpoolPath), 0o700); err != nil {
+	if err := pki.PrivateDir(filepath.Dir(opts.SpoolPath)); err != nil {
 		return nil, err
 	}
 	return &Forwarder{opts: opts, log: opts.Logger.With("component", "siem"), stats: newStats()}, nil

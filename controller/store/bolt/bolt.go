@@ -30,6 +30,8 @@
 //	  <name> NUL <version> NUL <platform> -> <digest>
 //	machines/                (since version 6; machines.go)
 //	  <machine id>           -> JSON store.Machine
+//	operators/               (since version 7; operators.go)
+//	  <operator name>        -> JSON store.Operator
 //
 // The file is opened through internal/boltdb: an upgrade first copies it to
 // <path>.v<old version>.bak and runs the migrations below in one
@@ -99,6 +101,8 @@ var migrations = []boltdb.Migration{
 	migrateArtifacts,
 	// 5 -> 6: machines of provider plugins (machines.go).
 	migrateMachines,
+	// 6 -> 7: operator credentials (operators.go).
+	migrateOperators,
 }
 
 // SchemaVersion is the version this build writes.

@@ -13,11 +13,10 @@ import (
 	"github.com/bud-ecosystem/budfleet/controller/store/storetest"
 )
 
-// A store from before machines (the version below this build's: the
-// machines migration is the last) opens with its data, a backup, and a
-// machines bucket that works.
+// A store from before machines (the version the machines migration starts
+// from) opens with its data, a backup, and a machines bucket that works.
 func TestMigrateToMachines(t *testing.T) {
-	before := SchemaVersion() - 1
+	before := migrationIndex(t, migrateMachines)
 	path := filepath.Join(t.TempDir(), "controller.db")
 	db, err := bbolt.Open(path, 0o600, nil)
 	if err != nil {

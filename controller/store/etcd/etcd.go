@@ -18,6 +18,7 @@
 //	P/artifacts/<digest>             -> JSON store.Artifact
 //	P/artifact_names/<name> NUL <version> NUL <platform> -> digest
 //	P/machines/<id>                  -> JSON store.Machine
+//	P/operators/<name>               -> JSON store.Operator
 //
 // Every change is one etcd transaction that compares the mod revision of
 // each key it read with what it read (optimistic concurrency, see tx.go):

@@ -265,3 +265,43 @@ func (s *Store) DeleteArtifact(ctx context.Context, digest string) error {
 		return nil
 	})
 }
+
+// Operators.
+
+// PutOperator stores o under its name unless a live (not revoked)
+// operator has it.
+func (s *Store) PutOperator(ctx context.Context, o store.Operator) error {
+	key := s.p + "operators/" + o.Name
+	return s.update(ctx, func(t *tx) error {
+		var old store.Operator
+		if err := t.getJSON(key, &old); err == nil && !old.Revoked {
+			return fmt.Errorf("operator %s: %w", o.Name, store.ErrAlreadyExists)
+		} else if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		return t.putJSON(key, o)
+	})
+}
+
+// GetOperator returns the operator named name.
+func (s *Store) GetOperator(ctx context.Context, name string) (store.Operator, error) {
+	return getRec[store.Operator](ctx, s, "operators", "operator", name)
+}
+
+// ListOperators returns every operator by name (the keys' order).
+func (s *Store) ListOperators(ctx context.Context) ([]store.Operator, error) {
+	return listRec[store.Operator](ctx, s, "operators", "operator")
+}
+
+// UpdateOperator applies fn to the stored operator, compare-and-swap on
+// its revision: a revocation on one controller is never lost to a renewal
+// on another.
+func (s *Store) UpdateOperator(ctx context.Context, name string, fn func(*store.Operator) error) (store.Operator, error) {
+	return updateRec(ctx, s, "operators", "operator", name, func(o *store.Operator) error {
+		if err := fn(o); err != nil {
+			return err
+		}
+		o.Name = name // as in bolt: the name is the key
+		return nil
+	}, func(o *store.Operator) string { return o.Name })
+}

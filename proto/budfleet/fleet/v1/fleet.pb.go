@@ -1040,7 +1040,12 @@ func (x *Taint) GetEffect() string {
 }
 
 type ListNodesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most this many nodes (default 500, at most 1000); a page also ends
+	// before it would pass 2 MiB.
+	PageSize uint32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token of the previous page; empty for the first.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1075,9 +1080,25 @@ func (*ListNodesRequest) Descriptor() ([]byte, []int) {
 	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{11}
 }
 
+func (x *ListNodesRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListNodesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListNodesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Nodes         []*Node                `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Nodes []*Node                `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	// Set when there are more nodes: pass it as page_token.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1117,6 +1138,13 @@ func (x *ListNodesResponse) GetNodes() []*Node {
 		return x.Nodes
 	}
 	return nil
+}
+
+func (x *ListNodesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type GetNodeRequest struct {
@@ -1608,7 +1636,10 @@ func (x *CreateCommandResponse) GetCommand() *Command {
 type ListCommandsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Empty lists the commands of every node.
-	NodeId        string `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	NodeId string `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// As ListNodesRequest's.
+	PageSize      uint32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1650,9 +1681,24 @@ func (x *ListCommandsRequest) GetNodeId() string {
 	return ""
 }
 
+func (x *ListCommandsRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListCommandsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListCommandsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Commands      []*Command             `protobuf:"bytes,1,rep,name=commands,proto3" json:"commands,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1692,6 +1738,13 @@ func (x *ListCommandsResponse) GetCommands() []*Command {
 		return x.Commands
 	}
 	return nil
+}
+
+func (x *ListCommandsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type GetCommandRequest struct {
@@ -2492,6 +2545,507 @@ func (x *GetSiemStatusResponse) GetNodes() []*NodeSiemStatus {
 	return nil
 }
 
+// An operator credential the controller issued (admin only). The private
+// key never reaches the controller: budctl sends a CSR.
+type Operator struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// viewer, operator, siem-admin or admin.
+	Role string `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	// The serial (hex) of the operator's current certificate.
+	Serial        string                 `protobuf:"bytes,3,opt,name=serial,proto3" json:"serial,omitempty"`
+	IssuedAt      *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=issued_at,json=issuedAt,proto3" json:"issued_at,omitempty"`
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	Revoked       bool                   `protobuf:"varint,6,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	RevokedAt     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Operator) Reset() {
+	*x = Operator{}
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Operator) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Operator) ProtoMessage() {}
+
+func (x *Operator) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Operator.ProtoReflect.Descriptor instead.
+func (*Operator) Descriptor() ([]byte, []int) {
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *Operator) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Operator) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *Operator) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *Operator) GetIssuedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.IssuedAt
+	}
+	return nil
+}
+
+func (x *Operator) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *Operator) GetRevoked() bool {
+	if x != nil {
+		return x.Revoked
+	}
+	return false
+}
+
+func (x *Operator) GetRevokedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokedAt
+	}
+	return nil
+}
+
+type IssueOperatorRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Role  string                 `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	// Defaults to 90 days; at most a year.
+	Ttl *durationpb.Duration `protobuf:"bytes,3,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// DER certificate signing request; its subject is ignored.
+	Csr           []byte `protobuf:"bytes,4,opt,name=csr,proto3" json:"csr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssueOperatorRequest) Reset() {
+	*x = IssueOperatorRequest{}
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssueOperatorRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssueOperatorRequest) ProtoMessage() {}
+
+func (x *IssueOperatorRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssueOperatorRequest.ProtoReflect.Descriptor instead.
+func (*IssueOperatorRequest) Descriptor() ([]byte, []int) {
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *IssueOperatorRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *IssueOperatorRequest) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *IssueOperatorRequest) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+func (x *IssueOperatorRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+type IssueOperatorResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Operator *Operator              `protobuf:"bytes,1,opt,name=operator,proto3" json:"operator,omitempty"`
+	// PEM certificate and the controller CA.
+	Certificate   string `protobuf:"bytes,2,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	Ca            string `protobuf:"bytes,3,opt,name=ca,proto3" json:"ca,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssueOperatorResponse) Reset() {
+	*x = IssueOperatorResponse{}
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssueOperatorResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssueOperatorResponse) ProtoMessage() {}
+
+func (x *IssueOperatorResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssueOperatorResponse.ProtoReflect.Descriptor instead.
+func (*IssueOperatorResponse) Descriptor() ([]byte, []int) {
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *IssueOperatorResponse) GetOperator() *Operator {
+	if x != nil {
+		return x.Operator
+	}
+	return nil
+}
+
+func (x *IssueOperatorResponse) GetCertificate() string {
+	if x != nil {
+		return x.Certificate
+	}
+	return ""
+}
+
+func (x *IssueOperatorResponse) GetCa() string {
+	if x != nil {
+		return x.Ca
+	}
+	return ""
+}
+
+type ListOperatorsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListOperatorsRequest) Reset() {
+	*x = ListOperatorsRequest{}
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListOperatorsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListOperatorsRequest) ProtoMessage() {}
+
+func (x *ListOperatorsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListOperatorsRequest.ProtoReflect.Descriptor instead.
+func (*ListOperatorsRequest) Descriptor() ([]byte, []int) {
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{39}
+}
+
+type ListOperatorsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Operators     []*Operator            `protobuf:"bytes,1,rep,name=operators,proto3" json:"operators,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListOperatorsResponse) Reset() {
+	*x = ListOperatorsResponse{}
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListOperatorsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListOperatorsResponse) ProtoMessage() {}
+
+func (x *ListOperatorsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListOperatorsResponse.ProtoReflect.Descriptor instead.
+func (*ListOperatorsResponse) Descriptor() ([]byte, []int) {
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *ListOperatorsResponse) GetOperators() []*Operator {
+	if x != nil {
+		return x.Operators
+	}
+	return nil
+}
+
+type RevokeOperatorRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeOperatorRequest) Reset() {
+	*x = RevokeOperatorRequest{}
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeOperatorRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeOperatorRequest) ProtoMessage() {}
+
+func (x *RevokeOperatorRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeOperatorRequest.ProtoReflect.Descriptor instead.
+func (*RevokeOperatorRequest) Descriptor() ([]byte, []int) {
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *RevokeOperatorRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type RevokeOperatorResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Operator      *Operator              `protobuf:"bytes,1,opt,name=operator,proto3" json:"operator,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeOperatorResponse) Reset() {
+	*x = RevokeOperatorResponse{}
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeOperatorResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeOperatorResponse) ProtoMessage() {}
+
+func (x *RevokeOperatorResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeOperatorResponse.ProtoReflect.Descriptor instead.
+func (*RevokeOperatorResponse) Descriptor() ([]byte, []int) {
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *RevokeOperatorResponse) GetOperator() *Operator {
+	if x != nil {
+		return x.Operator
+	}
+	return nil
+}
+
+type RenewOperatorRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// DER CSR; it must carry the key of the calling certificate unless
+	// rotate_key is set.
+	Csr           []byte `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
+	RotateKey     bool   `protobuf:"varint,2,opt,name=rotate_key,json=rotateKey,proto3" json:"rotate_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewOperatorRequest) Reset() {
+	*x = RenewOperatorRequest{}
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewOperatorRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewOperatorRequest) ProtoMessage() {}
+
+func (x *RenewOperatorRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewOperatorRequest.ProtoReflect.Descriptor instead.
+func (*RenewOperatorRequest) Descriptor() ([]byte, []int) {
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *RenewOperatorRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+func (x *RenewOperatorRequest) GetRotateKey() bool {
+	if x != nil {
+		return x.RotateKey
+	}
+	return false
+}
+
+type RenewOperatorResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Operator      *Operator              `protobuf:"bytes,1,opt,name=operator,proto3" json:"operator,omitempty"`
+	Certificate   string                 `protobuf:"bytes,2,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewOperatorResponse) Reset() {
+	*x = RenewOperatorResponse{}
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewOperatorResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewOperatorResponse) ProtoMessage() {}
+
+func (x *RenewOperatorResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewOperatorResponse.ProtoReflect.Descriptor instead.
+func (*RenewOperatorResponse) Descriptor() ([]byte, []int) {
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *RenewOperatorResponse) GetOperator() *Operator {
+	if x != nil {
+		return x.Operator
+	}
+	return nil
+}
+
+func (x *RenewOperatorResponse) GetCertificate() string {
+	if x != nil {
+		return x.Certificate
+	}
+	return ""
+}
+
 var File_budfleet_fleet_v1_fleet_proto protoreflect.FileDescriptor
 
 const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
@@ -2583,10 +3137,14 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x05Taint\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\x12\x16\n" +
-	"\x06effect\x18\x03 \x01(\tR\x06effect\"\x12\n" +
-	"\x10ListNodesRequest\"B\n" +
+	"\x06effect\x18\x03 \x01(\tR\x06effect\"N\n" +
+	"\x10ListNodesRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"j\n" +
 	"\x11ListNodesResponse\x12-\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x17.budfleet.fleet.v1.NodeR\x05nodes\" \n" +
+	"\x05nodes\x18\x01 \x03(\v2\x17.budfleet.fleet.v1.NodeR\x05nodes\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\" \n" +
 	"\x0eGetNodeRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\">\n" +
 	"\x0fGetNodeResponse\x12+\n" +
@@ -2634,11 +3192,15 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"M\n" +
 	"\x15CreateCommandResponse\x124\n" +
-	"\acommand\x18\x01 \x01(\v2\x1a.budfleet.fleet.v1.CommandR\acommand\".\n" +
+	"\acommand\x18\x01 \x01(\v2\x1a.budfleet.fleet.v1.CommandR\acommand\"j\n" +
 	"\x13ListCommandsRequest\x12\x17\n" +
-	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"N\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"v\n" +
 	"\x14ListCommandsResponse\x126\n" +
-	"\bcommands\x18\x01 \x03(\v2\x1a.budfleet.fleet.v1.CommandR\bcommands\"#\n" +
+	"\bcommands\x18\x01 \x03(\v2\x1a.budfleet.fleet.v1.CommandR\bcommands\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"#\n" +
 	"\x11GetCommandRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"J\n" +
 	"\x12GetCommandResponse\x124\n" +
@@ -2700,7 +3262,40 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\vreported_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"reportedAt\"P\n" +
 	"\x15GetSiemStatusResponse\x127\n" +
-	"\x05nodes\x18\x01 \x03(\v2!.budfleet.fleet.v1.NodeSiemStatusR\x05nodes*[\n" +
+	"\x05nodes\x18\x01 \x03(\v2!.budfleet.fleet.v1.NodeSiemStatusR\x05nodes\"\x93\x02\n" +
+	"\bOperator\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04role\x18\x02 \x01(\tR\x04role\x12\x16\n" +
+	"\x06serial\x18\x03 \x01(\tR\x06serial\x127\n" +
+	"\tissued_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bissuedAt\x129\n" +
+	"\n" +
+	"expires_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x18\n" +
+	"\arevoked\x18\x06 \x01(\bR\arevoked\x129\n" +
+	"\n" +
+	"revoked_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\"}\n" +
+	"\x14IssueOperatorRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04role\x18\x02 \x01(\tR\x04role\x12+\n" +
+	"\x03ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x10\n" +
+	"\x03csr\x18\x04 \x01(\fR\x03csr\"\x82\x01\n" +
+	"\x15IssueOperatorResponse\x127\n" +
+	"\boperator\x18\x01 \x01(\v2\x1b.budfleet.fleet.v1.OperatorR\boperator\x12 \n" +
+	"\vcertificate\x18\x02 \x01(\tR\vcertificate\x12\x0e\n" +
+	"\x02ca\x18\x03 \x01(\tR\x02ca\"\x16\n" +
+	"\x14ListOperatorsRequest\"R\n" +
+	"\x15ListOperatorsResponse\x129\n" +
+	"\toperators\x18\x01 \x03(\v2\x1b.budfleet.fleet.v1.OperatorR\toperators\"+\n" +
+	"\x15RevokeOperatorRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"Q\n" +
+	"\x16RevokeOperatorResponse\x127\n" +
+	"\boperator\x18\x01 \x01(\v2\x1b.budfleet.fleet.v1.OperatorR\boperator\"G\n" +
+	"\x14RenewOperatorRequest\x12\x10\n" +
+	"\x03csr\x18\x01 \x01(\fR\x03csr\x12\x1d\n" +
+	"\n" +
+	"rotate_key\x18\x02 \x01(\bR\trotateKey\"r\n" +
+	"\x15RenewOperatorResponse\x127\n" +
+	"\boperator\x18\x01 \x01(\v2\x1b.budfleet.fleet.v1.OperatorR\boperator\x12 \n" +
+	"\vcertificate\x18\x02 \x01(\tR\vcertificate*[\n" +
 	"\n" +
 	"NodeStatus\x12\x1b\n" +
 	"\x17NODE_STATUS_UNSPECIFIED\x10\x00\x12\x15\n" +
@@ -2717,7 +3312,7 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x15COMMAND_STATE_PENDING\x10\x01\x12\x1b\n" +
 	"\x17COMMAND_STATE_DELIVERED\x10\x02\x12\x1b\n" +
 	"\x17COMMAND_STATE_SUCCEEDED\x10\x03\x12\x18\n" +
-	"\x14COMMAND_STATE_FAILED\x10\x042\xd1\t\n" +
+	"\x14COMMAND_STATE_FAILED\x10\x042\xe4\f\n" +
 	"\fFleetService\x12\\\n" +
 	"\vCreateToken\x12%.budfleet.fleet.v1.CreateTokenRequest\x1a&.budfleet.fleet.v1.CreateTokenResponse\x12Y\n" +
 	"\n" +
@@ -2734,7 +3329,11 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\bListGpus\x12\".budfleet.fleet.v1.ListGpusRequest\x1a#.budfleet.fleet.v1.ListGpusResponse\x12b\n" +
 	"\rGetGpuSummary\x12'.budfleet.fleet.v1.GetGpuSummaryRequest\x1a(.budfleet.fleet.v1.GetGpuSummaryResponse\x12h\n" +
 	"\x0fApplySiemConfig\x12).budfleet.fleet.v1.ApplySiemConfigRequest\x1a*.budfleet.fleet.v1.ApplySiemConfigResponse\x12b\n" +
-	"\rGetSiemStatus\x12'.budfleet.fleet.v1.GetSiemStatusRequest\x1a(.budfleet.fleet.v1.GetSiemStatusResponseBCZAgithub.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1;fleetv1b\x06proto3"
+	"\rGetSiemStatus\x12'.budfleet.fleet.v1.GetSiemStatusRequest\x1a(.budfleet.fleet.v1.GetSiemStatusResponse\x12b\n" +
+	"\rIssueOperator\x12'.budfleet.fleet.v1.IssueOperatorRequest\x1a(.budfleet.fleet.v1.IssueOperatorResponse\x12b\n" +
+	"\rListOperators\x12'.budfleet.fleet.v1.ListOperatorsRequest\x1a(.budfleet.fleet.v1.ListOperatorsResponse\x12e\n" +
+	"\x0eRevokeOperator\x12(.budfleet.fleet.v1.RevokeOperatorRequest\x1a).budfleet.fleet.v1.RevokeOperatorResponse\x12b\n" +
+	"\rRenewOperator\x12'.budfleet.fleet.v1.RenewOperatorRequest\x1a(.budfleet.fleet.v1.RenewOperatorResponseBCZAgithub.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1;fleetv1b\x06proto3"
 
 var (
 	file_budfleet_fleet_v1_fleet_proto_rawDescOnce sync.Once
@@ -2749,7 +3348,7 @@ func file_budfleet_fleet_v1_fleet_proto_rawDescGZIP() []byte {
 }
 
 var file_budfleet_fleet_v1_fleet_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_budfleet_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_budfleet_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
 var file_budfleet_fleet_v1_fleet_proto_goTypes = []any{
 	(NodeStatus)(0),                 // 0: budfleet.fleet.v1.NodeStatus
 	(QuarantineState)(0),            // 1: budfleet.fleet.v1.QuarantineState
@@ -2790,105 +3389,130 @@ var file_budfleet_fleet_v1_fleet_proto_goTypes = []any{
 	(*GetSiemStatusRequest)(nil),    // 36: budfleet.fleet.v1.GetSiemStatusRequest
 	(*NodeSiemStatus)(nil),          // 37: budfleet.fleet.v1.NodeSiemStatus
 	(*GetSiemStatusResponse)(nil),   // 38: budfleet.fleet.v1.GetSiemStatusResponse
-	nil,                             // 39: budfleet.fleet.v1.Token.LabelsEntry
-	nil,                             // 40: budfleet.fleet.v1.CreateTokenRequest.LabelsEntry
-	nil,                             // 41: budfleet.fleet.v1.Node.LabelsEntry
-	nil,                             // 42: budfleet.fleet.v1.Node.KubernetesLabelsEntry
-	nil,                             // 43: budfleet.fleet.v1.Command.ParamsEntry
-	nil,                             // 44: budfleet.fleet.v1.Command.OutputEntry
-	nil,                             // 45: budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
-	nil,                             // 46: budfleet.fleet.v1.ApplySiemConfigRequest.SelectorEntry
-	(*timestamppb.Timestamp)(nil),   // 47: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 48: google.protobuf.Duration
-	(*v1.Inventory)(nil),            // 49: budfleet.host.v1.Inventory
-	(*v11.KubernetesNode)(nil),      // 50: budfleet.kube.v1.KubernetesNode
-	(*v11.KubeletJoin)(nil),         // 51: budfleet.kube.v1.KubeletJoin
-	(*v12.GpuInventory)(nil),        // 52: budfleet.gpu.v1.GpuInventory
-	(*v12.GpuHealth)(nil),           // 53: budfleet.gpu.v1.GpuHealth
-	(v12.HealthState)(0),            // 54: budfleet.gpu.v1.HealthState
-	(*v13.Status)(nil),              // 55: budfleet.siem.v1.Status
+	(*Operator)(nil),                // 39: budfleet.fleet.v1.Operator
+	(*IssueOperatorRequest)(nil),    // 40: budfleet.fleet.v1.IssueOperatorRequest
+	(*IssueOperatorResponse)(nil),   // 41: budfleet.fleet.v1.IssueOperatorResponse
+	(*ListOperatorsRequest)(nil),    // 42: budfleet.fleet.v1.ListOperatorsRequest
+	(*ListOperatorsResponse)(nil),   // 43: budfleet.fleet.v1.ListOperatorsResponse
+	(*RevokeOperatorRequest)(nil),   // 44: budfleet.fleet.v1.RevokeOperatorRequest
+	(*RevokeOperatorResponse)(nil),  // 45: budfleet.fleet.v1.RevokeOperatorResponse
+	(*RenewOperatorRequest)(nil),    // 46: budfleet.fleet.v1.RenewOperatorRequest
+	(*RenewOperatorResponse)(nil),   // 47: budfleet.fleet.v1.RenewOperatorResponse
+	nil,                             // 48: budfleet.fleet.v1.Token.LabelsEntry
+	nil,                             // 49: budfleet.fleet.v1.CreateTokenRequest.LabelsEntry
+	nil,                             // 50: budfleet.fleet.v1.Node.LabelsEntry
+	nil,                             // 51: budfleet.fleet.v1.Node.KubernetesLabelsEntry
+	nil,                             // 52: budfleet.fleet.v1.Command.ParamsEntry
+	nil,                             // 53: budfleet.fleet.v1.Command.OutputEntry
+	nil,                             // 54: budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
+	nil,                             // 55: budfleet.fleet.v1.ApplySiemConfigRequest.SelectorEntry
+	(*timestamppb.Timestamp)(nil),   // 56: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 57: google.protobuf.Duration
+	(*v1.Inventory)(nil),            // 58: budfleet.host.v1.Inventory
+	(*v11.KubernetesNode)(nil),      // 59: budfleet.kube.v1.KubernetesNode
+	(*v11.KubeletJoin)(nil),         // 60: budfleet.kube.v1.KubeletJoin
+	(*v12.GpuInventory)(nil),        // 61: budfleet.gpu.v1.GpuInventory
+	(*v12.GpuHealth)(nil),           // 62: budfleet.gpu.v1.GpuHealth
+	(v12.HealthState)(0),            // 63: budfleet.gpu.v1.HealthState
+	(*v13.Status)(nil),              // 64: budfleet.siem.v1.Status
 }
 var file_budfleet_fleet_v1_fleet_proto_depIdxs = []int32{
-	47, // 0: budfleet.fleet.v1.Token.created_at:type_name -> google.protobuf.Timestamp
-	47, // 1: budfleet.fleet.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
-	39, // 2: budfleet.fleet.v1.Token.labels:type_name -> budfleet.fleet.v1.Token.LabelsEntry
-	47, // 3: budfleet.fleet.v1.Token.revoked_at:type_name -> google.protobuf.Timestamp
-	48, // 4: budfleet.fleet.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
-	40, // 5: budfleet.fleet.v1.CreateTokenRequest.labels:type_name -> budfleet.fleet.v1.CreateTokenRequest.LabelsEntry
+	56, // 0: budfleet.fleet.v1.Token.created_at:type_name -> google.protobuf.Timestamp
+	56, // 1: budfleet.fleet.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	48, // 2: budfleet.fleet.v1.Token.labels:type_name -> budfleet.fleet.v1.Token.LabelsEntry
+	56, // 3: budfleet.fleet.v1.Token.revoked_at:type_name -> google.protobuf.Timestamp
+	57, // 4: budfleet.fleet.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
+	49, // 5: budfleet.fleet.v1.CreateTokenRequest.labels:type_name -> budfleet.fleet.v1.CreateTokenRequest.LabelsEntry
 	3,  // 6: budfleet.fleet.v1.CreateTokenResponse.token:type_name -> budfleet.fleet.v1.Token
 	3,  // 7: budfleet.fleet.v1.ListTokensResponse.tokens:type_name -> budfleet.fleet.v1.Token
 	3,  // 8: budfleet.fleet.v1.RevokeTokenResponse.token:type_name -> budfleet.fleet.v1.Token
 	0,  // 9: budfleet.fleet.v1.Node.status:type_name -> budfleet.fleet.v1.NodeStatus
-	41, // 10: budfleet.fleet.v1.Node.labels:type_name -> budfleet.fleet.v1.Node.LabelsEntry
-	47, // 11: budfleet.fleet.v1.Node.enrolled_at:type_name -> google.protobuf.Timestamp
-	47, // 12: budfleet.fleet.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
-	49, // 13: budfleet.fleet.v1.Node.inventory:type_name -> budfleet.host.v1.Inventory
-	47, // 14: budfleet.fleet.v1.Node.inventory_updated_at:type_name -> google.protobuf.Timestamp
-	47, // 15: budfleet.fleet.v1.Node.certificate_expires_at:type_name -> google.protobuf.Timestamp
+	50, // 10: budfleet.fleet.v1.Node.labels:type_name -> budfleet.fleet.v1.Node.LabelsEntry
+	56, // 11: budfleet.fleet.v1.Node.enrolled_at:type_name -> google.protobuf.Timestamp
+	56, // 12: budfleet.fleet.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
+	58, // 13: budfleet.fleet.v1.Node.inventory:type_name -> budfleet.host.v1.Inventory
+	56, // 14: budfleet.fleet.v1.Node.inventory_updated_at:type_name -> google.protobuf.Timestamp
+	56, // 15: budfleet.fleet.v1.Node.certificate_expires_at:type_name -> google.protobuf.Timestamp
 	11, // 16: budfleet.fleet.v1.Node.gpus:type_name -> budfleet.fleet.v1.NodeGpus
-	42, // 17: budfleet.fleet.v1.Node.kubernetes_labels:type_name -> budfleet.fleet.v1.Node.KubernetesLabelsEntry
+	51, // 17: budfleet.fleet.v1.Node.kubernetes_labels:type_name -> budfleet.fleet.v1.Node.KubernetesLabelsEntry
 	13, // 18: budfleet.fleet.v1.Node.proposed_taints:type_name -> budfleet.fleet.v1.Taint
-	50, // 19: budfleet.fleet.v1.Node.kubernetes:type_name -> budfleet.kube.v1.KubernetesNode
-	51, // 20: budfleet.fleet.v1.Node.kubelet_join:type_name -> budfleet.kube.v1.KubeletJoin
-	52, // 21: budfleet.fleet.v1.NodeGpus.inventory:type_name -> budfleet.gpu.v1.GpuInventory
-	53, // 22: budfleet.fleet.v1.NodeGpus.health:type_name -> budfleet.gpu.v1.GpuHealth
-	47, // 23: budfleet.fleet.v1.NodeGpus.inventory_updated_at:type_name -> google.protobuf.Timestamp
-	47, // 24: budfleet.fleet.v1.NodeGpus.health_updated_at:type_name -> google.protobuf.Timestamp
+	59, // 19: budfleet.fleet.v1.Node.kubernetes:type_name -> budfleet.kube.v1.KubernetesNode
+	60, // 20: budfleet.fleet.v1.Node.kubelet_join:type_name -> budfleet.kube.v1.KubeletJoin
+	61, // 21: budfleet.fleet.v1.NodeGpus.inventory:type_name -> budfleet.gpu.v1.GpuInventory
+	62, // 22: budfleet.fleet.v1.NodeGpus.health:type_name -> budfleet.gpu.v1.GpuHealth
+	56, // 23: budfleet.fleet.v1.NodeGpus.inventory_updated_at:type_name -> google.protobuf.Timestamp
+	56, // 24: budfleet.fleet.v1.NodeGpus.health_updated_at:type_name -> google.protobuf.Timestamp
 	12, // 25: budfleet.fleet.v1.NodeGpus.quarantine:type_name -> budfleet.fleet.v1.GpuQuarantine
 	1,  // 26: budfleet.fleet.v1.GpuQuarantine.state:type_name -> budfleet.fleet.v1.QuarantineState
-	47, // 27: budfleet.fleet.v1.GpuQuarantine.since:type_name -> google.protobuf.Timestamp
+	56, // 27: budfleet.fleet.v1.GpuQuarantine.since:type_name -> google.protobuf.Timestamp
 	10, // 28: budfleet.fleet.v1.ListNodesResponse.nodes:type_name -> budfleet.fleet.v1.Node
 	10, // 29: budfleet.fleet.v1.GetNodeResponse.node:type_name -> budfleet.fleet.v1.Node
-	43, // 30: budfleet.fleet.v1.Command.params:type_name -> budfleet.fleet.v1.Command.ParamsEntry
+	52, // 30: budfleet.fleet.v1.Command.params:type_name -> budfleet.fleet.v1.Command.ParamsEntry
 	2,  // 31: budfleet.fleet.v1.Command.state:type_name -> budfleet.fleet.v1.CommandState
-	47, // 32: budfleet.fleet.v1.Command.created_at:type_name -> google.protobuf.Timestamp
-	47, // 33: budfleet.fleet.v1.Command.delivered_at:type_name -> google.protobuf.Timestamp
-	47, // 34: budfleet.fleet.v1.Command.finished_at:type_name -> google.protobuf.Timestamp
-	44, // 35: budfleet.fleet.v1.Command.output:type_name -> budfleet.fleet.v1.Command.OutputEntry
+	56, // 32: budfleet.fleet.v1.Command.created_at:type_name -> google.protobuf.Timestamp
+	56, // 33: budfleet.fleet.v1.Command.delivered_at:type_name -> google.protobuf.Timestamp
+	56, // 34: budfleet.fleet.v1.Command.finished_at:type_name -> google.protobuf.Timestamp
+	53, // 35: budfleet.fleet.v1.Command.output:type_name -> budfleet.fleet.v1.Command.OutputEntry
 	21, // 36: budfleet.fleet.v1.Command.output_tail:type_name -> budfleet.fleet.v1.CommandOutputTail
-	47, // 37: budfleet.fleet.v1.CommandOutputTail.updated_at:type_name -> google.protobuf.Timestamp
-	45, // 38: budfleet.fleet.v1.CreateCommandRequest.params:type_name -> budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
+	56, // 37: budfleet.fleet.v1.CommandOutputTail.updated_at:type_name -> google.protobuf.Timestamp
+	54, // 38: budfleet.fleet.v1.CreateCommandRequest.params:type_name -> budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
 	20, // 39: budfleet.fleet.v1.CreateCommandResponse.command:type_name -> budfleet.fleet.v1.Command
 	20, // 40: budfleet.fleet.v1.ListCommandsResponse.commands:type_name -> budfleet.fleet.v1.Command
 	20, // 41: budfleet.fleet.v1.GetCommandResponse.command:type_name -> budfleet.fleet.v1.Command
-	54, // 42: budfleet.fleet.v1.GpuRow.health:type_name -> budfleet.gpu.v1.HealthState
+	63, // 42: budfleet.fleet.v1.GpuRow.health:type_name -> budfleet.gpu.v1.HealthState
 	28, // 43: budfleet.fleet.v1.ListGpusResponse.gpus:type_name -> budfleet.fleet.v1.GpuRow
 	32, // 44: budfleet.fleet.v1.GetGpuSummaryResponse.products:type_name -> budfleet.fleet.v1.GpuSummaryRow
-	46, // 45: budfleet.fleet.v1.ApplySiemConfigRequest.selector:type_name -> budfleet.fleet.v1.ApplySiemConfigRequest.SelectorEntry
-	55, // 46: budfleet.fleet.v1.NodeSiemStatus.status:type_name -> budfleet.siem.v1.Status
-	47, // 47: budfleet.fleet.v1.NodeSiemStatus.reported_at:type_name -> google.protobuf.Timestamp
+	55, // 45: budfleet.fleet.v1.ApplySiemConfigRequest.selector:type_name -> budfleet.fleet.v1.ApplySiemConfigRequest.SelectorEntry
+	64, // 46: budfleet.fleet.v1.NodeSiemStatus.status:type_name -> budfleet.siem.v1.Status
+	56, // 47: budfleet.fleet.v1.NodeSiemStatus.reported_at:type_name -> google.protobuf.Timestamp
 	37, // 48: budfleet.fleet.v1.GetSiemStatusResponse.nodes:type_name -> budfleet.fleet.v1.NodeSiemStatus
-	4,  // 49: budfleet.fleet.v1.FleetService.CreateToken:input_type -> budfleet.fleet.v1.CreateTokenRequest
-	6,  // 50: budfleet.fleet.v1.FleetService.ListTokens:input_type -> budfleet.fleet.v1.ListTokensRequest
-	8,  // 51: budfleet.fleet.v1.FleetService.RevokeToken:input_type -> budfleet.fleet.v1.RevokeTokenRequest
-	14, // 52: budfleet.fleet.v1.FleetService.ListNodes:input_type -> budfleet.fleet.v1.ListNodesRequest
-	16, // 53: budfleet.fleet.v1.FleetService.GetNode:input_type -> budfleet.fleet.v1.GetNodeRequest
-	18, // 54: budfleet.fleet.v1.FleetService.DeleteNode:input_type -> budfleet.fleet.v1.DeleteNodeRequest
-	22, // 55: budfleet.fleet.v1.FleetService.CreateCommand:input_type -> budfleet.fleet.v1.CreateCommandRequest
-	24, // 56: budfleet.fleet.v1.FleetService.ListCommands:input_type -> budfleet.fleet.v1.ListCommandsRequest
-	26, // 57: budfleet.fleet.v1.FleetService.GetCommand:input_type -> budfleet.fleet.v1.GetCommandRequest
-	29, // 58: budfleet.fleet.v1.FleetService.ListGpus:input_type -> budfleet.fleet.v1.ListGpusRequest
-	31, // 59: budfleet.fleet.v1.FleetService.GetGpuSummary:input_type -> budfleet.fleet.v1.GetGpuSummaryRequest
-	34, // 60: budfleet.fleet.v1.FleetService.ApplySiemConfig:input_type -> budfleet.fleet.v1.ApplySiemConfigRequest
-	36, // 61: budfleet.fleet.v1.FleetService.GetSiemStatus:input_type -> budfleet.fleet.v1.GetSiemStatusRequest
-	5,  // 62: budfleet.fleet.v1.FleetService.CreateToken:output_type -> budfleet.fleet.v1.CreateTokenResponse
-	7,  // 63: budfleet.fleet.v1.FleetService.ListTokens:output_type -> budfleet.fleet.v1.ListTokensResponse
-	9,  // 64: budfleet.fleet.v1.FleetService.RevokeToken:output_type -> budfleet.fleet.v1.RevokeTokenResponse
-	15, // 65: budfleet.fleet.v1.FleetService.ListNodes:output_type -> budfleet.fleet.v1.ListNodesResponse
-	17, // 66: budfleet.fleet.v1.FleetService.GetNode:output_type -> budfleet.fleet.v1.GetNodeResponse
-	19, // 67: budfleet.fleet.v1.FleetService.DeleteNode:output_type -> budfleet.fleet.v1.DeleteNodeResponse
-	23, // 68: budfleet.fleet.v1.FleetService.CreateCommand:output_type -> budfleet.fleet.v1.CreateCommandResponse
-	25, // 69: budfleet.fleet.v1.FleetService.ListCommands:output_type -> budfleet.fleet.v1.ListCommandsResponse
-	27, // 70: budfleet.fleet.v1.FleetService.GetCommand:output_type -> budfleet.fleet.v1.GetCommandResponse
-	30, // 71: budfleet.fleet.v1.FleetService.ListGpus:output_type -> budfleet.fleet.v1.ListGpusResponse
-	33, // 72: budfleet.fleet.v1.FleetService.GetGpuSummary:output_type -> budfleet.fleet.v1.GetGpuSummaryResponse
-	35, // 73: budfleet.fleet.v1.FleetService.ApplySiemConfig:output_type -> budfleet.fleet.v1.ApplySiemConfigResponse
-	38, // 74: budfleet.fleet.v1.FleetService.GetSiemStatus:output_type -> budfleet.fleet.v1.GetSiemStatusResponse
-	62, // [62:75] is the sub-list for method output_type
-	49, // [49:62] is the sub-list for method input_type
-	49, // [49:49] is the sub-list for extension type_name
-	49, // [49:49] is the sub-list for extension extendee
-	0,  // [0:49] is the sub-list for field type_name
+	56, // 49: budfleet.fleet.v1.Operator.issued_at:type_name -> google.protobuf.Timestamp
+	56, // 50: budfleet.fleet.v1.Operator.expires_at:type_name -> google.protobuf.Timestamp
+	56, // 51: budfleet.fleet.v1.Operator.revoked_at:type_name -> google.protobuf.Timestamp
+	57, // 52: budfleet.fleet.v1.IssueOperatorRequest.ttl:type_name -> google.protobuf.Duration
+	39, // 53: budfleet.fleet.v1.IssueOperatorResponse.operator:type_name -> budfleet.fleet.v1.Operator
+	39, // 54: budfleet.fleet.v1.ListOperatorsResponse.operators:type_name -> budfleet.fleet.v1.Operator
+	39, // 55: budfleet.fleet.v1.RevokeOperatorResponse.operator:type_name -> budfleet.fleet.v1.Operator
+	39, // 56: budfleet.fleet.v1.RenewOperatorResponse.operator:type_name -> budfleet.fleet.v1.Operator
+	4,  // 57: budfleet.fleet.v1.FleetService.CreateToken:input_type -> budfleet.fleet.v1.CreateTokenRequest
+	6,  // 58: budfleet.fleet.v1.FleetService.ListTokens:input_type -> budfleet.fleet.v1.ListTokensRequest
+	8,  // 59: budfleet.fleet.v1.FleetService.RevokeToken:input_type -> budfleet.fleet.v1.RevokeTokenRequest
+	14, // 60: budfleet.fleet.v1.FleetService.ListNodes:input_type -> budfleet.fleet.v1.ListNodesRequest
+	16, // 61: budfleet.fleet.v1.FleetService.GetNode:input_type -> budfleet.fleet.v1.GetNodeRequest
+	18, // 62: budfleet.fleet.v1.FleetService.DeleteNode:input_type -> budfleet.fleet.v1.DeleteNodeRequest
+	22, // 63: budfleet.fleet.v1.FleetService.CreateCommand:input_type -> budfleet.fleet.v1.CreateCommandRequest
+	24, // 64: budfleet.fleet.v1.FleetService.ListCommands:input_type -> budfleet.fleet.v1.ListCommandsRequest
+	26, // 65: budfleet.fleet.v1.FleetService.GetCommand:input_type -> budfleet.fleet.v1.GetCommandRequest
+	29, // 66: budfleet.fleet.v1.FleetService.ListGpus:input_type -> budfleet.fleet.v1.ListGpusRequest
+	31, // 67: budfleet.fleet.v1.FleetService.GetGpuSummary:input_type -> budfleet.fleet.v1.GetGpuSummaryRequest
+	34, // 68: budfleet.fleet.v1.FleetService.ApplySiemConfig:input_type -> budfleet.fleet.v1.ApplySiemConfigRequest
+	36, // 69: budfleet.fleet.v1.FleetService.GetSiemStatus:input_type -> budfleet.fleet.v1.GetSiemStatusRequest
+	40, // 70: budfleet.fleet.v1.FleetService.IssueOperator:input_type -> budfleet.fleet.v1.IssueOperatorRequest
+	42, // 71: budfleet.fleet.v1.FleetService.ListOperators:input_type -> budfleet.fleet.v1.ListOperatorsRequest
+	44, // 72: budfleet.fleet.v1.FleetService.RevokeOperator:input_type -> budfleet.fleet.v1.RevokeOperatorRequest
+	46, // 73: budfleet.fleet.v1.FleetService.RenewOperator:input_type -> budfleet.fleet.v1.RenewOperatorRequest
+	5,  // 74: budfleet.fleet.v1.FleetService.CreateToken:output_type -> budfleet.fleet.v1.CreateTokenResponse
+	7,  // 75: budfleet.fleet.v1.FleetService.ListTokens:output_type -> budfleet.fleet.v1.ListTokensResponse
+	9,  // 76: budfleet.fleet.v1.FleetService.RevokeToken:output_type -> budfleet.fleet.v1.RevokeTokenResponse
+	15, // 77: budfleet.fleet.v1.FleetService.ListNodes:output_type -> budfleet.fleet.v1.ListNodesResponse
+	17, // 78: budfleet.fleet.v1.FleetService.GetNode:output_type -> budfleet.fleet.v1.GetNodeResponse
+	19, // 79: budfleet.fleet.v1.FleetService.DeleteNode:output_type -> budfleet.fleet.v1.DeleteNodeResponse
+	23, // 80: budfleet.fleet.v1.FleetService.CreateCommand:output_type -> budfleet.fleet.v1.CreateCommandResponse
+	25, // 81: budfleet.fleet.v1.FleetService.ListCommands:output_type -> budfleet.fleet.v1.ListCommandsResponse
+	27, // 82: budfleet.fleet.v1.FleetService.GetCommand:output_type -> budfleet.fleet.v1.GetCommandResponse
+	30, // 83: budfleet.fleet.v1.FleetService.ListGpus:output_type -> budfleet.fleet.v1.ListGpusResponse
+	33, // 84: budfleet.fleet.v1.FleetService.GetGpuSummary:output_type -> budfleet.fleet.v1.GetGpuSummaryResponse
+	35, // 85: budfleet.fleet.v1.FleetService.ApplySiemConfig:output_type -> budfleet.fleet.v1.ApplySiemConfigResponse
+	38, // 86: budfleet.fleet.v1.FleetService.GetSiemStatus:output_type -> budfleet.fleet.v1.GetSiemStatusResponse
+	41, // 87: budfleet.fleet.v1.FleetService.IssueOperator:output_type -> budfleet.fleet.v1.IssueOperatorResponse
+	43, // 88: budfleet.fleet.v1.FleetService.ListOperators:output_type -> budfleet.fleet.v1.ListOperatorsResponse
+	45, // 89: budfleet.fleet.v1.FleetService.RevokeOperator:output_type -> budfleet.fleet.v1.RevokeOperatorResponse
+	47, // 90: budfleet.fleet.v1.FleetService.RenewOperator:output_type -> budfleet.fleet.v1.RenewOperatorResponse
+	74, // [74:91] is the sub-list for method output_type
+	57, // [57:74] is the sub-list for method input_type
+	57, // [57:57] is the sub-list for extension type_name
+	57, // [57:57] is the sub-list for extension extendee
+	0,  // [0:57] is the sub-list for field type_name
 }
 
 func init() { file_budfleet_fleet_v1_fleet_proto_init() }
@@ -2903,7 +3527,7 @@ func file_budfleet_fleet_v1_fleet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_budfleet_fleet_v1_fleet_proto_rawDesc), len(file_budfleet_fleet_v1_fleet_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   44,
+			NumMessages:   53,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -35,6 +35,10 @@ const (
 	FleetService_GetGpuSummary_FullMethodName   = "/budfleet.fleet.v1.FleetService/GetGpuSummary"
 	FleetService_ApplySiemConfig_FullMethodName = "/budfleet.fleet.v1.FleetService/ApplySiemConfig"
 	FleetService_GetSiemStatus_FullMethodName   = "/budfleet.fleet.v1.FleetService/GetSiemStatus"
+	FleetService_IssueOperator_FullMethodName   = "/budfleet.fleet.v1.FleetService/IssueOperator"
+	FleetService_ListOperators_FullMethodName   = "/budfleet.fleet.v1.FleetService/ListOperators"
+	FleetService_RevokeOperator_FullMethodName  = "/budfleet.fleet.v1.FleetService/RevokeOperator"
+	FleetService_RenewOperator_FullMethodName   = "/budfleet.fleet.v1.FleetService/RenewOperator"
 )
 
 // FleetServiceClient is the client API for FleetService service.
@@ -59,6 +63,13 @@ type FleetServiceClient interface {
 	ApplySiemConfig(ctx context.Context, in *ApplySiemConfigRequest, opts ...grpc.CallOption) (*ApplySiemConfigResponse, error)
 	// GetSiemStatus reports every node's forwarding, lagging or failing first.
 	GetSiemStatus(ctx context.Context, in *GetSiemStatusRequest, opts ...grpc.CallOption) (*GetSiemStatusResponse, error)
+	// IssueOperator signs an operator certificate with a role (admin only).
+	IssueOperator(ctx context.Context, in *IssueOperatorRequest, opts ...grpc.CallOption) (*IssueOperatorResponse, error)
+	ListOperators(ctx context.Context, in *ListOperatorsRequest, opts ...grpc.CallOption) (*ListOperatorsResponse, error)
+	// RevokeOperator refuses the operator's certificates from the next call on.
+	RevokeOperator(ctx context.Context, in *RevokeOperatorRequest, opts ...grpc.CallOption) (*RevokeOperatorResponse, error)
+	// RenewOperator renews the caller's own certificate, same name and role.
+	RenewOperator(ctx context.Context, in *RenewOperatorRequest, opts ...grpc.CallOption) (*RenewOperatorResponse, error)
 }
 
 type fleetServiceClient struct {
@@ -199,6 +210,46 @@ func (c *fleetServiceClient) GetSiemStatus(ctx context.Context, in *GetSiemStatu
 	return out, nil
 }
 
+func (c *fleetServiceClient) IssueOperator(ctx context.Context, in *IssueOperatorRequest, opts ...grpc.CallOption) (*IssueOperatorResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(IssueOperatorResponse)
+	err := c.cc.Invoke(ctx, FleetService_IssueOperator_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *fleetServiceClient) ListOperators(ctx context.Context, in *ListOperatorsRequest, opts ...grpc.CallOption) (*ListOperatorsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListOperatorsResponse)
+	err := c.cc.Invoke(ctx, FleetService_ListOperators_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *fleetServiceClient) RevokeOperator(ctx context.Context, in *RevokeOperatorRequest, opts ...grpc.CallOption) (*RevokeOperatorResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeOperatorResponse)
+	err := c.cc.Invoke(ctx, FleetService_RevokeOperator_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *fleetServiceClient) RenewOperator(ctx context.Context, in *RenewOperatorRequest, opts ...grpc.CallOption) (*RenewOperatorResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RenewOperatorResponse)
+	err := c.cc.Invoke(ctx, FleetService_RenewOperator_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // FleetServiceServer is the server API for FleetService service.
 // All implementations must embed UnimplementedFleetServiceServer
 // for forward compatibility.
@@ -221,6 +272,13 @@ type FleetServiceServer interface {
 	ApplySiemConfig(context.Context, *ApplySiemConfigRequest) (*ApplySiemConfigResponse, error)
 	// GetSiemStatus reports every node's forwarding, lagging or failing first.
 	GetSiemStatus(context.Context, *GetSiemStatusRequest) (*GetSiemStatusResponse, error)
+	// IssueOperator signs an operator certificate with a role (admin only).
+	IssueOperator(context.Context, *IssueOperatorRequest) (*IssueOperatorResponse, error)
+	ListOperators(context.Context, *ListOperatorsRequest) (*ListOperatorsResponse, error)
+	// RevokeOperator refuses the operator's certificates from the next call on.
+	RevokeOperator(context.Context, *RevokeOperatorRequest) (*RevokeOperatorResponse, error)
+	// RenewOperator renews the caller's own certificate, same name and role.
+	RenewOperator(context.Context, *RenewOperatorRequest) (*RenewOperatorResponse, error)
 	mustEmbedUnimplementedFleetServiceServer()
 }
 
@@ -269,6 +327,18 @@ func (UnimplementedFleetServiceServer) ApplySiemConfig(context.Context, *ApplySi
 }
 func (UnimplementedFleetServiceServer) GetSiemStatus(context.Context, *GetSiemStatusRequest) (*GetSiemStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetSiemStatus not implemented")
+}
+func (UnimplementedFleetServiceServer) IssueOperator(context.Context, *IssueOperatorRequest) (*IssueOperatorResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method IssueOperator not implemented")
+}
+func (UnimplementedFleetServiceServer) ListOperators(context.Context, *ListOperatorsRequest) (*ListOperatorsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListOperators not implemented")
+}
+func (UnimplementedFleetServiceServer) RevokeOperator(context.Context, *RevokeOperatorRequest) (*RevokeOperatorResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeOperator not implemented")
+}
+func (UnimplementedFleetServiceServer) RenewOperator(context.Context, *RenewOperatorRequest) (*RenewOperatorResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RenewOperator not implemented")
 }
 func (UnimplementedFleetServiceServer) mustEmbedUnimplementedFleetServiceServer() {}
 func (UnimplementedFleetServiceServer) testEmbeddedByValue()                      {}
@@ -525,6 +595,78 @@ func _FleetService_GetSiemStatus_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _FleetService_IssueOperator_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(IssueOperatorRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FleetServiceServer).IssueOperator(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FleetService_IssueOperator_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FleetServiceServer).IssueOperator(ctx, req.(*IssueOperatorRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FleetService_ListOperators_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListOperatorsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FleetServiceServer).ListOperators(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FleetService_ListOperators_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FleetServiceServer).ListOperators(ctx, req.(*ListOperatorsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FleetService_RevokeOperator_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeOperatorRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FleetServiceServer).RevokeOperator(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FleetService_RevokeOperator_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FleetServiceServer).RevokeOperator(ctx, req.(*RevokeOperatorRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FleetService_RenewOperator_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RenewOperatorRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FleetServiceServer).RenewOperator(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FleetService_RenewOperator_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FleetServiceServer).RenewOperator(ctx, req.(*RenewOperatorRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // FleetService_ServiceDesc is the grpc.ServiceDesc for FleetService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -583,6 +725,22 @@ var FleetService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetSiemStatus",
 			Handler:    _FleetService_GetSiemStatus_Handler,
+		},
+		{
+			MethodName: "IssueOperator",
+			Handler:    _FleetService_IssueOperator_Handler,
+		},
+		{
+			MethodName: "ListOperators",
+			Handler:    _FleetService_ListOperators_Handler,
+		},
+		{
+			MethodName: "RevokeOperator",
+			Handler:    _FleetService_RevokeOperator_Handler,
+		},
+		{
+			MethodName: "RenewOperator",
+			Handler:    _FleetService_RenewOperator_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
