@@ -8,6 +8,8 @@ import (
 	"sort"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/bud-ecosystem/budfleet/controller/store"
 )
 
@@ -283,9 +285,30 @@ func (s *Store) PutOperator(ctx context.Context, o store.Operator) error {
 	})
 }
 
-// GetOperator returns the operator named name.
+// GetOperator returns the operator named name. It is a serializable read,
+// answered by the member the client talks to without a round of the
+// quorum: the controller checks the caller's record on every operator
+// call, and that check must not make every call wait out the request
+// timeout while etcd has no quorum (the call itself then says etcd is
+// unavailable). A revocation is seen as soon as the member has it.
 func (s *Store) GetOperator(ctx context.Context, name string) (store.Operator, error) {
-	return getRec[store.Operator](ctx, s, "operators", "operator", name)
+	if err := ctx.Err(); err != nil {
+		return store.Operator{}, fmt.Errorf("controller store: %w", err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	resp, err := s.cli.Get(rctx, s.p+"operators/"+name, clientv3.WithSerializable())
+	if err != nil {
+		return store.Operator{}, s.wrapErr(ctx, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return store.Operator{}, fmt.Errorf("operator %s: %w", name, store.ErrNotFound)
+	}
+	var o store.Operator
+	if err := json.Unmarshal(resp.Kvs[0].Value, &o); err != nil {
+		return store.Operator{}, fmt.Errorf("operator %s: %w", name, err)
+	}
+	return o, nil
 }
 
 // ListOperators returns every operator by name (the keys' order).
