@@ -2,7 +2,9 @@ package controller
 
 import (
 	"net"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -35,8 +37,11 @@ func TestLimitListener(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var refused []string
-	l := newLimitListener(inner, 10, 2, func(addr, reason string) { refused = append(refused, reason) })
+	// The listener's Accept, in its own goroutine, reports refusals.
+	var mu sync.Mutex
+	var refusedList []string
+	refused := func() []string { mu.Lock(); defer mu.Unlock(); return slices.Clone(refusedList) }
+	l := newLimitListener(inner, 10, 2, func(addr, reason string) { mu.Lock(); refusedList = append(refusedList, reason); mu.Unlock() })
 	defer l.Close()
 	accepted := make(chan net.Conn, 10)
 	go func() {
@@ -63,8 +68,12 @@ func TestLimitListener(t *testing.T) {
 	if _, err := clients[2].Read(make([]byte, 1)); err == nil {
 		t.Fatal("the third connection from one address was kept")
 	}
-	if len(refused) != 1 || !strings.Contains(refused[0], "from this address") {
-		t.Fatalf("refused %v", refused)
+	// The listener reports the refusal just after closing the connection.
+	for deadline := time.Now().Add(5 * time.Second); len(refused()) == 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if r := refused(); len(r) != 1 || !strings.Contains(r[0], "from this address") {
+		t.Fatalf("refused %v", r)
 	}
 	if open, src := l.counts("127.0.0.1"); open != 2 || src != 2 {
 		t.Fatalf("counts %d %d", open, src)
