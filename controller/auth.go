@@ -68,6 +68,8 @@ var methodRoles = map[string]string{
 	fleetv1.FleetService_CreateCommand_FullMethodName:   pki.RoleOperator,
 	fleetv1.FleetService_ListCommands_FullMethodName:    pki.RoleViewer,
 	fleetv1.FleetService_GetCommand_FullMethodName:      pki.RoleViewer,
+	fleetv1.FleetService_CreateCommands_FullMethodName:  pki.RoleOperator,
+	fleetv1.FleetService_GetCommandBatch_FullMethodName: pki.RoleViewer,
 	fleetv1.FleetService_ListGpus_FullMethodName:        pki.RoleViewer,
 	fleetv1.FleetService_GetGpuSummary_FullMethodName:   pki.RoleViewer,
 	fleetv1.FleetService_ApplySiemConfig_FullMethodName: pki.RoleSIEMAdmin,

@@ -36,6 +36,8 @@ var fleetMethods = []string{
 	fleetv1.FleetService_CreateCommand_FullMethodName,
 	fleetv1.FleetService_ListCommands_FullMethodName,
 	fleetv1.FleetService_GetCommand_FullMethodName,
+	fleetv1.FleetService_CreateCommands_FullMethodName,
+	fleetv1.FleetService_GetCommandBatch_FullMethodName,
 	fleetv1.FleetService_ListGpus_FullMethodName,
 	fleetv1.FleetService_GetGpuSummary_FullMethodName,
 	fleetv1.FleetService_ApplySiemConfig_FullMethodName,

@@ -1330,7 +1330,10 @@ type Command struct {
 	Output      map[string]string      `protobuf:"bytes,11,rep,name=output,proto3" json:"output,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// What the command has streamed while running (maintenance.task): the
 	// tail of each output. Absent for commands that stream nothing.
-	OutputTail    *CommandOutputTail `protobuf:"bytes,12,opt,name=output_tail,json=outputTail,proto3" json:"output_tail,omitempty"`
+	OutputTail *CommandOutputTail `protobuf:"bytes,12,opt,name=output_tail,json=outputTail,proto3" json:"output_tail,omitempty"`
+	// The fan-out (CreateCommands) this command belongs to; "" for one made
+	// alone.
+	BatchId       string `protobuf:"bytes,13,opt,name=batch_id,json=batchId,proto3" json:"batch_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1447,6 +1450,13 @@ func (x *Command) GetOutputTail() *CommandOutputTail {
 		return x.OutputTail
 	}
 	return nil
+}
+
+func (x *Command) GetBatchId() string {
+	if x != nil {
+		return x.BatchId
+	}
+	return ""
 }
 
 // The last bytes of a running command's stdout and stderr, as streamed.
@@ -1633,20 +1643,297 @@ func (x *CreateCommandResponse) GetCommand() *Command {
 	return nil
 }
 
+type CreateCommandsRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Kind   string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Params map[string]string      `protobuf:"bytes,2,rep,name=params,proto3" json:"params,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Exactly one of the three chooses the nodes.
+	NodeIds []string `protobuf:"bytes,3,rep,name=node_ids,json=nodeIds,proto3" json:"node_ids,omitempty"`
+	// A label selector (k8s syntax) over the nodes' labels.
+	LabelSelector string `protobuf:"bytes,4,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
+	AllNodes      bool   `protobuf:"varint,5,opt,name=all_nodes,json=allNodes,proto3" json:"all_nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateCommandsRequest) Reset() {
+	*x = CreateCommandsRequest{}
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateCommandsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateCommandsRequest) ProtoMessage() {}
+
+func (x *CreateCommandsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateCommandsRequest.ProtoReflect.Descriptor instead.
+func (*CreateCommandsRequest) Descriptor() ([]byte, []int) {
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *CreateCommandsRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *CreateCommandsRequest) GetParams() map[string]string {
+	if x != nil {
+		return x.Params
+	}
+	return nil
+}
+
+func (x *CreateCommandsRequest) GetNodeIds() []string {
+	if x != nil {
+		return x.NodeIds
+	}
+	return nil
+}
+
+func (x *CreateCommandsRequest) GetLabelSelector() string {
+	if x != nil {
+		return x.LabelSelector
+	}
+	return ""
+}
+
+func (x *CreateCommandsRequest) GetAllNodes() bool {
+	if x != nil {
+		return x.AllNodes
+	}
+	return false
+}
+
+type CreateCommandsResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	BatchId string                 `protobuf:"bytes,1,opt,name=batch_id,json=batchId,proto3" json:"batch_id,omitempty"`
+	// How many commands were queued, one per chosen node.
+	Count         uint32 `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateCommandsResponse) Reset() {
+	*x = CreateCommandsResponse{}
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateCommandsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateCommandsResponse) ProtoMessage() {}
+
+func (x *CreateCommandsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateCommandsResponse.ProtoReflect.Descriptor instead.
+func (*CreateCommandsResponse) Descriptor() ([]byte, []int) {
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *CreateCommandsResponse) GetBatchId() string {
+	if x != nil {
+		return x.BatchId
+	}
+	return ""
+}
+
+func (x *CreateCommandsResponse) GetCount() uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+type GetCommandBatchRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	BatchId       string                 `protobuf:"bytes,1,opt,name=batch_id,json=batchId,proto3" json:"batch_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCommandBatchRequest) Reset() {
+	*x = GetCommandBatchRequest{}
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCommandBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCommandBatchRequest) ProtoMessage() {}
+
+func (x *GetCommandBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCommandBatchRequest.ProtoReflect.Descriptor instead.
+func (*GetCommandBatchRequest) Descriptor() ([]byte, []int) {
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *GetCommandBatchRequest) GetBatchId() string {
+	if x != nil {
+		return x.BatchId
+	}
+	return ""
+}
+
+type GetCommandBatchResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	BatchId       string                 `protobuf:"bytes,1,opt,name=batch_id,json=batchId,proto3" json:"batch_id,omitempty"`
+	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	Total         uint32                 `protobuf:"varint,4,opt,name=total,proto3" json:"total,omitempty"`
+	Pending       uint32                 `protobuf:"varint,5,opt,name=pending,proto3" json:"pending,omitempty"`
+	Delivered     uint32                 `protobuf:"varint,6,opt,name=delivered,proto3" json:"delivered,omitempty"`
+	Succeeded     uint32                 `protobuf:"varint,7,opt,name=succeeded,proto3" json:"succeeded,omitempty"`
+	Failed        uint32                 `protobuf:"varint,8,opt,name=failed,proto3" json:"failed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCommandBatchResponse) Reset() {
+	*x = GetCommandBatchResponse{}
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCommandBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCommandBatchResponse) ProtoMessage() {}
+
+func (x *GetCommandBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCommandBatchResponse.ProtoReflect.Descriptor instead.
+func (*GetCommandBatchResponse) Descriptor() ([]byte, []int) {
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *GetCommandBatchResponse) GetBatchId() string {
+	if x != nil {
+		return x.BatchId
+	}
+	return ""
+}
+
+func (x *GetCommandBatchResponse) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *GetCommandBatchResponse) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *GetCommandBatchResponse) GetTotal() uint32 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+func (x *GetCommandBatchResponse) GetPending() uint32 {
+	if x != nil {
+		return x.Pending
+	}
+	return 0
+}
+
+func (x *GetCommandBatchResponse) GetDelivered() uint32 {
+	if x != nil {
+		return x.Delivered
+	}
+	return 0
+}
+
+func (x *GetCommandBatchResponse) GetSucceeded() uint32 {
+	if x != nil {
+		return x.Succeeded
+	}
+	return 0
+}
+
+func (x *GetCommandBatchResponse) GetFailed() uint32 {
+	if x != nil {
+		return x.Failed
+	}
+	return 0
+}
+
 type ListCommandsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Empty lists the commands of every node.
 	NodeId string `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
 	// As ListNodesRequest's.
-	PageSize      uint32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageSize  uint32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Only the commands of this fan-out.
+	BatchId       string `protobuf:"bytes,4,opt,name=batch_id,json=batchId,proto3" json:"batch_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListCommandsRequest) Reset() {
 	*x = ListCommandsRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[21]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1658,7 +1945,7 @@ func (x *ListCommandsRequest) String() string {
 func (*ListCommandsRequest) ProtoMessage() {}
 
 func (x *ListCommandsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[21]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1671,7 +1958,7 @@ func (x *ListCommandsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCommandsRequest.ProtoReflect.Descriptor instead.
 func (*ListCommandsRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{21}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListCommandsRequest) GetNodeId() string {
@@ -1695,6 +1982,13 @@ func (x *ListCommandsRequest) GetPageToken() string {
 	return ""
 }
 
+func (x *ListCommandsRequest) GetBatchId() string {
+	if x != nil {
+		return x.BatchId
+	}
+	return ""
+}
+
 type ListCommandsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Commands      []*Command             `protobuf:"bytes,1,rep,name=commands,proto3" json:"commands,omitempty"`
@@ -1705,7 +1999,7 @@ type ListCommandsResponse struct {
 
 func (x *ListCommandsResponse) Reset() {
 	*x = ListCommandsResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[22]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1717,7 +2011,7 @@ func (x *ListCommandsResponse) String() string {
 func (*ListCommandsResponse) ProtoMessage() {}
 
 func (x *ListCommandsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[22]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1730,7 +2024,7 @@ func (x *ListCommandsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCommandsResponse.ProtoReflect.Descriptor instead.
 func (*ListCommandsResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{22}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListCommandsResponse) GetCommands() []*Command {
@@ -1756,7 +2050,7 @@ type GetCommandRequest struct {
 
 func (x *GetCommandRequest) Reset() {
 	*x = GetCommandRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[23]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1768,7 +2062,7 @@ func (x *GetCommandRequest) String() string {
 func (*GetCommandRequest) ProtoMessage() {}
 
 func (x *GetCommandRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[23]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1781,7 +2075,7 @@ func (x *GetCommandRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCommandRequest.ProtoReflect.Descriptor instead.
 func (*GetCommandRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{23}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetCommandRequest) GetId() string {
@@ -1800,7 +2094,7 @@ type GetCommandResponse struct {
 
 func (x *GetCommandResponse) Reset() {
 	*x = GetCommandResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[24]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1812,7 +2106,7 @@ func (x *GetCommandResponse) String() string {
 func (*GetCommandResponse) ProtoMessage() {}
 
 func (x *GetCommandResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[24]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1825,7 +2119,7 @@ func (x *GetCommandResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCommandResponse.ProtoReflect.Descriptor instead.
 func (*GetCommandResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{24}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetCommandResponse) GetCommand() *Command {
@@ -1856,7 +2150,7 @@ type GpuRow struct {
 
 func (x *GpuRow) Reset() {
 	*x = GpuRow{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[25]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1868,7 +2162,7 @@ func (x *GpuRow) String() string {
 func (*GpuRow) ProtoMessage() {}
 
 func (x *GpuRow) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[25]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1881,7 +2175,7 @@ func (x *GpuRow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GpuRow.ProtoReflect.Descriptor instead.
 func (*GpuRow) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{25}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GpuRow) GetNodeId() string {
@@ -1974,7 +2268,7 @@ type ListGpusRequest struct {
 
 func (x *ListGpusRequest) Reset() {
 	*x = ListGpusRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[26]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1986,7 +2280,7 @@ func (x *ListGpusRequest) String() string {
 func (*ListGpusRequest) ProtoMessage() {}
 
 func (x *ListGpusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[26]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1999,7 +2293,7 @@ func (x *ListGpusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGpusRequest.ProtoReflect.Descriptor instead.
 func (*ListGpusRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{26}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListGpusRequest) GetNodeId() string {
@@ -2032,7 +2326,7 @@ type ListGpusResponse struct {
 
 func (x *ListGpusResponse) Reset() {
 	*x = ListGpusResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[27]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2044,7 +2338,7 @@ func (x *ListGpusResponse) String() string {
 func (*ListGpusResponse) ProtoMessage() {}
 
 func (x *ListGpusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[27]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2057,7 +2351,7 @@ func (x *ListGpusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGpusResponse.ProtoReflect.Descriptor instead.
 func (*ListGpusResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{27}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListGpusResponse) GetGpus() []*GpuRow {
@@ -2075,7 +2369,7 @@ type GetGpuSummaryRequest struct {
 
 func (x *GetGpuSummaryRequest) Reset() {
 	*x = GetGpuSummaryRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[28]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2087,7 +2381,7 @@ func (x *GetGpuSummaryRequest) String() string {
 func (*GetGpuSummaryRequest) ProtoMessage() {}
 
 func (x *GetGpuSummaryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[28]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2100,7 +2394,7 @@ func (x *GetGpuSummaryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGpuSummaryRequest.ProtoReflect.Descriptor instead.
 func (*GetGpuSummaryRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{28}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{32}
 }
 
 type GpuSummaryRow struct {
@@ -2118,7 +2412,7 @@ type GpuSummaryRow struct {
 
 func (x *GpuSummaryRow) Reset() {
 	*x = GpuSummaryRow{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[29]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2130,7 +2424,7 @@ func (x *GpuSummaryRow) String() string {
 func (*GpuSummaryRow) ProtoMessage() {}
 
 func (x *GpuSummaryRow) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[29]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2143,7 +2437,7 @@ func (x *GpuSummaryRow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GpuSummaryRow.ProtoReflect.Descriptor instead.
 func (*GpuSummaryRow) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{29}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *GpuSummaryRow) GetProduct() string {
@@ -2208,7 +2502,7 @@ type GetGpuSummaryResponse struct {
 
 func (x *GetGpuSummaryResponse) Reset() {
 	*x = GetGpuSummaryResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[30]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2220,7 +2514,7 @@ func (x *GetGpuSummaryResponse) String() string {
 func (*GetGpuSummaryResponse) ProtoMessage() {}
 
 func (x *GetGpuSummaryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[30]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2233,7 +2527,7 @@ func (x *GetGpuSummaryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGpuSummaryResponse.ProtoReflect.Descriptor instead.
 func (*GetGpuSummaryResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{30}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetGpuSummaryResponse) GetProducts() []*GpuSummaryRow {
@@ -2276,7 +2570,7 @@ type ApplySiemConfigRequest struct {
 
 func (x *ApplySiemConfigRequest) Reset() {
 	*x = ApplySiemConfigRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[31]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2288,7 +2582,7 @@ func (x *ApplySiemConfigRequest) String() string {
 func (*ApplySiemConfigRequest) ProtoMessage() {}
 
 func (x *ApplySiemConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[31]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2301,7 +2595,7 @@ func (x *ApplySiemConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplySiemConfigRequest.ProtoReflect.Descriptor instead.
 func (*ApplySiemConfigRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{31}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ApplySiemConfigRequest) GetYaml() []byte {
@@ -2329,7 +2623,7 @@ type ApplySiemConfigResponse struct {
 
 func (x *ApplySiemConfigResponse) Reset() {
 	*x = ApplySiemConfigResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[32]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2341,7 +2635,7 @@ func (x *ApplySiemConfigResponse) String() string {
 func (*ApplySiemConfigResponse) ProtoMessage() {}
 
 func (x *ApplySiemConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[32]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2354,7 +2648,7 @@ func (x *ApplySiemConfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplySiemConfigResponse.ProtoReflect.Descriptor instead.
 func (*ApplySiemConfigResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{32}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ApplySiemConfigResponse) GetVersion() uint64 {
@@ -2380,7 +2674,7 @@ type GetSiemStatusRequest struct {
 
 func (x *GetSiemStatusRequest) Reset() {
 	*x = GetSiemStatusRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[33]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2392,7 +2686,7 @@ func (x *GetSiemStatusRequest) String() string {
 func (*GetSiemStatusRequest) ProtoMessage() {}
 
 func (x *GetSiemStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[33]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2405,7 +2699,7 @@ func (x *GetSiemStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSiemStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetSiemStatusRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{33}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetSiemStatusRequest) GetNodeId() string {
@@ -2431,7 +2725,7 @@ type NodeSiemStatus struct {
 
 func (x *NodeSiemStatus) Reset() {
 	*x = NodeSiemStatus{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[34]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2443,7 +2737,7 @@ func (x *NodeSiemStatus) String() string {
 func (*NodeSiemStatus) ProtoMessage() {}
 
 func (x *NodeSiemStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[34]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2456,7 +2750,7 @@ func (x *NodeSiemStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeSiemStatus.ProtoReflect.Descriptor instead.
 func (*NodeSiemStatus) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{34}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *NodeSiemStatus) GetNodeId() string {
@@ -2510,7 +2804,7 @@ type GetSiemStatusResponse struct {
 
 func (x *GetSiemStatusResponse) Reset() {
 	*x = GetSiemStatusResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[35]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2522,7 +2816,7 @@ func (x *GetSiemStatusResponse) String() string {
 func (*GetSiemStatusResponse) ProtoMessage() {}
 
 func (x *GetSiemStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[35]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2535,7 +2829,7 @@ func (x *GetSiemStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSiemStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetSiemStatusResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{35}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *GetSiemStatusResponse) GetNodes() []*NodeSiemStatus {
@@ -2564,7 +2858,7 @@ type Operator struct {
 
 func (x *Operator) Reset() {
 	*x = Operator{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[36]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2576,7 +2870,7 @@ func (x *Operator) String() string {
 func (*Operator) ProtoMessage() {}
 
 func (x *Operator) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[36]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2589,7 +2883,7 @@ func (x *Operator) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Operator.ProtoReflect.Descriptor instead.
 func (*Operator) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{36}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Operator) GetName() string {
@@ -2655,7 +2949,7 @@ type IssueOperatorRequest struct {
 
 func (x *IssueOperatorRequest) Reset() {
 	*x = IssueOperatorRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[37]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2667,7 +2961,7 @@ func (x *IssueOperatorRequest) String() string {
 func (*IssueOperatorRequest) ProtoMessage() {}
 
 func (x *IssueOperatorRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[37]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2680,7 +2974,7 @@ func (x *IssueOperatorRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueOperatorRequest.ProtoReflect.Descriptor instead.
 func (*IssueOperatorRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{37}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *IssueOperatorRequest) GetName() string {
@@ -2723,7 +3017,7 @@ type IssueOperatorResponse struct {
 
 func (x *IssueOperatorResponse) Reset() {
 	*x = IssueOperatorResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[38]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2735,7 +3029,7 @@ func (x *IssueOperatorResponse) String() string {
 func (*IssueOperatorResponse) ProtoMessage() {}
 
 func (x *IssueOperatorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[38]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2748,7 +3042,7 @@ func (x *IssueOperatorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueOperatorResponse.ProtoReflect.Descriptor instead.
 func (*IssueOperatorResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{38}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *IssueOperatorResponse) GetOperator() *Operator {
@@ -2780,7 +3074,7 @@ type ListOperatorsRequest struct {
 
 func (x *ListOperatorsRequest) Reset() {
 	*x = ListOperatorsRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[39]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2792,7 +3086,7 @@ func (x *ListOperatorsRequest) String() string {
 func (*ListOperatorsRequest) ProtoMessage() {}
 
 func (x *ListOperatorsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[39]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2805,7 +3099,7 @@ func (x *ListOperatorsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOperatorsRequest.ProtoReflect.Descriptor instead.
 func (*ListOperatorsRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{39}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{43}
 }
 
 type ListOperatorsResponse struct {
@@ -2817,7 +3111,7 @@ type ListOperatorsResponse struct {
 
 func (x *ListOperatorsResponse) Reset() {
 	*x = ListOperatorsResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[40]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2829,7 +3123,7 @@ func (x *ListOperatorsResponse) String() string {
 func (*ListOperatorsResponse) ProtoMessage() {}
 
 func (x *ListOperatorsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[40]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2842,7 +3136,7 @@ func (x *ListOperatorsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOperatorsResponse.ProtoReflect.Descriptor instead.
 func (*ListOperatorsResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{40}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListOperatorsResponse) GetOperators() []*Operator {
@@ -2861,7 +3155,7 @@ type RevokeOperatorRequest struct {
 
 func (x *RevokeOperatorRequest) Reset() {
 	*x = RevokeOperatorRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[41]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2873,7 +3167,7 @@ func (x *RevokeOperatorRequest) String() string {
 func (*RevokeOperatorRequest) ProtoMessage() {}
 
 func (x *RevokeOperatorRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[41]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2886,7 +3180,7 @@ func (x *RevokeOperatorRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeOperatorRequest.ProtoReflect.Descriptor instead.
 func (*RevokeOperatorRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{41}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RevokeOperatorRequest) GetName() string {
@@ -2905,7 +3199,7 @@ type RevokeOperatorResponse struct {
 
 func (x *RevokeOperatorResponse) Reset() {
 	*x = RevokeOperatorResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[42]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2917,7 +3211,7 @@ func (x *RevokeOperatorResponse) String() string {
 func (*RevokeOperatorResponse) ProtoMessage() {}
 
 func (x *RevokeOperatorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[42]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2930,7 +3224,7 @@ func (x *RevokeOperatorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeOperatorResponse.ProtoReflect.Descriptor instead.
 func (*RevokeOperatorResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{42}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RevokeOperatorResponse) GetOperator() *Operator {
@@ -2952,7 +3246,7 @@ type RenewOperatorRequest struct {
 
 func (x *RenewOperatorRequest) Reset() {
 	*x = RenewOperatorRequest{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[43]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2964,7 +3258,7 @@ func (x *RenewOperatorRequest) String() string {
 func (*RenewOperatorRequest) ProtoMessage() {}
 
 func (x *RenewOperatorRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[43]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2977,7 +3271,7 @@ func (x *RenewOperatorRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewOperatorRequest.ProtoReflect.Descriptor instead.
 func (*RenewOperatorRequest) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{43}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RenewOperatorRequest) GetCsr() []byte {
@@ -3004,7 +3298,7 @@ type RenewOperatorResponse struct {
 
 func (x *RenewOperatorResponse) Reset() {
 	*x = RenewOperatorResponse{}
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[44]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3016,7 +3310,7 @@ func (x *RenewOperatorResponse) String() string {
 func (*RenewOperatorResponse) ProtoMessage() {}
 
 func (x *RenewOperatorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[44]
+	mi := &file_budfleet_fleet_v1_fleet_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3029,7 +3323,7 @@ func (x *RenewOperatorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewOperatorResponse.ProtoReflect.Descriptor instead.
 func (*RenewOperatorResponse) Descriptor() ([]byte, []int) {
-	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{44}
+	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RenewOperatorResponse) GetOperator() *Operator {
@@ -3151,7 +3445,7 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x04node\x18\x01 \x01(\v2\x17.budfleet.fleet.v1.NodeR\x04node\"#\n" +
 	"\x11DeleteNodeRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x14\n" +
-	"\x12DeleteNodeResponse\"\xab\x05\n" +
+	"\x12DeleteNodeResponse\"\xc6\x05\n" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x12\n" +
@@ -3170,7 +3464,8 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	" \x01(\tR\amessage\x12>\n" +
 	"\x06output\x18\v \x03(\v2&.budfleet.fleet.v1.Command.OutputEntryR\x06output\x12E\n" +
 	"\voutput_tail\x18\f \x01(\v2$.budfleet.fleet.v1.CommandOutputTailR\n" +
-	"outputTail\x1a9\n" +
+	"outputTail\x12\x19\n" +
+	"\bbatch_id\x18\r \x01(\tR\abatchId\x1a9\n" +
 	"\vParamsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
@@ -3192,12 +3487,37 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"M\n" +
 	"\x15CreateCommandResponse\x124\n" +
-	"\acommand\x18\x01 \x01(\v2\x1a.budfleet.fleet.v1.CommandR\acommand\"j\n" +
+	"\acommand\x18\x01 \x01(\v2\x1a.budfleet.fleet.v1.CommandR\acommand\"\x93\x02\n" +
+	"\x15CreateCommandsRequest\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12L\n" +
+	"\x06params\x18\x02 \x03(\v24.budfleet.fleet.v1.CreateCommandsRequest.ParamsEntryR\x06params\x12\x19\n" +
+	"\bnode_ids\x18\x03 \x03(\tR\anodeIds\x12%\n" +
+	"\x0elabel_selector\x18\x04 \x01(\tR\rlabelSelector\x12\x1b\n" +
+	"\tall_nodes\x18\x05 \x01(\bR\ballNodes\x1a9\n" +
+	"\vParamsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"I\n" +
+	"\x16CreateCommandsResponse\x12\x19\n" +
+	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x12\x14\n" +
+	"\x05count\x18\x02 \x01(\rR\x05count\"3\n" +
+	"\x16GetCommandBatchRequest\x12\x19\n" +
+	"\bbatch_id\x18\x01 \x01(\tR\abatchId\"\x87\x02\n" +
+	"\x17GetCommandBatchResponse\x12\x19\n" +
+	"\bbatch_id\x18\x01 \x01(\tR\abatchId\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x129\n" +
+	"\n" +
+	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x14\n" +
+	"\x05total\x18\x04 \x01(\rR\x05total\x12\x18\n" +
+	"\apending\x18\x05 \x01(\rR\apending\x12\x1c\n" +
+	"\tdelivered\x18\x06 \x01(\rR\tdelivered\x12\x1c\n" +
+	"\tsucceeded\x18\a \x01(\rR\tsucceeded\x12\x16\n" +
+	"\x06failed\x18\b \x01(\rR\x06failed\"\x85\x01\n" +
 	"\x13ListCommandsRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\rR\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x03 \x01(\tR\tpageToken\"v\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\x12\x19\n" +
+	"\bbatch_id\x18\x04 \x01(\tR\abatchId\"v\n" +
 	"\x14ListCommandsResponse\x126\n" +
 	"\bcommands\x18\x01 \x03(\v2\x1a.budfleet.fleet.v1.CommandR\bcommands\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"#\n" +
@@ -3312,7 +3632,7 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x15COMMAND_STATE_PENDING\x10\x01\x12\x1b\n" +
 	"\x17COMMAND_STATE_DELIVERED\x10\x02\x12\x1b\n" +
 	"\x17COMMAND_STATE_SUCCEEDED\x10\x03\x12\x18\n" +
-	"\x14COMMAND_STATE_FAILED\x10\x042\xe4\f\n" +
+	"\x14COMMAND_STATE_FAILED\x10\x042\xb5\x0e\n" +
 	"\fFleetService\x12\\\n" +
 	"\vCreateToken\x12%.budfleet.fleet.v1.CreateTokenRequest\x1a&.budfleet.fleet.v1.CreateTokenResponse\x12Y\n" +
 	"\n" +
@@ -3325,7 +3645,9 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\rCreateCommand\x12'.budfleet.fleet.v1.CreateCommandRequest\x1a(.budfleet.fleet.v1.CreateCommandResponse\x12_\n" +
 	"\fListCommands\x12&.budfleet.fleet.v1.ListCommandsRequest\x1a'.budfleet.fleet.v1.ListCommandsResponse\x12Y\n" +
 	"\n" +
-	"GetCommand\x12$.budfleet.fleet.v1.GetCommandRequest\x1a%.budfleet.fleet.v1.GetCommandResponse\x12S\n" +
+	"GetCommand\x12$.budfleet.fleet.v1.GetCommandRequest\x1a%.budfleet.fleet.v1.GetCommandResponse\x12e\n" +
+	"\x0eCreateCommands\x12(.budfleet.fleet.v1.CreateCommandsRequest\x1a).budfleet.fleet.v1.CreateCommandsResponse\x12h\n" +
+	"\x0fGetCommandBatch\x12).budfleet.fleet.v1.GetCommandBatchRequest\x1a*.budfleet.fleet.v1.GetCommandBatchResponse\x12S\n" +
 	"\bListGpus\x12\".budfleet.fleet.v1.ListGpusRequest\x1a#.budfleet.fleet.v1.ListGpusResponse\x12b\n" +
 	"\rGetGpuSummary\x12'.budfleet.fleet.v1.GetGpuSummaryRequest\x1a(.budfleet.fleet.v1.GetGpuSummaryResponse\x12h\n" +
 	"\x0fApplySiemConfig\x12).budfleet.fleet.v1.ApplySiemConfigRequest\x1a*.budfleet.fleet.v1.ApplySiemConfigResponse\x12b\n" +
@@ -3348,7 +3670,7 @@ func file_budfleet_fleet_v1_fleet_proto_rawDescGZIP() []byte {
 }
 
 var file_budfleet_fleet_v1_fleet_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_budfleet_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
+var file_budfleet_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
 var file_budfleet_fleet_v1_fleet_proto_goTypes = []any{
 	(NodeStatus)(0),                 // 0: budfleet.fleet.v1.NodeStatus
 	(QuarantineState)(0),            // 1: budfleet.fleet.v1.QuarantineState
@@ -3374,145 +3696,156 @@ var file_budfleet_fleet_v1_fleet_proto_goTypes = []any{
 	(*CommandOutputTail)(nil),       // 21: budfleet.fleet.v1.CommandOutputTail
 	(*CreateCommandRequest)(nil),    // 22: budfleet.fleet.v1.CreateCommandRequest
 	(*CreateCommandResponse)(nil),   // 23: budfleet.fleet.v1.CreateCommandResponse
-	(*ListCommandsRequest)(nil),     // 24: budfleet.fleet.v1.ListCommandsRequest
-	(*ListCommandsResponse)(nil),    // 25: budfleet.fleet.v1.ListCommandsResponse
-	(*GetCommandRequest)(nil),       // 26: budfleet.fleet.v1.GetCommandRequest
-	(*GetCommandResponse)(nil),      // 27: budfleet.fleet.v1.GetCommandResponse
-	(*GpuRow)(nil),                  // 28: budfleet.fleet.v1.GpuRow
-	(*ListGpusRequest)(nil),         // 29: budfleet.fleet.v1.ListGpusRequest
-	(*ListGpusResponse)(nil),        // 30: budfleet.fleet.v1.ListGpusResponse
-	(*GetGpuSummaryRequest)(nil),    // 31: budfleet.fleet.v1.GetGpuSummaryRequest
-	(*GpuSummaryRow)(nil),           // 32: budfleet.fleet.v1.GpuSummaryRow
-	(*GetGpuSummaryResponse)(nil),   // 33: budfleet.fleet.v1.GetGpuSummaryResponse
-	(*ApplySiemConfigRequest)(nil),  // 34: budfleet.fleet.v1.ApplySiemConfigRequest
-	(*ApplySiemConfigResponse)(nil), // 35: budfleet.fleet.v1.ApplySiemConfigResponse
-	(*GetSiemStatusRequest)(nil),    // 36: budfleet.fleet.v1.GetSiemStatusRequest
-	(*NodeSiemStatus)(nil),          // 37: budfleet.fleet.v1.NodeSiemStatus
-	(*GetSiemStatusResponse)(nil),   // 38: budfleet.fleet.v1.GetSiemStatusResponse
-	(*Operator)(nil),                // 39: budfleet.fleet.v1.Operator
-	(*IssueOperatorRequest)(nil),    // 40: budfleet.fleet.v1.IssueOperatorRequest
-	(*IssueOperatorResponse)(nil),   // 41: budfleet.fleet.v1.IssueOperatorResponse
-	(*ListOperatorsRequest)(nil),    // 42: budfleet.fleet.v1.ListOperatorsRequest
-	(*ListOperatorsResponse)(nil),   // 43: budfleet.fleet.v1.ListOperatorsResponse
-	(*RevokeOperatorRequest)(nil),   // 44: budfleet.fleet.v1.RevokeOperatorRequest
-	(*RevokeOperatorResponse)(nil),  // 45: budfleet.fleet.v1.RevokeOperatorResponse
-	(*RenewOperatorRequest)(nil),    // 46: budfleet.fleet.v1.RenewOperatorRequest
-	(*RenewOperatorResponse)(nil),   // 47: budfleet.fleet.v1.RenewOperatorResponse
-	nil,                             // 48: budfleet.fleet.v1.Token.LabelsEntry
-	nil,                             // 49: budfleet.fleet.v1.CreateTokenRequest.LabelsEntry
-	nil,                             // 50: budfleet.fleet.v1.Node.LabelsEntry
-	nil,                             // 51: budfleet.fleet.v1.Node.KubernetesLabelsEntry
-	nil,                             // 52: budfleet.fleet.v1.Command.ParamsEntry
-	nil,                             // 53: budfleet.fleet.v1.Command.OutputEntry
-	nil,                             // 54: budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
-	nil,                             // 55: budfleet.fleet.v1.ApplySiemConfigRequest.SelectorEntry
-	(*timestamppb.Timestamp)(nil),   // 56: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 57: google.protobuf.Duration
-	(*v1.Inventory)(nil),            // 58: budfleet.host.v1.Inventory
-	(*v11.KubernetesNode)(nil),      // 59: budfleet.kube.v1.KubernetesNode
-	(*v11.KubeletJoin)(nil),         // 60: budfleet.kube.v1.KubeletJoin
-	(*v12.GpuInventory)(nil),        // 61: budfleet.gpu.v1.GpuInventory
-	(*v12.GpuHealth)(nil),           // 62: budfleet.gpu.v1.GpuHealth
-	(v12.HealthState)(0),            // 63: budfleet.gpu.v1.HealthState
-	(*v13.Status)(nil),              // 64: budfleet.siem.v1.Status
+	(*CreateCommandsRequest)(nil),   // 24: budfleet.fleet.v1.CreateCommandsRequest
+	(*CreateCommandsResponse)(nil),  // 25: budfleet.fleet.v1.CreateCommandsResponse
+	(*GetCommandBatchRequest)(nil),  // 26: budfleet.fleet.v1.GetCommandBatchRequest
+	(*GetCommandBatchResponse)(nil), // 27: budfleet.fleet.v1.GetCommandBatchResponse
+	(*ListCommandsRequest)(nil),     // 28: budfleet.fleet.v1.ListCommandsRequest
+	(*ListCommandsResponse)(nil),    // 29: budfleet.fleet.v1.ListCommandsResponse
+	(*GetCommandRequest)(nil),       // 30: budfleet.fleet.v1.GetCommandRequest
+	(*GetCommandResponse)(nil),      // 31: budfleet.fleet.v1.GetCommandResponse
+	(*GpuRow)(nil),                  // 32: budfleet.fleet.v1.GpuRow
+	(*ListGpusRequest)(nil),         // 33: budfleet.fleet.v1.ListGpusRequest
+	(*ListGpusResponse)(nil),        // 34: budfleet.fleet.v1.ListGpusResponse
+	(*GetGpuSummaryRequest)(nil),    // 35: budfleet.fleet.v1.GetGpuSummaryRequest
+	(*GpuSummaryRow)(nil),           // 36: budfleet.fleet.v1.GpuSummaryRow
+	(*GetGpuSummaryResponse)(nil),   // 37: budfleet.fleet.v1.GetGpuSummaryResponse
+	(*ApplySiemConfigRequest)(nil),  // 38: budfleet.fleet.v1.ApplySiemConfigRequest
+	(*ApplySiemConfigResponse)(nil), // 39: budfleet.fleet.v1.ApplySiemConfigResponse
+	(*GetSiemStatusRequest)(nil),    // 40: budfleet.fleet.v1.GetSiemStatusRequest
+	(*NodeSiemStatus)(nil),          // 41: budfleet.fleet.v1.NodeSiemStatus
+	(*GetSiemStatusResponse)(nil),   // 42: budfleet.fleet.v1.GetSiemStatusResponse
+	(*Operator)(nil),                // 43: budfleet.fleet.v1.Operator
+	(*IssueOperatorRequest)(nil),    // 44: budfleet.fleet.v1.IssueOperatorRequest
+	(*IssueOperatorResponse)(nil),   // 45: budfleet.fleet.v1.IssueOperatorResponse
+	(*ListOperatorsRequest)(nil),    // 46: budfleet.fleet.v1.ListOperatorsRequest
+	(*ListOperatorsResponse)(nil),   // 47: budfleet.fleet.v1.ListOperatorsResponse
+	(*RevokeOperatorRequest)(nil),   // 48: budfleet.fleet.v1.RevokeOperatorRequest
+	(*RevokeOperatorResponse)(nil),  // 49: budfleet.fleet.v1.RevokeOperatorResponse
+	(*RenewOperatorRequest)(nil),    // 50: budfleet.fleet.v1.RenewOperatorRequest
+	(*RenewOperatorResponse)(nil),   // 51: budfleet.fleet.v1.RenewOperatorResponse
+	nil,                             // 52: budfleet.fleet.v1.Token.LabelsEntry
+	nil,                             // 53: budfleet.fleet.v1.CreateTokenRequest.LabelsEntry
+	nil,                             // 54: budfleet.fleet.v1.Node.LabelsEntry
+	nil,                             // 55: budfleet.fleet.v1.Node.KubernetesLabelsEntry
+	nil,                             // 56: budfleet.fleet.v1.Command.ParamsEntry
+	nil,                             // 57: budfleet.fleet.v1.Command.OutputEntry
+	nil,                             // 58: budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
+	nil,                             // 59: budfleet.fleet.v1.CreateCommandsRequest.ParamsEntry
+	nil,                             // 60: budfleet.fleet.v1.ApplySiemConfigRequest.SelectorEntry
+	(*timestamppb.Timestamp)(nil),   // 61: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 62: google.protobuf.Duration
+	(*v1.Inventory)(nil),            // 63: budfleet.host.v1.Inventory
+	(*v11.KubernetesNode)(nil),      // 64: budfleet.kube.v1.KubernetesNode
+	(*v11.KubeletJoin)(nil),         // 65: budfleet.kube.v1.KubeletJoin
+	(*v12.GpuInventory)(nil),        // 66: budfleet.gpu.v1.GpuInventory
+	(*v12.GpuHealth)(nil),           // 67: budfleet.gpu.v1.GpuHealth
+	(v12.HealthState)(0),            // 68: budfleet.gpu.v1.HealthState
+	(*v13.Status)(nil),              // 69: budfleet.siem.v1.Status
 }
 var file_budfleet_fleet_v1_fleet_proto_depIdxs = []int32{
-	56, // 0: budfleet.fleet.v1.Token.created_at:type_name -> google.protobuf.Timestamp
-	56, // 1: budfleet.fleet.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
-	48, // 2: budfleet.fleet.v1.Token.labels:type_name -> budfleet.fleet.v1.Token.LabelsEntry
-	56, // 3: budfleet.fleet.v1.Token.revoked_at:type_name -> google.protobuf.Timestamp
-	57, // 4: budfleet.fleet.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
-	49, // 5: budfleet.fleet.v1.CreateTokenRequest.labels:type_name -> budfleet.fleet.v1.CreateTokenRequest.LabelsEntry
+	61, // 0: budfleet.fleet.v1.Token.created_at:type_name -> google.protobuf.Timestamp
+	61, // 1: budfleet.fleet.v1.Token.expires_at:type_name -> google.protobuf.Timestamp
+	52, // 2: budfleet.fleet.v1.Token.labels:type_name -> budfleet.fleet.v1.Token.LabelsEntry
+	61, // 3: budfleet.fleet.v1.Token.revoked_at:type_name -> google.protobuf.Timestamp
+	62, // 4: budfleet.fleet.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
+	53, // 5: budfleet.fleet.v1.CreateTokenRequest.labels:type_name -> budfleet.fleet.v1.CreateTokenRequest.LabelsEntry
 	3,  // 6: budfleet.fleet.v1.CreateTokenResponse.token:type_name -> budfleet.fleet.v1.Token
 	3,  // 7: budfleet.fleet.v1.ListTokensResponse.tokens:type_name -> budfleet.fleet.v1.Token
 	3,  // 8: budfleet.fleet.v1.RevokeTokenResponse.token:type_name -> budfleet.fleet.v1.Token
 	0,  // 9: budfleet.fleet.v1.Node.status:type_name -> budfleet.fleet.v1.NodeStatus
-	50, // 10: budfleet.fleet.v1.Node.labels:type_name -> budfleet.fleet.v1.Node.LabelsEntry
-	56, // 11: budfleet.fleet.v1.Node.enrolled_at:type_name -> google.protobuf.Timestamp
-	56, // 12: budfleet.fleet.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
-	58, // 13: budfleet.fleet.v1.Node.inventory:type_name -> budfleet.host.v1.Inventory
-	56, // 14: budfleet.fleet.v1.Node.inventory_updated_at:type_name -> google.protobuf.Timestamp
-	56, // 15: budfleet.fleet.v1.Node.certificate_expires_at:type_name -> google.protobuf.Timestamp
+	54, // 10: budfleet.fleet.v1.Node.labels:type_name -> budfleet.fleet.v1.Node.LabelsEntry
+	61, // 11: budfleet.fleet.v1.Node.enrolled_at:type_name -> google.protobuf.Timestamp
+	61, // 12: budfleet.fleet.v1.Node.last_heartbeat:type_name -> google.protobuf.Timestamp
+	63, // 13: budfleet.fleet.v1.Node.inventory:type_name -> budfleet.host.v1.Inventory
+	61, // 14: budfleet.fleet.v1.Node.inventory_updated_at:type_name -> google.protobuf.Timestamp
+	61, // 15: budfleet.fleet.v1.Node.certificate_expires_at:type_name -> google.protobuf.Timestamp
 	11, // 16: budfleet.fleet.v1.Node.gpus:type_name -> budfleet.fleet.v1.NodeGpus
-	51, // 17: budfleet.fleet.v1.Node.kubernetes_labels:type_name -> budfleet.fleet.v1.Node.KubernetesLabelsEntry
+	55, // 17: budfleet.fleet.v1.Node.kubernetes_labels:type_name -> budfleet.fleet.v1.Node.KubernetesLabelsEntry
 	13, // 18: budfleet.fleet.v1.Node.proposed_taints:type_name -> budfleet.fleet.v1.Taint
-	59, // 19: budfleet.fleet.v1.Node.kubernetes:type_name -> budfleet.kube.v1.KubernetesNode
-	60, // 20: budfleet.fleet.v1.Node.kubelet_join:type_name -> budfleet.kube.v1.KubeletJoin
-	61, // 21: budfleet.fleet.v1.NodeGpus.inventory:type_name -> budfleet.gpu.v1.GpuInventory
-	62, // 22: budfleet.fleet.v1.NodeGpus.health:type_name -> budfleet.gpu.v1.GpuHealth
-	56, // 23: budfleet.fleet.v1.NodeGpus.inventory_updated_at:type_name -> google.protobuf.Timestamp
-	56, // 24: budfleet.fleet.v1.NodeGpus.health_updated_at:type_name -> google.protobuf.Timestamp
+	64, // 19: budfleet.fleet.v1.Node.kubernetes:type_name -> budfleet.kube.v1.KubernetesNode
+	65, // 20: budfleet.fleet.v1.Node.kubelet_join:type_name -> budfleet.kube.v1.KubeletJoin
+	66, // 21: budfleet.fleet.v1.NodeGpus.inventory:type_name -> budfleet.gpu.v1.GpuInventory
+	67, // 22: budfleet.fleet.v1.NodeGpus.health:type_name -> budfleet.gpu.v1.GpuHealth
+	61, // 23: budfleet.fleet.v1.NodeGpus.inventory_updated_at:type_name -> google.protobuf.Timestamp
+	61, // 24: budfleet.fleet.v1.NodeGpus.health_updated_at:type_name -> google.protobuf.Timestamp
 	12, // 25: budfleet.fleet.v1.NodeGpus.quarantine:type_name -> budfleet.fleet.v1.GpuQuarantine
 	1,  // 26: budfleet.fleet.v1.GpuQuarantine.state:type_name -> budfleet.fleet.v1.QuarantineState
-	56, // 27: budfleet.fleet.v1.GpuQuarantine.since:type_name -> google.protobuf.Timestamp
+	61, // 27: budfleet.fleet.v1.GpuQuarantine.since:type_name -> google.protobuf.Timestamp
 	10, // 28: budfleet.fleet.v1.ListNodesResponse.nodes:type_name -> budfleet.fleet.v1.Node
 	10, // 29: budfleet.fleet.v1.GetNodeResponse.node:type_name -> budfleet.fleet.v1.Node
-	52, // 30: budfleet.fleet.v1.Command.params:type_name -> budfleet.fleet.v1.Command.ParamsEntry
+	56, // 30: budfleet.fleet.v1.Command.params:type_name -> budfleet.fleet.v1.Command.ParamsEntry
 	2,  // 31: budfleet.fleet.v1.Command.state:type_name -> budfleet.fleet.v1.CommandState
-	56, // 32: budfleet.fleet.v1.Command.created_at:type_name -> google.protobuf.Timestamp
-	56, // 33: budfleet.fleet.v1.Command.delivered_at:type_name -> google.protobuf.Timestamp
-	56, // 34: budfleet.fleet.v1.Command.finished_at:type_name -> google.protobuf.Timestamp
-	53, // 35: budfleet.fleet.v1.Command.output:type_name -> budfleet.fleet.v1.Command.OutputEntry
+	61, // 32: budfleet.fleet.v1.Command.created_at:type_name -> google.protobuf.Timestamp
+	61, // 33: budfleet.fleet.v1.Command.delivered_at:type_name -> google.protobuf.Timestamp
+	61, // 34: budfleet.fleet.v1.Command.finished_at:type_name -> google.protobuf.Timestamp
+	57, // 35: budfleet.fleet.v1.Command.output:type_name -> budfleet.fleet.v1.Command.OutputEntry
 	21, // 36: budfleet.fleet.v1.Command.output_tail:type_name -> budfleet.fleet.v1.CommandOutputTail
-	56, // 37: budfleet.fleet.v1.CommandOutputTail.updated_at:type_name -> google.protobuf.Timestamp
-	54, // 38: budfleet.fleet.v1.CreateCommandRequest.params:type_name -> budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
+	61, // 37: budfleet.fleet.v1.CommandOutputTail.updated_at:type_name -> google.protobuf.Timestamp
+	58, // 38: budfleet.fleet.v1.CreateCommandRequest.params:type_name -> budfleet.fleet.v1.CreateCommandRequest.ParamsEntry
 	20, // 39: budfleet.fleet.v1.CreateCommandResponse.command:type_name -> budfleet.fleet.v1.Command
-	20, // 40: budfleet.fleet.v1.ListCommandsResponse.commands:type_name -> budfleet.fleet.v1.Command
-	20, // 41: budfleet.fleet.v1.GetCommandResponse.command:type_name -> budfleet.fleet.v1.Command
-	63, // 42: budfleet.fleet.v1.GpuRow.health:type_name -> budfleet.gpu.v1.HealthState
-	28, // 43: budfleet.fleet.v1.ListGpusResponse.gpus:type_name -> budfleet.fleet.v1.GpuRow
-	32, // 44: budfleet.fleet.v1.GetGpuSummaryResponse.products:type_name -> budfleet.fleet.v1.GpuSummaryRow
-	55, // 45: budfleet.fleet.v1.ApplySiemConfigRequest.selector:type_name -> budfleet.fleet.v1.ApplySiemConfigRequest.SelectorEntry
-	64, // 46: budfleet.fleet.v1.NodeSiemStatus.status:type_name -> budfleet.siem.v1.Status
-	56, // 47: budfleet.fleet.v1.NodeSiemStatus.reported_at:type_name -> google.protobuf.Timestamp
-	37, // 48: budfleet.fleet.v1.GetSiemStatusResponse.nodes:type_name -> budfleet.fleet.v1.NodeSiemStatus
-	56, // 49: budfleet.fleet.v1.Operator.issued_at:type_name -> google.protobuf.Timestamp
-	56, // 50: budfleet.fleet.v1.Operator.expires_at:type_name -> google.protobuf.Timestamp
-	56, // 51: budfleet.fleet.v1.Operator.revoked_at:type_name -> google.protobuf.Timestamp
-	57, // 52: budfleet.fleet.v1.IssueOperatorRequest.ttl:type_name -> google.protobuf.Duration
-	39, // 53: budfleet.fleet.v1.IssueOperatorResponse.operator:type_name -> budfleet.fleet.v1.Operator
-	39, // 54: budfleet.fleet.v1.ListOperatorsResponse.operators:type_name -> budfleet.fleet.v1.Operator
-	39, // 55: budfleet.fleet.v1.RevokeOperatorResponse.operator:type_name -> budfleet.fleet.v1.Operator
-	39, // 56: budfleet.fleet.v1.RenewOperatorResponse.operator:type_name -> budfleet.fleet.v1.Operator
-	4,  // 57: budfleet.fleet.v1.FleetService.CreateToken:input_type -> budfleet.fleet.v1.CreateTokenRequest
-	6,  // 58: budfleet.fleet.v1.FleetService.ListTokens:input_type -> budfleet.fleet.v1.ListTokensRequest
-	8,  // 59: budfleet.fleet.v1.FleetService.RevokeToken:input_type -> budfleet.fleet.v1.RevokeTokenRequest
-	14, // 60: budfleet.fleet.v1.FleetService.ListNodes:input_type -> budfleet.fleet.v1.ListNodesRequest
-	16, // 61: budfleet.fleet.v1.FleetService.GetNode:input_type -> budfleet.fleet.v1.GetNodeRequest
-	18, // 62: budfleet.fleet.v1.FleetService.DeleteNode:input_type -> budfleet.fleet.v1.DeleteNodeRequest
-	22, // 63: budfleet.fleet.v1.FleetService.CreateCommand:input_type -> budfleet.fleet.v1.CreateCommandRequest
-	24, // 64: budfleet.fleet.v1.FleetService.ListCommands:input_type -> budfleet.fleet.v1.ListCommandsRequest
-	26, // 65: budfleet.fleet.v1.FleetService.GetCommand:input_type -> budfleet.fleet.v1.GetCommandRequest
-	29, // 66: budfleet.fleet.v1.FleetService.ListGpus:input_type -> budfleet.fleet.v1.ListGpusRequest
-	31, // 67: budfleet.fleet.v1.FleetService.GetGpuSummary:input_type -> budfleet.fleet.v1.GetGpuSummaryRequest
-	34, // 68: budfleet.fleet.v1.FleetService.ApplySiemConfig:input_type -> budfleet.fleet.v1.ApplySiemConfigRequest
-	36, // 69: budfleet.fleet.v1.FleetService.GetSiemStatus:input_type -> budfleet.fleet.v1.GetSiemStatusRequest
-	40, // 70: budfleet.fleet.v1.FleetService.IssueOperator:input_type -> budfleet.fleet.v1.IssueOperatorRequest
-	42, // 71: budfleet.fleet.v1.FleetService.ListOperators:input_type -> budfleet.fleet.v1.ListOperatorsRequest
-	44, // 72: budfleet.fleet.v1.FleetService.RevokeOperator:input_type -> budfleet.fleet.v1.RevokeOperatorRequest
-	46, // 73: budfleet.fleet.v1.FleetService.RenewOperator:input_type -> budfleet.fleet.v1.RenewOperatorRequest
-	5,  // 74: budfleet.fleet.v1.FleetService.CreateToken:output_type -> budfleet.fleet.v1.CreateTokenResponse
-	7,  // 75: budfleet.fleet.v1.FleetService.ListTokens:output_type -> budfleet.fleet.v1.ListTokensResponse
-	9,  // 76: budfleet.fleet.v1.FleetService.RevokeToken:output_type -> budfleet.fleet.v1.RevokeTokenResponse
-	15, // 77: budfleet.fleet.v1.FleetService.ListNodes:output_type -> budfleet.fleet.v1.ListNodesResponse
-	17, // 78: budfleet.fleet.v1.FleetService.GetNode:output_type -> budfleet.fleet.v1.GetNodeResponse
-	19, // 79: budfleet.fleet.v1.FleetService.DeleteNode:output_type -> budfleet.fleet.v1.DeleteNodeResponse
-	23, // 80: budfleet.fleet.v1.FleetService.CreateCommand:output_type -> budfleet.fleet.v1.CreateCommandResponse
-	25, // 81: budfleet.fleet.v1.FleetService.ListCommands:output_type -> budfleet.fleet.v1.ListCommandsResponse
-	27, // 82: budfleet.fleet.v1.FleetService.GetCommand:output_type -> budfleet.fleet.v1.GetCommandResponse
-	30, // 83: budfleet.fleet.v1.FleetService.ListGpus:output_type -> budfleet.fleet.v1.ListGpusResponse
-	33, // 84: budfleet.fleet.v1.FleetService.GetGpuSummary:output_type -> budfleet.fleet.v1.GetGpuSummaryResponse
-	35, // 85: budfleet.fleet.v1.FleetService.ApplySiemConfig:output_type -> budfleet.fleet.v1.ApplySiemConfigResponse
-	38, // 86: budfleet.fleet.v1.FleetService.GetSiemStatus:output_type -> budfleet.fleet.v1.GetSiemStatusResponse
-	41, // 87: budfleet.fleet.v1.FleetService.IssueOperator:output_type -> budfleet.fleet.v1.IssueOperatorResponse
-	43, // 88: budfleet.fleet.v1.FleetService.ListOperators:output_type -> budfleet.fleet.v1.ListOperatorsResponse
-	45, // 89: budfleet.fleet.v1.FleetService.RevokeOperator:output_type -> budfleet.fleet.v1.RevokeOperatorResponse
-	47, // 90: budfleet.fleet.v1.FleetService.RenewOperator:output_type -> budfleet.fleet.v1.RenewOperatorResponse
-	74, // [74:91] is the sub-list for method output_type
-	57, // [57:74] is the sub-list for method input_type
-	57, // [57:57] is the sub-list for extension type_name
-	57, // [57:57] is the sub-list for extension extendee
-	0,  // [0:57] is the sub-list for field type_name
+	59, // 40: budfleet.fleet.v1.CreateCommandsRequest.params:type_name -> budfleet.fleet.v1.CreateCommandsRequest.ParamsEntry
+	61, // 41: budfleet.fleet.v1.GetCommandBatchResponse.created_at:type_name -> google.protobuf.Timestamp
+	20, // 42: budfleet.fleet.v1.ListCommandsResponse.commands:type_name -> budfleet.fleet.v1.Command
+	20, // 43: budfleet.fleet.v1.GetCommandResponse.command:type_name -> budfleet.fleet.v1.Command
+	68, // 44: budfleet.fleet.v1.GpuRow.health:type_name -> budfleet.gpu.v1.HealthState
+	32, // 45: budfleet.fleet.v1.ListGpusResponse.gpus:type_name -> budfleet.fleet.v1.GpuRow
+	36, // 46: budfleet.fleet.v1.GetGpuSummaryResponse.products:type_name -> budfleet.fleet.v1.GpuSummaryRow
+	60, // 47: budfleet.fleet.v1.ApplySiemConfigRequest.selector:type_name -> budfleet.fleet.v1.ApplySiemConfigRequest.SelectorEntry
+	69, // 48: budfleet.fleet.v1.NodeSiemStatus.status:type_name -> budfleet.siem.v1.Status
+	61, // 49: budfleet.fleet.v1.NodeSiemStatus.reported_at:type_name -> google.protobuf.Timestamp
+	41, // 50: budfleet.fleet.v1.GetSiemStatusResponse.nodes:type_name -> budfleet.fleet.v1.NodeSiemStatus
+	61, // 51: budfleet.fleet.v1.Operator.issued_at:type_name -> google.protobuf.Timestamp
+	61, // 52: budfleet.fleet.v1.Operator.expires_at:type_name -> google.protobuf.Timestamp
+	61, // 53: budfleet.fleet.v1.Operator.revoked_at:type_name -> google.protobuf.Timestamp
+	62, // 54: budfleet.fleet.v1.IssueOperatorRequest.ttl:type_name -> google.protobuf.Duration
+	43, // 55: budfleet.fleet.v1.IssueOperatorResponse.operator:type_name -> budfleet.fleet.v1.Operator
+	43, // 56: budfleet.fleet.v1.ListOperatorsResponse.operators:type_name -> budfleet.fleet.v1.Operator
+	43, // 57: budfleet.fleet.v1.RevokeOperatorResponse.operator:type_name -> budfleet.fleet.v1.Operator
+	43, // 58: budfleet.fleet.v1.RenewOperatorResponse.operator:type_name -> budfleet.fleet.v1.Operator
+	4,  // 59: budfleet.fleet.v1.FleetService.CreateToken:input_type -> budfleet.fleet.v1.CreateTokenRequest
+	6,  // 60: budfleet.fleet.v1.FleetService.ListTokens:input_type -> budfleet.fleet.v1.ListTokensRequest
+	8,  // 61: budfleet.fleet.v1.FleetService.RevokeToken:input_type -> budfleet.fleet.v1.RevokeTokenRequest
+	14, // 62: budfleet.fleet.v1.FleetService.ListNodes:input_type -> budfleet.fleet.v1.ListNodesRequest
+	16, // 63: budfleet.fleet.v1.FleetService.GetNode:input_type -> budfleet.fleet.v1.GetNodeRequest
+	18, // 64: budfleet.fleet.v1.FleetService.DeleteNode:input_type -> budfleet.fleet.v1.DeleteNodeRequest
+	22, // 65: budfleet.fleet.v1.FleetService.CreateCommand:input_type -> budfleet.fleet.v1.CreateCommandRequest
+	28, // 66: budfleet.fleet.v1.FleetService.ListCommands:input_type -> budfleet.fleet.v1.ListCommandsRequest
+	30, // 67: budfleet.fleet.v1.FleetService.GetCommand:input_type -> budfleet.fleet.v1.GetCommandRequest
+	24, // 68: budfleet.fleet.v1.FleetService.CreateCommands:input_type -> budfleet.fleet.v1.CreateCommandsRequest
+	26, // 69: budfleet.fleet.v1.FleetService.GetCommandBatch:input_type -> budfleet.fleet.v1.GetCommandBatchRequest
+	33, // 70: budfleet.fleet.v1.FleetService.ListGpus:input_type -> budfleet.fleet.v1.ListGpusRequest
+	35, // 71: budfleet.fleet.v1.FleetService.GetGpuSummary:input_type -> budfleet.fleet.v1.GetGpuSummaryRequest
+	38, // 72: budfleet.fleet.v1.FleetService.ApplySiemConfig:input_type -> budfleet.fleet.v1.ApplySiemConfigRequest
+	40, // 73: budfleet.fleet.v1.FleetService.GetSiemStatus:input_type -> budfleet.fleet.v1.GetSiemStatusRequest
+	44, // 74: budfleet.fleet.v1.FleetService.IssueOperator:input_type -> budfleet.fleet.v1.IssueOperatorRequest
+	46, // 75: budfleet.fleet.v1.FleetService.ListOperators:input_type -> budfleet.fleet.v1.ListOperatorsRequest
+	48, // 76: budfleet.fleet.v1.FleetService.RevokeOperator:input_type -> budfleet.fleet.v1.RevokeOperatorRequest
+	50, // 77: budfleet.fleet.v1.FleetService.RenewOperator:input_type -> budfleet.fleet.v1.RenewOperatorRequest
+	5,  // 78: budfleet.fleet.v1.FleetService.CreateToken:output_type -> budfleet.fleet.v1.CreateTokenResponse
+	7,  // 79: budfleet.fleet.v1.FleetService.ListTokens:output_type -> budfleet.fleet.v1.ListTokensResponse
+	9,  // 80: budfleet.fleet.v1.FleetService.RevokeToken:output_type -> budfleet.fleet.v1.RevokeTokenResponse
+	15, // 81: budfleet.fleet.v1.FleetService.ListNodes:output_type -> budfleet.fleet.v1.ListNodesResponse
+	17, // 82: budfleet.fleet.v1.FleetService.GetNode:output_type -> budfleet.fleet.v1.GetNodeResponse
+	19, // 83: budfleet.fleet.v1.FleetService.DeleteNode:output_type -> budfleet.fleet.v1.DeleteNodeResponse
+	23, // 84: budfleet.fleet.v1.FleetService.CreateCommand:output_type -> budfleet.fleet.v1.CreateCommandResponse
+	29, // 85: budfleet.fleet.v1.FleetService.ListCommands:output_type -> budfleet.fleet.v1.ListCommandsResponse
+	31, // 86: budfleet.fleet.v1.FleetService.GetCommand:output_type -> budfleet.fleet.v1.GetCommandResponse
+	25, // 87: budfleet.fleet.v1.FleetService.CreateCommands:output_type -> budfleet.fleet.v1.CreateCommandsResponse
+	27, // 88: budfleet.fleet.v1.FleetService.GetCommandBatch:output_type -> budfleet.fleet.v1.GetCommandBatchResponse
+	34, // 89: budfleet.fleet.v1.FleetService.ListGpus:output_type -> budfleet.fleet.v1.ListGpusResponse
+	37, // 90: budfleet.fleet.v1.FleetService.GetGpuSummary:output_type -> budfleet.fleet.v1.GetGpuSummaryResponse
+	39, // 91: budfleet.fleet.v1.FleetService.ApplySiemConfig:output_type -> budfleet.fleet.v1.ApplySiemConfigResponse
+	42, // 92: budfleet.fleet.v1.FleetService.GetSiemStatus:output_type -> budfleet.fleet.v1.GetSiemStatusResponse
+	45, // 93: budfleet.fleet.v1.FleetService.IssueOperator:output_type -> budfleet.fleet.v1.IssueOperatorResponse
+	47, // 94: budfleet.fleet.v1.FleetService.ListOperators:output_type -> budfleet.fleet.v1.ListOperatorsResponse
+	49, // 95: budfleet.fleet.v1.FleetService.RevokeOperator:output_type -> budfleet.fleet.v1.RevokeOperatorResponse
+	51, // 96: budfleet.fleet.v1.FleetService.RenewOperator:output_type -> budfleet.fleet.v1.RenewOperatorResponse
+	78, // [78:97] is the sub-list for method output_type
+	59, // [59:78] is the sub-list for method input_type
+	59, // [59:59] is the sub-list for extension type_name
+	59, // [59:59] is the sub-list for extension extendee
+	0,  // [0:59] is the sub-list for field type_name
 }
 
 func init() { file_budfleet_fleet_v1_fleet_proto_init() }
@@ -3520,14 +3853,14 @@ func file_budfleet_fleet_v1_fleet_proto_init() {
 	if File_budfleet_fleet_v1_fleet_proto != nil {
 		return
 	}
-	file_budfleet_fleet_v1_fleet_proto_msgTypes[25].OneofWrappers = []any{}
+	file_budfleet_fleet_v1_fleet_proto_msgTypes[29].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_budfleet_fleet_v1_fleet_proto_rawDesc), len(file_budfleet_fleet_v1_fleet_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   53,
+			NumMessages:   58,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

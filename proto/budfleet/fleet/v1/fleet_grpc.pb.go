@@ -31,6 +31,8 @@ const (
 	FleetService_CreateCommand_FullMethodName   = "/budfleet.fleet.v1.FleetService/CreateCommand"
 	FleetService_ListCommands_FullMethodName    = "/budfleet.fleet.v1.FleetService/ListCommands"
 	FleetService_GetCommand_FullMethodName      = "/budfleet.fleet.v1.FleetService/GetCommand"
+	FleetService_CreateCommands_FullMethodName  = "/budfleet.fleet.v1.FleetService/CreateCommands"
+	FleetService_GetCommandBatch_FullMethodName = "/budfleet.fleet.v1.FleetService/GetCommandBatch"
 	FleetService_ListGpus_FullMethodName        = "/budfleet.fleet.v1.FleetService/ListGpus"
 	FleetService_GetGpuSummary_FullMethodName   = "/budfleet.fleet.v1.FleetService/GetGpuSummary"
 	FleetService_ApplySiemConfig_FullMethodName = "/budfleet.fleet.v1.FleetService/ApplySiemConfig"
@@ -54,6 +56,11 @@ type FleetServiceClient interface {
 	CreateCommand(ctx context.Context, in *CreateCommandRequest, opts ...grpc.CallOption) (*CreateCommandResponse, error)
 	ListCommands(ctx context.Context, in *ListCommandsRequest, opts ...grpc.CallOption) (*ListCommandsResponse, error)
 	GetCommand(ctx context.Context, in *GetCommandRequest, opts ...grpc.CallOption) (*GetCommandResponse, error)
+	// CreateCommands queues one command for many nodes at once (a fan-out),
+	// all in one store write, and names the batch.
+	CreateCommands(ctx context.Context, in *CreateCommandsRequest, opts ...grpc.CallOption) (*CreateCommandsResponse, error)
+	// GetCommandBatch counts a fan-out's commands by state.
+	GetCommandBatch(ctx context.Context, in *GetCommandBatchRequest, opts ...grpc.CallOption) (*GetCommandBatchResponse, error)
 	// ListGpus returns one row per GPU and per MIG device across the fleet.
 	ListGpus(ctx context.Context, in *ListGpusRequest, opts ...grpc.CallOption) (*ListGpusResponse, error)
 	// GetGpuSummary counts GPUs by product and health across the fleet.
@@ -170,6 +177,26 @@ func (c *fleetServiceClient) GetCommand(ctx context.Context, in *GetCommandReque
 	return out, nil
 }
 
+func (c *fleetServiceClient) CreateCommands(ctx context.Context, in *CreateCommandsRequest, opts ...grpc.CallOption) (*CreateCommandsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateCommandsResponse)
+	err := c.cc.Invoke(ctx, FleetService_CreateCommands_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *fleetServiceClient) GetCommandBatch(ctx context.Context, in *GetCommandBatchRequest, opts ...grpc.CallOption) (*GetCommandBatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetCommandBatchResponse)
+	err := c.cc.Invoke(ctx, FleetService_GetCommandBatch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *fleetServiceClient) ListGpus(ctx context.Context, in *ListGpusRequest, opts ...grpc.CallOption) (*ListGpusResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListGpusResponse)
@@ -263,6 +290,11 @@ type FleetServiceServer interface {
 	CreateCommand(context.Context, *CreateCommandRequest) (*CreateCommandResponse, error)
 	ListCommands(context.Context, *ListCommandsRequest) (*ListCommandsResponse, error)
 	GetCommand(context.Context, *GetCommandRequest) (*GetCommandResponse, error)
+	// CreateCommands queues one command for many nodes at once (a fan-out),
+	// all in one store write, and names the batch.
+	CreateCommands(context.Context, *CreateCommandsRequest) (*CreateCommandsResponse, error)
+	// GetCommandBatch counts a fan-out's commands by state.
+	GetCommandBatch(context.Context, *GetCommandBatchRequest) (*GetCommandBatchResponse, error)
 	// ListGpus returns one row per GPU and per MIG device across the fleet.
 	ListGpus(context.Context, *ListGpusRequest) (*ListGpusResponse, error)
 	// GetGpuSummary counts GPUs by product and health across the fleet.
@@ -315,6 +347,12 @@ func (UnimplementedFleetServiceServer) ListCommands(context.Context, *ListComman
 }
 func (UnimplementedFleetServiceServer) GetCommand(context.Context, *GetCommandRequest) (*GetCommandResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetCommand not implemented")
+}
+func (UnimplementedFleetServiceServer) CreateCommands(context.Context, *CreateCommandsRequest) (*CreateCommandsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateCommands not implemented")
+}
+func (UnimplementedFleetServiceServer) GetCommandBatch(context.Context, *GetCommandBatchRequest) (*GetCommandBatchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetCommandBatch not implemented")
 }
 func (UnimplementedFleetServiceServer) ListGpus(context.Context, *ListGpusRequest) (*ListGpusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListGpus not implemented")
@@ -523,6 +561,42 @@ func _FleetService_GetCommand_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _FleetService_CreateCommands_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateCommandsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FleetServiceServer).CreateCommands(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FleetService_CreateCommands_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FleetServiceServer).CreateCommands(ctx, req.(*CreateCommandsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FleetService_GetCommandBatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetCommandBatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FleetServiceServer).GetCommandBatch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FleetService_GetCommandBatch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FleetServiceServer).GetCommandBatch(ctx, req.(*GetCommandBatchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _FleetService_ListGpus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListGpusRequest)
 	if err := dec(in); err != nil {
@@ -709,6 +783,14 @@ var FleetService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetCommand",
 			Handler:    _FleetService_GetCommand_Handler,
+		},
+		{
+			MethodName: "CreateCommands",
+			Handler:    _FleetService_CreateCommands_Handler,
+		},
+		{
+			MethodName: "GetCommandBatch",
+			Handler:    _FleetService_GetCommandBatch_Handler,
 		},
 		{
 			MethodName: "ListGpus",
