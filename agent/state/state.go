@@ -19,6 +19,13 @@
 //	  siem               -> JSON PushedConfig: the controller's last
 //	                        forwarding configuration, kept across restarts
 //
+// OpenMemory keeps the same records in memory instead, behind the same
+// API, for the fleet simulator (cmd/bud-fleetsim), which runs thousands of
+// agents in one process: a bbolt file (and its mmap and fsyncs) per
+// virtual agent would measure the simulator's disk, not the controller.
+// It keeps what the bbolt file keeps, as JSON copies, so callers see the
+// same value semantics; nothing survives the process.
+//
 // The file is opened through internal/boltdb: meta is its bucket, an
 // upgrade first copies the file to agent.db.v<old version>.bak, and a file
 // from a newer bud-agent is refused. Values are copied out of transactions
@@ -30,6 +37,8 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"sort"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -84,9 +93,26 @@ var migrations = []boltdb.Migration{
 	},
 }
 
-// DB is the agent's state database.
+// DB is the agent's state database: a bbolt file (Open) or memory
+// (OpenMemory).
 type DB struct {
-	db *bolt.DB
+	db  *bolt.DB
+	mem *memory
+}
+
+// memory is OpenMemory's store: the buckets as maps of encoded values.
+type memory struct {
+	mu       sync.Mutex
+	identity Identity
+	commands map[string][]byte // JSON CommandRecord, as in the bucket
+	pushed   []byte            // JSON PushedConfig; nil when none
+}
+
+// OpenMemory returns a state held in memory: an empty one, as Open makes
+// in a new dir. It is for simulators and tests; an agent on a node uses
+// Open, since its identity and command records must survive a restart.
+func OpenMemory() *DB {
+	return &DB{mem: &memory{commands: map[string][]byte{}}}
 }
 
 // Open opens the state in dir, creating it if needed. A second process
@@ -107,7 +133,24 @@ func Open(dir string, lockTimeout time.Duration) (*DB, error) {
 }
 
 // Close closes the database.
-func (d *DB) Close() error { return d.db.Close() }
+func (d *DB) Close() error {
+	if d.mem != nil {
+		return nil
+	}
+	return d.db.Close()
+}
+
+func cloneBytes(b []byte) []byte {
+	if b == nil {
+		return nil
+	}
+	return append([]byte(nil), b...)
+}
+
+func (id Identity) clone() Identity {
+	id.KeyPEM, id.CertDER, id.CADER = cloneBytes(id.KeyPEM), cloneBytes(id.CertDER), cloneBytes(id.CADER)
+	return id
+}
 
 // Identity is what the agent holds after enrolling.
 type Identity struct {
@@ -122,6 +165,12 @@ type Identity struct {
 
 // SaveIdentity replaces the identity.
 func (d *DB) SaveIdentity(id Identity) error {
+	if m := d.mem; m != nil {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.identity = id.clone()
+		return nil
+	}
 	return d.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketIdentity)
 		for k, v := range map[string][]byte{
@@ -140,16 +189,23 @@ func (d *DB) SaveIdentity(id Identity) error {
 // Identity returns the stored identity or ErrNotEnrolled.
 func (d *DB) Identity() (Identity, error) {
 	var id Identity
-	err := d.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketIdentity)
-		cp := func(k []byte) []byte { return boltdb.Copy(b.Get(k)) }
-		id = Identity{
-			NodeID: string(b.Get(keyNodeID)), Controller: string(b.Get(keyController)),
-			ServerName: string(b.Get(keyServerName)), KeyPEM: cp(keyKey), CertDER: cp(keyCert), CADER: cp(keyCA),
-			Hostname: string(b.Get(keyHostname)),
-		}
-		return nil
-	})
+	var err error
+	if m := d.mem; m != nil {
+		m.mu.Lock()
+		id = m.identity.clone()
+		m.mu.Unlock()
+	} else {
+		err = d.db.View(func(tx *bolt.Tx) error {
+			b := tx.Bucket(bucketIdentity)
+			cp := func(k []byte) []byte { return boltdb.Copy(b.Get(k)) }
+			id = Identity{
+				NodeID: string(b.Get(keyNodeID)), Controller: string(b.Get(keyController)),
+				ServerName: string(b.Get(keyServerName)), KeyPEM: cp(keyKey), CertDER: cp(keyCert), CADER: cp(keyCA),
+				Hostname: string(b.Get(keyHostname)),
+			}
+			return nil
+		})
+	}
 	if err == nil && (id.NodeID == "" || len(id.CertDER) == 0) {
 		return id, ErrNotEnrolled
 	}
@@ -158,6 +214,12 @@ func (d *DB) Identity() (Identity, error) {
 
 // UpdateCertificate stores a renewed certificate.
 func (d *DB) UpdateCertificate(der []byte) error {
+	if m := d.mem; m != nil {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.identity.CertDER = cloneBytes(der)
+		return nil
+	}
 	return d.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketIdentity).Put(keyCert, der) })
 }
 
@@ -182,6 +244,25 @@ func (r CommandRecord) Finished() bool { return !r.FinishedAt.IsZero() }
 // crash while running shows up as started-but-not-finished and the command is
 // not run a second time.
 func (d *DB) BeginCommand(id, kind string, now time.Time) (rec CommandRecord, first bool, err error) {
+	if m := d.mem; m != nil {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if v, ok := m.commands[id]; ok {
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return rec, false, err
+			}
+		} else {
+			rec = CommandRecord{ID: id, Kind: kind, StartedAt: now}
+			first = true
+		}
+		rec.Deliveries++
+		v, err := json.Marshal(rec)
+		if err != nil {
+			return rec, first, err
+		}
+		m.commands[id] = v
+		return rec, first, nil
+	}
 	err = d.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketCommands)
 		found, err := boltdb.GetJSON(b, []byte(id), &rec)
@@ -200,6 +281,16 @@ func (d *DB) BeginCommand(id, kind string, now time.Time) (rec CommandRecord, fi
 
 // FinishCommand stores a command's result.
 func (d *DB) FinishCommand(rec CommandRecord) error {
+	if m := d.mem; m != nil {
+		v, err := json.Marshal(rec)
+		if err != nil {
+			return err
+		}
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.commands[rec.ID] = v
+		return nil
+	}
 	return d.db.Update(func(tx *bolt.Tx) error {
 		return boltdb.PutJSON(tx.Bucket(bucketCommands), []byte(rec.ID), rec)
 	})
@@ -208,6 +299,15 @@ func (d *DB) FinishCommand(rec CommandRecord) error {
 // Command returns the record of one command.
 func (d *DB) Command(id string) (CommandRecord, error) {
 	var rec CommandRecord
+	if m := d.mem; m != nil {
+		m.mu.Lock()
+		v, ok := m.commands[id]
+		m.mu.Unlock()
+		if !ok {
+			return rec, fmt.Errorf("command %s: %w", id, ErrNotFound)
+		}
+		return rec, json.Unmarshal(v, &rec)
+	}
 	err := d.db.View(func(tx *bolt.Tx) error {
 		found, err := boltdb.GetJSON(tx.Bucket(bucketCommands), []byte(id), &rec)
 		if err == nil && !found {
@@ -222,6 +322,28 @@ func (d *DB) Command(id string) (CommandRecord, error) {
 // redelivers a command it has a result for, so old records are dead weight.
 func (d *DB) PruneCommands(cutoff time.Time) (int, error) {
 	n := 0
+	if m := d.mem; m != nil {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		// In key order, as the bucket's cursor: a bad record stops the
+		// prune at the same place.
+		ids := make([]string, 0, len(m.commands))
+		for id := range m.commands {
+			ids = append(ids, id)
+		}
+		sort.Strings(ids)
+		for _, id := range ids {
+			var rec CommandRecord
+			if err := json.Unmarshal(m.commands[id], &rec); err != nil {
+				return n, err
+			}
+			if rec.Finished() && rec.FinishedAt.Before(cutoff) {
+				delete(m.commands, id)
+				n++
+			}
+		}
+		return n, nil
+	}
 	err := d.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketCommands)
 		c := b.Cursor()
@@ -252,6 +374,16 @@ var keyPushedSIEM = []byte("siem")
 
 // SavePushedSIEM stores the controller's forwarding configuration.
 func (d *DB) SavePushedSIEM(c PushedConfig) error {
+	if m := d.mem; m != nil {
+		v, err := json.Marshal(c)
+		if err != nil {
+			return err
+		}
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.pushed = v
+		return nil
+	}
 	return d.db.Update(func(tx *bolt.Tx) error {
 		return boltdb.PutJSON(tx.Bucket(bucketPushed), keyPushedSIEM, c)
 	})
@@ -259,6 +391,15 @@ func (d *DB) SavePushedSIEM(c PushedConfig) error {
 
 // PushedSIEM returns the stored configuration; ok is false when none is.
 func (d *DB) PushedSIEM() (c PushedConfig, ok bool, err error) {
+	if m := d.mem; m != nil {
+		m.mu.Lock()
+		v := m.pushed
+		m.mu.Unlock()
+		if v == nil {
+			return c, false, nil
+		}
+		return c, true, json.Unmarshal(v, &c)
+	}
 	err = d.db.View(func(tx *bolt.Tx) error {
 		ok, err = boltdb.GetJSON(tx.Bucket(bucketPushed), keyPushedSIEM, &c)
 		return err
@@ -267,5 +408,11 @@ func (d *DB) PushedSIEM() (c PushedConfig, ok bool, err error) {
 }
 
 // Dir is the state directory: the node's key and certificate live in it,
-// so nothing the controller configures may read from it.
-func (d *DB) Dir() string { return filepath.Dir(d.db.Path()) }
+// so nothing the controller configures may read from it. A state in
+// memory has none: "".
+func (d *DB) Dir() string {
+	if d.mem != nil {
+		return ""
+	}
+	return filepath.Dir(d.db.Path())
+}
