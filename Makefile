@@ -45,7 +45,7 @@ all: build
 build:
 	@mkdir -p $(BIN)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/bud-controller ./cmd/budctl ./cmd/bud-provider-vsphere ./cmd/bud-provider-baremetal
-	CGO_ENABLED=1 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/bud-agent
+	CGO_ENABLED=1 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/bud-agent ./cmd/bud-fleetsim
 
 ## gpu-check: the agent for linux/amd64 with cgo, printing this host's GPUs through NVML.
 gpu-check:

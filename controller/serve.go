@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
@@ -85,6 +86,11 @@ type ServeConfig struct {
 	// connections overall and per source IP (0: the defaults).
 	MaxConnections          int
 	MaxConnectionsPerSource int
+	// Pprof serves net/http/pprof under /debug/pprof/ on the metrics
+	// listener: for profiling under load (the fleet benchmark also forces
+	// a GC through heap?gc=1 before it reads the heap). Off by default:
+	// profiles show internals to whoever reaches the metrics port.
+	Pprof bool
 }
 
 // EtcdConfig is the etcd store of a controller among several.
@@ -238,6 +244,10 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+		if cfg.Pprof {
+			mux.HandleFunc("/debug/pprof/", pprof.Index)
+			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		}
 		hsrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	}
 
