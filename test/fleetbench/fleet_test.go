@@ -1,0 +1,1034 @@
+// Package fleetbench measures one bud-controller process holding a fleet of
+// virtual agents (cmd/bud-fleetsim, several processes of them) beside the
+// floor, a bare grpc-go mutual-TLS stream server with the same heartbeat,
+// measured on the same machine in the same run. Issue 12's P1-P3:
+//
+//	P1  N agents connected, a heartbeat each every 10 s: controller RSS and
+//	    Go heap per agent (after a forced GC, the baseline taken after
+//	    enrolment and before connection), goroutines per agent, CPU over a
+//	    steady window; each as a ratio to the floor's per stream.
+//	P2  SIGKILL and restart of the controller with N agents: the time until
+//	    all are back against the floor's reconnect storm, the arrivals per
+//	    second (the agents' backoff), and every command queued before the
+//	    kill completed exactly once.
+//	P3  one command to all N agents (FleetService.CreateCommands,
+//	    all_nodes): from the create call to each result stored, p50/p99.
+//
+// BenchmarkFleetEtcd is P1 on the etcd store, with etcd's CPU and write
+// rate beside the controller's.
+//
+// Run (make bench-fleet does this):
+//
+//	make build
+//	go test ./test/fleetbench -run '^$' -bench Fleet -benchtime=1x -timeout 40m -v
+//
+// Environment: BUD_BIN_DIR (bud-controller and bud-fleetsim; built into a
+// temp dir when unset), BUD_FLEET_AGENTS (default 10000),
+// BUD_FLEET_PER_PROCESS (default 2500), BUD_FLEET_WINDOW (the steady CPU
+// window, default 60s), BUD_FLEET_PROFILE_DIR (keep pprof CPU and heap
+// profiles there), BUD_FLEET_REPORT (append the figures as a markdown
+// table to this file).
+package fleetbench
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/bud-ecosystem/budfleet/client"
+	"github.com/bud-ecosystem/budfleet/command"
+	"github.com/bud-ecosystem/budfleet/controller"
+	"github.com/bud-ecosystem/budfleet/internal/etcdtest"
+	"github.com/bud-ecosystem/budfleet/test/fleetsim"
+	fleetv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1"
+)
+
+var controllerBin, simBin string
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if f := flag.Lookup("test.bench"); f == nil || f.Value.String() == "" {
+		os.Exit(m.Run())
+	}
+	os.Exit(runBenchmarks(m))
+}
+
+func runBenchmarks(m *testing.M) int {
+	// Each agent and floor stream is a socket; the children inherit the
+	// raised limit.
+	var r syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r) == nil && r.Cur < r.Max {
+		r.Cur = r.Max
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &r)
+	}
+	dir := os.Getenv("BUD_BIN_DIR")
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "fleetbench-bin-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(tmp)
+		for _, pkg := range []string{"cmd/bud-controller", "cmd/bud-fleetsim"} {
+			cmd := exec.Command("go", "build", "-o", tmp+"/", "github.com/bud-ecosystem/budfleet/"+pkg)
+			cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+			if err := cmd.Run(); err != nil {
+				fmt.Fprintf(os.Stderr, "build %s: %v\n", pkg, err)
+				return 1
+			}
+		}
+		dir = tmp
+	}
+	controllerBin, simBin = filepath.Join(dir, "bud-controller"), filepath.Join(dir, "bud-fleetsim")
+	for _, p := range []string{controllerBin, simBin} {
+		if _, err := os.Stat(p); err != nil {
+			fmt.Fprintf(os.Stderr, "BUD_BIN_DIR: %v (run make build)\n", err)
+			return 1
+		}
+	}
+	return m.Run()
+}
+
+type config struct {
+	n, per   int
+	window   time.Duration
+	settle   time.Duration
+	profDir  string
+	report   string
+	procs    int
+	hbEvery  time.Duration
+	// enrollParallel is enrolments at once per simulator process.
+	enrollParallel int
+}
+
+func loadConfig(b *testing.B) config {
+	c := config{n: 10000, per: 2500, window: 60 * time.Second, settle: 5 * time.Second, hbEvery: 10 * time.Second, enrollParallel: 16}
+	atoi := func(k string, v *int) {
+		if s := os.Getenv(k); s != "" {
+			n, err := strconv.Atoi(s)
+			if err != nil || n <= 0 {
+				b.Fatalf("%s=%q: want a positive integer", k, s)
+			}
+			*v = n
+		}
+	}
+	atoi("BUD_FLEET_AGENTS", &c.n)
+	atoi("BUD_FLEET_PER_PROCESS", &c.per)
+	atoi("BUD_FLEET_ENROLL_PARALLEL", &c.enrollParallel)
+	if s := os.Getenv("BUD_FLEET_WINDOW"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil || d <= 0 {
+			b.Fatalf("BUD_FLEET_WINDOW=%q: want a duration", s)
+		}
+		c.window = d
+	}
+	c.profDir = os.Getenv("BUD_FLEET_PROFILE_DIR")
+	if c.profDir != "" {
+		if err := os.MkdirAll(c.profDir, 0o755); err != nil {
+			b.Fatal(err)
+		}
+	}
+	c.report = os.Getenv("BUD_FLEET_REPORT")
+	c.procs = (c.n + c.per - 1) / c.per
+	return c
+}
+
+// counts splits n over the processes.
+func (c config) counts() []int {
+	out := make([]int, c.procs)
+	for i := range out {
+		out[i] = c.n / c.procs
+		if i < c.n%c.procs {
+			out[i]++
+		}
+	}
+	return out
+}
+
+// mem is one process's memory and goroutines at a point.
+type mem struct {
+	rss, anon, hwm int64 // KiB
+	heap, stack    float64
+	goroutines     float64
+}
+
+func readMem(pid int, metricsURL string) (mem, error) {
+	st, err := procStatus(pid)
+	if err != nil {
+		return mem{}, err
+	}
+	m, err := scrape(metricsURL)
+	if err != nil {
+		return mem{}, err
+	}
+	return mem{rss: st["VmRSS"], anon: st["RssAnon"], hwm: st["VmHWM"], heap: m["go_memstats_heap_inuse_bytes"], stack: m["go_memstats_stack_inuse_bytes"], goroutines: m["go_goroutines"]}, nil
+}
+
+// perConn is what the connected streams cost, per stream.
+type perConn struct {
+	rssKiB, anonKiB, heapKiB, stackKiB, goroutines float64
+}
+
+func per(base, conn mem, n int) perConn {
+	f := float64(n)
+	return perConn{
+		rssKiB:     float64(conn.rss-base.rss) / f,
+		anonKiB:    float64(conn.anon-base.anon) / f,
+		heapKiB:    (conn.heap - base.heap) / 1024 / f,
+		stackKiB:   (conn.stack - base.stack) / 1024 / f,
+		goroutines: (conn.goroutines - base.goroutines) / f,
+	}
+}
+
+// steady is CPU over the window.
+type steady struct {
+	cpuPct     float64 // % of one core
+	beats      float64 // heartbeats the server counted in the window
+	msPerBeat  float64 // server CPU ms per heartbeat
+	otherCores float64 // what the rest of the machine used meanwhile, in cores
+}
+
+// machineBusy is the machine's busy jiffies (all CPUs) from /proc/stat.
+func machineBusy() int64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	var busy int64
+	for i, v := range f[1:] {
+		if i == 3 || i == 4 { // idle, iowait
+			continue
+		}
+		n, _ := strconv.ParseInt(v, 10, 64)
+		busy += n
+	}
+	return busy
+}
+
+func measureSteady(ctx context.Context, pid int, metricsURL, beatsMetric string, window time.Duration) (steady, error) {
+	m0, err := scrape(metricsURL)
+	if err != nil {
+		return steady{}, err
+	}
+	t0, err := cpuTicks(pid)
+	if err != nil {
+		return steady{}, err
+	}
+	busy0, start := machineBusy(), time.Now()
+	select {
+	case <-ctx.Done():
+		return steady{}, ctx.Err()
+	case <-time.After(window):
+	}
+	t1, err := cpuTicks(pid)
+	if err != nil {
+		return steady{}, err
+	}
+	busy1, el := machineBusy(), time.Since(start).Seconds()
+	m1, err := scrape(metricsURL)
+	if err != nil {
+		return steady{}, err
+	}
+	s := steady{cpuPct: float64(t1-t0) / ticksPerSecond / el * 100, beats: m1[beatsMetric] - m0[beatsMetric]}
+	if s.beats > 0 {
+		s.msPerBeat = float64(t1-t0) * 1000 / ticksPerSecond / s.beats
+	}
+	s.otherCores = (float64(busy1-busy0)/ticksPerSecond - float64(t1-t0)/ticksPerSecond) / el
+	return s, nil
+}
+
+// floorResult is the floor's figures.
+type floorResult struct {
+	per     perConn
+	base    mem
+	conn    mem
+	steady  steady
+	connect time.Duration // first connection of all streams
+	storm   time.Duration // SIGKILL of the server to all streams back
+	arrive  []int
+}
+
+var (
+	floorOnce sync.Once
+	floorRes  *floorResult
+	floorErr  error
+)
+
+// floor measures the floor once per test binary: both benchmarks divide
+// by the same run's figures.
+func floor(b *testing.B, c config) *floorResult {
+	floorOnce.Do(func() { floorRes, floorErr = measureFloor(b, c) })
+	if floorErr != nil {
+		b.Fatalf("floor: %v", floorErr)
+	}
+	return floorRes
+}
+
+func measureFloor(b *testing.B, c config) (*floorResult, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	root, err := os.MkdirTemp("", "fleetbench-floor-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(root)
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	maddr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	pkiDir := filepath.Join(root, "pki")
+	if _, err := fleetsim.LoadFloorPKI(pkiDir); err != nil {
+		return nil, err
+	}
+	murl := "http://" + maddr + "/metrics"
+	startServer := func() (*proc, error) {
+		p, err := startProc("floor-server", filepath.Join(root, "server.log"), simBin, "floor-server", "--listen", addr, "--metrics-listen", maddr, "--pki-dir", pkiDir)
+		if err != nil {
+			return nil, err
+		}
+		if err := waitHealthy(ctx, p, "http://"+maddr+"/healthz"); err != nil {
+			p.kill()
+			return nil, err
+		}
+		return p, nil
+	}
+	srv, err := startServer()
+	if err != nil {
+		return nil, err
+	}
+	defer func() { srv.stop() }()
+	var clients []*proc
+	defer func() {
+		for _, p := range clients {
+			p.stop()
+		}
+	}()
+	streams := func() (float64, error) {
+		m, err := scrape(murl)
+		return m["floor_streams"], err
+	}
+	time.Sleep(time.Second)
+	r := &floorResult{}
+	if err := forceGC(maddr, c.profDir, "floor-heap-base.pb.gz"); err != nil {
+		return nil, err
+	}
+	if r.base, err = readMem(srv.pid(), murl); err != nil {
+		return nil, err
+	}
+	t0 := time.Now()
+	for i, k := range c.counts() {
+		p, err := startProc(fmt.Sprintf("floor-client-%d", i), filepath.Join(root, fmt.Sprintf("client-%d.log", i)), simBin, "floor-client", "--server", addr, "--pki-dir", pkiDir, "--count", strconv.Itoa(k), "--heartbeat", c.hbEvery.String())
+		if err != nil {
+			return nil, err
+		}
+		clients = append(clients, p)
+	}
+	if r.connect, _, err = arrivals(ctx, t0, c.n, 5*time.Minute, streams); err != nil {
+		return nil, fmt.Errorf("floor connect: %w\n%s", err, clients[0].logTail())
+	}
+	time.Sleep(c.settle)
+	if err := forceGC(maddr, c.profDir, "floor-heap-connected.pb.gz"); err != nil {
+		return nil, err
+	}
+	if r.conn, err = readMem(srv.pid(), murl); err != nil {
+		return nil, err
+	}
+	r.per = per(r.base, r.conn, c.n)
+	if r.steady, err = measureSteady(ctx, srv.pid(), murl, "floor_heartbeats_total", c.window); err != nil {
+		return nil, err
+	}
+	// The floor's connect storm: its server SIGKILLed and started again;
+	// the clients come back on grpc-go's default reconnect backoff.
+	tKill := time.Now()
+	srv.kill()
+	if srv, err = startServer(); err != nil {
+		return nil, err
+	}
+	if r.storm, r.arrive, err = arrivals(ctx, tKill, c.n, 5*time.Minute, streams); err != nil {
+		return nil, fmt.Errorf("floor storm: %w", err)
+	}
+	b.Logf("floor: %d streams connected in %s; per stream RSS %.1f KiB (RssAnon %.1f), Go heap %.1f KiB, stack %.1f KiB, %.2f goroutines; CPU %.2f%% of a core over %s (%.0f heartbeats, %.3f ms each, other load %.2f cores); storm after SIGKILL: all back in %s\n%s",
+		c.n, r.connect.Round(time.Millisecond), r.per.rssKiB, r.per.anonKiB, r.per.heapKiB, r.per.stackKiB, r.per.goroutines, r.steady.cpuPct, c.window, r.steady.beats, r.steady.msPerBeat, r.steady.otherCores, r.storm.Round(time.Millisecond), histogram(r.arrive))
+	return r, nil
+}
+
+func waitHealthy(ctx context.Context, p *proc, url string) error {
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := httpc.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if !p.alive() {
+			return fmt.Errorf("%s exited (%v):\n%s", p.name, p.waitErr, p.logTail())
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not healthy after 60s:\n%s", p.name, p.logTail())
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// ctl is a bud-controller serve process and how to start it again.
+type ctl struct {
+	root, dataDir, addr, maddr string
+	args                       []string
+	p                          *proc
+	restarts                   int
+}
+
+func (c *ctl) murl() string { return "http://" + c.maddr + "/metrics" }
+
+func (c *ctl) start(ctx context.Context) error {
+	p, err := startProc("bud-controller", filepath.Join(c.root, fmt.Sprintf("controller-%d.log", c.restarts)), controllerBin, c.args...)
+	if err != nil {
+		return err
+	}
+	c.restarts++
+	c.p = p
+	return waitHealthy(ctx, p, "http://"+c.maddr+"/healthz")
+}
+
+func (c *ctl) connected() (float64, error) {
+	m, err := scrape(c.murl())
+	return m["bud_controller_connected_agents"], err
+}
+
+func startCtl(ctx context.Context, root string, extra []string) (*ctl, error) {
+	c := &ctl{root: root, dataDir: filepath.Join(root, "data")}
+	var err error
+	if c.addr, err = freeAddr(); err != nil {
+		return nil, err
+	}
+	if c.maddr, err = freeAddr(); err != nil {
+		return nil, err
+	}
+	if out, err := exec.Command(controllerBin, "init", "--data-dir", c.dataDir, "--advertise", c.addr).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("bud-controller init: %v\n%s", err, out)
+	}
+	// The limits are raised so that N agents from one loopback address
+	// are let in; everything else is the defaults.
+	c.args = append([]string{"serve", "--data-dir", c.dataDir, "--listen", c.addr, "--metrics-listen", c.maddr, "--pprof",
+		"--max-connections", "30000", "--max-connections-per-source", "30000", "--enroll-rate", "100000", "--enroll-burst", "100000"}, extra...)
+	return c, c.start(ctx)
+}
+
+func (c *ctl) fleet(ctx context.Context) (fleetv1.FleetServiceClient, func(), error) {
+	cfg, err := client.Load(filepath.Join(c.dataDir, controller.AdminConfigFile))
+	if err != nil {
+		return nil, nil, err
+	}
+	conn, err := client.Dial(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return fleetv1.NewFleetServiceClient(conn), func() { conn.Close() }, nil
+}
+
+// sim is one bud-fleetsim agents process.
+type sim struct {
+	p       *proc
+	control string
+	count   int
+}
+
+func (s *sim) get(path string, v any) error {
+	resp, err := httpc.Get("http://" + s.control + path)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", path, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+func (s *sim) post(path string) error {
+	resp, err := httpc.Post("http://"+s.control+path, "text/plain", nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("POST %s: %s", path, resp.Status)
+	}
+	return nil
+}
+
+// fleetResult is the controller's figures.
+type fleetResult struct {
+	store     string
+	enroll    time.Duration
+	base      mem
+	conn      mem
+	per       perConn
+	connect   time.Duration
+	steady    steady
+	simRSSKiB float64 // per agent, the simulator processes
+	simCPUPct float64 // the simulator processes over the window, % of a core
+	etcd      *etcdSteady
+
+	p3        string // why P3 was not measured, "" when it was
+	p3Lat     []time.Duration
+	p3Deliver []time.Duration
+
+	p2       string
+	storm    time.Duration
+	arrive   []int
+	p2Queued int
+	p2HWM    int64
+	p2Notes  []string
+}
+
+type etcdSteady struct {
+	cpuPct, writesPerSec float64
+}
+
+func BenchmarkFleet(b *testing.B) {
+	c := loadConfig(b)
+	fl := floor(b, c)
+	r := runFleet(b, c, "bolt", true)
+	b.StopTimer()
+	reportFleet(b, c, fl, r)
+}
+
+func BenchmarkFleetEtcd(b *testing.B) {
+	c := loadConfig(b)
+	fl := floor(b, c)
+	r := runFleet(b, c, "etcd", false)
+	b.StopTimer()
+	reportFleet(b, c, fl, r)
+}
+
+func runFleet(b *testing.B, c config, store string, p2p3 bool) *fleetResult {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	root := b.TempDir()
+	r := &fleetResult{store: store}
+	var extra []string
+	var etcd *etcdtest.Cluster
+	if store == "etcd" {
+		etcd = etcdtest.Start(b, 1)
+		extra = []string{"--store", "etcd", "--etcd-endpoints", strings.Join(etcd.Endpoints(), ","), "--etcd-prefix", "/fleetbench"}
+	}
+	ct, err := startCtl(ctx, root, extra)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { ct.p.stop() }()
+	fc, closeFleet, err := ct.fleet(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer closeFleet()
+	tok, err := fc.CreateToken(ctx, &fleetv1.CreateTokenRequest{MaxUses: 0, Description: "fleetbench"})
+	if err != nil {
+		b.Fatal(err)
+	}
+
+	// Enrol the fleet once; the identities stay in the simulators' memory.
+	var sims []*sim
+	defer func() {
+		for _, s := range sims {
+			s.p.stop()
+		}
+	}()
+	tEnroll := time.Now()
+	for i, k := range c.counts() {
+		control, err := freeAddr()
+		if err != nil {
+			b.Fatal(err)
+		}
+		p, err := startProc(fmt.Sprintf("sim-%d", i), filepath.Join(root, fmt.Sprintf("sim-%d.log", i)), simBin, "agents", "--log-level", "error",
+			"--controller", ct.addr, "--token", tok.GetJoinToken(), "--count", strconv.Itoa(k), "--name-prefix", fmt.Sprintf("sim%d-", i), "--control", control, "--enroll-parallel", strconv.Itoa(c.enrollParallel))
+		if err != nil {
+			b.Fatal(err)
+		}
+		sims = append(sims, &sim{p: p, control: control, count: k})
+	}
+	if c.profDir != "" {
+		go func() {
+			if err := cpuProfile(ct.maddr, c.profDir, store+"-cpu-enroll.pb.gz", 10); err != nil {
+				b.Logf("CPU profile of enrolment: %v", err)
+			}
+		}()
+	}
+	simEnroll0 := simTicks(sims)
+	ctlEnroll0, _ := cpuTicks(ct.p.pid())
+	for _, s := range sims {
+		for {
+			var st fleetsim.Stats
+			err := s.get("/stats", &st)
+			if err == nil && st.EnrollError != "" {
+				b.Fatalf("%s: %s\ncontroller:\n%s", s.p.name, st.EnrollError, ct.p.logTail())
+			}
+			if err == nil && int(st.Enrolled) == s.count {
+				break
+			}
+			if !s.p.alive() {
+				b.Fatalf("%s exited:\n%s", s.p.name, s.p.logTail())
+			}
+			if time.Since(tEnroll) > 15*time.Minute {
+				b.Fatalf("%s: enrolment not done after 15m", s.p.name)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	r.enroll = time.Since(tEnroll)
+	ctlEnroll1, _ := cpuTicks(ct.p.pid())
+	b.Logf("%s: %d agents enrolled in %s (%.0f/s); CPU per enrolment: controller %.2f ms, simulator %.2f ms", store, c.n, r.enroll.Round(time.Millisecond), float64(c.n)/r.enroll.Seconds(),
+		float64(ctlEnroll1-ctlEnroll0)*1000/ticksPerSecond/float64(c.n), float64(simTicks(sims)-simEnroll0)*1000/ticksPerSecond/float64(c.n))
+
+	// Baseline: enrolled, none connected, after a forced GC.
+	time.Sleep(3 * time.Second)
+	if err := forceGC(ct.maddr, c.profDir, store+"-heap-base.pb.gz"); err != nil {
+		b.Fatal(err)
+	}
+	if r.base, err = readMem(ct.p.pid(), ct.murl()); err != nil {
+		b.Fatal(err)
+	}
+	simBase := simMem(sims)
+
+	t0 := time.Now()
+	for _, s := range sims {
+		if err := s.post("/start"); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if r.connect, _, err = arrivals(ctx, t0, c.n, 5*time.Minute, ct.connected); err != nil {
+		b.Fatalf("connect: %v\ncontroller:\n%s", err, ct.p.logTail())
+	}
+	time.Sleep(c.settle)
+	if err := forceGC(ct.maddr, c.profDir, store+"-heap-connected.pb.gz"); err != nil {
+		b.Fatal(err)
+	}
+	if r.conn, err = readMem(ct.p.pid(), ct.murl()); err != nil {
+		b.Fatal(err)
+	}
+	r.per = per(r.base, r.conn, c.n)
+	r.simRSSKiB = float64(simMem(sims)-simBase) / float64(c.n)
+	if n, _ := ct.connected(); int(n) != c.n {
+		b.Fatalf("%v of %d agents connected after settling (sessions dropped?)\n%s", n, c.n, ct.p.logTail())
+	}
+
+	var e0 etcdSnap
+	if etcd != nil {
+		e0 = etcdSnapshot(b, etcd)
+	}
+	sim0 := simTicks(sims)
+	if r.steady, err = measureSteady(ctx, ct.p.pid(), ct.murl(), "bud_controller_heartbeats_total", c.window); err != nil {
+		b.Fatal(err)
+	}
+	r.simCPUPct = float64(simTicks(sims)-sim0) / ticksPerSecond / c.window.Seconds() * 100
+	if etcd != nil {
+		e1 := etcdSnapshot(b, etcd)
+		el := e1.at.Sub(e0.at).Seconds()
+		r.etcd = &etcdSteady{cpuPct: float64(e1.ticks-e0.ticks) / ticksPerSecond / el * 100, writesPerSec: (e1.proposals - e0.proposals) / el}
+	}
+	if c.profDir != "" {
+		if err := cpuProfile(ct.maddr, c.profDir, store+"-cpu-steady.pb.gz", 30); err != nil {
+			b.Logf("CPU profile: %v", err)
+		}
+	}
+	if !p2p3 {
+		return r
+	}
+
+	// P3: one command to every agent.
+	r.p3Lat, r.p3Deliver, r.p3 = fanOut(ctx, b, fc, sims, c.n)
+
+	// P2: commands queued, then the controller SIGKILLed and restarted.
+	r.p2 = killAndRestart(ctx, b, ct, fc, sims, c, r)
+	return r
+}
+
+type etcdSnap struct {
+	at        time.Time
+	ticks     int64
+	proposals float64
+}
+
+func etcdSnapshot(b *testing.B, e *etcdtest.Cluster) etcdSnap {
+	m, err := scrape(e.Members[0].ClientURL + "/metrics")
+	if err != nil {
+		b.Fatal(err)
+	}
+	t, err := cpuTicks(e.Members[0].Pid())
+	if err != nil {
+		b.Fatal(err)
+	}
+	return etcdSnap{at: time.Now(), ticks: t, proposals: m["etcd_server_proposals_committed_total"]}
+}
+
+func simMem(sims []*sim) int64 {
+	var sum int64
+	for _, s := range sims {
+		if st, err := procStatus(s.p.pid()); err == nil {
+			sum += st["VmRSS"]
+		}
+	}
+	return sum
+}
+
+func simTicks(sims []*sim) int64 {
+	var sum int64
+	for _, s := range sims {
+		if t, err := cpuTicks(s.p.pid()); err == nil {
+			sum += t
+		}
+	}
+	return sum
+}
+
+// fanOut sends one inventory.collect to all nodes and returns, per
+// command, create-to-result-stored (the store's finished_at) and
+// create-to-delivery (the simulator's first receipt). why is set when the
+// controller does not offer the fan-out.
+func fanOut(ctx context.Context, b *testing.B, fc fleetv1.FleetServiceClient, sims []*sim, n int) (lat, deliver []time.Duration, why string) {
+	t0 := time.Now()
+	resp, err := fc.CreateCommands(ctx, &fleetv1.CreateCommandsRequest{Kind: command.InventoryCollect, AllNodes: true})
+	if status.Code(err) == codes.Unimplemented {
+		return nil, nil, "CreateCommands is Unimplemented on this controller"
+	}
+	if err != nil {
+		b.Fatalf("CreateCommands: %v", err)
+	}
+	if int(resp.GetCount()) != n {
+		b.Fatalf("CreateCommands queued %d commands, want %d", resp.GetCount(), n)
+	}
+	if err := waitBatch(ctx, fc, resp.GetBatchId(), n, 3*time.Minute); err != nil {
+		b.Fatalf("P3: %v", err)
+	}
+	cmds, err := listBatch(ctx, fc, resp.GetBatchId())
+	if err != nil {
+		b.Fatal(err)
+	}
+	ids := map[string]bool{}
+	for _, cm := range cmds {
+		if cm.GetState() != fleetv1.CommandState_COMMAND_STATE_SUCCEEDED {
+			b.Errorf("P3 command %s on %s: %s %s", cm.GetId(), cm.GetNodeId(), cm.GetState(), cm.GetMessage())
+			continue
+		}
+		ids[cm.GetId()] = true
+		lat = append(lat, cm.GetFinishedAt().AsTime().Sub(t0))
+	}
+	for _, s := range sims {
+		var seen fleetsim.Commands
+		if err := s.get("/commands", &seen); err != nil {
+			b.Fatal(err)
+		}
+		for _, cs := range seen.Commands {
+			if ids[cs.ID] {
+				deliver = append(deliver, time.Unix(0, cs.FirstDelivery).Sub(t0))
+			}
+		}
+	}
+	return lat, deliver, ""
+}
+
+func waitBatch(ctx context.Context, fc fleetv1.FleetServiceClient, batch string, n int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		st, err := fc.GetCommandBatch(ctx, &fleetv1.GetCommandBatchRequest{BatchId: batch})
+		if err == nil && int(st.GetSucceeded()+st.GetFailed()) >= n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("batch %s not finished after %s: %v (err %v)", batch, timeout, st, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func listBatch(ctx context.Context, fc fleetv1.FleetServiceClient, batch string) ([]*fleetv1.Command, error) {
+	var out []*fleetv1.Command
+	tok := ""
+	for {
+		resp, err := fc.ListCommands(ctx, &fleetv1.ListCommandsRequest{BatchId: batch, PageSize: 1000, PageToken: tok})
+		if err != nil {
+			return nil, fmt.Errorf("ListCommands(batch %s): %w", batch, err)
+		}
+		out = append(out, resp.GetCommands()...)
+		if tok = resp.GetNextPageToken(); tok == "" {
+			return out, nil
+		}
+	}
+}
+
+// killAndRestart queues one command per node, SIGKILLs the controller at
+// once, starts it again on the same data, and follows the agents back.
+func killAndRestart(ctx context.Context, b *testing.B, ct *ctl, fc fleetv1.FleetServiceClient, sims []*sim, c config, r *fleetResult) string {
+	resp, err := fc.CreateCommands(ctx, &fleetv1.CreateCommandsRequest{Kind: command.InventoryCollect, AllNodes: true})
+	if status.Code(err) == codes.Unimplemented {
+		// Queue them one by one instead.
+		var nodes []string
+		tok := ""
+		for {
+			lr, err := fc.ListNodes(ctx, &fleetv1.ListNodesRequest{PageSize: 1000, PageToken: tok})
+			if err != nil {
+				b.Fatal(err)
+			}
+			for _, nd := range lr.GetNodes() {
+				nodes = append(nodes, nd.GetId())
+			}
+			if tok = lr.GetNextPageToken(); tok == "" {
+				break
+			}
+		}
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(16)
+		for _, id := range nodes {
+			g.Go(func() error {
+				_, err := fc.CreateCommand(gctx, &fleetv1.CreateCommandRequest{NodeId: id, Kind: command.InventoryCollect})
+				return err
+			})
+		}
+		if err := g.Wait(); err != nil {
+			b.Fatalf("CreateCommand: %v", err)
+		}
+		r.p2Notes = append(r.p2Notes, fmt.Sprintf("queued with %d CreateCommand calls (CreateCommands is Unimplemented here)", len(nodes)))
+		resp = nil
+	} else if err != nil {
+		b.Fatalf("CreateCommands: %v", err)
+	}
+	st, _ := procStatus(ct.p.pid())
+	r.p2HWM = st["VmHWM"]
+	tKill := time.Now()
+	ct.p.kill()
+	if err := ct.start(ctx); err != nil {
+		b.Fatalf("restart: %v", err)
+	}
+	var aerr error
+	r.storm, r.arrive, aerr = arrivals(ctx, tKill, c.n, 5*time.Minute, ct.connected)
+	if aerr != nil {
+		b.Errorf("P2: not all agents back: %v", aerr)
+	}
+	// Every command queued before the kill completes, each exactly once.
+	fc2, closeFc2, err := ct.fleet(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer closeFc2()
+	var cmds []*fleetv1.Command
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		cmds, err = allCommands(ctx, fc2, resp.GetBatchId())
+		if err != nil {
+			b.Fatal(err)
+		}
+		pending := 0
+		for _, cm := range cmds {
+			if s := cm.GetState(); s != fleetv1.CommandState_COMMAND_STATE_SUCCEEDED && s != fleetv1.CommandState_COMMAND_STATE_FAILED {
+				pending++
+			}
+		}
+		if pending == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Errorf("P2: %d of %d commands not finished 3m after the restart", pending, len(cmds))
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	r.p2Queued = len(cmds)
+	byID := map[string]*fleetv1.Command{}
+	for _, cm := range cmds {
+		byID[cm.GetId()] = cm
+		if cm.GetState() != fleetv1.CommandState_COMMAND_STATE_SUCCEEDED {
+			b.Errorf("P2 command %s on %s: %s %s", cm.GetId(), cm.GetNodeId(), cm.GetState(), cm.GetMessage())
+		}
+	}
+	runsOver, unseen, redelivered := 0, len(byID), 0
+	for _, s := range sims {
+		if !s.p.alive() {
+			b.Errorf("%s died: %s", s.p.name, s.p.logTail())
+			continue
+		}
+		var seen fleetsim.Commands
+		if err := s.get("/commands", &seen); err != nil {
+			b.Fatal(err)
+		}
+		for _, cs := range seen.Commands {
+			if cm := byID[cs.ID]; cm != nil {
+				if cm.GetNodeId() != cs.Node {
+					b.Errorf("command %s for %s reached %s", cs.ID, cm.GetNodeId(), cs.Node)
+				}
+				if cs.Results > 0 {
+					unseen--
+				}
+				if cs.Deliveries > 1 {
+					redelivered++
+				}
+			}
+		}
+		for _, a := range seen.Agents {
+			if int(a.Runs) != a.Distinct {
+				runsOver++
+				if runsOver <= 5 {
+					b.Errorf("agent %s ran its command handler %d times for %d distinct commands", a.Node, a.Runs, a.Distinct)
+				}
+			}
+		}
+	}
+	if unseen > 0 {
+		b.Errorf("P2: %d queued commands never had a result sent by their agent", unseen)
+	}
+	if runsOver > 0 {
+		b.Errorf("P2: %d agents ran a command more than once", runsOver)
+	}
+	if !ct.p.alive() {
+		b.Errorf("the restarted controller exited: %v", ct.p.waitErr)
+	}
+	r.p2Notes = append(r.p2Notes, fmt.Sprintf("%d commands queued before the kill, all succeeded, each ran once (%d delivered twice: in flight at the kill, deduplicated by the agent)", len(byID), redelivered))
+	if st, err := procStatus(ct.p.pid()); err == nil {
+		r.p2Notes = append(r.p2Notes, fmt.Sprintf("peak RSS before the kill %d MiB, after the restart %d MiB; no OOM (the controller and every simulator alive)", r.p2HWM/1024, st["VmHWM"]/1024))
+	}
+	return ""
+}
+
+// allCommands is the batch's commands, or every command when batch is "".
+func allCommands(ctx context.Context, fc fleetv1.FleetServiceClient, batch string) ([]*fleetv1.Command, error) {
+	if batch != "" {
+		return listBatch(ctx, fc, batch)
+	}
+	var out []*fleetv1.Command
+	tok := ""
+	for {
+		resp, err := fc.ListCommands(ctx, &fleetv1.ListCommandsRequest{PageSize: 1000, PageToken: tok})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, resp.GetCommands()...)
+		if tok = resp.GetNextPageToken(); tok == "" {
+			return out, nil
+		}
+	}
+}
+
+func pct(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := int(math.Ceil(p/100*float64(len(s)))) - 1
+	return s[max(0, min(i, len(s)-1))]
+}
+
+func ratio(a, b float64) string {
+	if b == 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2fx", a/b)
+}
+
+func reportFleet(b *testing.B, c config, fl *floorResult, r *fleetResult) {
+	load, _ := os.ReadFile("/proc/loadavg")
+	host, _ := os.Hostname()
+	var t strings.Builder
+	fmt.Fprintf(&t, "\nfleet benchmark, store %s, %d agents in %d processes, heartbeat %s, window %s; machine %s, %d CPUs, loadavg %s",
+		r.store, c.n, c.procs, c.hbEvery, c.window, host, numCPU(), strings.TrimSpace(string(load)))
+	fmt.Fprintf(&t, "\n| figure | floor | budfleet | ratio | target |\n| --- | --: | --: | --: | --- |\n")
+	row := func(name string, f, v float64, unit, target string) {
+		fmt.Fprintf(&t, "| %s | %.1f %s | %.1f %s | %s | %s |\n", name, f, unit, v, unit, ratio(v, f), target)
+	}
+	row("P1 RSS per agent (after forced GC)", fl.per.rssKiB, r.per.rssKiB, "KiB", "<= 1.5x")
+	row("P1 RssAnon per agent", fl.per.anonKiB, r.per.anonKiB, "KiB", "")
+	row("P1 Go heap in use per agent", fl.per.heapKiB, r.per.heapKiB, "KiB", "")
+	row("P1 goroutine stack per agent", fl.per.stackKiB, r.per.stackKiB, "KiB", "")
+	row("P1 goroutines per agent", fl.per.goroutines, r.per.goroutines, "", "")
+	row("P1 steady CPU (% of one core)", fl.steady.cpuPct, r.steady.cpuPct, "%", "<= 1.5x")
+	row("P1 CPU per heartbeat", fl.steady.msPerBeat, r.steady.msPerBeat, "ms", "")
+	row("P1 connect all (first time)", fl.connect.Seconds(), r.connect.Seconds(), "s", "")
+	if r.p2 == "" && r.storm > 0 {
+		row("P2 SIGKILL + restart to all back", fl.storm.Seconds(), r.storm.Seconds(), "s", "<= 2.3x")
+	}
+	if r.p3 == "" && len(r.p3Lat) > 0 {
+		fmt.Fprintf(&t, "| P3 one command to all, create to result stored: p50 / p99 / max | | %s / %s / %s | | p99 <= 1 s |\n",
+			pct(r.p3Lat, 50).Round(time.Millisecond), pct(r.p3Lat, 99).Round(time.Millisecond), pct(r.p3Lat, 100).Round(time.Millisecond))
+		fmt.Fprintf(&t, "| P3 create to delivered at the agent: p50 / p99 | | %s / %s | | |\n", pct(r.p3Deliver, 50).Round(time.Millisecond), pct(r.p3Deliver, 99).Round(time.Millisecond))
+	}
+	fmt.Fprintf(&t, "\ncontroller RSS %d MiB connected (%d MiB enrolled, none connected); Go heap %.0f MiB; enrolment %s (%.0f/s)",
+		r.conn.rss/1024, r.base.rss/1024, r.conn.heap/(1<<20), r.enroll.Round(time.Second), float64(c.n)/r.enroll.Seconds())
+	fmt.Fprintf(&t, "\nsteady window: controller %.0f heartbeats (%.0f/s), rest of the machine %.2f cores busy (floor window: %.2f); simulators %.1f KiB RSS and %.3f%% CPU per agent",
+		r.steady.beats, r.steady.beats/c.window.Seconds(), r.steady.otherCores, fl.steady.otherCores, r.simRSSKiB, r.simCPUPct/float64(c.n))
+	if r.etcd != nil {
+		fmt.Fprintf(&t, "\netcd beside the controller over the window: etcd CPU %.2f%% of a core, %.2f writes/s (%.5f per agent per s); controller %.2f%%",
+			r.etcd.cpuPct, r.etcd.writesPerSec, r.etcd.writesPerSec/float64(c.n), r.steady.cpuPct)
+	}
+	if r.p3 != "" {
+		fmt.Fprintf(&t, "\nP3 not measured: %s", r.p3)
+	}
+	if r.storm > 0 {
+		fmt.Fprintf(&t, "\nP2 arrivals per second after the SIGKILL (controller):\n%s", histogram(r.arrive))
+		fmt.Fprintf(&t, "floor arrivals per second after its SIGKILL:\n%s", histogram(fl.arrive))
+		for _, n := range r.p2Notes {
+			fmt.Fprintf(&t, "P2: %s\n", n)
+		}
+	}
+	b.Log(t.String())
+	if c.report != "" {
+		if f, err := os.OpenFile(c.report, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err == nil {
+			_, _ = f.WriteString(t.String() + "\n")
+			f.Close()
+		}
+	}
+	b.ReportMetric(r.per.rssKiB, "KiB/agent")
+	b.ReportMetric(r.per.rssKiB/fl.per.rssKiB, "RSS-x-floor")
+	b.ReportMetric(r.per.heapKiB, "heap-KiB/agent")
+	b.ReportMetric(r.per.goroutines, "goroutines/agent")
+	b.ReportMetric(r.steady.cpuPct, "cpu-%")
+	b.ReportMetric(r.steady.cpuPct/fl.steady.cpuPct, "cpu-x-floor")
+	if r.storm > 0 {
+		b.ReportMetric(r.storm.Seconds(), "s/restart-storm")
+		b.ReportMetric(r.storm.Seconds()/fl.storm.Seconds(), "storm-x-floor")
+	}
+	if len(r.p3Lat) > 0 {
+		b.ReportMetric(float64(pct(r.p3Lat, 99).Milliseconds()), "p3-p99-ms")
+	}
+	if r.etcd != nil {
+		b.ReportMetric(r.etcd.cpuPct, "etcd-cpu-%")
+		b.ReportMetric(r.etcd.writesPerSec, "etcd-writes/s")
+	}
+}
+
+func numCPU() int {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	return strings.Count(string(b), "processor\t:")
+}
