@@ -35,7 +35,7 @@ export GOFLAGS := $(strip $(shell $(GO) env GOFLAGS) -tags=kustomize_disable_go_
 export GRPCURL
 
 .PHONY: all build run test lint fmt-check vet imports-check buf-lint buf-breaking proto proto-check proto-baseline gpu-check \
-        test-unit test-e2e test-units bench clean fuzz packages bundle
+        test-unit test-e2e test-units bench bench-fleet clean fuzz packages bundle
 
 all: build
 
@@ -138,6 +138,11 @@ test-e2e: build $(GRPCURL) k8s kubelet-deps baremetal-peers
 
 test-units: build
 	BIN_DIR=$(BIN) scripts/verify-units.sh --self-test
+
+## bench-fleet: the fleet benchmark (issue 12 P1-P3, P1 on etcd): BUD_FLEET_AGENTS virtual agents (default 10000) on one controller beside the bare-gRPC floor, ~15 min.
+.PHONY: bench-fleet
+bench-fleet: build k8s
+	$(GO) test ./test/fleetbench/ -run '^$$' -bench Fleet -benchtime=1x -count=1 -timeout 45m -v
 
 ## bench: every figure in the README's performance section.
 bench: build $(GRPCURL) k8s

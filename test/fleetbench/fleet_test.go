@@ -56,8 +56,8 @@ import (
 	"github.com/bud-ecosystem/budfleet/command"
 	"github.com/bud-ecosystem/budfleet/controller"
 	"github.com/bud-ecosystem/budfleet/internal/etcdtest"
-	"github.com/bud-ecosystem/budfleet/test/fleetsim"
 	fleetv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1"
+	"github.com/bud-ecosystem/budfleet/test/fleetsim"
 )
 
 var controllerBin, simBin string
@@ -107,19 +107,19 @@ func runBenchmarks(m *testing.M) int {
 }
 
 type config struct {
-	n, per   int
-	window   time.Duration
-	settle   time.Duration
-	profDir  string
-	report   string
-	procs    int
-	hbEvery  time.Duration
+	n, per  int
+	window  time.Duration
+	settle  time.Duration
+	profDir string
+	report  string
+	procs   int
+	hbEvery time.Duration
 	// enrollParallel is enrolments at once per simulator process.
 	enrollParallel int
 }
 
 func loadConfig(b *testing.B) config {
-	c := config{n: 10000, per: 2500, window: 60 * time.Second, settle: 5 * time.Second, hbEvery: 10 * time.Second, enrollParallel: 16}
+	c := config{n: 10000, per: 2500, window: 60 * time.Second, settle: 15 * time.Second, hbEvery: 10 * time.Second, enrollParallel: 16}
 	atoi := func(k string, v *int) {
 		if s := os.Getenv(k); s != "" {
 			n, err := strconv.Atoi(s)
@@ -199,10 +199,11 @@ func per(base, conn mem, n int) perConn {
 
 // steady is CPU over the window.
 type steady struct {
-	cpuPct     float64 // % of one core
-	beats      float64 // heartbeats the server counted in the window
-	msPerBeat  float64 // server CPU ms per heartbeat
-	otherCores float64 // what the rest of the machine used meanwhile, in cores
+	cpuPct     float64   // % of one core
+	beats      float64   // heartbeats the server counted in the window
+	msPerBeat  float64   // server CPU ms per heartbeat
+	otherCores float64   // what the rest of the machine used meanwhile, in cores
+	slices     []float64 // % of one core in each 10 s of the window
 }
 
 // machineBusy is the machine's busy jiffies (all CPUs) from /proc/stat.
@@ -234,26 +235,45 @@ func measureSteady(ctx context.Context, pid int, metricsURL, beatsMetric string,
 		return steady{}, err
 	}
 	busy0, start := machineBusy(), time.Now()
-	select {
-	case <-ctx.Done():
-		return steady{}, ctx.Err()
-	case <-time.After(window):
+	// CPU per 10 s slice too: a window that still holds the tail of the
+	// connect storm shows as a falling series.
+	var s steady
+	prev, prevAt := t0, start
+	for time.Since(start) < window {
+		wait := min(10*time.Second, window-time.Since(start))
+		select {
+		case <-ctx.Done():
+			return steady{}, ctx.Err()
+		case <-time.After(wait):
+		}
+		t, err := cpuTicks(pid)
+		if err != nil {
+			return steady{}, err
+		}
+		now := time.Now()
+		s.slices = append(s.slices, float64(t-prev)/ticksPerSecond/now.Sub(prevAt).Seconds()*100)
+		prev, prevAt = t, now
 	}
-	t1, err := cpuTicks(pid)
-	if err != nil {
-		return steady{}, err
-	}
+	t1 := prev
 	busy1, el := machineBusy(), time.Since(start).Seconds()
 	m1, err := scrape(metricsURL)
 	if err != nil {
 		return steady{}, err
 	}
-	s := steady{cpuPct: float64(t1-t0) / ticksPerSecond / el * 100, beats: m1[beatsMetric] - m0[beatsMetric]}
+	s.cpuPct, s.beats = float64(t1-t0)/ticksPerSecond/el*100, m1[beatsMetric]-m0[beatsMetric]
 	if s.beats > 0 {
 		s.msPerBeat = float64(t1-t0) * 1000 / ticksPerSecond / s.beats
 	}
 	s.otherCores = (float64(busy1-busy0)/ticksPerSecond - float64(t1-t0)/ticksPerSecond) / el
 	return s, nil
+}
+
+func slicesText(v []float64) string {
+	parts := make([]string, len(v))
+	for i, x := range v {
+		parts[i] = fmt.Sprintf("%.1f", x)
+	}
+	return strings.Join(parts, " ")
 }
 
 // floorResult is the floor's figures.
@@ -647,6 +667,19 @@ func runFleet(b *testing.B, c config, store string, p2p3 bool) *fleetResult {
 		e0 = etcdSnapshot(b, etcd)
 	}
 	sim0 := simTicks(sims)
+	profDone := make(chan struct{})
+	if c.profDir != "" {
+		// During the window, as it is measured: the profiler's own cost is
+		// a few per cent of what it samples.
+		go func() {
+			defer close(profDone)
+			if err := cpuProfile(ct.maddr, c.profDir, store+"-cpu-steady.pb.gz", int(min(30*time.Second, c.window)/time.Second)); err != nil {
+				b.Logf("CPU profile: %v", err)
+			}
+		}()
+	} else {
+		close(profDone)
+	}
 	if r.steady, err = measureSteady(ctx, ct.p.pid(), ct.murl(), "bud_controller_heartbeats_total", c.window); err != nil {
 		b.Fatal(err)
 	}
@@ -656,11 +689,7 @@ func runFleet(b *testing.B, c config, store string, p2p3 bool) *fleetResult {
 		el := e1.at.Sub(e0.at).Seconds()
 		r.etcd = &etcdSteady{cpuPct: float64(e1.ticks-e0.ticks) / ticksPerSecond / el * 100, writesPerSec: (e1.proposals - e0.proposals) / el}
 	}
-	if c.profDir != "" {
-		if err := cpuProfile(ct.maddr, c.profDir, store+"-cpu-steady.pb.gz", 30); err != nil {
-			b.Logf("CPU profile: %v", err)
-		}
-	}
+	<-profDone
 	if !p2p3 {
 		return r
 	}
@@ -986,6 +1015,7 @@ func reportFleet(b *testing.B, c config, fl *floorResult, r *fleetResult) {
 	}
 	fmt.Fprintf(&t, "\ncontroller RSS %d MiB connected (%d MiB enrolled, none connected); Go heap %.0f MiB; enrolment %s (%.0f/s)",
 		r.conn.rss/1024, r.base.rss/1024, r.conn.heap/(1<<20), r.enroll.Round(time.Second), float64(c.n)/r.enroll.Seconds())
+	fmt.Fprintf(&t, "\nCPU per 10 s of the window, %% of a core: floor %s; controller %s", slicesText(fl.steady.slices), slicesText(r.steady.slices))
 	fmt.Fprintf(&t, "\nsteady window: controller %.0f heartbeats (%.0f/s), rest of the machine %.2f cores busy (floor window: %.2f); simulators %.1f KiB RSS and %.3f%% CPU per agent",
 		r.steady.beats, r.steady.beats/c.window.Seconds(), r.steady.otherCores, fl.steady.otherCores, r.simRSSKiB, r.simCPUPct/float64(c.n))
 	if r.etcd != nil {
