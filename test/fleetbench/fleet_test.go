@@ -64,9 +64,6 @@ var controllerBin, simBin string
 
 func TestMain(m *testing.M) {
 	flag.Parse()
-	if f := flag.Lookup("test.bench"); f == nil || f.Value.String() == "" {
-		os.Exit(m.Run())
-	}
 	os.Exit(runBenchmarks(m))
 }
 
@@ -458,7 +455,7 @@ func startCtl(ctx context.Context, root string, extra []string) (*ctl, error) {
 	}
 	// The limits are raised so that N agents from one loopback address
 	// are let in; everything else is the defaults.
-	c.args = append([]string{"serve", "--data-dir", c.dataDir, "--listen", c.addr, "--metrics-listen", c.maddr, "--pprof",
+	c.args = append([]string{"serve", "--data-dir", c.dataDir, "--listen", c.addr, "--metrics-listen", c.maddr, "--debug-pprof",
 		"--max-connections", "30000", "--max-connections-per-source", "30000", "--enroll-rate", "100000", "--enroll-burst", "100000"}, extra...)
 	return c, c.start(ctx)
 }
