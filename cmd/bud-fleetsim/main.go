@@ -60,7 +60,7 @@ identities in memory, and serves the control API on --control:
   GET  /stats     {"count","enrolled","enroll_error","running","sessions"}
   POST /start     run every agent (real mTLS Connect stream, heartbeats,
                   inventory and GPU reports, command handling, backoff)
-  POST /stop      stop them (they may be started again)
+  POST /stop      stop them
   GET  /commands  what each agent saw of each command on its wire, and per
                   agent the handler's runs beside the distinct commands
 

@@ -116,7 +116,7 @@ type config struct {
 }
 
 func loadConfig(b *testing.B) config {
-	c := config{n: 10000, per: 2500, window: 60 * time.Second, settle: 15 * time.Second, hbEvery: 10 * time.Second, enrollParallel: 16}
+	c := config{n: 10000, per: 2500, window: 60 * time.Second, settle: 30 * time.Second, hbEvery: 10 * time.Second, enrollParallel: 16}
 	atoi := func(k string, v *int) {
 		if s := os.Getenv(k); s != "" {
 			n, err := strconv.Atoi(s)
@@ -273,6 +273,10 @@ func slicesText(v []float64) string {
 	return strings.Join(parts, " ")
 }
 
+// afterGC keeps the forced GC (a heap of hundreds of MiB and 60,000
+// goroutine stacks) out of the CPU window that follows it.
+const afterGC = 10 * time.Second
+
 // floorResult is the floor's figures.
 type floorResult struct {
 	per     perConn
@@ -374,6 +378,7 @@ func measureFloor(b *testing.B, c config) (*floorResult, error) {
 		return nil, err
 	}
 	r.per = per(r.base, r.conn, c.n)
+	time.Sleep(afterGC)
 	if r.steady, err = measureSteady(ctx, srv.pid(), murl, "floor_heartbeats_total", c.window); err != nil {
 		return nil, err
 	}
@@ -659,6 +664,7 @@ func runFleet(b *testing.B, c config, store string, p2p3 bool) *fleetResult {
 		b.Fatalf("%v of %d agents connected after settling (sessions dropped?)\n%s", n, c.n, ct.p.logTail())
 	}
 
+	time.Sleep(afterGC)
 	var e0 etcdSnap
 	if etcd != nil {
 		e0 = etcdSnapshot(b, etcd)

@@ -222,12 +222,13 @@ func (s *Agents) build(ctx context.Context, sa *simAgent, base *hostv1.Inventory
 }
 
 // Start runs every agent's session loop (the real reconnect backoff
-// included) until Stop.
+// included) until Stop; once per process.
 func (s *Agents) Start() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.running {
-		return errors.New("already running")
+	if s.cancel != nil {
+		// An agent.Agent runs once; a fresh process makes a fresh fleet.
+		return errors.New("the agents were started already")
 	}
 	if int(s.enrolled.Load()) != len(s.agents) {
 		return fmt.Errorf("only %d of %d agents enrolled", s.enrolled.Load(), len(s.agents))
