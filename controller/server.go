@@ -211,7 +211,7 @@ func New(opts Options) (*Server, error) {
 	s.enrollLimit = newAddrLimiter(opts.EnrollRate, opts.EnrollBurst, opts.Now)
 	s.commands = &commandDelivery{srv: s, sessions: map[*session]*deliveries{}}
 	s.reports = newCoalescer(s, opts.ReportInterval)
-	s.siem = &siemPush{srv: s, reports: map[string]siemReport{}, pushed: map[string]time.Time{}}
+	s.siem = &siemPush{srv: s, reports: map[string]siemReport{}, pushed: map[string]time.Time{}, settled: map[string]string{}}
 	s.progress = &commandProgress{srv: s, sessions: map[*session]*progressState{}}
 	s.modules = []module{
 		&heartbeats{srv: s, siemStatus: s.siem.recordStatus},
