@@ -6,19 +6,26 @@ import (
 	"time"
 )
 
-// DefaultReportInterval is the least time between two stored reports of
-// one kind (host inventory, GPU inventory, GPU health) from one node.
+// DefaultReportInterval is the rate, past a burst of reportBurst, at which
+// one node's reports of one kind (host inventory, GPU inventory, GPU
+// health) are stored.
 // Agents send them on change and every few minutes; a node that sends
 // them faster (a flapping sensor, a hostile agent: issue 13 saw 514 GPU
 // reports in 8 s, each an fsynced write) has the latest kept and stored
 // once the interval is up.
 const DefaultReportInterval = 2 * time.Second
 
-// coalescer writes each node's reports of a kind at most once per
-// interval. The first report after a quiet interval is written at once,
-// in the session's goroutine as before; one that comes sooner replaces any
-// report still waiting, and the one left waiting is written when the
-// interval is up, from a timer (no goroutine waits per node). A session
+// reportBurst is how many reports of a kind a node may have stored at once
+// before the interval applies: a real change (a GPU falling off the bus
+// right after a periodic report) is not delayed, a flood is.
+const reportBurst = 5
+
+// coalescer writes each node's reports of a kind at a rate of one per
+// interval with a burst of reportBurst (a token bucket). A report within
+// budget is written at once, in the session's goroutine as before; one
+// over it replaces any report still waiting, and the one left waiting is
+// written when the next token is due, from a timer (no goroutine waits
+// per node). A session
 // that ends does not drop the waiting report: the last report is what the
 // store keeps.
 type coalescer struct {
@@ -32,10 +39,11 @@ type coalescer struct {
 type coalesceKey struct{ node, kind string }
 
 type coalesced struct {
-	last  time.Time // when the last write began (monotonic clock)
-	next  func(context.Context) error
-	ctx   context.Context // next's, without its cancellation
-	timer *time.Timer
+	tokens float64   // writes allowed now, up to reportBurst
+	last   time.Time // when tokens was last brought up to date (monotonic)
+	next   func(context.Context) error
+	ctx    context.Context // next's, without its cancellation
+	timer  *time.Timer
 }
 
 func newCoalescer(srv *Server, interval time.Duration) *coalescer {
@@ -51,17 +59,19 @@ func (c *coalescer) submit(ctx context.Context, nodeID, kind string, write func(
 	c.mu.Lock()
 	st := c.state[key]
 	if st == nil {
-		st = &coalesced{}
+		st = &coalesced{tokens: reportBurst, last: now}
 		c.state[key] = st
 	}
-	if st.timer == nil && now.Sub(st.last) >= c.interval {
-		st.last = now
+	c.refill(st, now)
+	if st.timer == nil && st.tokens >= 1 {
+		st.tokens--
 		c.mu.Unlock()
 		return write(ctx)
 	}
 	st.next, st.ctx = write, context.WithoutCancel(ctx)
 	if st.timer == nil {
-		st.timer = time.AfterFunc(st.last.Add(c.interval).Sub(now), func() { c.flush(key) })
+		wait := time.Duration((1 - st.tokens) * float64(c.interval))
+		st.timer = time.AfterFunc(wait, func() { c.flush(key) })
 	}
 	c.mu.Unlock()
 	c.srv.metrics.reportsCoalesced.WithLabelValues(kind).Inc()
@@ -76,7 +86,9 @@ func (c *coalescer) flush(key coalesceKey) {
 		return
 	}
 	write, base := st.next, st.ctx
-	st.next, st.ctx, st.timer, st.last = nil, nil, nil, time.Now()
+	st.next, st.ctx, st.timer = nil, nil, nil
+	c.refill(st, time.Now())
+	st.tokens = max(st.tokens-1, 0)
 	c.mu.Unlock()
 	if write == nil {
 		return
@@ -88,6 +100,11 @@ func (c *coalescer) flush(key coalesceKey) {
 	if err := write(ctx); err != nil {
 		c.srv.log.Warn("store a coalesced report", "node_id", key.node, "kind", key.kind, "error", err)
 	}
+}
+
+func (c *coalescer) refill(st *coalesced, now time.Time) {
+	st.tokens = min(reportBurst, st.tokens+float64(now.Sub(st.last))/float64(c.interval))
+	st.last = now
 }
 
 // forget drops a deleted node's waiting reports.
