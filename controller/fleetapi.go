@@ -232,6 +232,7 @@ func (a *FleetAPI) ListCommands(ctx context.Context, req *fleetv1.ListCommandsRe
 	if err != nil {
 		return nil, storeErr(err)
 	}
+	cs = batchOnly(cs, req.GetBatchId())
 	cmds, next, err := page(cs, func(c store.Command) string { return c.ID }, commandToProto, req.GetPageSize(), req.GetPageToken())
 	if err != nil {
 		return nil, err
@@ -345,6 +346,7 @@ func commandToProto(c store.Command) *fleetv1.Command {
 		Message:     c.Message,
 		Output:      c.Output,
 		OutputTail:  outputTailToProto(c.OutputTail),
+		BatchId:     c.BatchID,
 	}
 }
 

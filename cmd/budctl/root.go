@@ -222,9 +222,9 @@ func allNodes(a *app, ctx context.Context) (*fleetv1.ListNodesResponse, error) {
 
 // allCommands lists every command of node (all nodes when empty),
 // following the pages.
-func allCommands(a *app, ctx context.Context, node string) (*fleetv1.ListCommandsResponse, error) {
+func allCommands(a *app, ctx context.Context, node, batch string) (*fleetv1.ListCommandsResponse, error) {
 	out := &fleetv1.ListCommandsResponse{}
-	req := &fleetv1.ListCommandsRequest{NodeId: node}
+	req := &fleetv1.ListCommandsRequest{NodeId: node, BatchId: batch}
 	for {
 		resp, err := fleetCall(a, ctx, fleetv1.FleetServiceClient.ListCommands, req)
 		if err != nil {
