@@ -299,7 +299,13 @@ func (a *FleetAPI) ListGpus(ctx context.Context, req *fleetv1.ListGpusRequest) (
 			}
 		}
 	}
-	return out, nil
+	// Rows are built whole, then cut: a row is named by its node and its
+	// (GPU or MIG) UUID.
+	rows, next, err := page(out.Gpus, func(r *fleetv1.GpuRow) string { return r.GetNodeId() + "/" + r.GetUuid() }, func(r *fleetv1.GpuRow) *fleetv1.GpuRow { return r }, req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	return &fleetv1.ListGpusResponse{Gpus: rows, NextPageToken: next}, nil
 }
 
 // GetGpuSummary counts GPUs by product and health.
