@@ -3,7 +3,6 @@ package controller
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 
 	"google.golang.org/grpc/codes"
@@ -174,7 +173,7 @@ func (m *commandDelivery) sendOne(ctx context.Context, sess *session, d *deliver
 	}
 	if err != nil {
 		if storeUnavailable(err) {
-			return err
+			return status.Errorf(codes.Unavailable, "mark command delivered: %v", err)
 		}
 		return status.Errorf(codes.Internal, "mark command delivered: %v", err)
 	}
@@ -199,7 +198,7 @@ func (m *commandDelivery) recordResult(ctx context.Context, sess *session, r *ag
 	tail := s.progress.snapshot(sess, r.GetCommandId())
 	c, err := s.store.UpdateCommand(ctx, r.GetCommandId(), func(c *store.Command) error {
 		if c.NodeID != sess.nodeID {
-			return fmt.Errorf("%w: command belongs to another node", store.ErrNotFound)
+			return errForeignCommand
 		}
 		if c.State.Done() {
 			return errAlreadyDone
@@ -222,6 +221,11 @@ func (m *commandDelivery) recordResult(ctx context.Context, sess *session, r *ag
 	switch {
 	case errors.Is(err, errAlreadyDone):
 		return nil // a duplicate report after a redelivery
+	case errors.Is(err, errForeignCommand):
+		// No agent is ever sent another node's command: this one is
+		// forging results. Its session ends; the command is untouched.
+		s.refusals.note(ctx, "command result", sess.nodeID, err, "command_id", truncate(r.GetCommandId(), 64))
+		return status.Errorf(codes.PermissionDenied, "command %s is not this node's: a node reports results only for its own commands", truncate(r.GetCommandId(), 64))
 	case errors.Is(err, store.ErrNotFound):
 		s.log.WarnContext(ctx, "result for an unknown command", "node_id", sess.nodeID, "command_id", r.GetCommandId())
 		return nil
@@ -235,4 +239,7 @@ func (m *commandDelivery) recordResult(ctx context.Context, sess *session, r *ag
 	return nil
 }
 
-var errAlreadyDone = errors.New("command already has a result")
+var (
+	errAlreadyDone    = errors.New("command already has a result")
+	errForeignCommand = errors.New("result for another node's command")
+)

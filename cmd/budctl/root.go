@@ -237,3 +237,26 @@ func allCommands(a *app, ctx context.Context, node, batch string) (*fleetv1.List
 		req.PageToken = resp.GetNextPageToken()
 	}
 }
+
+// allPages lists from the first page to the last: list is called with each
+// page token in turn and merge adds each later page to the first (its items
+// and its next_page_token), so the result reads as one response.
+func allPages[R interface{ GetNextPageToken() string }](list func(token string) (R, error), merge func(all, page R)) (R, error) {
+	all, err := list("")
+	if err != nil {
+		return all, err
+	}
+	seen := map[string]bool{}
+	for tok := all.GetNextPageToken(); tok != ""; tok = all.GetNextPageToken() {
+		if seen[tok] {
+			return all, fmt.Errorf("the controller sent page token %q twice: stopping rather than listing forever", tok)
+		}
+		seen[tok] = true
+		p, err := list(tok)
+		if err != nil {
+			return all, err
+		}
+		merge(all, p)
+	}
+	return all, nil
+}
