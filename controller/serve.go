@@ -90,11 +90,6 @@ type ServeConfig struct {
 	// connections overall and per source IP (0: the defaults).
 	MaxConnections          int
 	MaxConnectionsPerSource int
-	// Pprof serves net/http/pprof under /debug/pprof/ on the metrics
-	// listener: for profiling under load (the fleet benchmark also forces
-	// a GC through heap?gc=1 before it reads the heap). Off by default:
-	// profiles show internals to whoever reaches the metrics port.
-	Pprof bool
 }
 
 // EtcdConfig is the etcd store of a controller among several.

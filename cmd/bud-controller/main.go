@@ -150,7 +150,6 @@ func newRoot() *cobra.Command {
 	f.IntVar(&sc.Server.EnrollBurst, "enroll-burst", controller.DefaultEnrollBurst, "Enroll calls one source address may make at once")
 	f.IntVar(&sc.MaxConnections, "max-connections", controller.DefaultMaxConnections, "open connections allowed overall")
 	f.IntVar(&sc.MaxConnectionsPerSource, "max-connections-per-source", controller.DefaultMaxConnectionsPerSource, "open connections allowed from one IP address")
-	f.BoolVar(&sc.Pprof, "debug-pprof", false, "serve net/http/pprof under /debug/pprof/ on --metrics-listen (profiling; off by default)")
 	_ = serveCmd.MarkFlagRequired("data-dir")
 
 	var rotateDir string
