@@ -139,7 +139,7 @@ test-e2e: build $(GRPCURL) k8s kubelet-deps baremetal-peers
 test-units: build
 	BIN_DIR=$(BIN) scripts/verify-units.sh --self-test
 
-## bench-fleet: the fleet benchmark (issue 12 P1-P3, P1 on etcd): BUD_FLEET_AGENTS virtual agents (default 10000) on one controller beside the bare-gRPC floor, ~15 min.
+## bench-fleet: the fleet benchmark (issue 12 P1-P3, P1 on etcd): BUD_FLEET_AGENTS virtual agents (default 10000) on one controller beside the bare-gRPC floor, ~20 min here.
 .PHONY: bench-fleet
 bench-fleet: build k8s
 	$(GO) test ./test/fleetbench/ -run '^$$' -bench Fleet -benchtime=1x -count=1 -timeout 45m -v
