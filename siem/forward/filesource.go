@@ -46,6 +46,9 @@ type fileSource struct {
 	queues []string
 	// grouper assembles linux-audit records into events; nil for raw.
 	grouper *audit.Grouper
+	// direct hands batches to the one output past the spool while it
+	// keeps up; nil when the source has several outputs (or none).
+	direct *direct
 
 	batch spoolBatch
 
@@ -63,13 +66,20 @@ type fileSource struct {
 
 // spoolBatch is what a fileSource has read and not yet spooled.
 type spoolBatch struct {
+	// evs are the events read; entries their spool entries (one per
+	// queue), made only when the batch goes into the spool.
+	evs     []siem.Event
 	entries []spool.Entry
-	bytes   int64 // of the entries' Data
+	bytes   int64 // about the size of the entries' Data
 	events  int
 	raw     int // bytes of the events' Raw, for the source's status
 }
 
-func (b *spoolBatch) reset() { b.entries, b.bytes, b.events, b.raw = b.entries[:0], 0, 0, 0 }
+// reset empties the batch. evs is not reused: a batch handed to the output
+// directly keeps its slice.
+func (b *spoolBatch) reset() {
+	b.evs, b.entries, b.bytes, b.events, b.raw = nil, b.entries[:0], 0, 0, 0
+}
 
 // line is one line (or piece of one) read from the follower.
 type line struct {
@@ -95,6 +105,9 @@ func newFileSource(f *Forwarder, cfg siem.Config, src siem.SourceConfig, file st
 	}
 	if src.Format == siem.FormatLinuxAudit {
 		fs.grouper = audit.NewGrouper(audit.GrouperOptions{})
+	}
+	if len(fs.queues) == 1 {
+		fs.direct = f.directFor(fs.queues[0])
 	}
 	return fs
 }
@@ -135,7 +148,7 @@ func (fs *fileSource) run(ctx context.Context) {
 				return
 			}
 			fs.readLine(l)
-			if fs.limits.BatchFull(len(fs.batch.entries), fs.batch.bytes, len(fs.queues)) {
+			if fs.limits.BatchFull(len(fs.batch.evs)*len(fs.queues), fs.batch.bytes, len(fs.queues)) {
 				if !fs.flush(ctx) {
 					return
 				}
@@ -205,19 +218,40 @@ func (fs *fileSource) readLine(l line) {
 	fs.cleanCP = fs.lastCP
 }
 
-// add puts an entry of ev for each queue into the batch.
+// add puts ev into the batch.
 func (fs *fileSource) add(ev siem.Event) {
-	data, err := encodeEvent(ev)
-	if err != nil {
-		fs.log.Error("encode event", "error", err)
-		return
+	if len(fs.queues) == 0 {
+		return // nothing would send it
 	}
-	for _, q := range fs.queues {
-		fs.batch.entries = append(fs.batch.entries, spool.Entry{Queue: q, Data: data})
-		fs.batch.bytes += int64(len(data))
+	if fs.batch.evs == nil {
+		fs.batch.evs = make([]siem.Event, 0, siem.MaxBatchEvents)
 	}
+	fs.batch.evs = append(fs.batch.evs, ev)
+	fs.batch.bytes += int64(encodedSize(ev) * len(fs.queues))
 	fs.batch.events++
 	fs.batch.raw += len(ev.Raw)
+}
+
+// entries makes the spool entries of the batch's events, one per queue.
+func (fs *fileSource) entries() {
+	fs.batch.entries = fs.batch.entries[:0]
+	for _, ev := range fs.batch.evs {
+		data, err := encodeEvent(ev)
+		if err != nil {
+			fs.log.Error("encode event", "error", err)
+			continue
+		}
+		for _, q := range fs.queues {
+			fs.batch.entries = append(fs.batch.entries, spool.Entry{Queue: q, Data: data})
+		}
+	}
+}
+
+// directOK reports whether the batch may skip the spool: the output is
+// healthy and nothing older waits for it in the spool.
+func (fs *fileSource) directOK() bool {
+	q := fs.queues[0]
+	return fs.direct.usable() && fs.fw.spool.QueueEntries(q) == 0 && fs.fw.outputHealthy(q)
 }
 
 func (fs *fileSource) addGroups(gs []audit.Group) {
@@ -250,17 +284,41 @@ func (fs *fileSource) auditResume() {
 // ended first: what is left of the batch is then not spooled, and the
 // checkpoint not moved.
 func (fs *fileSource) flush(ctx context.Context) bool {
-	if len(fs.batch.entries) == 0 && fs.cleanCP == nil {
+	if len(fs.batch.evs) == 0 && fs.cleanCP == nil {
 		return true
-	}
-	if !fs.waitReadAhead(ctx) {
-		return false
 	}
 	var cps map[string][]byte
 	if fs.cleanCP != nil {
 		raw, _ := json.Marshal(fs.cleanCP)
 		cps = map[string][]byte{checkpointKey(fs.file): raw}
 	}
+	if fs.direct != nil && len(fs.batch.evs) > 0 {
+		// A healthy output drains its spool queue soon: waiting for that
+		// lets this batch skip the spool instead of queueing behind it.
+		for fs.direct.usable() && fs.fw.outputHealthy(fs.queues[0]) && fs.fw.spool.QueueEntries(fs.queues[0]) > 0 {
+			if !sleep(ctx, 2*time.Millisecond) {
+				return false
+			}
+		}
+	}
+	if fs.direct != nil && len(fs.batch.evs) > 0 && fs.directOK() {
+		if fs.direct.offer(ctx, directBatch{events: fs.batch.evs, cps: cps, raw: fs.batch.raw}) {
+			fs.status.setPaused(false, "")
+			fs.status.read(fs.batch.events, fs.batch.raw)
+			fs.batch.reset()
+			fs.cleanCP = nil
+			return true
+		}
+	}
+	if fs.direct != nil {
+		// What was handed over is older than this batch and this
+		// checkpoint: it must be sent or spooled first.
+		fs.direct.wait()
+	}
+	if !fs.waitReadAhead(ctx) {
+		return false
+	}
+	fs.entries()
 	for {
 		err := fs.fw.spool.Append(fs.batch.entries, cps)
 		if err == nil {

@@ -41,6 +41,9 @@ type Options struct {
 	Dial func(o siem.OutputConfig, hostname, appName string) (output.Output, error)
 	// NoSync is for tests and benchmarks only.
 	NoSync bool
+	// NoDirect sends every event through the spool, also while the
+	// output keeps up (direct.go); for tests and benchmarks.
+	NoDirect bool
 }
 
 // Forwarder runs one configuration at a time; Apply swaps it without a
@@ -58,6 +61,8 @@ type Forwarder struct {
 	cancel  context.CancelFunc
 	done    chan struct{}
 	stats   *stats
+	// directs are the running outputs' handoffs (direct.go), by name.
+	directs map[string]*direct
 }
 
 // New opens the spool. Run nothing until Apply.
@@ -121,15 +126,21 @@ func (f *Forwarder) Apply(ctx context.Context, cfg siem.Config, version uint64, 
 	f.cfg, f.version, f.source, f.cancel, f.done = cfg, version, source, cancel, done
 	f.stats = newStats()
 	st := f.stats
+	f.directs = map[string]*direct{}
+	for _, o := range cfg.Outputs {
+		f.directs[o.Name] = newDirect()
+	}
+	directs := f.directs
 	f.mu.Unlock()
 
 	var wg sync.WaitGroup
 	for _, o := range cfg.Outputs {
 		ost := st.output(o)
+		d := directs[o.Name]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			f.runOutput(rctx, o, ost)
+			f.runOutput(rctx, o, ost, d)
 		}()
 	}
 	for _, s := range cfg.Sources {
@@ -142,6 +153,16 @@ func (f *Forwarder) Apply(ctx context.Context, cfg siem.Config, version uint64, 
 	go func() { wg.Wait(); close(done) }()
 	f.log.Info("forwarding configuration applied", "version", version, "source", source, "sources", len(cfg.Sources), "outputs", len(cfg.Outputs))
 	return nil
+}
+
+// directFor returns the handoff of the running output name (nil if none).
+func (f *Forwarder) directFor(name string) *direct {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.opts.NoDirect {
+		return nil
+	}
+	return f.directs[name]
 }
 
 // Stop ends the running configuration and waits for it.

@@ -611,6 +611,7 @@ action(type="omfile" file=%[8]s)
 // forwarder process exits first or after timeout.
 func waitReceived(c *lineCounter, base, n int, start time.Time, timeout time.Duration, exited chan error) (first, wall time.Duration, err error) {
 	deadline := start.Add(timeout)
+	var exitedAt time.Time
 	for {
 		got := c.count() - base
 		now := time.Now()
@@ -623,7 +624,16 @@ func waitReceived(c *lineCounter, base, n int, start time.Time, timeout time.Dur
 		select {
 		case werr := <-exited:
 			exited <- werr // for the caller
-			return first, 0, fmt.Errorf("the forwarder exited (%v) with %d of %d lines received", werr, c.count()-base, n)
+			if werr != nil {
+				return first, 0, fmt.Errorf("the forwarder exited (%v) with %d of %d lines received", werr, c.count()-base, n)
+			}
+			// A forwarder that exits once everything is sent can be ahead
+			// of the receiver writing its file.
+			if exitedAt.IsZero() {
+				exitedAt = now
+			} else if now.Sub(exitedAt) > 10*time.Second {
+				return first, 0, fmt.Errorf("the forwarder exited with %d of %d lines received 10s later", c.count()-base, n)
+			}
 		default:
 		}
 		if now.After(deadline) {
