@@ -3,6 +3,7 @@ package forward
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/bud-ecosystem/budfleet/siem"
 )
@@ -32,6 +33,10 @@ type direct struct {
 	inflight int  // handed over and not yet resolved
 	failed   bool // a send failed; refuse until the output recovered
 	closed   bool // the output goroutine ended
+	// sending is the batch the output took and is sending; sent how many
+	// of its events went through (it is sent in output batches).
+	sending *directBatch
+	sent    int
 	// ready is closed when pending becomes non-empty; idle when inflight
 	// drops to 0; space when pending has room again.
 	ready, idle, space chan struct{}
@@ -42,19 +47,29 @@ type directBatch struct {
 	events []siem.Event
 	cps    map[string][]byte
 	raw    int
+	// revoked: the source took the batch back (stall); the output's
+	// result for it no longer counts.
+	revoked bool
 }
+
+// directStall is how long a source waits for its output to take a batch
+// before it takes back what it handed over and spools it: an output that
+// hangs (no error, no progress) must not keep the events out of the
+// spool, where rotation cannot take them away.
+const directStall = time.Second
 
 func newDirect() *direct { return &direct{} }
 
 // offer hands b over, waiting while directDepth batches are pending. It
 // reports false when the handoff is refused (the output failed or ended,
-// or ctx ended while waiting): the caller spools b instead.
-func (d *direct) offer(ctx context.Context, b directBatch) bool {
+// ctx ended while waiting, or stalled: the output took nothing for
+// directStall): the caller spools b instead, after revoke when stalled.
+func (d *direct) offer(ctx context.Context, b directBatch) (ok, stalled bool) {
 	for {
 		d.mu.Lock()
 		if d.closed || d.failed {
 			d.mu.Unlock()
-			return false
+			return false, false
 		}
 		if len(d.pending) < directDepth {
 			d.pending = append(d.pending, b)
@@ -64,19 +79,68 @@ func (d *direct) offer(ctx context.Context, b directBatch) bool {
 				d.ready = nil
 			}
 			d.mu.Unlock()
-			return true
+			return true, false
 		}
 		if d.space == nil {
 			d.space = make(chan struct{})
 		}
 		space := d.space
 		d.mu.Unlock()
+		t := time.NewTimer(directStall)
 		select {
 		case <-space:
+			t.Stop()
 		case <-ctx.Done():
-			return false
+			t.Stop()
+			return false, false
+		case <-t.C:
+			return false, true
 		}
 	}
+}
+
+// revoke refuses later handoffs and takes back, in order, the events the
+// output has not sent yet: the unsent part of the batch being sent and
+// every pending batch. The source spools them before its own batch; the
+// output then neither spools the batch it was sending nor stores its
+// checkpoint. What the output is writing right now may go through as
+// well: at most one output batch is sent twice.
+func (d *direct) revoke() []siem.Event {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.failed = true
+	var evs []siem.Event
+	if d.sending != nil {
+		evs = append(evs, d.sending.events[d.sent:]...)
+		d.sending.revoked = true
+		d.sending = nil
+	}
+	for _, b := range d.pending {
+		evs = append(evs, b.events...)
+	}
+	d.pending = nil
+	d.inflight = 0
+	if d.idle != nil {
+		close(d.idle)
+		d.idle = nil
+	}
+	if d.space != nil {
+		close(d.space)
+		d.space = nil
+	}
+	return evs
+}
+
+// progress records that the first n events of b went through; it reports
+// false when b was revoked (the output stops sending it).
+func (d *direct) progress(b *directBatch, n int) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if b.revoked {
+		return false
+	}
+	d.sent = n
+	return true
 }
 
 // usable reports whether a handoff would be taken now.
@@ -99,28 +163,47 @@ func (d *direct) readyChan() <-chan struct{} {
 	return d.ready
 }
 
-// take removes the oldest pending batch; ok is false when there is none.
-func (d *direct) take() (b directBatch, ok bool) {
+// take removes the oldest pending batch, which the output then sends; nil
+// when there is none.
+func (d *direct) take() *directBatch {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if len(d.pending) == 0 {
-		return b, false
+		return nil
 	}
-	b = d.pending[0]
+	b := &directBatch{}
+	*b = d.pending[0]
 	d.pending[0] = directBatch{}
 	d.pending = d.pending[1:]
+	d.sending, d.sent = b, 0
 	if d.space != nil {
 		close(d.space)
 		d.space = nil
 	}
-	return b, true
+	return b
 }
 
-// resolve marks one taken batch as sent or spooled.
-func (d *direct) resolve() {
+// finish settles a taken batch: unless the source revoked it, fn (store
+// its checkpoint, or spool it) runs under the lock, so that a revoke
+// cannot overtake it, and the batch stops counting as in flight. It
+// reports whether fn ran.
+func (d *direct) finish(b *directBatch, fn func()) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.inflight--
+	if b.revoked {
+		return false
+	}
+	fn()
+	if d.sending == b {
+		d.sending = nil
+	}
+	d.done1()
+	return true
+}
+
+// done1 counts one batch resolved; mu must be held.
+func (d *direct) done1() {
+	d.inflight = max(0, d.inflight-1)
 	if d.inflight == 0 && d.idle != nil {
 		close(d.idle)
 		d.idle = nil
@@ -134,19 +217,21 @@ func (d *direct) setFailed(failed bool) {
 	d.mu.Unlock()
 }
 
-// close refuses every later handoff and returns what is still pending,
-// for the output goroutine to spool before it ends.
-func (d *direct) close() []directBatch {
+// close refuses every later handoff and spools, with fn, what is still
+// pending, before the output goroutine ends.
+func (d *direct) close(fn func(directBatch)) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.closed = true
-	p := d.pending
+	for _, b := range d.pending {
+		fn(b)
+		d.done1()
+	}
 	d.pending = nil
 	if d.space != nil {
 		close(d.space)
 		d.space = nil
 	}
-	return p
 }
 
 // wait blocks until every batch handed over is resolved. The output

@@ -28,12 +28,7 @@ func (f *Forwarder) runOutput(ctx context.Context, o siem.OutputConfig, ost *out
 	}()
 	// Nothing handed over may be dropped: what was not sent goes into the
 	// spool with its checkpoint.
-	defer func() {
-		for _, b := range d.close() {
-			f.spoolDirect(o.Name, b, log)
-			d.resolve()
-		}
-	}()
+	defer d.close(func(b directBatch) { f.spoolDirect(o.Name, b, log) })
 	failures := 0
 	// failed handles a failed send: the connection is dropped and the next
 	// try waits out the backoff. It reports false when ctx ended.
@@ -85,36 +80,46 @@ func (f *Forwarder) runOutput(ctx context.Context, o siem.OutputConfig, ost *out
 				return
 			case <-f.spool.Ready(o.Name):
 			case <-d.readyChan():
-				b, ok := d.take()
-				if !ok {
+				b := d.take()
+				if b == nil {
 					continue
 				}
-				if err := send(b.events); err != nil {
-					// Refuse handoffs until the spool is empty again and
-					// spool this batch and those behind it, in order.
+				// In output batches, each recorded, so that a revoke
+				// takes back only what was not sent.
+				var err error
+				n := 0
+				for n < len(b.events) {
+					end := min(len(b.events), n+max(1, o.BatchEvents))
+					if err = send(b.events[n:end]); err != nil {
+						break
+					}
+					n = end
+					if !d.progress(b, n) {
+						break
+					}
+				}
+				if err != nil {
+					// Refuse handoffs until the spool is empty again, and
+					// spool the rest of this batch and those behind it, in
+					// order.
 					d.setFailed(true)
-					f.spoolDirect(o.Name, b, log)
-					d.resolve()
-					for {
-						p, ok := d.take()
-						if !ok {
-							break
-						}
-						f.spoolDirect(o.Name, p, log)
-						d.resolve()
+					d.finish(b, func() { f.spoolDirect(o.Name, directBatch{events: b.events[n:], cps: b.cps}, log) })
+					for p := d.take(); p != nil; p = d.take() {
+						d.finish(p, func() { f.spoolDirect(o.Name, *p, log) })
 					}
 					if !failed(err) {
 						return
 					}
 					continue
 				}
-				if b.cps != nil {
-					if err := f.spool.Append(nil, b.cps); err != nil {
-						log.Error("store the checkpoint of a sent batch", "error", err)
+				d.finish(b, func() {
+					if b.cps != nil {
+						if err := f.spool.Append(nil, b.cps); err != nil {
+							log.Error("store the checkpoint of a sent batch", "error", err)
+						}
 					}
-				}
-				d.resolve()
-				succeeded(len(b.events), b.raw)
+				})
+				succeeded(n, b.raw)
 				continue
 			}
 		}

@@ -131,7 +131,7 @@ type childResult struct {
 	// SpoolFileBytes is the size of the spool file at that moment.
 	SpoolFileBytes int64 `json:"spool_file_bytes"`
 	// Peaks of /proc/self/status RssAnon (Go heap, stacks) and RssFile
-	// (mostly the spool's mmap), sampled every 20ms; they need not peak
+	// (mostly the spool's mmap), sampled every 50ms; they need not peak
 	// together, so they may add up to more than ru_maxrss.
 	PeakRssAnon int64 `json:"peak_rss_anon"`
 	PeakRssFile int64 `json:"peak_rss_file"`
@@ -190,10 +190,11 @@ func runChild(specJSON string) int {
 	stopSampling := make(chan struct{})
 	go func() {
 		defer close(sampled)
-		t := time.NewTicker(20 * time.Millisecond)
+		// Every 50ms, one read: the sampling is charged to the child's CPU.
+		t := time.NewTicker(50 * time.Millisecond)
 		defer t.Stop()
 		for {
-			anon, file := procStatus(os.Getpid(), "RssAnon:"), procStatus(os.Getpid(), "RssFile:")
+			anon, file := procStatus2(os.Getpid(), "RssAnon:", "RssFile:")
 			res.PeakRssAnon, res.PeakRssFile = max(res.PeakRssAnon, anon), max(res.PeakRssFile, file)
 			select {
 			case <-stopSampling:
@@ -708,6 +709,30 @@ func procStatus(pid int, field string) int64 {
 		}
 	}
 	return 0
+}
+
+// procStatus2 returns two "NAME: N kB" fields of /proc/PID/status in
+// bytes, from one read.
+func procStatus2(pid int, f1, f2 string) (v1, v2 int64) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		for i, field := range [2]string{f1, f2} {
+			if v, ok := strings.CutPrefix(l, field); ok {
+				if f := strings.Fields(v); len(f) >= 1 {
+					kb, _ := strconv.ParseInt(f[0], 10, 64)
+					if i == 0 {
+						v1 = kb << 10
+					} else {
+						v2 = kb << 10
+					}
+				}
+			}
+		}
+	}
+	return v1, v2
 }
 
 func tailFile(path string) string {

@@ -71,6 +71,12 @@ type Formatter struct {
 	Priority int
 	// SDID names the structured-data element; empty means DefaultSDID.
 	SDID string
+
+	// The formatted date and time of tsSec, up to the seconds' dot:
+	// formatting a timestamp from scratch was a sixth of the forwarder's
+	// CPU, and consecutive events mostly share their second.
+	tsSec    int64
+	tsPrefix []byte
 }
 
 // Format formats ev with the default priority and SD-ID.
@@ -88,7 +94,7 @@ func (f *Formatter) Append(dst []byte, ev siem.Event) []byte {
 	dst = append(dst, '<')
 	dst = strconv.AppendInt(dst, int64(pri), 10)
 	dst = append(dst, ">1 "...)
-	dst = appendTimestamp(dst, ev.Time)
+	dst = f.appendTimestamp(dst, ev.Time)
 	dst = append(dst, ' ')
 	dst = appendHeaderField(dst, f.Hostname, maxHostname)
 	dst = append(dst, ' ')
@@ -113,15 +119,27 @@ func (f *Formatter) Append(dst []byte, ev siem.Event) []byte {
 	return dst
 }
 
-func appendTimestamp(dst []byte, t time.Time) []byte {
+func (f *Formatter) appendTimestamp(dst []byte, t time.Time) []byte {
 	if t.IsZero() {
 		return append(dst, NilValue...)
 	}
-	t = t.UTC()
-	if y := t.Year(); y < 0 || y > 9999 {
-		return append(dst, NilValue...)
+	if sec := t.Unix(); sec != f.tsSec || f.tsPrefix == nil {
+		t = t.UTC()
+		if y := t.Year(); y < 0 || y > 9999 {
+			return append(dst, NilValue...)
+		}
+		f.tsPrefix = t.AppendFormat(f.tsPrefix[:0], "2006-01-02T15:04:05.")
+		f.tsSec = sec
 	}
-	return t.AppendFormat(dst, "2006-01-02T15:04:05.000000Z")
+	dst = append(dst, f.tsPrefix...)
+	us := t.Nanosecond() / 1000
+	var d [6]byte
+	for i := 5; i >= 0; i-- {
+		d[i] = byte('0' + us%10)
+		us /= 10
+	}
+	dst = append(dst, d[:]...)
+	return append(dst, 'Z')
 }
 
 func printUSASCII(c byte) bool { return c >= 33 && c <= 126 }
