@@ -73,6 +73,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -112,6 +113,8 @@ type childSpec struct {
 	LogPath   string `json:"log_path"`
 	SpoolPath string `json:"spool_path"`
 	Format    string `json:"format"`
+	// Output is siem.OutputSyslog or siem.OutputRELP.
+	Output    string `json:"output"`
 	Addr      string `json:"addr"`
 	CAFile    string `json:"ca_file"`
 	CertFile  string `json:"cert_file"`
@@ -147,7 +150,7 @@ func runChild(specJSON string) int {
 		return 2
 	}
 	if spec.ProfileDir != "" {
-		f, err := os.Create(filepath.Join(spec.ProfileDir, "cpu-"+spec.Format+".pprof"))
+		f, err := os.Create(filepath.Join(spec.ProfileDir, "cpu-"+spec.Output+"-"+spec.Format+".pprof"))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "siembench child:", err)
 			return 2
@@ -159,7 +162,7 @@ func runChild(specJSON string) int {
 		defer func() {
 			pprof.StopCPUProfile()
 			f.Close()
-			if af, err := os.Create(filepath.Join(spec.ProfileDir, "allocs-"+spec.Format+".pprof")); err == nil {
+			if af, err := os.Create(filepath.Join(spec.ProfileDir, "allocs-"+spec.Output+"-"+spec.Format+".pprof")); err == nil {
 				pprof.Lookup("allocs").WriteTo(af, 0)
 				af.Close()
 			}
@@ -174,7 +177,7 @@ func runChild(specJSON string) int {
 	cfg := siem.Config{
 		Sources: []siem.SourceConfig{{Path: spec.LogPath, Tag: "audit", Format: spec.Format}},
 		Outputs: []siem.OutputConfig{{
-			Name: "siem", Type: siem.OutputSyslog, Address: spec.Addr, Match: "audit",
+			Name: "siem", Type: spec.Output, Address: spec.Addr, Match: "audit",
 			TLS: siem.TLSConfig{CAFile: spec.CAFile, CertFile: spec.CertFile, KeyFile: spec.KeyFile},
 		}},
 	}
@@ -248,6 +251,8 @@ type result struct {
 	note     string
 	// sample is the first line the receiver wrote for this variant.
 	sample string
+	// startOff is where this variant's lines start in the receiver's file.
+	startOff int64
 }
 
 func (r result) eventsPerSec() float64 { return float64(r.events) / r.wall.Seconds() }
@@ -315,13 +320,11 @@ func BenchmarkForwardVsRsyslog(b *testing.B) {
 	rounds := envInt(b, "BENCH_ROUNDS", 1)
 	variants := strings.Split(os.Getenv("BENCH_VARIANTS"), ",")
 	if os.Getenv("BENCH_VARIANTS") == "" {
-		variants = []string{siem.FormatRaw, siem.FormatLinuxAudit, "rsyslog"}
+		variants = allVariants
 	}
 	for _, v := range variants {
-		switch v {
-		case siem.FormatRaw, siem.FormatLinuxAudit, "rsyslog":
-		default:
-			b.Fatalf("BENCH_VARIANTS: unknown variant %q (raw, linux-audit, rsyslog)", v)
+		if !slices.Contains(allVariants, v) {
+			b.Fatalf("BENCH_VARIANTS: unknown variant %q (%s)", v, strings.Join(allVariants, ", "))
 		}
 	}
 	var dir string
@@ -358,11 +361,16 @@ func BenchmarkForwardVsRsyslog(b *testing.B) {
 	for round := 1; round <= rounds; round++ {
 		for _, v := range variants {
 			var r result
-			if v == "rsyslog" {
-				r = runRsyslog(b, rs, counter, dir, logPath, lines, queueSize, timeout)
+			if mode, ok := strings.CutPrefix(v, "rsyslog"); ok {
+				r = runRsyslog(b, rs, counter, dir, logPath, strings.TrimPrefix(mode, "-"), lines, queueSize, timeout)
 			} else {
-				r = runBudfleet(b, rs, counter, dir, logPath, v, lines, profileDir, timeout)
+				proto, format := siem.OutputSyslog, v
+				if f, ok := strings.CutPrefix(v, "relp-"); ok {
+					proto, format = siem.OutputRELP, f
+				}
+				r = runBudfleet(b, rs, counter, dir, logPath, proto, format, lines, profileDir, timeout)
 			}
+			r.checkExactlyOnce(b, counter, lines)
 			byVariant[v] = append(byVariant[v], r)
 			if rounds > 1 {
 				r.name += fmt.Sprintf(" (round %d)", round)
@@ -382,12 +390,97 @@ func BenchmarkForwardVsRsyslog(b *testing.B) {
 
 	for _, v := range variants {
 		rs := byVariant[v]
-		prefix := map[string]string{siem.FormatRaw: "budfleet", siem.FormatLinuxAudit: "budfleet-audit", "rsyslog": "rsyslog"}[v]
+		prefix := metricPrefix[v]
 		b.ReportMetric(median(rs, result.eventsPerSec), prefix+"-events/s")
 		b.ReportMetric(median(rs, result.cpuPerMillion), prefix+"-cpu-s/Mevents")
 		b.ReportMetric(median(rs, result.rssMiB), prefix+"-peak-RSS-MiB")
 	}
 	fmt.Print(markdownTable(results, lines, size))
+}
+
+// allVariants are the forwarders BENCH_VARIANTS picks from, in the order
+// they run: budfleet's (format, and relp- for RELP instead of TLS syslog)
+// and rsyslog's (in-memory queues; -da: disk-assisted queues with imfile
+// state persisted; -relp: omrelp).
+var allVariants = []string{
+	siem.FormatRaw, siem.FormatLinuxAudit, "rsyslog", "rsyslog-da",
+	"relp-" + siem.FormatRaw, "relp-" + siem.FormatLinuxAudit, "rsyslog-relp",
+}
+
+var metricPrefix = map[string]string{
+	siem.FormatRaw: "budfleet", siem.FormatLinuxAudit: "budfleet-audit",
+	"rsyslog": "rsyslog", "rsyslog-da": "rsyslog-da",
+	"relp-" + siem.FormatRaw: "budfleet-relp", "relp-" + siem.FormatLinuxAudit: "budfleet-relp-audit",
+	"rsyslog-relp": "rsyslog-relp",
+}
+
+// checkExactlyOnce reads what the receiver wrote for this run (from
+// r.startOff on) and checks that it holds every serial of the generated
+// log: a missing one fails the benchmark; duplicates are counted in the
+// notes (delivery is at-least-once).
+func (r *result) checkExactlyOnce(b *testing.B, c *lineCounter, lines int) {
+	b.Helper()
+	c.count()
+	seen, bad, err := serialsIn(c.path, r.startOff, c.off)
+	if err != nil {
+		b.Fatalf("%s: %v", r.name, err)
+	}
+	first := newAuditGen().serial + 1
+	missing, dups := 0, 0
+	for i := range uint64(lines) {
+		switch n := seen[first+i]; {
+		case n == 0:
+			missing++
+		case n > 1:
+			dups += int(n - 1)
+		}
+		delete(seen, first+i)
+	}
+	if missing > 0 || bad > 0 || len(seen) > 0 {
+		b.Fatalf("%s: the receiver misses %d of the %d events; %d lines without a serial, %d serials that were never written", r.name, missing, lines, bad, len(seen))
+	}
+	if dups == 0 {
+		r.note = "every event exactly once; " + r.note
+	} else {
+		r.note = fmt.Sprintf("every event, %d duplicates; ", dups) + r.note
+	}
+}
+
+// serialsIn counts the audit serials (msg=audit(TIME:SERIAL)) of the
+// lines of path between the offsets; bad counts lines without one.
+func serialsIn(path string, from, to int64) (map[uint64]uint32, int, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(io.NewSectionReader(f, from, to-from))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	seen := map[uint64]uint32{}
+	bad := 0
+	marker := []byte("msg=audit(")
+	for sc.Scan() {
+		l := sc.Bytes()
+		i := bytes.Index(l, marker)
+		if i < 0 {
+			bad++
+			continue
+		}
+		stamp := l[i+len(marker):]
+		j := bytes.IndexByte(stamp, ':')
+		k := bytes.IndexByte(stamp, ')')
+		if j < 0 || k < j {
+			bad++
+			continue
+		}
+		n, err := strconv.ParseUint(string(stamp[j+1:k]), 10, 64)
+		if err != nil {
+			bad++
+			continue
+		}
+		seen[n]++
+	}
+	return seen, bad, sc.Err()
 }
 
 // median of f over rs (the lower middle one for an even count).
@@ -416,16 +509,20 @@ func markdownTable(results []result, lines int, size int64) string {
 
 // runBudfleet forwards audit.log with the budfleet forwarder in a child
 // process and measures it.
-func runBudfleet(b *testing.B, rs *rsyslogtest.Server, counter *lineCounter, dir, logPath, format string, lines int, profileDir string, timeout time.Duration) result {
+func runBudfleet(b *testing.B, rs *rsyslogtest.Server, counter *lineCounter, dir, logPath, proto, format string, lines int, profileDir string, timeout time.Duration) result {
 	b.Helper()
 	// A fresh spool (and checkpoint) for every run.
-	work, err := os.MkdirTemp(dir, "budfleet-"+format+"-")
+	work, err := os.MkdirTemp(dir, "budfleet-"+proto+"-"+format+"-")
 	if err != nil {
 		b.Fatal(err)
 	}
+	addr := rs.TLSAddr
+	if proto == siem.OutputRELP {
+		addr = rs.RELPAddr
+	}
 	spec := childSpec{
-		LogPath: logPath, SpoolPath: filepath.Join(work, "spool.db"), Format: format,
-		Addr: rs.TLSAddr, CAFile: rs.CAFile, CertFile: rs.ClientCertFile, KeyFile: rs.ClientKeyFile,
+		LogPath: logPath, SpoolPath: filepath.Join(work, "spool.db"), Format: format, Output: proto,
+		Addr: addr, CAFile: rs.CAFile, CertFile: rs.ClientCertFile, KeyFile: rs.ClientKeyFile,
 		Events: lines, NoSync: os.Getenv("BENCH_NOSYNC") == "1", ProfileDir: profileDir, Timeout: timeout,
 	}
 	specJSON, _ := json.Marshal(spec)
@@ -484,8 +581,13 @@ func runBudfleet(b *testing.B, rs *rsyslogtest.Server, counter *lineCounter, dir
 	if spec.NoSync {
 		sync = "spool fsync OFF"
 	}
+	name := "budfleet " + format
+	if proto == siem.OutputRELP {
+		name = "budfleet RELP " + format
+	}
 	return result{
-		name:        "budfleet " + format,
+		name:        name,
+		startOff:    baseOff,
 		events:      lines,
 		wall:        wall,
 		firstRecv:   first,
@@ -494,14 +596,20 @@ func runBudfleet(b *testing.B, rs *rsyslogtest.Server, counter *lineCounter, dir
 		receiverCPU: rcpu,
 		otherCPU:    other,
 		sample:      counter.lineAt(baseOff),
-		note: fmt.Sprintf("child process, %s; first line received after %.2fs; all acked after %.2fs; spool file %.0f MiB; peak RssAnon %.0f MiB, RssFile %.0f MiB",
+		note: fmt.Sprintf("child process, CPU from its rusage (user+sys, start to exit), %s; first line received after %.2fs; all acked after %.2fs; spool file %.0f MiB; peak RssAnon %.0f MiB, RssFile %.0f MiB",
 			sync, first.Seconds(), res.AckedAfter.Seconds(), float64(res.SpoolFileBytes)/(1<<20), float64(res.PeakRssAnon)/(1<<20), float64(res.PeakRssFile)/(1<<20)),
 	}
 }
 
 // runRsyslog forwards audit.log with a second rsyslogd (imfile -> omfwd)
 // and measures it.
-func runRsyslog(b *testing.B, rs *rsyslogtest.Server, counter *lineCounter, dir, logPath string, lines, queueSize int, timeout time.Duration) result {
+//
+// mode "" is omfwd with in-memory queues; "da" the same with the
+// durability budfleet has: disk-assisted main and action queues (spilled
+// to disk past their memory part, fsynced, saved on shutdown) and the
+// imfile state persisted every 1000 lines; "relp" is omrelp (TLS, window
+// 16384 like budfleet's) with in-memory queues.
+func runRsyslog(b *testing.B, rs *rsyslogtest.Server, counter *lineCounter, dir, logPath, mode string, lines, queueSize int, timeout time.Duration) result {
 	b.Helper()
 	rsyslogd, err := rsyslogtest.Ensure()
 	if err != nil {
@@ -514,6 +622,32 @@ func runRsyslog(b *testing.B, rs *rsyslogtest.Server, counter *lineCounter, dir,
 	}
 	_, port, _ := strings.Cut(rs.TLSAddr, ":")
 	q := strconv.Quote
+	queue := func(name string) string {
+		base := fmt.Sprintf(`queue.type="LinkedList" queue.size="%d" queue.dequeueBatchSize="1024"`, queueSize)
+		if mode != "da" {
+			return base
+		}
+		return base + fmt.Sprintf(` queue.filename=%s queue.saveOnShutdown="on" queue.syncqueuefiles="on" queue.checkpointInterval="1000" queue.maxDiskSpace="2g"`, q(name))
+	}
+	action := fmt.Sprintf(`action(type="omfwd" target="127.0.0.1" port=%s protocol="tcp"
+    streamDriver="gtls" streamDriverMode="1" streamDriverAuthMode="x509/certvalid"
+    tcp_framing="octet-counted" template="RSYSLOG_SyslogProtocol23Format"
+    %s
+    action.resumeRetryCount="-1")`, q(port), queue("fwd"))
+	modules := `module(load="imfile" mode="inotify")`
+	if mode == "relp" {
+		_, rport, _ := strings.Cut(rs.RELPAddr, ":")
+		modules += "\nmodule(load=\"omrelp\" tls.tlslib=\"openssl\")"
+		action = fmt.Sprintf(`action(type="omrelp" target="127.0.0.1" port=%s windowSize="16384"
+    tls="on" tls.cacert=%s tls.mycert=%s tls.myprivkey=%s tls.authmode="certvalid"
+    template="RSYSLOG_SyslogProtocol23Format"
+    %s
+    action.resumeRetryCount="-1")`, q(rport), q(rs.CAFile), q(rs.ClientCertFile), q(rs.ClientKeyFile), queue("fwd"))
+	}
+	persist := ""
+	if mode == "da" {
+		persist = ` persistStateInterval="1000"`
+	}
 	conf := fmt.Sprintf(`# siembench: rsyslog's own forwarder, imfile -> omfwd (TLS, octet-counted)
 global(
   workDirectory=%[1]s
@@ -525,22 +659,18 @@ global(
   defaultNetstreamDriverCertFile=%[3]s
   defaultNetstreamDriverKeyFile=%[4]s
 )
-main_queue(queue.type="LinkedList" queue.size="%[7]d" queue.dequeueBatchSize="1024")
-module(load="imfile" mode="inotify")
+main_queue(%[7]s)
+%[5]s
 
 ruleset(name="fwd") {
-  action(type="omfwd" target="127.0.0.1" port=%[5]s protocol="tcp"
-    streamDriver="gtls" streamDriverMode="1" streamDriverAuthMode="x509/certvalid"
-    tcp_framing="octet-counted" template="RSYSLOG_SyslogProtocol23Format"
-    queue.type="LinkedList" queue.size="%[7]d" queue.dequeueBatchSize="1024"
-    action.resumeRetryCount="-1")
+  %[9]s
 }
 
-input(type="imfile" file=%[6]s tag="audit" ruleset="fwd" readMode="0" freshStartTail="off")
+input(type="imfile" file=%[6]s tag="audit" ruleset="fwd" readMode="0" freshStartTail="off"%[10]s)
 
 # rsyslog's own messages
 action(type="omfile" file=%[8]s)
-`, q(work), q(rs.CAFile), q(rs.ClientCertFile), q(rs.ClientKeyFile), q(port), q(logPath), queueSize, q(filepath.Join(work, "internal.log")))
+`, q(work), q(rs.CAFile), q(rs.ClientCertFile), q(rs.ClientKeyFile), modules, q(logPath), queue("main"), q(filepath.Join(work, "internal.log")), action, persist)
 	confFile := filepath.Join(work, "rsyslog.conf")
 	if err := os.WriteFile(confFile, []byte(conf), 0o644); err != nil {
 		b.Fatal(err)
@@ -592,18 +722,29 @@ action(type="omfile" file=%[8]s)
 	if hwm == 0 {
 		hwm = ruRSS
 	}
+	name, what := "rsyslog", fmt.Sprintf("imfile -> omfwd gtls, in-memory LinkedList queues of %d", queueSize)
+	switch mode {
+	case "da":
+		name, what = "rsyslog, disk-assisted", fmt.Sprintf("imfile (state persisted every 1000 lines) -> omfwd gtls, disk-assisted LinkedList queues of %d (fsynced queue files, saved on shutdown)", queueSize)
+	case "relp":
+		name, what = "rsyslog omrelp", fmt.Sprintf("imfile -> omrelp (openssl, window 16384), in-memory LinkedList queues of %d", queueSize)
+	}
+	if ruCPU == 0 {
+		ruCPU = cpu
+	}
 	return result{
-		name:        "rsyslog",
+		name:        name,
+		startOff:    baseOff,
 		events:      lines,
 		wall:        wall,
 		firstRecv:   first,
-		cpu:         cpu,
+		cpu:         ruCPU,
 		peakRSS:     hwm,
 		receiverCPU: rcpu,
 		otherCPU:    other,
 		sample:      counter.lineAt(baseOff),
-		note: fmt.Sprintf("rsyslogd 8.2302 imfile -> omfwd gtls, LinkedList queues of %d; first line received after %.2fs; CPU incl. shutdown %.2fs",
-			queueSize, first.Seconds(), ruCPU.Seconds()),
+		note: fmt.Sprintf("rsyslogd 8.2302 %s; CPU from its rusage (user+sys, start to exit, as for budfleet; %.2fs when the receiver had every line); first line received after %.2fs",
+			what, cpu.Seconds(), first.Seconds()),
 	}
 }
 
