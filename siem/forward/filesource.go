@@ -105,7 +105,7 @@ func newFileSource(f *Forwarder, cfg siem.Config, src siem.SourceConfig, file st
 		}
 	}
 	if src.Format == siem.FormatLinuxAudit {
-		fs.grouper = audit.NewGrouper(audit.GrouperOptions{})
+		fs.grouper = audit.NewGrouper(audit.GrouperOptions{MaxWait: f.opts.AuditMaxWait})
 	}
 	if len(fs.queues) == 1 {
 		fs.direct = f.directFor(fs.queues[0])

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/bud-ecosystem/budfleet/siem"
 	"github.com/bud-ecosystem/budfleet/siem/output"
@@ -44,6 +45,10 @@ type Options struct {
 	// NoDirect sends every event through the spool, also while the
 	// output keeps up (direct.go); for tests and benchmarks.
 	NoDirect bool
+	// AuditMaxWait is how long a linux-audit event may wait for its EOE
+	// (audit.GrouperOptions.MaxWait; 0 is its default, 2s). For tests that
+	// must know an event is still open, however slow the machine.
+	AuditMaxWait time.Duration
 }
 
 // Forwarder runs one configuration at a time; Apply swaps it without a
