@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -77,6 +76,11 @@ type Formatter struct {
 	// CPU, and consecutive events mostly share their second.
 	tsSec    int64
 	tsPrefix []byte
+	// The sorted field names of the last event whose names were all valid
+	// SD-NAMEs: audit events of one kind share them, and checking that an
+	// event has the same names costs less than collecting and sorting
+	// them again.
+	sdKeys []string
 }
 
 // Format formats ev with the default priority and SD-ID.
@@ -108,7 +112,7 @@ func (f *Formatter) Append(dst []byte, ev siem.Event) []byte {
 	if sdid == "" {
 		sdid = DefaultSDID
 	}
-	dst = appendSD(dst, sdid, ev.Fields)
+	dst = f.appendSD(dst, sdid, ev.Fields)
 	if len(ev.Raw) > 0 {
 		dst = append(dst, ' ')
 		if utf8.Valid(ev.Raw) {
@@ -235,28 +239,44 @@ func validUTF8(s string) string {
 	return string(bytes.ToValidUTF8([]byte(s), []byte("\uFFFD")))
 }
 
-// sdKeys recycles the key slices appendSD sorts: formatting runs once per
-// event, and the allocations showed in profiles.
-var sdKeys = sync.Pool{New: func() any { keys := make([]string, 0, 32); return &keys }}
-
-func appendSD(dst []byte, sdid string, fields map[string]string) []byte {
-	if len(fields) == 0 {
-		return append(dst, NilValue...)
+// sortedSDKeys returns fields' names sorted, with valid true when each is
+// an SD-NAME (else keys is not to be used).
+func (f *Formatter) sortedSDKeys(fields map[string]string) (keys []string, valid bool) {
+	if len(f.sdKeys) == len(fields) {
+		same := true
+		for _, k := range f.sdKeys {
+			if _, ok := fields[k]; !ok {
+				same = false
+				break
+			}
+		}
+		if same {
+			return f.sdKeys, true
+		}
 	}
-	kp := sdKeys.Get().(*[]string)
-	defer sdKeys.Put(kp)
-	keys := (*kp)[:0]
-	valid := true
+	keys, valid = f.sdKeys[:0], true
 	for k := range fields {
 		keys = append(keys, k)
 		valid = valid && ValidSDName(k)
 	}
-	*kp = keys
+	if !valid {
+		f.sdKeys = keys[:0]
+		return nil, false
+	}
+	slices.Sort(keys)
+	f.sdKeys = keys
+	return keys, true
+}
+
+func (f *Formatter) appendSD(dst []byte, sdid string, fields map[string]string) []byte {
+	if len(fields) == 0 {
+		return append(dst, NilValue...)
+	}
+	keys, valid := f.sortedSDKeys(fields)
 	var params []SDParam
 	if valid {
 		// The common case: every name is already an SD-NAME, so nothing
 		// needs renaming or de-duplicating.
-		slices.Sort(keys)
 	} else {
 		params = SDParams(fields)
 		if len(params) == 0 {
