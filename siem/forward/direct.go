@@ -37,6 +37,18 @@ type direct struct {
 	// of its events went through (it is sent in output batches).
 	sending *directBatch
 	sent    int
+	// cp is the checkpoint of the last batch sent, not yet stored;
+	// cpBatches the sent batches it stands for (still in flight until
+	// it is stored), flushing those whose checkpoint is being written.
+	// Storing it at most every checkpointEvery while batches keep coming
+	// saves an fsync per batch; a crash then resends at most that much.
+	cp        map[string][]byte
+	cpBatches int
+	flushing  int
+	cpAt      time.Time // when the checkpoint was last stored
+	// movedAt is when the output last took a batch or finished sending
+	// part of one: a slow receiver is not a stall.
+	movedAt time.Time
 	// ready is closed when pending becomes non-empty; idle when inflight
 	// drops to 0; space when pending has room again.
 	ready, idle, space chan struct{}
@@ -56,7 +68,12 @@ type directBatch struct {
 // before it takes back what it handed over and spools it: an output that
 // hangs (no error, no progress) must not keep the events out of the
 // spool, where rotation cannot take them away.
-const directStall = time.Second
+const directStall = 2 * time.Second
+
+// checkpointEvery is how often, at most, the checkpoint of sent batches is
+// stored while more batches are waiting; with none waiting it is stored at
+// once.
+const checkpointEvery = 100 * time.Millisecond
 
 func newDirect() *direct { return &direct{} }
 
@@ -94,7 +111,12 @@ func (d *direct) offer(ctx context.Context, b directBatch) (ok, stalled bool) {
 			t.Stop()
 			return false, false
 		case <-t.C:
-			return false, true
+			d.mu.Lock()
+			moved := time.Since(d.movedAt) < directStall
+			d.mu.Unlock()
+			if !moved {
+				return false, true
+			}
 		}
 	}
 }
@@ -119,8 +141,12 @@ func (d *direct) revoke() []siem.Event {
 		evs = append(evs, b.events...)
 	}
 	d.pending = nil
-	d.inflight = 0
-	if d.idle != nil {
+	// The source's own checkpoint, stored with what it spools now, is
+	// past the sent batches': theirs is not stored any more (it would move
+	// the checkpoint back), but one being written is waited for.
+	d.cp, d.cpBatches = nil, 0
+	d.inflight = d.flushing
+	if d.inflight == 0 && d.idle != nil {
 		close(d.idle)
 		d.idle = nil
 	}
@@ -140,6 +166,7 @@ func (d *direct) progress(b *directBatch, n int) bool {
 		return false
 	}
 	d.sent = n
+	d.movedAt = time.Now()
 	return true
 }
 
@@ -176,6 +203,7 @@ func (d *direct) take() *directBatch {
 	d.pending[0] = directBatch{}
 	d.pending = d.pending[1:]
 	d.sending, d.sent = b, 0
+	d.movedAt = time.Now()
 	if d.space != nil {
 		close(d.space)
 		d.space = nil
@@ -199,6 +227,50 @@ func (d *direct) finish(b *directBatch, fn func()) bool {
 	}
 	d.done1()
 	return true
+}
+
+// sent records that the output sent all of b: its checkpoint becomes the
+// one to store. It reports false when b was revoked.
+func (d *direct) sentAll(b *directBatch) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if b.revoked {
+		return false
+	}
+	if d.sending == b {
+		d.sending = nil
+	}
+	if b.cps != nil {
+		d.cp = b.cps
+	}
+	d.cpBatches++
+	return true
+}
+
+// storeCP stores the checkpoint of the batches sent so far (outside the
+// lock: a source must not wait for the fsync to hand over its next batch)
+// and then counts them resolved. With force false it does so only when
+// no batch is pending or checkpointEvery has passed since last.
+func (d *direct) storeCP(force bool, store func(map[string][]byte)) {
+	d.mu.Lock()
+	if d.cpBatches == 0 || !force && len(d.pending) > 0 && time.Since(d.cpAt) < checkpointEvery {
+		d.mu.Unlock()
+		return
+	}
+	cp, n := d.cp, d.cpBatches
+	d.cp, d.cpBatches = nil, 0
+	d.flushing += n
+	d.cpAt = time.Now()
+	d.mu.Unlock()
+	if cp != nil {
+		store(cp)
+	}
+	d.mu.Lock()
+	d.flushing -= n
+	for range n {
+		d.done1()
+	}
+	d.mu.Unlock()
 }
 
 // done1 counts one batch resolved; mu must be held.

@@ -28,7 +28,15 @@ func (f *Forwarder) runOutput(ctx context.Context, o siem.OutputConfig, ost *out
 	}()
 	// Nothing handed over may be dropped: what was not sent goes into the
 	// spool with its checkpoint.
-	defer d.close(func(b directBatch) { f.spoolDirect(o.Name, b, log) })
+	storeCP := func(cp map[string][]byte) {
+		if err := f.spool.Append(nil, cp); err != nil {
+			log.Error("store the checkpoint of sent batches", "error", err)
+		}
+	}
+	defer func() {
+		d.storeCP(true, storeCP)
+		d.close(func(b directBatch) { f.spoolDirect(o.Name, b, log) })
+	}()
 	failures := 0
 	// failed handles a failed send: the connection is dropped and the next
 	// try waits out the backoff. It reports false when ctx ended.
@@ -103,6 +111,9 @@ func (f *Forwarder) runOutput(ctx context.Context, o siem.OutputConfig, ost *out
 					// spool the rest of this batch and those behind it, in
 					// order.
 					d.setFailed(true)
+					// What was sent before is older than what is spooled
+					// now: its checkpoint goes first.
+					d.storeCP(true, storeCP)
 					d.finish(b, func() { f.spoolDirect(o.Name, directBatch{events: b.events[n:], cps: b.cps}, log) })
 					for p := d.take(); p != nil; p = d.take() {
 						d.finish(p, func() { f.spoolDirect(o.Name, *p, log) })
@@ -112,13 +123,9 @@ func (f *Forwarder) runOutput(ctx context.Context, o siem.OutputConfig, ost *out
 					}
 					continue
 				}
-				d.finish(b, func() {
-					if b.cps != nil {
-						if err := f.spool.Append(nil, b.cps); err != nil {
-							log.Error("store the checkpoint of a sent batch", "error", err)
-						}
-					}
-				})
+				if d.sentAll(b) {
+					d.storeCP(false, storeCP)
+				}
 				succeeded(n, b.raw)
 				continue
 			}
