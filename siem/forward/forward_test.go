@@ -1,11 +1,11 @@
 package forward
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"bytes"
 	"io"
 	"log/slog"
 	"os"

@@ -20,7 +20,7 @@ import (
 // A checkpoint of this very file at a line boundary resumes exactly there.
 func FuzzCheckpoint(f *testing.F) {
 	content := []byte("first line\nsecond line\n\nfourth line, a little longer than the others\nfifth\n")
-	f.Add(true, true, 11, "", int64(11))       // a valid checkpoint after line 1
+	f.Add(true, true, 11, "", int64(11)) // a valid checkpoint after line 1
 	f.Add(true, true, len(content), "", int64(len(content)))
 	f.Add(true, false, 11, "00ff", int64(23)) // the right file, a wrong fingerprint
 	f.Add(false, true, 5, "", int64(3))       // another file's identity

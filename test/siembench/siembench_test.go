@@ -2,9 +2,9 @@
 // forwarder on the same audit.log, into the same rsyslog receiver, over the
 // same transport: syslog over TLS with RFC 5425 octet-counted framing.
 //
-// Run (takes about a minute with the default 1,000,000 lines):
+// Run (takes about five minutes with the default 1,000,000 lines and every variant):
 //
-//	go test ./test/siembench/ -run '^$' -bench ForwardVsRsyslog -benchtime=1x -count=1 -timeout 20m
+//	go test ./test/siembench/ -run '^$' -bench ForwardVsRsyslog -benchtime=1x -count=1 -timeout 30m
 //
 // Without -bench, `go test ./test/siembench/` starts no process and writes
 // no file: it only runs TestAuditGen (the line generator, in memory, ~0.1s).
@@ -22,22 +22,32 @@
 //  2. Starts one receiver (internal/rsyslogtest: rsyslogd, imtcp + gtls,
 //     mutual TLS, writing received.log) used by every variant in turn, so
 //     the receiver costs all of them the same.
-//  3. Variants (BENCH_VARIANTS, default "raw,linux-audit,rsyslog"):
+//  3. Variants (BENCH_VARIANTS, default all, in this order: raw,
+//     linux-audit, rsyslog, rsyslog-da, relp-raw, relp-linux-audit,
+//     rsyslog-relp):
 //     - raw, linux-audit: the budfleet forwarder (siem/forward, as
-//     `bud-agent run` wires it: tail -> bbolt spool with fsync -> syslog
-//     output) in a child process (this test binary re-executed with
-//     SIEMBENCH_CHILD set), so that its CPU and peak RSS are its own
-//     (rusage of the child: utime+stime, ru_maxrss). The child exits once
-//     its status shows every event acknowledged and the spool empty.
-//     BENCH_NOSYNC=1 turns the spool's fsync off (not what production
-//     does).
+//     `bud-agent run` wires it: tail -> syslog output, through the bbolt
+//     spool with fsync when the output falls behind, checkpoint stored
+//     after the send) in a child process (this test binary re-executed
+//     with SIEMBENCH_CHILD set). The child exits once its status shows
+//     every event acknowledged and the spool empty. BENCH_NOSYNC=1 turns
+//     the spool's fsync off (not what production does). relp-raw and
+//     relp-linux-audit: the same with the RELP output (window 16384) into
+//     the receiver's imrelp.
 //     - rsyslog: a second rsyslogd (own config, work dir and pid file,
 //     foreground child) with imfile reading audit.log from its start and
 //     omfwd (gtls, x509/certvalid, octet-counted, RFC 5424 template)
 //     sending to the receiver, with a LinkedList main and action queue
-//     (size BENCH_RSYSLOG_QUEUE, default 100000, dequeue batches of 1024).
-//     Its CPU (utime+stime from /proc/PID/stat) and VmHWM are read the
-//     moment the receiver has every line, before it is stopped.
+//     (size BENCH_RSYSLOG_QUEUE, default 100000, dequeue batches of 1024)
+//     in memory: what is queued is lost when it is killed.
+//     - rsyslog-da: the same with budfleet's durability: disk-assisted
+//     queues (queue.filename, fsynced queue files, saved on shutdown) and
+//     the imfile state persisted every 1000 lines.
+//     - rsyslog-relp: imfile -> omrelp (TLS, openssl, window 16384) into
+//     the receiver's imrelp, in-memory queues.
+//     Both forwarders' CPU is counted the same way: the whole process,
+//     user+sys from its rusage, from start to exit (for rsyslog, the CPU
+//     when the receiver had every line is in the notes too).
 //  4. Wall time runs from starting the forwarder process until the
 //     receiver's received.log holds every line; events/s is lines / wall.
 //     The receiver's CPU over the same interval is reported too, and so is
@@ -48,17 +58,21 @@
 //     cores of other load is flagged); CPU s per million events and RSS
 //     are much less affected.
 //
+// After each run the receiver's file is read back for that run: every
+// generated serial (msg=audit(TIME:SERIAL)) must be there, at least once,
+// or the benchmark fails; duplicates are counted in the notes.
+//
 // BENCH_ROUNDS=N runs all variants N times, interleaved (each with a fresh
 // spool or imfile state); the table lists every run and the metrics are
 // the medians.
 //
-// Metrics (b.ReportMetric): budfleet-events/s, budfleet-cpu-s/Mevents,
-// budfleet-peak-RSS-MiB (format raw), the same as budfleet-audit-* for
-// linux-audit, and rsyslog-events/s, rsyslog-cpu-s/Mevents,
-// rsyslog-peak-RSS-MiB. A markdown table of all variants goes to stdout.
+// Metrics (b.ReportMetric): PREFIX-events/s, PREFIX-cpu-s/Mevents and
+// PREFIX-peak-RSS-MiB with PREFIX budfleet (raw), budfleet-audit,
+// rsyslog, rsyslog-da, budfleet-relp, budfleet-relp-audit, rsyslog-relp.
+// A markdown table of all variants goes to stdout.
 //
 // Profiling: BENCH_PROFILE_DIR=/some/dir makes each budfleet child write
-// cpu-VARIANT.pprof and allocs-VARIANT.pprof there (go tool pprof -top
+// cpu-OUTPUT-FORMAT.pprof and allocs-OUTPUT-FORMAT.pprof there (go tool pprof -top
 // the test binary, saved with -o or built with go test -c, and the file).
 //
 // Other knobs: BENCH_KEEP=1 keeps the temp dir (audit.log, the spools,
@@ -114,13 +128,13 @@ type childSpec struct {
 	SpoolPath string `json:"spool_path"`
 	Format    string `json:"format"`
 	// Output is siem.OutputSyslog or siem.OutputRELP.
-	Output    string `json:"output"`
-	Addr      string `json:"addr"`
-	CAFile    string `json:"ca_file"`
-	CertFile  string `json:"cert_file"`
-	KeyFile   string `json:"key_file"`
-	Events    int    `json:"events"`
-	NoSync    bool   `json:"no_sync"`
+	Output   string `json:"output"`
+	Addr     string `json:"addr"`
+	CAFile   string `json:"ca_file"`
+	CertFile string `json:"cert_file"`
+	KeyFile  string `json:"key_file"`
+	Events   int    `json:"events"`
+	NoSync   bool   `json:"no_sync"`
 	// ProfileDir, when set, gets cpu-Format.pprof and allocs-Format.pprof.
 	ProfileDir string        `json:"profile_dir,omitempty"`
 	Timeout    time.Duration `json:"timeout"`
