@@ -6,10 +6,11 @@ package controller
 
 import (
 	"context"
-	"github.com/bud-ecosystem/budfleet/controller/store"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/bud-ecosystem/budfleet/controller/store"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"

@@ -156,7 +156,7 @@ func (a *ArtifactAPI) PushArtifact(stream artifactv1.ArtifactService_PushArtifac
 }
 
 // ListArtifacts lists every artifact.
-func (a *ArtifactAPI) ListArtifacts(ctx context.Context, _ *artifactv1.ListArtifactsRequest) (*artifactv1.ListArtifactsResponse, error) {
+func (a *ArtifactAPI) ListArtifacts(ctx context.Context, req *artifactv1.ListArtifactsRequest) (*artifactv1.ListArtifactsResponse, error) {
 	st, err := a.s.artifactStore()
 	if err != nil {
 		return nil, err
@@ -165,11 +165,11 @@ func (a *ArtifactAPI) ListArtifacts(ctx context.Context, _ *artifactv1.ListArtif
 	if err != nil {
 		return nil, artifactErr(err)
 	}
-	out := &artifactv1.ListArtifactsResponse{}
-	for _, x := range list {
-		out.Artifacts = append(out.Artifacts, artifactToProto(x))
+	arts, next, err := page(list, func(x store.Artifact) string { return x.Digest }, artifactToProto, req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err
 	}
-	return out, nil
+	return &artifactv1.ListArtifactsResponse{Artifacts: arts, NextPageToken: next}, nil
 }
 
 // GetArtifact returns one artifact.

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"slices"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	reflectionv1alpha "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
 	"google.golang.org/grpc/status"
 
+	"github.com/bud-ecosystem/budfleet/controller/store"
 	"github.com/bud-ecosystem/budfleet/pki"
 	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
 	artifactv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/artifact/v1"
@@ -214,11 +216,17 @@ func (s *Server) authorize(ctx context.Context, fullMethod string) (context.Cont
 
 func (s *Server) operatorCurrent(ctx context.Context, name string, cert *x509.Certificate, now time.Time) error {
 	o, err := s.store.GetOperator(ctx, name)
-	if err != nil {
+	if errors.Is(err, store.ErrNotFound) {
 		// An operator the controller has no record of is one from before
 		// operator records (a store older than schema 7, or init's
 		// admin from an older init): its certificate is what it says.
 		return nil
+	}
+	if err != nil {
+		// A store that cannot answer cannot say the operator was not
+		// revoked: refuse rather than let a revoked certificate through
+		// while etcd has no quorum or the disk fails.
+		return status.Errorf(codes.Unavailable, "cannot check operator %s against the store, try again: %v", name, err)
 	}
 	serial := cert.SerialNumber.Text(16)
 	switch {
@@ -237,7 +245,13 @@ func (s *Server) operatorCurrent(ctx context.Context, name string, cert *x509.Ce
 // (Connect says it was deleted).
 func (s *Server) nodeCertCurrent(ctx context.Context, nodeID string, cert *x509.Certificate, now time.Time) error {
 	n, err := s.store.GetNode(ctx, nodeID)
-	if err != nil || n.CertSerial == "" {
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "cannot check node %s's certificate against the store, try again: %v", nodeID, err)
+	}
+	if n.CertSerial == "" {
 		return nil
 	}
 	serial := cert.SerialNumber.Text(16)

@@ -74,16 +74,16 @@ func (a *ClusterAPI) AddCluster(ctx context.Context, req *kubev1.AddClusterReque
 }
 
 // ListClusters lists the clusters, each checked now.
-func (a *ClusterAPI) ListClusters(ctx context.Context, _ *kubev1.ListClustersRequest) (*kubev1.ListClustersResponse, error) {
+func (a *ClusterAPI) ListClusters(ctx context.Context, req *kubev1.ListClustersRequest) (*kubev1.ListClustersResponse, error) {
 	cs, err := a.s.kube.Clusters(ctx)
 	if err != nil {
 		return nil, kubeErr(err)
 	}
-	out := &kubev1.ListClustersResponse{}
-	for _, c := range cs {
-		out.Clusters = append(out.Clusters, clusterToProto(c))
+	list, next, err := page(cs, func(c kube.ClusterInfo) string { return c.Name }, clusterToProto, req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err
 	}
-	return out, nil
+	return &kubev1.ListClustersResponse{Clusters: list, NextPageToken: next}, nil
 }
 
 // GetCluster returns one cluster, checked now.

@@ -3,7 +3,6 @@ package controller
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 
 	"google.golang.org/grpc/codes"
@@ -32,6 +31,11 @@ type commandDelivery struct {
 type deliveries struct {
 	mu   sync.Mutex
 	sent map[string]bool
+	// stale: a delivery failed part way (the store was unavailable), so
+	// the queue may hold commands this session has not been sent; the
+	// next delivery reads the whole queue rather than only what it is
+	// handed.
+	stale bool
 }
 
 func (*commandDelivery) name() string          { return "commands" }
@@ -78,47 +82,108 @@ func (m *commandDelivery) wakeNode(nodeID string) {
 	}()
 }
 
+// wakeWith delivers c, just queued, to its node if it is connected,
+// without reading the node's queue back: a fan-out to 10,000 nodes then
+// costs one store read less per node. Like wakeNode it does not wait.
+func (m *commandDelivery) wakeWith(c store.Command) {
+	sess := m.srv.sessionOf(c.NodeID)
+	if sess == nil {
+		return
+	}
+	m.mu.Lock()
+	d := m.sessions[sess]
+	m.mu.Unlock()
+	if d == nil {
+		return // its first delivery has not begun: it will find the command
+	}
+	go func() {
+		err := m.deliverOne(sess.ctx, sess, d, c)
+		if storeUnavailable(err) {
+			m.srv.log.Warn("deliver commands: the store is unavailable", "node_id", c.NodeID, "error", err)
+		} else if err != nil {
+			sess.cancel(err)
+		}
+	}()
+}
+
+func (m *commandDelivery) deliverOne(ctx context.Context, sess *session, d *deliveries, c store.Command) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stale {
+		return m.deliverLocked(ctx, sess, d)
+	}
+	return m.sendOne(ctx, sess, d, c)
+}
+
 func (m *commandDelivery) deliver(ctx context.Context, sess *session, d *deliveries) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return m.deliverPending(ctx, sess, d.sent)
+	return m.deliverLocked(ctx, sess, d)
 }
 
-func (m *commandDelivery) deliverPending(ctx context.Context, sess *session, sent map[string]bool) error {
+func (m *commandDelivery) deliverLocked(ctx context.Context, sess *session, d *deliveries) error {
+	err := m.deliverPending(ctx, sess, d)
+	d.stale = err != nil
+	return err
+}
+
+func (m *commandDelivery) deliverPending(ctx context.Context, sess *session, d *deliveries) error {
 	s := m.srv
 	pending, err := s.store.PendingCommands(ctx, sess.nodeID)
 	if err != nil {
 		return status.Errorf(codes.Internal, "load pending commands: %v", err)
 	}
 	for _, c := range pending {
-		if sent[c.ID] {
-			continue
-		}
 		if ctx.Err() != nil {
 			return nil
 		}
-		now := s.opts.Now()
-		// Marked delivered before sending: a crash in between shows as one
-		// more delivery than happened, never as a command that was lost.
-		c, err = s.store.UpdateCommand(ctx, c.ID, func(c *store.Command) error {
-			c.Deliveries++
-			c.DeliveredAt = now
-			if c.State == store.CommandPending {
-				c.State = store.CommandDelivered
-			}
-			return nil
-		})
-		if err != nil {
-			return status.Errorf(codes.Internal, "mark command delivered: %v", err)
+		if err := m.sendOne(ctx, sess, d, c); err != nil {
+			return err
 		}
-		sess.send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Command{Command: &agentv1.Command{
-			Id:        c.ID,
-			Kind:      c.Kind,
-			Params:    c.Params,
-			CreatedAt: timestamppb.New(c.CreatedAt),
-		}}})
-		sent[c.ID] = true
 	}
+	return nil
+}
+
+// sendOne marks c delivered and sends it, unless this session has had it.
+// The mark goes through the store's batched write path, so the marks of
+// a fan-out's many sessions share transactions.
+func (m *commandDelivery) sendOne(ctx context.Context, sess *session, d *deliveries, c store.Command) error {
+	s := m.srv
+	if d.sent[c.ID] || ctx.Err() != nil {
+		return nil
+	}
+	id := c.ID
+	now := s.opts.Now()
+	// Marked delivered before sending: a crash in between shows as one
+	// more delivery than happened, never as a command that was lost.
+	c, err := s.store.UpdateCommand(ctx, id, func(c *store.Command) error {
+		if c.State.Done() {
+			return errAlreadyDone
+		}
+		c.Deliveries++
+		c.DeliveredAt = now
+		if c.State == store.CommandPending {
+			c.State = store.CommandDelivered
+		}
+		return nil
+	})
+	if errors.Is(err, errAlreadyDone) {
+		d.sent[id] = true
+		return nil
+	}
+	if err != nil {
+		if storeUnavailable(err) {
+			return status.Errorf(codes.Unavailable, "mark command delivered: %v", err)
+		}
+		return status.Errorf(codes.Internal, "mark command delivered: %v", err)
+	}
+	sess.send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Command{Command: &agentv1.Command{
+		Id:        c.ID,
+		Kind:      c.Kind,
+		Params:    c.Params,
+		CreatedAt: timestamppb.New(c.CreatedAt),
+	}}})
+	d.sent[id] = true
 	return nil
 }
 
@@ -133,7 +198,7 @@ func (m *commandDelivery) recordResult(ctx context.Context, sess *session, r *ag
 	tail := s.progress.snapshot(sess, r.GetCommandId())
 	c, err := s.store.UpdateCommand(ctx, r.GetCommandId(), func(c *store.Command) error {
 		if c.NodeID != sess.nodeID {
-			return fmt.Errorf("%w: command belongs to another node", store.ErrNotFound)
+			return errForeignCommand
 		}
 		if c.State.Done() {
 			return errAlreadyDone
@@ -156,6 +221,11 @@ func (m *commandDelivery) recordResult(ctx context.Context, sess *session, r *ag
 	switch {
 	case errors.Is(err, errAlreadyDone):
 		return nil // a duplicate report after a redelivery
+	case errors.Is(err, errForeignCommand):
+		// No agent is ever sent another node's command: this one is
+		// forging results. Its session ends; the command is untouched.
+		s.refusals.note(ctx, "command result", sess.nodeID, err, "command_id", truncate(r.GetCommandId(), 64))
+		return status.Errorf(codes.PermissionDenied, "command %s is not this node's: a node reports results only for its own commands", truncate(r.GetCommandId(), 64))
 	case errors.Is(err, store.ErrNotFound):
 		s.log.WarnContext(ctx, "result for an unknown command", "node_id", sess.nodeID, "command_id", r.GetCommandId())
 		return nil
@@ -169,4 +239,7 @@ func (m *commandDelivery) recordResult(ctx context.Context, sess *session, r *ag
 	return nil
 }
 
-var errAlreadyDone = errors.New("command already has a result")
+var (
+	errAlreadyDone    = errors.New("command already has a result")
+	errForeignCommand = errors.New("result for another node's command")
+)

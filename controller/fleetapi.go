@@ -134,16 +134,16 @@ func (a *FleetAPI) CreateToken(ctx context.Context, req *fleetv1.CreateTokenRequ
 }
 
 // ListTokens lists join tokens.
-func (a *FleetAPI) ListTokens(ctx context.Context, _ *fleetv1.ListTokensRequest) (*fleetv1.ListTokensResponse, error) {
+func (a *FleetAPI) ListTokens(ctx context.Context, req *fleetv1.ListTokensRequest) (*fleetv1.ListTokensResponse, error) {
 	ts, err := a.s.store.ListTokens(ctx)
 	if err != nil {
 		return nil, storeErr(err)
 	}
-	out := &fleetv1.ListTokensResponse{}
-	for _, t := range ts {
-		out.Tokens = append(out.Tokens, tokenToProto(t))
+	tokens, next, err := page(ts, func(t store.Token) string { return t.ID }, tokenToProto, req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err
 	}
-	return out, nil
+	return &fleetv1.ListTokensResponse{Tokens: tokens, NextPageToken: next}, nil
 }
 
 // RevokeToken revokes a join token; nodes it enrolled stay enrolled.
@@ -232,6 +232,7 @@ func (a *FleetAPI) ListCommands(ctx context.Context, req *fleetv1.ListCommandsRe
 	if err != nil {
 		return nil, storeErr(err)
 	}
+	cs = batchOnly(cs, req.GetBatchId())
 	cmds, next, err := page(cs, func(c store.Command) string { return c.ID }, commandToProto, req.GetPageSize(), req.GetPageToken())
 	if err != nil {
 		return nil, err
@@ -345,6 +346,7 @@ func commandToProto(c store.Command) *fleetv1.Command {
 		Message:     c.Message,
 		Output:      c.Output,
 		OutputTail:  outputTailToProto(c.OutputTail),
+		BatchId:     c.BatchID,
 	}
 }
 

@@ -35,10 +35,12 @@ func (m *gpuReports) handleInventory(ctx context.Context, sess *session, msg *ag
 		m.srv.refusals.note(ctx, "gpu inventory", sess.nodeID, err)
 		return nil
 	}
-	if err := m.recordInventory(ctx, sess.nodeID, msg.GpuInventory); err != nil {
-		return status.Errorf(codes.Internal, "store GPU inventory: %v", err)
-	}
-	return nil
+	return m.srv.reports.submit(ctx, sess.nodeID, "gpu_inventory", func(ctx context.Context) error {
+		if err := m.recordInventory(ctx, sess.nodeID, msg.GpuInventory); err != nil {
+			return status.Errorf(codes.Internal, "store GPU inventory: %v", err)
+		}
+		return nil
+	})
 }
 
 func (m *gpuReports) handleHealth(ctx context.Context, sess *session, msg *agentv1.ConnectRequest_GpuHealth) error {
@@ -46,10 +48,12 @@ func (m *gpuReports) handleHealth(ctx context.Context, sess *session, msg *agent
 		m.srv.refusals.note(ctx, "gpu health", sess.nodeID, err)
 		return nil
 	}
-	if err := m.recordHealth(ctx, sess.nodeID, msg.GpuHealth); err != nil {
-		return status.Errorf(codes.Internal, "store GPU health: %v", err)
-	}
-	return nil
+	return m.srv.reports.submit(ctx, sess.nodeID, "gpu_health", func(ctx context.Context) error {
+		if err := m.recordHealth(ctx, sess.nodeID, msg.GpuHealth); err != nil {
+			return status.Errorf(codes.Internal, "store GPU health: %v", err)
+		}
+		return nil
+	})
 }
 
 func decodeGPUs(n store.Node) (*fleetv1.NodeGpus, error) {
@@ -295,7 +299,13 @@ func (a *FleetAPI) ListGpus(ctx context.Context, req *fleetv1.ListGpusRequest) (
 			}
 		}
 	}
-	return out, nil
+	// Rows are built whole, then cut: a row is named by its node and its
+	// (GPU or MIG) UUID.
+	rows, next, err := page(out.Gpus, func(r *fleetv1.GpuRow) string { return r.GetNodeId() + "/" + r.GetUuid() }, func(r *fleetv1.GpuRow) *fleetv1.GpuRow { return r }, req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	return &fleetv1.ListGpusResponse{Gpus: rows, NextPageToken: next}, nil
 }
 
 // GetGpuSummary counts GPUs by product and health.

@@ -185,16 +185,16 @@ func (a *MachineAPI) names(ctx context.Context, provider, prefix string, count i
 }
 
 // ListMachines lists every machine from the store.
-func (a *MachineAPI) ListMachines(ctx context.Context, _ *machinev1.ListMachinesRequest) (*machinev1.ListMachinesResponse, error) {
+func (a *MachineAPI) ListMachines(ctx context.Context, req *machinev1.ListMachinesRequest) (*machinev1.ListMachinesResponse, error) {
 	recs, err := a.s.machines.store.ListMachines(ctx)
 	if err != nil {
 		return nil, storeErr(err)
 	}
-	out := &machinev1.ListMachinesResponse{}
-	for _, r := range recs {
-		out.Machines = append(out.Machines, a.s.machineToProto(ctx, r))
+	list, next, err := page(recs, func(m store.Machine) string { return m.ID }, func(m store.Machine) *machinev1.Machine { return a.s.machineToProto(ctx, m) }, req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err
 	}
-	return out, nil
+	return &machinev1.ListMachinesResponse{Machines: list, NextPageToken: next}, nil
 }
 
 // GetMachine returns one machine, refreshed from its provider when it

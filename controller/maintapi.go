@@ -365,17 +365,17 @@ func labelsText(m map[string]string) string {
 }
 
 // ListCampaigns returns every campaign, oldest first.
-func (a *MaintenanceAPI) ListCampaigns(ctx context.Context, _ *maintv1.ListCampaignsRequest) (*maintv1.ListCampaignsResponse, error) {
+func (a *MaintenanceAPI) ListCampaigns(ctx context.Context, req *maintv1.ListCampaignsRequest) (*maintv1.ListCampaignsResponse, error) {
 	cs, err := a.s.campaigns.store.ListCampaigns(ctx)
 	if err != nil {
 		return nil, storeErr(err)
 	}
 	now := a.s.opts.Now()
-	out := &maintv1.ListCampaignsResponse{}
-	for _, c := range cs {
-		out.Campaigns = append(out.Campaigns, campaignToProto(c, now))
+	list, next, err := page(cs, func(c store.Campaign) string { return c.ID }, func(c store.Campaign) *maintv1.Campaign { return campaignToProto(c, now) }, req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err
 	}
-	return out, nil
+	return &maintv1.ListCampaignsResponse{Campaigns: list, NextPageToken: next}, nil
 }
 
 func (a *MaintenanceAPI) get(ctx context.Context, id string) (store.Campaign, error) {

@@ -85,16 +85,16 @@ func (a *FleetAPI) IssueOperator(ctx context.Context, req *fleetv1.IssueOperator
 }
 
 // ListOperators lists the operators the controller issued.
-func (a *FleetAPI) ListOperators(ctx context.Context, _ *fleetv1.ListOperatorsRequest) (*fleetv1.ListOperatorsResponse, error) {
+func (a *FleetAPI) ListOperators(ctx context.Context, req *fleetv1.ListOperatorsRequest) (*fleetv1.ListOperatorsResponse, error) {
 	os, err := a.s.store.ListOperators(ctx)
 	if err != nil {
 		return nil, storeErr(err)
 	}
-	out := &fleetv1.ListOperatorsResponse{}
-	for _, o := range os {
-		out.Operators = append(out.Operators, operatorToProto(o))
+	ops, next, err := page(os, func(o store.Operator) string { return o.Name }, operatorToProto, req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err
 	}
-	return out, nil
+	return &fleetv1.ListOperatorsResponse{Operators: ops, NextPageToken: next}, nil
 }
 
 // RevokeOperator refuses the operator's certificates from the next call on.

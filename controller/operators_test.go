@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/bud-ecosystem/budfleet/pki"
+	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
 	fleetv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1"
 )
 
@@ -242,5 +243,31 @@ func TestOperatorRenew(t *testing.T) {
 	ctx, _ = e.as(renewed, fleetv1.FleetService_RenewOperator_FullMethodName)
 	if _, err := e.api.RenewOperator(ctx, &fleetv1.RenewOperatorRequest{Csr: otherCSR, RotateKey: true}); err != nil {
 		t.Fatalf("rotate_key renewal: %v", err)
+	}
+}
+
+// A store that cannot answer cannot vouch that a certificate was not
+// revoked or replaced: the call is refused (Unavailable, so the caller
+// retries), never let through as if the operator were unknown.
+func TestOperatorCheckFailsClosedOnStoreError(t *testing.T) {
+	e, admin := newOpEnv(t)
+	key, _ := pki.NewKey()
+	node, err := e.ca.IssueClient(key.Public(), pki.NodeSubject("node-1"), base, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.as(admin, fleetv1.FleetService_ListNodes_FullMethodName); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.store.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.as(admin, fleetv1.FleetService_ListNodes_FullMethodName)
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "operator root") {
+		t.Fatalf("operator call with the store down: %v, want Unavailable", err)
+	}
+	_, err = e.as(node, agentv1.AgentService_Connect_FullMethodName)
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "node-1") {
+		t.Fatalf("node call with the store down: %v, want Unavailable", err)
 	}
 }

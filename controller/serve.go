@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
@@ -58,8 +59,12 @@ type ServeConfig struct {
 	DataDir       string
 	Listen        string
 	MetricsListen string
-	Logger        *slog.Logger
-	Server        Options
+	// Pprof serves net/http/pprof under /debug/pprof/ on the metrics
+	// listener: heap and goroutine profiles of a live controller (off by
+	// default; the listener has no authentication).
+	Pprof  bool
+	Logger *slog.Logger
+	Server Options
 	// ArtifactMaxBytes is the largest artifact the store takes; 0 is
 	// artifact.DefaultMaxBytes.
 	ArtifactMaxBytes int64
@@ -208,20 +213,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		lis.Close()
 		return err
 	}
-	gs := grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(tlsConf)),
-		grpc.MaxRecvMsgSize(MaxMessageBytes),
-		// The read buffer is not pooled under TLS; without it an idle agent
-		// costs ~16 KiB less.
-		grpc.ReadBufferSize(0),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, MaxConnectionIdle: MaxConnectionIdle}),
-		// A TLS handshake that has not finished in this long is dropped.
-		grpc.ConnectionTimeout(ConnectionTimeout),
-		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
-		grpc.ChainUnaryInterceptor(srv.UnaryAuth),
-		grpc.ChainStreamInterceptor(srv.StreamAuth),
-	)
+	gs := grpc.NewServer(srv.GRPCOptions(tlsConf)...)
 	hs := srv.RegisterServices(gs)
 	limited := newLimitListener(lis, cfg.MaxConnections, cfg.MaxConnectionsPerSource, func(addr, reason string) {
 		srv.refusals.note(ctx, "connection", addr, errors.New(reason))
@@ -238,6 +230,10 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+		if cfg.Pprof {
+			mux.HandleFunc("/debug/pprof/", pprof.Index)
+			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		}
 		hsrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	}
 
@@ -340,4 +336,28 @@ func (srv *Server) RegisterServices(gs *grpc.Server) *health.Server {
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
 	return hs
+}
+
+// GRPCOptions are the gRPC server's options: TLS with tlsConf, the message,
+// connection and stream limits, keepalives and the auth interceptors. The
+// tests that play a hostile agent over real mTLS serve with these too.
+func (s *Server) GRPCOptions(tlsConf *tls.Config) []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.Creds(credentials.NewTLS(tlsConf)),
+		grpc.MaxRecvMsgSize(MaxMessageBytes),
+		// The read buffer is not pooled under TLS; without it an idle agent
+		// costs ~16 KiB less.
+		grpc.ReadBufferSize(0),
+		// Each connection's 32 KiB write buffer comes from a pool while a
+		// write is being flushed and goes back after, instead of being held
+		// by every idle agent.
+		grpc.SharedWriteBuffer(true),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, MaxConnectionIdle: MaxConnectionIdle}),
+		// A TLS handshake that has not finished in this long is dropped.
+		grpc.ConnectionTimeout(ConnectionTimeout),
+		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
+		grpc.ChainUnaryInterceptor(s.UnaryAuth),
+		grpc.ChainStreamInterceptor(s.StreamAuth),
+	}
 }

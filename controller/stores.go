@@ -54,6 +54,7 @@ type serverStore interface {
 	commandStore
 	siemConfigStore
 	store.OperatorStore
+	store.CommandBatchStore // fan-outs (fanout.go)
 }
 
 var _ serverStore = store.Store(nil)

@@ -102,7 +102,7 @@ name, version and platform again changes nothing. The push is not limited by
 			if err := listOut.check(); err != nil {
 				return err
 			}
-			resp, err := artifactCall(a, cmd.Context(), artifactv1.ArtifactServiceClient.ListArtifacts, &artifactv1.ListArtifactsRequest{})
+			resp, err := allArtifacts(a, cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -352,4 +352,13 @@ func sizeString(n int64) string {
 		v, u = v/(1<<10), u+1
 	}
 	return fmt.Sprintf("%.1f %s", v, units[u])
+}
+
+// allArtifacts lists every artifact, following the pages.
+func allArtifacts(a *app, ctx context.Context) (*artifactv1.ListArtifactsResponse, error) {
+	return allPages(func(tok string) (*artifactv1.ListArtifactsResponse, error) {
+		return artifactCall(a, ctx, artifactv1.ArtifactServiceClient.ListArtifacts, &artifactv1.ListArtifactsRequest{PageToken: tok})
+	}, func(all, p *artifactv1.ListArtifactsResponse) {
+		all.Artifacts, all.NextPageToken = append(all.Artifacts, p.GetArtifacts()...), p.GetNextPageToken()
+	})
 }

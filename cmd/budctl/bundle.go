@@ -186,7 +186,7 @@ func (a *app) pushBundle(ctx context.Context, path, keyFile string, stdout, stde
 		return fmt.Errorf("%w; nothing was loaded", err)
 	}
 	listCtx, cancel := context.WithTimeout(ctx, a.timeout)
-	resp, err := artifactCall(a, listCtx, artifactv1.ArtifactServiceClient.ListArtifacts, &artifactv1.ListArtifactsRequest{})
+	resp, err := allArtifacts(a, listCtx)
 	cancel()
 	if err != nil {
 		return err

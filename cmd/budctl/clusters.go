@@ -78,7 +78,11 @@ is the one used. Nothing is stored when the cluster cannot be reached.`,
 			if err := listOut.check(); err != nil {
 				return err
 			}
-			resp, err := kubeCall(a, cmd.Context(), kubev1.ClusterServiceClient.ListClusters, &kubev1.ListClustersRequest{})
+			resp, err := allPages(func(tok string) (*kubev1.ListClustersResponse, error) {
+				return kubeCall(a, cmd.Context(), kubev1.ClusterServiceClient.ListClusters, &kubev1.ListClustersRequest{PageToken: tok})
+			}, func(all, p *kubev1.ListClustersResponse) {
+				all.Clusters, all.NextPageToken = append(all.Clusters, p.GetClusters()...), p.GetNextPageToken()
+			})
 			if err != nil {
 				return err
 			}

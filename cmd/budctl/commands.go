@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -23,16 +24,33 @@ func commandState(s fleetv1.CommandState) string {
 func (a *app) commandsCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "commands", Short: "Queue and inspect node commands"}
 
-	var node, scriptFile string
+	var nodes []string
+	var scriptFile, selector string
+	var allNodes bool
 	var params []string
 	var createOut outputFlag
 	create := &cobra.Command{
-		Use:   "create KIND --node ID",
-		Short: "Queue a command for a node (kinds: " + strings.Join(command.KindNames(), ", ") + ")",
-		Args:  cobra.ExactArgs(1),
+		Use:   "create KIND --node ID... | --selector SEL | --all",
+		Short: "Queue a command for a node, or for many at once (kinds: " + strings.Join(command.KindNames(), ", ") + ")",
+		Long: `Queue a command. With one --node it is that node's command and its id is
+printed. With several --node, a --selector (Kubernetes label selector syntax,
+over the nodes' labels) or --all it is a fan-out: one command per chosen node,
+queued together as a batch whose id is printed; follow it with
+'budctl commands batch ID -w'. A selector that matches no node is refused
+and nothing is queued.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := createOut.check(); err != nil {
 				return err
+			}
+			ways := 0
+			for _, set := range []bool{len(nodes) > 0, selector != "", allNodes} {
+				if set {
+					ways++
+				}
+			}
+			if ways != 1 {
+				return errors.New("choose the nodes with exactly one of --node, --selector or --all")
 			}
 			p, err := parseLabels(params)
 			if err != nil {
@@ -43,22 +61,80 @@ func (a *app) commandsCmd() *cobra.Command {
 					return err
 				}
 			}
-			resp, err := fleetCall(a, cmd.Context(), fleetv1.FleetServiceClient.CreateCommand, &fleetv1.CreateCommandRequest{NodeId: node, Kind: args[0], Params: p})
+			if len(nodes) == 1 {
+				resp, err := fleetCall(a, cmd.Context(), fleetv1.FleetServiceClient.CreateCommand, &fleetv1.CreateCommandRequest{NodeId: nodes[0], Kind: args[0], Params: p})
+				if err != nil {
+					return err
+				}
+				return createOut.print(cmd.OutOrStdout(), resp, func(tw *tabwriter.Writer) {
+					fmt.Fprintln(tw, resp.GetCommand().GetId())
+				})
+			}
+			resp, err := fleetCall(a, cmd.Context(), fleetv1.FleetServiceClient.CreateCommands, &fleetv1.CreateCommandsRequest{
+				Kind: args[0], Params: p, NodeIds: nodes, LabelSelector: selector, AllNodes: allNodes,
+			})
 			if err != nil {
 				return err
 			}
 			return createOut.print(cmd.OutOrStdout(), resp, func(tw *tabwriter.Writer) {
-				fmt.Fprintln(tw, resp.GetCommand().GetId())
+				fmt.Fprintf(tw, "%s\t%d commands\n", resp.GetBatchId(), resp.GetCount())
 			})
 		},
 	}
-	create.Flags().StringVar(&node, "node", "", "node id")
+	create.Flags().StringArrayVar(&nodes, "node", nil, "node id (repeatable: several make a fan-out)")
+	create.Flags().StringVar(&selector, "selector", "", "fan-out: every node whose labels match this label selector (e.g. rack=r1,gpu!=none)")
+	create.Flags().BoolVar(&allNodes, "all", false, "fan-out: every enrolled node")
 	create.Flags().StringArrayVar(&params, "param", nil, "parameter k=v (repeatable)")
 	create.Flags().StringVar(&scriptFile, "script", "", "maintenance.task: the script file, sent base64 as param script (at most 256 KiB)")
-	_ = create.MarkFlagRequired("node")
 	createOut.add(create)
 
-	var listNode string
+	var batchWatch bool
+	var batchOut outputFlag
+	batch := &cobra.Command{
+		Use:   "batch ID",
+		Short: "Count a fan-out's commands by state (-w: until every one has a result)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := batchOut.check(); err != nil {
+				return err
+			}
+			var last string
+			for {
+				resp, err := fleetCall(a, cmd.Context(), fleetv1.FleetServiceClient.GetCommandBatch, &fleetv1.GetCommandBatchRequest{BatchId: args[0]})
+				if err != nil {
+					return err
+				}
+				open := resp.GetPending() + resp.GetDelivered()
+				line := fmt.Sprint(resp.GetTotal(), resp.GetPending(), resp.GetDelivered(), resp.GetSucceeded(), resp.GetFailed())
+				if !batchWatch || line != last {
+					if err := batchOut.print(cmd.OutOrStdout(), resp, func(tw *tabwriter.Writer) {
+						if last == "" {
+							fmt.Fprintln(tw, "BATCH\tKIND\tTOTAL\tPENDING\tDELIVERED\tSUCCEEDED\tFAILED")
+						}
+						fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\n", resp.GetBatchId(), resp.GetKind(), resp.GetTotal(), resp.GetPending(), resp.GetDelivered(), resp.GetSucceeded(), resp.GetFailed())
+					}); err != nil {
+						return err
+					}
+					last = line
+				}
+				if !batchWatch || open == 0 {
+					if resp.GetFailed() > 0 {
+						return fmt.Errorf("%d of %d commands failed (see 'budctl commands list --batch %s')", resp.GetFailed(), resp.GetTotal(), resp.GetBatchId())
+					}
+					return nil
+				}
+				select {
+				case <-cmd.Context().Done():
+					return cmd.Context().Err()
+				case <-time.After(time.Second):
+				}
+			}
+		},
+	}
+	batch.Flags().BoolVarP(&batchWatch, "watch", "w", false, "print the counts on every change until no command is pending or delivered")
+	batchOut.add(batch)
+
+	var listNode, listBatch string
 	var listOut outputFlag
 	list := &cobra.Command{
 		Use:   "list",
@@ -68,7 +144,7 @@ func (a *app) commandsCmd() *cobra.Command {
 			if err := listOut.check(); err != nil {
 				return err
 			}
-			resp, err := allCommands(a, cmd.Context(), listNode)
+			resp, err := allCommands(a, cmd.Context(), listNode, listBatch)
 			if err != nil {
 				return err
 			}
@@ -82,6 +158,7 @@ func (a *app) commandsCmd() *cobra.Command {
 		},
 	}
 	list.Flags().StringVar(&listNode, "node", "", "only this node's commands")
+	list.Flags().StringVar(&listBatch, "batch", "", "only the commands of this fan-out")
 	listOut.add(list)
 
 	var getOut outputFlag
@@ -103,7 +180,7 @@ func (a *app) commandsCmd() *cobra.Command {
 		},
 	}
 	getOut.add(get)
-	cmd.AddCommand(create, list, get)
+	cmd.AddCommand(create, batch, list, get)
 	return cmd
 }
 

@@ -43,7 +43,12 @@ func (a *app) gpusCmd() *cobra.Command {
 			if err := listOut.check(); err != nil {
 				return err
 			}
-			resp, err := fleetCall(a, cmd.Context(), fleetv1.FleetServiceClient.ListGpus, &req)
+			resp, err := allPages(func(tok string) (*fleetv1.ListGpusResponse, error) {
+				req.PageToken = tok
+				return fleetCall(a, cmd.Context(), fleetv1.FleetServiceClient.ListGpus, &req)
+			}, func(all, p *fleetv1.ListGpusResponse) {
+				all.Gpus, all.NextPageToken = append(all.Gpus, p.GetGpus()...), p.GetNextPageToken()
+			})
 			if err != nil {
 				return err
 			}

@@ -174,7 +174,11 @@ unless set.`,
 			if err := listOut.check(); err != nil {
 				return err
 			}
-			resp, err := machineCall(a, cmd.Context(), machinev1.MachineServiceClient.ListMachines, &machinev1.ListMachinesRequest{})
+			resp, err := allPages(func(tok string) (*machinev1.ListMachinesResponse, error) {
+				return machineCall(a, cmd.Context(), machinev1.MachineServiceClient.ListMachines, &machinev1.ListMachinesRequest{PageToken: tok})
+			}, func(all, p *machinev1.ListMachinesResponse) {
+				all.Machines, all.NextPageToken = append(all.Machines, p.GetMachines()...), p.GetNextPageToken()
+			})
 			if err != nil {
 				return err
 			}

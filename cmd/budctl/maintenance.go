@@ -218,7 +218,11 @@ would take, storing nothing).`,
 			if err := listOut.check(); err != nil {
 				return err
 			}
-			resp, err := maintCall(a, cmd.Context(), maintv1.MaintenanceServiceClient.ListCampaigns, &maintv1.ListCampaignsRequest{})
+			resp, err := allPages(func(tok string) (*maintv1.ListCampaignsResponse, error) {
+				return maintCall(a, cmd.Context(), maintv1.MaintenanceServiceClient.ListCampaigns, &maintv1.ListCampaignsRequest{PageToken: tok})
+			}, func(all, p *maintv1.ListCampaignsResponse) {
+				all.Campaigns, all.NextPageToken = append(all.Campaigns, p.GetCampaigns()...), p.GetNextPageToken()
+			})
 			if err != nil {
 				return err
 			}

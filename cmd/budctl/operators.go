@@ -104,7 +104,11 @@ func (a *app) operatorsCmd() *cobra.Command {
 			if err := listOut.check(); err != nil {
 				return err
 			}
-			resp, err := fleetCall(a, cmd.Context(), fleetv1.FleetServiceClient.ListOperators, &fleetv1.ListOperatorsRequest{})
+			resp, err := allPages(func(tok string) (*fleetv1.ListOperatorsResponse, error) {
+				return fleetCall(a, cmd.Context(), fleetv1.FleetServiceClient.ListOperators, &fleetv1.ListOperatorsRequest{PageToken: tok})
+			}, func(all, p *fleetv1.ListOperatorsResponse) {
+				all.Operators, all.NextPageToken = append(all.Operators, p.GetOperators()...), p.GetNextPageToken()
+			})
 			if err != nil {
 				return err
 			}

@@ -222,9 +222,9 @@ func allNodes(a *app, ctx context.Context) (*fleetv1.ListNodesResponse, error) {
 
 // allCommands lists every command of node (all nodes when empty),
 // following the pages.
-func allCommands(a *app, ctx context.Context, node string) (*fleetv1.ListCommandsResponse, error) {
+func allCommands(a *app, ctx context.Context, node, batch string) (*fleetv1.ListCommandsResponse, error) {
 	out := &fleetv1.ListCommandsResponse{}
-	req := &fleetv1.ListCommandsRequest{NodeId: node}
+	req := &fleetv1.ListCommandsRequest{NodeId: node, BatchId: batch}
 	for {
 		resp, err := fleetCall(a, ctx, fleetv1.FleetServiceClient.ListCommands, req)
 		if err != nil {
@@ -236,4 +236,27 @@ func allCommands(a *app, ctx context.Context, node string) (*fleetv1.ListCommand
 		}
 		req.PageToken = resp.GetNextPageToken()
 	}
+}
+
+// allPages lists from the first page to the last: list is called with each
+// page token in turn and merge adds each later page to the first (its items
+// and its next_page_token), so the result reads as one response.
+func allPages[R interface{ GetNextPageToken() string }](list func(token string) (R, error), merge func(all, page R)) (R, error) {
+	all, err := list("")
+	if err != nil {
+		return all, err
+	}
+	seen := map[string]bool{}
+	for tok := all.GetNextPageToken(); tok != ""; tok = all.GetNextPageToken() {
+		if seen[tok] {
+			return all, fmt.Errorf("the controller sent page token %q twice: stopping rather than listing forever", tok)
+		}
+		seen[tok] = true
+		p, err := list(tok)
+		if err != nil {
+			return all, err
+		}
+		merge(all, p)
+	}
+	return all, nil
 }

@@ -57,7 +57,11 @@ func (a *app) tokensCmd() *cobra.Command {
 			if err := listOut.check(); err != nil {
 				return err
 			}
-			resp, err := fleetCall(a, cmd.Context(), fleetv1.FleetServiceClient.ListTokens, &fleetv1.ListTokensRequest{})
+			resp, err := allPages(func(tok string) (*fleetv1.ListTokensResponse, error) {
+				return fleetCall(a, cmd.Context(), fleetv1.FleetServiceClient.ListTokens, &fleetv1.ListTokensRequest{PageToken: tok})
+			}, func(all, p *fleetv1.ListTokensResponse) {
+				all.Tokens, all.NextPageToken = append(all.Tokens, p.GetTokens()...), p.GetNextPageToken()
+			})
 			if err != nil {
 				return err
 			}

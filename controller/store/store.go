@@ -29,6 +29,10 @@ var (
 	// ErrUnavailable: the backend cannot serve the call now (etcd without
 	// a quorum); nothing was changed, and the same call may succeed later.
 	ErrUnavailable = errors.New("the controller's store is unavailable; nothing was changed")
+	// ErrPartialBatch: EnqueueCommands stored only some of a batch's
+	// commands (etcd, which splits a batch into transactions); the error
+	// says how many. Those are queued and will be delivered.
+	ErrPartialBatch = errors.New("only part of the batch was queued")
 )
 
 // Store is the controller's persistent state.
@@ -102,11 +106,12 @@ type Store interface {
 	// labels (see SIEMConfig.Selects); ok is false when none does.
 	SIEMConfigFor(ctx context.Context, labels map[string]string) (c SIEMConfig, ok bool, err error)
 
-	ClusterStore  // Kubernetes clusters and their credentials (clusters.go)
-	CampaignStore // maintenance campaigns (campaign.go)
-	ArtifactStore // the artifact store's metadata (artifact.go)
-	MachineStore  // machines of provider plugins (machines.go)
-	OperatorStore // operator credentials and their roles (operators.go)
+	CommandBatchStore // fan-outs of one command to many nodes (batch.go)
+	ClusterStore      // Kubernetes clusters and their credentials (clusters.go)
+	CampaignStore     // maintenance campaigns (campaign.go)
+	ArtifactStore     // the artifact store's metadata (artifact.go)
+	MachineStore      // machines of provider plugins (machines.go)
+	OperatorStore     // operator credentials and their roles (operators.go)
 
 	// Close releases the backend. No method may be called after it.
 	Close() error
@@ -202,6 +207,9 @@ type Command struct {
 	// OutputTail is what the command streamed while it ran
 	// (maintenance.task); nil for commands that stream nothing.
 	OutputTail *OutputTail `json:"output_tail,omitempty"`
+	// BatchID is the fan-out (EnqueueCommands) the command belongs to; ""
+	// for one queued alone.
+	BatchID string `json:"batch_id,omitempty"`
 }
 
 // OutputTail is the end of a running command's stdout and stderr, as the

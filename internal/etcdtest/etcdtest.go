@@ -11,7 +11,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -23,6 +22,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/bud-ecosystem/budfleet/internal/freeport"
 )
 
 // Member is one etcd process.
@@ -108,17 +109,6 @@ func findBinary() (string, error) {
 	return filepath.Join(strings.TrimSpace(string(out)), "etcd"), nil
 }
 
-// FreePort returns a loopback port nothing listens on now.
-func FreePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // Start runs an n-member cluster in a temp dir and stops it at cleanup.
 func Start(t testing.TB, n int) *Cluster {
 	t.Helper()
@@ -137,8 +127,8 @@ func start(t testing.TB, n int, scheme string, extra []string, hc *http.Client) 
 	for i := range n {
 		m := &Member{
 			Name:      "m" + strconv.Itoa(i),
-			ClientURL: scheme + "://127.0.0.1:" + strconv.Itoa(FreePort(t)),
-			PeerURL:   "http://127.0.0.1:" + strconv.Itoa(FreePort(t)),
+			ClientURL: scheme + "://127.0.0.1:" + strconv.Itoa(freeport.T(t)),
+			PeerURL:   "http://127.0.0.1:" + strconv.Itoa(freeport.T(t)),
 			DataDir:   filepath.Join(dir, "m"+strconv.Itoa(i)),
 			LogFile:   filepath.Join(dir, "m"+strconv.Itoa(i)+".log"),
 			bin:       bin,

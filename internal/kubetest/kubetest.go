@@ -70,6 +70,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/bud-ecosystem/budfleet/internal/freeport"
 )
 
 // Version is the Kubernetes version of the control plane.
@@ -226,7 +228,7 @@ func (cp *ControlPlane) start(ctx context.Context, o *options) error {
 
 	var etcdPort, peerPort, apiPort int
 	for _, p := range []*int{&etcdPort, &peerPort, &apiPort} {
-		if *p, err = freePort(); err != nil {
+		if *p, err = freeport.Pick(); err != nil {
 			return err
 		}
 	}
@@ -332,7 +334,7 @@ func (cp *ControlPlane) start(ctx context.Context, o *options) error {
 }
 
 func (cp *ControlPlane) startControllerManager(ctx context.Context, ca *clusterCA, saKey string, extra []string) error {
-	port, err := freePort()
+	port, err := freeport.Pick()
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/bud-ecosystem/budfleet/internal/freeport"
 )
 
 // KwokAnnotation marks a node for kwok: the nodes whose annotation
@@ -59,7 +61,7 @@ func (cp *ControlPlane) startKwok(ctx context.Context) error {
 	if err := os.WriteFile(stagesFile, stages, 0o644); err != nil {
 		return err
 	}
-	port, err := freePort()
+	port, err := freeport.Pick()
 	if err != nil {
 		return err
 	}

@@ -5,13 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"sync"
 	"syscall"
 	"time"
 )
@@ -101,32 +97,4 @@ func (p *process) logTail(max int64) string {
 	var b bytes.Buffer
 	_, _ = io.Copy(&b, f)
 	return prefix + b.String()
-}
-
-var (
-	portsMu sync.Mutex
-	ports   = map[int]bool{} // handed out in this process
-)
-
-// freePort picks a free loopback port below the kernel's ephemeral range
-// (32768 and up here), so that no outgoing connection takes it between the
-// pick and the component's bind. A port is handed out once per process, so
-// control planes started in parallel do not collide with each other.
-func freePort() (int, error) {
-	portsMu.Lock()
-	defer portsMu.Unlock()
-	for range 500 {
-		p := 20000 + rand.IntN(12000)
-		if ports[p] {
-			continue
-		}
-		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
-		if err != nil {
-			continue
-		}
-		l.Close()
-		ports[p] = true
-		return p, nil
-	}
-	return 0, errors.New("no free loopback port between 20000 and 32000")
 }

@@ -58,7 +58,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -71,6 +70,8 @@ import (
 	"time"
 	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/bud-ecosystem/budfleet/internal/freeport"
 )
 
 // Options configure Start.
@@ -174,22 +175,6 @@ func Ensure() (string, error) {
 	return "", errors.New("rsyslogd not found after scripts/ensure-rsyslog.sh")
 }
 
-// freePort picks a free port below the kernel's ephemeral range (which
-// starts at 32768 here), so an outgoing connection cannot take it between
-// the pick and rsyslog's bind, or across a Restart.
-func freePort() (int, error) {
-	for range 200 {
-		p := 20000 + rand.IntN(12000)
-		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
-		if err != nil {
-			continue
-		}
-		l.Close()
-		return p, nil
-	}
-	return 0, errors.New("no free port below the ephemeral range")
-}
-
 // Start writes the certificates and config into t.TempDir(), checks the
 // config with rsyslogd -N1, starts rsyslogd and waits until both listeners
 // accept connections. t.Cleanup stops it.
@@ -221,11 +206,11 @@ func Start(t testing.TB, opts Options) *Server {
 		t:            t,
 		rsyslogd:     rsyslogd,
 	}
-	tlsPort, err := freePort()
+	tlsPort, err := freeport.Pick()
 	if err != nil {
 		t.Fatalf("rsyslogtest: %v", err)
 	}
-	relpPort, err := freePort()
+	relpPort, err := freeport.Pick()
 	if err != nil {
 		t.Fatalf("rsyslogtest: %v", err)
 	}

@@ -17,7 +17,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -27,7 +26,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -38,6 +36,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/bud-ecosystem/budfleet/internal/freeport"
 	fleetv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1"
 )
 
@@ -213,56 +212,8 @@ func consistently(t testing.TB, d time.Duration, f func() error) {
 // ---------------------------------------------------------------------------
 // Ports
 
-var ports struct {
-	sync.Mutex
-	next, lo, hi int
-}
-
-// freePort returns a port on 127.0.0.1 that was free a moment ago. It picks
-// from below the kernel's ephemeral range, so that the many outgoing
-// connections of the agents and budctl never take a controller's port while
-// the controller is restarting.
-func freePort(t testing.TB) int {
-	t.Helper()
-	ports.Lock()
-	defer ports.Unlock()
-	if ports.next == 0 {
-		ports.lo, ports.hi = 20000, 32000
-		if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-			if f := strings.Fields(string(b)); len(f) == 2 {
-				if lo, err := strconv.Atoi(f[0]); err == nil && lo > 12000 {
-					ports.lo, ports.hi = lo-11000, lo-1
-				} else if err == nil {
-					ports.lo = 0 // no room below the range: let the kernel choose
-				}
-			}
-		}
-		if ports.lo > 0 {
-			ports.next = ports.lo + rand.IntN(ports.hi-ports.lo)
-		} else {
-			ports.next = -1
-		}
-	}
-	for range 200 {
-		p := 0
-		if ports.next > 0 {
-			p = ports.next
-			ports.next++
-			if ports.next > ports.hi {
-				ports.next = ports.lo
-			}
-		}
-		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
-		if err != nil {
-			continue
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		return port
-	}
-	t.Fatal("no free port on 127.0.0.1")
-	return 0
-}
+// freePort is internal/freeport's pick, the one every harness uses.
+func freePort(t testing.TB) int { return freeport.T(t) }
 
 // ---------------------------------------------------------------------------
 // Processes

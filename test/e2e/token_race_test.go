@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -35,7 +36,7 @@ func TestSingleUseTokenUnderParallelJoins(t *testing.T) {
 			switch {
 			case err == nil && enrolledRe.MatchString(out):
 				ok++
-			case err != nil && strings.Contains(serr, "PermissionDenied") || strings.Contains(serr, "used"):
+			case err != nil && strings.Contains(serr, "is used up (1 of 1 uses)"):
 				refused++
 			default:
 				t.Errorf("join: %v\n%s%s", err, out, serr)
@@ -48,6 +49,58 @@ func TestSingleUseTokenUnderParallelJoins(t *testing.T) {
 	}
 	if nodes := c.mustListNodes(t); len(nodes) != 1 {
 		t.Fatalf("%d nodes stored, want 1", len(nodes))
+	}
+	for id, uses := range c.tokenUses(t) {
+		if uses != 1 {
+			t.Errorf("token %s has %d uses, want 1", id, uses)
+		}
+	}
+}
+
+// TestTwoAgentsRaceForOneUseToken: two agents started together with one
+// single-use token, round after round: one enrolls, the other is told the
+// token is used up, and the token shows one use.
+func TestTwoAgentsRaceForOneUseToken(t *testing.T) {
+	t.Parallel()
+	c := startController(t)
+	const rounds = 5
+	for r := range rounds {
+		tok := c.createToken(t, "--uses", "1")
+		agents := []*agent{c.newAgent(t, fmt.Sprintf("duel-%d-a", r)), c.newAgent(t, fmt.Sprintf("duel-%d-b", r))}
+		type result struct {
+			out, serr string
+			err       error
+		}
+		results := make([]result, 2)
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for i, a := range agents {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				out, serr, err := a.join(tok)
+				results[i] = result{out, serr, err}
+			}()
+		}
+		close(start)
+		wg.Wait()
+		won := 0
+		for i, res := range results {
+			switch {
+			case res.err == nil && enrolledRe.MatchString(res.out):
+				won++
+			case res.err != nil && strings.Contains(res.serr, "is used up (1 of 1 uses)"):
+			default:
+				t.Errorf("round %d, agent %d: %v\n%s%s", r, i, res.err, res.out, res.serr)
+			}
+		}
+		if won != 1 {
+			t.Fatalf("round %d: %d agents enrolled with one single-use token", r, won)
+		}
+	}
+	if nodes := c.mustListNodes(t); len(nodes) != rounds {
+		t.Fatalf("%d nodes stored after %d rounds, want %d", len(nodes), rounds, rounds)
 	}
 	for id, uses := range c.tokenUses(t) {
 		if uses != 1 {

@@ -116,7 +116,7 @@ func writeRaw(t *testing.T, path string, fn func(tx *bbolt.Tx) error) {
 }
 
 func wantBuckets() []string {
-	return []string{"artifact_names", "artifacts", "campaigns", "clusters", "command_index", "commands", "machines", "meta", "nodes", "operators", "siem_configs", "tokens"}
+	return []string{"artifact_names", "artifacts", "batch_commands", "campaigns", "clusters", "command_batches", "command_index", "commands", "machines", "meta", "nodes", "operators", "siem_configs", "tokens"}
 }
 
 func TestOpenCreatesFileAndSchema(t *testing.T) {
@@ -149,8 +149,8 @@ func TestOpenCreatesFileAndSchema(t *testing.T) {
 	if v != SchemaVersion() {
 		t.Errorf("schema_version = %d, want %d", v, SchemaVersion())
 	}
-	if SchemaVersion() != 7 {
-		t.Errorf("SchemaVersion() = %d; the schema doc in bolt.go describes version 7, update both together", SchemaVersion())
+	if SchemaVersion() != 8 {
+		t.Errorf("SchemaVersion() = %d; the schema doc in bolt.go describes version 8, update both together", SchemaVersion())
 	}
 	if got := rawBuckets(t, path); !reflect.DeepEqual(got, wantBuckets()) {
 		t.Errorf("buckets = %v, want %v", got, wantBuckets())

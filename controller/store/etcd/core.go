@@ -181,9 +181,9 @@ func (s *Store) UpdateNode(ctx context.Context, id string, fn func(*store.Node) 
 
 // DeleteNode removes a node and its command queue.
 func (s *Store) DeleteNode(ctx context.Context, id string) error {
-	var ids []string
+	var ids, batchKeys []string
 	err := s.update(ctx, func(t *tx) error {
-		ids = ids[:0]
+		ids, batchKeys = ids[:0], batchKeys[:0]
 		if ok, err := t.exists(s.nodeKey(id)); err != nil {
 			return err
 		} else if !ok {
@@ -199,6 +199,9 @@ func (s *Store) DeleteNode(ctx context.Context, id string) error {
 				return err
 			}
 			ids = append(ids, c.ID)
+			if c.BatchID != "" {
+				batchKeys = append(batchKeys, s.batchStatePrefix(c.BatchID)+c.ID)
+			}
 			return nil
 		}); err != nil {
 			return err
@@ -214,6 +217,18 @@ func (s *Store) DeleteNode(ctx context.Context, id string) error {
 	// The index entries go after the node, in batches (etcd bounds the
 	// operations of one transaction); one left over is harmless.
 	s.dropIndex(ctx, id, ids)
+	// Likewise the commands' places in their batches' counts.
+	for len(batchKeys) > 0 {
+		n := min(len(batchKeys), 100)
+		part := batchKeys[:n]
+		batchKeys = batchKeys[n:]
+		_ = s.update(ctx, func(t *tx) error {
+			for _, k := range part {
+				t.del(k)
+			}
+			return nil
+		})
+	}
 	return nil
 }
 
@@ -350,6 +365,10 @@ func (s *Store) UpdateCommand(ctx context.Context, id string, fn func(*store.Com
 		c = cur
 		if err := fn(&c); err != nil {
 			return err
+		}
+		if c.BatchID != "" && c.State != cur.State {
+			// The batch's count moves in the same transaction.
+			t.put(s.batchStatePrefix(c.BatchID)+c.ID, []byte(c.State))
 		}
 		return t.putJSON(key, c)
 	})

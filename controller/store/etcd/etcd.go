@@ -19,6 +19,10 @@
 //	P/artifact_names/<name> NUL <version> NUL <platform> -> digest
 //	P/machines/<id>                  -> JSON store.Machine
 //	P/operators/<name>               -> JSON store.Operator
+//	P/command_batches/<batch id>     -> JSON store.CommandBatch
+//	P/batch_commands/<batch id>/<command id> -> the command's state, moved
+//	                                    with it (batch.go); added to
+//	                                    schema 1 as new keys only
 //
 // Every change is one etcd transaction that compares the mod revision of
 // each key it read with what it read (optimistic concurrency, see tx.go):

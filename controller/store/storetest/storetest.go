@@ -62,6 +62,9 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore(t)) })
 	}
 	t.Run("Campaigns", func(t *testing.T) { testCampaigns(t, newStore) })
+	for _, tc := range batchTests {
+		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore(t)) })
+	}
 	for _, tc := range machineTests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore(t)) })
 	}

@@ -479,7 +479,12 @@ func (x *ArtifactRef) GetPlatform() string {
 }
 
 type ListArtifactsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// As fleet.v1.ListNodesRequest's: at most this many (default 500, at
+	// most 1000), a page ending before 2 MiB; next_page_token of the previous
+	// page, empty for the first.
+	PageSize      uint32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -514,9 +519,25 @@ func (*ListArtifactsRequest) Descriptor() ([]byte, []int) {
 	return file_budfleet_artifact_v1_artifact_proto_rawDescGZIP(), []int{5}
 }
 
+func (x *ListArtifactsRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListArtifactsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListArtifactsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Artifacts     []*Artifact            `protobuf:"bytes,1,rep,name=artifacts,proto3" json:"artifacts,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Artifacts []*Artifact            `protobuf:"bytes,1,rep,name=artifacts,proto3" json:"artifacts,omitempty"`
+	// Set when there are more: pass it as page_token.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -556,6 +577,13 @@ func (x *ListArtifactsResponse) GetArtifacts() []*Artifact {
 		return x.Artifacts
 	}
 	return nil
+}
+
+func (x *ListArtifactsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type GetArtifactRequest struct {
@@ -893,10 +921,14 @@ const file_budfleet_artifact_v1_artifact_proto_rawDesc = "" +
 	"\x0ealready_stored\x18\x02 \x01(\bR\ralreadyStored\";\n" +
 	"\vArtifactRef\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x1a\n" +
-	"\bplatform\x18\x02 \x01(\tR\bplatform\"\x16\n" +
-	"\x14ListArtifactsRequest\"U\n" +
+	"\bplatform\x18\x02 \x01(\tR\bplatform\"R\n" +
+	"\x14ListArtifactsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"}\n" +
 	"\x15ListArtifactsResponse\x12<\n" +
-	"\tartifacts\x18\x01 \x03(\v2\x1e.budfleet.artifact.v1.ArtifactR\tartifacts\"I\n" +
+	"\tartifacts\x18\x01 \x03(\v2\x1e.budfleet.artifact.v1.ArtifactR\tartifacts\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"I\n" +
 	"\x12GetArtifactRequest\x123\n" +
 	"\x03ref\x18\x01 \x01(\v2!.budfleet.artifact.v1.ArtifactRefR\x03ref\"Q\n" +
 	"\x13GetArtifactResponse\x12:\n" +

@@ -426,7 +426,12 @@ func (x *CreateTokenResponse) GetJoinToken() string {
 }
 
 type ListTokensRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// As ListNodesRequest's: at most this many (default 500, at
+	// most 1000), a page ending before 2 MiB; next_page_token of the previous
+	// page, empty for the first.
+	PageSize      uint32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -461,9 +466,25 @@ func (*ListTokensRequest) Descriptor() ([]byte, []int) {
 	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{3}
 }
 
+func (x *ListTokensRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListTokensRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListTokensResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Tokens        []*Token               `protobuf:"bytes,1,rep,name=tokens,proto3" json:"tokens,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Tokens []*Token               `protobuf:"bytes,1,rep,name=tokens,proto3" json:"tokens,omitempty"`
+	// Set when there are more: pass it as page_token.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -503,6 +524,13 @@ func (x *ListTokensResponse) GetTokens() []*Token {
 		return x.Tokens
 	}
 	return nil
+}
+
+func (x *ListTokensResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type RevokeTokenRequest struct {
@@ -2261,7 +2289,10 @@ type ListGpusRequest struct {
 	// Substring match on the product name, case-insensitive.
 	Product string `protobuf:"bytes,2,opt,name=product,proto3" json:"product,omitempty"`
 	// Only GPUs that are Degraded or Unhealthy.
-	Unhealthy     bool `protobuf:"varint,3,opt,name=unhealthy,proto3" json:"unhealthy,omitempty"`
+	Unhealthy bool `protobuf:"varint,3,opt,name=unhealthy,proto3" json:"unhealthy,omitempty"`
+	// As ListNodesRequest's (a page counts rows, GPUs and MIG devices).
+	PageSize      uint32 `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2317,9 +2348,25 @@ func (x *ListGpusRequest) GetUnhealthy() bool {
 	return false
 }
 
+func (x *ListGpusRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListGpusRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListGpusResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Gpus          []*GpuRow              `protobuf:"bytes,1,rep,name=gpus,proto3" json:"gpus,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Gpus  []*GpuRow              `protobuf:"bytes,1,rep,name=gpus,proto3" json:"gpus,omitempty"`
+	// Set when there are more rows: pass it as page_token.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2359,6 +2406,13 @@ func (x *ListGpusResponse) GetGpus() []*GpuRow {
 		return x.Gpus
 	}
 	return nil
+}
+
+func (x *ListGpusResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type GetGpuSummaryRequest struct {
@@ -3067,7 +3121,12 @@ func (x *IssueOperatorResponse) GetCa() string {
 }
 
 type ListOperatorsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// As ListNodesRequest's: at most this many (default 500, at
+	// most 1000), a page ending before 2 MiB; next_page_token of the previous
+	// page, empty for the first.
+	PageSize      uint32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3102,9 +3161,25 @@ func (*ListOperatorsRequest) Descriptor() ([]byte, []int) {
 	return file_budfleet_fleet_v1_fleet_proto_rawDescGZIP(), []int{43}
 }
 
+func (x *ListOperatorsRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListOperatorsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListOperatorsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Operators     []*Operator            `protobuf:"bytes,1,rep,name=operators,proto3" json:"operators,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Operators []*Operator            `protobuf:"bytes,1,rep,name=operators,proto3" json:"operators,omitempty"`
+	// Set when there are more: pass it as page_token.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3144,6 +3219,13 @@ func (x *ListOperatorsResponse) GetOperators() []*Operator {
 		return x.Operators
 	}
 	return nil
+}
+
+func (x *ListOperatorsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type RevokeOperatorRequest struct {
@@ -3372,10 +3454,14 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x13CreateTokenResponse\x12.\n" +
 	"\x05token\x18\x01 \x01(\v2\x18.budfleet.fleet.v1.TokenR\x05token\x12\x1d\n" +
 	"\n" +
-	"join_token\x18\x02 \x01(\tR\tjoinToken\"\x13\n" +
-	"\x11ListTokensRequest\"F\n" +
+	"join_token\x18\x02 \x01(\tR\tjoinToken\"O\n" +
+	"\x11ListTokensRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"n\n" +
 	"\x12ListTokensResponse\x120\n" +
-	"\x06tokens\x18\x01 \x03(\v2\x18.budfleet.fleet.v1.TokenR\x06tokens\"$\n" +
+	"\x06tokens\x18\x01 \x03(\v2\x18.budfleet.fleet.v1.TokenR\x06tokens\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"$\n" +
 	"\x12RevokeTokenRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"E\n" +
 	"\x13RevokeTokenResponse\x12.\n" +
@@ -3541,13 +3627,17 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\vmig_profile\x18\v \x01(\tR\n" +
 	"migProfileB\f\n" +
 	"\n" +
-	"_mig_index\"b\n" +
+	"_mig_index\"\x9e\x01\n" +
 	"\x0fListGpusRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
 	"\aproduct\x18\x02 \x01(\tR\aproduct\x12\x1c\n" +
-	"\tunhealthy\x18\x03 \x01(\bR\tunhealthy\"A\n" +
+	"\tunhealthy\x18\x03 \x01(\bR\tunhealthy\x12\x1b\n" +
+	"\tpage_size\x18\x04 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x05 \x01(\tR\tpageToken\"i\n" +
 	"\x10ListGpusResponse\x12-\n" +
-	"\x04gpus\x18\x01 \x03(\v2\x19.budfleet.fleet.v1.GpuRowR\x04gpus\"\x16\n" +
+	"\x04gpus\x18\x01 \x03(\v2\x19.budfleet.fleet.v1.GpuRowR\x04gpus\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x16\n" +
 	"\x14GetGpuSummaryRequest\"\xc3\x01\n" +
 	"\rGpuSummaryRow\x12\x18\n" +
 	"\aproduct\x18\x01 \x01(\tR\aproduct\x12\x14\n" +
@@ -3601,10 +3691,14 @@ const file_budfleet_fleet_v1_fleet_proto_rawDesc = "" +
 	"\x15IssueOperatorResponse\x127\n" +
 	"\boperator\x18\x01 \x01(\v2\x1b.budfleet.fleet.v1.OperatorR\boperator\x12 \n" +
 	"\vcertificate\x18\x02 \x01(\tR\vcertificate\x12\x0e\n" +
-	"\x02ca\x18\x03 \x01(\tR\x02ca\"\x16\n" +
-	"\x14ListOperatorsRequest\"R\n" +
+	"\x02ca\x18\x03 \x01(\tR\x02ca\"R\n" +
+	"\x14ListOperatorsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"z\n" +
 	"\x15ListOperatorsResponse\x129\n" +
-	"\toperators\x18\x01 \x03(\v2\x1b.budfleet.fleet.v1.OperatorR\toperators\"+\n" +
+	"\toperators\x18\x01 \x03(\v2\x1b.budfleet.fleet.v1.OperatorR\toperators\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"+\n" +
 	"\x15RevokeOperatorRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"Q\n" +
 	"\x16RevokeOperatorResponse\x127\n" +

@@ -390,7 +390,12 @@ func (x *AddClusterResponse) GetCluster() *Cluster {
 }
 
 type ListClustersRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// As fleet.v1.ListNodesRequest's: at most this many (default 500, at
+	// most 1000), a page ending before 2 MiB; next_page_token of the previous
+	// page, empty for the first.
+	PageSize      uint32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -425,9 +430,25 @@ func (*ListClustersRequest) Descriptor() ([]byte, []int) {
 	return file_budfleet_kube_v1_kube_proto_rawDescGZIP(), []int{4}
 }
 
+func (x *ListClustersRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListClustersRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListClustersResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Clusters      []*Cluster             `protobuf:"bytes,1,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Clusters []*Cluster             `protobuf:"bytes,1,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	// Set when there are more: pass it as page_token.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -467,6 +488,13 @@ func (x *ListClustersResponse) GetClusters() []*Cluster {
 		return x.Clusters
 	}
 	return nil
+}
+
+func (x *ListClustersResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type GetClusterRequest struct {
@@ -1619,10 +1647,14 @@ const file_budfleet_kube_v1_kube_proto_rawDesc = "" +
 	"kubeconfig\x18\x02 \x01(\fR\n" +
 	"kubeconfig\"I\n" +
 	"\x12AddClusterResponse\x123\n" +
-	"\acluster\x18\x01 \x01(\v2\x19.budfleet.kube.v1.ClusterR\acluster\"\x15\n" +
-	"\x13ListClustersRequest\"M\n" +
+	"\acluster\x18\x01 \x01(\v2\x19.budfleet.kube.v1.ClusterR\acluster\"Q\n" +
+	"\x13ListClustersRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"u\n" +
 	"\x14ListClustersResponse\x125\n" +
-	"\bclusters\x18\x01 \x03(\v2\x19.budfleet.kube.v1.ClusterR\bclusters\"'\n" +
+	"\bclusters\x18\x01 \x03(\v2\x19.budfleet.kube.v1.ClusterR\bclusters\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"'\n" +
 	"\x11GetClusterRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"I\n" +
 	"\x12GetClusterResponse\x123\n" +

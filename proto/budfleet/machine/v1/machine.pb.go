@@ -766,7 +766,12 @@ func (x *CreateMachinesResponse) GetFailures() []*CreateFailure {
 }
 
 type ListMachinesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// As fleet.v1.ListNodesRequest's: at most this many (default 500, at
+	// most 1000), a page ending before 2 MiB; next_page_token of the previous
+	// page, empty for the first.
+	PageSize      uint32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -801,9 +806,25 @@ func (*ListMachinesRequest) Descriptor() ([]byte, []int) {
 	return file_budfleet_machine_v1_machine_proto_rawDescGZIP(), []int{8}
 }
 
+func (x *ListMachinesRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListMachinesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListMachinesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Machines      []*Machine             `protobuf:"bytes,1,rep,name=machines,proto3" json:"machines,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Machines []*Machine             `protobuf:"bytes,1,rep,name=machines,proto3" json:"machines,omitempty"`
+	// Set when there are more: pass it as page_token.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -843,6 +864,13 @@ func (x *ListMachinesResponse) GetMachines() []*Machine {
 		return x.Machines
 	}
 	return nil
+}
+
+func (x *ListMachinesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type GetMachineRequest struct {
@@ -1186,10 +1214,14 @@ const file_budfleet_machine_v1_machine_proto_rawDesc = "" +
 	"\x05error\x18\x02 \x01(\tR\x05error\"\x92\x01\n" +
 	"\x16CreateMachinesResponse\x128\n" +
 	"\bmachines\x18\x01 \x03(\v2\x1c.budfleet.machine.v1.MachineR\bmachines\x12>\n" +
-	"\bfailures\x18\x02 \x03(\v2\".budfleet.machine.v1.CreateFailureR\bfailures\"\x15\n" +
-	"\x13ListMachinesRequest\"P\n" +
+	"\bfailures\x18\x02 \x03(\v2\".budfleet.machine.v1.CreateFailureR\bfailures\"Q\n" +
+	"\x13ListMachinesRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"x\n" +
 	"\x14ListMachinesResponse\x128\n" +
-	"\bmachines\x18\x01 \x03(\v2\x1c.budfleet.machine.v1.MachineR\bmachines\"#\n" +
+	"\bmachines\x18\x01 \x03(\v2\x1c.budfleet.machine.v1.MachineR\bmachines\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"#\n" +
 	"\x11GetMachineRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"s\n" +
 	"\x12GetMachineResponse\x126\n" +

@@ -611,7 +611,12 @@ func (x *StartCampaignResponse) GetCampaign() *Campaign {
 }
 
 type ListCampaignsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// As fleet.v1.ListNodesRequest's: at most this many (default 500, at
+	// most 1000), a page ending before 2 MiB; next_page_token of the previous
+	// page, empty for the first.
+	PageSize      uint32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -646,9 +651,25 @@ func (*ListCampaignsRequest) Descriptor() ([]byte, []int) {
 	return file_budfleet_maint_v1_maint_proto_rawDescGZIP(), []int{4}
 }
 
+func (x *ListCampaignsRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListCampaignsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListCampaignsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Campaigns     []*Campaign            `protobuf:"bytes,1,rep,name=campaigns,proto3" json:"campaigns,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Campaigns []*Campaign            `protobuf:"bytes,1,rep,name=campaigns,proto3" json:"campaigns,omitempty"`
+	// Set when there are more: pass it as page_token.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -688,6 +709,13 @@ func (x *ListCampaignsResponse) GetCampaigns() []*Campaign {
 		return x.Campaigns
 	}
 	return nil
+}
+
+func (x *ListCampaignsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type GetCampaignRequest struct {
@@ -1763,10 +1791,14 @@ const file_budfleet_maint_v1_maint_proto_rawDesc = "" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"`\n" +
 	"\x15StartCampaignResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x127\n" +
-	"\bcampaign\x18\x02 \x01(\v2\x1b.budfleet.maint.v1.CampaignR\bcampaign\"\x16\n" +
-	"\x14ListCampaignsRequest\"R\n" +
+	"\bcampaign\x18\x02 \x01(\v2\x1b.budfleet.maint.v1.CampaignR\bcampaign\"R\n" +
+	"\x14ListCampaignsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"z\n" +
 	"\x15ListCampaignsResponse\x129\n" +
-	"\tcampaigns\x18\x01 \x03(\v2\x1b.budfleet.maint.v1.CampaignR\tcampaigns\"$\n" +
+	"\tcampaigns\x18\x01 \x03(\v2\x1b.budfleet.maint.v1.CampaignR\tcampaigns\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"$\n" +
 	"\x12GetCampaignRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"N\n" +
 	"\x13GetCampaignResponse\x127\n" +

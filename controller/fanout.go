@@ -1,0 +1,162 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/google/uuid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/bud-ecosystem/budfleet/command"
+	"github.com/bud-ecosystem/budfleet/controller/store"
+	fleetv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/fleet/v1"
+)
+
+// CreateCommands queues one command for every chosen node in one store
+// write and hands each connected node its command at once. Bad input, an
+// unknown node or a selector that matches nothing is refused and stores
+// nothing.
+func (a *FleetAPI) CreateCommands(ctx context.Context, req *fleetv1.CreateCommandsRequest) (*fleetv1.CreateCommandsResponse, error) {
+	if err := command.Validate(req.GetKind(), req.GetParams()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	chosen := 0
+	for _, set := range []bool{len(req.GetNodeIds()) > 0, req.GetLabelSelector() != "", req.GetAllNodes()} {
+		if set {
+			chosen++
+		}
+	}
+	if chosen != 1 {
+		return nil, status.Error(codes.InvalidArgument, "choose the nodes with exactly one of node ids, a label selector or all nodes")
+	}
+	var sel labels.Selector
+	if s := req.GetLabelSelector(); s != "" {
+		var err error
+		if sel, err = labels.Parse(s); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "label selector %q: %v", truncate(s, 256), err)
+		}
+	}
+	nodes, err := a.s.store.ListNodes(ctx)
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	var ids []string
+	var how string
+	switch {
+	case req.GetAllNodes():
+		how = "all"
+		for _, n := range nodes {
+			ids = append(ids, n.ID)
+		}
+		if len(ids) == 0 {
+			return nil, status.Error(codes.InvalidArgument, "there are no enrolled nodes; nothing was queued")
+		}
+	case sel != nil:
+		how = "selector: " + req.GetLabelSelector()
+		for _, n := range nodes {
+			if sel.Matches(labels.Set(n.Labels)) {
+				ids = append(ids, n.ID)
+			}
+		}
+		if len(ids) == 0 {
+			return nil, status.Errorf(codes.InvalidArgument, "label selector %q matches no node; nothing was queued", truncate(req.GetLabelSelector(), 256))
+		}
+	default:
+		known := make(map[string]bool, len(nodes))
+		for _, n := range nodes {
+			known[n.ID] = true
+		}
+		seen := make(map[string]bool, len(req.GetNodeIds()))
+		var unknown []string
+		for _, id := range req.GetNodeIds() {
+			switch {
+			case id == "":
+				return nil, status.Error(codes.InvalidArgument, "a node id is empty")
+			case seen[id]:
+				return nil, status.Errorf(codes.InvalidArgument, "node %s is named twice", truncate(id, 64))
+			case !known[id]:
+				unknown = append(unknown, truncate(id, 64))
+			}
+			seen[id] = true
+			ids = append(ids, id)
+		}
+		if len(unknown) > 0 {
+			if len(unknown) > 5 {
+				unknown = append(unknown[:5], fmt.Sprintf("and %d more", len(unknown)-5))
+			}
+			return nil, status.Errorf(codes.NotFound, "no such node: %s; nothing was queued (see 'budctl nodes list')", strings.Join(unknown, ", "))
+		}
+		how = fmt.Sprintf("nodes: %d named", len(ids))
+	}
+	who := ""
+	if id, ok := IdentityFrom(ctx); ok {
+		who = id.Name
+	}
+	now := a.s.opts.Now()
+	b := store.CommandBatch{ID: uuid.NewString(), Kind: req.GetKind(), Params: req.GetParams(), Selector: how, CreatedAt: now, CreatedBy: who}
+	cs := make([]store.Command, len(ids))
+	for i, id := range ids {
+		cs[i] = store.Command{
+			ID:        uuid.NewString(),
+			NodeID:    id,
+			Kind:      b.Kind,
+			Params:    b.Params,
+			State:     store.CommandPending,
+			CreatedAt: now,
+			BatchID:   b.ID,
+		}
+	}
+	err = a.s.store.EnqueueCommands(ctx, b, cs)
+	if err != nil && !errors.Is(err, store.ErrPartialBatch) {
+		return nil, storeErr(err)
+	}
+	// After a partial write the stored part is real work: deliver it (the
+	// sessions read their queues, so the unstored part is not sent).
+	partial := err != nil
+	for i := range cs {
+		if partial {
+			a.s.commands.wakeNode(cs[i].NodeID)
+		} else {
+			a.s.commands.wakeWith(cs[i])
+		}
+	}
+	a.audit(ctx, "command.fanout", "batch_id", b.ID, "kind", b.Kind, "count", len(cs), "selector", how, "partial", partial)
+	if partial {
+		return nil, status.Errorf(codes.Unavailable, "batch %s: %v (see 'budctl commands batch %s')", b.ID, err, b.ID)
+	}
+	return &fleetv1.CreateCommandsResponse{BatchId: b.ID, Count: uint32(len(cs))}, nil
+}
+
+// GetCommandBatch counts a fan-out's commands by state.
+func (a *FleetAPI) GetCommandBatch(ctx context.Context, req *fleetv1.GetCommandBatchRequest) (*fleetv1.GetCommandBatchResponse, error) {
+	if req.GetBatchId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "batch id is required")
+	}
+	b, n, err := a.s.store.GetCommandBatch(ctx, req.GetBatchId())
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	return &fleetv1.GetCommandBatchResponse{
+		BatchId:   b.ID,
+		Kind:      b.Kind,
+		CreatedAt: ts(b.CreatedAt),
+		Total:     n.Total,
+		Pending:   n.Pending,
+		Delivered: n.Delivered,
+		Succeeded: n.Succeeded,
+		Failed:    n.Failed,
+	}, nil
+}
+
+// batchOnly keeps the commands of one batch, when one is asked for.
+func batchOnly(cs []store.Command, batchID string) []store.Command {
+	if batchID == "" {
+		return cs
+	}
+	return slices.DeleteFunc(cs, func(c store.Command) bool { return c.BatchID != batchID })
+}
