@@ -40,12 +40,17 @@ type direct struct {
 	// cp is the checkpoint of the last batch sent, not yet stored;
 	// cpBatches the sent batches it stands for (still in flight until
 	// it is stored), flushing those whose checkpoint is being written.
-	// Storing it at most every checkpointEvery while batches keep coming
-	// saves an fsync per batch; a crash then resends at most that much.
+	// It is stored after every sent batch, before the next is sent: a
+	// crash resends at most the one output batch in flight. (Storing it
+	// only every 100 ms resent all that went out in that time, thousands
+	// of events while a backlog drains.)
 	cp        map[string][]byte
 	cpBatches int
 	flushing  int
-	cpAt      time.Time // when the checkpoint was last stored
+	// batchEvents is the output's batch_events: a source hands over at
+	// most that many events in one batch, so that one batch, and so what
+	// a crash resends, is one output batch.
+	batchEvents int
 	// movedAt is when the output last took a batch or finished sending
 	// part of one: a slow receiver is not a stall.
 	movedAt time.Time
@@ -70,12 +75,12 @@ type directBatch struct {
 // spool, where rotation cannot take them away.
 const directStall = 2 * time.Second
 
-// checkpointEvery is how often, at most, the checkpoint of sent batches is
-// stored while more batches are waiting; with none waiting it is stored at
-// once.
-const checkpointEvery = 100 * time.Millisecond
-
-func newDirect() *direct { return &direct{} }
+func newDirect(batchEvents int) *direct {
+	if batchEvents <= 0 {
+		batchEvents = siem.DefaultBatchEvents
+	}
+	return &direct{batchEvents: batchEvents}
+}
 
 // offer hands b over, waiting while directDepth batches are pending. It
 // reports false when the handoff is refused (the output failed or ended,
@@ -249,18 +254,16 @@ func (d *direct) sentAll(b *directBatch) bool {
 
 // storeCP stores the checkpoint of the batches sent so far (outside the
 // lock: a source must not wait for the fsync to hand over its next batch)
-// and then counts them resolved. With force false it does so only when
-// no batch is pending or checkpointEvery has passed since last.
-func (d *direct) storeCP(force bool, store func(map[string][]byte)) {
+// and then counts them resolved.
+func (d *direct) storeCP(store func(map[string][]byte)) {
 	d.mu.Lock()
-	if d.cpBatches == 0 || !force && len(d.pending) > 0 && time.Since(d.cpAt) < checkpointEvery {
+	if d.cpBatches == 0 {
 		d.mu.Unlock()
 		return
 	}
 	cp, n := d.cp, d.cpBatches
 	d.cp, d.cpBatches = nil, 0
 	d.flushing += n
-	d.cpAt = time.Now()
 	d.mu.Unlock()
 	if cp != nil {
 		store(cp)

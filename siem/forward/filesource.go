@@ -148,7 +148,7 @@ func (fs *fileSource) run(ctx context.Context) {
 			now := time.Now()
 			for _, l := range ls {
 				fs.readLine(l, now)
-				if fs.limits.BatchFull(len(fs.batch.evs)*len(fs.queues), fs.batch.bytes, len(fs.queues)) {
+				if fs.limits.BatchFull(len(fs.batch.evs)*len(fs.queues), fs.batch.bytes, len(fs.queues)) || fs.directFull() {
 					if !fs.flush(ctx) {
 						return
 					}
@@ -331,6 +331,15 @@ func (fs *fileSource) entries() {
 // handoff then waits for it, and a failed connect spools the batch.
 func (fs *fileSource) directOK() bool {
 	return fs.direct.usable() && fs.fw.spool.QueueEntries(fs.queues[0]) == 0
+}
+
+// directFull reports whether the batch holds the output's batch_events
+// while the output takes batches directly: its checkpoint covers the whole
+// batch, so a larger one would be resent whole after a crash mid-batch.
+// Spooled batches may be larger (the spool commits events and checkpoint
+// together).
+func (fs *fileSource) directFull() bool {
+	return fs.direct != nil && len(fs.batch.evs) >= fs.direct.batchEvents && fs.direct.usable()
 }
 
 func (fs *fileSource) addGroups(gs []audit.Group) {

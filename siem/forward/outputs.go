@@ -34,7 +34,7 @@ func (f *Forwarder) runOutput(ctx context.Context, o siem.OutputConfig, ost *out
 		}
 	}
 	defer func() {
-		d.storeCP(true, storeCP)
+		d.storeCP(storeCP)
 		d.close(func(b directBatch) { f.spoolDirect(o.Name, b, log) })
 	}()
 	failures := 0
@@ -113,7 +113,7 @@ func (f *Forwarder) runOutput(ctx context.Context, o siem.OutputConfig, ost *out
 					d.setFailed(true)
 					// What was sent before is older than what is spooled
 					// now: its checkpoint goes first.
-					d.storeCP(true, storeCP)
+					d.storeCP(storeCP)
 					d.finish(b, func() { f.spoolDirect(o.Name, directBatch{events: b.events[n:], cps: b.cps}, log) })
 					for p := d.take(); p != nil; p = d.take() {
 						d.finish(p, func() { f.spoolDirect(o.Name, *p, log) })
@@ -124,7 +124,7 @@ func (f *Forwarder) runOutput(ctx context.Context, o siem.OutputConfig, ost *out
 					continue
 				}
 				if d.sentAll(b) {
-					d.storeCP(false, storeCP)
+					d.storeCP(storeCP)
 				}
 				succeeded(n, b.raw)
 				continue
