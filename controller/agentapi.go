@@ -185,22 +185,20 @@ func (a *AgentAPI) Connect(stream agentv1.AgentService_ConnectServer) error {
 	}}}); err != nil {
 		return err
 	}
-	// Each goroutine reports at most once; the buffer lets the loser exit
-	// too.
-	errc := make(chan error, 2)
-	sendDone := make(chan struct{})
-	go func() { defer close(sendDone); errc <- s.sendLoop(sess, stream) }()
-	// The handler must not return while the send loop may still write to
-	// the stream.
-	defer func() { sess.cancel(context.Canceled); <-sendDone }()
-	for _, m := range s.modules {
-		if err := m.start(sess.ctx, sess); err != nil {
-			log.InfoContext(ctx, "agent disconnected", "reason", err)
-			return err
-		}
-	}
-
+	// Two goroutines per session beside gRPC's own: this handler is the
+	// stream's only writer (the send loop), and one goroutine starts the
+	// modules and then reads the stream. Modules start before any agent
+	// message is handled, while the send loop already drains what they
+	// queue. The recv goroutine reports at most once; the buffer lets it
+	// exit after the handler is gone (its Recv then fails).
+	errc := make(chan error, 1)
 	go func() {
+		for _, m := range s.modules {
+			if err := m.start(sess.ctx, sess); err != nil {
+				errc <- err
+				return
+			}
+		}
 		for {
 			msg, err := stream.Recv()
 			if err != nil {
@@ -213,11 +211,8 @@ func (a *AgentAPI) Connect(stream agentv1.AgentService_ConnectServer) error {
 			}
 		}
 	}()
-	select {
-	case err = <-errc:
-	case <-sess.ctx.Done():
-		err = context.Cause(sess.ctx)
-	}
+	err = s.sendLoop(sess, stream, errc)
+	sess.cancel(context.Canceled)
 	log.InfoContext(ctx, "agent disconnected", "reason", err)
 	if errors.Is(err, errSessionReplaced) || errors.Is(err, errNodeDeleted) || errors.Is(err, errShuttingDown) {
 		return status.Error(codes.Unavailable, err.Error())
@@ -249,12 +244,16 @@ func (s *Server) recordBootID(ctx context.Context, node store.Node, bootID strin
 	return nil
 }
 
-// sendLoop is the only writer of the stream after the welcome.
-func (s *Server) sendLoop(sess *session, stream agentv1.AgentService_ConnectServer) error {
+// sendLoop is the only writer of the stream after the welcome. It returns
+// why the session ended: the session's cause, a failed send, or what the
+// recv goroutine reports on errc.
+func (s *Server) sendLoop(sess *session, stream agentv1.AgentService_ConnectServer, errc <-chan error) error {
 	for {
 		select {
 		case <-sess.ctx.Done():
 			return context.Cause(sess.ctx)
+		case err := <-errc:
+			return err
 		case m := <-sess.out:
 			if err := stream.Send(m); err != nil {
 				return err

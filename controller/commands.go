@@ -173,7 +173,7 @@ func (m *commandDelivery) sendOne(ctx context.Context, sess *session, d *deliver
 	}
 	if err != nil {
 		if storeUnavailable(err) {
-			return err
+			return status.Errorf(codes.Unavailable, "mark command delivered: %v", err)
 		}
 		return status.Errorf(codes.Internal, "mark command delivered: %v", err)
 	}

@@ -35,10 +35,12 @@ func (m *gpuReports) handleInventory(ctx context.Context, sess *session, msg *ag
 		m.srv.refusals.note(ctx, "gpu inventory", sess.nodeID, err)
 		return nil
 	}
-	if err := m.recordInventory(ctx, sess.nodeID, msg.GpuInventory); err != nil {
-		return status.Errorf(codes.Internal, "store GPU inventory: %v", err)
-	}
-	return nil
+	return m.srv.reports.submit(ctx, sess.nodeID, "gpu_inventory", func(ctx context.Context) error {
+		if err := m.recordInventory(ctx, sess.nodeID, msg.GpuInventory); err != nil {
+			return status.Errorf(codes.Internal, "store GPU inventory: %v", err)
+		}
+		return nil
+	})
 }
 
 func (m *gpuReports) handleHealth(ctx context.Context, sess *session, msg *agentv1.ConnectRequest_GpuHealth) error {
@@ -46,10 +48,12 @@ func (m *gpuReports) handleHealth(ctx context.Context, sess *session, msg *agent
 		m.srv.refusals.note(ctx, "gpu health", sess.nodeID, err)
 		return nil
 	}
-	if err := m.recordHealth(ctx, sess.nodeID, msg.GpuHealth); err != nil {
-		return status.Errorf(codes.Internal, "store GPU health: %v", err)
-	}
-	return nil
+	return m.srv.reports.submit(ctx, sess.nodeID, "gpu_health", func(ctx context.Context) error {
+		if err := m.recordHealth(ctx, sess.nodeID, msg.GpuHealth); err != nil {
+			return status.Errorf(codes.Internal, "store GPU health: %v", err)
+		}
+		return nil
+	})
 }
 
 func decodeGPUs(n store.Node) (*fleetv1.NodeGpus, error) {

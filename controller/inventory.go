@@ -36,56 +36,59 @@ func (m *hostInventory) handleInventory(ctx context.Context, sess *session, msg 
 		s.log.WarnContext(ctx, "ignoring an invalid hostname in an inventory report", "node_id", sess.nodeID, "hostname", truncate(inv.Hostname, 64))
 		inv.Hostname = ""
 	}
-	now := s.opts.Now()
-	// A hostname change must not take another node's name (operators and
-	// campaigns address nodes by it).
-	var renamedFrom, conflict string
-	if inv.Hostname != "" {
-		cur, err := s.store.GetNode(ctx, sess.nodeID)
-		if err != nil {
-			return status.Errorf(codes.Internal, "load node: %v", err)
-		}
-		if cur.Hostname != inv.Hostname {
-			all, err := s.store.ListNodes(ctx)
+	// Stored at most once per report interval; a flood keeps the latest.
+	return s.reports.submit(ctx, sess.nodeID, "inventory", func(ctx context.Context) error {
+		now := s.opts.Now()
+		// A hostname change must not take another node's name (operators and
+		// campaigns address nodes by it).
+		var renamedFrom, conflict string
+		if inv.Hostname != "" {
+			cur, err := s.store.GetNode(ctx, sess.nodeID)
 			if err != nil {
-				return status.Errorf(codes.Internal, "list nodes: %v", err)
+				return status.Errorf(codes.Internal, "load node: %v", err)
 			}
-			for _, o := range all {
-				if o.ID != sess.nodeID && strings.EqualFold(o.Hostname, inv.Hostname) {
-					conflict = fmt.Sprintf("hostname change to %q refused: node %s has that name", inv.Hostname, o.ID)
-					break
+			if cur.Hostname != inv.Hostname {
+				all, err := s.store.ListNodes(ctx)
+				if err != nil {
+					return status.Errorf(codes.Internal, "list nodes: %v", err)
+				}
+				for _, o := range all {
+					if o.ID != sess.nodeID && strings.EqualFold(o.Hostname, inv.Hostname) {
+						conflict = fmt.Sprintf("hostname change to %q refused: node %s has that name", inv.Hostname, o.ID)
+						break
+					}
+				}
+				if conflict == "" {
+					renamedFrom = cur.Hostname
 				}
 			}
-			if conflict == "" {
-				renamedFrom = cur.Hostname
+		}
+		if _, err := s.store.UpdateNode(ctx, sess.nodeID, func(n *store.Node) error {
+			n.Inventory = inv
+			n.InventoryUpdateAt = now
+			n.HostnameConflict = conflict
+			if conflict != "" {
+				n.Inventory.Hostname = n.Hostname
+			} else if inv.Hostname != "" {
+				n.Hostname = inv.Hostname
 			}
+			if inv.BootId != "" {
+				n.BootID = inv.BootId
+			}
+			return nil
+		}); err != nil {
+			return status.Errorf(codes.Internal, "store inventory: %v", err)
 		}
-	}
-	if _, err := s.store.UpdateNode(ctx, sess.nodeID, func(n *store.Node) error {
-		n.Inventory = inv
-		n.InventoryUpdateAt = now
-		n.HostnameConflict = conflict
-		if conflict != "" {
-			n.Inventory.Hostname = n.Hostname
-		} else if inv.Hostname != "" {
-			n.Hostname = inv.Hostname
-		}
-		if inv.BootId != "" {
-			n.BootID = inv.BootId
+		switch {
+		case conflict != "":
+			s.log.WarnContext(ctx, "node hostname change refused", "node_id", sess.nodeID, "hostname", inv.Hostname, "reason", conflict)
+			s.auditRecord(ctx, "node.rename_refused", sess.nodeID, "node_id", sess.nodeID, "hostname", inv.Hostname, "reason", conflict)
+		case renamedFrom != "":
+			s.log.InfoContext(ctx, "node renamed", "node_id", sess.nodeID, "from", renamedFrom, "to", inv.Hostname)
+			s.auditRecord(ctx, "node.rename", sess.nodeID, "node_id", sess.nodeID, "from", renamedFrom, "to", inv.Hostname)
 		}
 		return nil
-	}); err != nil {
-		return status.Errorf(codes.Internal, "store inventory: %v", err)
-	}
-	switch {
-	case conflict != "":
-		s.log.WarnContext(ctx, "node hostname change refused", "node_id", sess.nodeID, "hostname", inv.Hostname, "reason", conflict)
-		s.auditRecord(ctx, "node.rename_refused", sess.nodeID, "node_id", sess.nodeID, "hostname", inv.Hostname, "reason", conflict)
-	case renamedFrom != "":
-		s.log.InfoContext(ctx, "node renamed", "node_id", sess.nodeID, "from", renamedFrom, "to", inv.Hostname)
-		s.auditRecord(ctx, "node.rename", sess.nodeID, "node_id", sess.nodeID, "from", renamedFrom, "to", inv.Hostname)
-	}
-	return nil
+	})
 }
 
 // capInventory bounds what a node's report may store: an inventory is a few

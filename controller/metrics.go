@@ -14,6 +14,8 @@ type metrics struct {
 	// Artifact fetches by nodes: what was sent, and how each call ended.
 	artifactBytes   prometheus.Counter
 	artifactFetches *prometheus.CounterVec
+	// Reports kept to be written later (coalesce.go), by kind.
+	reportsCoalesced *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -51,7 +53,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "bud_controller_artifact_fetches_total",
 			Help: "Artifact fetch calls by result: complete, resumed_complete (from an offset), not_found, cut (the call ended early), error.",
 		}, []string{"result"}),
+		reportsCoalesced: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bud_controller_reports_coalesced_total",
+			Help: "Node reports that came within the report interval of the last one stored, by kind: kept and stored (the latest of them) when the interval is up.",
+		}, []string{"kind"}),
 	}
-	reg.MustRegister(m.connected, m.heartbeats, m.enrollments, m.cmdLatency, m.cmdResults, m.renewals, m.artifactBytes, m.artifactFetches)
+	reg.MustRegister(m.connected, m.heartbeats, m.enrollments, m.cmdLatency, m.cmdResults, m.renewals, m.artifactBytes, m.artifactFetches, m.reportsCoalesced)
 	return m
 }

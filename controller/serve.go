@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
@@ -58,8 +59,12 @@ type ServeConfig struct {
 	DataDir       string
 	Listen        string
 	MetricsListen string
-	Logger        *slog.Logger
-	Server        Options
+	// Pprof serves net/http/pprof under /debug/pprof/ on the metrics
+	// listener: heap and goroutine profiles of a live controller (off by
+	// default; the listener has no authentication).
+	Pprof  bool
+	Logger *slog.Logger
+	Server Options
 	// ArtifactMaxBytes is the largest artifact the store takes; 0 is
 	// artifact.DefaultMaxBytes.
 	ArtifactMaxBytes int64
@@ -225,6 +230,10 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+		if cfg.Pprof {
+			mux.HandleFunc("/debug/pprof/", pprof.Index)
+			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		}
 		hsrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	}
 
@@ -339,6 +348,10 @@ func (s *Server) GRPCOptions(tlsConf *tls.Config) []grpc.ServerOption {
 		// The read buffer is not pooled under TLS; without it an idle agent
 		// costs ~16 KiB less.
 		grpc.ReadBufferSize(0),
+		// Each connection's 32 KiB write buffer comes from a pool while a
+		// write is being flushed and goes back after, instead of being held
+		// by every idle agent.
+		grpc.SharedWriteBuffer(true),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, MaxConnectionIdle: MaxConnectionIdle}),
 		// A TLS handshake that has not finished in this long is dropped.

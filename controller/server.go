@@ -41,6 +41,9 @@ type Options struct {
 	HeartbeatGrace time.Duration
 	// FullInventoryInterval is how often agents resend unchanged inventory.
 	FullInventoryInterval time.Duration
+	// ReportInterval is the least time between two stored reports of one
+	// kind from one node (DefaultReportInterval; coalesce.go).
+	ReportInterval time.Duration
 
 	// Kube tunes the Kubernetes side (controller/kube: timeouts, the
 	// eviction retry delay); its Store, Logger and Now are the Server's.
@@ -114,6 +117,7 @@ type Server struct {
 	modules  []module
 	handlers *dispatch.Table[*session]
 	commands *commandDelivery
+	reports  *coalescer // node reports, written at most once per interval
 	progress *commandProgress
 	siem     *siemPush
 	// refusals samples refusal logs and counts them for the audit trail.
@@ -165,6 +169,9 @@ func New(opts Options) (*Server, error) {
 	if opts.HeartbeatGrace == 0 {
 		opts.HeartbeatGrace = DefaultHeartbeatGrace
 	}
+	if opts.ReportInterval == 0 {
+		opts.ReportInterval = DefaultReportInterval
+	}
 	if opts.FullInventoryInterval == 0 {
 		opts.FullInventoryInterval = DefaultFullInventoryInterval
 	}
@@ -203,7 +210,8 @@ func New(opts Options) (*Server, error) {
 	s.refusals = newRefusals(s)
 	s.enrollLimit = newAddrLimiter(opts.EnrollRate, opts.EnrollBurst, opts.Now)
 	s.commands = &commandDelivery{srv: s, sessions: map[*session]*deliveries{}}
-	s.siem = &siemPush{srv: s, reports: map[string]siemReport{}, pushed: map[string]time.Time{}}
+	s.reports = newCoalescer(s, opts.ReportInterval)
+	s.siem = &siemPush{srv: s, reports: map[string]siemReport{}, pushed: map[string]time.Time{}, settled: map[string]string{}}
 	s.progress = &commandProgress{srv: s, sessions: map[*session]*progressState{}}
 	s.modules = []module{
 		&heartbeats{srv: s, siemStatus: s.siem.recordStatus},

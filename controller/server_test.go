@@ -57,7 +57,9 @@ func newTestServer(t *testing.T) *testEnv {
 		t.Fatal(err)
 	}
 	clock := &fakeClock{t: base}
-	srv, err := New(Options{Store: st, CA: authority, Logger: discardLogger(), Now: clock.Now})
+	// Reports are stored as they come (the tests read them back at once);
+	// TestReportFloodCoalesced runs the real interval.
+	srv, err := New(Options{Store: st, CA: authority, Logger: discardLogger(), Now: clock.Now, ReportInterval: time.Nanosecond})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"sync"
 	"time"
 
 	"github.com/bud-ecosystem/budfleet/controller/store"
@@ -104,6 +105,7 @@ func (s *Server) dropNode(nodeID string) {
 	delete(s.lastSeen, nodeID)
 	s.mu.Unlock()
 	s.siem.forget(nodeID)
+	s.reports.forget(nodeID)
 	if sess != nil {
 		sess.cancel(errNodeDeleted)
 	}
@@ -133,9 +135,21 @@ func (s *Server) persistLiveness(ctx context.Context) {
 	s.mu.Lock()
 	seen := maps.Clone(s.lastSeen)
 	s.mu.Unlock()
+	// Many at once: the bolt store folds concurrent node writes into shared
+	// transactions (DB.Batch), where one at a time would cost each a
+	// transaction and its batch delay (10,000 nodes: minutes, past the
+	// graceful stop).
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 128)
 	for id, t := range seen {
-		s.persistHeartbeat(ctx, id, t)
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			s.persistHeartbeat(ctx, id, t)
+		}()
 	}
+	wg.Wait()
 }
 
 func (s *Server) persistHeartbeat(ctx context.Context, id string, t time.Time) {

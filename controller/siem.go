@@ -38,6 +38,14 @@ type siemPush struct {
 	// pushed is when each node was last sent, or checked for, its
 	// configuration.
 	pushed map[string]time.Time
+	// settled is, per node, the status (version and source) with which it
+	// was last found running what it should: heartbeats that report it
+	// again cost no store read. A new configuration clears it.
+	settled map[string]string
+}
+
+func statusKey(st *siemv1.Status) string {
+	return fmt.Sprintf("%d/%s", st.GetConfigVersion(), st.GetConfigSource())
 }
 
 func (*siemPush) name() string { return "siem" }
@@ -58,8 +66,11 @@ func (m *siemPush) recordStatus(sess *session, st *siemv1.Status) {
 	}
 	m.mu.Lock()
 	m.reports[sess.nodeID] = siemReport{status: st, at: m.srv.opts.Now()}
+	settled := m.settled[sess.nodeID] == statusKey(st)
 	m.mu.Unlock()
-	m.repush(sess)
+	if !settled { // SIEM status is handled on change, not on every beat
+		m.repush(sess)
+	}
 }
 
 // report returns a node's last report; zero if none.
@@ -74,6 +85,7 @@ func (m *siemPush) forget(nodeID string) {
 	m.mu.Lock()
 	delete(m.reports, nodeID)
 	delete(m.pushed, nodeID)
+	delete(m.settled, nodeID)
 	m.mu.Unlock()
 }
 
@@ -97,11 +109,16 @@ func (m *siemPush) push(sess *session, wait bool) {
 		return
 	}
 	c, ok, err := s.desiredSIEM(sess.ctx, n)
-	if err != nil || !ok {
+	if err != nil {
 		return
 	}
 	rep := m.report(sess.nodeID)
-	if rep.status != nil && rep.status.GetConfigVersion() == c.Version && rep.status.GetConfigSource() == "controller" {
+	if !ok || rep.status != nil && rep.status.GetConfigVersion() == c.Version && rep.status.GetConfigSource() == "controller" {
+		if rep.status != nil {
+			m.mu.Lock()
+			m.settled[sess.nodeID] = statusKey(rep.status)
+			m.mu.Unlock()
+		}
 		return
 	}
 	msg := &agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_SiemConfig{SiemConfig: &siemv1.ConfigPush{Version: c.Version, Yaml: c.YAML}}}
@@ -156,6 +173,9 @@ func (a *FleetAPI) ApplySiemConfig(ctx context.Context, req *fleetv1.ApplySiemCo
 		return nil, storeErr(err)
 	}
 	resp := &fleetv1.ApplySiemConfigResponse{Version: c.Version}
+	a.s.siem.mu.Lock()
+	clear(a.s.siem.settled)
+	a.s.siem.mu.Unlock()
 	for _, n := range nodes {
 		d, ok, err := a.s.desiredSIEM(ctx, n)
 		if err != nil || !ok || d.Version != c.Version {

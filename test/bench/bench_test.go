@@ -10,7 +10,8 @@
 //
 // The controller binary is built once by TestMain (only when a benchmark is
 // selected); set BUD_BIN_DIR to a directory holding a prebuilt bud-controller
-// to skip the build.
+// to skip the build. BUD_BENCH_PPROF=DIR saves the controller's heap and
+// goroutine profiles there (BenchmarkConnectedAgentMemory, once connected).
 //
 // BenchmarkConnectedAgentMemory does its measurement once per invocation
 // whatever b.N is: use -benchtime=1x. It starts its own controller process so
@@ -147,7 +148,14 @@ func startController() (*ctrl, error) {
 		return fail(err)
 	}
 	defer logf.Close() // the child holds its own copy
-	c.cmd = exec.Command(controllerBin, append([]string{"serve", "--data-dir", c.dataDir, "--listen", c.addr, "--metrics-listen", c.metricsAddr}, extraServe...)...)
+	// Every simulated agent dials from 127.0.0.1: the per-source limits
+	// meant for a real fleet (one agent per address) are lifted.
+	args := append([]string{"serve", "--data-dir", c.dataDir, "--listen", c.addr, "--metrics-listen", c.metricsAddr,
+		"--enroll-rate", "100000", "--enroll-burst", "100000", "--max-connections-per-source", "100000"}, extraServe...)
+	if os.Getenv("BUD_BENCH_PPROF") != "" {
+		args = append(args, "--debug-pprof")
+	}
+	c.cmd = exec.Command(controllerBin, args...)
 	c.cmd.Stdout, c.cmd.Stderr = logf, logf
 	if err := c.cmd.Start(); err != nil {
 		return fail(fmt.Errorf("start bud-controller serve: %w", err))
@@ -513,6 +521,9 @@ func BenchmarkConnectedAgentMemory(b *testing.B) {
 		b.Fatalf("bud_controller_connected_agents = %v after settling, want %d (sessions dropped?)\ncontroller log:\n%s", v, n, c.logTail())
 	}
 	heapConn := mConn["go_memstats_heap_inuse_bytes"]
+	if err := c.saveProfiles(fmt.Sprintf("%d", n)); err != nil {
+		b.Fatal(err)
+	}
 	if etcd != nil {
 		reportEtcd(b, etcd, c, n)
 	}
@@ -549,6 +560,34 @@ func BenchmarkConnectedAgentMemory(b *testing.B) {
 
 // extraServe are more flags for 'bud-controller serve' (the etcd store).
 var extraServe []string
+
+// saveProfiles writes the controller's heap and goroutine profiles into
+// $BUD_BENCH_PPROF (when set; the controller then runs with --debug-pprof)
+// as heap-<tag>.pb.gz and goroutine-<tag>.txt, for 'go tool pprof'.
+func (c *ctrl) saveProfiles(tag string) error {
+	dir := os.Getenv("BUD_BENCH_PPROF")
+	if dir == "" {
+		return nil
+	}
+	for _, p := range []struct{ path, file string }{
+		{"/debug/pprof/heap?gc=1", "heap-" + tag + ".pb.gz"},
+		{"/debug/pprof/goroutine?debug=1", "goroutine-" + tag + ".txt"},
+	} {
+		resp, err := http.Get("http://" + c.metricsAddr + p.path)
+		if err != nil {
+			return err
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dir, p.file), b, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 // startBenchEtcd starts a one-member etcd and points the controller at it
 // when BUD_BENCH_STORE=etcd; nil otherwise.
