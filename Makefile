@@ -125,7 +125,7 @@ test-unit: k8s kubelet-deps baremetal-peers
 
 ## fuzz: each fuzz target for FUZZTIME (default 5s) over its committed corpus (testdata/fuzz/).
 FUZZTIME ?= 5s
-FUZZ_TARGETS = ./agent:FuzzLoadConfig ./siem:FuzzPushedConfig ./controller:FuzzCheckNodeText ./agent/gpu:FuzzMockEventsFile
+FUZZ_TARGETS = ./agent:FuzzLoadConfig ./siem:FuzzPushedConfig ./controller:FuzzCheckNodeText ./agent/gpu:FuzzMockEventsFile ./siem/output/hec:FuzzResponse ./siem/tail:FuzzCheckpoint
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t##*:}; \

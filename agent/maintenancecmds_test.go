@@ -282,6 +282,8 @@ func TestSessionMaintenanceRebootOnce(t *testing.T) {
 			t.Errorf("redelivery after the reboot: %v", again)
 		}
 	}
+	// Checking that nothing happens: a reboot started by a redelivery would
+	// have written the marker again by now (RebootDelay is far shorter).
 	time.Sleep(200 * time.Millisecond)
 	if n := len(lines(t, marker)); n != 1 {
 		t.Errorf("rebooted %d times, want once", n)
@@ -321,6 +323,8 @@ func TestMaintenanceRebootRefusals(t *testing.T) {
 	if err != nil || rec.Success || !strings.Contains(rec.Message, "campaign_id") {
 		t.Errorf("bad campaign id: %+v, %v", rec, err)
 	}
+	// Checking that nothing happens: a reboot run despite the refusals would
+	// have written the marker by now (RebootDelay is 1 ms).
 	time.Sleep(100 * time.Millisecond)
 	if n := len(lines(t, marker)); n != 0 {
 		t.Errorf("rebooted %d times", n)

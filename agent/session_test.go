@@ -300,7 +300,12 @@ func TestSessionReconnectsWhileACommandRuns(t *testing.T) {
 	send(peer, "slow")
 	eventually(t, "the slow command to start", func() bool { mu.Lock(); defer mu.Unlock(); return len(ran) == 1 })
 	send(peer, "queued") // waits behind the slow one
-	time.Sleep(50 * time.Millisecond)
+	eventually(t, "the queued command in the worker's queue", func() bool {
+		m := r.a.commands
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return m.queued["queued"] && len(m.work) == 1
+	})
 	peer.End(status.Error(codes.Unavailable, "gone"))
 
 	// The new session opens and lives while the command still runs.

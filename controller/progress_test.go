@@ -244,6 +244,8 @@ func TestProgressAcrossSessions(t *testing.T) {
 	stream.in <- progressMsg("c1", stdout, 13, "late\n")
 	close(stream.in)
 	_ = wait()
+	// Checking that nothing happens: past a flush interval, a tail would
+	// have been written by now.
 	time.Sleep(progressFlushEvery + 100*time.Millisecond)
 	if tl := tailOf(t, e, "c1"); tl != nil {
 		t.Errorf("a finished command got a tail: %+v", tl)
@@ -347,6 +349,8 @@ func TestProgressHoldsNoGoroutine(t *testing.T) {
 	e.srv.progress.mu.Lock()
 	st := e.srv.progress.sessions[e.srv.sessionOf("n1")]
 	e.srv.progress.mu.Unlock()
+	// Checking that nothing happens: a full flush interval after the last
+	// write, a timer re-armed with nothing to write would still be set.
 	time.Sleep(progressFlushEvery + 100*time.Millisecond)
 	st.mu.Lock()
 	pending := st.timer != nil

@@ -61,7 +61,7 @@ type OutputConfig struct {
 	TokenFile string `yaml:"token_file" json:"token_file,omitempty"`
 	Index     string `yaml:"index" json:"index,omitempty"`
 	Ack       bool   `yaml:"ack" json:"ack,omitempty"`
-	// BatchEvents caps the events sent per batch (default 1000).
+	// BatchEvents caps the events sent per batch (default 4096).
 	BatchEvents int `yaml:"batch_events" json:"batch_events,omitempty"`
 	// RELP window: messages in flight (default 16384).
 	Window int `yaml:"window" json:"window,omitempty"`
@@ -97,7 +97,7 @@ type SpoolConfig struct {
 const (
 	DefaultMaxLineBytes  = 64 << 10
 	DefaultSpoolBytes    = 1 << 30
-	DefaultBatchEvents   = 1000
+	DefaultBatchEvents   = 4096
 	DefaultWindow        = 16384
 	DefaultFlushInterval = 50 * time.Millisecond
 )

@@ -2,7 +2,7 @@ package siem
 
 // MaxBatchEvents is how many events a source reads into one spool batch
 // (one transaction, one fsync) before it writes it.
-const MaxBatchEvents = 1000
+const MaxBatchEvents = 4096
 
 // SpoolLimits is the one rule that sizes lines, events and batches against
 // the spool's cap, spool.max_bytes (MaxBytes; 0 means DefaultSpoolBytes).

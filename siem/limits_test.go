@@ -24,11 +24,11 @@ func TestSpoolLimits(t *testing.T) {
 		{name: "entry just over an eighth", maxBytes: mib, entry: mib/8 + 1, entryFits: true, maxLine: mib / 16},
 		{name: "entry of half the cap", maxBytes: mib, entry: mib / 2, entryFits: true, maxLine: mib / 16},
 
-		{name: "999 events, one queue", maxBytes: mib, entry: 1, entryFits: true, entries: 999, queues: 1, maxLine: mib / 16},
-		{name: "1000 events, one queue", maxBytes: mib, entry: 1, entryFits: true, entries: 1000, queues: 1, full: true, maxLine: mib / 16},
-		{name: "1000 entries for two queues", maxBytes: mib, entry: 1, entryFits: true, entries: 1000, queues: 2, maxLine: mib / 16},
-		{name: "1000 events for two queues", maxBytes: mib, entry: 1, entryFits: true, entries: 2000, queues: 2, full: true, maxLine: mib / 16},
-		{name: "no queue counts as one", maxBytes: mib, entry: 1, entryFits: true, entries: 1000, queues: 0, full: true, maxLine: mib / 16},
+		{name: "one event short, one queue", maxBytes: mib, entry: 1, entryFits: true, entries: MaxBatchEvents - 1, queues: 1, maxLine: mib / 16},
+		{name: "MaxBatchEvents events, one queue", maxBytes: mib, entry: 1, entryFits: true, entries: MaxBatchEvents, queues: 1, full: true, maxLine: mib / 16},
+		{name: "MaxBatchEvents entries for two queues", maxBytes: mib, entry: 1, entryFits: true, entries: MaxBatchEvents, queues: 2, maxLine: mib / 16},
+		{name: "MaxBatchEvents events for two queues", maxBytes: mib, entry: 1, entryFits: true, entries: 2 * MaxBatchEvents, queues: 2, full: true, maxLine: mib / 16},
+		{name: "no queue counts as one", maxBytes: mib, entry: 1, entryFits: true, entries: MaxBatchEvents, queues: 0, full: true, maxLine: mib / 16},
 		{name: "bytes under an eighth", maxBytes: mib, entry: 1, entryFits: true, entries: 1, queues: 1, bytes: mib/8 - 1, maxLine: mib / 16},
 		{name: "bytes of an eighth", maxBytes: mib, entry: 1, entryFits: true, entries: 1, queues: 1, bytes: mib / 8, full: true, maxLine: mib / 16},
 

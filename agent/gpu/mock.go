@@ -34,7 +34,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/google/uuid"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -50,6 +49,7 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/dgxh100"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/dgxh200"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
+	"github.com/google/uuid"
 )
 
 var (
@@ -543,6 +543,10 @@ func (f *faultFile) poll() {
 		}
 	}
 	f.partial = append([]byte(nil), data...)
+	if len(f.partial) > 0 {
+		// Tests wait for this to know a half-written line was read.
+		f.m.log.Debug("mock GPU fault line incomplete; held until its newline", "bytes", len(f.partial))
+	}
 	if err != nil {
 		f.m.log.Warn("mock GPU fault file read failed", "path", f.path, "error", err)
 	}

@@ -3,10 +3,13 @@
 package gpu
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -85,6 +88,8 @@ func TestMockEventsFile(t *testing.T) {
 	}
 	opts := rigOptions()
 	opts.MockEventsPath = path
+	logs := &lockedBuffer{}
+	opts.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	s, err := Open(BackendMockDGXH100, opts)
 	if err != nil {
 		t.Fatal(err)
@@ -121,7 +126,13 @@ func TestMockEventsFile(t *testing.T) {
 
 	// A line written in two pieces is applied once whole.
 	appendLine(`{"gpu":2,"ecc_vola`)
-	time.Sleep(3 * mockPollInterval / 2)
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), "mock GPU fault line incomplete") {
+		if time.Now().After(deadline) {
+			t.Fatal("the poller did not read the first piece of the line")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	appendLine(`tile_double":1}` + "\n")
 	h = waitHealth(t, s, uuid(2), func(h Health) bool { return h.State == Unhealthy })
 	if *h.ECCVolatileDouble != 1 || !strings.Contains(h.Reasons[0], "double-bit") {
@@ -191,4 +202,23 @@ func BenchmarkSweepMockBackend(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// lockedBuffer is a log sink the poller goroutine writes while the test
+// reads.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

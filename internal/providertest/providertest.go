@@ -6,7 +6,8 @@
 // Config (all optional):
 //
 //	panic_on: [ListMachines]          # calls that panic the plugin process
-//	hang_on: [GetMachine]             # calls that never return
+//	hang_on: [GetMachine]             # calls that never return (logging
+//	                                  # "providertest: hanging" first)
 //	fail_on: {CreateMachine: "quota exceeded"}   # calls that fail so
 //	fail_config: "url is required"    # ValidateConfig fails with this
 //	bootstrap_dir: /tmp/boot          # CreateMachine writes NAME.json there
@@ -21,6 +22,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -54,10 +56,13 @@ type Provider struct {
 	cfg      Config
 	next     int
 	machines map[string]sdk.Machine
+	// log is made before sdk.Serve, which swaps os.Stderr for a pipe
+	// the host discards.
+	log *slog.Logger
 }
 
 // New returns an empty provider.
-func New() *Provider { return &Provider{machines: map[string]sdk.Machine{}} }
+func New() *Provider { return &Provider{machines: map[string]sdk.Machine{}, log: sdk.Logger()} }
 
 // Version is what Info reports.
 const Version = "0.0.1-test"
@@ -71,6 +76,9 @@ func (p *Provider) misbehave(call string) error {
 		panic("providertest: panic_on " + call)
 	}
 	if slices.Contains(cfg.HangOn, call) {
+		// The line reaches the host's log, so that a test can wait for
+		// the call to be in flight before it asserts what goes on meanwhile.
+		p.log.Info("providertest: hanging", "call", call)
 		select {} // a plugin that ignores its context, too
 	}
 	if msg, ok := cfg.FailOn[call]; ok {

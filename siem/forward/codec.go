@@ -22,12 +22,17 @@ const codecV1 = 0x01
 
 var errCorrupt = errors.New("corrupt spool entry")
 
-func encodeEvent(ev siem.Event) ([]byte, error) {
+// encodedSize is an upper bound of the size of ev's entry.
+func encodedSize(ev siem.Event) int {
 	n := 1 + binary.MaxVarintLen64*4 + len(ev.Tag) + len(ev.Source) + len(ev.Raw) + 1 + binary.MaxVarintLen64*2
 	for k, v := range ev.Fields {
 		n += len(k) + len(v) + 2*binary.MaxVarintLen64
 	}
-	b := make([]byte, 0, n)
+	return n
+}
+
+func encodeEvent(ev siem.Event) ([]byte, error) {
+	b := make([]byte, 0, encodedSize(ev))
 	b = append(b, codecV1)
 	var t int64
 	if !ev.Time.IsZero() {

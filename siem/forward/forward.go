@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/bud-ecosystem/budfleet/siem"
 	"github.com/bud-ecosystem/budfleet/siem/output"
@@ -41,6 +42,13 @@ type Options struct {
 	Dial func(o siem.OutputConfig, hostname, appName string) (output.Output, error)
 	// NoSync is for tests and benchmarks only.
 	NoSync bool
+	// NoDirect sends every event through the spool, also while the
+	// output keeps up (direct.go); for tests and benchmarks.
+	NoDirect bool
+	// AuditMaxWait is how long a linux-audit event may wait for its EOE
+	// (audit.GrouperOptions.MaxWait; 0 is its default, 2s). For tests that
+	// must know an event is still open, however slow the machine.
+	AuditMaxWait time.Duration
 }
 
 // Forwarder runs one configuration at a time; Apply swaps it without a
@@ -58,6 +66,8 @@ type Forwarder struct {
 	cancel  context.CancelFunc
 	done    chan struct{}
 	stats   *stats
+	// directs are the running outputs' handoffs (direct.go), by name.
+	directs map[string]*direct
 }
 
 // New opens the spool. Run nothing until Apply.
@@ -121,15 +131,21 @@ func (f *Forwarder) Apply(ctx context.Context, cfg siem.Config, version uint64, 
 	f.cfg, f.version, f.source, f.cancel, f.done = cfg, version, source, cancel, done
 	f.stats = newStats()
 	st := f.stats
+	f.directs = map[string]*direct{}
+	for _, o := range cfg.Outputs {
+		f.directs[o.Name] = newDirect(o.BatchEvents)
+	}
+	directs := f.directs
 	f.mu.Unlock()
 
 	var wg sync.WaitGroup
 	for _, o := range cfg.Outputs {
 		ost := st.output(o)
+		d := directs[o.Name]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			f.runOutput(rctx, o, ost)
+			f.runOutput(rctx, o, ost, d)
 		}()
 	}
 	for _, s := range cfg.Sources {
@@ -142,6 +158,16 @@ func (f *Forwarder) Apply(ctx context.Context, cfg siem.Config, version uint64, 
 	go func() { wg.Wait(); close(done) }()
 	f.log.Info("forwarding configuration applied", "version", version, "source", source, "sources", len(cfg.Sources), "outputs", len(cfg.Outputs))
 	return nil
+}
+
+// directFor returns the handoff of the running output name (nil if none).
+func (f *Forwarder) directFor(name string) *direct {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.opts.NoDirect {
+		return nil
+	}
+	return f.directs[name]
 }
 
 // Stop ends the running configuration and waits for it.

@@ -2,19 +2,23 @@ package forward
 
 import (
 	"context"
+	"errors"
+	"log/slog"
 	"math/rand/v2"
 	"time"
 
 	"github.com/bud-ecosystem/budfleet/siem"
 	"github.com/bud-ecosystem/budfleet/siem/output"
+	"github.com/bud-ecosystem/budfleet/siem/spool"
 )
 
 // maxBatchBytes bounds one batch read from the spool for an output.
 const maxBatchBytes = 4 << 20
 
-// runOutput sends one output's queue until ctx ends: peek a batch, send it,
-// and acknowledge it in the spool only when the output confirmed it.
-func (f *Forwarder) runOutput(ctx context.Context, o siem.OutputConfig, ost *outputStats) {
+// runOutput sends one output's queue until ctx ends: the spool's entries
+// first (peek a batch, send it, acknowledge it in the spool only when the
+// output confirmed it), then what sources hand over directly (direct.go).
+func (f *Forwarder) runOutput(ctx context.Context, o siem.OutputConfig, ost *outputStats, d *direct) {
 	log := f.log.With("output", o.Name, "type", o.Type, "address", o.Address)
 	var out output.Output
 	defer func() {
@@ -22,13 +26,115 @@ func (f *Forwarder) runOutput(ctx context.Context, o siem.OutputConfig, ost *out
 			out.Close()
 		}
 	}()
+	// Nothing handed over may be dropped: what was not sent goes into the
+	// spool with its checkpoint.
+	storeCP := func(cp map[string][]byte) {
+		if err := f.spool.Append(nil, cp); err != nil {
+			log.Error("store the checkpoint of sent batches", "error", err)
+		}
+	}
+	defer func() {
+		d.storeCP(storeCP)
+		d.close(func(b directBatch) { f.spoolDirect(o.Name, b, log) })
+	}()
 	failures := 0
+	// failed handles a failed send: the connection is dropped and the next
+	// try waits out the backoff. It reports false when ctx ended.
+	failed := func(err error) bool {
+		if ctx.Err() != nil {
+			return false
+		}
+		failures++
+		msg := output.DescribeTLSError(err)
+		ost.fail(msg)
+		wait := backoff(failures)
+		if failures == 1 || failures%10 == 0 {
+			log.Warn("SIEM output failed; events stay in the spool and are resent", "error", msg, "retry_in", wait, "failures", failures)
+		}
+		if out != nil {
+			out.Close()
+			out = nil
+		}
+		return sleep(ctx, wait)
+	}
+	succeeded := func(events, bytes int) {
+		if failures > 0 {
+			log.Info("SIEM output recovered", "after_failures", failures)
+		}
+		failures = 0
+		ost.sent(events, bytes)
+	}
+	send := func(batch []siem.Event) error {
+		var err error
+		if out == nil {
+			out, err = f.opts.Dial(o, f.opts.Hostname, f.opts.AppName)
+		}
+		if err == nil && len(batch) > 0 {
+			err = out.Send(ctx, batch)
+		}
+		return err
+	}
 	for {
-		if err := f.spool.Wait(ctx, o.Name); err != nil {
+		// The spool first: it holds what is older than any handoff.
+		select {
+		case <-ctx.Done():
 			return
+		case <-f.spool.Ready(o.Name):
+		default:
+			select {
+			case <-ctx.Done():
+				return
+			case <-f.spool.Done():
+				return
+			case <-f.spool.Ready(o.Name):
+			case <-d.readyChan():
+				b := d.take()
+				if b == nil {
+					continue
+				}
+				// In output batches, each recorded, so that a revoke
+				// takes back only what was not sent.
+				var err error
+				n := 0
+				for n < len(b.events) {
+					end := min(len(b.events), n+max(1, o.BatchEvents))
+					if err = send(b.events[n:end]); err != nil {
+						break
+					}
+					n = end
+					if !d.progress(b, n) {
+						break
+					}
+				}
+				if err != nil {
+					// Refuse handoffs until the spool is empty again, and
+					// spool the rest of this batch and those behind it, in
+					// order.
+					d.setFailed(true)
+					// What was sent before is older than what is spooled
+					// now: its checkpoint goes first.
+					d.storeCP(storeCP)
+					d.finish(b, func() { f.spoolDirect(o.Name, directBatch{events: b.events[n:], cps: b.cps}, log) })
+					for p := d.take(); p != nil; p = d.take() {
+						d.finish(p, func() { f.spoolDirect(o.Name, *p, log) })
+					}
+					if !failed(err) {
+						return
+					}
+					continue
+				}
+				if d.sentAll(b) {
+					d.storeCP(storeCP)
+				}
+				succeeded(n, b.raw)
+				continue
+			}
 		}
 		items, err := f.spool.Peek(o.Name, o.BatchEvents, maxBatchBytes)
 		if err != nil {
+			if errors.Is(err, spool.ErrClosed) {
+				return
+			}
 			log.Error("read spool", "error", err)
 			if !sleep(ctx, time.Second) {
 				return
@@ -51,40 +157,56 @@ func (f *Forwarder) runOutput(ctx context.Context, o siem.OutputConfig, ost *out
 			batch = append(batch, ev)
 			bytes += len(ev.Raw)
 		}
-		if out == nil {
-			out, err = f.opts.Dial(o, f.opts.Hostname, f.opts.AppName)
-		}
-		if err == nil && len(batch) > 0 {
-			err = out.Send(ctx, batch)
-		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			failures++
-			msg := output.DescribeTLSError(err)
-			ost.fail(msg)
-			wait := backoff(failures)
-			if failures == 1 || failures%10 == 0 {
-				log.Warn("SIEM output failed; events stay in the spool and are resent", "error", msg, "retry_in", wait, "failures", failures)
-			}
-			if out != nil {
-				out.Close()
-				out = nil
-			}
-			if !sleep(ctx, wait) {
+		if err := send(batch); err != nil {
+			if !failed(err) {
 				return
 			}
 			continue
 		}
-		if failures > 0 {
-			log.Info("SIEM output recovered", "after_failures", failures)
-		}
-		failures = 0
 		if err := f.spool.Ack(o.Name, items[len(items)-1].Seq); err != nil {
 			log.Error("acknowledge spool entries", "error", err)
 		}
-		ost.sent(len(batch), bytes)
+		succeeded(len(batch), bytes)
+		d.setFailed(false) // sources hand over again once the spool is empty
+	}
+}
+
+// spoolDirect puts a handed-over batch that was not sent into the spool
+// with its checkpoint, so that it is resent from there.
+func (f *Forwarder) spoolDirect(queue string, b directBatch, log *slog.Logger) {
+	entries := make([]spool.Entry, 0, len(b.events))
+	for _, ev := range b.events {
+		data, err := encodeEvent(ev)
+		if err != nil {
+			log.Error("encode event", "error", err)
+			continue
+		}
+		entries = append(entries, spool.Entry{Queue: queue, Data: data})
+	}
+	// Handoffs happen only while the queue is empty and a batch is at
+	// most an eighth of the spool: it fits unless other queues filled the
+	// spool. Then it waits for room a while; giving up leaves the events
+	// in the source file before the checkpoint, but a later checkpoint of
+	// the source could pass them, which is said loudly.
+	for try := 0; ; try++ {
+		err := f.spool.Append(entries, b.cps)
+		if err == nil || errors.Is(err, spool.ErrClosed) {
+			return
+		}
+		if errors.Is(err, spool.ErrTooLarge) {
+			for _, e := range entries {
+				if err := f.spool.Append([]spool.Entry{e}, nil); err != nil {
+					log.Error("SIEM event could not be spooled and is lost", "error", err)
+				}
+			}
+			entries = nil
+			continue
+		}
+		if try == 30 {
+			log.Error("SIEM events could not be spooled after a failed send; they may be lost", "events", len(entries), "error", err)
+			return
+		}
+		time.Sleep(time.Second)
 	}
 }
 

@@ -685,6 +685,35 @@ func (s *Spool) Wait(ctx context.Context, queue string) error {
 	}
 }
 
+// Ready returns a channel that is closed once queue is non-empty (at once
+// when it is), so a caller can wait for the spool and something else
+// together. A closed spool's channel is never closed: select on Done too.
+func (s *Spool) Ready(queue string) <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state[queue].entries > 0 {
+		return closedChan
+	}
+	ch := s.waiters[queue]
+	if ch == nil {
+		ch = make(chan struct{})
+		s.waiters[queue] = ch
+	}
+	return ch
+}
+
+// QueueEntries is how many entries queue holds; it does not touch the file.
+func (s *Spool) QueueEntries(queue string) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state[queue].entries
+}
+
+// Done is closed when the spool is closed.
+func (s *Spool) Done() <-chan struct{} { return s.closedCh }
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
 // apply installs committed changes; mu must be held.
 func (s *Spool) apply(changes map[string]queueState, total int64) {
 	for q, st := range changes {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -112,7 +113,14 @@ esac
 		}
 		return nil
 	})
-	time.Sleep(2 * time.Second) // an eviction or two refused
+	// Kill it once the API server has refused an eviction, so that the
+	// new controller takes up a drain the budget has already held.
+	eventually(t, time.Minute, func() error {
+		if n, err := refusedEvictions(t, cp); err != nil || n == 0 {
+			return fmt.Errorf("no eviction refused yet (%v)", err)
+		}
+		return nil
+	})
 	c.kill(t)
 	c.restart(t)
 	eventually(t, time.Minute, func() error {
@@ -249,4 +257,26 @@ func agentHost(agents map[string]*agent, id string) string {
 		}
 	}
 	return id
+}
+
+// refusedEvictions is how many evictions the API server has answered with
+// 429 (a PodDisruptionBudget's refusal), read from its own request metric.
+func refusedEvictions(t testing.TB, cp *kubetest.ControlPlane) (int, error) {
+	raw, err := cp.Client.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(t.Context())
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, line := range strings.Split(string(raw), "\n") {
+		if !strings.HasPrefix(line, "apiserver_request_total{") || !strings.Contains(line, `subresource="eviction"`) || !strings.Contains(line, `code="429"`) {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			return 0, fmt.Errorf("metric line %q: %w", line, err)
+		}
+		n += int(v)
+	}
+	return n, nil
 }

@@ -301,7 +301,9 @@ func TestEtcdMemberAndQuorumLoss(t *testing.T) {
 		return n
 	}
 	endedBefore := ended()
-	time.Sleep(5 * time.Second) // more than two heartbeat graces
+	// Checking that nothing happens: without the quorum for more than two
+	// heartbeat graces, no agent's session may end (counted below).
+	time.Sleep(5 * time.Second)
 
 	// A member back: the quorum returns and so do writes.
 	if err := f.etcd.Members[1].Start(); err != nil {

@@ -148,8 +148,7 @@ func TestKubeletJoin(t *testing.T) {
 		}
 		return nil
 	})
-	c.kill(t)
-	time.Sleep(500 * time.Millisecond)
+	c.kill(t) // returns once the process is gone
 	c.restart(t)
 	var seen []string
 	eventually(t, 3*time.Minute, func() error {

@@ -477,7 +477,12 @@ func TestProviderFaults(t *testing.T) {
 		}
 		hung <- err
 	}()
-	time.Sleep(300 * time.Millisecond)
+	eventually(t, 10*time.Second, func() error {
+		if !strings.Contains(readLog(c.logPath), "providertest: hanging") {
+			return fmt.Errorf("the stuck plugin has not logged its hanging CreateMachine yet")
+		}
+		return nil
+	})
 	start := time.Now()
 	c.mustBudctl(t, "machines", "create", "--provider", "steady", "--name", "s2")
 	c.providers(t)

@@ -438,18 +438,43 @@ func lockAuditd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	locked := make(chan error, 1)
-	go func() { locked <- syscall.Flock(int(f.Fd()), syscall.LOCK_EX) }()
-	select {
-	case err := <-locked:
-		if err != nil {
+	// Polled without blocking (like kubetest.LockKubelet), so that giving
+	// up leaves no goroutine stuck in flock holding the file.
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if err != syscall.EWOULDBLOCK {
 			f.Close()
 			t.Fatalf("lock %s: %v", auditdLock, err)
 		}
-	case <-time.After(2 * time.Minute):
-		t.Fatalf("another test process held %s (it runs auditd) for 2 minutes", auditdLock)
+		if time.Now().After(deadline) {
+			f.Close()
+			t.Fatalf("another test process held %s (it runs auditd) for 2 minutes", auditdLock)
+		}
+		time.Sleep(250 * time.Millisecond)
 	}
-	t.Cleanup(func() { f.Close() })
+	_ = f.Truncate(0)
+	fmt.Fprintf(f, "pid %d: %s\n", os.Getpid(), t.Name())
+	t.Cleanup(func() {
+		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		f.Close()
+	})
+}
+
+// hostAuditLog is the log_file of the host's auditd configuration
+// (/etc/audit/auditd.conf), /var/log/audit/audit.log when it names none.
+func hostAuditLog() string {
+	b, _ := os.ReadFile("/etc/audit/auditd.conf")
+	for _, l := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(l, "=")
+		if ok && strings.TrimSpace(k) == "log_file" && strings.TrimSpace(v) != "" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "/var/log/audit/audit.log"
 }
 
 // auditStatus returns `auditctl -s` as a map (enabled, pid, ...).
@@ -482,9 +507,13 @@ func TestSIEMRealAuditd(t *testing.T) {
 	if err != nil {
 		t.Fatalf("kernel audit is not usable here (this test needs root with CAP_AUDIT_CONTROL): %v", err)
 	}
+	// A host that runs its own auditd keeps it: the test then forwards
+	// that daemon's log instead of starting one (which would take the
+	// kernel's audit stream away from it).
+	hostAuditd := 0
 	if pid, _ := strconv.Atoi(st["pid"]); pid != 0 {
 		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
-			t.Fatalf("another audit daemon (pid %d) is registered with the kernel; this test runs its own auditd and would take the audit log from it", pid)
+			hostAuditd = pid
 		}
 	}
 	wasEnabled := st["enabled"]
@@ -494,6 +523,26 @@ func TestSIEMRealAuditd(t *testing.T) {
 	a := joinAgent(t, c, c.createToken(t), "siem-auditd")
 	dir := siemTempDir(t, "auditd")
 	auditLog := filepath.Join(dir, "audit.log")
+	if hostAuditd != 0 {
+		auditLog = hostAuditLog()
+		t.Logf("the host runs auditd (pid %d): forwarding its log %s", hostAuditd, auditLog)
+	}
+	siemConfigureAgent(t, a, siemSection{
+		Sources: []siemSource{{Path: auditLog, Tag: "audit", Format: "linux-audit"}},
+		Outputs: []siemOutput{{Name: "corp-siem", Type: "syslog", Address: rs.TLSAddr, Match: "audit.**", TLS: siemGoodTLS(rs)}},
+	})
+	if hostAuditd == 0 {
+		startOwnAuditd(t, dir, auditLog, wasEnabled)
+	} else if st["enabled"] == "0" {
+		t.Fatalf("the host's auditd (pid %d) runs with auditing disabled (auditctl -s: enabled 0); the test will not turn it on for it", hostAuditd)
+	}
+	runAuditdChecks(t, a, rs, dir, auditLog)
+}
+
+// startOwnAuditd runs an auditd of the test's own, writing auditLog, until
+// the test ends, and puts the kernel's enabled flag back.
+func startOwnAuditd(t *testing.T, dir, auditLog, wasEnabled string) {
+	t.Helper()
 	plugins := filepath.Join(dir, "plugins.d")
 	if err := os.Mkdir(plugins, 0o700); err != nil {
 		t.Fatal(err)
@@ -520,10 +569,6 @@ overflow_action = IGNORE
 	if err := os.WriteFile(filepath.Join(dir, "auditd.conf"), []byte(conf), 0o640); err != nil {
 		t.Fatal(err)
 	}
-	siemConfigureAgent(t, a, siemSection{
-		Sources: []siemSource{{Path: auditLog, Tag: "audit", Format: "linux-audit"}},
-		Outputs: []siemOutput{{Name: "corp-siem", Type: "syslog", Address: rs.TLSAddr, Match: "audit.**", TLS: siemGoodTLS(rs)}},
-	})
 
 	auditdLog := filepath.Join(dir, "auditd.out")
 	dumpLogOnFailure(t, "auditd", auditdLog)
@@ -559,7 +604,12 @@ overflow_action = IGNORE
 		}
 		return nil
 	})
+}
 
+// runAuditdChecks watches a temp file with a unique key, starts the agent,
+// touches the file and checks rsyslog's copies of the events.
+func runAuditdChecks(t *testing.T, a *agent, rs *rsyslogtest.Server, dir, auditLog string) {
+	t.Helper()
 	watched := filepath.Join(dir, "watched")
 	if err := os.WriteFile(watched, nil, 0o600); err != nil {
 		t.Fatal(err)

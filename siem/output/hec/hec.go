@@ -389,19 +389,30 @@ func (c *Client) do(ctx context.Context, op, u string, body []byte, gz bool, tok
 		}
 		return nil, transportError(op, u, err)
 	}
+	r, herr := c.parseResponse(op, res.StatusCode, raw)
+	if herr != nil {
+		return nil, herr
+	}
+	return r, nil
+}
+
+// parseResponse decodes HEC's answer to op ("event" or "ack"): a success,
+// or an *Error saying what to fix. Whatever the body is (it comes from the
+// network), exactly one of the two is non-nil.
+func (c *Client) parseResponse(op string, status int, raw []byte) (*response, *Error) {
 	var r response
 	jerr := json.Unmarshal(raw, &r)
 	switch {
 	case jerr != nil:
-		return nil, c.classify(op, res.StatusCode, nil, raw)
-	case res.StatusCode == http.StatusOK && op == "ack" && r.Acks != nil && (r.Code == nil || *r.Code == 0):
+		return nil, c.classify(op, status, nil, raw)
+	case status == http.StatusOK && op == "ack" && r.Acks != nil && (r.Code == nil || *r.Code == 0):
 		return &r, nil // {"acks":{"0":true,"1":false}}
-	case res.StatusCode == http.StatusOK && op == "event" && r.Code != nil && *r.Code == 0:
+	case status == http.StatusOK && op == "event" && r.Code != nil && *r.Code == 0:
 		return &r, nil // {"text":"Success","code":0[,"ackId":N]}
 	case r.Code == nil:
-		return nil, c.classify(op, res.StatusCode, nil, raw)
+		return nil, c.classify(op, status, nil, raw)
 	}
-	return nil, c.classify(op, res.StatusCode, &r, raw)
+	return nil, c.classify(op, status, &r, raw)
 }
 
 // encode turns batch into request bodies of at most MaxBatchBytes each
