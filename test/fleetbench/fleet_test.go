@@ -27,7 +27,9 @@
 // BUD_FLEET_PER_PROCESS (default 2500), BUD_FLEET_WINDOW (the steady CPU
 // window, default 60s), BUD_FLEET_PROFILE_DIR (keep pprof CPU and heap
 // profiles there), BUD_FLEET_REPORT (append the figures as a markdown
-// table to this file).
+// table to this file), BUD_FLEET_ONLY=p3 (BenchmarkFleet measures P3
+// alone: no floor, no steady window, no P2; BenchmarkFleetEtcd is
+// skipped), for working on the fan-out without the 20 minutes around it.
 package fleetbench
 
 import (
@@ -113,6 +115,8 @@ type config struct {
 	hbEvery time.Duration
 	// enrollParallel is enrolments at once per simulator process.
 	enrollParallel int
+	// onlyP3: BUD_FLEET_ONLY=p3.
+	onlyP3 bool
 }
 
 func loadConfig(b *testing.B) config {
@@ -143,6 +147,13 @@ func loadConfig(b *testing.B) config {
 		}
 	}
 	c.report = os.Getenv("BUD_FLEET_REPORT")
+	switch o := os.Getenv("BUD_FLEET_ONLY"); o {
+	case "":
+	case "p3":
+		c.onlyP3 = true
+	default:
+		b.Fatalf("BUD_FLEET_ONLY=%q: want p3 or unset", o)
+	}
 	c.procs = (c.n + c.per - 1) / c.per
 	return c
 }
@@ -539,6 +550,12 @@ type etcdSteady struct {
 
 func BenchmarkFleet(b *testing.B) {
 	c := loadConfig(b)
+	if c.onlyP3 {
+		r := runFleet(b, c, "bolt", true)
+		b.StopTimer()
+		reportP3(b, c, r)
+		return
+	}
 	fl := floor(b, c)
 	r := runFleet(b, c, "bolt", true)
 	b.StopTimer()
@@ -547,6 +564,9 @@ func BenchmarkFleet(b *testing.B) {
 
 func BenchmarkFleetEtcd(b *testing.B) {
 	c := loadConfig(b)
+	if c.onlyP3 {
+		b.Skip("BUD_FLEET_ONLY=p3 asks for the bbolt P3 alone")
+	}
 	fl := floor(b, c)
 	r := runFleet(b, c, "etcd", false)
 	b.StopTimer()
@@ -664,6 +684,23 @@ func runFleet(b *testing.B, c config, store string, p2p3 bool) *fleetResult {
 		b.Fatalf("%v of %d agents connected after settling (sessions dropped?)\n%s", n, c.n, ct.p.logTail())
 	}
 
+	if c.onlyP3 {
+		prof := make(chan struct{})
+		if c.profDir != "" {
+			// Begun with the fan-out: it covers P3 and a little after.
+			go func() {
+				defer close(prof)
+				if err := cpuProfile(ct.maddr, c.profDir, store+"-cpu-p3.pb.gz", 10); err != nil {
+					b.Logf("CPU profile of P3: %v", err)
+				}
+			}()
+		} else {
+			close(prof)
+		}
+		r.p3Lat, r.p3Deliver, r.p3 = fanOut(ctx, b, fc, sims, c.n)
+		<-prof
+		return r
+	}
 	time.Sleep(afterGC)
 	var e0 etcdSnap
 	if etcd != nil {
@@ -1058,6 +1095,33 @@ func reportFleet(b *testing.B, c config, fl *floorResult, r *fleetResult) {
 	if r.etcd != nil {
 		b.ReportMetric(r.etcd.cpuPct, "etcd-cpu-%")
 		b.ReportMetric(r.etcd.writesPerSec, "etcd-writes/s")
+	}
+}
+
+// reportP3 is reportFleet for BUD_FLEET_ONLY=p3.
+func reportP3(b *testing.B, c config, r *fleetResult) {
+	load, _ := os.ReadFile("/proc/loadavg")
+	host, _ := os.Hostname()
+	var t strings.Builder
+	fmt.Fprintf(&t, "\nfleet benchmark, P3 alone, store %s, %d agents in %d processes; machine %s, %d CPUs, loadavg %s",
+		r.store, c.n, c.procs, host, numCPU(), strings.TrimSpace(string(load)))
+	if r.p3 != "" {
+		fmt.Fprintf(&t, "\nP3 not measured: %s", r.p3)
+	} else {
+		fmt.Fprintf(&t, "\nP3 create to result stored: p50 %s, p99 %s, max %s (target p99 <= 1 s)",
+			pct(r.p3Lat, 50).Round(time.Millisecond), pct(r.p3Lat, 99).Round(time.Millisecond), pct(r.p3Lat, 100).Round(time.Millisecond))
+		fmt.Fprintf(&t, "\nP3 create to delivered at the agent: p50 %s, p99 %s, max %s",
+			pct(r.p3Deliver, 50).Round(time.Millisecond), pct(r.p3Deliver, 99).Round(time.Millisecond), pct(r.p3Deliver, 100).Round(time.Millisecond))
+	}
+	b.Log(t.String())
+	if c.report != "" {
+		if f, err := os.OpenFile(c.report, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err == nil {
+			_, _ = f.WriteString(t.String() + "\n")
+			f.Close()
+		}
+	}
+	if len(r.p3Lat) > 0 {
+		b.ReportMetric(float64(pct(r.p3Lat, 99).Milliseconds()), "p3-p99-ms")
 	}
 }
 
