@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -24,6 +25,8 @@ type commandDelivery struct {
 
 	mu       sync.Mutex
 	sessions map[*session]*deliveries
+
+	marks *deliveryMarks
 }
 
 // deliveries is one session's delivery state; mu makes deliveries to one
@@ -144,38 +147,16 @@ func (m *commandDelivery) deliverPending(ctx context.Context, sess *session, d *
 	return nil
 }
 
-// sendOne marks c delivered and sends it, unless this session has had it.
-// The mark goes through the store's batched write path, so the marks of
-// a fan-out's many sessions share transactions.
+// sendOne sends c and marks it delivered, unless this session has had it.
+// The mark is written after the send and for many sends at once (see
+// deliveryMarks): a store write before each send put a fan-out's 10,000
+// deliveries behind 10,000 updates. A crash between the send and the mark
+// shows as one delivery fewer than happened; the command is still
+// pending, so it is sent again, and the agent's at-most-once record keeps
+// it from running twice.
 func (m *commandDelivery) sendOne(ctx context.Context, sess *session, d *deliveries, c store.Command) error {
-	s := m.srv
 	if d.sent[c.ID] || ctx.Err() != nil {
 		return nil
-	}
-	id := c.ID
-	now := s.opts.Now()
-	// Marked delivered before sending: a crash in between shows as one
-	// more delivery than happened, never as a command that was lost.
-	c, err := s.store.UpdateCommand(ctx, id, func(c *store.Command) error {
-		if c.State.Done() {
-			return errAlreadyDone
-		}
-		c.Deliveries++
-		c.DeliveredAt = now
-		if c.State == store.CommandPending {
-			c.State = store.CommandDelivered
-		}
-		return nil
-	})
-	if errors.Is(err, errAlreadyDone) {
-		d.sent[id] = true
-		return nil
-	}
-	if err != nil {
-		if storeUnavailable(err) {
-			return status.Errorf(codes.Unavailable, "mark command delivered: %v", err)
-		}
-		return status.Errorf(codes.Internal, "mark command delivered: %v", err)
 	}
 	sess.send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Command{Command: &agentv1.Command{
 		Id:        c.ID,
@@ -183,8 +164,161 @@ func (m *commandDelivery) sendOne(ctx context.Context, sess *session, d *deliver
 		Params:    c.Params,
 		CreatedAt: timestamppb.New(c.CreatedAt),
 	}}})
-	d.sent[id] = true
+	if ctx.Err() != nil {
+		return nil // the session ended: send dropped it
+	}
+	d.sent[c.ID] = true
+	m.marks.add(store.DeliveryMark{ID: c.ID, At: m.srv.opts.Now(), Count: 1})
 	return nil
+}
+
+// deliveryMarks gathers the delivered marks of sends and writes them in
+// the background, markDelay after the first, all at once. A result that
+// comes before then carries its command's mark into its own write (most
+// of a fan-out's: its marks then cost no write at all); one that comes
+// while the mark is being written waits for it. So a command with a
+// result always shows its deliveries, and a running one shows as
+// delivered within about markDelay.
+type deliveryMarks struct {
+	srv *Server
+
+	mu      sync.Mutex
+	pending map[string]store.DeliveryMark
+	// writing: the marks being written, and closed when they are.
+	writing map[string]chan struct{}
+	running bool
+}
+
+func (k *deliveryMarks) add(dm store.DeliveryMark) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if cur, ok := k.pending[dm.ID]; ok {
+		dm.Count += cur.Count
+		dm.At = later(cur.At, dm.At)
+	}
+	k.pending[dm.ID] = dm
+	if !k.running {
+		k.running = true
+		go k.loop()
+	}
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// take removes id's mark if it is not yet being written, so that the
+// caller writes it; if it is, take waits until it is written.
+func (k *deliveryMarks) take(ctx context.Context, id string) (store.DeliveryMark, bool) {
+	k.mu.Lock()
+	if dm, ok := k.pending[id]; ok {
+		delete(k.pending, id)
+		k.mu.Unlock()
+		return dm, true
+	}
+	done := k.writing[id]
+	k.mu.Unlock()
+	if done != nil {
+		select {
+		case <-done:
+		case <-ctx.Done():
+		}
+	}
+	return store.DeliveryMark{}, false
+}
+
+const markDelay = time.Second
+
+func (k *deliveryMarks) loop() {
+	for {
+		time.Sleep(markDelay)
+		if !k.writeOnce(true) {
+			return
+		}
+	}
+}
+
+// flush writes what is gathered now, for a graceful stop.
+func (k *deliveryMarks) flush() { k.writeOnce(false) }
+
+// writeOnce writes the gathered marks and says whether there were any;
+// with none, the loop that called it ends.
+func (k *deliveryMarks) writeOnce(fromLoop bool) bool {
+	k.mu.Lock()
+	if len(k.pending) == 0 {
+		if fromLoop {
+			k.running = false
+		}
+		k.mu.Unlock()
+		return false
+	}
+	marks := make([]store.DeliveryMark, 0, len(k.pending))
+	done := make(chan struct{})
+	for id, dm := range k.pending {
+		marks = append(marks, dm)
+		k.writing[id] = done
+	}
+	clear(k.pending)
+	k.mu.Unlock()
+
+	if err := k.write(marks); err != nil {
+		// Only the count is lost: the commands stay queued until a
+		// result comes.
+		k.srv.log.Warn("record command deliveries", "commands", len(marks), "error", err)
+	}
+
+	k.mu.Lock()
+	for _, dm := range marks {
+		if k.writing[dm.ID] == done {
+			delete(k.writing, dm.ID)
+		}
+	}
+	k.mu.Unlock()
+	close(done)
+	return true
+}
+
+func (k *deliveryMarks) write(marks []store.DeliveryMark) error {
+	// Not a session's context: the sends happened whether or not their
+	// sessions are still open.
+	ctx := context.Background()
+	if dm, ok := k.srv.store.(store.DeliveryMarker); ok {
+		return dm.MarkDelivered(ctx, marks)
+	}
+	var (
+		wg    sync.WaitGroup
+		sem   = make(chan struct{}, 64)
+		errMu sync.Mutex
+		first error
+	)
+	for _, dm := range marks {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			_, err := k.srv.store.UpdateCommand(ctx, dm.ID, func(c *store.Command) error {
+				if c.State.Done() {
+					return errAlreadyDone
+				}
+				c.Deliveries += dm.Count
+				c.DeliveredAt = dm.At
+				c.State = store.CommandDelivered
+				return nil
+			})
+			if err != nil && !errors.Is(err, errAlreadyDone) && !errors.Is(err, store.ErrNotFound) {
+				errMu.Lock()
+				if first == nil {
+					first = err
+				}
+				errMu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return first
 }
 
 func (m *commandDelivery) handleResult(ctx context.Context, sess *session, msg *agentv1.ConnectRequest_CommandResult) error {
@@ -196,12 +330,19 @@ func (m *commandDelivery) recordResult(ctx context.Context, sess *session, r *ag
 	now := s.opts.Now()
 	// Chunks the progress module has not written yet go with the result.
 	tail := s.progress.snapshot(sess, r.GetCommandId())
+	// The delivery not yet written goes with the result; one being
+	// written is waited for, so the result is never stored without it.
+	mark, marked := m.marks.take(ctx, r.GetCommandId())
 	c, err := s.store.UpdateCommand(ctx, r.GetCommandId(), func(c *store.Command) error {
 		if c.NodeID != sess.nodeID {
 			return errForeignCommand
 		}
 		if c.State.Done() {
 			return errAlreadyDone
+		}
+		if marked {
+			c.Deliveries += mark.Count
+			c.DeliveredAt = mark.At
 		}
 		c.State = store.CommandFailed
 		if r.GetSuccess() {
@@ -218,6 +359,9 @@ func (m *commandDelivery) recordResult(ctx context.Context, sess *session, r *ag
 		}
 		return nil
 	})
+	if err != nil && marked {
+		m.marks.add(mark) // not ours to drop: its own write skips it if done
+	}
 	switch {
 	case errors.Is(err, errAlreadyDone):
 		return nil // a duplicate report after a redelivery

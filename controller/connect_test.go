@@ -137,10 +137,10 @@ func TestConnectSessionModules(t *testing.T) {
 	if _, connected := e.srv.nodeLiveness("n1"); connected {
 		t.Error("still connected after the session ended")
 	}
-	c, err := e.store.GetCommand(t.Context(), first.GetCommand().GetId())
-	if err != nil || c.Deliveries != 1 {
-		t.Errorf("first command %+v, %v; want delivered once", c, err)
-	}
+	eventually(t, "the first command marked delivered once", func() bool {
+		c, err := e.store.GetCommand(t.Context(), first.GetCommand().GetId())
+		return err == nil && c.Deliveries == 1
+	})
 }
 
 // A session ends with InvalidArgument on a second hello or a message no

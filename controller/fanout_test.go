@@ -106,9 +106,15 @@ func TestCreateCommandsDelivers(t *testing.T) {
 	}
 	for _, id := range []string{"n1", "n2"} {
 		c := nextCommand(t, streams[id])
-		got, err := e.store.GetCommand(t.Context(), c.GetId())
-		if err != nil || got.NodeID != id || got.BatchID != resp.GetBatchId() || got.State != store.CommandDelivered || got.Deliveries != 1 {
-			t.Fatalf("%s was sent %+v (%v)", id, got, err)
+		// The delivery is written shortly after the send.
+		var got store.Command
+		var err error
+		eventually(t, id+" marked delivered", func() bool {
+			got, err = e.store.GetCommand(t.Context(), c.GetId())
+			return err == nil && got.State == store.CommandDelivered
+		})
+		if got.NodeID != id || got.BatchID != resp.GetBatchId() || got.Deliveries != 1 {
+			t.Fatalf("%s was sent %+v", id, got)
 		}
 		streams[id].in <- &agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_CommandResult{CommandResult: &agentv1.CommandResult{CommandId: c.GetId(), Success: id == "n1", Message: "done"}}}
 	}

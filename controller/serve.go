@@ -305,6 +305,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	}
 	err = g.Wait()
 	srv.persistLiveness(context.WithoutCancel(ctx))
+	srv.commands.marks.flush()
 	return err
 }
 

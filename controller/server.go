@@ -209,7 +209,7 @@ func New(opts Options) (*Server, error) {
 	s.metrics = newMetrics(opts.Registerer)
 	s.refusals = newRefusals(s)
 	s.enrollLimit = newAddrLimiter(opts.EnrollRate, opts.EnrollBurst, opts.Now)
-	s.commands = &commandDelivery{srv: s, sessions: map[*session]*deliveries{}}
+	s.commands = &commandDelivery{srv: s, sessions: map[*session]*deliveries{}, marks: &deliveryMarks{srv: s, pending: map[string]store.DeliveryMark{}, writing: map[string]chan struct{}{}}}
 	s.reports = newCoalescer(s, opts.ReportInterval)
 	s.siem = &siemPush{srv: s, reports: map[string]siemReport{}, pushed: map[string]time.Time{}, settled: map[string]string{}}
 	s.progress = &commandProgress{srv: s, sessions: map[*session]*progressState{}}

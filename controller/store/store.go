@@ -35,6 +35,21 @@ var (
 	ErrPartialBatch = errors.New("only part of the batch was queued")
 )
 
+// DeliveryMark is Count sends of command ID to its node, the last at At.
+type DeliveryMark struct {
+	ID    string
+	At    time.Time
+	Count uint32
+}
+
+// DeliveryMarker is a Store that records many commands' deliveries in one
+// write: a fan-out's 10,000 marks are then one transaction rather than
+// 10,000 updates. A mark for a command that is gone or already has a
+// result is skipped. Optional: the controller falls back to UpdateCommand.
+type DeliveryMarker interface {
+	MarkDelivered(ctx context.Context, marks []DeliveryMark) error
+}
+
 // Store is the controller's persistent state.
 //
 // Every method takes the caller's context first: called with a context

@@ -56,19 +56,20 @@ func (o *onceTask) runs(t *testing.T) int {
 func (o *onceTask) start(t *testing.T, c *controller, a *agent) string {
 	t.Helper()
 	id := strings.TrimSpace(c.mustBudctl(t, "commands", "create", "maintenance.task", "--node", a.nodeID, "--script", o.script, "--param", "timeout=2m"))
+	// The delivered state is written shortly after the send.
 	eventually(t, 20*time.Second, func() error {
 		if n := o.runs(t); n != 1 {
 			return fmt.Errorf("the task ran %d times", n)
 		}
+		cm, err := c.getCommand(id)
+		if err != nil {
+			return err
+		}
+		if cm.GetState() != fleetv1.CommandState_COMMAND_STATE_DELIVERED {
+			return fmt.Errorf("command %s while its task runs; want delivered", cm.GetState())
+		}
 		return nil
 	})
-	cm, err := c.getCommand(id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if cm.GetState() != fleetv1.CommandState_COMMAND_STATE_DELIVERED {
-		t.Fatalf("command %s while its task runs; want delivered", cm.GetState())
-	}
 	return id
 }
 

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -44,7 +45,11 @@ exit 3
 		if err != nil {
 			return err
 		}
-		if cm.GetState() != fleetv1.CommandState_COMMAND_STATE_DELIVERED {
+		switch cm.GetState() {
+		case fleetv1.CommandState_COMMAND_STATE_DELIVERED:
+		case fleetv1.CommandState_COMMAND_STATE_PENDING:
+			return errors.New("command not yet marked delivered") // written shortly after the send
+		default:
 			t.Fatalf("command %s before the script was released; want it running", cm.GetState())
 		}
 		if got := cm.GetOutputTail().GetStdout(); got != wantHead {

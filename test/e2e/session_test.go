@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -129,9 +130,15 @@ func TestSessionStartsWithWelcome(t *testing.T) {
 		t.Errorf("%d of %d sessions began with something other than the Welcome (controller/agentapi.go Connect), e.g. %s",
 			len(notWelcome), sessions, notWelcome[0])
 	}
-	if cm, err := c.getCommand(cmdID); err != nil {
-		t.Fatal(err)
-	} else if cm.GetDeliveries() != sessions {
-		t.Errorf("command delivered %d times over %d sessions; want once per session", cm.GetDeliveries(), sessions)
-	}
+	// The controller writes delivery counts shortly after the sends.
+	eventually(t, 10*time.Second, func() error {
+		cm, err := c.getCommand(cmdID)
+		if err != nil {
+			return err
+		}
+		if cm.GetDeliveries() != sessions {
+			return fmt.Errorf("command delivered %d times over %d sessions; want once per session", cm.GetDeliveries(), sessions)
+		}
+		return nil
+	})
 }

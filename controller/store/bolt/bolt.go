@@ -497,6 +497,42 @@ func (s *Store) UpdateCommand(ctx context.Context, id string, fn func(*store.Com
 	return c, err
 }
 
+var _ store.DeliveryMarker = (*Store)(nil)
+
+// MarkDelivered records the marks in one transaction: one fsync for a
+// fan-out's deliveries. Not through batch(): a batch of 10,000 is already
+// one write, and DB.Batch would cut it into transactions of 1,000.
+func (s *Store) MarkDelivered(ctx context.Context, marks []store.DeliveryMark) error {
+	return s.update(ctx, func(tx *bbolt.Tx) error {
+		for _, m := range marks {
+			q, key, err := commandLocation(tx, m.ID)
+			if errors.Is(err, store.ErrNotFound) {
+				continue // its node was deleted
+			}
+			if err != nil {
+				return err
+			}
+			var c store.Command
+			if err := getJSON(q, key, &c); err != nil {
+				return err
+			}
+			if c.State.Done() {
+				continue
+			}
+			c.Deliveries += m.Count
+			c.DeliveredAt = m.At
+			c.State = store.CommandDelivered
+			if err := putJSON(q, key, c); err != nil {
+				return err
+			}
+			if err := syncBatchState(tx, c); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
 // AddSIEMConfig stores c under the next version and returns it.
 func (s *Store) AddSIEMConfig(ctx context.Context, c store.SIEMConfig) (store.SIEMConfig, error) {
 	err := s.update(ctx, func(tx *bbolt.Tx) error {

@@ -703,3 +703,30 @@ func TestNodeInventoryProtoJSONRecord(t *testing.T) {
 		t.Errorf("decodeNode of a broken inventory = %v; want an error naming the node", err)
 	}
 }
+
+// TestMarkDelivered: many deliveries in one write; a command with a result
+// keeps it, and a mark for a command that is gone is skipped.
+func TestMarkDelivered(t *testing.T) {
+	s := openStore(t, filepath.Join(t.TempDir(), "store.db"))
+	defer s.Close()
+	enrollNode(t, s, testNode("n1", "h1"))
+	for _, c := range []store.Command{cmd("c1", "n1", store.CommandPending), cmd("c2", "n1", store.CommandDelivered), cmd("c3", "n1", store.CommandSucceeded)} {
+		if err := s.EnqueueCommand(t.Context(), c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	at := base.Add(time.Minute)
+	if err := s.MarkDelivered(t.Context(), []store.DeliveryMark{{ID: "c1", At: at, Count: 1}, {ID: "c2", At: at, Count: 2}, {ID: "c3", At: at, Count: 1}, {ID: "gone", At: at, Count: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]struct {
+		state store.CommandState
+		n     uint32
+	}{"c1": {store.CommandDelivered, 1}, "c2": {store.CommandDelivered, 2}, "c3": {store.CommandSucceeded, 0}}
+	for id, w := range want {
+		c, err := s.GetCommand(t.Context(), id)
+		if err != nil || c.State != w.state || c.Deliveries != w.n || (w.n > 0 && !c.DeliveredAt.Equal(at)) {
+			t.Errorf("%s = %+v, %v; want %s, %d deliveries", id, c, err, w.state, w.n)
+		}
+	}
+}
