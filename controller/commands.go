@@ -173,10 +173,12 @@ func (m *commandDelivery) sendOne(ctx context.Context, sess *session, d *deliver
 }
 
 // deliveryMarks gathers the delivered marks of sends and writes them in
-// the background, markDelay after the first, all at once. A result that
-// comes before then carries its command's mark into its own write (most
-// of a fan-out's: its marks then cost no write at all); one that comes
-// while the mark is being written waits for it. So a command with a
+// the background, all at once, markDelay after the first, or later while
+// sends keep coming (a fan-out still under way), up to markMaxDelay. A
+// result that comes before then carries its command's mark into its own
+// write (most of a fan-out's: their marks then cost no write at all, and
+// the write of the rest does not hold up the results' writes while they
+// pour in); one that comes while the mark is being written waits for it. So a command with a
 // result always shows its deliveries, and a running one shows as
 // delivered within about markDelay.
 type deliveryMarks struct {
@@ -187,6 +189,7 @@ type deliveryMarks struct {
 	// writing: the marks being written, and closed when they are.
 	writing map[string]chan struct{}
 	running bool
+	lastAdd time.Time
 }
 
 func (k *deliveryMarks) add(dm store.DeliveryMark) {
@@ -197,6 +200,7 @@ func (k *deliveryMarks) add(dm store.DeliveryMark) {
 		dm.At = later(cur.At, dm.At)
 	}
 	k.pending[dm.ID] = dm
+	k.lastAdd = time.Now()
 	if !k.running {
 		k.running = true
 		go k.loop()
@@ -230,11 +234,25 @@ func (k *deliveryMarks) take(ctx context.Context, id string) (store.DeliveryMark
 	return store.DeliveryMark{}, false
 }
 
-const markDelay = time.Second
+const (
+	markDelay    = time.Second
+	markQuiet    = 250 * time.Millisecond
+	markMaxDelay = 5 * time.Second
+)
 
 func (k *deliveryMarks) loop() {
 	for {
+		start := time.Now()
 		time.Sleep(markDelay)
+		for {
+			k.mu.Lock()
+			quiet := time.Since(k.lastAdd)
+			k.mu.Unlock()
+			if quiet >= markQuiet || time.Since(start) >= markMaxDelay {
+				break
+			}
+			time.Sleep(markQuiet - quiet)
+		}
 		if !k.writeOnce(true) {
 			return
 		}

@@ -41,23 +41,25 @@ func (a *FleetAPI) CreateCommands(ctx context.Context, req *fleetv1.CreateComman
 			return nil, status.Errorf(codes.InvalidArgument, "label selector %q: %v", truncate(s, 256), err)
 		}
 	}
-	nodes, err := a.s.store.ListNodes(ctx)
-	if err != nil {
-		return nil, storeErr(err)
-	}
 	var ids []string
 	var how string
 	switch {
 	case req.GetAllNodes():
 		how = "all"
-		for _, n := range nodes {
-			ids = append(ids, n.ID)
+		all, err := a.nodeIDs(ctx)
+		if err != nil {
+			return nil, storeErr(err)
 		}
+		ids = all
 		if len(ids) == 0 {
 			return nil, status.Error(codes.InvalidArgument, "there are no enrolled nodes; nothing was queued")
 		}
 	case sel != nil:
 		how = "selector: " + req.GetLabelSelector()
+		nodes, err := a.s.store.ListNodes(ctx)
+		if err != nil {
+			return nil, storeErr(err)
+		}
 		for _, n := range nodes {
 			if sel.Matches(labels.Set(n.Labels)) {
 				ids = append(ids, n.ID)
@@ -67,9 +69,13 @@ func (a *FleetAPI) CreateCommands(ctx context.Context, req *fleetv1.CreateComman
 			return nil, status.Errorf(codes.InvalidArgument, "label selector %q matches no node; nothing was queued", truncate(req.GetLabelSelector(), 256))
 		}
 	default:
-		known := make(map[string]bool, len(nodes))
-		for _, n := range nodes {
-			known[n.ID] = true
+		all, err := a.nodeIDs(ctx)
+		if err != nil {
+			return nil, storeErr(err)
+		}
+		known := make(map[string]bool, len(all))
+		for _, id := range all {
+			known[id] = true
 		}
 		seen := make(map[string]bool, len(req.GetNodeIds()))
 		var unknown []string
@@ -111,7 +117,7 @@ func (a *FleetAPI) CreateCommands(ctx context.Context, req *fleetv1.CreateComman
 			BatchID:   b.ID,
 		}
 	}
-	err = a.s.store.EnqueueCommands(ctx, b, cs)
+	err := a.s.store.EnqueueCommands(ctx, b, cs)
 	if err != nil && !errors.Is(err, store.ErrPartialBatch) {
 		return nil, storeErr(err)
 	}
@@ -130,6 +136,23 @@ func (a *FleetAPI) CreateCommands(ctx context.Context, req *fleetv1.CreateComman
 		return nil, status.Errorf(codes.Unavailable, "batch %s: %v (see 'budctl commands batch %s')", b.ID, err, b.ID)
 	}
 	return &fleetv1.CreateCommandsResponse{BatchId: b.ID, Count: uint32(len(cs))}, nil
+}
+
+// nodeIDs is every node's id, without decoding the records where the
+// store can.
+func (a *FleetAPI) nodeIDs(ctx context.Context) ([]string, error) {
+	if l, ok := a.s.store.(store.NodeIDLister); ok {
+		return l.NodeIDs(ctx)
+	}
+	nodes, err := a.s.store.ListNodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, len(nodes))
+	for i, n := range nodes {
+		ids[i] = n.ID
+	}
+	return ids, nil
 }
 
 // GetCommandBatch counts a fan-out's commands by state.

@@ -50,6 +50,15 @@ type DeliveryMarker interface {
 	MarkDelivered(ctx context.Context, marks []DeliveryMark) error
 }
 
+// NodeIDLister is a Store that lists its nodes' ids without decoding
+// their records: a fan-out to every node needs only the ids, and decoding
+// 10,000 records, inventories and all, was a third of its time. Optional:
+// the controller falls back to ListNodes.
+type NodeIDLister interface {
+	// NodeIDs returns every node's id, in no particular order.
+	NodeIDs(ctx context.Context) ([]string, error)
+}
+
 // Store is the controller's persistent state.
 //
 // Every method takes the caller's context first: called with a context

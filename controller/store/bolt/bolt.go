@@ -297,6 +297,20 @@ func (s *Store) GetNode(ctx context.Context, id string) (store.Node, error) {
 	return n, err
 }
 
+var _ store.NodeIDLister = (*Store)(nil)
+
+// NodeIDs returns every node's id (the nodes bucket's keys), by id.
+func (s *Store) NodeIDs(ctx context.Context) ([]string, error) {
+	var out []string
+	err := s.view(ctx, func(tx *bbolt.Tx) error {
+		return tx.Bucket(bucketNodes).ForEach(func(k, _ []byte) error {
+			out = append(out, string(k))
+			return nil
+		})
+	})
+	return out, err
+}
+
 // ListNodes returns every node, by hostname then id.
 func (s *Store) ListNodes(ctx context.Context) ([]store.Node, error) {
 	var out []store.Node
