@@ -123,8 +123,10 @@ baremetal-peers:
 test-unit: k8s kubelet-deps baremetal-peers
 	$(GO) test -race -count=1 $(UNIT_PKGS)
 
-## fuzz: each fuzz target for FUZZTIME (default 5s) over its committed corpus (testdata/fuzz/).
-FUZZTIME ?= 5s
+## fuzz: each fuzz target for FUZZTIME executions (default 10000x) over its committed corpus (testdata/fuzz/).
+## A count, not a duration: a duration races the fuzz coordinator's deadline on Go 1.26 (golang/go#75804)
+## and fails with "context deadline exceeded" on a loaded machine.
+FUZZTIME ?= 10000x
 FUZZ_TARGETS = ./agent:FuzzLoadConfig ./siem:FuzzPushedConfig ./controller:FuzzCheckNodeText ./agent/gpu:FuzzMockEventsFile ./siem/output/hec:FuzzResponse ./siem/tail:FuzzCheckpoint
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
