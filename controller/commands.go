@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -173,14 +174,14 @@ func (m *commandDelivery) sendOne(ctx context.Context, sess *session, d *deliver
 }
 
 // deliveryMarks gathers the delivered marks of sends and writes them in
-// the background, all at once, markDelay after the first, or later while
-// sends keep coming (a fan-out still under way), up to markMaxDelay. A
-// result that comes before then carries its command's mark into its own
-// write (most of a fan-out's: their marks then cost no write at all, and
-// the write of the rest does not hold up the results' writes while they
-// pour in); one that comes while the mark is being written waits for it. So a command with a
-// result always shows its deliveries, and a running one shows as
-// delivered within about markDelay.
+// the background, a chunk at a time (markChunk), markDelay after the
+// first, or later while sends keep coming (a fan-out still under way), up
+// to markMaxDelay. A result that comes before its mark's chunk is written
+// carries the mark into its own write (most of a fan-out's: their marks
+// then cost no write at all); one that comes while the chunk is being
+// written waits for it. So a command with a result always shows its
+// deliveries, and a running one shows as delivered within about
+// markDelay.
 type deliveryMarks struct {
 	srv *Server
 
@@ -262,41 +263,80 @@ func (k *deliveryMarks) loop() {
 // flush writes what is gathered now, for a graceful stop.
 func (k *deliveryMarks) flush() { k.writeOnce(false) }
 
-// writeOnce writes the gathered marks and says whether there were any;
-// with none, the loop that called it ends.
+// markChunk bounds the marks of one store write. One transaction for a
+// fan-out's thousands of marks (each a decode and re-encode of its
+// command) held bbolt's single writer for as long as it took, and every
+// result queued behind it waited; written a chunk at a time, each chunk
+// shares a DB.Batch transaction with the results arriving then, and a
+// result that arrives before its mark's chunk carries the mark itself.
+const markChunk = 256
+
+// markLogAt: writes of at least this many marks (a fan-out's) are logged
+// at info with how long they took; fewer, at debug.
+const markLogAt = 100
+
+// writeOnce writes the marks gathered now, a chunk at a time, and says
+// whether there were any; with none, the loop that called it ends. Marks
+// added while it writes wait for the next round.
 func (k *deliveryMarks) writeOnce(fromLoop bool) bool {
 	k.mu.Lock()
-	if len(k.pending) == 0 {
+	n := len(k.pending)
+	if n == 0 {
 		if fromLoop {
 			k.running = false
 		}
 		k.mu.Unlock()
 		return false
 	}
-	marks := make([]store.DeliveryMark, 0, len(k.pending))
+	k.mu.Unlock()
+
+	began := time.Now()
+	written, chunks := 0, 0
+	for written < n {
+		marks, done := k.takeChunk(min(markChunk, n-written))
+		if len(marks) == 0 {
+			break // results took the rest with them
+		}
+		if err := k.write(marks); err != nil {
+			// Only the count is lost: the commands stay queued until a
+			// result comes.
+			k.srv.log.Warn("record command deliveries", "commands", len(marks), "error", err)
+		}
+		k.mu.Lock()
+		for _, dm := range marks {
+			if k.writing[dm.ID] == done {
+				delete(k.writing, dm.ID)
+			}
+		}
+		k.mu.Unlock()
+		close(done)
+		written += len(marks)
+		chunks++
+	}
+	level := slog.LevelDebug
+	if n >= markLogAt {
+		level = slog.LevelInfo
+	}
+	k.srv.log.Log(context.Background(), level, "recorded command deliveries", "commands", written, "carried_by_results", n-written, "writes", chunks, "took", time.Since(began).Round(time.Microsecond).String())
+	return true
+}
+
+// takeChunk moves up to limit pending marks to writing, under one channel
+// that is closed once they are written.
+func (k *deliveryMarks) takeChunk(limit int) ([]store.DeliveryMark, chan struct{}) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	marks := make([]store.DeliveryMark, 0, min(limit, len(k.pending)))
 	done := make(chan struct{})
 	for id, dm := range k.pending {
+		if len(marks) == limit {
+			break
+		}
 		marks = append(marks, dm)
 		k.writing[id] = done
+		delete(k.pending, id)
 	}
-	clear(k.pending)
-	k.mu.Unlock()
-
-	if err := k.write(marks); err != nil {
-		// Only the count is lost: the commands stay queued until a
-		// result comes.
-		k.srv.log.Warn("record command deliveries", "commands", len(marks), "error", err)
-	}
-
-	k.mu.Lock()
-	for _, dm := range marks {
-		if k.writing[dm.ID] == done {
-			delete(k.writing, dm.ID)
-		}
-	}
-	k.mu.Unlock()
-	close(done)
-	return true
+	return marks, done
 }
 
 func (k *deliveryMarks) write(marks []store.DeliveryMark) error {

@@ -513,11 +513,13 @@ func (s *Store) UpdateCommand(ctx context.Context, id string, fn func(*store.Com
 
 var _ store.DeliveryMarker = (*Store)(nil)
 
-// MarkDelivered records the marks in one transaction: one fsync for a
-// fan-out's deliveries. Not through batch(): a batch of 10,000 is already
-// one write, and DB.Batch would cut it into transactions of 1,000.
+// MarkDelivered records the marks in one transaction, through DB.Batch:
+// the controller writes a fan-out's marks in chunks, and each chunk then
+// shares its transaction and fsync with the command results being written
+// at the same time instead of holding them up behind a transaction of its
+// own.
 func (s *Store) MarkDelivered(ctx context.Context, marks []store.DeliveryMark) error {
-	return s.update(ctx, func(tx *bbolt.Tx) error {
+	return s.batch(ctx, func(tx *bbolt.Tx) error {
 		for _, m := range marks {
 			q, key, err := commandLocation(tx, m.ID)
 			if errors.Is(err, store.ErrNotFound) {
