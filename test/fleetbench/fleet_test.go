@@ -33,6 +33,8 @@
 package fleetbench
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
@@ -535,6 +537,7 @@ type fleetResult struct {
 	p3        string // why P3 was not measured, "" when it was
 	p3Lat     []time.Duration
 	p3Deliver []time.Duration
+	p3x       p3Extra
 
 	p2       string
 	storm    time.Duration
@@ -694,10 +697,20 @@ func runFleet(b *testing.B, c config, store string, p2p3 bool) *fleetResult {
 					b.Logf("CPU profile of P3: %v", err)
 				}
 			}()
+			// Where the controller's goroutines wait, a second apart:
+			// a result queued behind a store write shows there.
+			go func() {
+				for i := 1; i <= 4; i++ {
+					time.Sleep(time.Second)
+					if err := goroutineDump(ct.maddr, c.profDir, fmt.Sprintf("%s-goroutines-p3-%ds.txt", store, i)); err != nil {
+						b.Logf("goroutines during P3: %v", err)
+					}
+				}
+			}()
 		} else {
 			close(prof)
 		}
-		r.p3Lat, r.p3Deliver, r.p3 = fanOut(ctx, b, fc, sims, c.n)
+		r.p3Lat, r.p3Deliver, r.p3x, r.p3 = fanOut(ctx, b, fc, ct, sims, c.n)
 		<-prof
 		return r
 	}
@@ -735,7 +748,7 @@ func runFleet(b *testing.B, c config, store string, p2p3 bool) *fleetResult {
 	}
 
 	// P3: one command to every agent.
-	r.p3Lat, r.p3Deliver, r.p3 = fanOut(ctx, b, fc, sims, c.n)
+	r.p3Lat, r.p3Deliver, r.p3x, r.p3 = fanOut(ctx, b, fc, ct, sims, c.n)
 
 	// P2: commands queued, then the controller SIGKILLed and restarted.
 	r.p2 = killAndRestart(ctx, b, ct, fc, sims, c, r)
@@ -780,15 +793,39 @@ func simTicks(sims []*sim) int64 {
 	return sum
 }
 
+// p3Extra is what P3 measures beside the latencies the store and the
+// simulators give.
+type p3Extra struct {
+	// stored: create to each result stored, from the controller's
+	// "command finished" log line, written once the result's store write
+	// has returned (finished_at, in p3Lat, is the agent's clock when its
+	// handler returned: it does not see a result queued behind a store
+	// write).
+	stored []time.Duration
+	// marks: the controller's "recorded command deliveries" lines, each
+	// a delivery-mark write: when it began after the create call, its
+	// marks and how long it took.
+	marks []string
+	// created: how long the create call took (the commands are stored,
+	// and their sends begun, when it returns).
+	created time.Duration
+	// CPU the controller and the simulators used from the create call
+	// until the batch was finished (polled every 100 ms).
+	ctlCPU, simCPU time.Duration
+}
+
 // fanOut sends one inventory.collect to all nodes and returns, per
 // command, create-to-result-stored (the store's finished_at) and
 // create-to-delivery (the simulator's first receipt). why is set when the
 // controller does not offer the fan-out.
-func fanOut(ctx context.Context, b *testing.B, fc fleetv1.FleetServiceClient, sims []*sim, n int) (lat, deliver []time.Duration, why string) {
+func fanOut(ctx context.Context, b *testing.B, fc fleetv1.FleetServiceClient, ct *ctl, sims []*sim, n int) (lat, deliver []time.Duration, x p3Extra, why string) {
+	ctl0, _ := cpuTicks(ct.p.pid())
+	sim0 := simTicks(sims)
 	t0 := time.Now()
 	resp, err := fc.CreateCommands(ctx, &fleetv1.CreateCommandsRequest{Kind: command.InventoryCollect, AllNodes: true})
+	x.created = time.Since(t0)
 	if status.Code(err) == codes.Unimplemented {
-		return nil, nil, "CreateCommands is Unimplemented on this controller"
+		return nil, nil, x, "CreateCommands is Unimplemented on this controller"
 	}
 	if err != nil {
 		b.Fatalf("CreateCommands: %v", err)
@@ -799,6 +836,9 @@ func fanOut(ctx context.Context, b *testing.B, fc fleetv1.FleetServiceClient, si
 	if err := waitBatch(ctx, fc, resp.GetBatchId(), n, 3*time.Minute); err != nil {
 		b.Fatalf("P3: %v", err)
 	}
+	ctl1, _ := cpuTicks(ct.p.pid())
+	x.ctlCPU = time.Duration(ctl1-ctl0) * time.Second / ticksPerSecond
+	x.simCPU = time.Duration(simTicks(sims)-sim0) * time.Second / ticksPerSecond
 	cmds, err := listBatch(ctx, fc, resp.GetBatchId())
 	if err != nil {
 		b.Fatal(err)
@@ -823,7 +863,69 @@ func fanOut(ctx context.Context, b *testing.B, fc fleetv1.FleetServiceClient, si
 			}
 		}
 	}
-	return lat, deliver, ""
+	if x.stored, x.marks, err = storedTimes(ct.p.logPath, t0, ids); err != nil {
+		b.Logf("P3: result-stored times from the controller's log: %v", err)
+	}
+	return lat, deliver, x, ""
+}
+
+// storedTimes reads the controller's log for when each of ids had its
+// result stored, and its delivery-mark writes since t0.
+func storedTimes(logPath string, t0 time.Time, ids map[string]bool) (stored []time.Duration, marks []string, err error) {
+	f, err := os.Open(logPath)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Bytes()
+		finished := bytes.Contains(line, []byte(`"msg":"command finished"`))
+		marked := bytes.Contains(line, []byte(`"msg":"recorded command deliveries"`))
+		if !finished && !marked {
+			continue
+		}
+		var e struct {
+			Time     time.Time `json:"time"`
+			ID       string    `json:"command_id"`
+			Commands int       `json:"commands"`
+			Took     string    `json:"took"`
+		}
+		if json.Unmarshal(line, &e) != nil || e.Time.Before(t0) {
+			continue
+		}
+		switch {
+		case finished && ids[e.ID]:
+			stored = append(stored, e.Time.Sub(t0))
+		case marked:
+			marks = append(marks, fmt.Sprintf("%d marks written at +%s in %s", e.Commands, e.Time.Sub(t0).Round(time.Millisecond), e.Took))
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return stored, marks, err
+	}
+	if len(stored) != len(ids) {
+		return stored, marks, fmt.Errorf("found %d of %d results in the log", len(stored), len(ids))
+	}
+	return stored, marks, nil
+}
+
+// per100ms counts ds in 100 ms slices: "0.8-0.9s 1234" for each slice that
+// holds any, a stall showing as a gap or a tail.
+func per100ms(ds []time.Duration) string {
+	counts := map[int]int{}
+	last := 0
+	for _, d := range ds {
+		i := int(d / (100 * time.Millisecond))
+		counts[i]++
+		last = max(last, i)
+	}
+	var parts []string
+	for i := 0; i <= last; i++ {
+		parts = append(parts, fmt.Sprintf("%.1f-%.1fs %d", float64(i)/10, float64(i+1)/10, counts[i]))
+	}
+	return strings.Join(parts, ", ")
 }
 
 func waitBatch(ctx context.Context, fc fleetv1.FleetServiceClient, batch string, n int, timeout time.Duration) error {
@@ -1052,6 +1154,9 @@ func reportFleet(b *testing.B, c config, fl *floorResult, r *fleetResult) {
 		fmt.Fprintf(&t, "| P3 one command to all, create to result stored: p50 / p99 / max | | %s / %s / %s | | p99 <= 1 s |\n",
 			pct(r.p3Lat, 50).Round(time.Millisecond), pct(r.p3Lat, 99).Round(time.Millisecond), pct(r.p3Lat, 100).Round(time.Millisecond))
 		fmt.Fprintf(&t, "| P3 create to delivered at the agent: p50 / p99 | | %s / %s | | |\n", pct(r.p3Deliver, 50).Round(time.Millisecond), pct(r.p3Deliver, 99).Round(time.Millisecond))
+		if x := r.p3x.stored; len(x) > 0 {
+			fmt.Fprintf(&t, "| P3 create to result stored, controller log: p50 / p99 / max | | %s / %s / %s | | |\n", pct(x, 50).Round(time.Millisecond), pct(x, 99).Round(time.Millisecond), pct(x, 100).Round(time.Millisecond))
+		}
 	}
 	fmt.Fprintf(&t, "\ncontroller RSS %d MiB connected (%d MiB enrolled, none connected); Go heap %.0f MiB; enrolment %s (%.0f/s)",
 		r.conn.rss/1024, r.base.rss/1024, r.conn.heap/(1<<20), r.enroll.Round(time.Second), float64(c.n)/r.enroll.Seconds())
@@ -1112,6 +1217,7 @@ func reportP3(b *testing.B, c config, r *fleetResult) {
 			pct(r.p3Lat, 50).Round(time.Millisecond), pct(r.p3Lat, 99).Round(time.Millisecond), pct(r.p3Lat, 100).Round(time.Millisecond))
 		fmt.Fprintf(&t, "\nP3 create to delivered at the agent: p50 %s, p99 %s, max %s",
 			pct(r.p3Deliver, 50).Round(time.Millisecond), pct(r.p3Deliver, 99).Round(time.Millisecond), pct(r.p3Deliver, 100).Round(time.Millisecond))
+		writeP3Extra(&t, r.p3x, len(r.p3Lat))
 	}
 	b.Log(t.String())
 	if c.report != "" {
@@ -1122,6 +1228,23 @@ func reportP3(b *testing.B, c config, r *fleetResult) {
 	}
 	if len(r.p3Lat) > 0 {
 		b.ReportMetric(float64(pct(r.p3Lat, 99).Milliseconds()), "p3-p99-ms")
+	}
+}
+
+// writeP3Extra adds the controller-side figures of P3.
+func writeP3Extra(t *strings.Builder, x p3Extra, n int) {
+	fmt.Fprintf(t, "\nP3 create call returned after %s", x.created.Round(time.Millisecond))
+	if len(x.stored) > 0 {
+		fmt.Fprintf(t, "\nP3 create to result stored (controller log): p50 %s, p99 %s, max %s",
+			pct(x.stored, 50).Round(time.Millisecond), pct(x.stored, 99).Round(time.Millisecond), pct(x.stored, 100).Round(time.Millisecond))
+		fmt.Fprintf(t, "\nP3 results stored per 100 ms: %s", per100ms(x.stored))
+	}
+	for _, m := range x.marks {
+		fmt.Fprintf(t, "\nP3 delivery marks: %s", m)
+	}
+	if n > 0 {
+		fmt.Fprintf(t, "\nP3 CPU from the create call to the batch finished: controller %s (%.0f µs/command), simulators %s (%.0f µs/command)",
+			x.ctlCPU, float64(x.ctlCPU.Microseconds())/float64(n), x.simCPU, float64(x.simCPU.Microseconds())/float64(n))
 	}
 }
 

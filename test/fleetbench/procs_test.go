@@ -206,6 +206,23 @@ func cpuProfile(metricsAddr, profDir, name string, secs int) error {
 	return err
 }
 
+// goroutineDump saves the server's goroutines, grouped by stack
+// (pprof's debug=1), into profDir/name.
+func goroutineDump(metricsAddr, profDir, name string) error {
+	resp, err := httpc.Get(fmt.Sprintf("http://%s/debug/pprof/goroutine?debug=1", metricsAddr))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(filepath.Join(profDir, name))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(f, resp.Body)
+	return err
+}
+
 // arrivals follows a count (connected streams) from t0 until it reaches
 // want or timeout passes, and returns when it did and how many arrived in
 // each second since t0. A count that cannot be read (the server is down)
