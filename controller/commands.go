@@ -267,7 +267,7 @@ func (k *deliveryMarks) flush() { k.writeOnce(false) }
 // fan-out's thousands of marks (each a decode and re-encode of its
 // command) held bbolt's single writer for as long as it took, and every
 // result queued behind it waited; written a chunk at a time, each chunk
-// shares a DB.Batch transaction with the results arriving then, and a
+// shares a transaction with the results being written then, and a
 // result that arrives before its mark's chunk carries the mark itself.
 const markChunk = 256
 

@@ -136,8 +136,8 @@ func (s *Server) persistLiveness(ctx context.Context) {
 	seen := maps.Clone(s.lastSeen)
 	s.mu.Unlock()
 	// Many at once: the bolt store folds concurrent node writes into shared
-	// transactions (DB.Batch), where one at a time would cost each a
-	// transaction and its batch delay (10,000 nodes: minutes, past the
+	// transactions (its group commit), where one at a time would cost each a
+	// transaction and its fsync (10,000 nodes: minutes, past the
 	// graceful stop).
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 128)
