@@ -29,7 +29,9 @@
 // profiles there), BUD_FLEET_REPORT (append the figures as a markdown
 // table to this file), BUD_FLEET_ONLY=p3 (BenchmarkFleet measures P3
 // alone: no floor, no steady window, no P2; BenchmarkFleetEtcd is
-// skipped), for working on the fan-out without the 20 minutes around it.
+// skipped), for working on the fan-out without the 20 minutes around it;
+// with BUD_FLEET_PROFILE_DIR, BUD_FLEET_P3_GOROUTINES=1 also saves the
+// controller's goroutines during P3 (it lengthens P3).
 package fleetbench
 
 import (
@@ -510,7 +512,11 @@ func (s *sim) get(path string, v any) error {
 }
 
 func (s *sim) post(path string) error {
-	resp, err := httpc.Post("http://"+s.control+path, "text/plain", nil)
+	// /start answers after starting its agents, which all dial at once:
+	// with the machine's load at 25 that answer took longer than httpc's
+	// 15 s.
+	c := &http.Client{Timeout: 2 * time.Minute}
+	resp, err := c.Post("http://"+s.control+path, "text/plain", nil)
 	if err != nil {
 		return err
 	}
@@ -697,8 +703,13 @@ func runFleet(b *testing.B, c config, store string, p2p3 bool) *fleetResult {
 					b.Logf("CPU profile of P3: %v", err)
 				}
 			}()
-			// Where the controller's goroutines wait, a second apart:
-			// a result queued behind a store write shows there.
+		}
+		if c.profDir != "" && os.Getenv("BUD_FLEET_P3_GOROUTINES") != "" {
+			// Where the controller's goroutines wait, a second apart: a
+			// result queued behind a store write shows there. Opt-in: a
+			// dump of 50,000 goroutines stops the world and takes seconds
+			// on a loaded machine, so it lengthens P3 and its labels are
+			// when each was asked for, not when it was taken.
 			go func() {
 				for i := 1; i <= 4; i++ {
 					time.Sleep(time.Second)
@@ -707,7 +718,8 @@ func runFleet(b *testing.B, c config, store string, p2p3 bool) *fleetResult {
 					}
 				}
 			}()
-		} else {
+		}
+		if c.profDir == "" {
 			close(prof)
 		}
 		r.p3Lat, r.p3Deliver, r.p3x, r.p3 = fanOut(ctx, b, fc, ct, sims, c.n)
