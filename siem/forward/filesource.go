@@ -344,7 +344,7 @@ func (fs *fileSource) directFull() bool {
 
 func (fs *fileSource) addGroups(gs []audit.Group) {
 	for _, g := range gs {
-		fs.add(g.Event(fs.src.Tag, fs.file))
+		fs.add(fs.grouper.Event(g, fs.src.Tag, fs.file))
 	}
 }
 
