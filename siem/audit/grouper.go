@@ -1,8 +1,8 @@
 package audit
 
 import (
-	"strings"
 	"time"
+	"unsafe"
 )
 
 // TypeUnparsed is the type of the record and group made of a line that is
@@ -37,7 +37,9 @@ type Group struct {
 	// Raw is the original lines, byte for byte without their line endings,
 	// joined by "\n", without a trailing newline. (To save allocations, the
 	// Grouper cuts Raws and field strings from shared 32 KiB blocks: no two
-	// overlap, but one kept alive keeps its block alive.)
+	// groups' overlap, but one kept alive keeps its block alive. A
+	// single-record group's field strings point into its Raw, so Raw must
+	// not be modified.)
 	Raw []byte
 }
 
@@ -78,7 +80,6 @@ type Grouper struct {
 	open       map[uint64]*openGroup
 	head, tail *openGroup // open groups, oldest first
 	free       []*openGroup
-	strs       strings.Builder // the chunk lines are copied into as strings
 	fields     fieldArena      // the blocks records' Fields are cut from
 	recs       []Record        // the block groups' Records are cut from
 	events     eventArena      // what Event cuts events' Fields from
@@ -92,20 +93,15 @@ type Grouper struct {
 // string or Raw cut from it does.
 const chunk = 32 << 10
 
-// str returns line as a string.
-func (g *Grouper) str(line []byte) string {
-	if len(line) > chunk/8 {
-		return string(line)
-	}
-	if g.strs.Cap()-g.strs.Len() < len(line) {
-		g.strs = strings.Builder{}
-		g.strs.Grow(chunk)
-	}
-	start := g.strs.Len()
-	g.strs.Write(line)
-	// Safe: a Builder only appends, so the bytes of a string it returned
-	// never change.
-	return g.strs.String()[start:]
+// copyLine returns a copy of line, as bytes and as a string sharing them:
+// the record's fields point into the string, and a group of one record
+// uses the bytes as its Raw, so the line is copied once, not twice.
+func (g *Grouper) copyLine(line []byte) ([]byte, string) {
+	b := g.bytes(len(line))
+	copy(b, line)
+	// Safe: no one writes to b after this (bytes hands out each byte once,
+	// and Raw is not to be modified), so the string never changes.
+	return b, unsafe.String(unsafe.SliceData(b), len(b))
 }
 
 // bytes returns a zeroed []byte of length n whose capacity is n.
@@ -198,10 +194,10 @@ func (g *Grouper) add(line []byte, now time.Time, out []Group) []Group {
 	if len(line) == 0 {
 		return out
 	}
-	s := g.str(line)
+	b, s := g.copyLine(line)
 	var r Record
 	if parseRecord(s, &r, &g.fields) != nil {
-		return append(out, unparsed(s, now))
+		return append(out, unparsed(b, now))
 	}
 
 	og := g.open[r.Serial]
@@ -211,7 +207,7 @@ func (g *Grouper) add(line []byte, now time.Time, out []Group) []Group {
 	}
 	if og == nil {
 		if r.Type == "EOE" || standalone(r.Type) {
-			r.Raw = append(g.bytes(len(s))[:0], s...)
+			r.Raw = b
 			recs := g.records(1)
 			recs[0] = r
 			return append(out, Group{Serial: r.Serial, Time: r.Time, Records: recs, Raw: r.Raw})
@@ -250,8 +246,7 @@ func (g *Grouper) FlushAll() []Group {
 	return out
 }
 
-func unparsed(s string, now time.Time) Group {
-	raw := []byte(s)
+func unparsed(raw []byte, now time.Time) Group {
 	return Group{
 		Time: now,
 		Records: []Record{{
