@@ -80,12 +80,12 @@ type Grouper struct {
 	open       map[uint64]*openGroup
 	head, tail *openGroup // open groups, oldest first
 	free       []*openGroup
-	fields     fieldArena      // the blocks records' Fields are cut from
-	recs       []Record        // the block groups' Records are cut from
-	events     eventArena      // what Event cuts events' Fields from
-	out        []Group         // what Add returns, reused
-	raws       []byte          // the chunk groups' Raw are cut from
-	lines      int64           // Add calls so far: the next line's number
+	fields     fieldArena // the blocks records' Fields are cut from
+	recs       []Record   // the block groups' Records are cut from
+	events     eventArena // what Event cuts events' Fields from
+	out        []Group    // what Add returns, reused
+	raws       []byte     // the chunk lines and groups' Raw are cut from
+	lines      int64      // Add calls so far: the next line's number
 }
 
 // chunk is the size of the blocks the Grouper copies lines and Raws into,

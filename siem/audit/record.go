@@ -177,7 +177,10 @@ type fieldArena struct {
 	block []siem.Field
 }
 
-const fieldBlock = 1024
+// fieldBlock is how many Fields a block holds: 1020 of 32 bytes and the
+// allocation's header fit the largest small size class (32 KiB); 1024
+// would make every block a large allocation, taken under the heap lock.
+const fieldBlock = 1020
 
 // get returns an empty, non-nil slice with room for n fields; used must
 // follow with how many were taken.

@@ -255,3 +255,20 @@ func BenchmarkFormat(b *testing.B) {
 	}
 	b.SetBytes(int64(len(buf)))
 }
+
+// TestAppendFrame checks the frames Send writes against AppendFrame of the
+// formatted message, for lengths whose LEN has more, then fewer, digits
+// than the frame before.
+func TestAppendFrame(t *testing.T) {
+	f := Formatter{Hostname: "h", AppName: "a"}
+	var out, want []byte
+	digits := 0
+	for _, n := range []int{0, 1, 5, 20, 80, 1000, 3, 20000, 0, 900, 899, 901, 9000, 50, 1 << 20, 2} {
+		ev := siem.Event{Tag: "t", Raw: bytes.Repeat([]byte{'x'}, n), Fields: siem.Fields{{Key: "k", Value: strings.Repeat("]", n%7)}}}
+		out = f.appendFrame(out, ev, &digits)
+		want = AppendFrame(want, Format(ev, "h", "a"))
+		if !bytes.Equal(out, want) {
+			t.Fatalf("after Raw of %d bytes: frames differ", n)
+		}
+	}
+}
