@@ -70,7 +70,7 @@ func goldenInput() []string {
 // goldenOutput returns, for each input line, its ParseRecord result (the
 // fields as a JSON object), then each group the Grouper makes of all the
 // lines: its records' fields, its Event's fields, and the RFC 5424 message.
-func goldenOutput() []string {
+func goldenOutput(o GrouperOptions) []string {
 	in := goldenInput()
 	var out []string
 	for _, l := range in {
@@ -82,7 +82,7 @@ func goldenOutput() []string {
 		fj, _ := json.Marshal(fieldsMap(r.Fields))
 		out = append(out, fmt.Sprintf("parse %q: %s %d %s %s", l, r.Type, r.Serial, r.Time.Format(time.RFC3339Nano), fj))
 	}
-	g := NewGrouper(GrouperOptions{})
+	g := NewGrouper(o)
 	now := time.Unix(1795958200, 123456789)
 	f := syslog.Formatter{Hostname: "gpu-7", AppName: "bud-agent"}
 	var groups []Group
@@ -126,7 +126,14 @@ func TestRepresentationGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantLines := strings.Split(strings.TrimSuffix(string(want), "\n"), "\n")
-	got := goldenOutput()
+	for _, keep := range []bool{false, true} {
+		t.Run(fmt.Sprintf("KeepLines=%v", keep), func(t *testing.T) {
+			checkGolden(t, wantLines, goldenOutput(GrouperOptions{KeepLines: keep}))
+		})
+	}
+}
+
+func checkGolden(t *testing.T, wantLines, got []string) {
 	if len(got) != len(wantLines) {
 		t.Errorf("%d lines, want %d", len(got), len(wantLines))
 	}
@@ -159,5 +166,29 @@ func TestGrouperEvent(t *testing.T) {
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("Grouper.Event = %+v\nGroup.Event   = %+v", got, want)
 		}
+	}
+}
+
+// TestGrouperKeepLines checks that with KeepLines a group returned at once
+// points into the caller's line, and a record that waits in an open group
+// into a copy of its own (so open groups do not keep the caller's blocks).
+func TestGrouperKeepLines(t *testing.T) {
+	g := NewGrouper(GrouperOptions{KeepLines: true})
+	now := time.Now()
+	user := []byte(lUserLogin)
+	out := g.Add(user, now)
+	if len(out) != 1 || &out[0].Raw[0] != &user[0] {
+		t.Fatalf("a standalone record's Raw is not the caller's line")
+	}
+	sys := []byte(lSyscall)
+	if out := g.Add(sys, now); len(out) != 0 {
+		t.Fatalf("SYSCALL completed %d groups", len(out))
+	}
+	for i := range sys {
+		sys[i] = '#' // the Grouper copied it: this changes nothing
+	}
+	out = g.Add([]byte(lEOE), now)
+	if len(out) != 1 || string(out[0].Raw) != join(lSyscall, lEOE) || out[0].Records[0].Fields.Get("comm") != "bash" {
+		t.Fatalf("group %q, fields %q", out[0].Raw, out[0].Records[0].Fields)
 	}
 }

@@ -110,6 +110,24 @@ func trimEOL(line []byte) []byte {
 // substrings of s, so s is the only copy of the line they keep alive. The
 // Fields are cut from fa when it is not nil.
 func parseRecord(s string, r *Record, fa *fieldArena) error {
+	var h recHeader
+	if err := parseHeader(s, &h); err != nil {
+		return err
+	}
+	h.record(r, fa)
+	return nil
+}
+
+// recHeader is a record's header, parsed, and the parts its fields are in.
+type recHeader struct {
+	typ                    string
+	t                      time.Time
+	serial                 uint64
+	prefix, body, enriched string
+}
+
+// parseHeader parses the line s up to its fields.
+func parseHeader(s string, h *recHeader) error {
 	rec, enriched := s, ""
 	if i := strings.IndexByte(s, gs); i >= 0 {
 		rec, enriched = s[:i], s[i+1:]
@@ -125,11 +143,11 @@ func parseRecord(s string, r *Record, fa *fieldArena) error {
 		}
 	}
 	if stamp == 0 {
-		h := strings.Index(rec, header)
-		if h < 0 {
+		i := strings.Index(rec, header)
+		if i < 0 {
 			return ErrNoHeader
 		}
-		prefix, stamp = rec[:h], h+len(header)
+		prefix, stamp = rec[:i], i+len(header)
 		sc := scanner{s: prefix}
 		for {
 			k, v, _, ok := sc.next()
@@ -150,7 +168,14 @@ func parseRecord(s string, r *Record, fa *fieldArena) error {
 	if !ok {
 		return ErrBadStamp
 	}
+	*h = recHeader{typ: typ, t: t, serial: serial, prefix: prefix, body: body, enriched: enriched}
+	return nil
+}
 
+// record fills r (all but Raw) from h, cutting the Fields from fa when it
+// is not nil.
+func (h *recHeader) record(r *Record, fa *fieldArena) {
+	prefix, body, enriched := h.prefix, h.body, h.enriched
 	// Upper bound of the number of fields, so the slice is sized once.
 	n := strings.Count(body, "=") + strings.Count(enriched, "=")
 	if prefix != "" {
@@ -166,8 +191,7 @@ func parseRecord(s string, r *Record, fa *fieldArena) error {
 	if fa != nil {
 		fa.used(len(f))
 	}
-	r.Type, r.Time, r.Serial, r.Fields = typ, t, serial, f[:len(f):len(f)]
-	return nil
+	r.Type, r.Time, r.Serial, r.Fields = h.typ, h.t, h.serial, f[:len(f):len(f)]
 }
 
 // fieldArena hands out the Fields of records from shared blocks: one

@@ -35,7 +35,7 @@ func pipelineLines(n int) [][]byte {
 // make the siem.Event, format the RFC 5424 message. One op is one event.
 func BenchmarkAuditPipeline(b *testing.B) {
 	lines := pipelineLines(4096)
-	g := audit.NewGrouper(audit.GrouperOptions{})
+	g := audit.NewGrouper(audit.GrouperOptions{KeepLines: true}) // as the forwarder does
 	f := Formatter{Hostname: "gpu-7", AppName: "bud-agent"}
 	now := time.Now()
 	var buf []byte
