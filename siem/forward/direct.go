@@ -49,9 +49,10 @@ type direct struct {
 	cp        map[string][]byte
 	cpBatches int
 	flushing  int
-	// batchEvents is the output's batch_events: a source hands over at
-	// most that many events in one batch, so that one batch, and so what
-	// a crash resends, is one output batch.
+	// batchEvents is the output's batch_events (a part of it on an output
+	// that pipelines, see handoffEvents): a source hands over at most that
+	// many events in one batch, so that what a crash resends stays within
+	// one output batch.
 	batchEvents int
 	// movedAt is when the output last took a batch or finished sending
 	// part of one: a slow receiver is not a stall.
@@ -201,6 +202,17 @@ func (d *direct) readyChan() <-chan struct{} {
 		d.ready = make(chan struct{})
 	}
 	return d.ready
+}
+
+// nextLen is the number of events in the oldest pending batch, 0 when
+// none is pending.
+func (d *direct) nextLen() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.pending) == 0 {
+		return 0
+	}
+	return len(d.pending[0].events)
 }
 
 // take removes the oldest pending batch, which the output then sends; nil

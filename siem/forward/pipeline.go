@@ -13,9 +13,28 @@ import (
 // (output.Pipeline, RELP) and not yet resolved. Waiting for each batch's
 // answers before writing the next left the receiver idle for a round trip
 // and a checkpoint fsync per batch; the output's own window bounds the
-// messages in flight, this only the bookkeeping. A crash resends what was
-// in flight: at most this many batches, and no more than the window.
+// messages in flight, this only the bookkeeping.
 const pipelineDepth = 8
+
+// pipelineParts is how many handoffs make up a batch_events on an output
+// that pipelines (RELP): sources hand over a part at a time and the output
+// keeps at most batch_events unsettled (started and not yet checkpointed).
+// A crash resends what was unsettled, so the bound on duplicates stays one
+// batch_events per crash while the parts behind the oldest keep the
+// receiver busy during its round trip and checkpoint.
+const pipelineParts = 4
+
+// handoffEvents is how many events a source hands output o at once.
+func handoffEvents(o siem.OutputConfig) int {
+	n := o.BatchEvents
+	if n <= 0 {
+		n = siem.DefaultBatchEvents
+	}
+	if o.Type == siem.OutputRELP {
+		n = max(1, n/pipelineParts)
+	}
+	return n
+}
 
 // flight is one output batch started: events [from, to) of b.
 type flight struct {
@@ -77,6 +96,23 @@ func (f *Forwarder) sendDirect(ctx context.Context, o siem.OutputConfig, d *dire
 		}
 		return nil
 	}
+	// room reports whether the next pending batch may start: the events
+	// unsettled stay within batch_events (one batch always may).
+	room := func() bool {
+		if len(fl) == 0 {
+			return true
+		}
+		if len(fl) >= pipelineDepth {
+			return false
+		}
+		unsettled := len(fl[0].b.events)
+		for i := 1; i < len(fl); i++ {
+			if fl[i].b != fl[i-1].b {
+				unsettled += len(fl[i].b.events)
+			}
+		}
+		return unsettled+d.nextLen() <= max(1, o.BatchEvents)
+	}
 	fail := func(err error) error {
 		if errors.Is(err, errRevoked) {
 			return nil
@@ -113,7 +149,7 @@ func (f *Forwarder) sendDirect(ctx context.Context, o siem.OutputConfig, d *dire
 			}
 			return fail(err)
 		}
-		if len(fl) < pipelineDepth {
+		if room() {
 			if b := d.take(); b != nil {
 				// In output batches, each recorded, so that a revoke
 				// takes back only what was not sent.
@@ -136,7 +172,7 @@ func (f *Forwarder) sendDirect(ctx context.Context, o siem.OutputConfig, d *dire
 			return nil
 		}
 		var ready <-chan struct{}
-		if len(fl) < pipelineDepth {
+		if room() {
 			ready = d.readyChan()
 		}
 		select {

@@ -82,6 +82,7 @@ func TestDirectPipelinesAndCheckpointsAcknowledgedPrefix(t *testing.T) {
 		Sources: []siem.SourceConfig{{Path: logPath, Tag: "app"}},
 		Outputs: []siem.OutputConfig{{Name: "o1", Type: siem.OutputRELP, Address: "siem.example.com:2514", BatchEvents: batch}},
 	}
+	part := handoffEvents(cfg.Outputs[0]) // what a source hands over at once
 	out := &pipeOut{}
 	fw1 := newForwarderOpts(t, Options{SpoolPath: spoolPath, Dial: func(siem.OutputConfig, string, string) (output.Output, error) { return out, nil }})
 	apply(t, fw1, cfg, 1)
@@ -92,22 +93,31 @@ func TestDirectPipelinesAndCheckpointsAcknowledgedPrefix(t *testing.T) {
 	out.resolve(0, nil)
 	eventually(t, 10*time.Second, "the first batch acknowledged", func() (bool, string) {
 		got := outputStatus(fw1.Status(), "o1").GetEventsAcknowledged()
-		return got == batch, fmt.Sprintf("%d acknowledged", got)
+		return got == uint64(part), fmt.Sprintf("%d acknowledged", got)
 	})
 	if err := fw1.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if got := outputStatus(fw1.Status(), "o1").GetEventsAcknowledged(); got != batch {
-		t.Fatalf("%d acknowledged, want only the first batch (%d)", got, batch)
+	if got := outputStatus(fw1.Status(), "o1").GetEventsAcknowledged(); got != uint64(part) {
+		t.Fatalf("%d acknowledged, want only the first batch (%d)", got, part)
+	}
+	out.mu.Lock()
+	unsettled := 0
+	for _, b := range out.started[1:] {
+		unsettled += len(b.lines)
+	}
+	out.mu.Unlock()
+	if unsettled > batch {
+		t.Fatalf("%d events started and not checkpointed, more than batch_events (%d)", unsettled, batch)
 	}
 
 	net2 := newNet()
 	s2 := net2.sink("o1")
 	fw2 := newForwarder(t, spoolPath, net2)
 	apply(t, fw2, cfg, 1)
-	waitDelivered(t, s2, n-batch, 15*time.Second)
+	waitDelivered(t, s2, n-part, 15*time.Second)
 	got := s2.lines()
-	for _, want := range wantLines(batch, n, lineText) {
+	for _, want := range wantLines(part, n, lineText) {
 		if !slices.Contains(got, want) {
 			t.Fatalf("%q lost after the restart; got %s", want, strings.Join(got, ","))
 		}

@@ -6,14 +6,19 @@
 // relp_software=budfleet, commands=syslog); each event is one syslog
 // command whose data is the event as an RFC 5424 message (see
 // syslog.Formatter); the receiver answers each command with rsp "200 OK"
-// once it has taken the message. Send pipelines the batch, keeping up to
-// Config.Window messages in flight, and returns nil only when every
-// message of the batch got its 200. A non-200 answer, a serverclose, a
-// broken connection, no answer for Config.AckTimeout or the end of ctx
-// fail the whole batch and close the session; the next Send opens a new
-// one. Messages of a failed batch may have been taken (the caller resends
-// them all, so the SIEM can see duplicates), but none of a successful one
-// is lost in transit.
+// once it has taken the message. The client keeps up to Config.Window
+// messages in flight, across batches: Start writes a batch and returns
+// while its answers are still to come (a reader goroutine matches each
+// rsp to its txnr), so the receiver never waits for the sender to learn
+// that the last batch arrived; Send is Start and a wait. Batches resolve
+// in the order they were started, each as acknowledged only when it and
+// every batch before it got all their 200s. A non-200 answer, a
+// serverclose, a broken connection, no answer for Config.AckTimeout or the
+// end of ctx fail every unresolved batch and close the session; the next
+// Start opens a new one once the caller has seen the failure. Messages of
+// a failed batch may have been taken (the caller resends from the first
+// failed batch, so the SIEM can see duplicates, at most a window and a
+// batch), but none of an acknowledged one is lost in transit.
 //
 // "Taken" is as far as RELP can see: rsyslog answers 200 when the message
 // is in its main queue, so a message can still be lost if rsyslog is
@@ -160,7 +165,13 @@ type Batch struct {
 func (b *Batch) Done() <-chan struct{} { return b.done }
 
 // Err is nil when the batch was acknowledged; valid once Done is closed.
-func (b *Batch) Err() error { return b.err }
+// A failure it returns counts as seen by the caller (see Start).
+func (b *Batch) Err() error {
+	if b.err != nil && b.sess != nil {
+		b.sess.report()
+	}
+	return b.err
+}
 
 // session is one connection: the writer (Start) registers each message's
 // txnr before writing it, and a goroutine reads the rsp frames, matches
@@ -182,6 +193,28 @@ type session struct {
 	closeAck   chan struct{}
 	err        error         // why the session ended; set before done closes
 	done       chan struct{} // closed when the reader stopped
+	// failed counts the batches the end of the session failed; reported
+	// that the caller has seen a failure of this session.
+	failed   int
+	reported bool
+}
+
+func (s *session) report() {
+	s.mu.Lock()
+	s.reported = true
+	s.mu.Unlock()
+}
+
+// unreported returns why the session ended when that failed batches and
+// the caller has not seen it yet, and counts it seen.
+func (s *session) unreported() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failed == 0 || s.reported {
+		return nil
+	}
+	s.reported = true
+	return s.err
 }
 
 func newSession(conn *output.Conn, window int, ackTimeout time.Duration) *session {
@@ -205,6 +238,7 @@ func (s *session) run(r *bufio.Reader, maxData int) {
 		}
 	}
 	s.conn.NetConn().Close()
+	s.failed = len(s.queue)
 	for _, b := range s.queue {
 		b.err = fmt.Errorf("relp: send to %s (%d of %d messages acknowledged): %w", b.addr, b.total-b.unsent-b.n, b.total, s.err)
 		close(b.done)
@@ -448,12 +482,13 @@ func (c *Client) Send(ctx context.Context, batch []siem.Event) error {
 	b := p.(*Batch)
 	select {
 	case <-b.done:
-		return b.err
+		return b.Err()
 	case <-ctx.Done():
 		// What is in flight can no longer be told apart from what the
 		// next Send writes: end the session.
 		if b.sess != nil {
 			b.sess.abort(ctx.Err())
+			b.sess.report()
 		}
 		return ctx.Err()
 	}
@@ -463,7 +498,10 @@ func (c *Client) Send(ctx context.Context, batch []siem.Event) error {
 // waiting while Config.Window messages await their rsp, and returns
 // without waiting for the batch's own answers: see output.Pipeline. An
 // error from Start or from the batch ends the session and fails every
-// batch still unresolved on it; the next Start opens a new one.
+// batch still unresolved on it. The next Start opens a new session only
+// once the caller has seen that failure (from Start, Send or a batch's
+// Err); until then it fails too, so that no batch started after a failed
+// one is acknowledged before the caller knows to resend from there.
 func (c *Client) Start(ctx context.Context, batch []siem.Event) (output.Pending, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -471,7 +509,11 @@ func (c *Client) Start(ctx context.Context, batch []siem.Event) (output.Pending,
 		return nil, ErrClosed
 	}
 	if c.conn != nil && c.sess.ended() {
-		c.dropLocked()
+		s := c.sess
+		c.dropLocked() // waits for the reader to fail what was in flight
+		if err := s.unreported(); err != nil {
+			return nil, fmt.Errorf("relp: send to %s: an earlier batch failed: %w", c.cfg.Addr, err)
+		}
 	}
 	if c.conn == nil {
 		if err := c.connectLocked(ctx); err != nil {
@@ -505,6 +547,7 @@ func (c *Client) Start(ctx context.Context, batch []siem.Event) (output.Pending,
 	}
 	if err != nil {
 		s.abort(err)
+		s.report()
 		return nil, fmt.Errorf("relp: send to %s (%d of %d messages written): %w", c.cfg.Addr, written, len(batch), err)
 	}
 	return b, nil

@@ -490,7 +490,8 @@ func TestBatchResolvesAfterEarlierOnes(t *testing.T) {
 	}
 }
 
-// A negative rsp fails its batch and every later one in flight; earlier
+// A negative rsp fails its batch and every later one (in flight, or
+// started before the caller saw the failure: Start fails then); earlier
 // ones stay acknowledged, and the next Send uses a new session.
 func TestRefusalFailsLaterBatchesInFlight(t *testing.T) {
 	s := newFake(t, func(s *fakeServer) {
@@ -503,18 +504,30 @@ func TestRefusalFailsLaterBatchesInFlight(t *testing.T) {
 	})
 	c := s.client(t, nil)
 	var ps []output.Pending
+	var startErr error
 	for range 3 {
 		p, err := c.Start(context.Background(), batch(10))
 		if err != nil {
-			t.Fatal(err)
+			startErr = err
+			break
 		}
 		ps = append(ps, p)
 	}
+	var errs []error
 	for _, p := range ps {
 		<-p.Done()
+		errs = append(errs, p.Err())
 	}
-	if ps[0].Err() != nil || !errors.Is(ps[1].Err(), ErrRefused) || !errors.Is(ps[2].Err(), ErrRefused) {
-		t.Fatalf("errors %v / %v / %v", ps[0].Err(), ps[1].Err(), ps[2].Err())
+	if startErr != nil {
+		errs = append(errs, startErr)
+	}
+	if len(errs) != 3 || errs[0] != nil {
+		t.Fatalf("errors %v, want the first batch acknowledged and two failures", errs)
+	}
+	for _, err := range errs[1:] {
+		if !errors.Is(err, ErrRefused) {
+			t.Fatalf("errors %v, want refusals after the first", errs)
+		}
 	}
 	if err := c.Send(context.Background(), batch(10)); err != nil {
 		t.Fatal(err)
