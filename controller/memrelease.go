@@ -17,8 +17,8 @@ const (
 	// release make a storm worth releasing after: a few hundred streams
 	// leave tens of MiB of free heap behind.
 	DefaultMemoryReleaseBurst = 256
-	// DefaultMemoryReleaseQuiet is how long no session may open before the
-	// storm counts as over.
+	// DefaultMemoryReleaseQuiet is how long session opens must stay at a
+	// trickle before the storm counts as over.
 	DefaultMemoryReleaseQuiet = 5 * time.Second
 	// DefaultMemoryReleaseInterval is the least time between two releases:
 	// each is a full GC plus returning every free page, which costs a
@@ -47,11 +47,19 @@ type stormRelease struct {
 	releases     prometheus.Counter
 	released     prometheus.Counter
 
-	mu       sync.Mutex
-	opens    int       // session opens since the last release
-	lastOpen time.Time // the latest of them
+	mu     sync.Mutex
+	opens  int // session opens since the last release
+	recent int // session opens since the last check
+	// lastBusy is the last check that saw more than a trickle of opens
+	// since the one before: a storm's tail of reconnects (sessions
+	// replaced, agents on a long backoff) must not hold the release off.
+	lastBusy time.Time
 	lastRel  time.Time // the last release; zero before the first
 }
+
+// trickle is how many opens between two checks (a second apart in run)
+// still count as quiet.
+func (r *stormRelease) trickle() int { return max(r.burst/16, 1) }
 
 func newStormRelease(burst int, quiet, interval time.Duration, log *slog.Logger, reg prometheus.Registerer) *stormRelease {
 	r := &stormRelease{
@@ -82,19 +90,27 @@ func (r *stormRelease) opened(now time.Time) {
 	}
 	r.mu.Lock()
 	r.opens++
-	r.lastOpen = now
+	r.recent++
+	if r.lastBusy.IsZero() {
+		r.lastBusy = now
+	}
 	r.mu.Unlock()
 }
 
 // check releases when a storm is over at now: at least burst opens since the
-// last release, none for quiet, and interval since the last release. It
-// reports whether it released.
+// last release, no check for quiet that saw more than a trickle of opens
+// since the one before, and interval since the last release. It reports
+// whether it released.
 func (r *stormRelease) check(now time.Time) bool {
 	if !r.enabled() {
 		return false
 	}
 	r.mu.Lock()
-	due := r.opens >= r.burst && now.Sub(r.lastOpen) >= r.quiet && (r.lastRel.IsZero() || now.Sub(r.lastRel) >= r.interval)
+	if r.recent > r.trickle() {
+		r.lastBusy = now
+	}
+	r.recent = 0
+	due := r.opens >= r.burst && now.Sub(r.lastBusy) >= r.quiet && (r.lastRel.IsZero() || now.Sub(r.lastRel) >= r.interval)
 	opens := r.opens
 	if due {
 		r.opens, r.lastRel = 0, now

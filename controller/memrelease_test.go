@@ -32,18 +32,50 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 	return mfs[0].GetMetric()[0].GetCounter().GetValue()
 }
 
-func TestStormReleaseAfterQuiet(t *testing.T) {
-	r, calls := testStormRelease(t, 3)
-	t0 := time.Unix(1_000_000, 0)
-	for i := range 3 {
-		r.opened(t0.Add(time.Duration(i) * time.Second))
+// clock steps a stormRelease the way run does: one check a second.
+type releaseClock struct {
+	r   *stormRelease
+	now time.Time
+}
+
+// open notes n session opens at the current time.
+func (c *releaseClock) open(n int) {
+	for range n {
+		c.r.opened(c.now)
 	}
-	last := t0.Add(2 * time.Second)
-	if r.check(last.Add(4 * time.Second)) {
+}
+
+// tick advances one second and checks; it reports whether it released.
+func (c *releaseClock) tick() bool {
+	c.now = c.now.Add(time.Second)
+	return c.r.check(c.now)
+}
+
+// ticks checks for n seconds and returns how many released.
+func (c *releaseClock) ticks(n int) int {
+	k := 0
+	for range n {
+		if c.tick() {
+			k++
+		}
+	}
+	return k
+}
+
+func TestStormReleaseAfterQuiet(t *testing.T) {
+	r, calls := testStormRelease(t, 32) // a trickle is 2 opens a second
+	c := &releaseClock{r: r, now: time.Unix(1_000_000, 0)}
+	for range 4 {
+		c.open(8)
+		if c.tick() {
+			t.Fatal("released during the storm")
+		}
+	}
+	if n := c.ticks(4); n != 0 {
 		t.Fatal("released before the storm had been quiet for 5s")
 	}
-	if !r.check(last.Add(5 * time.Second)) {
-		t.Fatal("no release 5s after the last of 3 opens")
+	if !c.tick() {
+		t.Fatal("no release 5s after the storm")
 	}
 	if *calls != 1 {
 		t.Fatalf("release called %d times, want 1", *calls)
@@ -55,39 +87,63 @@ func TestStormReleaseAfterQuiet(t *testing.T) {
 		t.Fatalf("released bytes metric %v, want %d", got, 1<<20)
 	}
 	// The storm is spent: quiet on its own releases nothing more.
-	if r.check(last.Add(time.Hour)) {
+	if n := c.ticks(3600); n != 0 {
 		t.Fatal("released again with no new opens")
+	}
+}
+
+// A storm's tail of reconnects, a trickle, does not hold the release off;
+// more than a trickle does.
+func TestStormReleaseIgnoresTrickle(t *testing.T) {
+	r, calls := testStormRelease(t, 32)
+	c := &releaseClock{r: r, now: time.Unix(1_000_000, 0)}
+	c.open(32)
+	c.tick()
+	for range 3 {
+		c.open(3) // more than a trickle
+		if c.tick() {
+			t.Fatal("released while opens were still coming")
+		}
+	}
+	released := 0
+	for range 5 {
+		c.open(2) // a trickle
+		if c.tick() {
+			released++
+		}
+	}
+	if released != 1 || *calls != 1 {
+		t.Fatalf("%d releases during a trickle 5s after the storm, want 1", released)
 	}
 }
 
 func TestStormReleaseNeedsBurst(t *testing.T) {
 	r, calls := testStormRelease(t, 3)
-	t0 := time.Unix(1_000_000, 0)
-	r.opened(t0)
-	r.opened(t0)
-	if r.check(t0.Add(time.Hour)) || *calls != 0 {
+	c := &releaseClock{r: r, now: time.Unix(1_000_000, 0)}
+	c.open(2)
+	if c.ticks(3600) != 0 || *calls != 0 {
 		t.Fatal("released after 2 opens with a burst of 3")
 	}
 	// Opens add up across quiet spells until a release.
-	r.opened(t0.Add(time.Hour))
-	if !r.check(t0.Add(time.Hour + 5*time.Second)) {
+	c.open(1)
+	if c.ticks(6) != 1 {
 		t.Fatal("no release after the third open")
 	}
 }
 
 func TestStormReleaseRateLimited(t *testing.T) {
 	r, calls := testStormRelease(t, 1)
-	t0 := time.Unix(1_000_000, 0)
-	r.opened(t0)
-	if !r.check(t0.Add(5 * time.Second)) {
+	c := &releaseClock{r: r, now: time.Unix(1_000_000, 0)}
+	c.open(5)
+	if c.ticks(6) != 1 {
 		t.Fatal("first release missing")
 	}
 	// A second storm soon after: not before the interval (1m) is up.
-	r.opened(t0.Add(10 * time.Second))
-	if r.check(t0.Add(30 * time.Second)) {
+	c.open(5)
+	if c.ticks(30) != 0 {
 		t.Fatal("released twice within the interval")
 	}
-	if !r.check(t0.Add(65 * time.Second)) {
+	if c.ticks(30) != 1 {
 		t.Fatal("no release once the interval was up")
 	}
 	if *calls != 2 {
@@ -97,11 +153,9 @@ func TestStormReleaseRateLimited(t *testing.T) {
 
 func TestStormReleaseOff(t *testing.T) {
 	r, calls := testStormRelease(t, 0)
-	t0 := time.Unix(1_000_000, 0)
-	for range 1000 {
-		r.opened(t0)
-	}
-	if r.check(t0.Add(time.Hour)) || *calls != 0 {
+	c := &releaseClock{r: r, now: time.Unix(1_000_000, 0)}
+	c.open(1000)
+	if c.ticks(3600) != 0 || *calls != 0 {
 		t.Fatal("released with the burst set to 0 (off)")
 	}
 }
@@ -116,7 +170,8 @@ func TestOpenSessionFeedsStormRelease(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.srv.closeSession(sess)
-	if !r.check(base.Add(5*time.Second)) || *calls != 1 {
+	c := &releaseClock{r: r, now: base}
+	if c.ticks(6) != 1 || *calls != 1 {
 		t.Fatal("a session open did not count towards the release")
 	}
 }

@@ -93,7 +93,8 @@ type Options struct {
 	PresenceInterval time.Duration
 
 	// MemoryReleaseBurst is how many session opens make a storm after
-	// which, once MemoryReleaseQuiet passes without one, the free heap is
+	// which, once MemoryReleaseQuiet passes with no more than a trickle of
+	// them, the free heap is
 	// returned to the OS (memrelease.go), at most once a
 	// MemoryReleaseInterval; 0 never does (bud-controller serve defaults
 	// it to DefaultMemoryReleaseBurst).
