@@ -24,9 +24,9 @@ type Event struct {
 	// without a trailing newline. Invalid UTF-8 is kept as read; outputs
 	// escape what their protocol cannot carry.
 	Raw []byte `json:"raw"`
-	// Fields are structured values parsed from Raw (audit: type, serial,
+	// Fields are structured values parsed from Raw, sorted by key (audit: type, serial,
 	// time, uid, auid, exe, comm, key, success, ...).
-	Fields map[string]string `json:"fields,omitempty"`
+	Fields Fields `json:"fields,omitempty"`
 	// Truncated marks a line that was longer than the cap: it was split and
 	// this is one piece; Part counts from 1.
 	Truncated bool `json:"truncated,omitempty"`

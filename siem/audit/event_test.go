@@ -121,14 +121,17 @@ func TestEvent(t *testing.T) {
 				t.Errorf("Truncated %v Part %d", ev.Truncated, ev.Part)
 			}
 			for k, v := range tt.want {
-				if got, ok := ev.Fields[k]; !ok || got != v {
+				if got, ok := ev.Fields.Lookup(k); !ok || got != v {
 					t.Errorf("Fields[%q] = %q (%v), want %q", k, got, ok, v)
 				}
 			}
-			for k, v := range ev.Fields {
-				if _, ok := tt.want[k]; !ok {
-					t.Errorf("unexpected Fields[%q] = %q", k, v)
+			for _, e := range ev.Fields {
+				if _, ok := tt.want[e.Key]; !ok {
+					t.Errorf("unexpected Fields[%q] = %q", e.Key, e.Value)
 				}
+			}
+			if !ev.Fields.Sorted() {
+				t.Errorf("Fields not sorted by key: %q", ev.Fields)
 			}
 			if _, err := json.Marshal(ev); err != nil {
 				t.Errorf("json.Marshal: %v", err)
@@ -161,5 +164,22 @@ func TestTypes(t *testing.T) {
 		if got := types(tt.recs); got != tt.want {
 			t.Errorf("types = %q, want %q", got, tt.want)
 		}
+	}
+}
+
+// TestEventKey checks that eventKey's switch matches eventKeys.
+func TestEventKey(t *testing.T) {
+	for i, k := range eventKeys {
+		if got := eventKey(k); got != i {
+			t.Errorf("eventKey(%q) = %d, want %d", k, got, i)
+		}
+	}
+	for _, k := range []string{"type", "types", "serial", "time", "", "Uid", "gid", "msg"} {
+		if got := eventKey(k); got != -1 {
+			t.Errorf("eventKey(%q) = %d, want -1", k, got)
+		}
+	}
+	if numKeys > 64 {
+		t.Errorf("%d keys do not fit Event's 64-bit set", numKeys)
 	}
 }

@@ -65,8 +65,11 @@ func FuzzParseRecord(f *testing.F) {
 			t.Fatalf("Raw aliases the input")
 		}
 		ev := Group{Serial: r.Serial, Time: r.Time, Records: []Record{r}, Raw: r.Raw}.Event("audit", "f")
-		if ev.Fields["type"] != r.Type {
-			t.Fatalf("Event type %q, record type %q", ev.Fields["type"], r.Type)
+		if ev.Fields.Get("type") != r.Type {
+			t.Fatalf("Event type %q, record type %q", ev.Fields.Get("type"), r.Type)
+		}
+		if !ev.Fields.Sorted() {
+			t.Fatalf("Event fields not sorted: %q", ev.Fields)
 		}
 		if _, err := json.Marshal(ev); err != nil {
 			t.Fatalf("json.Marshal(Event): %v", err)
@@ -131,7 +134,7 @@ func FuzzGrouper(f *testing.F) {
 				got[string(r.Raw)]++
 			}
 			ev := gr.Event("audit", "f")
-			if !bytes.Equal(ev.Raw, gr.Raw) || ev.Fields["type"] == "" {
+			if !bytes.Equal(ev.Raw, gr.Raw) || ev.Fields.Get("type") == "" {
 				t.Fatalf("Event %+v of group %q", ev, gr.Raw)
 			}
 			if _, err := json.Marshal(ev); err != nil {

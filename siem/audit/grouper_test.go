@@ -63,7 +63,7 @@ func checkGroup(t *testing.T, g Group) {
 	for _, r := range g.Records {
 		raws = append(raws, r.Raw)
 		if r.Type == TypeUnparsed && r.Time.IsZero() {
-			if len(g.Records) != 1 || g.Serial != 0 || r.Fields["type"] != TypeUnparsed {
+			if len(g.Records) != 1 || g.Serial != 0 || r.Fields.Get("type") != TypeUnparsed {
 				t.Errorf("bad UNPARSED group %+v", g)
 			}
 			continue
@@ -273,7 +273,7 @@ func TestGrouperGroupFields(t *testing.T) {
 	if strings.Join(types, ",") != "SYSCALL,CWD,PATH,PROCTITLE,EOE" {
 		t.Errorf("types %v", types)
 	}
-	if gr.Records[3].Fields["proctitle"] != "/usr/bin/bash -c cat /etc/shadow" || gr.Records[0].Fields["key"] != "fleet-test" {
+	if gr.Records[3].Fields.Get("proctitle") != "/usr/bin/bash -c cat /etc/shadow" || gr.Records[0].Fields.Get("key") != "fleet-test" {
 		t.Errorf("fields %v %v", gr.Records[0].Fields, gr.Records[3].Fields)
 	}
 	// A record's Raw may be appended to without touching the next one.
@@ -300,9 +300,9 @@ func TestGrouperCopiesLines(t *testing.T) {
 	for _, gr := range got {
 		raws = append(raws, string(gr.Raw))
 		for _, r := range gr.Records {
-			for k, v := range r.Fields {
-				if strings.Contains(k+v, "#") {
-					t.Errorf("field %q=%q aliases the caller's buffer", k, v)
+			for _, e := range r.Fields {
+				if strings.Contains(e.Key+e.Value, "#") {
+					t.Errorf("field %q=%q aliases the caller's buffer", e.Key, e.Value)
 				}
 			}
 		}

@@ -171,12 +171,12 @@ func TestParseRecord(t *testing.T) {
 				t.Errorf("Fields is nil")
 			}
 			for k, v := range tt.want {
-				if got, ok := r.Fields[k]; !ok || got != v {
+				if got, ok := r.Fields.Lookup(k); !ok || got != v {
 					t.Errorf("Fields[%q] = %q (%v), want %q", k, got, ok, v)
 				}
 			}
 			for _, k := range tt.absent {
-				if v, ok := r.Fields[k]; ok {
+				if v, ok := r.Fields.Lookup(k); ok {
 					t.Errorf("Fields[%q] = %q, want none", k, v)
 				}
 			}

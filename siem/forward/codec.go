@@ -16,7 +16,8 @@ import (
 //	0x01 | varint time (unix ns) | str tag | str source | str raw |
 //	flags (bit 0: truncated) | uvarint part | uvarint n | n x (str key, str value)
 //
-// where str is a uvarint length and the bytes; fields in map order. Entries
+// where str is a uvarint length and the bytes; fields sorted by key (in map
+// order in the entries of builds before siem.Fields, sorted when read). Entries
 // that start with '{' are the JSON of earlier builds.
 const codecV1 = 0x01
 
@@ -25,8 +26,8 @@ var errCorrupt = errors.New("corrupt spool entry")
 // encodedSize is an upper bound of the size of ev's entry.
 func encodedSize(ev siem.Event) int {
 	n := 1 + binary.MaxVarintLen64*4 + len(ev.Tag) + len(ev.Source) + len(ev.Raw) + 1 + binary.MaxVarintLen64*2
-	for k, v := range ev.Fields {
-		n += len(k) + len(v) + 2*binary.MaxVarintLen64
+	for _, e := range ev.Fields {
+		n += len(e.Key) + len(e.Value) + 2*binary.MaxVarintLen64
 	}
 	return n
 }
@@ -50,9 +51,9 @@ func encodeEvent(ev siem.Event) ([]byte, error) {
 	b = append(b, flags)
 	b = binary.AppendUvarint(b, uint64(ev.Part))
 	b = binary.AppendUvarint(b, uint64(len(ev.Fields)))
-	for k, v := range ev.Fields {
-		b = appendStr(b, k)
-		b = appendStr(b, v)
+	for _, e := range ev.Fields {
+		b = appendStr(b, e.Key)
+		b = appendStr(b, e.Value)
 	}
 	return b, nil
 }
@@ -87,11 +88,13 @@ func decodeEvent(b []byte) (siem.Event, error) {
 		if n > uint64(len(d.b)) {
 			return ev, errCorrupt
 		}
-		ev.Fields = make(map[string]string, n)
+		ev.Fields = make(siem.Fields, 0, n)
 		for range n {
 			k := d.str()
-			ev.Fields[k] = d.str()
+			ev.Fields = append(ev.Fields, siem.Field{Key: k, Value: d.str()})
 		}
+		// Entries of earlier builds have their fields in map order.
+		ev.Fields = ev.Fields.Normalize()
 	}
 	if d.err != nil || len(d.b) != 0 {
 		return siem.Event{}, errCorrupt

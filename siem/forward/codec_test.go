@@ -1,6 +1,7 @@
 package forward
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"reflect"
 	"testing"
@@ -13,7 +14,7 @@ func TestCodecRoundTrip(t *testing.T) {
 	for _, ev := range []siem.Event{
 		{},
 		{Tag: "audit", Source: "/var/log/audit/audit.log", Time: time.Unix(1795958082, 876000000), Raw: []byte("type=SYSCALL msg=audit(1795958082.876:8): x\ntype=EOE msg=audit(1795958082.876:8): "),
-			Fields: map[string]string{"type": "SYSCALL", "serial": "8", "key": ""}},
+			Fields: siem.FieldsOf(map[string]string{"type": "SYSCALL", "serial": "8", "key": ""})},
 		{Tag: "raw", Raw: []byte("bad \xff\x00 utf8"), Truncated: true, Part: 3},
 	} {
 		b, err := encodeEvent(ev)
@@ -43,7 +44,7 @@ func TestCodecRoundTrip(t *testing.T) {
 }
 
 func FuzzDecodeEvent(f *testing.F) {
-	b, _ := encodeEvent(siem.Event{Tag: "t", Raw: []byte("r"), Fields: map[string]string{"k": "v"}})
+	b, _ := encodeEvent(siem.Event{Tag: "t", Raw: []byte("r"), Fields: siem.FieldsOf(map[string]string{"k": "v"})})
 	f.Add(b)
 	f.Add([]byte{codecV1})
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -59,4 +60,31 @@ func FuzzDecodeEvent(f *testing.F) {
 			t.Fatalf("re-encode of a decoded entry does not round-trip: %v", err)
 		}
 	})
+}
+
+// TestDecodeEventSortsFields checks that entries written before
+// siem.Fields (fields in map order, in binary or JSON) decode with their
+// fields sorted, as the formatters expect.
+func TestDecodeEventSortsFields(t *testing.T) {
+	want := siem.Fields{{Key: "auid", Value: "1000"}, {Key: "serial", Value: "8"}, {Key: "type", Value: "SYSCALL"}}
+	b := []byte{codecV1}
+	b = binary.AppendVarint(b, 0)
+	b = appendStr(b, "audit")
+	b = appendStr(b, "f")
+	b = appendStr(b, "raw")
+	b = append(b, 0)
+	b = binary.AppendUvarint(b, 0)
+	b = binary.AppendUvarint(b, 3)
+	for _, e := range []siem.Field{want[2], want[0], want[1]} {
+		b = appendStr(b, e.Key)
+		b = appendStr(b, e.Value)
+	}
+	ev, err := decodeEvent(b)
+	if err != nil || !reflect.DeepEqual(ev.Fields, want) {
+		t.Errorf("binary entry: fields %q, %v; want %q", ev.Fields, err, want)
+	}
+	ev, err = decodeEvent([]byte(`{"tag":"audit","raw":"cmF3","fields":{"type":"SYSCALL","auid":"1000","serial":"8"}}`))
+	if err != nil || !reflect.DeepEqual(ev.Fields, want) {
+		t.Errorf("JSON entry: fields %q, %v; want %q", ev.Fields, err, want)
+	}
 }

@@ -33,23 +33,26 @@ type direct struct {
 	inflight int  // handed over and not yet resolved
 	failed   bool // a send failed; refuse until the output recovered
 	closed   bool // the output goroutine ended
-	// sending is the batch the output took and is sending; sent how many
-	// of its events went through (it is sent in output batches).
-	sending *directBatch
+	// sending holds the batches the output took and is sending, oldest
+	// first (a pipelining output has several in flight); sent is how many
+	// events of the oldest went through (it is sent in output batches).
+	sending []*directBatch
 	sent    int
 	// cp is the checkpoint of the last batch sent, not yet stored;
 	// cpBatches the sent batches it stands for (still in flight until
 	// it is stored), flushing those whose checkpoint is being written.
-	// It is stored after every sent batch, before the next is sent: a
-	// crash resends at most the one output batch in flight. (Storing it
+	// It is stored after every sent batch: a crash resends at most the
+	// output batches in flight (one, or a pipelining output's window;
+	// see pipeline.go). (Storing it
 	// only every 100 ms resent all that went out in that time, thousands
 	// of events while a backlog drains.)
 	cp        map[string][]byte
 	cpBatches int
 	flushing  int
-	// batchEvents is the output's batch_events: a source hands over at
-	// most that many events in one batch, so that one batch, and so what
-	// a crash resends, is one output batch.
+	// batchEvents is the output's batch_events (a part of it on an output
+	// that pipelines, see handoffEvents): a source hands over at most that
+	// many events in one batch, so that what a crash resends stays within
+	// one output batch.
 	batchEvents int
 	// movedAt is when the output last took a batch or finished sending
 	// part of one: a slow receiver is not a stall.
@@ -137,11 +140,15 @@ func (d *direct) revoke() []siem.Event {
 	defer d.mu.Unlock()
 	d.failed = true
 	var evs []siem.Event
-	if d.sending != nil {
-		evs = append(evs, d.sending.events[d.sent:]...)
-		d.sending.revoked = true
-		d.sending = nil
+	for i, b := range d.sending {
+		from := 0
+		if i == 0 {
+			from = d.sent
+		}
+		evs = append(evs, b.events[from:]...)
+		b.revoked = true
 	}
+	d.sending, d.sent = nil, 0
 	for _, b := range d.pending {
 		evs = append(evs, b.events...)
 	}
@@ -170,7 +177,9 @@ func (d *direct) progress(b *directBatch, n int) bool {
 	if b.revoked {
 		return false
 	}
-	d.sent = n
+	if len(d.sending) > 0 && d.sending[0] == b {
+		d.sent = n
+	}
 	d.movedAt = time.Now()
 	return true
 }
@@ -195,6 +204,17 @@ func (d *direct) readyChan() <-chan struct{} {
 	return d.ready
 }
 
+// nextLen is the number of events in the oldest pending batch, 0 when
+// none is pending.
+func (d *direct) nextLen() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.pending) == 0 {
+		return 0
+	}
+	return len(d.pending[0].events)
+}
+
 // take removes the oldest pending batch, which the output then sends; nil
 // when there is none.
 func (d *direct) take() *directBatch {
@@ -207,7 +227,10 @@ func (d *direct) take() *directBatch {
 	*b = d.pending[0]
 	d.pending[0] = directBatch{}
 	d.pending = d.pending[1:]
-	d.sending, d.sent = b, 0
+	if len(d.sending) == 0 {
+		d.sent = 0
+	}
+	d.sending = append(d.sending, b)
 	d.movedAt = time.Now()
 	if d.space != nil {
 		close(d.space)
@@ -227,9 +250,7 @@ func (d *direct) finish(b *directBatch, fn func()) bool {
 		return false
 	}
 	fn()
-	if d.sending == b {
-		d.sending = nil
-	}
+	d.unsending(b)
 	d.done1()
 	return true
 }
@@ -242,14 +263,25 @@ func (d *direct) sentAll(b *directBatch) bool {
 	if b.revoked {
 		return false
 	}
-	if d.sending == b {
-		d.sending = nil
-	}
+	d.unsending(b)
 	if b.cps != nil {
 		d.cp = b.cps
 	}
 	d.cpBatches++
 	return true
+}
+
+// unsending removes b from sending; mu must be held.
+func (d *direct) unsending(b *directBatch) {
+	for i, s := range d.sending {
+		if s == b {
+			if i == 0 {
+				d.sent = 0
+			}
+			d.sending = append(d.sending[:i], d.sending[i+1:]...)
+			return
+		}
+	}
 }
 
 // storeCP stores the checkpoint of the batches sent so far (outside the

@@ -105,7 +105,8 @@ func newFileSource(f *Forwarder, cfg siem.Config, src siem.SourceConfig, file st
 		}
 	}
 	if src.Format == siem.FormatLinuxAudit {
-		fs.grouper = audit.NewGrouper(audit.GrouperOptions{MaxWait: f.opts.AuditMaxWait})
+		// readLines never writes to a line it handed on.
+		fs.grouper = audit.NewGrouper(audit.GrouperOptions{MaxWait: f.opts.AuditMaxWait, KeepLines: true})
 	}
 	if len(fs.queues) == 1 {
 		fs.direct = f.directFor(fs.queues[0])
@@ -344,7 +345,7 @@ func (fs *fileSource) directFull() bool {
 
 func (fs *fileSource) addGroups(gs []audit.Group) {
 	for _, g := range gs {
-		fs.add(g.Event(fs.src.Tag, fs.file))
+		fs.add(fs.grouper.Event(g, fs.src.Tag, fs.file))
 	}
 }
 

@@ -133,7 +133,7 @@ func (f *Forwarder) Apply(ctx context.Context, cfg siem.Config, version uint64, 
 	st := f.stats
 	f.directs = map[string]*direct{}
 	for _, o := range cfg.Outputs {
-		f.directs[o.Name] = newDirect(o.BatchEvents)
+		f.directs[o.Name] = newDirect(handoffEvents(o))
 	}
 	directs := f.directs
 	f.mu.Unlock()

@@ -807,8 +807,8 @@ func TestLinuxAuditGroupsAndNeverSkipsAnOpenEvent(t *testing.T) {
 		t.Errorf("event 8 raw = %q, want %q", a.Raw, want)
 	}
 	for k, v := range map[string]string{"serial": "8", "type": "SYSCALL", "types": "SYSCALL,CWD,PATH,PROCTITLE", "key": "fleet-test", "exe": "/usr/bin/bash", "cwd": "/root"} {
-		if a.Fields[k] != v {
-			t.Errorf("event 8 field %s = %q, want %q", k, a.Fields[k], v)
+		if a.Fields.Get(k) != v {
+			t.Errorf("event 8 field %s = %q, want %q", k, a.Fields.Get(k), v)
 		}
 	}
 	if a.Tag != "audit" || a.Source != logPath || !a.Time.Equal(time.Unix(1795958082, 876e6)) {
@@ -837,8 +837,8 @@ func TestLinuxAuditGroupsAndNeverSkipsAnOpenEvent(t *testing.T) {
 		t.Errorf("event 9 raw = %q, want the whole event %q", b.Raw, want)
 	}
 	for k, v := range map[string]string{"serial": "9", "type": "SYSCALL", "types": "SYSCALL,EXECVE,PATH", "key": "exec-watch", "uid": "1000"} {
-		if b.Fields[k] != v {
-			t.Errorf("event 9 field %s = %q, want %q", k, b.Fields[k], v)
+		if b.Fields.Get(k) != v {
+			t.Errorf("event 9 field %s = %q, want %q", k, b.Fields.Get(k), v)
 		}
 	}
 	if src2.GetEventsRead() != 1 {
@@ -860,7 +860,7 @@ func TestLinuxAuditUnparsedLine(t *testing.T) {
 	s := net.sink("sec")
 	waitDelivered(t, s, 1, 5*time.Second)
 	ev := s.events()[0]
-	if string(ev.Raw) != "not an audit record" || ev.Fields["type"] != "UNPARSED" {
+	if string(ev.Raw) != "not an audit record" || ev.Fields.Get("type") != "UNPARSED" {
 		t.Errorf("event = %+v", ev)
 	}
 }
@@ -1301,7 +1301,7 @@ func TestAuditCheckpointAdvancesUnderSteadyTraffic(t *testing.T) {
 	syscalls := func(s *sink) int {
 		n := 0
 		for _, ev := range s.events() {
-			if ev.Fields["type"] == "SYSCALL" {
+			if ev.Fields.Get("type") == "SYSCALL" {
 				n++
 			}
 		}

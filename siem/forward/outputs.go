@@ -74,6 +74,23 @@ func (f *Forwarder) runOutput(ctx context.Context, o siem.OutputConfig, ost *out
 		}
 		return err
 	}
+	// start begins sending a handed-over batch: on a pipelining output
+	// without waiting for its acknowledgement, on others with Send.
+	start := func(batch []siem.Event) (output.Pending, error) {
+		var err error
+		if out == nil {
+			if out, err = f.opts.Dial(o, f.opts.Hostname, f.opts.AppName); err != nil {
+				return nil, err
+			}
+		}
+		if p, ok := out.(output.Pipeline); ok {
+			return p.Start(ctx, batch)
+		}
+		if err := out.Send(ctx, batch); err != nil {
+			return nil, err
+		}
+		return sent{}, nil
+	}
 	for {
 		// The spool first: it holds what is older than any handoff.
 		select {
@@ -88,45 +105,11 @@ func (f *Forwarder) runOutput(ctx context.Context, o siem.OutputConfig, ost *out
 				return
 			case <-f.spool.Ready(o.Name):
 			case <-d.readyChan():
-				b := d.take()
-				if b == nil {
-					continue
-				}
-				// In output batches, each recorded, so that a revoke
-				// takes back only what was not sent.
-				var err error
-				n := 0
-				for n < len(b.events) {
-					end := min(len(b.events), n+max(1, o.BatchEvents))
-					if err = send(b.events[n:end]); err != nil {
-						break
-					}
-					n = end
-					if !d.progress(b, n) {
-						break
-					}
-				}
-				if err != nil {
-					// Refuse handoffs until the spool is empty again, and
-					// spool the rest of this batch and those behind it, in
-					// order.
-					d.setFailed(true)
-					// What was sent before is older than what is spooled
-					// now: its checkpoint goes first.
-					d.storeCP(storeCP)
-					d.finish(b, func() { f.spoolDirect(o.Name, directBatch{events: b.events[n:], cps: b.cps}, log) })
-					for p := d.take(); p != nil; p = d.take() {
-						d.finish(p, func() { f.spoolDirect(o.Name, *p, log) })
-					}
+				if err := f.sendDirect(ctx, o, d, start, storeCP, succeeded, log); err != nil {
 					if !failed(err) {
 						return
 					}
-					continue
 				}
-				if d.sentAll(b) {
-					d.storeCP(storeCP)
-				}
-				succeeded(n, b.raw)
 				continue
 			}
 		}

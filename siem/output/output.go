@@ -32,6 +32,30 @@ type Output interface {
 	Close() error
 }
 
+// Pipeline is an Output that keeps writing while earlier batches await
+// their acknowledgement, so that the receiver is never idle waiting for
+// the sender to learn that the last batch arrived (RELP). Start writes
+// batch and returns without waiting for its answers; the batch resolves,
+// in the order batches were started, as acknowledged only once it and
+// every batch started before it are. When one fails, every batch started
+// after it on the same connection fails too, so the acknowledged batches
+// are always a prefix of those started: what a caller resends after a
+// failure starts at the first batch that did not resolve as acknowledged.
+// Send is Start followed by waiting for the batch.
+type Pipeline interface {
+	Output
+	Start(ctx context.Context, batch []siem.Event) (Pending, error)
+}
+
+// Pending is a batch started on a Pipeline.
+type Pending interface {
+	// Done is closed when the batch is resolved.
+	Done() <-chan struct{}
+	// Err, once Done is closed, is nil when the batch was acknowledged;
+	// otherwise nothing in it may be assumed delivered.
+	Err() error
+}
+
 // TLSConfig is the tls section of an output's configuration.
 type TLSConfig struct {
 	// CAFile holds the PEM certificates of the CAs that may sign the SIEM's

@@ -471,15 +471,15 @@ func (c *Client) wire(ev *siem.Event, w *wireEvent) {
 		SourceType: c.cfg.SourceType,
 		Index:      c.cfg.Index,
 		Event:      string(ev.Raw),
-		Fields:     ev.Fields,
+		Fields:     ev.Fields.Map(),
 	}
 	if w.Source == "" {
 		w.Source = ev.Source
 	}
 	if ev.Truncated {
-		f := make(map[string]string, len(ev.Fields)+2)
-		for k, v := range ev.Fields {
-			f[k] = v
+		f := w.Fields
+		if f == nil {
+			f = make(map[string]string, 2)
 		}
 		if _, ok := f["truncated"]; !ok {
 			f["truncated"] = "true"

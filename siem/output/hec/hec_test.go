@@ -62,9 +62,9 @@ func auditEvents(n, size int) []siem.Event {
 			Tag: "audit", Source: "/var/log/audit/audit.log",
 			Time: t0.Add(time.Duration(i) * time.Millisecond),
 			Raw:  []byte(raw),
-			Fields: map[string]string{
+			Fields: siem.FieldsOf(map[string]string{
 				"type": "SYSCALL", "serial": fmt.Sprint(1000 + i), "auid": "1000", "exe": "/usr/bin/bash", "key": "exec",
-			},
+			}),
 		}
 	}
 	return evs
@@ -77,7 +77,7 @@ func TestSendEncodesEvents(t *testing.T) {
 
 	evs := []siem.Event{
 		{Source: "/var/log/audit/audit.log", Time: t0, Raw: []byte("type=USER_CMD msg=audit(1:2): cmd=\"a<b&c>d\"\ntype=PROCTITLE msg=audit(1:2): proctitle=6C73"),
-			Fields: map[string]string{"type": "USER_CMD", "serial": "2"}},
+			Fields: siem.FieldsOf(map[string]string{"type": "USER_CMD", "serial": "2"})},
 		{Source: "/var/log/app.log", Time: time.Unix(-1, 0).Add(250 * time.Millisecond), Raw: []byte("bad \xff\xfe utf8"), Truncated: true, Part: 2},
 		{Source: "/var/log/app.log", Raw: []byte(" \t ")}, // blank: not sent
 		{Source: "/var/log/app.log", Raw: []byte("no time")},

@@ -6,14 +6,19 @@
 // relp_software=budfleet, commands=syslog); each event is one syslog
 // command whose data is the event as an RFC 5424 message (see
 // syslog.Formatter); the receiver answers each command with rsp "200 OK"
-// once it has taken the message. Send pipelines the batch, keeping up to
-// Config.Window messages in flight, and returns nil only when every
-// message of the batch got its 200. A non-200 answer, a serverclose, a
-// broken connection, no answer for Config.AckTimeout or the end of ctx
-// fail the whole batch and close the session; the next Send opens a new
-// one. Messages of a failed batch may have been taken (the caller resends
-// them all, so the SIEM can see duplicates), but none of a successful one
-// is lost in transit.
+// once it has taken the message. The client keeps up to Config.Window
+// messages in flight, across batches: Start writes a batch and returns
+// while its answers are still to come (a reader goroutine matches each
+// rsp to its txnr), so the receiver never waits for the sender to learn
+// that the last batch arrived; Send is Start and a wait. Batches resolve
+// in the order they were started, each as acknowledged only when it and
+// every batch before it got all their 200s. A non-200 answer, a
+// serverclose, a broken connection, no answer for Config.AckTimeout or the
+// end of ctx fail every unresolved batch and close the session; the next
+// Start opens a new one once the caller has seen the failure. Messages of
+// a failed batch may have been taken (the caller resends from the first
+// failed batch, so the SIEM can see duplicates, at most a window and a
+// batch), but none of an acknowledged one is lost in transit.
 //
 // "Taken" is as far as RELP can see: rsyslog answers 200 when the message
 // is in its main queue, so a message can still be lost if rsyslog is
@@ -35,6 +40,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -94,8 +100,8 @@ var (
 )
 
 // Client sends batches over one RELP session at a time. It is safe for
-// concurrent use; Sends are serialized, and Close waits for a Send in
-// progress.
+// concurrent use; Starts and Sends are serialized (they write the
+// session), and Close waits for one in progress.
 type Client struct {
 	cfg Config
 
@@ -108,10 +114,12 @@ type Client struct {
 	txnr   int // last used
 	buf    []byte
 	hdr    []byte
-	acks   []ack
 }
 
-var _ output.Output = (*Client)(nil)
+var (
+	_ output.Output   = (*Client)(nil)
+	_ output.Pipeline = (*Client)(nil)
+)
 
 // New checks cfg and returns a Client; it connects on the first Send.
 func New(cfg Config) (*Client, error) {
@@ -140,67 +148,192 @@ func New(cfg Config) (*Client, error) {
 	return &Client{cfg: cfg}, nil
 }
 
-type ack struct {
-	txnr int
-	code int
-	text []byte // only for codes other than 200
-}
-
-// session is the reading side of a connection: a goroutine reads frames
-// and queues the rsp frames for Send.
-type session struct {
-	mu     sync.Mutex
-	acks   []ack
-	notify chan struct{} // cap 1: acks were queued
-	done   chan struct{} // closed when the reader stops; err says why
+// Batch is a batch written by Start. It is resolved once: acknowledged
+// (Err nil) when every message of it and of every batch started before
+// it on the session got rsp 200, or failed when the session ended first.
+type Batch struct {
+	addr   string
+	sess   *session
+	total  int
+	unsent int // messages not written yet; only the writer changes it
+	n      int // messages written and not acknowledged; under session.mu
+	done   chan struct{}
 	err    error
 }
 
+// Done is closed when the batch is resolved.
+func (b *Batch) Done() <-chan struct{} { return b.done }
+
+// Err is nil when the batch was acknowledged; valid once Done is closed.
+// A failure it returns counts as seen by the caller (see Start).
+func (b *Batch) Err() error {
+	if b.err != nil && b.sess != nil {
+		b.sess.report()
+	}
+	return b.err
+}
+
+// session is one connection: the writer (Start) registers each message's
+// txnr before writing it, and a goroutine reads the rsp frames, matches
+// each to its batch and resolves batches in the order they were started.
+type session struct {
+	conn       *output.Conn
+	window     int
+	ackTimeout time.Duration
+
+	mu       sync.Mutex
+	pend     map[int]*Batch // txnr -> batch, for the messages awaiting rsp
+	queue    []*Batch       // unresolved batches, in order
+	inflight int
+	space    chan struct{} // closed when inflight drops below window
+	// deadlineAt is when the read deadline was last pushed out: pushing it
+	// on every rsp would cost a timer update per message.
+	deadlineAt time.Time
+	closeTxnr  int
+	closeAck   chan struct{}
+	err        error         // why the session ended; set before done closes
+	done       chan struct{} // closed when the reader stopped
+	// failed counts the batches the end of the session failed; reported
+	// that the caller has seen a failure of this session.
+	failed   int
+	reported bool
+}
+
+func (s *session) report() {
+	s.mu.Lock()
+	s.reported = true
+	s.mu.Unlock()
+}
+
+// unreported returns why the session ended when that failed batches and
+// the caller has not seen it yet, and counts it seen.
+func (s *session) unreported() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failed == 0 || s.reported {
+		return nil
+	}
+	s.reported = true
+	return s.err
+}
+
+func newSession(conn *output.Conn, window int, ackTimeout time.Duration) *session {
+	return &session{
+		conn: conn, window: window, ackTimeout: ackTimeout,
+		pend: make(map[int]*Batch, min(window, 4096)),
+		done: make(chan struct{}),
+	}
+}
+
 func (s *session) run(r *bufio.Reader, maxData int) {
-	defer close(s.done)
+	err := s.read(r, maxData)
+	s.mu.Lock()
+	if s.err == nil {
+		if errors.Is(err, io.EOF) {
+			err = fmt.Errorf("server closed the connection (%w)", err)
+		}
+		s.err = fmt.Errorf("connection lost: %w", err)
+		if errors.Is(err, ErrServerClose) || errors.Is(err, ErrRefused) || errors.Is(err, ErrProtocol) || errors.Is(err, ErrAckTimeout) {
+			s.err = err
+		}
+	}
+	s.conn.NetConn().Close()
+	s.failed = len(s.queue)
+	for _, b := range s.queue {
+		b.err = fmt.Errorf("relp: send to %s (%d of %d messages acknowledged): %w", b.addr, b.total-b.unsent-b.n, b.total, s.err)
+		close(b.done)
+	}
+	s.queue, s.pend, s.inflight = nil, nil, 0
+	if s.space != nil {
+		close(s.space)
+		s.space = nil
+	}
+	s.mu.Unlock()
+	close(s.done)
+}
+
+func (s *session) read(r *bufio.Reader, maxData int) error {
 	for {
 		f, err := ReadFrameLimit(r, maxData)
 		if err != nil {
-			s.err = err
-			return
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				s.mu.Lock()
+				n := s.inflight
+				s.mu.Unlock()
+				return fmt.Errorf("%w (%v, %d messages in flight)", ErrAckTimeout, s.ackTimeout, n)
+			}
+			return err
 		}
 		switch f.Command {
 		case "rsp":
-			a := ack{txnr: f.Txnr, code: rspCode(f.Data)}
-			if a.code != 200 {
-				a.text = f.Data
-			}
-			s.mu.Lock()
-			s.acks = append(s.acks, a)
-			s.mu.Unlock()
-			select {
-			case s.notify <- struct{}{}:
-			default:
+			if err := s.ack(f); err != nil {
+				return err
 			}
 		case "serverclose":
-			s.err = ErrServerClose
-			return
+			return ErrServerClose
 		default:
-			s.err = fmt.Errorf("%w: unexpected command %q from the server", ErrProtocol, f.Command)
-			return
+			return fmt.Errorf("%w: unexpected command %q from the server", ErrProtocol, f.Command)
 		}
 	}
 }
 
-// take moves the queued acks into dst.
-func (s *session) take(dst []ack) []ack {
-	s.mu.Lock()
-	dst = append(dst, s.acks...)
-	s.acks = s.acks[:0]
-	s.mu.Unlock()
-	return dst
-}
-
-// queued reports whether acks wait to be taken.
-func (s *session) queued() bool {
+// ack settles the message f answers. Anything but 200 ends the session:
+// RELP has no way to resend one message, so the caller resends from the
+// first unacknowledged batch.
+func (s *session) ack(f Frame) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.acks) > 0
+	if s.closeAck != nil && f.Txnr == s.closeTxnr {
+		close(s.closeAck)
+		s.closeAck = nil
+		return nil
+	}
+	b, ok := s.pend[f.Txnr]
+	if !ok {
+		return fmt.Errorf("%w: rsp for txnr %d, which is not in flight", ErrProtocol, f.Txnr)
+	}
+	if code := rspCode(f.Data); code != 200 {
+		return fmt.Errorf("%w message txnr %d: %q", ErrRefused, f.Txnr, f.Data)
+	}
+	delete(s.pend, f.Txnr)
+	b.n--
+	s.inflight--
+	if s.space != nil && s.inflight < s.window {
+		close(s.space)
+		s.space = nil
+	}
+	for len(s.queue) > 0 && s.queue[0].n == 0 && s.queue[0].unsent == 0 {
+		close(s.queue[0].done)
+		s.queue[0] = nil
+		s.queue = s.queue[1:]
+	}
+	now := time.Now()
+	switch {
+	case s.inflight == 0:
+		s.conn.SetReadDeadline(time.Time{})
+		s.deadlineAt = time.Time{}
+	case now.Sub(s.deadlineAt) > s.ackTimeout/16:
+		s.pushDeadlineLocked(now)
+	}
+	return nil
+}
+
+// pushDeadlineLocked gives the messages in flight AckTimeout from now for
+// their next rsp; a progressing receiver keeps pushing it out.
+func (s *session) pushDeadlineLocked(now time.Time) {
+	s.conn.SetReadDeadline(now.Add(s.ackTimeout))
+	s.deadlineAt = now
+}
+
+// abort ends the session for err (the writer's reason), unless the
+// reader ended it first.
+func (s *session) abort(err error) {
+	s.mu.Lock()
+	if s.err == nil {
+		s.err = err
+	}
+	s.mu.Unlock()
+	s.conn.NetConn().Close()
 }
 
 func (s *session) dead() bool {
@@ -210,6 +343,13 @@ func (s *session) dead() bool {
 	default:
 		return false
 	}
+}
+
+// reason is why the session ended; valid once done is closed.
+func (s *session) reason() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
 }
 
 // rspCode parses the 3-digit code that starts rsp data ("200 OK").
@@ -246,7 +386,7 @@ func (c *Client) connectLocked(ctx context.Context) error {
 		conn.NetConn().Close()
 		return fmt.Errorf("relp: open session with %s: %w", c.cfg.Addr, err)
 	}
-	s := &session{notify: make(chan struct{}, 1), done: make(chan struct{})}
+	s := newSession(conn, c.cfg.Window, c.cfg.AckTimeout)
 	go s.run(br, c.cfg.MaxDataLen)
 	c.conn, c.sess = conn, s
 	c.dw = &output.DeadlineWriter{Conn: conn, Timeout: c.cfg.AckTimeout, Ctx: ctx}
@@ -325,110 +465,167 @@ func (c *Client) dropLocked() {
 	c.conn, c.sess = nil, nil
 }
 
+// ended reports whether the session is over or being ended.
+func (s *session) ended() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err != nil || s.pend == nil
+}
+
 // Send delivers batch and returns nil only when every message got rsp
 // 200; see the package documentation.
 func (c *Client) Send(ctx context.Context, batch []siem.Event) error {
+	p, err := c.Start(ctx, batch)
+	if err != nil {
+		return err
+	}
+	b := p.(*Batch)
+	select {
+	case <-b.done:
+		return b.Err()
+	case <-ctx.Done():
+		// What is in flight can no longer be told apart from what the
+		// next Send writes: end the session.
+		if b.sess != nil {
+			b.sess.abort(ctx.Err())
+			b.sess.report()
+		}
+		return ctx.Err()
+	}
+}
+
+// Start writes batch on the session (opening one when there is none),
+// waiting while Config.Window messages await their rsp, and returns
+// without waiting for the batch's own answers: see output.Pipeline. An
+// error from Start or from the batch ends the session and fails every
+// batch still unresolved on it. The next Start opens a new session only
+// once the caller has seen that failure (from Start, Send or a batch's
+// Err); until then it fails too, so that no batch started after a failed
+// one is acknowledged before the caller knows to resend from there.
+func (c *Client) Start(ctx context.Context, batch []siem.Event) (output.Pending, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
-		return ErrClosed
+		return nil, ErrClosed
 	}
-	if len(batch) == 0 {
-		return nil
-	}
-	if c.conn != nil && c.sess.dead() {
-		c.dropLocked()
+	if c.conn != nil && c.sess.ended() {
+		s := c.sess
+		c.dropLocked() // waits for the reader to fail what was in flight
+		if err := s.unreported(); err != nil {
+			return nil, fmt.Errorf("relp: send to %s: an earlier batch failed: %w", c.cfg.Addr, err)
+		}
 	}
 	if c.conn == nil {
 		if err := c.connectLocked(ctx); err != nil {
-			return err
+			return nil, err
 		}
+	}
+	s := c.sess
+	b := &Batch{addr: c.cfg.Addr, sess: s, total: len(batch), unsent: len(batch), done: make(chan struct{})}
+	s.mu.Lock()
+	if s.pend == nil {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("relp: send to %s: %w", c.cfg.Addr, c.connErr(ctx, s, nil))
+	}
+	if len(batch) == 0 && len(s.queue) == 0 {
+		close(b.done)
+	} else {
+		s.queue = append(s.queue, b)
+	}
+	s.mu.Unlock()
+	if len(batch) == 0 {
+		return b, nil
 	}
 	conn := c.conn
 	c.dw.Ctx = ctx
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(output.LongAgo) })
-	acked, err := c.sendLocked(ctx, batch)
+	stop := context.AfterFunc(ctx, func() { conn.SetWriteDeadline(output.LongAgo) })
+	written, err := c.writeLocked(ctx, s, b, batch)
 	if !stop() && err == nil {
-		// All acknowledged, but ctx ended meanwhile and spoiled the
-		// connection's deadline.
-		c.dropLocked()
-		return nil
+		// Written, but ctx ended meanwhile and spoiled the connection's
+		// write deadline.
+		err = ctx.Err()
 	}
 	if err != nil {
-		c.dropLocked()
-		return fmt.Errorf("relp: send to %s (%d of %d messages acknowledged): %w", c.cfg.Addr, acked, len(batch), err)
+		s.abort(err)
+		s.report()
+		return nil, fmt.Errorf("relp: send to %s (%d of %d messages written): %w", c.cfg.Addr, written, len(batch), err)
 	}
-	return nil
+	return b, nil
 }
 
-func (c *Client) sendLocked(ctx context.Context, batch []siem.Event) (int, error) {
-	s := c.sess
-	pending := make(map[int]int, min(len(batch), c.cfg.Window)) // txnr -> index in batch
-	next, acked := 0, 0
-	timer := time.NewTimer(c.cfg.AckTimeout)
-	defer timer.Stop()
-	for acked < len(batch) {
-		if next < len(batch) && len(pending) < c.cfg.Window {
-			for next < len(batch) && len(pending) < c.cfg.Window {
-				txnr := c.nextTxnr()
-				if err := c.writeMessage(txnr, &batch[next]); err != nil {
-					return acked, c.connErr(ctx, err)
-				}
-				pending[txnr] = next
-				next++
-			}
-			if err := c.w.Flush(); err != nil {
-				return acked, c.connErr(ctx, err)
-			}
-			// The wait for answers starts when the messages are out
-			// (timers are reset cleanly since Go 1.23).
-			timer.Reset(c.cfg.AckTimeout)
+// writeLocked writes batch's messages, each registered under its txnr
+// before it is written (its rsp can come back at once).
+func (c *Client) writeLocked(ctx context.Context, s *session, b *Batch, batch []siem.Event) (int, error) {
+	next := 0
+	for next < len(batch) {
+		s.mu.Lock()
+		if s.pend == nil || s.err != nil {
+			s.mu.Unlock()
+			return next, c.connErr(ctx, s, nil)
 		}
-		select {
-		case <-s.notify:
-		case <-s.done:
-		case <-ctx.Done():
-			return acked, ctx.Err()
-		case <-timer.C:
-			if !s.queued() {
-				return acked, fmt.Errorf("%w (%v, %d messages in flight)", ErrAckTimeout, c.cfg.AckTimeout, len(pending))
+		room := min(s.window-s.inflight, len(batch)-next)
+		if room <= 0 {
+			if s.space == nil {
+				s.space = make(chan struct{})
 			}
-		}
-		dead := s.dead() // before take: a dead reader has queued all it read
-		c.acks = s.take(c.acks[:0])
-		progress := len(c.acks) > 0
-		for _, a := range c.acks {
-			i, ok := pending[a.txnr]
-			if !ok {
-				return acked, fmt.Errorf("%w: rsp for txnr %d, which is not in flight", ErrProtocol, a.txnr)
+			space := s.space
+			s.mu.Unlock()
+			// The receiver must see what is buffered before it can
+			// answer it.
+			if err := c.flushLocked(s); err != nil {
+				return next, c.connErr(ctx, s, err)
 			}
-			if a.code != 200 {
-				return acked, fmt.Errorf("%w message %d of the batch (txnr %d): %q", ErrRefused, i, a.txnr, a.text)
+			select {
+			case <-space:
+			case <-s.done:
+			case <-ctx.Done():
+				return next, ctx.Err()
 			}
-			delete(pending, a.txnr)
-			acked++
+			continue
 		}
-		if acked == len(batch) {
-			break
+		first := c.txnr
+		for range room {
+			s.pend[c.nextTxnr()] = b
 		}
-		if dead {
-			return acked, c.connErr(ctx, nil)
-		}
-		if progress {
-			timer.Reset(c.cfg.AckTimeout)
+		s.inflight += room
+		b.n += room
+		b.unsent -= room
+		s.mu.Unlock()
+		c.txnr = first
+		for range room {
+			if err := c.writeMessage(c.nextTxnr(), &batch[next]); err != nil {
+				return next, c.connErr(ctx, s, err)
+			}
+			next++
 		}
 	}
-	return acked, nil
+	if err := c.flushLocked(s); err != nil {
+		return next, c.connErr(ctx, s, err)
+	}
+	return next, nil
+}
+
+// flushLocked writes out what is buffered; the wait for answers starts
+// when the messages are out.
+func (c *Client) flushLocked(s *session) error {
+	if err := c.w.Flush(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	if s.inflight > 0 && s.pend != nil {
+		s.pushDeadlineLocked(time.Now())
+	}
+	s.mu.Unlock()
+	return nil
 }
 
 // connErr explains a broken session, preferring the reader's reason
 // (serverclose, a TLS alert, EOF) to a write error such as "broken pipe".
 // err is the write error, nil when the reader stopped first.
-func (c *Client) connErr(ctx context.Context, err error) error {
+func (c *Client) connErr(ctx context.Context, s *session, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	s := c.sess
 	if err != nil && !s.dead() {
 		t := time.NewTimer(100 * time.Millisecond)
 		select {
@@ -439,17 +636,14 @@ func (c *Client) connErr(ctx context.Context, err error) error {
 	}
 	var rerr error
 	if s.dead() {
-		rerr = s.err
-		if errors.Is(rerr, io.EOF) {
-			rerr = fmt.Errorf("server closed the connection (%w)", rerr)
-		}
+		rerr = s.reason()
 	}
 	switch {
 	case err == nil && rerr == nil:
 		return errors.New("connection lost")
 	case err == nil:
-		return fmt.Errorf("connection lost: %w", rerr)
-	case rerr != nil && !errors.Is(err, s.err):
+		return rerr
+	case rerr != nil && !errors.Is(err, rerr):
 		return fmt.Errorf("%w (reading: %w)", err, rerr)
 	}
 	return err
@@ -471,8 +665,8 @@ func (c *Client) writeMessage(txnr int, ev *siem.Event) error {
 }
 
 // Close ends the session with the close command (waiting up to
-// Config.CloseTimeout for its answer) and makes later Sends fail with
-// ErrClosed.
+// Config.CloseTimeout for its answer, which comes after those of the
+// messages still in flight) and makes later Sends fail with ErrClosed.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -485,12 +679,16 @@ func (c *Client) Close() error {
 	}
 	defer c.dropLocked()
 	s := c.sess
-	if s.dead() {
+	if s.ended() {
 		return nil
 	}
 	c.dw.Ctx = context.Background()
 	c.dw.Timeout = c.cfg.CloseTimeout
 	txnr := c.nextTxnr()
+	answered := make(chan struct{})
+	s.mu.Lock()
+	s.closeTxnr, s.closeAck = txnr, answered
+	s.mu.Unlock()
 	if _, err := c.w.Write(AppendFrame(nil, Frame{Txnr: txnr, Command: "close"})); err != nil {
 		return fmt.Errorf("relp: close: %w", err)
 	}
@@ -499,20 +697,11 @@ func (c *Client) Close() error {
 	}
 	t := time.NewTimer(c.cfg.CloseTimeout)
 	defer t.Stop()
-	for {
-		select {
-		case <-s.notify:
-		case <-s.done:
-		case <-t.C:
-			return errors.New("relp: close: no answer from the server")
-		}
-		for _, a := range s.take(nil) {
-			if a.txnr == txnr {
-				return nil
-			}
-		}
-		if s.dead() {
-			return nil
-		}
+	select {
+	case <-answered:
+	case <-s.done:
+	case <-t.C:
+		return errors.New("relp: close: no answer from the server")
 	}
+	return nil
 }

@@ -28,6 +28,9 @@ type fakeServer struct {
 		answer   func(conn, n int, f Frame) string
 		ackDelay time.Duration // answer in bursts after this delay
 		stall    chan struct{} // stop reading after open until closed
+		hold     chan struct{} // withhold every rsp until closed
+		// rspTxnr, when set, picks the txnr of the n-th message's rsp.
+		rspTxnr func(conn, n, txnr int) int
 	}
 
 	mu          sync.Mutex
@@ -113,6 +116,22 @@ func (s *fakeServer) serve(id int, c net.Conn) {
 			}
 		}()
 	}
+	held := s.cfg.hold != nil
+	if held {
+		go func() {
+			select {
+			case <-done:
+				return
+			case <-s.cfg.hold:
+			}
+			pmu.Lock()
+			defer pmu.Unlock()
+			for _, f := range pending {
+				send(f)
+			}
+			pending, held = nil, false
+		}()
+	}
 	n := 0
 	for {
 		f, err := ReadFrameLimit(r, 1<<20)
@@ -144,6 +163,16 @@ func (s *fakeServer) serve(id int, c net.Conn) {
 				continue
 			}
 			rsp := Frame{Txnr: f.Txnr, Command: "rsp", Data: []byte(a)}
+			if s.cfg.rspTxnr != nil {
+				rsp.Txnr = s.cfg.rspTxnr(id, n-1, f.Txnr)
+			}
+			pmu.Lock()
+			if held {
+				pending = append(pending, rsp)
+				pmu.Unlock()
+				continue
+			}
+			pmu.Unlock()
 			if s.cfg.ackDelay > 0 {
 				pmu.Lock()
 				pending = append(pending, rsp)
@@ -290,18 +319,19 @@ func TestAckTimeoutAndContext(t *testing.T) {
 }
 
 func TestUnexpectedTxnr(t *testing.T) {
-	s := newFake(t)
+	s := newFake(t, func(s *fakeServer) {
+		s.cfg.rspTxnr = func(conn, n, txnr int) int {
+			if n == 1 {
+				return 1 // open's, answered already
+			}
+			return txnr
+		}
+	})
 	c := s.client(t, nil)
 	if err := c.Send(context.Background(), batch(1)); err != nil {
 		t.Fatal(err)
 	}
 	// An rsp for a txnr that is not in flight is a protocol error.
-	c.mu.Lock()
-	sess := c.sess
-	c.mu.Unlock()
-	sess.mu.Lock()
-	sess.acks = append(sess.acks, ack{txnr: 1, code: 200}) // txnr 1 was open's
-	sess.mu.Unlock()
 	err := c.Send(context.Background(), batch(1))
 	if !errors.Is(err, ErrProtocol) {
 		t.Fatalf("err %v", err)
@@ -387,5 +417,124 @@ func TestStalledServer(t *testing.T) {
 	var ne net.Error
 	if !errors.As(err, &ne) || !ne.Timeout() || time.Since(start) > 10*time.Second {
 		t.Fatalf("err %v after %v", err, time.Since(start))
+	}
+}
+
+// Start returns once a batch is written: with every rsp withheld the
+// server sees several batches, and they resolve in order once answered.
+func TestStartKeepsSeveralBatchesInFlight(t *testing.T) {
+	hold := make(chan struct{})
+	s := newFake(t, func(s *fakeServer) { s.cfg.hold = hold })
+	c := s.client(t, func(c *Config) { c.Window = 100 })
+	var ps []output.Pending
+	for range 3 {
+		p, err := c.Start(context.Background(), batch(10))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps = append(ps, p)
+	}
+	for { // poll interval below: the server reads concurrently
+		s.mu.Lock()
+		n := len(s.received)
+		s.mu.Unlock()
+		if n == 30 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for i, p := range ps {
+		select {
+		case <-p.Done():
+			t.Fatalf("batch %d resolved before any rsp", i)
+		default:
+		}
+	}
+	close(hold)
+	for i, p := range ps {
+		<-p.Done()
+		if p.Err() != nil {
+			t.Fatalf("batch %d: %v", i, p.Err())
+		}
+	}
+}
+
+// A batch whose own messages are all answered stays unresolved while an
+// earlier one waits for an rsp, and both fail when that never comes.
+func TestBatchResolvesAfterEarlierOnes(t *testing.T) {
+	s := newFake(t, func(s *fakeServer) {
+		s.cfg.answer = func(conn, n int, f Frame) string {
+			if n == 3 {
+				return "" // never answered
+			}
+			return "200 OK"
+		}
+	})
+	c := s.client(t, func(c *Config) { c.AckTimeout = 300 * time.Millisecond })
+	p1, err := c.Start(context.Background(), batch(5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2, err := c.Start(context.Background(), batch(5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-p2.Done()
+	select {
+	case <-p1.Done():
+	default:
+		t.Fatal("a later batch resolved before an earlier one")
+	}
+	if !errors.Is(p1.Err(), ErrAckTimeout) || !errors.Is(p2.Err(), ErrAckTimeout) {
+		t.Fatalf("errors %v / %v, want ack timeouts", p1.Err(), p2.Err())
+	}
+}
+
+// A negative rsp fails its batch and every later one (in flight, or
+// started before the caller saw the failure: Start fails then); earlier
+// ones stay acknowledged, and the next Send uses a new session.
+func TestRefusalFailsLaterBatchesInFlight(t *testing.T) {
+	s := newFake(t, func(s *fakeServer) {
+		s.cfg.answer = func(conn, n int, f Frame) string {
+			if conn == 1 && n == 15 {
+				return "500 cannot take it"
+			}
+			return "200 OK"
+		}
+	})
+	c := s.client(t, nil)
+	var ps []output.Pending
+	var startErr error
+	for range 3 {
+		p, err := c.Start(context.Background(), batch(10))
+		if err != nil {
+			startErr = err
+			break
+		}
+		ps = append(ps, p)
+	}
+	var errs []error
+	for _, p := range ps {
+		<-p.Done()
+		errs = append(errs, p.Err())
+	}
+	if startErr != nil {
+		errs = append(errs, startErr)
+	}
+	if len(errs) != 3 || errs[0] != nil {
+		t.Fatalf("errors %v, want the first batch acknowledged and two failures", errs)
+	}
+	for _, err := range errs[1:] {
+		if !errors.Is(err, ErrRefused) {
+			t.Fatalf("errors %v, want refusals after the first", errs)
+		}
+	}
+	if err := c.Send(context.Background(), batch(10)); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conns != 2 {
+		t.Fatalf("%d connections, want a new one after the refusal", s.conns)
 	}
 }

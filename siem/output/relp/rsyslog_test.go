@@ -42,14 +42,14 @@ func auditEvent(i int) siem.Event {
 		Source: "/var/log/audit/audit.log",
 		Time:   ts,
 		Raw:    []byte(raw),
-		Fields: map[string]string{
+		Fields: siem.FieldsOf(map[string]string{
 			"type":    "SYSCALL",
 			"serial":  strconv.Itoa(i),
 			"exe":     "/usr/bin/cat",
 			"comm":    `c"a\t]`,
 			"key":     `fleet]\test`,
 			"success": "yes",
-		},
+		}),
 	}
 }
 
@@ -87,8 +87,8 @@ func checkReceived(t *testing.T, s *rsyslogtest.Server, n int) int {
 			t.Fatalf("serial %q", got["serial"])
 		}
 		want := auditEvent(i)
-		if fmt.Sprint(got) != fmt.Sprint(want.Fields) {
-			t.Fatalf("fields %v, want %v", got, want.Fields)
+		if fmt.Sprint(got) != fmt.Sprint(want.Fields.Map()) {
+			t.Fatalf("fields %v, want %v", got, want.Fields.Map())
 		}
 		if string(r.Msg) != string(want.Raw) || !r.BOM {
 			t.Fatalf("msg %q (BOM %v), want %q", r.Msg, r.BOM, want.Raw)
@@ -273,5 +273,64 @@ func BenchmarkRELPRsyslog(b *testing.B) {
 			b.ReportMetric(self.Seconds()/float64(b.N)*1e6, "client-cpu-s/Mevents")
 			b.ReportMetric(rs.Seconds()/float64(b.N)*1e6, "rsyslogd-cpu-s/Mevents")
 		})
+	}
+}
+
+// TestRsyslogRELPPipelineStoppedMidWindow keeps several batches in flight
+// (Start) and stops rsyslog meanwhile: the batches acknowledged are a
+// prefix of those started, and resending from the first one that failed
+// after a restart loses nothing, with duplicates bounded by the window
+// (plus the acknowledged part of the first failed batch).
+func TestRsyslogRELPPipelineStoppedMidWindow(t *testing.T) {
+	s := rsyslogtest.Start(t, rsyslogtest.Options{})
+	const window, size, batches = 2000, 500, 100
+	cl := newClient(t, s, goodTLS(t, s), func(c *relp.Config) { c.Window = window })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	all := events(size*batches, 0)
+	var started []output.Pending
+	stopped := make(chan struct{})
+	go func() {
+		s.WaitFor(t, 3000, 30*time.Second)
+		s.Stop()
+		close(stopped)
+	}()
+	for i := range batches {
+		p, err := cl.Start(ctx, all[i*size:(i+1)*size])
+		if err != nil {
+			t.Logf("Start of batch %d failed: %v", i, err)
+			break
+		}
+		started = append(started, p)
+	}
+	<-stopped
+	firstFailed := len(started)
+	for i, p := range started {
+		select {
+		case <-p.Done():
+		case <-ctx.Done():
+			t.Fatalf("batch %d never resolved", i)
+		}
+		if p.Err() != nil && firstFailed == len(started) {
+			firstFailed = i
+			t.Logf("batch %d failed: %v", i, p.Err())
+		}
+		if p.Err() == nil && i > firstFailed {
+			t.Fatalf("batch %d acknowledged after batch %d failed", i, firstFailed)
+		}
+	}
+	if firstFailed == batches {
+		t.Fatalf("every batch acknowledged although rsyslog was stopped after %d messages", s.Count())
+	}
+	s.Restart()
+	if err := cl.Send(ctx, all[firstFailed*size:]); err != nil {
+		t.Fatal(err)
+	}
+	cl.Close()
+	s.WaitFor(t, len(all), time.Minute)
+	dups := checkReceived(t, s, len(all))
+	t.Logf("%d batches acknowledged before the stop, %d duplicates, all %d events present", firstFailed, dups, len(all))
+	if dups > window+size {
+		t.Fatalf("%d duplicates, more than the window (%d) and a batch (%d)", dups, window, size)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -76,11 +75,6 @@ type Formatter struct {
 	// CPU, and consecutive events mostly share their second.
 	tsSec    int64
 	tsPrefix []byte
-	// The sorted field names of the last event whose names were all valid
-	// SD-NAMEs: audit events of one kind share them, and checking that an
-	// event has the same names costs less than collecting and sorting
-	// them again.
-	sdKeys []string
 }
 
 // Format formats ev with the default priority and SD-ID.
@@ -201,33 +195,29 @@ func sanitizeSDName(s string) string {
 // SDParams returns the (name, value) pairs Append puts into the
 // structured-data element for fields, in order, names sanitized and values
 // made valid UTF-8 (not yet escaped).
-func SDParams(fields map[string]string) []SDParam {
+func SDParams(fields siem.Fields) []SDParam {
 	if len(fields) == 0 {
 		return nil
 	}
-	keys := make([]string, 0, len(fields))
-	for k := range fields {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	params := make([]SDParam, 0, len(keys))
-	used := make(map[string]bool, len(keys))
-	for _, k := range keys {
-		if ValidSDName(k) {
-			used[k] = true
-			params = append(params, SDParam{Name: k, Value: validUTF8(fields[k])})
+	fields = fields.Normalize()
+	params := make([]SDParam, 0, len(fields))
+	used := make(map[string]bool, len(fields))
+	for _, e := range fields {
+		if ValidSDName(e.Key) {
+			used[e.Key] = true
+			params = append(params, SDParam{Name: e.Key, Value: validUTF8(e.Value)})
 		}
 	}
-	for _, k := range keys {
-		if ValidSDName(k) {
+	for _, e := range fields {
+		if ValidSDName(e.Key) {
 			continue
 		}
-		n := sanitizeSDName(k)
+		n := sanitizeSDName(e.Key)
 		if n == "" || used[n] {
 			continue
 		}
 		used[n] = true
-		params = append(params, SDParam{Name: n, Value: validUTF8(fields[k])})
+		params = append(params, SDParam{Name: n, Value: validUTF8(e.Value)})
 	}
 	return params
 }
@@ -239,45 +229,24 @@ func validUTF8(s string) string {
 	return string(bytes.ToValidUTF8([]byte(s), []byte("\uFFFD")))
 }
 
-// sortedSDKeys returns fields' names sorted, with valid true when each is
-// an SD-NAME (else keys is not to be used).
-func (f *Formatter) sortedSDKeys(fields map[string]string) (keys []string, valid bool) {
-	if len(f.sdKeys) == len(fields) {
-		same := true
-		for _, k := range f.sdKeys {
-			if _, ok := fields[k]; !ok {
-				same = false
-				break
-			}
-		}
-		if same {
-			return f.sdKeys, true
+// plainSD reports whether fields can be written as they are: sorted, each
+// name once and a valid SD-NAME, as the fields of audit events are.
+func plainSD(fields siem.Fields) bool {
+	for i, e := range fields {
+		if !ValidSDName(e.Key) || i > 0 && fields[i-1].Key >= e.Key {
+			return false
 		}
 	}
-	keys, valid = f.sdKeys[:0], true
-	for k := range fields {
-		keys = append(keys, k)
-		valid = valid && ValidSDName(k)
-	}
-	if !valid {
-		f.sdKeys = keys[:0]
-		return nil, false
-	}
-	slices.Sort(keys)
-	f.sdKeys = keys
-	return keys, true
+	return true
 }
 
-func (f *Formatter) appendSD(dst []byte, sdid string, fields map[string]string) []byte {
+func (f *Formatter) appendSD(dst []byte, sdid string, fields siem.Fields) []byte {
 	if len(fields) == 0 {
 		return append(dst, NilValue...)
 	}
-	keys, valid := f.sortedSDKeys(fields)
+	plain := plainSD(fields)
 	var params []SDParam
-	if valid {
-		// The common case: every name is already an SD-NAME, so nothing
-		// needs renaming or de-duplicating.
-	} else {
+	if !plain {
 		params = SDParams(fields)
 		if len(params) == 0 {
 			return append(dst, NilValue...)
@@ -291,9 +260,11 @@ func (f *Formatter) appendSD(dst []byte, sdid string, fields map[string]string) 
 	}
 	dst = append(dst, '[')
 	dst = append(dst, sdid...)
-	if valid {
-		for _, k := range keys {
-			dst = appendParam(dst, k, validUTF8(fields[k]))
+	if plain {
+		// The common case: straight from the event into the message,
+		// nothing renamed, sorted or copied.
+		for _, e := range fields {
+			dst = appendParam(dst, e.Key, e.Value)
 		}
 	} else {
 		for _, p := range params {
@@ -303,17 +274,24 @@ func (f *Formatter) appendSD(dst []byte, sdid string, fields map[string]string) 
 	return append(dst, ']')
 }
 
+// appendParam appends ` name="value"`, value made valid UTF-8 and escaped.
 func appendParam(dst []byte, name, value string) []byte {
 	dst = append(dst, ' ')
 	dst = append(dst, name...)
 	dst = append(dst, '=', '"')
-	for i := 0; i < len(value); i++ {
-		c := value[i]
-		if c == '"' || c == '\\' || c == ']' {
-			dst = append(dst, '\\')
-		}
-		dst = append(dst, c)
+	if !utf8.ValidString(value) {
+		value = validUTF8(value)
 	}
+	// Copy runs of bytes that need no escape whole.
+	start := 0
+	for i := 0; i < len(value); i++ {
+		if c := value[i]; c == '"' || c == '\\' || c == ']' {
+			dst = append(dst, value[start:i]...)
+			dst = append(dst, '\\', c)
+			start = i + 1
+		}
+	}
+	dst = append(dst, value[start:]...)
 	return append(dst, '"')
 }
 

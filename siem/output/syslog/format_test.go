@@ -18,7 +18,7 @@ func TestFormatGolden(t *testing.T) {
 		Tag:  "audit",
 		Time: time.Date(2024, 5, 6, 7, 8, 9, 123456789, time.FixedZone("x", 3600)),
 		Raw:  []byte("type=SYSCALL msg=audit(1:2): comm=\"ls\""),
-		Fields: map[string]string{
+		Fields: siem.FieldsOf(map[string]string{
 			"type":                               "SYSCALL",
 			"comm":                               `a"b\c]d`,
 			"auid":                               "1000",
@@ -31,7 +31,7 @@ func TestFormatGolden(t *testing.T) {
 			"auid\"":                             "q", // auid_
 			"auid_":                              "valid wins",
 			"0123456789012345678901234567890123": "long", // cut to 32
-		},
+		}),
 	}
 	got := string(Format(ev, "gpu 7", "budfleet-agent"))
 	want := `<86>1 2024-05-06T06:08:09.123456Z gpu_7 budfleet-agent - audit [audit@32473 ` +
@@ -64,7 +64,7 @@ func TestFormatVariants(t *testing.T) {
 		{"invalid utf8 without BOM", Formatter{Hostname: "h", AppName: "a"}, siem.Event{Tag: "raw", Raw: []byte("a\xffb")}, "<86>1 - h a - raw - a\xffb"},
 		{"priority and procid", Formatter{Hostname: "h", AppName: "a", ProcID: "42", Priority: 13*8 + 5}, siem.Event{Tag: "t", Raw: []byte("x")}, "<109>1 - h a 42 t - \xEF\xBB\xBFx"},
 		{"priority out of range", Formatter{Hostname: "h", AppName: "a", Priority: 192}, siem.Event{Tag: "t"}, "<86>1 - h a - t -"},
-		{"custom SD-ID", Formatter{Hostname: "h", AppName: "a", SDID: "x@1"}, siem.Event{Fields: map[string]string{"k": "v"}}, `<86>1 - h a - - [x@1 k="v"]`},
+		{"custom SD-ID", Formatter{Hostname: "h", AppName: "a", SDID: "x@1"}, siem.Event{Fields: siem.FieldsOf(map[string]string{"k": "v"})}, `<86>1 - h a - - [x@1 k="v"]`},
 		{"long tag cut", Formatter{Hostname: "h", AppName: "a"}, siem.Event{Tag: strings.Repeat("t", 40)}, "<86>1 - h a - " + strings.Repeat("t", 32) + " -"},
 		{"year out of range", Formatter{Hostname: "h", AppName: "a"}, siem.Event{Time: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)}, "<86>1 - h a - - -"},
 		{"newline in raw", Formatter{Hostname: "h", AppName: "a"}, siem.Event{Tag: "audit", Raw: []byte("one\ntwo")}, "<86>1 - h a - audit - \xEF\xBB\xBFone\ntwo"},
@@ -164,13 +164,15 @@ func FuzzFormatRoundTrip(f *testing.F) {
 	f.Add("", "", "", []byte{}, "", "", "=", "", "k", "\xff", int64(0))
 	f.Add("t a g", "h\x00st", "\xff", []byte("a\xffb\nc"), "x]", "]", "x_", "dup", "0123456789012345678901234567890123", "long", int64(-62135596800000000))
 	f.Fuzz(func(t *testing.T, tag, host, app string, raw []byte, k1, v1, k2, v2, k3, v3 string, nanos int64) {
-		ev := siem.Event{Tag: tag, Raw: raw, Time: time.Unix(0, nanos), Fields: map[string]string{}}
+		ev := siem.Event{Tag: tag, Raw: raw, Time: time.Unix(0, nanos)}
 		if nanos == 0 {
 			ev.Time = time.Time{}
 		}
+		fields := map[string]string{}
 		for _, kv := range [][2]string{{k1, v1}, {k2, v2}, {k3, v3}} {
-			ev.Fields[kv[0]] = kv[1]
+			fields[kv[0]] = kv[1]
 		}
+		ev.Fields = siem.FieldsOf(fields)
 		msg := Format(ev, host, app)
 		framed := AppendFrame(nil, msg)
 		got, err := ParseFrame(bufio.NewReader(bytes.NewReader(framed)))
@@ -214,7 +216,7 @@ func FuzzFormatRoundTrip(f *testing.F) {
 				params[p.Name] = p.Value
 			}
 		}
-		for k, v := range ev.Fields {
+		for k, v := range fields {
 			if !ValidSDName(k) {
 				continue
 			}
@@ -243,7 +245,7 @@ func BenchmarkFormat(b *testing.B) {
 		Tag:    "audit",
 		Time:   time.Now(),
 		Raw:    []byte(`type=SYSCALL msg=audit(1700000000.123:4567): arch=c000003e syscall=257 success=yes exit=3 a0=ffffff9c a1=7ffd items=1 ppid=1 pid=2 auid=1000 uid=0 comm="cat" exe="/usr/bin/cat" key="fleet"`),
-		Fields: map[string]string{"type": "SYSCALL", "serial": "4567", "auid": "1000", "uid": "0", "comm": "cat", "exe": "/usr/bin/cat", "key": "fleet", "success": "yes"},
+		Fields: siem.FieldsOf(map[string]string{"type": "SYSCALL", "serial": "4567", "auid": "1000", "uid": "0", "comm": "cat", "exe": "/usr/bin/cat", "key": "fleet", "success": "yes"}),
 	}
 	f := Formatter{Hostname: "gpu-7", AppName: "budfleet-agent"}
 	var buf []byte
@@ -252,4 +254,21 @@ func BenchmarkFormat(b *testing.B) {
 		buf = f.Append(buf[:0], ev)
 	}
 	b.SetBytes(int64(len(buf)))
+}
+
+// TestAppendFrame checks the frames Send writes against AppendFrame of the
+// formatted message, for lengths whose LEN has more, then fewer, digits
+// than the frame before.
+func TestAppendFrame(t *testing.T) {
+	f := Formatter{Hostname: "h", AppName: "a"}
+	var out, want []byte
+	digits := 0
+	for _, n := range []int{0, 1, 5, 20, 80, 1000, 3, 20000, 0, 900, 899, 901, 9000, 50, 1 << 20, 2} {
+		ev := siem.Event{Tag: "t", Raw: bytes.Repeat([]byte{'x'}, n), Fields: siem.Fields{{Key: "k", Value: strings.Repeat("]", n%7)}}}
+		out = f.appendFrame(out, ev, &digits)
+		want = AppendFrame(want, Format(ev, "h", "a"))
+		if !bytes.Equal(out, want) {
+			t.Fatalf("after Raw of %d bytes: frames differ", n)
+		}
+	}
 }

@@ -43,14 +43,14 @@ func auditEvent(i int) siem.Event {
 		Source: "/var/log/audit/audit.log",
 		Time:   ts,
 		Raw:    []byte(raw),
-		Fields: map[string]string{
+		Fields: siem.FieldsOf(map[string]string{
 			"type":    "SYSCALL",
 			"serial":  strconv.Itoa(i),
 			"exe":     "/usr/bin/cat",
 			"comm":    `c"a\t]`,
 			"key":     `fleet]\test`,
 			"success": "yes",
-		},
+		}),
 	}
 }
 
@@ -90,8 +90,8 @@ func checkReceived(t *testing.T, s *rsyslogtest.Server, input string, n int) {
 			t.Fatalf("serial %q", got["serial"])
 		}
 		want := auditEvent(i)
-		if fmt.Sprint(got) != fmt.Sprint(want.Fields) {
-			t.Fatalf("fields %v, want %v", got, want.Fields)
+		if fmt.Sprint(got) != fmt.Sprint(want.Fields.Map()) {
+			t.Fatalf("fields %v, want %v", got, want.Fields.Map())
 		}
 		if string(r.Msg) != string(want.Raw) || !r.BOM {
 			t.Fatalf("msg %q (BOM %v), want %q", r.Msg, r.BOM, want.Raw)

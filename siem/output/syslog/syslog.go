@@ -38,7 +38,6 @@
 package syslog
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -62,7 +61,8 @@ const (
 	DefaultSettle       = 250 * time.Millisecond
 	DefaultWriteTimeout = 30 * time.Second
 	DefaultCloseTimeout = 5 * time.Second
-	// BufferSize is the size of the write buffer.
+	// BufferSize is about how much a Send writes to the connection at a
+	// time.
 	BufferSize = 1 << 20
 )
 
@@ -106,12 +106,11 @@ type Client struct {
 	mu      sync.Mutex
 	closed  bool
 	conn    *output.Conn
-	w       *bufio.Writer
 	dw      *output.DeadlineWriter
 	rd      *reader
-	sentAny bool // a batch went through on conn
-	buf     []byte
-	num     []byte
+	sentAny bool   // a batch went through on conn
+	buf     []byte // the frames being written
+	digits  int    // of the last frame's LEN
 }
 
 var _ output.Output = (*Client)(nil)
@@ -215,19 +214,70 @@ func (c *Client) Send(ctx context.Context, batch []siem.Event) error {
 	return nil
 }
 
+// writeLocked formats the batch's frames ("LEN SP MSG") straight into
+// c.buf and writes it in pieces of about BufferSize: formatting each
+// message apart and copying it into a bufio.Writer was a tenth of the
+// forwarder's CPU.
 func (c *Client) writeLocked(batch []siem.Event) error {
+	out := c.buf[:0]
 	for i := range batch {
-		c.buf = c.cfg.Format.Append(c.buf[:0], batch[i])
-		c.num = strconv.AppendInt(c.num[:0], int64(len(c.buf)), 10)
-		c.num = append(c.num, ' ')
-		if _, err := c.w.Write(c.num); err != nil {
-			return err
-		}
-		if _, err := c.w.Write(c.buf); err != nil {
-			return err
+		out = c.cfg.Format.appendFrame(out, batch[i], &c.digits)
+		if len(out) >= BufferSize {
+			if err := c.writeOut(out); err != nil {
+				return err
+			}
+			out = out[:0]
 		}
 	}
-	return c.w.Flush()
+	c.buf = out[:0]
+	if len(out) > 0 {
+		return c.writeOut(out)
+	}
+	return nil
+}
+
+// writeOut writes b to the connection.
+func (c *Client) writeOut(b []byte) error {
+	_, err := c.dw.Write(b)
+	return err
+}
+
+// appendFrame appends ev's frame, "LEN SP MSG", to out. LEN is not known
+// before the message is formatted: as many digits as *digits says (the
+// last frame's) are reserved, and the message is moved only when that was
+// wrong.
+func (f *Formatter) appendFrame(out []byte, ev siem.Event, digits *int) []byte {
+	d := *digits
+	if d <= 0 {
+		d = 3
+	}
+	start := len(out)
+	out = append(out, "0000000000"[:d]...)
+	out = append(out, ' ')
+	out = f.Append(out, ev)
+	n := len(out) - start - d - 1
+	if nd := decimalDigits(n); nd != d {
+		msg := start + d + 1
+		if nd > d {
+			out = append(out, "0000000000"[:nd-d]...)
+		}
+		copy(out[msg+nd-d:], out[msg:msg+n])
+		out = out[:start+nd+1+n]
+		d = nd
+	}
+	strconv.AppendInt(out[start:start], int64(n), 10)
+	out[start+d] = ' '
+	*digits = d
+	return out
+}
+
+func decimalDigits(n int) int {
+	d := 1
+	for n >= 10 {
+		n /= 10
+		d++
+	}
+	return d
 }
 
 // failLocked closes the connection and returns err with the best
@@ -292,11 +342,6 @@ func (c *Client) connectLocked(ctx context.Context) error {
 	}
 	c.conn, c.rd, c.sentAny = conn, rd, false
 	c.dw = &output.DeadlineWriter{Conn: conn, Timeout: c.cfg.WriteTimeout, Ctx: ctx}
-	if c.w == nil {
-		c.w = bufio.NewWriterSize(c.dw, BufferSize)
-	} else {
-		c.w.Reset(c.dw)
-	}
 	return nil
 }
 

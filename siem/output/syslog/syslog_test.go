@@ -111,7 +111,7 @@ func (s *sink) client(t *testing.T, mod func(*Config)) *Client {
 func batch(n int) []siem.Event {
 	out := make([]siem.Event, n)
 	for i := range out {
-		out[i] = siem.Event{Tag: "audit", Raw: []byte("event " + strconv.Itoa(i)), Fields: map[string]string{"serial": strconv.Itoa(i)}}
+		out[i] = siem.Event{Tag: "audit", Raw: []byte("event " + strconv.Itoa(i)), Fields: siem.FieldsOf(map[string]string{"serial": strconv.Itoa(i)})}
 	}
 	return out
 }
