@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"regexp"
 
 	"github.com/google/uuid"
@@ -141,48 +142,18 @@ func (a *AgentAPI) Connect(stream agentv1.AgentService_ConnectServer) error {
 	if !ok {
 		return status.Error(codes.Unauthenticated, "no node identity")
 	}
-	node, err := s.store.GetNode(ctx, id.Name)
-	if err != nil {
-		if errors.Is(err, store.ErrNotFound) {
-			return status.Errorf(codes.PermissionDenied, "node %s is not enrolled (deleted?): its certificate is revoked; enroll again with a new join token", id.Name)
-		}
-		return status.Errorf(codes.Internal, "load node: %v", err)
-	}
-	first, err := stream.Recv()
-	if err != nil {
+	// The setup's store reads and writes run on a stack that is given
+	// back before the session settles into its loops (onFreshStack).
+	var sess *session
+	var log *slog.Logger
+	err := onFreshStack(func() (err error) {
+		sess, log, err = a.begin(ctx, stream, id)
 		return err
+	})
+	if sess != nil {
+		defer s.closeSession(sess)
 	}
-	hello := first.GetHello()
-	if hello == nil {
-		return status.Error(codes.InvalidArgument, "the first message of a session must be a hello")
-	}
-	if hello.GetNodeId() != node.ID {
-		return status.Errorf(codes.InvalidArgument, "hello names node %q but the certificate is for %q", hello.GetNodeId(), node.ID)
-	}
-
-	sess, err := s.openSession(ctx, node.ID, peerAddr(ctx), truncate(hello.GetAgentVersion(), 128))
 	if err != nil {
-		return err
-	}
-	defer s.closeSession(sess)
-	// The node may have been deleted while we waited for its hello; the
-	// delete found no session to end then.
-	if _, err := s.store.GetNode(ctx, node.ID); errors.Is(err, store.ErrNotFound) {
-		return status.Errorf(codes.PermissionDenied, "node %s was deleted: its certificate is revoked; enroll again with a new join token", node.ID)
-	}
-	log := s.log.With("node_id", node.ID, "hostname", node.Hostname)
-	log.InfoContext(ctx, "agent connected", "peer", sess.peer, "agent_version", hello.GetAgentVersion(), "boot_id", truncate(hello.GetBootId(), 64))
-	if err := s.recordBootID(ctx, node, hello.GetBootId()); err != nil {
-		return err
-	}
-
-	// The welcome goes out before the send loop starts, so it is always the
-	// first message the agent reads.
-	if err := stream.Send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Welcome{Welcome: &agentv1.Welcome{
-		HeartbeatIntervalMs:     s.opts.HeartbeatInterval.Milliseconds(),
-		FullInventoryIntervalMs: s.opts.FullInventoryInterval.Milliseconds(),
-		Controllers:             s.controllers(),
-	}}}); err != nil {
 		return err
 	}
 	// Two goroutines per session beside gRPC's own: this handler is the
@@ -193,11 +164,16 @@ func (a *AgentAPI) Connect(stream agentv1.AgentService_ConnectServer) error {
 	// exit after the handler is gone (its Recv then fails).
 	errc := make(chan error, 1)
 	go func() {
-		for _, m := range s.modules {
-			if err := m.start(sess.ctx, sess); err != nil {
-				errc <- err
-				return
+		if err := onFreshStack(func() error {
+			for _, m := range s.modules {
+				if err := m.start(sess.ctx, sess); err != nil {
+					return err
+				}
 			}
+			return nil
+		}); err != nil {
+			errc <- err
+			return
 		}
 		for {
 			msg, err := stream.Recv()
@@ -205,7 +181,7 @@ func (a *AgentAPI) Connect(stream agentv1.AgentService_ConnectServer) error {
 				errc <- err
 				return
 			}
-			if err := s.handleAgentMessage(sess, msg); err != nil {
+			if err := onFreshStack(func() error { return s.handleAgentMessage(sess, msg) }); err != nil {
 				errc <- err
 				return
 			}
@@ -221,6 +197,71 @@ func (a *AgentAPI) Connect(stream agentv1.AgentService_ConnectServer) error {
 		return err
 	}
 	return nil
+}
+
+// onFreshStack runs f on a goroutine of its own and waits for it. A
+// session's goroutines live as long as the session and spend it parked in
+// Recv or a select, a few hundred bytes deep; what they run between
+// (store reads and writes, JSON, logging) is many KiB deep, and a stack
+// once grown stays grown until GCs shrink it, halving at most once each.
+// With thousands of sessions that is most of their stack memory. A
+// goroutine that exits gives a grown stack back at once; one start costs
+// about a microsecond, little beside the handling of a message.
+func onFreshStack(f func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- f() }()
+	return <-done
+}
+
+// begin checks a Connect stream's node and hello, opens its session and
+// sends the welcome. The session it returns, even with an error, is open
+// and the caller closes it.
+func (a *AgentAPI) begin(ctx context.Context, stream agentv1.AgentService_ConnectServer, id Identity) (*session, *slog.Logger, error) {
+	s := a.s
+	node, err := s.store.GetNode(ctx, id.Name)
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, nil, status.Errorf(codes.PermissionDenied, "node %s is not enrolled (deleted?): its certificate is revoked; enroll again with a new join token", id.Name)
+		}
+		return nil, nil, status.Errorf(codes.Internal, "load node: %v", err)
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return nil, nil, err
+	}
+	hello := first.GetHello()
+	if hello == nil {
+		return nil, nil, status.Error(codes.InvalidArgument, "the first message of a session must be a hello")
+	}
+	if hello.GetNodeId() != node.ID {
+		return nil, nil, status.Errorf(codes.InvalidArgument, "hello names node %q but the certificate is for %q", hello.GetNodeId(), node.ID)
+	}
+
+	sess, err := s.openSession(ctx, node.ID, peerAddr(ctx), truncate(hello.GetAgentVersion(), 128))
+	if err != nil {
+		return nil, nil, err
+	}
+	// The node may have been deleted while we waited for its hello; the
+	// delete found no session to end then.
+	if _, err := s.store.GetNode(ctx, node.ID); errors.Is(err, store.ErrNotFound) {
+		return sess, nil, status.Errorf(codes.PermissionDenied, "node %s was deleted: its certificate is revoked; enroll again with a new join token", node.ID)
+	}
+	log := s.log.With("node_id", node.ID, "hostname", node.Hostname)
+	log.InfoContext(ctx, "agent connected", "peer", sess.peer, "agent_version", hello.GetAgentVersion(), "boot_id", truncate(hello.GetBootId(), 64))
+	if err := s.recordBootID(ctx, node, hello.GetBootId()); err != nil {
+		return sess, nil, err
+	}
+
+	// The welcome goes out before the send loop starts, so it is always the
+	// first message the agent reads.
+	if err := stream.Send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Welcome{Welcome: &agentv1.Welcome{
+		HeartbeatIntervalMs:     s.opts.HeartbeatInterval.Milliseconds(),
+		FullInventoryIntervalMs: s.opts.FullInventoryInterval.Milliseconds(),
+		Controllers:             s.controllers(),
+	}}}); err != nil {
+		return sess, nil, err
+	}
+	return sess, log, nil
 }
 
 // recordBootID stores the boot id a hello reports, when it is new: the node

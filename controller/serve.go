@@ -246,6 +246,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		return srv.RunMaintenance(gctx)
 	})
 	g.Go(func() error { return serverCerts.rotate(gctx, time.Hour) })
+	g.Go(func() error { return srv.memRelease.run(gctx, srv.opts.Now) })
 	if srv.quarantine != nil {
 		g.Go(func() error { return srv.singleton(gctx, "gpu-quarantine", srv.quarantine.run) })
 	}

@@ -91,6 +91,16 @@ type Options struct {
 	// published to Peers (default DefaultPresenceInterval, or a quarter of
 	// HeartbeatGrace when that is shorter).
 	PresenceInterval time.Duration
+
+	// MemoryReleaseBurst is how many session opens make a storm after
+	// which, once MemoryReleaseQuiet passes with no more than a trickle of
+	// them, the free heap is
+	// returned to the OS (memrelease.go), at most once a
+	// MemoryReleaseInterval; 0 never does (bud-controller serve defaults
+	// it to DefaultMemoryReleaseBurst).
+	MemoryReleaseBurst    int
+	MemoryReleaseQuiet    time.Duration
+	MemoryReleaseInterval time.Duration
 }
 
 // Defaults for Options.
@@ -135,6 +145,8 @@ type Server struct {
 	machines *machines
 	// started is when the Server was made: agents reconnect after it.
 	started time.Time
+	// memRelease returns the free heap after a storm of session opens.
+	memRelease *stormRelease
 
 	mu       sync.Mutex
 	sessions map[string]*session // by node id
@@ -191,6 +203,15 @@ func New(opts Options) (*Server, error) {
 	if opts.MachineTokenTTL < time.Minute || opts.MachineTokenTTL > MaxTokenTTL {
 		return nil, fmt.Errorf("controller: machine token TTL %s must be between a minute and %s", opts.MachineTokenTTL, MaxTokenTTL)
 	}
+	if opts.MemoryReleaseBurst < 0 || opts.MemoryReleaseQuiet < 0 || opts.MemoryReleaseInterval < 0 {
+		return nil, errors.New("controller: the memory release burst, quiet time and interval must not be negative")
+	}
+	if opts.MemoryReleaseQuiet == 0 {
+		opts.MemoryReleaseQuiet = DefaultMemoryReleaseQuiet
+	}
+	if opts.MemoryReleaseInterval == 0 {
+		opts.MemoryReleaseInterval = DefaultMemoryReleaseInterval
+	}
 	if opts.HeartbeatGrace <= opts.HeartbeatInterval {
 		return nil, fmt.Errorf("controller: heartbeat grace (%s) must be longer than the heartbeat interval (%s)", opts.HeartbeatGrace, opts.HeartbeatInterval)
 	}
@@ -208,6 +229,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s.metrics = newMetrics(opts.Registerer)
 	s.refusals = newRefusals(s)
+	s.memRelease = newStormRelease(opts.MemoryReleaseBurst, opts.MemoryReleaseQuiet, opts.MemoryReleaseInterval, opts.Logger, opts.Registerer)
 	s.enrollLimit = newAddrLimiter(opts.EnrollRate, opts.EnrollBurst, opts.Now)
 	s.commands = &commandDelivery{srv: s, sessions: map[*session]*deliveries{}, marks: &deliveryMarks{srv: s, pending: map[string]store.DeliveryMark{}, writing: map[string]chan struct{}{}}}
 	s.reports = newCoalescer(s, opts.ReportInterval)

@@ -88,6 +88,8 @@ func TestNewValidatesOptions(t *testing.T) {
 		{"grace under the default interval", Options{Store: st, CA: authority, HeartbeatGrace: DefaultHeartbeatInterval}, "heartbeat grace"},
 		{"cert TTL under a minute", Options{Store: st, CA: authority, AgentCertTTL: 59 * time.Second}, "under a minute"},
 		{"negative cert TTL", Options{Store: st, CA: authority, AgentCertTTL: -time.Hour}, "under a minute"},
+		{"negative memory release burst", Options{Store: st, CA: authority, MemoryReleaseBurst: -1}, "memory release"},
+		{"negative memory release quiet", Options{Store: st, CA: authority, MemoryReleaseQuiet: -time.Second}, "memory release"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.opts.Logger = discardLogger()

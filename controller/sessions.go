@@ -70,6 +70,7 @@ func (s *Server) openSession(ctx context.Context, nodeID, peer, version string) 
 		s.metrics.connected.Inc()
 	}
 	s.nodeEvent(nodeID)
+	s.memRelease.opened(sess.opened)
 	return sess, nil
 }
 

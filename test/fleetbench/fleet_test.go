@@ -29,9 +29,22 @@
 // profiles there), BUD_FLEET_REPORT (append the figures as a markdown
 // table to this file), BUD_FLEET_ONLY=p3 (BenchmarkFleet measures P3
 // alone: no floor, no steady window, no P2; BenchmarkFleetEtcd is
-// skipped), for working on the fan-out without the 20 minutes around it;
-// with BUD_FLEET_PROFILE_DIR, BUD_FLEET_P3_GOROUTINES=1 also saves the
-// controller's goroutines during P3 (it lengthens P3).
+// skipped), for working on the fan-out without the 20 minutes around it,
+// BUD_FLEET_ONLY=p1 (BenchmarkFleet measures the floor and P1 on bbolt:
+// no floor restart, no P3, no P2; BenchmarkFleetEtcd is skipped), for
+// working on memory per agent, and BUD_FLEET_CONTROLLER_FLAGS (more
+// bud-controller serve flags, space-separated, such as
+// "--memory-release-burst 0" to measure without the release after the
+// connect storm). With BUD_FLEET_PROFILE_DIR, BUD_FLEET_P3_GOROUTINES=1
+// also saves the controller's goroutines during P3 (it lengthens P3).
+//
+// Memory is read twice, each time after a forced GC: 30 s after the last
+// agent connected (the P1 figures) and again after the steady window (the
+// "after the window" rows: what heartbeats alone bring RSS back to).
+//
+// P1 alone at a small scale (about 5 minutes at 2,000 agents):
+//
+//	BUD_FLEET_ONLY=p1 BUD_FLEET_AGENTS=2000 go test ./test/fleetbench -run '^$' -bench '^BenchmarkFleet$' -benchtime=1x -v
 package fleetbench
 
 import (
@@ -119,8 +132,10 @@ type config struct {
 	hbEvery time.Duration
 	// enrollParallel is enrolments at once per simulator process.
 	enrollParallel int
-	// onlyP3: BUD_FLEET_ONLY=p3.
-	onlyP3 bool
+	// onlyP3: BUD_FLEET_ONLY=p3; onlyP1: BUD_FLEET_ONLY=p1.
+	onlyP3, onlyP1 bool
+	// ctlFlags: BUD_FLEET_CONTROLLER_FLAGS.
+	ctlFlags []string
 }
 
 func loadConfig(b *testing.B) config {
@@ -155,9 +170,12 @@ func loadConfig(b *testing.B) config {
 	case "":
 	case "p3":
 		c.onlyP3 = true
+	case "p1":
+		c.onlyP1 = true
 	default:
-		b.Fatalf("BUD_FLEET_ONLY=%q: want p3 or unset", o)
+		b.Fatalf("BUD_FLEET_ONLY=%q: want p1, p3 or unset", o)
 	}
+	c.ctlFlags = strings.Fields(os.Getenv("BUD_FLEET_CONTROLLER_FLAGS"))
 	c.procs = (c.n + c.per - 1) / c.per
 	return c
 }
@@ -179,6 +197,8 @@ type mem struct {
 	rss, anon, hwm int64 // KiB
 	heap, stack    float64
 	goroutines     float64
+	// metrics is the whole scrape, for the runtime breakdown.
+	metrics map[string]float64
 }
 
 func readMem(pid int, metricsURL string) (mem, error) {
@@ -190,12 +210,23 @@ func readMem(pid int, metricsURL string) (mem, error) {
 	if err != nil {
 		return mem{}, err
 	}
-	return mem{rss: st["VmRSS"], anon: st["RssAnon"], hwm: st["VmHWM"], heap: m["go_memstats_heap_inuse_bytes"], stack: m["go_memstats_stack_inuse_bytes"], goroutines: m["go_goroutines"]}, nil
+	return mem{rss: st["VmRSS"], anon: st["RssAnon"], hwm: st["VmHWM"], heap: m["go_memstats_heap_inuse_bytes"], stack: m["go_memstats_stack_inuse_bytes"], goroutines: m["go_goroutines"], metrics: m}, nil
 }
 
 // perConn is what the connected streams cost, per stream.
 type perConn struct {
 	rssKiB, anonKiB, heapKiB, stackKiB, goroutines float64
+}
+
+// runtimeMem is where the runtime's memory went between base and conn, per
+// agent: RSS beyond heap in use and stacks is in these.
+func runtimeMem(base, conn mem, n int) string {
+	var t strings.Builder
+	for _, k := range []string{"heap_sys", "heap_idle", "heap_released", "stack_sys", "mspan_sys", "gc_sys", "other_sys", "sys"} {
+		name := "go_memstats_" + k + "_bytes"
+		fmt.Fprintf(&t, " %s %.1f;", k, (conn.metrics[name]-base.metrics[name])/1024/float64(n))
+	}
+	return strings.TrimSuffix(t.String(), ";")
 }
 
 func per(base, conn mem, n int) perConn {
@@ -294,13 +325,16 @@ const afterGC = 10 * time.Second
 
 // floorResult is the floor's figures.
 type floorResult struct {
-	per     perConn
-	base    mem
-	conn    mem
-	steady  steady
-	connect time.Duration // first connection of all streams
-	storm   time.Duration // SIGKILL of the server to all streams back
-	arrive  []int
+	per  perConn
+	base mem
+	conn mem
+	// after is memory after the steady window; perAfter per stream.
+	after    mem
+	perAfter perConn
+	steady   steady
+	connect  time.Duration // first connection of all streams
+	storm    time.Duration // SIGKILL of the server to all streams back
+	arrive   []int
 }
 
 var (
@@ -396,6 +430,18 @@ func measureFloor(b *testing.B, c config) (*floorResult, error) {
 	time.Sleep(afterGC)
 	if r.steady, err = measureSteady(ctx, srv.pid(), murl, "floor_heartbeats_total", c.window); err != nil {
 		return nil, err
+	}
+	if err := forceGC(maddr, c.profDir, "floor-heap-after-window.pb.gz"); err != nil {
+		return nil, err
+	}
+	if r.after, err = readMem(srv.pid(), murl); err != nil {
+		return nil, err
+	}
+	r.perAfter = per(r.base, r.after, c.n)
+	if c.onlyP1 {
+		b.Logf("floor: %d streams connected in %s; per stream RSS %.1f KiB (RssAnon %.1f), Go heap %.1f KiB, stack %.1f KiB, %.2f goroutines; CPU %.2f%% of a core over %s; after the window RSS %.1f KiB, heap %.1f KiB",
+			c.n, r.connect.Round(time.Millisecond), r.per.rssKiB, r.per.anonKiB, r.per.heapKiB, r.per.stackKiB, r.per.goroutines, r.steady.cpuPct, c.window, r.perAfter.rssKiB, r.perAfter.heapKiB)
+		return r, nil
 	}
 	// The floor's connect storm: its server SIGKILLed and started again;
 	// the clients come back on grpc-go's default reconnect backoff.
@@ -534,6 +580,8 @@ type fleetResult struct {
 	base      mem
 	conn      mem
 	per       perConn
+	after     mem // after the steady window, after a forced GC
+	perAfter  perConn
 	connect   time.Duration
 	steady    steady
 	simRSSKiB float64 // per agent, the simulator processes
@@ -566,15 +614,15 @@ func BenchmarkFleet(b *testing.B) {
 		return
 	}
 	fl := floor(b, c)
-	r := runFleet(b, c, "bolt", true)
+	r := runFleet(b, c, "bolt", !c.onlyP1)
 	b.StopTimer()
 	reportFleet(b, c, fl, r)
 }
 
 func BenchmarkFleetEtcd(b *testing.B) {
 	c := loadConfig(b)
-	if c.onlyP3 {
-		b.Skip("BUD_FLEET_ONLY=p3 asks for the bbolt P3 alone")
+	if c.onlyP3 || c.onlyP1 {
+		b.Skip("BUD_FLEET_ONLY asks for the bbolt benchmark alone")
 	}
 	fl := floor(b, c)
 	r := runFleet(b, c, "etcd", false)
@@ -593,6 +641,7 @@ func runFleet(b *testing.B, c config, store string, p2p3 bool) *fleetResult {
 		etcd = etcdtest.Start(b, 1)
 		extra = []string{"--store", "etcd", "--etcd-endpoints", strings.Join(etcd.Endpoints(), ","), "--etcd-prefix", "/fleetbench"}
 	}
+	extra = append(extra, c.ctlFlags...)
 	ct, err := startCtl(ctx, root, extra)
 	if err != nil {
 		b.Fatal(err)
@@ -755,6 +804,13 @@ func runFleet(b *testing.B, c config, store string, p2p3 bool) *fleetResult {
 		r.etcd = &etcdSteady{cpuPct: float64(e1.ticks-e0.ticks) / ticksPerSecond / el * 100, writesPerSec: (e1.proposals - e0.proposals) / el}
 	}
 	<-profDone
+	if err := forceGC(ct.maddr, c.profDir, store+"-heap-after-window.pb.gz"); err != nil {
+		b.Fatal(err)
+	}
+	if r.after, err = readMem(ct.p.pid(), ct.murl()); err != nil {
+		b.Fatal(err)
+	}
+	r.perAfter = per(r.base, r.after, c.n)
 	if !p2p3 {
 		return r
 	}
@@ -1156,6 +1212,9 @@ func reportFleet(b *testing.B, c config, fl *floorResult, r *fleetResult) {
 	row("P1 Go heap in use per agent", fl.per.heapKiB, r.per.heapKiB, "KiB", "")
 	row("P1 goroutine stack per agent", fl.per.stackKiB, r.per.stackKiB, "KiB", "")
 	row("P1 goroutines per agent", fl.per.goroutines, r.per.goroutines, "", "")
+	row("P1 RSS per agent after the window (forced GC)", fl.perAfter.rssKiB, r.perAfter.rssKiB, "KiB", "")
+	row("P1 RssAnon per agent after the window", fl.perAfter.anonKiB, r.perAfter.anonKiB, "KiB", "")
+	row("P1 Go heap per agent after the window", fl.perAfter.heapKiB, r.perAfter.heapKiB, "KiB", "")
 	row("P1 steady CPU (% of one core)", fl.steady.cpuPct, r.steady.cpuPct, "%", "<= 1.5x")
 	row("P1 CPU per heartbeat", fl.steady.msPerBeat, r.steady.msPerBeat, "ms", "")
 	row("P1 connect all (first time)", fl.connect.Seconds(), r.connect.Seconds(), "s", "")
@@ -1170,6 +1229,12 @@ func reportFleet(b *testing.B, c config, fl *floorResult, r *fleetResult) {
 			fmt.Fprintf(&t, "| P3 create to result stored, controller log: p50 / p99 / max | | %s / %s / %s | | |\n", pct(x, 50).Round(time.Millisecond), pct(x, 99).Round(time.Millisecond), pct(x, 100).Round(time.Millisecond))
 		}
 	}
+	if len(c.ctlFlags) > 0 {
+		fmt.Fprintf(&t, "\ncontroller flags added: %s", strings.Join(c.ctlFlags, " "))
+	}
+	fmt.Fprintf(&t, "\nruntime memory per agent, KiB (connected - enrolled): controller%s; floor%s", runtimeMem(r.base, r.conn, c.n), runtimeMem(fl.base, fl.conn, c.n))
+	fmt.Fprintf(&t, "\nafter the window: controller%s; floor%s", runtimeMem(r.base, r.after, c.n), runtimeMem(fl.base, fl.after, c.n))
+	fmt.Fprintf(&t, "\ncontroller memory releases after the connect storm: %.0f (%.1f MiB returned)", r.after.metrics["bud_controller_memory_releases_total"], r.after.metrics["bud_controller_memory_released_bytes_total"]/(1<<20))
 	fmt.Fprintf(&t, "\ncontroller RSS %d MiB connected (%d MiB enrolled, none connected); Go heap %.0f MiB; enrolment %s (%.0f/s)",
 		r.conn.rss/1024, r.base.rss/1024, r.conn.heap/(1<<20), r.enroll.Round(time.Second), float64(c.n)/r.enroll.Seconds())
 	fmt.Fprintf(&t, "\nCPU per 10 s of the window, %% of a core: floor %s; controller %s", slicesText(fl.steady.slices), slicesText(r.steady.slices))

@@ -1,0 +1,158 @@
+package controller
+
+import (
+	"context"
+	"log/slog"
+	"runtime"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Defaults for the memory release after a session storm (Options).
+const (
+	// DefaultMemoryReleaseBurst is how many session opens since the last
+	// release make a storm worth releasing after: a few hundred streams
+	// leave tens of MiB of free heap behind.
+	DefaultMemoryReleaseBurst = 256
+	// DefaultMemoryReleaseQuiet is how long session opens must stay at a
+	// trickle before the storm counts as over.
+	DefaultMemoryReleaseQuiet = 5 * time.Second
+	// DefaultMemoryReleaseInterval is the least time between two releases:
+	// each is a full GC plus returning every free page, which costs a
+	// stop of the world's worth of CPU on a large heap.
+	DefaultMemoryReleaseInterval = 5 * time.Minute
+)
+
+// stormRelease gives free heap back to the OS once a burst of session opens
+// has settled. A reconnect storm (a controller restart, a network coming
+// back) makes every session's TLS, HTTP/2 and gRPC buffers at once, and the
+// garbage of the handshakes beside them; the runtime keeps the peak's pages
+// and its background scavenger returns them only slowly, so RSS stays at
+// the storm's peak long after the fleet is idle again. The storm is a peak,
+// not the steady state: once it is over, one debug.FreeOSMemory returns
+// what the steady state does not use.
+type stormRelease struct {
+	burst    int
+	quiet    time.Duration
+	interval time.Duration
+	// release is debug.FreeOSMemory; tests count calls instead.
+	release func()
+	// heapReleased reads the runtime's released-page total, to report
+	// what a release gave back.
+	heapReleased func() uint64
+	log          *slog.Logger
+	releases     prometheus.Counter
+	released     prometheus.Counter
+
+	mu     sync.Mutex
+	opens  int // session opens since the last release
+	recent int // session opens since the last check
+	// lastBusy is the last check that saw more than a trickle of opens
+	// since the one before: a storm's tail of reconnects (sessions
+	// replaced, agents on a long backoff) must not hold the release off.
+	lastBusy time.Time
+	lastRel  time.Time // the last release; zero before the first
+}
+
+// trickle is how many opens between two checks (a second apart in run)
+// still count as quiet.
+func (r *stormRelease) trickle() int { return max(r.burst/16, 1) }
+
+func newStormRelease(burst int, quiet, interval time.Duration, log *slog.Logger, reg prometheus.Registerer) *stormRelease {
+	r := &stormRelease{
+		burst: burst, quiet: quiet, interval: interval,
+		release:      debug.FreeOSMemory,
+		heapReleased: heapReleasedBytes,
+		log:          log,
+		releases: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bud_controller_memory_releases_total",
+			Help: "Times the controller returned its free heap to the OS after a storm of session opens had settled (--memory-release-burst).",
+		}),
+		released: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bud_controller_memory_released_bytes_total",
+			Help: "Heap bytes those releases returned to the OS.",
+		}),
+	}
+	reg.MustRegister(r.releases, r.released)
+	return r
+}
+
+// enabled is false when --memory-release-burst is 0.
+func (r *stormRelease) enabled() bool { return r != nil && r.burst > 0 }
+
+// opened notes a session open at now.
+func (r *stormRelease) opened(now time.Time) {
+	if !r.enabled() {
+		return
+	}
+	r.mu.Lock()
+	r.opens++
+	r.recent++
+	if r.lastBusy.IsZero() {
+		r.lastBusy = now
+	}
+	r.mu.Unlock()
+}
+
+// check releases when a storm is over at now: at least burst opens since the
+// last release, no check for quiet that saw more than a trickle of opens
+// since the one before, and interval since the last release. It reports
+// whether it released.
+func (r *stormRelease) check(now time.Time) bool {
+	if !r.enabled() {
+		return false
+	}
+	r.mu.Lock()
+	if r.recent > r.trickle() {
+		r.lastBusy = now
+	}
+	r.recent = 0
+	due := r.opens >= r.burst && now.Sub(r.lastBusy) >= r.quiet && (r.lastRel.IsZero() || now.Sub(r.lastRel) >= r.interval)
+	opens := r.opens
+	if due {
+		r.opens, r.lastRel = 0, now
+	}
+	r.mu.Unlock()
+	if !due {
+		return false
+	}
+	before := r.heapReleased()
+	start := time.Now()
+	r.release()
+	took := time.Since(start)
+	var gave uint64
+	if after := r.heapReleased(); after > before {
+		gave = after - before
+	}
+	r.releases.Inc()
+	r.released.Add(float64(gave))
+	r.log.Info("returned free heap to the OS after a storm of session opens", "session_opens", opens, "released_bytes", gave, "took", took.Round(time.Millisecond))
+	return true
+}
+
+// run checks every second until ctx ends; a storm is over seconds after its
+// last open, so a second's lag is nothing.
+func (r *stormRelease) run(ctx context.Context, now func() time.Time) error {
+	if !r.enabled() {
+		return nil
+	}
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			r.check(now())
+		}
+	}
+}
+
+func heapReleasedBytes() uint64 {
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapReleased
+}

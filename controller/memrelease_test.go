@@ -1,0 +1,177 @@
+package controller
+
+import (
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+func testStormRelease(t *testing.T, burst int) (*stormRelease, *int) {
+	t.Helper()
+	r := newStormRelease(burst, 5*time.Second, time.Minute, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
+	calls := 0
+	released := uint64(0)
+	r.release = func() { calls++; released += 1 << 20 }
+	r.heapReleased = func() uint64 { return released }
+	return r, &calls
+}
+
+// counterValue reads a counter through a registry of its own, which keeps
+// the test off client_model's types.
+func counterValue(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c)
+	mfs, err := reg.Gather()
+	if err != nil || len(mfs) != 1 || len(mfs[0].GetMetric()) != 1 {
+		t.Fatalf("gather: %v (%d families)", err, len(mfs))
+	}
+	return mfs[0].GetMetric()[0].GetCounter().GetValue()
+}
+
+// clock steps a stormRelease the way run does: one check a second.
+type releaseClock struct {
+	r   *stormRelease
+	now time.Time
+}
+
+// open notes n session opens at the current time.
+func (c *releaseClock) open(n int) {
+	for range n {
+		c.r.opened(c.now)
+	}
+}
+
+// tick advances one second and checks; it reports whether it released.
+func (c *releaseClock) tick() bool {
+	c.now = c.now.Add(time.Second)
+	return c.r.check(c.now)
+}
+
+// ticks checks for n seconds and returns how many released.
+func (c *releaseClock) ticks(n int) int {
+	k := 0
+	for range n {
+		if c.tick() {
+			k++
+		}
+	}
+	return k
+}
+
+func TestStormReleaseAfterQuiet(t *testing.T) {
+	r, calls := testStormRelease(t, 32) // a trickle is 2 opens a second
+	c := &releaseClock{r: r, now: time.Unix(1_000_000, 0)}
+	for range 4 {
+		c.open(8)
+		if c.tick() {
+			t.Fatal("released during the storm")
+		}
+	}
+	if n := c.ticks(4); n != 0 {
+		t.Fatal("released before the storm had been quiet for 5s")
+	}
+	if !c.tick() {
+		t.Fatal("no release 5s after the storm")
+	}
+	if *calls != 1 {
+		t.Fatalf("release called %d times, want 1", *calls)
+	}
+	if got := counterValue(t, r.releases); got != 1 {
+		t.Fatalf("releases metric %v, want 1", got)
+	}
+	if got := counterValue(t, r.released); got != 1<<20 {
+		t.Fatalf("released bytes metric %v, want %d", got, 1<<20)
+	}
+	// The storm is spent: quiet on its own releases nothing more.
+	if n := c.ticks(3600); n != 0 {
+		t.Fatal("released again with no new opens")
+	}
+}
+
+// A storm's tail of reconnects, a trickle, does not hold the release off;
+// more than a trickle does.
+func TestStormReleaseIgnoresTrickle(t *testing.T) {
+	r, calls := testStormRelease(t, 32)
+	c := &releaseClock{r: r, now: time.Unix(1_000_000, 0)}
+	c.open(32)
+	c.tick()
+	for range 3 {
+		c.open(3) // more than a trickle
+		if c.tick() {
+			t.Fatal("released while opens were still coming")
+		}
+	}
+	released := 0
+	for range 5 {
+		c.open(2) // a trickle
+		if c.tick() {
+			released++
+		}
+	}
+	if released != 1 || *calls != 1 {
+		t.Fatalf("%d releases during a trickle 5s after the storm, want 1", released)
+	}
+}
+
+func TestStormReleaseNeedsBurst(t *testing.T) {
+	r, calls := testStormRelease(t, 3)
+	c := &releaseClock{r: r, now: time.Unix(1_000_000, 0)}
+	c.open(2)
+	if c.ticks(3600) != 0 || *calls != 0 {
+		t.Fatal("released after 2 opens with a burst of 3")
+	}
+	// Opens add up across quiet spells until a release.
+	c.open(1)
+	if c.ticks(6) != 1 {
+		t.Fatal("no release after the third open")
+	}
+}
+
+func TestStormReleaseRateLimited(t *testing.T) {
+	r, calls := testStormRelease(t, 1)
+	c := &releaseClock{r: r, now: time.Unix(1_000_000, 0)}
+	c.open(5)
+	if c.ticks(6) != 1 {
+		t.Fatal("first release missing")
+	}
+	// A second storm soon after: not before the interval (1m) is up.
+	c.open(5)
+	if c.ticks(30) != 0 {
+		t.Fatal("released twice within the interval")
+	}
+	if c.ticks(30) != 1 {
+		t.Fatal("no release once the interval was up")
+	}
+	if *calls != 2 {
+		t.Fatalf("release called %d times, want 2", *calls)
+	}
+}
+
+func TestStormReleaseOff(t *testing.T) {
+	r, calls := testStormRelease(t, 0)
+	c := &releaseClock{r: r, now: time.Unix(1_000_000, 0)}
+	c.open(1000)
+	if c.ticks(3600) != 0 || *calls != 0 {
+		t.Fatal("released with the burst set to 0 (off)")
+	}
+}
+
+// A session open through the server feeds the trigger.
+func TestOpenSessionFeedsStormRelease(t *testing.T) {
+	e := newTestServer(t)
+	r, calls := testStormRelease(t, 1)
+	e.srv.memRelease = r
+	sess, err := e.srv.openSession(t.Context(), "n1", "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.srv.closeSession(sess)
+	c := &releaseClock{r: r, now: base}
+	if c.ticks(6) != 1 || *calls != 1 {
+		t.Fatal("a session open did not count towards the release")
+	}
+}
