@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"runtime"
 	"runtime/debug"
+	rtmetrics "runtime/metrics"
 	"sync"
 	"time"
 
@@ -26,6 +27,18 @@ const (
 	DefaultMemoryReleaseInterval = 5 * time.Minute
 )
 
+// The follow-ups after a storm's release: its aftermath (the first reports
+// of every new session, queued store writes) goes on allocating after the
+// opens have stopped, and the heap regrows towards the GC goal in pages the
+// runtime again keeps. For a while after a release, a check that finds at
+// least followUpFree of free, unreturned heap releases again, at most
+// followUps times, followUpGap apart; a check that finds less ends them.
+const (
+	followUps    = 6
+	followUpGap  = 10 * time.Second
+	followUpFree = 64 << 20
+)
+
 // stormRelease gives free heap back to the OS once a burst of session opens
 // has settled. A reconnect storm (a controller restart, a network coming
 // back) makes every session's TLS, HTTP/2 and gRPC buffers at once, and the
@@ -43,9 +56,12 @@ type stormRelease struct {
 	// heapReleased reads the runtime's released-page total, to report
 	// what a release gave back.
 	heapReleased func() uint64
-	log          *slog.Logger
-	releases     prometheus.Counter
-	released     prometheus.Counter
+	// heapFree reads the free heap the runtime holds and has not
+	// returned, for the follow-ups.
+	heapFree func() uint64
+	log      *slog.Logger
+	releases prometheus.Counter
+	released prometheus.Counter
 
 	mu     sync.Mutex
 	opens  int // session opens since the last release
@@ -55,6 +71,8 @@ type stormRelease struct {
 	// replaced, agents on a long backoff) must not hold the release off.
 	lastBusy time.Time
 	lastRel  time.Time // the last release; zero before the first
+	// follow is how many follow-up releases the last storm may still get.
+	follow int
 }
 
 // trickle is how many opens between two checks (a second apart in run)
@@ -66,6 +84,7 @@ func newStormRelease(burst int, quiet, interval time.Duration, log *slog.Logger,
 		burst: burst, quiet: quiet, interval: interval,
 		release:      debug.FreeOSMemory,
 		heapReleased: heapReleasedBytes,
+		heapFree:     heapFreeBytes,
 		log:          log,
 		releases: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bud_controller_memory_releases_total",
@@ -112,8 +131,18 @@ func (r *stormRelease) check(now time.Time) bool {
 	r.recent = 0
 	due := r.opens >= r.burst && now.Sub(r.lastBusy) >= r.quiet && (r.lastRel.IsZero() || now.Sub(r.lastRel) >= r.interval)
 	opens := r.opens
+	followUp := false
 	if due {
-		r.opens, r.lastRel = 0, now
+		r.opens, r.lastRel, r.follow = 0, now, followUps
+	} else if r.follow > 0 && now.Sub(r.lastRel) >= followUpGap {
+		// Read only while follow-ups remain: it is a metrics read.
+		if r.heapFree() >= followUpFree {
+			r.follow--
+			r.lastRel = now
+			due, followUp = true, true
+		} else {
+			r.follow = 0
+		}
 	}
 	r.mu.Unlock()
 	if !due {
@@ -129,6 +158,10 @@ func (r *stormRelease) check(now time.Time) bool {
 	}
 	r.releases.Inc()
 	r.released.Add(float64(gave))
+	if followUp {
+		r.log.Info("returned free heap to the OS again after a storm: its aftermath had grown the heap", "released_bytes", gave, "took", took.Round(time.Millisecond))
+		return true
+	}
 	r.log.Info("returned free heap to the OS after a storm of session opens", "session_opens", opens, "released_bytes", gave, "took", took.Round(time.Millisecond))
 	return true
 }
@@ -149,6 +182,17 @@ func (r *stormRelease) run(ctx context.Context, now func() time.Time) error {
 			r.check(now())
 		}
 	}
+}
+
+// heapFreeBytes is the free heap backed by memory that the runtime has not
+// returned; runtime/metrics reads it without stopping the world.
+func heapFreeBytes() uint64 {
+	s := []rtmetrics.Sample{{Name: "/memory/classes/heap/free:bytes"}}
+	rtmetrics.Read(s)
+	if s[0].Value.Kind() != rtmetrics.KindUint64 {
+		return 0
+	}
+	return s[0].Value.Uint64()
 }
 
 func heapReleasedBytes() uint64 {

@@ -3,6 +3,7 @@ package controller
 import (
 	"io"
 	"log/slog"
+	rtmetrics "runtime/metrics"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ func testStormRelease(t *testing.T, burst int) (*stormRelease, *int) {
 	released := uint64(0)
 	r.release = func() { calls++; released += 1 << 20 }
 	r.heapReleased = func() uint64 { return released }
+	r.heapFree = func() uint64 { return 0 }
 	return r, &calls
 }
 
@@ -174,4 +176,69 @@ func TestOpenSessionFeedsStormRelease(t *testing.T) {
 	if c.ticks(6) != 1 || *calls != 1 {
 		t.Fatal("a session open did not count towards the release")
 	}
+}
+
+// After a storm's release, the heap its aftermath grows back is released
+// again while it is large, followUpGap apart and at most followUps times;
+// a check that finds it small ends the follow-ups.
+func TestStormReleaseFollowUps(t *testing.T) {
+	r, calls := testStormRelease(t, 100)
+	free := uint64(followUpFree)
+	r.heapFree = func() uint64 { return free }
+	c := &releaseClock{r: r, now: time.Unix(1_000_000, 0)}
+	gap := int(followUpGap / time.Second)
+	// untilRelease ticks until a check releases, failing after limit.
+	untilRelease := func(limit int) {
+		t.Helper()
+		for range limit {
+			if c.tick() {
+				return
+			}
+		}
+		t.Fatalf("no release in %d s", limit)
+	}
+	c.open(200)
+	untilRelease(10)
+	for i := range followUps {
+		if n := c.ticks(gap - 1); n != 0 {
+			t.Fatalf("follow-up %d: %d releases sooner than %v after the last", i, n, followUpGap)
+		}
+		if !c.tick() {
+			t.Fatalf("follow-up %d: none %v after the last with the free heap large", i, followUpGap)
+		}
+	}
+	if n := c.ticks(10 * gap); n != 0 {
+		t.Fatalf("%d releases after the %d follow-ups", n, followUps)
+	}
+	if *calls != 1+followUps {
+		t.Fatalf("release called %d times, want %d", *calls, 1+followUps)
+	}
+
+	// A new storm, past the interval: a small free heap at the first
+	// follow-up check ends them for good.
+	c.now = c.now.Add(time.Hour)
+	c.open(200)
+	untilRelease(10)
+	free = followUpFree - 1
+	if n := c.ticks(gap); n != 0 {
+		t.Fatalf("a follow-up with %d bytes free", free)
+	}
+	free = followUpFree
+	if n := c.ticks(10 * gap); n != 0 {
+		t.Fatalf("%d follow-ups after a check had ended them", n)
+	}
+}
+
+// The follow-ups read a runtime metric by name: a Go release that renamed
+// it would leave them reading zero and never firing.
+func TestHeapFreeMetricExists(t *testing.T) {
+	for _, d := range rtmetrics.All() {
+		if d.Name == "/memory/classes/heap/free:bytes" {
+			if d.Kind != rtmetrics.KindUint64 {
+				t.Fatalf("%s is of kind %v, not uint64", d.Name, d.Kind)
+			}
+			return
+		}
+	}
+	t.Fatal("runtime/metrics has no /memory/classes/heap/free:bytes")
 }
