@@ -54,6 +54,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
 	"os"
@@ -323,6 +324,35 @@ func slicesText(v []float64) string {
 // goroutine stacks) out of the CPU window that follows it.
 const afterGC = 10 * time.Second
 
+// floorFanout asks the floor server for its P3 and returns the latencies.
+func floorFanout(ctx context.Context, maddr string) ([]time.Duration, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+maddr+"/fanout", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return nil, fmt.Errorf("%s: %s", resp.Status, msg)
+	}
+	var fan fleetsim.FanoutResult
+	if err := json.NewDecoder(resp.Body).Decode(&fan); err != nil {
+		return nil, err
+	}
+	if len(fan.LatencyNS) != fan.Sent || fan.Sent == 0 {
+		return nil, fmt.Errorf("%d commands sent, %d answers timed", fan.Sent, len(fan.LatencyNS))
+	}
+	lat := make([]time.Duration, len(fan.LatencyNS))
+	for i, ns := range fan.LatencyNS {
+		lat[i] = time.Duration(ns)
+	}
+	return lat, nil
+}
+
 // floorResult is the floor's figures.
 type floorResult struct {
 	per  perConn
@@ -335,6 +365,9 @@ type floorResult struct {
 	connect  time.Duration // first connection of all streams
 	storm    time.Duration // SIGKILL of the server to all streams back
 	arrive   []int
+	// p3 is the floor's P3: one command to every stream, from the first
+	// send to each answer back at the server.
+	p3 []time.Duration
 }
 
 var (
@@ -443,6 +476,12 @@ func measureFloor(b *testing.B, c config) (*floorResult, error) {
 			c.n, r.connect.Round(time.Millisecond), r.per.rssKiB, r.per.anonKiB, r.per.heapKiB, r.per.stackKiB, r.per.goroutines, r.steady.cpuPct, c.window, r.perAfter.rssKiB, r.perAfter.heapKiB)
 		return r, nil
 	}
+	// The floor's P3, on the same streams with their heartbeats running.
+	if r.p3, err = floorFanout(ctx, maddr); err != nil {
+		return nil, fmt.Errorf("floor P3: %w", err)
+	}
+	b.Logf("floor: P3 one command to all %d streams, answers back at the server: p50 %s, p99 %s, max %s", c.n,
+		pct(r.p3, 50).Round(time.Millisecond), pct(r.p3, 99).Round(time.Millisecond), pct(r.p3, 100).Round(time.Millisecond))
 	// The floor's connect storm: its server SIGKILLed and started again;
 	// the clients come back on grpc-go's default reconnect backoff.
 	tKill := time.Now()
@@ -1222,11 +1261,20 @@ func reportFleet(b *testing.B, c config, fl *floorResult, r *fleetResult) {
 		row("P2 SIGKILL + restart to all back", fl.storm.Seconds(), r.storm.Seconds(), "s", "<= 2.3x")
 	}
 	if r.p3 == "" && len(r.p3Lat) > 0 {
-		fmt.Fprintf(&t, "| P3 one command to all, create to result stored: p50 / p99 / max | | %s / %s / %s | | p99 <= 1 s |\n",
-			pct(r.p3Lat, 50).Round(time.Millisecond), pct(r.p3Lat, 99).Round(time.Millisecond), pct(r.p3Lat, 100).Round(time.Millisecond))
+		floorP3, ratio := "", ""
+		if len(fl.p3) > 0 {
+			floorP3 = fmt.Sprintf("%s / %s / %s", pct(fl.p3, 50).Round(time.Millisecond), pct(fl.p3, 99).Round(time.Millisecond), pct(fl.p3, 100).Round(time.Millisecond))
+			ratio = fmt.Sprintf("%.2fx (p99)", pct(r.p3Lat, 99).Seconds()/pct(fl.p3, 99).Seconds())
+		}
+		fmt.Fprintf(&t, "| P3 one command to all, create to result stored: p50 / p99 / max | %s | %s / %s / %s | %s | p99 <= 1 s |\n", floorP3,
+			pct(r.p3Lat, 50).Round(time.Millisecond), pct(r.p3Lat, 99).Round(time.Millisecond), pct(r.p3Lat, 100).Round(time.Millisecond), ratio)
 		fmt.Fprintf(&t, "| P3 create to delivered at the agent: p50 / p99 | | %s / %s | | |\n", pct(r.p3Deliver, 50).Round(time.Millisecond), pct(r.p3Deliver, 99).Round(time.Millisecond))
 		if x := r.p3x.stored; len(x) > 0 {
-			fmt.Fprintf(&t, "| P3 create to result stored, controller log: p50 / p99 / max | | %s / %s / %s | | |\n", pct(x, 50).Round(time.Millisecond), pct(x, 99).Round(time.Millisecond), pct(x, 100).Round(time.Millisecond))
+			ratio := ""
+			if len(fl.p3) > 0 {
+				ratio = fmt.Sprintf("%.2fx (p99)", pct(x, 99).Seconds()/pct(fl.p3, 99).Seconds())
+			}
+			fmt.Fprintf(&t, "| P3 create to result stored, controller log: p50 / p99 / max | | %s / %s / %s | %s | |\n", pct(x, 50).Round(time.Millisecond), pct(x, 99).Round(time.Millisecond), pct(x, 100).Round(time.Millisecond), ratio)
 		}
 	}
 	if len(c.ctlFlags) > 0 {

@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -143,17 +144,52 @@ func issue(ca *x509.Certificate, caKey *ecdsa.PrivateKey, cn string, usage x509.
 }
 
 // FloorServer is the floor's server: it accepts Connect streams from
-// clients with a certificate of its CA and reads their heartbeats.
+// clients with a certificate of its CA, reads their heartbeats, and on
+// /fanout sends one command to every stream and times the results (the
+// floor of P3).
 type FloorServer struct {
 	agentv1.UnimplementedAgentServiceServer
 	streams    atomic.Int64
 	heartbeats atomic.Int64
+
+	mu   sync.Mutex
+	open map[*floorConn]struct{}
+	fan  *floorFan // the fan-out in progress, if any
 }
 
-// Connect reads until the client goes.
+// floorConn is one open stream: the fan-out and nothing else sends on it,
+// so its mutex only keeps two fan-outs from interleaving Sends.
+type floorConn struct {
+	mu     sync.Mutex
+	stream agentv1.AgentService_ConnectServer
+}
+
+// floorFan is one fan-out: when it started, the commands it sent, and how
+// long each result took to come back.
+type floorFan struct {
+	start time.Time
+	want  map[string]bool
+	lat   []time.Duration
+	done  chan struct{}
+}
+
+// Connect reads until the client goes, counting heartbeats and timing the
+// results of a fan-out.
 func (f *FloorServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 	f.streams.Add(1)
 	defer f.streams.Add(-1)
+	c := &floorConn{stream: stream}
+	f.mu.Lock()
+	if f.open == nil {
+		f.open = map[*floorConn]struct{}{}
+	}
+	f.open[c] = struct{}{}
+	f.mu.Unlock()
+	defer func() {
+		f.mu.Lock()
+		delete(f.open, c)
+		f.mu.Unlock()
+	}()
 	for {
 		m, err := stream.Recv()
 		if err != nil {
@@ -165,7 +201,87 @@ func (f *FloorServer) Connect(stream agentv1.AgentService_ConnectServer) error {
 		if m.GetHeartbeat() != nil {
 			f.heartbeats.Add(1)
 		}
+		if r := m.GetCommandResult(); r != nil {
+			f.result(r.GetCommandId())
+		}
 	}
+}
+
+func (f *FloorServer) result(id string) {
+	now := time.Now()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fan := f.fan
+	if fan == nil || !fan.want[id] {
+		return
+	}
+	delete(fan.want, id)
+	fan.lat = append(fan.lat, now.Sub(fan.start))
+	if len(fan.want) == 0 {
+		close(fan.done)
+	}
+}
+
+// FanoutResult is what /fanout answers: how many streams were sent a
+// command, and each result's time from the start of the fan-out, in
+// arrival order.
+type FanoutResult struct {
+	Sent      int     `json:"sent"`
+	LatencyNS []int64 `json:"latency_ns"`
+}
+
+// Fanout sends one command to every open stream, as the controller's
+// CreateCommands does for all nodes, and waits until every result is back
+// or ctx ends.
+func (f *FloorServer) Fanout(ctx context.Context) (FanoutResult, error) {
+	f.mu.Lock()
+	if f.fan != nil {
+		f.mu.Unlock()
+		return FanoutResult{}, errors.New("a fan-out is already running")
+	}
+	conns := make([]*floorConn, 0, len(f.open))
+	for c := range f.open {
+		conns = append(conns, c)
+	}
+	fan := &floorFan{start: time.Now(), want: make(map[string]bool, len(conns)), done: make(chan struct{})}
+	ids := make([]string, len(conns))
+	for i := range conns {
+		ids[i] = fmt.Sprintf("floor-%d-%d", fan.start.UnixNano(), i)
+		fan.want[ids[i]] = true
+	}
+	f.fan = fan
+	f.mu.Unlock()
+	defer func() {
+		f.mu.Lock()
+		f.fan = nil
+		f.mu.Unlock()
+	}()
+	created := timestamppb.New(fan.start)
+	for i, c := range conns {
+		m := &agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Command{Command: &agentv1.Command{Id: ids[i], Kind: "floor.ping", CreatedAt: created}}}
+		c.mu.Lock()
+		err := c.stream.Send(m)
+		c.mu.Unlock()
+		if err != nil {
+			// A stream that broke: its result will not come.
+			f.result(ids[i])
+		}
+	}
+	if len(conns) == 0 {
+		return FanoutResult{}, nil
+	}
+	select {
+	case <-fan.done:
+	case <-ctx.Done():
+		return FanoutResult{}, fmt.Errorf("fan-out to %d streams: %w", len(conns), ctx.Err())
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r := FanoutResult{Sent: len(conns), LatencyNS: make([]int64, len(fan.lat))}
+	for i, d := range fan.lat {
+		r.LatencyNS[i] = d.Nanoseconds()
+	}
+	return r, nil
 }
 
 // ServeFloor serves the floor on lis (gRPC, grpc-go's default options but
@@ -193,6 +309,17 @@ func ServeFloor(ctx context.Context, lis, mlis net.Listener, p *FloorPKI) error 
 		}{{"heap_sys", ms.HeapSys}, {"heap_idle", ms.HeapIdle}, {"heap_released", ms.HeapReleased}, {"stack_sys", ms.StackSys}, {"mspan_sys", ms.MSpanSys}, {"gc_sys", ms.GCSys}, {"other_sys", ms.OtherSys}, {"sys", ms.Sys}} {
 			fmt.Fprintf(w, "go_memstats_%s_bytes %d\n", v.name, v.n)
 		}
+	})
+	mux.HandleFunc("POST /fanout", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Minute)
+		defer cancel()
+		res, err := fs.Fanout(ctx)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(res)
 	})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -276,12 +403,26 @@ func floorStream(ctx context.Context, conn *grpc.ClientConn, every time.Duration
 			cancel()
 			continue
 		}
+		// The heartbeat loop and the answers to commands share the
+		// stream's one sender.
+		var sendMu sync.Mutex
+		send := func(m *agentv1.ConnectRequest) error {
+			sendMu.Lock()
+			defer sendMu.Unlock()
+			return stream.Send(m)
+		}
 		broken := make(chan struct{})
 		go func() {
 			defer close(broken)
 			for {
-				if _, err := stream.Recv(); err != nil {
+				m, err := stream.Recv()
+				if err != nil {
 					return
+				}
+				if cmd := m.GetCommand(); cmd != nil {
+					if err := send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_CommandResult{CommandResult: &agentv1.CommandResult{CommandId: cmd.GetId(), Success: true, Deliveries: 1}}}); err != nil {
+						return
+					}
 				}
 			}
 		}()
@@ -290,7 +431,7 @@ func floorStream(ctx context.Context, conn *grpc.ClientConn, every time.Duration
 	beats:
 		for {
 			seq++
-			if err := stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Heartbeat{Heartbeat: &agentv1.Heartbeat{Seq: seq, SentAt: timestamppb.Now()}}}); err != nil {
+			if err := send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Heartbeat{Heartbeat: &agentv1.Heartbeat{Seq: seq, SentAt: timestamppb.Now()}}}); err != nil {
 				break
 			}
 			select {

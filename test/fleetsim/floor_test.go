@@ -2,7 +2,9 @@ package fleetsim
 
 import (
 	"context"
+	"encoding/json"
 	"net"
+	"net/http"
 	"path/filepath"
 	"testing"
 	"time"
@@ -60,6 +62,26 @@ func TestFloorStreamsOverMutualTLS(t *testing.T) {
 			t.Fatalf("floor metrics after 30s: %v (err %v); want 5 streams and 15 heartbeats", m, err)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+
+	// The floor's P3: one command to every stream, each answered once.
+	resp, err := http.Post("http://"+mlis.Addr().String()+"/fanout", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fan FanoutResult
+	err = json.NewDecoder(resp.Body).Decode(&fan)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("fanout: %s, %v", resp.Status, err)
+	}
+	if fan.Sent != 5 || len(fan.LatencyNS) != 5 {
+		t.Fatalf("fanout sent %d commands and timed %d results, want 5 and 5", fan.Sent, len(fan.LatencyNS))
+	}
+	for _, ns := range fan.LatencyNS {
+		if ns <= 0 {
+			t.Fatalf("fanout latency %d ns", ns)
+		}
 	}
 
 	// No client certificate: the handshake is refused.
