@@ -480,6 +480,10 @@ func (m *Module) kubeconfigServer() (string, bool) {
 	return "", false
 }
 
+// tokenSettle is how long a refused bootstrap token is retried before the
+// refusal is believed.
+const tokenSettle = 5 * time.Second
+
 // preflight checks the spec against the API server: the cluster CA must
 // verify it and the bootstrap token must be accepted.
 func preflight(ctx context.Context, spec command.KubeletJoinSpec) error {
@@ -495,6 +499,18 @@ func preflight(ctx context.Context, spec command.KubeletJoinSpec) error {
 	}
 	// Listing CSRs is what node-bootstrapper grants the token's group.
 	code, body, err := apiGet(ctx, cfg, "/apis/certificates.k8s.io/v1/certificatesigningrequests?limit=1")
+	// The API server's bootstrap-token authenticator reads the token
+	// Secrets from an informer, so a token minted a moment ago can be
+	// refused until that cache catches up; kubeadm join retries the same
+	// way. Only a refusal that outlasts the window is the token's fault.
+	for deadline := time.Now().Add(tokenSettle); err == nil && code == http.StatusUnauthorized && time.Now().Before(deadline); {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+		code, body, err = apiGet(ctx, cfg, "/apis/certificates.k8s.io/v1/certificatesigningrequests?limit=1")
+	}
 	switch {
 	case err != nil && (strings.Contains(err.Error(), "x509:") || strings.Contains(err.Error(), "certificate")):
 		return fmt.Errorf("the cluster CA in the join spec does not verify the API server %s (%v): the cluster's kubeconfig on the controller names another CA; add the cluster again with the right certificate-authority-data", spec.Server, err)
