@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 
 	"github.com/google/uuid"
@@ -174,12 +173,4 @@ func (a *FleetAPI) GetCommandBatch(ctx context.Context, req *fleetv1.GetCommandB
 		Succeeded: n.Succeeded,
 		Failed:    n.Failed,
 	}, nil
-}
-
-// batchOnly keeps the commands of one batch, when one is asked for.
-func batchOnly(cs []store.Command, batchID string) []store.Command {
-	if batchID == "" {
-		return cs
-	}
-	return slices.DeleteFunc(cs, func(c store.Command) bool { return c.BatchID != batchID })
 }

@@ -131,6 +131,13 @@ func TestCreateCommandsDelivers(t *testing.T) {
 			t.Errorf("batch listing holds %v", c)
 		}
 	}
+	one, err := api.ListCommands(context.Background(), &fleetv1.ListCommandsRequest{BatchId: resp.GetBatchId(), NodeId: "n2"})
+	if err != nil || len(one.GetCommands()) != 1 || one.GetCommands()[0].GetNodeId() != "n2" {
+		t.Errorf("ListCommands(batch, node n2) = %v, %v; want n2's one command", one, err)
+	}
+	if _, err := api.ListCommands(context.Background(), &fleetv1.ListCommandsRequest{BatchId: "nope"}); status.Code(err) != codes.NotFound || !strings.Contains(err.Error(), "nope") {
+		t.Errorf("ListCommands(unknown batch) = %v; want NotFound naming it", err)
+	}
 
 	// n3 gets its command when it connects.
 	s3, _ := connect(t, e, "n3")

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -228,11 +229,21 @@ func (a *FleetAPI) CreateCommand(ctx context.Context, req *fleetv1.CreateCommand
 
 // ListCommands lists commands of one node or all.
 func (a *FleetAPI) ListCommands(ctx context.Context, req *fleetv1.ListCommandsRequest) (*fleetv1.ListCommandsResponse, error) {
-	cs, err := a.s.store.ListCommands(ctx, req.GetNodeId())
+	var cs []store.Command
+	var err error
+	if b := req.GetBatchId(); b != "" {
+		// Read through the batch's index: a fan-out's pages then cost its
+		// own commands, not a scan of every command of every node.
+		cs, err = a.s.store.ListBatchCommands(ctx, b)
+		if nodeID := req.GetNodeId(); err == nil && nodeID != "" {
+			cs = slices.DeleteFunc(cs, func(c store.Command) bool { return c.NodeID != nodeID })
+		}
+	} else {
+		cs, err = a.s.store.ListCommands(ctx, req.GetNodeId())
+	}
 	if err != nil {
 		return nil, storeErr(err)
 	}
-	cs = batchOnly(cs, req.GetBatchId())
 	cmds, next, err := page(cs, func(c store.Command) string { return c.ID }, commandToProto, req.GetPageSize(), req.GetPageToken())
 	if err != nil {
 		return nil, err

@@ -21,6 +21,12 @@ type CommandBatchStore interface {
 	// ErrNotFound naming the id. A deleted node's commands no longer
 	// count.
 	GetCommandBatch(ctx context.Context, id string) (CommandBatch, BatchCounts, error)
+	// ListBatchCommands returns the commands of batch id in ListCommands'
+	// order (by node, then queue order), read through the batch's index:
+	// listing a 10,000-node fan-out reads its 10,000 commands, not every
+	// command every node ever had. ErrNotFound naming the id. A deleted
+	// node's commands are gone from it.
+	ListBatchCommands(ctx context.Context, id string) ([]Command, error)
 }
 
 // CommandBatch is a fan-out as the operator asked for it.

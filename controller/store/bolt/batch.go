@@ -1,9 +1,11 @@
 package bolt
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	bbolt "go.etcd.io/bbolt"
 
@@ -82,6 +84,62 @@ func (s *Store) EnqueueCommands(ctx context.Context, b store.CommandBatch, cs []
 		}
 		return nil
 	})
+}
+
+// ListBatchCommands returns the batch's commands from its own bucket and
+// the command index, sorted by location (node id, then queue sequence):
+// the order ListCommands walks the node buckets in.
+func (s *Store) ListBatchCommands(ctx context.Context, id string) ([]store.Command, error) {
+	var out []store.Command
+	err := s.view(ctx, func(tx *bbolt.Tx) error {
+		if tx.Bucket(bucketCommandBatches).Get([]byte(id)) == nil {
+			return fmt.Errorf("command batch %s: %w", id, store.ErrNotFound)
+		}
+		states := tx.Bucket(bucketBatchCommands).Bucket([]byte(id))
+		if states == nil {
+			return nil
+		}
+		idx := tx.Bucket(bucketCommandIndex)
+		var locs [][]byte
+		if err := states.ForEach(func(k, _ []byte) error {
+			if v := idx.Get(k); v != nil {
+				locs = append(locs, v)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		slices.SortFunc(locs, bytes.Compare)
+		cb := tx.Bucket(bucketCommands)
+		var q *bbolt.Bucket
+		cur := ""
+		out = make([]store.Command, 0, len(locs))
+		for _, loc := range locs {
+			nodeID, key, err := splitIndex(loc)
+			if err != nil {
+				return err
+			}
+			if q == nil || nodeID != cur {
+				q, cur = cb.Bucket([]byte(nodeID)), nodeID
+			}
+			if q == nil {
+				continue
+			}
+			v := q.Get(key)
+			if v == nil {
+				continue
+			}
+			var c store.Command
+			if err := json.Unmarshal(v, &c); err != nil {
+				return err
+			}
+			if c.BatchID == id {
+				out = append(out, c)
+			}
+		}
+		return nil
+	})
+	return out, err
 }
 
 // GetCommandBatch returns the batch and counts its commands' states from

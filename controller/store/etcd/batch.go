@@ -2,9 +2,12 @@ package etcd
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -150,6 +153,73 @@ func (s *Store) EnqueueCommands(ctx context.Context, b store.CommandBatch, cs []
 	}
 	return nil
 }
+
+// ListBatchCommands reads the batch's command ids from its state keys,
+// their locations from the index and then the commands, each step in
+// read-only transactions of listChunk keys; sorted by location, the
+// order of ListCommands' prefix scan.
+func (s *Store) ListBatchCommands(ctx context.Context, id string) ([]store.Command, error) {
+	var b store.CommandBatch
+	if err := getJSON(ctx, s, s.batchKey(id), &b); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, fmt.Errorf("command batch %s: %w", id, store.ErrNotFound)
+		}
+		return nil, err
+	}
+	prefix := s.batchStatePrefix(id)
+	var ids []string
+	if err := s.list(ctx, prefix, func(k string, _ []byte) error {
+		ids = append(ids, strings.TrimPrefix(k, prefix))
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	t := &tx{s: s, ctx: ctx, reads: map[string]int64{}, vals: map[string][]byte{}}
+	read := func(keys []string) error {
+		for i := 0; i < len(keys); i += listChunk {
+			if err := t.getMany(keys[i:min(i+listChunk, len(keys))]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	keys := make([]string, len(ids))
+	for i, cid := range ids {
+		keys[i] = s.indexKey(cid)
+	}
+	if err := read(keys); err != nil {
+		return nil, err
+	}
+	keys = keys[:0]
+	for _, cid := range ids {
+		if loc := t.vals[s.indexKey(cid)]; loc != nil {
+			keys = append(keys, s.p+"commands/"+string(loc))
+		}
+	}
+	slices.Sort(keys)
+	if err := read(keys); err != nil {
+		return nil, err
+	}
+	out := make([]store.Command, 0, len(keys))
+	for _, k := range keys {
+		raw := t.vals[k]
+		if raw == nil {
+			continue
+		}
+		var c store.Command
+		if err := json.Unmarshal(raw, &c); err != nil {
+			return nil, err
+		}
+		if c.BatchID == id {
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+
+// listChunk is how many keys a listing reads in one transaction, within
+// etcd's default --max-txn-ops of 128.
+const listChunk = 100
 
 // GetCommandBatch returns the batch and counts its commands from the
 // batch's own keys.

@@ -20,6 +20,7 @@ var batchTests = []struct {
 	{"CommandBatchConcurrentResults", testCommandBatchConcurrentResults},
 	{"CommandBatchDeleteNode", testCommandBatchDeleteNode},
 	{"CommandBatchCanceled", testCommandBatchCanceled},
+	{"ListBatchCommands", testListBatchCommands},
 }
 
 // NewBatch is a batch with every field set.
@@ -207,4 +208,57 @@ func testCommandBatchCanceled(t *testing.T, s store.Store) {
 	}
 	_, _, err := s.GetCommandBatch(ctx(t), "b")
 	notFound(t, "GetCommandBatch after a canceled EnqueueCommands", err, "b")
+}
+
+// ListBatchCommands is ListCommands filtered by batch, in the same order,
+// as the commands move and after a node is deleted; an unknown batch is
+// ErrNotFound.
+func testListBatchCommands(t *testing.T, s store.Store) {
+	// Node ids whose order as strings differs from their enrolment's,
+	// one a prefix of another.
+	for _, id := range []string{"nb", "na", "na-2", "nc"} {
+		EnrollNode(t, s, NewNode(id, "h"+id))
+	}
+	must(t, s.EnqueueCommand(ctx(t), Cmd("alone", "na", store.CommandPending)))
+	must(t, s.EnqueueCommands(ctx(t), NewBatch("b1"), batchCmds("b1", 130, "nb", "na", "na-2")))
+	must(t, s.EnqueueCommands(ctx(t), NewBatch("b2"), batchCmds("b2", 7, "nc", "na")))
+	want := func(batch string) []store.Command {
+		t.Helper()
+		all, err := s.ListCommands(ctx(t), "")
+		must(t, err)
+		var out []store.Command
+		for _, c := range all {
+			if c.BatchID == batch {
+				out = append(out, c)
+			}
+		}
+		return out
+	}
+	check := func(when, batch string, n int) {
+		t.Helper()
+		got, err := s.ListBatchCommands(ctx(t), batch)
+		must(t, err)
+		w := want(batch)
+		if len(got) != n || !reflect.DeepEqual(got, w) {
+			t.Errorf("%s: ListBatchCommands(%s) = %d commands %v, want the %d of ListCommands %v", when, batch, len(got), CommandIDs(got), len(w), CommandIDs(w))
+		}
+	}
+	check("queued", "b1", 130)
+	check("queued", "b2", 7)
+	_, err := s.UpdateCommand(ctx(t), "b1-c004", func(c *store.Command) error {
+		c.State, c.Message = store.CommandSucceeded, "done"
+		return nil
+	})
+	must(t, err)
+	check("after a result", "b1", 130)
+	must(t, s.DeleteNode(ctx(t), "na"))
+	check("after deleting na", "b1", 87)
+	check("after deleting na", "b2", 4)
+
+	_, err = s.ListBatchCommands(ctx(t), "nope")
+	notFound(t, "ListBatchCommands(nope)", err, "nope")
+	must(t, s.EnqueueCommands(ctx(t), NewBatch("b0"), nil))
+	if got, err := s.ListBatchCommands(ctx(t), "b0"); err != nil || len(got) != 0 {
+		t.Errorf("empty batch: %v, %v", CommandIDs(got), err)
+	}
 }
