@@ -37,6 +37,12 @@
 // "--memory-release-burst 0" to measure without the release after the
 // connect storm). With BUD_FLEET_PROFILE_DIR, BUD_FLEET_P3_GOROUTINES=1
 // also saves the controller's goroutines during P3 (it lengthens P3).
+// BUD_FLEET_SERVER_CPUS and BUD_FLEET_CLIENT_CPUS (taskset CPU lists, such
+// as "0-1" and "2-15") pin the controller and the floor's server to some
+// CPUs and the simulators and the floor's clients to others: on a machine
+// with cores to spare, a controller of a given size measured without the
+// agents' side taking its CPU, as in a fleet, where agents run on their
+// own nodes.
 //
 // Memory is read twice, each time after a forced GC: 30 s after the last
 // agent connected (the P1 figures) and again after the steady window (the
@@ -177,6 +183,16 @@ func loadConfig(b *testing.B) config {
 		b.Fatalf("BUD_FLEET_ONLY=%q: want p1, p3 or unset", o)
 	}
 	c.ctlFlags = strings.Fields(os.Getenv("BUD_FLEET_CONTROLLER_FLAGS"))
+	for _, k := range []string{"BUD_FLEET_SERVER_CPUS", "BUD_FLEET_CLIENT_CPUS"} {
+		if v := os.Getenv(k); v != "" && strings.Trim(v, "0123456789,-") != "" {
+			b.Fatalf("%s=%q: want a CPU list, such as 0-1 or 2,3", k, v)
+		}
+	}
+	if os.Getenv("BUD_FLEET_SERVER_CPUS")+os.Getenv("BUD_FLEET_CLIENT_CPUS") != "" {
+		if _, err := exec.LookPath("taskset"); err != nil {
+			b.Fatalf("BUD_FLEET_SERVER_CPUS/BUD_FLEET_CLIENT_CPUS need taskset (util-linux): %v", err)
+		}
+	}
 	c.procs = (c.n + c.per - 1) / c.per
 	return c
 }
@@ -919,6 +935,9 @@ type p3Extra struct {
 	// CPU the controller and the simulators used from the create call
 	// until the batch was finished (polled every 100 ms).
 	ctlCPU, simCPU time.Duration
+	// The controller's GC cycles and bytes allocated over the same span,
+	// from its /metrics (-1: not read).
+	gcCycles, allocBytes float64
 }
 
 // fanOut sends one inventory.collect to all nodes and returns, per
@@ -926,6 +945,8 @@ type p3Extra struct {
 // create-to-delivery (the simulator's first receipt). why is set when the
 // controller does not offer the fan-out.
 func fanOut(ctx context.Context, b *testing.B, fc fleetv1.FleetServiceClient, ct *ctl, sims []*sim, n int) (lat, deliver []time.Duration, x p3Extra, why string) {
+	x.gcCycles, x.allocBytes = -1, -1
+	m0, merr := scrape(ct.murl())
 	ctl0, _ := cpuTicks(ct.p.pid())
 	sim0 := simTicks(sims)
 	t0 := time.Now()
@@ -946,6 +967,10 @@ func fanOut(ctx context.Context, b *testing.B, fc fleetv1.FleetServiceClient, ct
 	ctl1, _ := cpuTicks(ct.p.pid())
 	x.ctlCPU = time.Duration(ctl1-ctl0) * time.Second / ticksPerSecond
 	x.simCPU = time.Duration(simTicks(sims)-sim0) * time.Second / ticksPerSecond
+	if m1, err := scrape(ct.murl()); err == nil && merr == nil {
+		x.gcCycles = m1["go_gc_duration_seconds_count"] - m0["go_gc_duration_seconds_count"]
+		x.allocBytes = m1["go_memstats_alloc_bytes_total"] - m0["go_memstats_alloc_bytes_total"]
+	}
 	cmds, err := listBatch(ctx, fc, resp.GetBatchId())
 	if err != nil {
 		b.Fatal(err)
@@ -1242,6 +1267,7 @@ func reportFleet(b *testing.B, c config, fl *floorResult, r *fleetResult) {
 	var t strings.Builder
 	fmt.Fprintf(&t, "\nfleet benchmark, store %s, %d agents in %d processes, heartbeat %s, window %s; machine %s, %d CPUs, loadavg %s",
 		r.store, c.n, c.procs, c.hbEvery, c.window, host, numCPU(), strings.TrimSpace(string(load)))
+	fmt.Fprint(&t, pinning())
 	fmt.Fprintf(&t, "\n| figure | floor | budfleet | ratio | target |\n| --- | --: | --: | --: | --- |\n")
 	row := func(name string, f, v float64, unit, target string) {
 		fmt.Fprintf(&t, "| %s | %.1f %s | %.1f %s | %s | %s |\n", name, f, unit, v, unit, ratio(v, f), target)
@@ -1335,6 +1361,7 @@ func reportP3(b *testing.B, c config, r *fleetResult) {
 	var t strings.Builder
 	fmt.Fprintf(&t, "\nfleet benchmark, P3 alone, store %s, %d agents in %d processes; machine %s, %d CPUs, loadavg %s",
 		r.store, c.n, c.procs, host, numCPU(), strings.TrimSpace(string(load)))
+	fmt.Fprint(&t, pinning())
 	if r.p3 != "" {
 		fmt.Fprintf(&t, "\nP3 not measured: %s", r.p3)
 	} else {
@@ -1370,7 +1397,25 @@ func writeP3Extra(t *strings.Builder, x p3Extra, n int) {
 	if n > 0 {
 		fmt.Fprintf(t, "\nP3 CPU from the create call to the batch finished: controller %s (%.0f µs/command), simulators %s (%.0f µs/command)",
 			x.ctlCPU, float64(x.ctlCPU.Microseconds())/float64(n), x.simCPU, float64(x.simCPU.Microseconds())/float64(n))
+		if x.gcCycles >= 0 {
+			fmt.Fprintf(t, "\nP3 controller allocations over the same span: %.0f KiB per command, %.0f GC cycles", x.allocBytes/1024/float64(n), x.gcCycles)
+		}
 	}
+}
+
+// pinning says where the servers and the clients ran, when pinned.
+func pinning() string {
+	sv, cl := os.Getenv("BUD_FLEET_SERVER_CPUS"), os.Getenv("BUD_FLEET_CLIENT_CPUS")
+	if sv == "" && cl == "" {
+		return ""
+	}
+	or := func(v string) string {
+		if v == "" {
+			return "any"
+		}
+		return v
+	}
+	return fmt.Sprintf("\nCPUs: controller and floor server on %s, simulators and floor clients on %s", or(sv), or(cl))
 }
 
 func numCPU() int {

@@ -33,6 +33,12 @@ func startProc(name, logPath, bin string, args ...string) (*proc, error) {
 		return nil, err
 	}
 	defer logf.Close() // the child holds its own copy
+	if cpus := pinnedCPUs(name); cpus != "" {
+		// taskset sets the affinity and then execs, so every thread the
+		// program starts inherits it.
+		args = append([]string{"-c", cpus, bin}, args...)
+		bin = "taskset"
+	}
 	p := &proc{name: name, cmd: exec.Command(bin, args...), logPath: logPath, exited: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
 	// Its own process group: a benchmark interrupted by a signal to the
@@ -43,6 +49,17 @@ func startProc(name, logPath, bin string, args ...string) (*proc, error) {
 	}
 	go func() { p.waitErr = p.cmd.Wait(); close(p.exited) }()
 	return p, nil
+}
+
+// pinnedCPUs is the CPU list (taskset's -c) the process called name runs
+// on: BUD_FLEET_SERVER_CPUS for the servers (bud-controller and the
+// floor's), BUD_FLEET_CLIENT_CPUS for the agents' side (the simulators and
+// the floor's clients); "" leaves it to the scheduler.
+func pinnedCPUs(name string) string {
+	if name == "bud-controller" || name == "floor-server" {
+		return os.Getenv("BUD_FLEET_SERVER_CPUS")
+	}
+	return os.Getenv("BUD_FLEET_CLIENT_CPUS")
 }
 
 func (p *proc) pid() int { return p.cmd.Process.Pid }
