@@ -15,6 +15,15 @@ if ! command -v apt-get >/dev/null 2>&1; then
 	echo "$who: missing, and apt-get is not available to install: $*" >&2
 	exit 1
 fi
+# Tests install their peers in parallel (go test runs packages at once):
+# one install at a time, or the second finds dpkg's lock held and fails,
+# and the first removes the policy-rc.d the second relies on. apt's own
+# lock timeout covers an apt run that is not ours.
+exec 9>"${TMPDIR:-/tmp}/budfleet-apt.lock"
+if ! flock -w 900 9; then
+	echo "$who: another package install held the lock for 15 minutes: $*" >&2
+	exit 1
+fi
 policy=/usr/sbin/policy-rc.d
 created_policy=0
 if [ ! -e "$policy" ]; then
@@ -29,8 +38,8 @@ cleanup() {
 }
 trap cleanup EXIT
 if ! {
-	apt-get update -qq &&
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+	apt-get -o DPkg::Lock::Timeout=600 update -qq &&
+		DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "$@" >/dev/null
 } >"$log" 2>&1; then
 	cat "$log" >&2
 	echo "$who: apt-get install $* failed" >&2

@@ -48,6 +48,18 @@ func mustRun(t *testing.T, name string, args ...string) string {
 	return stdout + stderr
 }
 
+// dpkg runs dpkg under scripts/apt-install.sh's lock: the other test
+// packages install their peers with apt at the same time, and dpkg fails
+// at once when apt holds its lock.
+func dpkg(t *testing.T, args ...string) string {
+	t.Helper()
+	return mustRun(t, "flock", dpkgArgs(args...)...)
+}
+
+func dpkgArgs(args ...string) []string {
+	return append([]string{"-w", "900", filepath.Join(os.TempDir(), "budfleet-apt.lock"), "dpkg"}, args...)
+}
+
 func fileSum(t *testing.T, path string) [32]byte {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -102,7 +114,7 @@ func TestAgentPackage(t *testing.T) {
 	deb1, rpm1 := buildAgentPackages(t, "v1.0.0")
 	deb2, _ := buildAgentPackages(t, "v1.0.1")
 	t.Cleanup(func() {
-		if out, err := exec.Command("dpkg", "--purge", "bud-agent").CombinedOutput(); err != nil {
+		if out, err := exec.Command("flock", dpkgArgs("--purge", "bud-agent")...).CombinedOutput(); err != nil {
 			t.Errorf("cleanup: dpkg --purge bud-agent: %v\n%s", err, out)
 		}
 		os.RemoveAll(pkgAgentState)
@@ -137,7 +149,7 @@ func TestAgentPackage(t *testing.T) {
 		a.stop(t)
 	}
 
-	mustRun(t, "dpkg", "-i", deb1)
+	dpkg(t, "-i", deb1)
 	wantMode(t, pkgAgentState, 0o700)
 	wantMode(t, pkgAgentConfig, 0o600)
 	wantMode(t, pkgAgentBin, 0o755)
@@ -177,12 +189,12 @@ func TestAgentPackage(t *testing.T) {
 		}
 	}
 	t.Run("reinstall", func(t *testing.T) {
-		mustRun(t, "dpkg", "-i", deb1)
+		dpkg(t, "-i", deb1)
 		keeps(t, "dpkg -i over the install")
 		wantMode(t, pkgAgentState, 0o700)
 	})
 	t.Run("upgrade", func(t *testing.T) {
-		mustRun(t, "dpkg", "-i", deb2)
+		dpkg(t, "-i", deb2)
 		keeps(t, "an upgrade to 1.0.1")
 		runInstalled(t, "v1.0.1")
 		// The run writes the database (its certificate, records): what
@@ -190,10 +202,10 @@ func TestAgentPackage(t *testing.T) {
 		identity = fileSum(t, filepath.Join(pkgAgentState, "agent.db"))
 	})
 	t.Run("remove", func(t *testing.T) {
-		mustRun(t, "dpkg", "-r", "bud-agent")
+		dpkg(t, "-r", "bud-agent")
 		wantGone(t, pkgAgentBin, "dpkg -r")
 		wantGone(t, pkgAgentUnit, "dpkg -r")
-		mustRun(t, "dpkg", "-i", deb2)
+		dpkg(t, "-i", deb2)
 		keeps(t, "dpkg -r and a new install")
 	})
 	t.Run("purge", func(t *testing.T) {
@@ -201,7 +213,7 @@ func TestAgentPackage(t *testing.T) {
 		if err := os.WriteFile(pkgAgentBin+".prev", []byte("kept"), 0o755); err != nil {
 			t.Fatal(err)
 		}
-		mustRun(t, "dpkg", "--purge", "bud-agent")
+		dpkg(t, "--purge", "bud-agent")
 		for _, p := range []string{pkgAgentBin, pkgAgentBin + ".prev", pkgAgentUnit, pkgAgentState, pkgAgentConfig, "/etc/budfleet"} {
 			wantGone(t, p, "dpkg --purge")
 		}
