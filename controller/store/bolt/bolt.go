@@ -489,85 +489,27 @@ func commandLocation(tx *bbolt.Tx, id string) (*bbolt.Bucket, []byte, error) {
 	return q, key, nil
 }
 
-// UpdateCommand applies fn to the stored command and saves it. The
-// decode, fn and the encode run first in a read transaction, beside other
-// readers, so that bbolt's one writer, which a fan-out's 10,000 results
-// queue for, only checks that the stored bytes are still the ones read
-// and puts the new ones; when they are not (the command changed in
-// between), fn runs again on what is stored now, inside the write.
+// UpdateCommand applies fn to the stored command and saves it.
 func (s *Store) UpdateCommand(ctx context.Context, id string, fn func(*store.Command) error) (store.Command, error) {
-	var p preparedCommand
-	if err := s.view(ctx, func(tx *bbolt.Tx) error {
-		var err error
-		p, err = prepareCommand(tx, id, fn)
-		return err
-	}); err != nil {
-		// What the read saw was the stored state, so an error from it (fn
-		// refusing, the command gone) is the call's, and nothing changed.
-		return store.Command{}, err
-	}
 	var c store.Command
 	err := s.batch(ctx, func(tx *bbolt.Tx) error {
 		q, key, err := commandLocation(tx, id)
 		if err != nil {
 			return err
 		}
-		cur := q.Get(key)
-		if cur == nil {
-			return fmt.Errorf("command %s: %w", id, store.ErrNotFound)
+		c = store.Command{}
+		if err := getJSON(q, key, &c); err != nil {
+			return err
 		}
-		next := p.next
-		c = p.c
-		if !bytes.Equal(cur, p.prev) {
-			c = store.Command{}
-			if err := json.Unmarshal(cur, &c); err != nil {
-				return fmt.Errorf("decode %q: %w", key, err)
-			}
-			if err := fn(&c); err != nil {
-				return err
-			}
-			if next, err = json.Marshal(c); err != nil {
-				return fmt.Errorf("encode %q: %w", key, err)
-			}
+		if err := fn(&c); err != nil {
+			return err
 		}
-		if err := q.Put(key, next); err != nil {
+		if err := putJSON(q, key, c); err != nil {
 			return err
 		}
 		return syncBatchState(tx, c)
 	})
 	return c, err
-}
-
-// preparedCommand is an update worked out in a read transaction: the
-// stored bytes it started from, the command after fn and its encoding.
-type preparedCommand struct {
-	prev, next []byte
-	c          store.Command
-}
-
-func prepareCommand(tx *bbolt.Tx, id string, fn func(*store.Command) error) (preparedCommand, error) {
-	var p preparedCommand
-	q, key, err := commandLocation(tx, id)
-	if err != nil {
-		return p, err
-	}
-	v := q.Get(key)
-	if v == nil {
-		return p, fmt.Errorf("command %s: %w", id, store.ErrNotFound)
-	}
-	// The read transaction's bytes are valid only until it ends.
-	p.prev = bytes.Clone(v)
-	if err := json.Unmarshal(p.prev, &p.c); err != nil {
-		return p, fmt.Errorf("decode %q: %w", key, err)
-	}
-	if err := fn(&p.c); err != nil {
-		return p, err
-	}
-	p.next, err = json.Marshal(p.c)
-	if err != nil {
-		return p, fmt.Errorf("encode %q: %w", key, err)
-	}
-	return p, nil
 }
 
 var _ store.DeliveryMarker = (*Store)(nil)
@@ -576,38 +518,10 @@ var _ store.DeliveryMarker = (*Store)(nil)
 // the controller writes a fan-out's marks in chunks, and each chunk then
 // shares its transaction and fsync with the command results being written
 // at the same time instead of holding them up behind a transaction of its
-// own. As in UpdateCommand, each mark's decode and encode are done first
-// in a read transaction.
+// own.
 func (s *Store) MarkDelivered(ctx context.Context, marks []store.DeliveryMark) error {
-	mark := func(m store.DeliveryMark) func(*store.Command) error {
-		return func(c *store.Command) error {
-			if c.State.Done() {
-				return errMarkSkipped
-			}
-			c.Deliveries += m.Count
-			c.DeliveredAt = m.At
-			c.State = store.CommandDelivered
-			return nil
-		}
-	}
-	prepared := make([]preparedCommand, len(marks))
-	if err := s.view(ctx, func(tx *bbolt.Tx) error {
-		for i, m := range marks {
-			p, err := prepareCommand(tx, m.ID, mark(m))
-			switch {
-			case errors.Is(err, store.ErrNotFound), errors.Is(err, errMarkSkipped):
-				// Looked at again in the write, which decides.
-			case err != nil:
-				return err
-			}
-			prepared[i] = p
-		}
-		return nil
-	}); err != nil {
-		return err
-	}
 	return s.batch(ctx, func(tx *bbolt.Tx) error {
-		for i, m := range marks {
+		for _, m := range marks {
 			q, key, err := commandLocation(tx, m.ID)
 			if errors.Is(err, store.ErrNotFound) {
 				continue // its node was deleted
@@ -615,25 +529,17 @@ func (s *Store) MarkDelivered(ctx context.Context, marks []store.DeliveryMark) e
 			if err != nil {
 				return err
 			}
-			cur := q.Get(key)
-			if cur == nil {
+			var c store.Command
+			if err := getJSON(q, key, &c); err != nil {
+				return err
+			}
+			if c.State.Done() {
 				continue
 			}
-			p := prepared[i]
-			c, next := p.c, p.next
-			if p.next == nil || !bytes.Equal(cur, p.prev) {
-				c = store.Command{}
-				if err := json.Unmarshal(cur, &c); err != nil {
-					return fmt.Errorf("decode %q: %w", key, err)
-				}
-				if mark(m)(&c) != nil {
-					continue // it has its result
-				}
-				if next, err = json.Marshal(c); err != nil {
-					return fmt.Errorf("encode %q: %w", key, err)
-				}
-			}
-			if err := q.Put(key, next); err != nil {
+			c.Deliveries += m.Count
+			c.DeliveredAt = m.At
+			c.State = store.CommandDelivered
+			if err := putJSON(q, key, c); err != nil {
 				return err
 			}
 			if err := syncBatchState(tx, c); err != nil {
@@ -643,8 +549,6 @@ func (s *Store) MarkDelivered(ctx context.Context, marks []store.DeliveryMark) e
 		return nil
 	})
 }
-
-var errMarkSkipped = errors.New("command already has a result")
 
 // AddSIEMConfig stores c under the next version and returns it.
 func (s *Store) AddSIEMConfig(ctx context.Context, c store.SIEMConfig) (store.SIEMConfig, error) {
