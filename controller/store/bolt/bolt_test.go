@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -728,5 +729,49 @@ func TestMarkDelivered(t *testing.T) {
 		if err != nil || c.State != w.state || c.Deliveries != w.n || (w.n > 0 && !c.DeliveredAt.Equal(at)) {
 			t.Errorf("%s = %+v, %v; want %s, %d deliveries", id, c, err, w.state, w.n)
 		}
+	}
+}
+
+// TestConcurrentDeliveryAndResults: many concurrent UpdateCommand and
+// MarkDelivered calls on one command, through the group commit, lose
+// none of their changes, and a result that lands first keeps its state.
+func TestConcurrentDeliveryAndResults(t *testing.T) {
+	s := openStore(t, filepath.Join(t.TempDir(), "store.db"))
+	defer s.Close()
+	enrollNode(t, s, testNode("n1", "h1"))
+	for _, id := range []string{"c1", "c2"} {
+		if err := s.EnqueueCommand(t.Context(), cmd(id, "n1", store.CommandPending)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const n = 40
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			if _, err := s.UpdateCommand(t.Context(), "c1", func(c *store.Command) error { c.Deliveries++; return nil }); err != nil {
+				t.Error(err)
+			}
+		})
+		wg.Go(func() {
+			if err := s.MarkDelivered(t.Context(), []store.DeliveryMark{{ID: "c1", At: base, Count: 1}, {ID: "c2", At: base, Count: 1}}); err != nil {
+				t.Error(err)
+			}
+		})
+		if i == n/2 {
+			wg.Go(func() {
+				if _, err := s.UpdateCommand(t.Context(), "c2", func(c *store.Command) error { c.State = store.CommandSucceeded; return nil }); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	c1, err := s.GetCommand(t.Context(), "c1")
+	if err != nil || c1.Deliveries != 2*n || c1.State != store.CommandDelivered {
+		t.Errorf("c1 = %+v, %v; want %d deliveries, delivered", c1, err, 2*n)
+	}
+	c2, err := s.GetCommand(t.Context(), "c2")
+	if err != nil || c2.State != store.CommandSucceeded || c2.Deliveries == 0 || c2.Deliveries > n {
+		t.Errorf("c2 = %+v, %v; want succeeded, with the marks that came before the result", c2, err)
 	}
 }
