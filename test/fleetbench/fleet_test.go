@@ -36,7 +36,8 @@
 // bud-controller serve flags, space-separated, such as
 // "--memory-release-burst 0" to measure without the release after the
 // connect storm). With BUD_FLEET_PROFILE_DIR, BUD_FLEET_P3_GOROUTINES=1
-// also saves the controller's goroutines during P3 (it lengthens P3).
+// also saves the controller's goroutines during P3 (it lengthens P3), and
+// BUD_FLEET_P3_TRACE=1 an execution trace of P3 instead of its CPU profile.
 // BUD_FLEET_SERVER_CPUS and BUD_FLEET_CLIENT_CPUS (taskset CPU lists, such
 // as "0-1" and "2-15") pin the controller and the floor's server to some
 // CPUs and the simulators and the floor's clients to others: on a machine
@@ -803,6 +804,14 @@ func runFleet(b *testing.B, c config, store string, p2p3 bool) *fleetResult {
 			// Begun with the fan-out: it covers P3 and a little after.
 			go func() {
 				defer close(prof)
+				if os.Getenv("BUD_FLEET_P3_TRACE") != "" {
+					// An execution trace instead: where goroutines waited
+					// to run (go tool trace -pprof=sched).
+					if err := fetchProfile(ct.maddr, c.profDir, store+"-trace-p3.out", "trace", 6); err != nil {
+						b.Logf("trace of P3: %v", err)
+					}
+					return
+				}
 				if err := cpuProfile(ct.maddr, c.profDir, store+"-cpu-p3.pb.gz", 10); err != nil {
 					b.Logf("CPU profile of P3: %v", err)
 				}

@@ -208,8 +208,14 @@ func forceGC(metricsAddr, profDir, name string) error {
 
 // cpuProfile keeps a CPU profile of secs seconds in profDir.
 func cpuProfile(metricsAddr, profDir, name string, secs int) error {
+	return fetchProfile(metricsAddr, profDir, name, "profile", secs)
+}
+
+// fetchProfile keeps pprof's kind (profile, trace) of secs seconds in
+// profDir/name.
+func fetchProfile(metricsAddr, profDir, name, kind string, secs int) error {
 	c := &http.Client{Timeout: time.Duration(secs+30) * time.Second}
-	resp, err := c.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", metricsAddr, secs))
+	resp, err := c.Get(fmt.Sprintf("http://%s/debug/pprof/%s?seconds=%d", metricsAddr, kind, secs))
 	if err != nil {
 		return err
 	}
