@@ -3,9 +3,7 @@ package controller
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"sync"
-	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -100,6 +98,17 @@ func (m *commandDelivery) wakeWith(c store.Command) {
 	if d == nil {
 		return // its first delivery has not begun: it will find the command
 	}
+	// Handed over here when that does not wait (no delivery to this
+	// session under way, room in its queue): a fan-out then starts no
+	// goroutine per node, and 10,000 of them runnable at once delayed
+	// every stream's writes behind them.
+	if d.mu.TryLock() {
+		sent := !d.stale && m.offerOne(sess, d, c)
+		d.mu.Unlock()
+		if sent {
+			return
+		}
+	}
 	go func() {
 		err := m.deliverOne(sess.ctx, sess, d, c)
 		if storeUnavailable(err) {
@@ -159,12 +168,7 @@ func (m *commandDelivery) sendOne(ctx context.Context, sess *session, d *deliver
 	if d.sent[c.ID] || ctx.Err() != nil {
 		return nil
 	}
-	sess.send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Command{Command: &agentv1.Command{
-		Id:        c.ID,
-		Kind:      c.Kind,
-		Params:    c.Params,
-		CreatedAt: timestamppb.New(c.CreatedAt),
-	}}})
+	sess.send(commandMessage(c))
 	if ctx.Err() != nil {
 		return nil // the session ended: send dropped it
 	}
@@ -173,210 +177,27 @@ func (m *commandDelivery) sendOne(ctx context.Context, sess *session, d *deliver
 	return nil
 }
 
-// deliveryMarks gathers the delivered marks of sends and writes them in
-// the background, a chunk at a time (markChunk), markDelay after the
-// first, or later while sends keep coming (a fan-out still under way), up
-// to markMaxDelay. A result that comes before its mark's chunk is written
-// carries the mark into its own write (most of a fan-out's: their marks
-// then cost no write at all); one that comes while the chunk is being
-// written waits for it. So a command with a result always shows its
-// deliveries, and a running one shows as delivered within about
-// markDelay.
-type deliveryMarks struct {
-	srv *Server
-
-	mu      sync.Mutex
-	pending map[string]store.DeliveryMark
-	// writing: the marks being written, and closed when they are.
-	writing map[string]chan struct{}
-	running bool
-	lastAdd time.Time
-}
-
-func (k *deliveryMarks) add(dm store.DeliveryMark) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if cur, ok := k.pending[dm.ID]; ok {
-		dm.Count += cur.Count
-		dm.At = later(cur.At, dm.At)
+// offerOne is sendOne for a caller that must not wait: false when the
+// session's queue is full (nothing was sent).
+func (m *commandDelivery) offerOne(sess *session, d *deliveries, c store.Command) bool {
+	if d.sent[c.ID] || sess.ctx.Err() != nil {
+		return true
 	}
-	k.pending[dm.ID] = dm
-	k.lastAdd = time.Now()
-	if !k.running {
-		k.running = true
-		go k.loop()
-	}
-}
-
-func later(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
-	}
-	return b
-}
-
-// take removes id's mark if it is not yet being written, so that the
-// caller writes it; if it is, take waits until it is written.
-func (k *deliveryMarks) take(ctx context.Context, id string) (store.DeliveryMark, bool) {
-	k.mu.Lock()
-	if dm, ok := k.pending[id]; ok {
-		delete(k.pending, id)
-		k.mu.Unlock()
-		return dm, true
-	}
-	done := k.writing[id]
-	k.mu.Unlock()
-	if done != nil {
-		select {
-		case <-done:
-		case <-ctx.Done():
-		}
-	}
-	return store.DeliveryMark{}, false
-}
-
-const (
-	markDelay    = time.Second
-	markQuiet    = 250 * time.Millisecond
-	markMaxDelay = 5 * time.Second
-)
-
-func (k *deliveryMarks) loop() {
-	for {
-		start := time.Now()
-		time.Sleep(markDelay)
-		for {
-			k.mu.Lock()
-			quiet := time.Since(k.lastAdd)
-			k.mu.Unlock()
-			if quiet >= markQuiet || time.Since(start) >= markMaxDelay {
-				break
-			}
-			time.Sleep(markQuiet - quiet)
-		}
-		if !k.writeOnce(true) {
-			return
-		}
-	}
-}
-
-// flush writes what is gathered now, for a graceful stop.
-func (k *deliveryMarks) flush() { k.writeOnce(false) }
-
-// markChunk bounds the marks of one store write. One transaction for a
-// fan-out's thousands of marks (each a decode and re-encode of its
-// command) held bbolt's single writer for as long as it took, and every
-// result queued behind it waited; written a chunk at a time, each chunk
-// shares a transaction with the results being written then, and a
-// result that arrives before its mark's chunk carries the mark itself.
-const markChunk = 256
-
-// markLogAt: writes of at least this many marks (a fan-out's) are logged
-// at info with how long they took; fewer, at debug.
-const markLogAt = 100
-
-// writeOnce writes the marks gathered now, a chunk at a time, and says
-// whether there were any; with none, the loop that called it ends. Marks
-// added while it writes wait for the next round.
-func (k *deliveryMarks) writeOnce(fromLoop bool) bool {
-	k.mu.Lock()
-	n := len(k.pending)
-	if n == 0 {
-		if fromLoop {
-			k.running = false
-		}
-		k.mu.Unlock()
+	if !sess.offer(commandMessage(c)) {
 		return false
 	}
-	k.mu.Unlock()
-
-	began := time.Now()
-	written, chunks := 0, 0
-	for written < n {
-		marks, done := k.takeChunk(min(markChunk, n-written))
-		if len(marks) == 0 {
-			break // results took the rest with them
-		}
-		if err := k.write(marks); err != nil {
-			// Only the count is lost: the commands stay queued until a
-			// result comes.
-			k.srv.log.Warn("record command deliveries", "commands", len(marks), "error", err)
-		}
-		k.mu.Lock()
-		for _, dm := range marks {
-			if k.writing[dm.ID] == done {
-				delete(k.writing, dm.ID)
-			}
-		}
-		k.mu.Unlock()
-		close(done)
-		written += len(marks)
-		chunks++
-	}
-	level := slog.LevelDebug
-	if n >= markLogAt {
-		level = slog.LevelInfo
-	}
-	k.srv.log.Log(context.Background(), level, "recorded command deliveries", "commands", written, "carried_by_results", n-written, "writes", chunks, "took", time.Since(began).Round(time.Microsecond).String())
+	d.sent[c.ID] = true
+	m.marks.add(store.DeliveryMark{ID: c.ID, At: m.srv.opts.Now(), Count: 1})
 	return true
 }
 
-// takeChunk moves up to limit pending marks to writing, under one channel
-// that is closed once they are written.
-func (k *deliveryMarks) takeChunk(limit int) ([]store.DeliveryMark, chan struct{}) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	marks := make([]store.DeliveryMark, 0, min(limit, len(k.pending)))
-	done := make(chan struct{})
-	for id, dm := range k.pending {
-		if len(marks) == limit {
-			break
-		}
-		marks = append(marks, dm)
-		k.writing[id] = done
-		delete(k.pending, id)
-	}
-	return marks, done
-}
-
-func (k *deliveryMarks) write(marks []store.DeliveryMark) error {
-	// Not a session's context: the sends happened whether or not their
-	// sessions are still open.
-	ctx := context.Background()
-	if dm, ok := k.srv.store.(store.DeliveryMarker); ok {
-		return dm.MarkDelivered(ctx, marks)
-	}
-	var (
-		wg    sync.WaitGroup
-		sem   = make(chan struct{}, 64)
-		errMu sync.Mutex
-		first error
-	)
-	for _, dm := range marks {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			_, err := k.srv.store.UpdateCommand(ctx, dm.ID, func(c *store.Command) error {
-				if c.State.Done() {
-					return errAlreadyDone
-				}
-				c.Deliveries += dm.Count
-				c.DeliveredAt = dm.At
-				c.State = store.CommandDelivered
-				return nil
-			})
-			if err != nil && !errors.Is(err, errAlreadyDone) && !errors.Is(err, store.ErrNotFound) {
-				errMu.Lock()
-				if first == nil {
-					first = err
-				}
-				errMu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	return first
+func commandMessage(c store.Command) *agentv1.ConnectResponse {
+	return &agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Command{Command: &agentv1.Command{
+		Id:        c.ID,
+		Kind:      c.Kind,
+		Params:    c.Params,
+		CreatedAt: timestamppb.New(c.CreatedAt),
+	}}}
 }
 
 func (m *commandDelivery) handleResult(ctx context.Context, sess *session, msg *agentv1.ConnectRequest_CommandResult) error {

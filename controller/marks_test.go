@@ -55,21 +55,29 @@ func TestDeliveryMarksChunked(t *testing.T) {
 		t.Fatal(err)
 	}
 	k := srv.commands.marks
-	k.mu.Lock()
 	for _, c := range cs {
-		k.pending[c.ID] = store.DeliveryMark{ID: c.ID, At: base, Count: 1}
+		// Not add: its loop would write them on its own a second later.
+		sh := k.shard(c.ID)
+		sh.mu.Lock()
+		sh.pending[c.ID] = store.DeliveryMark{ID: c.ID, At: base, Count: 1}
+		sh.mu.Unlock()
 	}
-	k.mu.Unlock()
 
 	var carried string
 	var carriedOK bool
 	rec.during = func() {
-		k.mu.Lock()
-		for id := range k.pending {
-			carried = id
-			break
+		for i := range k.shards {
+			sh := &k.shards[i]
+			sh.mu.Lock()
+			for id := range sh.pending {
+				carried = id
+				break
+			}
+			sh.mu.Unlock()
+			if carried != "" {
+				break
+			}
 		}
-		k.mu.Unlock()
 		// A result arriving now: bounded, since a mark being written is
 		// waited for.
 		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
@@ -104,7 +112,65 @@ func TestDeliveryMarksChunked(t *testing.T) {
 			t.Errorf("%s: %s, %d deliveries; want %s", c.ID, c.State, c.Deliveries, want)
 		}
 	}
-	if k.writing[carried] != nil || len(k.writing) != 0 || len(k.pending) != 0 {
-		t.Errorf("marks left behind: %d writing, %d pending", len(k.writing), len(k.pending))
+	writing := 0
+	for i := range k.shards {
+		writing += len(k.shards[i].writing)
+	}
+	if writing != 0 || k.pendingCount() != 0 {
+		t.Errorf("marks left behind: %d writing, %d pending", writing, k.pendingCount())
+	}
+}
+
+// A mark added after the background loop has ended starts it again, and
+// marks added while it runs are written in a later round: none is left
+// pending.
+func TestDeliveryMarksLoopRestarts(t *testing.T) {
+	e := newTestServer(t)
+	addNode(t, e, "n1")
+	for _, id := range []string{"c1", "c2", "c3"} {
+		if err := e.store.EnqueueCommand(t.Context(), store.Command{ID: id, NodeID: "n1", Kind: command.InventoryCollect, State: store.CommandPending, CreatedAt: base}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec := &markRecorder{Store: e.store}
+	srv, err := New(Options{Store: rec, CA: e.ca, Logger: discardLogger(), Now: e.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := srv.commands.marks
+	written := func(want int) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			rec.mu.Lock()
+			n := 0
+			for _, s := range rec.sizes {
+				n += s
+			}
+			rec.mu.Unlock()
+			if n == want && k.pendingCount() == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d marks written, %d pending; want %d written", n, k.pendingCount(), want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	k.add(store.DeliveryMark{ID: "c1", At: base, Count: 1})
+	written(1)
+	for deadline := time.Now().Add(5 * time.Second); k.running.Load(); {
+		if time.Now().After(deadline) {
+			t.Fatal("the marks loop did not end with nothing pending")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	k.add(store.DeliveryMark{ID: "c2", At: base, Count: 1})
+	k.add(store.DeliveryMark{ID: "c3", At: base, Count: 1})
+	written(3)
+	for _, id := range []string{"c1", "c2", "c3"} {
+		if c, err := e.store.GetCommand(t.Context(), id); err != nil || c.State != store.CommandDelivered || c.Deliveries != 1 {
+			t.Errorf("%s = %+v, %v; want delivered once", id, c, err)
+		}
 	}
 }

@@ -231,7 +231,7 @@ func New(opts Options) (*Server, error) {
 	s.refusals = newRefusals(s)
 	s.memRelease = newStormRelease(opts.MemoryReleaseBurst, opts.MemoryReleaseQuiet, opts.MemoryReleaseInterval, opts.Logger, opts.Registerer)
 	s.enrollLimit = newAddrLimiter(opts.EnrollRate, opts.EnrollBurst, opts.Now)
-	s.commands = &commandDelivery{srv: s, sessions: map[*session]*deliveries{}, marks: &deliveryMarks{srv: s, pending: map[string]store.DeliveryMark{}, writing: map[string]chan struct{}{}}}
+	s.commands = &commandDelivery{srv: s, sessions: map[*session]*deliveries{}, marks: newDeliveryMarks(s)}
 	s.reports = newCoalescer(s, opts.ReportInterval)
 	s.siem = &siemPush{srv: s, reports: map[string]siemReport{}, pushed: map[string]time.Time{}, settled: map[string]string{}}
 	s.progress = &commandProgress{srv: s, sessions: map[*session]*progressState{}}

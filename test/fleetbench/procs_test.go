@@ -220,6 +220,10 @@ func fetchProfile(metricsAddr, profDir, name, kind string, secs int) error {
 		return err
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("%s: %s: %s", kind, resp.Status, strings.TrimSpace(string(msg)))
+	}
 	f, err := os.Create(filepath.Join(profDir, name))
 	if err != nil {
 		return err
