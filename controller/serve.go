@@ -51,6 +51,9 @@ const (
 // a few KiB.
 const MaxMessageBytes = 1 << 20
 
+// writeBufferBytes is each connection's write buffer (see GRPCOptions).
+const writeBufferBytes = 16 << 10
+
 // ArtifactDir is the artifact store's directory in the data dir.
 const ArtifactDir = "artifacts"
 
@@ -355,6 +358,19 @@ func (s *Server) GRPCOptions(tlsConf *tls.Config) []grpc.ServerOption {
 		// write is being flushed and goes back after, instead of being held
 		// by every idle agent.
 		grpc.SharedWriteBuffer(true),
+		// 16 KiB (one TLS record) rather than 32: in a fan-out every
+		// connection's loopy writer holds its pooled buffer across its
+		// yield before the flush, so 10,000 of them draw 10,000 buffers
+		// from the pool at once.
+		grpc.WriteBufferSize(writeBufferBytes),
+		// Static flow-control windows: with grpc-go's dynamic windows
+		// every data frame received while no BDP ping is out sends a
+		// window update and a BDP ping, which the agent must answer; for
+		// agents' small messages the estimate never grows, so each one
+		// cost a ping round trip on both sides. A stream's window holds
+		// one message of the largest size accepted.
+		grpc.StaticStreamWindowSize(MaxMessageBytes),
+		grpc.StaticConnWindowSize(2 * MaxMessageBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, MaxConnectionIdle: MaxConnectionIdle}),
 		// A TLS handshake that has not finished in this long is dropped.

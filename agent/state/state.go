@@ -36,8 +36,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"path/filepath"
-	"sort"
 	"sync"
 	"time"
 
@@ -104,15 +104,17 @@ type DB struct {
 type memory struct {
 	mu       sync.Mutex
 	identity Identity
-	commands map[string][]byte // JSON CommandRecord, as in the bucket
-	pushed   []byte            // JSON PushedConfig; nil when none
+	// commands are copies (memRecord): JSON, as in the bucket, was a
+	// tenth of a simulator's CPU in a fan-out to 10,000 agents.
+	commands map[string]CommandRecord
+	pushed   []byte // JSON PushedConfig; nil when none
 }
 
 // OpenMemory returns a state held in memory: an empty one, as Open makes
 // in a new dir. It is for simulators and tests; an agent on a node uses
 // Open, since its identity and command records must survive a restart.
 func OpenMemory() *DB {
-	return &DB{mem: &memory{commands: map[string][]byte{}}}
+	return &DB{mem: &memory{commands: map[string]CommandRecord{}}}
 }
 
 // Open opens the state in dir, creating it if needed. A second process
@@ -248,19 +250,13 @@ func (d *DB) BeginCommand(id, kind string, now time.Time) (rec CommandRecord, fi
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		if v, ok := m.commands[id]; ok {
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return rec, false, err
-			}
+			rec = memRecord(v)
 		} else {
 			rec = CommandRecord{ID: id, Kind: kind, StartedAt: now}
 			first = true
 		}
 		rec.Deliveries++
-		v, err := json.Marshal(rec)
-		if err != nil {
-			return rec, first, err
-		}
-		m.commands[id] = v
+		m.commands[id] = memRecord(rec)
 		return rec, first, nil
 	}
 	err = d.db.Update(func(tx *bolt.Tx) error {
@@ -282,18 +278,27 @@ func (d *DB) BeginCommand(id, kind string, now time.Time) (rec CommandRecord, fi
 // FinishCommand stores a command's result.
 func (d *DB) FinishCommand(rec CommandRecord) error {
 	if m := d.mem; m != nil {
-		v, err := json.Marshal(rec)
-		if err != nil {
-			return err
-		}
 		m.mu.Lock()
 		defer m.mu.Unlock()
-		m.commands[rec.ID] = v
+		m.commands[rec.ID] = memRecord(rec)
 		return nil
 	}
 	return d.db.Update(func(tx *bolt.Tx) error {
 		return boltdb.PutJSON(tx.Bucket(bucketCommands), []byte(rec.ID), rec)
 	})
+}
+
+// memRecord is rec as a copy that shares nothing with the caller's, as
+// JSON through the bucket gives: no monotonic clock reading, its own
+// Output map, nil when empty.
+func memRecord(rec CommandRecord) CommandRecord {
+	rec.StartedAt, rec.FinishedAt = rec.StartedAt.Round(0), rec.FinishedAt.Round(0)
+	if len(rec.Output) == 0 {
+		rec.Output = nil
+	} else {
+		rec.Output = maps.Clone(rec.Output)
+	}
+	return rec
 }
 
 // Command returns the record of one command.
@@ -306,7 +311,7 @@ func (d *DB) Command(id string) (CommandRecord, error) {
 		if !ok {
 			return rec, fmt.Errorf("command %s: %w", id, ErrNotFound)
 		}
-		return rec, json.Unmarshal(v, &rec)
+		return memRecord(v), nil
 	}
 	err := d.db.View(func(tx *bolt.Tx) error {
 		found, err := boltdb.GetJSON(tx.Bucket(bucketCommands), []byte(id), &rec)
@@ -325,18 +330,7 @@ func (d *DB) PruneCommands(cutoff time.Time) (int, error) {
 	if m := d.mem; m != nil {
 		m.mu.Lock()
 		defer m.mu.Unlock()
-		// In key order, as the bucket's cursor: a bad record stops the
-		// prune at the same place.
-		ids := make([]string, 0, len(m.commands))
-		for id := range m.commands {
-			ids = append(ids, id)
-		}
-		sort.Strings(ids)
-		for _, id := range ids {
-			var rec CommandRecord
-			if err := json.Unmarshal(m.commands[id], &rec); err != nil {
-				return n, err
-			}
+		for id, rec := range m.commands {
 			if rec.Finished() && rec.FinishedAt.Before(cutoff) {
 				delete(m.commands, id)
 				n++

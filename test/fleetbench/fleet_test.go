@@ -812,9 +812,30 @@ func runFleet(b *testing.B, c config, store string, p2p3 bool) *fleetResult {
 					}
 					return
 				}
-				if err := cpuProfile(ct.maddr, c.profDir, store+"-cpu-p3.pb.gz", 10); err != nil {
+				// 4 s covers P3 here; the listing after it waits for the
+				// profiles, so they hold P3 and the idle after it only.
+				var wg sync.WaitGroup
+				for i, s := range sims {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						if err := fetchProfile(s.control, c.profDir, fmt.Sprintf("%s-cpu-p3-sim%d.pb.gz", store, i), "profile", 4); err != nil {
+							b.Logf("CPU profile of simulator %d in P3: %v", i, err)
+						}
+					}()
+				}
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					// What was allocated over the same 4 s (a delta profile).
+					if err := fetchProfile(ct.maddr, c.profDir, store+"-allocs-p3.pb.gz", "allocs", 4); err != nil {
+						b.Logf("allocation profile of P3: %v", err)
+					}
+				}()
+				if err := cpuProfile(ct.maddr, c.profDir, store+"-cpu-p3.pb.gz", 4); err != nil {
 					b.Logf("CPU profile of P3: %v", err)
 				}
+				wg.Wait()
 			}()
 		}
 		if c.profDir != "" && os.Getenv("BUD_FLEET_P3_GOROUTINES") != "" {
@@ -835,8 +856,7 @@ func runFleet(b *testing.B, c config, store string, p2p3 bool) *fleetResult {
 		if c.profDir == "" {
 			close(prof)
 		}
-		r.p3Lat, r.p3Deliver, r.p3x, r.p3 = fanOut(ctx, b, fc, ct, sims, c.n)
-		<-prof
+		r.p3Lat, r.p3Deliver, r.p3x, r.p3 = fanOut(ctx, b, fc, ct, sims, c.n, func() { <-prof })
 		return r
 	}
 	time.Sleep(afterGC)
@@ -880,7 +900,7 @@ func runFleet(b *testing.B, c config, store string, p2p3 bool) *fleetResult {
 	}
 
 	// P3: one command to every agent.
-	r.p3Lat, r.p3Deliver, r.p3x, r.p3 = fanOut(ctx, b, fc, ct, sims, c.n)
+	r.p3Lat, r.p3Deliver, r.p3x, r.p3 = fanOut(ctx, b, fc, ct, sims, c.n, nil)
 
 	// P2: commands queued, then the controller SIGKILLed and restarted.
 	r.p2 = killAndRestart(ctx, b, ct, fc, sims, c, r)
@@ -952,8 +972,9 @@ type p3Extra struct {
 // fanOut sends one inventory.collect to all nodes and returns, per
 // command, create-to-result-stored (the store's finished_at) and
 // create-to-delivery (the simulator's first receipt). why is set when the
-// controller does not offer the fan-out.
-func fanOut(ctx context.Context, b *testing.B, fc fleetv1.FleetServiceClient, ct *ctl, sims []*sim, n int) (lat, deliver []time.Duration, x p3Extra, why string) {
+// controller does not offer the fan-out. beforeList, when set, runs once
+// the batch is finished, before the harness lists it.
+func fanOut(ctx context.Context, b *testing.B, fc fleetv1.FleetServiceClient, ct *ctl, sims []*sim, n int, beforeList func()) (lat, deliver []time.Duration, x p3Extra, why string) {
 	x.gcCycles, x.allocBytes = -1, -1
 	m0, merr := scrape(ct.murl())
 	ctl0, _ := cpuTicks(ct.p.pid())
@@ -979,6 +1000,9 @@ func fanOut(ctx context.Context, b *testing.B, fc fleetv1.FleetServiceClient, ct
 	if m1, err := scrape(ct.murl()); err == nil && merr == nil {
 		x.gcCycles = m1["go_gc_duration_seconds_count"] - m0["go_gc_duration_seconds_count"]
 		x.allocBytes = m1["go_memstats_alloc_bytes_total"] - m0["go_memstats_alloc_bytes_total"]
+	}
+	if beforeList != nil {
+		beforeList()
 	}
 	cmds, err := listBatch(ctx, fc, resp.GetBatchId())
 	if err != nil {

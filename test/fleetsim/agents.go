@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -293,6 +294,7 @@ func (s *Agents) commands() Commands {
 //	POST /start     run every agent
 //	POST /stop      stop every agent
 //	GET  /commands  Commands: what each agent saw of each command
+//	GET  /debug/pprof/profile  a CPU profile (pprof)
 func (s *Agents) Handler() http.Handler {
 	mux := http.NewServeMux()
 	writeJSON := func(w http.ResponseWriter, v any) {
@@ -307,6 +309,9 @@ func (s *Agents) Handler() http.Handler {
 		}
 	})
 	mux.HandleFunc("POST /stop", func(w http.ResponseWriter, _ *http.Request) { s.Stop() })
+	// The simulators' own CPU is half of P3's on a shared machine: the
+	// harness profiles them too.
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	return mux
 }
 
