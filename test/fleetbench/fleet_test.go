@@ -799,6 +799,14 @@ func runFleet(b *testing.B, c config, store string, p2p3 bool) *fleetResult {
 	}
 
 	if c.onlyP3 {
+		if c.profDir != "" {
+			// Heap profiles after a forced GC either side of P3: their
+			// alloc_space difference is what P3 allocated
+			// (go tool pprof -sample_index=alloc_space -diff_base BEFORE AFTER).
+			if err := forceGC(ct.maddr, c.profDir, store+"-heap-before-p3.pb.gz"); err != nil {
+				b.Logf("heap profile before P3: %v", err)
+			}
+		}
 		prof := make(chan struct{})
 		if c.profDir != "" {
 			// Begun with the fan-out: it covers P3 and a little after.
@@ -824,14 +832,6 @@ func runFleet(b *testing.B, c config, store string, p2p3 bool) *fleetResult {
 						}
 					}()
 				}
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					// What was allocated over the same 4 s (a delta profile).
-					if err := fetchProfile(ct.maddr, c.profDir, store+"-allocs-p3.pb.gz", "allocs", 4); err != nil {
-						b.Logf("allocation profile of P3: %v", err)
-					}
-				}()
 				if err := cpuProfile(ct.maddr, c.profDir, store+"-cpu-p3.pb.gz", 4); err != nil {
 					b.Logf("CPU profile of P3: %v", err)
 				}
@@ -856,7 +856,14 @@ func runFleet(b *testing.B, c config, store string, p2p3 bool) *fleetResult {
 		if c.profDir == "" {
 			close(prof)
 		}
-		r.p3Lat, r.p3Deliver, r.p3x, r.p3 = fanOut(ctx, b, fc, ct, sims, c.n, func() { <-prof })
+		r.p3Lat, r.p3Deliver, r.p3x, r.p3 = fanOut(ctx, b, fc, ct, sims, c.n, func() {
+			<-prof
+			if c.profDir != "" {
+				if err := forceGC(ct.maddr, c.profDir, store+"-heap-after-p3.pb.gz"); err != nil {
+					b.Logf("heap profile after P3: %v", err)
+				}
+			}
+		})
 		return r
 	}
 	time.Sleep(afterGC)
