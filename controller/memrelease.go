@@ -30,13 +30,19 @@ const (
 // The follow-ups after a storm's release: its aftermath (the first reports
 // of every new session, queued store writes) goes on allocating after the
 // opens have stopped, and the heap regrows towards the GC goal in pages the
-// runtime again keeps. For a while after a release, a check that finds at
-// least followUpFree of free, unreturned heap releases again, at most
-// followUps times, followUpGap apart; a check that finds less ends them.
+// runtime again keeps. For followUpWindow after the storm's release, a
+// check that finds at least followUpFree of free, unreturned heap, or of
+// heap objects grown since the last release (the aftermath's garbage, free
+// once a GC has run), releases again, at most followUps times, followUpGap
+// apart. A check that finds less waits for the next: the aftermath's
+// garbage is not free until a GC has run, and ending the follow-ups at the
+// first small reading left a fleet benchmark's controller holding 365 MiB
+// of it 30 s after a storm.
 const (
-	followUps    = 6
-	followUpGap  = 10 * time.Second
-	followUpFree = 64 << 20
+	followUps      = 6
+	followUpGap    = 10 * time.Second
+	followUpWindow = 2 * time.Minute
+	followUpFree   = 64 << 20
 )
 
 // stormRelease gives free heap back to the OS once a burst of session opens
@@ -57,11 +63,12 @@ type stormRelease struct {
 	// what a release gave back.
 	heapReleased func() uint64
 	// heapFree reads the free heap the runtime holds and has not
-	// returned, for the follow-ups.
-	heapFree func() uint64
-	log      *slog.Logger
-	releases prometheus.Counter
-	released prometheus.Counter
+	// returned, and heapObjects the heap its objects (live or not yet
+	// collected) take, for the follow-ups.
+	heapFree, heapObjects func() uint64
+	log                   *slog.Logger
+	releases              prometheus.Counter
+	released              prometheus.Counter
 
 	mu     sync.Mutex
 	opens  int // session opens since the last release
@@ -71,8 +78,12 @@ type stormRelease struct {
 	// replaced, agents on a long backoff) must not hold the release off.
 	lastBusy time.Time
 	lastRel  time.Time // the last release; zero before the first
-	// follow is how many follow-up releases the last storm may still get.
-	follow int
+	// follow is how many follow-up releases the last storm may still get,
+	// until followUpWindow after stormRel, its release; objectsAtRel is
+	// heapObjects after the last release.
+	follow       int
+	stormRel     time.Time
+	objectsAtRel uint64
 }
 
 // trickle is how many opens between two checks (a second apart in run)
@@ -85,6 +96,7 @@ func newStormRelease(burst int, quiet, interval time.Duration, log *slog.Logger,
 		release:      debug.FreeOSMemory,
 		heapReleased: heapReleasedBytes,
 		heapFree:     heapFreeBytes,
+		heapObjects:  heapObjectBytes,
 		log:          log,
 		releases: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bud_controller_memory_releases_total",
@@ -133,15 +145,19 @@ func (r *stormRelease) check(now time.Time) bool {
 	opens := r.opens
 	followUp := false
 	if due {
-		r.opens, r.lastRel, r.follow = 0, now, followUps
+		r.opens, r.lastRel, r.stormRel, r.follow = 0, now, now, followUps
+	} else if r.follow > 0 && now.Sub(r.stormRel) > followUpWindow {
+		r.follow = 0
 	} else if r.follow > 0 && now.Sub(r.lastRel) >= followUpGap {
-		// Read only while follow-ups remain: it is a metrics read.
-		if r.heapFree() >= followUpFree {
+		// Read only while follow-ups remain: they are metrics reads.
+		grown := uint64(0)
+		if o := r.heapObjects(); o > r.objectsAtRel {
+			grown = o - r.objectsAtRel
+		}
+		if r.heapFree() >= followUpFree || grown >= followUpFree {
 			r.follow--
 			r.lastRel = now
 			due, followUp = true, true
-		} else {
-			r.follow = 0
 		}
 	}
 	r.mu.Unlock()
@@ -152,6 +168,10 @@ func (r *stormRelease) check(now time.Time) bool {
 	start := time.Now()
 	r.release()
 	took := time.Since(start)
+	objects := r.heapObjects()
+	r.mu.Lock()
+	r.objectsAtRel = objects
+	r.mu.Unlock()
 	var gave uint64
 	if after := r.heapReleased(); after > before {
 		gave = after - before
@@ -188,6 +208,16 @@ func (r *stormRelease) run(ctx context.Context, now func() time.Time) error {
 // returned; runtime/metrics reads it without stopping the world.
 func heapFreeBytes() uint64 {
 	s := []rtmetrics.Sample{{Name: "/memory/classes/heap/free:bytes"}}
+	rtmetrics.Read(s)
+	if s[0].Value.Kind() != rtmetrics.KindUint64 {
+		return 0
+	}
+	return s[0].Value.Uint64()
+}
+
+// heapObjectBytes is the heap that objects take, live or not yet collected.
+func heapObjectBytes() uint64 {
+	s := []rtmetrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
 	rtmetrics.Read(s)
 	if s[0].Value.Kind() != rtmetrics.KindUint64 {
 		return 0

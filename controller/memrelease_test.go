@@ -18,6 +18,7 @@ func testStormRelease(t *testing.T, burst int) (*stormRelease, *int) {
 	r.release = func() { calls++; released += 1 << 20 }
 	r.heapReleased = func() uint64 { return released }
 	r.heapFree = func() uint64 { return 0 }
+	r.heapObjects = func() uint64 { return 0 }
 	return r, &calls
 }
 
@@ -180,7 +181,8 @@ func TestOpenSessionFeedsStormRelease(t *testing.T) {
 
 // After a storm's release, the heap its aftermath grows back is released
 // again while it is large, followUpGap apart and at most followUps times;
-// a check that finds it small ends the follow-ups.
+// a check that finds it small waits for the next, until followUpWindow
+// after the storm's release.
 func TestStormReleaseFollowUps(t *testing.T) {
 	r, calls := testStormRelease(t, 100)
 	free := uint64(followUpFree)
@@ -214,31 +216,53 @@ func TestStormReleaseFollowUps(t *testing.T) {
 		t.Fatalf("release called %d times, want %d", *calls, 1+followUps)
 	}
 
-	// A new storm, past the interval: a small free heap at the first
-	// follow-up check ends them for good.
+	// A new storm, past the interval: a small heap at the first follow-up
+	// checks releases nothing; its aftermath's objects, grown by
+	// followUpFree since the release, do, though none of it is free yet.
 	c.now = c.now.Add(time.Hour)
 	c.open(200)
 	untilRelease(10)
 	free = followUpFree - 1
-	if n := c.ticks(gap); n != 0 {
-		t.Fatalf("a follow-up with %d bytes free", free)
+	if n := c.ticks(2 * gap); n != 0 {
+		t.Fatalf("a follow-up with %d bytes free and no growth", free)
 	}
+	objects := uint64(followUpFree)
+	r.heapObjects = func() uint64 { return objects }
+	if !c.tick() {
+		t.Fatal("no follow-up with the heap objects grown by followUpFree since the release")
+	}
+	// The release's own reading is the new base: no growth since.
+	if n := c.ticks(2 * gap); n != 0 {
+		t.Fatalf("%d follow-ups with the objects unchanged since the last", n)
+	}
+	// Past the window, a large free heap releases no more.
+	c.now = c.now.Add(followUpWindow)
 	free = followUpFree
 	if n := c.ticks(10 * gap); n != 0 {
-		t.Fatalf("%d follow-ups after a check had ended them", n)
+		t.Fatalf("%d follow-ups past the window", n)
 	}
 }
 
 // The follow-ups read a runtime metric by name: a Go release that renamed
 // it would leave them reading zero and never firing.
 func TestHeapFreeMetricExists(t *testing.T) {
+	for _, name := range []string{"/memory/classes/heap/free:bytes", "/memory/classes/heap/objects:bytes"} {
+		t.Run(name, func(t *testing.T) { heapMetricExists(t, name) })
+	}
+	if heapObjectBytes() == 0 {
+		t.Error("heapObjectBytes read 0")
+	}
+}
+
+func heapMetricExists(t *testing.T, name string) {
+	t.Helper()
 	for _, d := range rtmetrics.All() {
-		if d.Name == "/memory/classes/heap/free:bytes" {
+		if d.Name == name {
 			if d.Kind != rtmetrics.KindUint64 {
 				t.Fatalf("%s is of kind %v, not uint64", d.Name, d.Kind)
 			}
 			return
 		}
 	}
-	t.Fatal("runtime/metrics has no /memory/classes/heap/free:bytes")
+	t.Fatalf("runtime/metrics has no %s", name)
 }

@@ -12,7 +12,8 @@
 //	    second (the agents' backoff), and every command queued before the
 //	    kill completed exactly once.
 //	P3  one command to all N agents (FleetService.CreateCommands,
-//	    all_nodes): from the create call to each result stored, p50/p99.
+//	    all_nodes): from the create call to each result stored, p50/p99,
+//	    and the CPU per command of each side, beside the floor's.
 //
 // BenchmarkFleetEtcd is P1 on the etcd store, with etcd's CPU and write
 // rate beside the controller's.
@@ -27,9 +28,10 @@
 // BUD_FLEET_PER_PROCESS (default 2500), BUD_FLEET_WINDOW (the steady CPU
 // window, default 60s), BUD_FLEET_PROFILE_DIR (keep pprof CPU and heap
 // profiles there), BUD_FLEET_REPORT (append the figures as a markdown
-// table to this file), BUD_FLEET_ONLY=p3 (BenchmarkFleet measures P3
-// alone: no floor, no steady window, no P2; BenchmarkFleetEtcd is
-// skipped), for working on the fan-out without the 20 minutes around it,
+// table to this file), BUD_FLEET_ONLY=p3 (BenchmarkFleet measures the
+// floor's P3 and then P3 alone: no steady window, no P2;
+// BenchmarkFleetEtcd is skipped), for working on the fan-out without the
+// 20 minutes around it,
 // BUD_FLEET_ONLY=p1 (BenchmarkFleet measures the floor and P1 on bbolt:
 // no floor restart, no P3, no P2; BenchmarkFleetEtcd is skipped), for
 // working on memory per agent, and BUD_FLEET_CONTROLLER_FLAGS (more
@@ -383,8 +385,10 @@ type floorResult struct {
 	storm    time.Duration // SIGKILL of the server to all streams back
 	arrive   []int
 	// p3 is the floor's P3: one command to every stream, from the first
-	// send to each answer back at the server.
-	p3 []time.Duration
+	// send to each answer back at the server; p3Server and p3Clients the
+	// CPU its server and its client processes used for it.
+	p3                  []time.Duration
+	p3Server, p3Clients time.Duration
 }
 
 var (
@@ -477,7 +481,25 @@ func measureFloor(b *testing.B, c config) (*floorResult, error) {
 		return nil, err
 	}
 	r.per = per(r.base, r.conn, c.n)
+	fanout := func() error {
+		s0, _ := cpuTicks(srv.pid())
+		c0 := procTicks(clients)
+		var err error
+		if r.p3, err = floorFanout(ctx, maddr); err != nil {
+			return fmt.Errorf("floor P3: %w", err)
+		}
+		s1, _ := cpuTicks(srv.pid())
+		r.p3Server = time.Duration(s1-s0) * time.Second / ticksPerSecond
+		r.p3Clients = time.Duration(procTicks(clients)-c0) * time.Second / ticksPerSecond
+		b.Logf("floor: P3 one command to all %d streams, answers back at the server: p50 %s, p99 %s, max %s; CPU server %s, clients %s", c.n,
+			pct(r.p3, 50).Round(time.Millisecond), pct(r.p3, 99).Round(time.Millisecond), pct(r.p3, 100).Round(time.Millisecond), r.p3Server, r.p3Clients)
+		return nil
+	}
 	time.Sleep(afterGC)
+	if c.onlyP3 {
+		// P3 alone: the floor's P3 beside it, nothing else.
+		return r, fanout()
+	}
 	if r.steady, err = measureSteady(ctx, srv.pid(), murl, "floor_heartbeats_total", c.window); err != nil {
 		return nil, err
 	}
@@ -494,11 +516,9 @@ func measureFloor(b *testing.B, c config) (*floorResult, error) {
 		return r, nil
 	}
 	// The floor's P3, on the same streams with their heartbeats running.
-	if r.p3, err = floorFanout(ctx, maddr); err != nil {
-		return nil, fmt.Errorf("floor P3: %w", err)
+	if err := fanout(); err != nil {
+		return nil, err
 	}
-	b.Logf("floor: P3 one command to all %d streams, answers back at the server: p50 %s, p99 %s, max %s", c.n,
-		pct(r.p3, 50).Round(time.Millisecond), pct(r.p3, 99).Round(time.Millisecond), pct(r.p3, 100).Round(time.Millisecond))
 	// The floor's connect storm: its server SIGKILLed and started again;
 	// the clients come back on grpc-go's default reconnect backoff.
 	tKill := time.Now()
@@ -664,9 +684,10 @@ type etcdSteady struct {
 func BenchmarkFleet(b *testing.B) {
 	c := loadConfig(b)
 	if c.onlyP3 {
+		fl := floor(b, c)
 		r := runFleet(b, c, "bolt", true)
 		b.StopTimer()
-		reportP3(b, c, r)
+		reportP3(b, c, fl, r)
 		return
 	}
 	fl := floor(b, c)
@@ -943,9 +964,18 @@ func simMem(sims []*sim) int64 {
 }
 
 func simTicks(sims []*sim) int64 {
+	ps := make([]*proc, len(sims))
+	for i, s := range sims {
+		ps[i] = s.p
+	}
+	return procTicks(ps)
+}
+
+// procTicks is the CPU ticks the processes used, together.
+func procTicks(ps []*proc) int64 {
 	var sum int64
-	for _, s := range sims {
-		if t, err := cpuTicks(s.p.pid()); err == nil {
+	for _, p := range ps {
+		if t, err := cpuTicks(p.pid()); err == nil {
 			sum += t
 		}
 	}
@@ -1342,6 +1372,11 @@ func reportFleet(b *testing.B, c config, fl *floorResult, r *fleetResult) {
 			}
 			fmt.Fprintf(&t, "| P3 create to result stored, controller log: p50 / p99 / max | | %s / %s / %s | %s | |\n", pct(x, 50).Round(time.Millisecond), pct(x, 99).Round(time.Millisecond), pct(x, 100).Round(time.Millisecond), ratio)
 		}
+		if n := len(r.p3Lat); n > 0 && len(fl.p3) > 0 {
+			fmt.Fprintf(&t, "\nP3 CPU per command: controller %.0f µs, simulators %.0f µs; floor server %.0f µs, clients %.0f µs\n",
+				float64(r.p3x.ctlCPU.Microseconds())/float64(n), float64(r.p3x.simCPU.Microseconds())/float64(n),
+				float64(fl.p3Server.Microseconds())/float64(c.n), float64(fl.p3Clients.Microseconds())/float64(c.n))
+		}
 	}
 	if len(c.ctlFlags) > 0 {
 		fmt.Fprintf(&t, "\ncontroller flags added: %s", strings.Join(c.ctlFlags, " "))
@@ -1395,7 +1430,7 @@ func reportFleet(b *testing.B, c config, fl *floorResult, r *fleetResult) {
 }
 
 // reportP3 is reportFleet for BUD_FLEET_ONLY=p3.
-func reportP3(b *testing.B, c config, r *fleetResult) {
+func reportP3(b *testing.B, c config, fl *floorResult, r *fleetResult) {
 	load, _ := os.ReadFile("/proc/loadavg")
 	host, _ := os.Hostname()
 	var t strings.Builder
@@ -1410,6 +1445,7 @@ func reportP3(b *testing.B, c config, r *fleetResult) {
 		fmt.Fprintf(&t, "\nP3 create to delivered at the agent: p50 %s, p99 %s, max %s",
 			pct(r.p3Deliver, 50).Round(time.Millisecond), pct(r.p3Deliver, 99).Round(time.Millisecond), pct(r.p3Deliver, 100).Round(time.Millisecond))
 		writeP3Extra(&t, r.p3x, len(r.p3Lat))
+		writeFloorP3(&t, fl, c.n)
 	}
 	b.Log(t.String())
 	if c.report != "" {
@@ -1421,6 +1457,16 @@ func reportP3(b *testing.B, c config, r *fleetResult) {
 	if len(r.p3Lat) > 0 {
 		b.ReportMetric(float64(pct(r.p3Lat, 99).Milliseconds()), "p3-p99-ms")
 	}
+}
+
+// writeFloorP3 adds the floor's P3, measured in the same run.
+func writeFloorP3(t *strings.Builder, fl *floorResult, n int) {
+	if fl == nil || len(fl.p3) == 0 {
+		return
+	}
+	fmt.Fprintf(t, "\nfloor P3 (same run), first send to answer at its server: p50 %s, p99 %s, max %s; CPU server %s (%.0f µs/command), clients %s (%.0f µs/command)",
+		pct(fl.p3, 50).Round(time.Millisecond), pct(fl.p3, 99).Round(time.Millisecond), pct(fl.p3, 100).Round(time.Millisecond),
+		fl.p3Server, float64(fl.p3Server.Microseconds())/float64(n), fl.p3Clients, float64(fl.p3Clients.Microseconds())/float64(n))
 }
 
 // writeP3Extra adds the controller-side figures of P3.
