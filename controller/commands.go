@@ -257,7 +257,9 @@ func (m *commandDelivery) recordResult(ctx context.Context, sess *session, r *ag
 	}
 	s.metrics.cmdLatency.Observe(now.Sub(c.CreatedAt).Seconds())
 	s.metrics.cmdResults.WithLabelValues(c.Kind, string(c.State)).Inc()
-	s.log.InfoContext(ctx, "command finished", "node_id", sess.nodeID, "command_id", c.ID, "kind", c.Kind, "state", c.State, "message", c.Message)
+	// received_at: when the result came off the agent's stream, before its
+	// store write (the log line's own time is after it).
+	s.log.InfoContext(ctx, "command finished", "node_id", sess.nodeID, "command_id", c.ID, "kind", c.Kind, "state", c.State, "message", c.Message, "received_at", now)
 	s.nodeEvent(sess.nodeID)
 	return nil
 }

@@ -37,7 +37,10 @@ const (
 // apart. A check that finds less waits for the next: the aftermath's
 // garbage is not free until a GC has run, and ending the follow-ups at the
 // first small reading left a fleet benchmark's controller holding 365 MiB
-// of it 30 s after a storm.
+// of it 30 s after a storm. A follow-up that returns less than
+// followUpFree ends them: the heap grew with live data (an etcd store's
+// caches), and every further release would be a full GC for nothing (four
+// in a minute doubled the steady CPU of a 10,000-agent controller on etcd).
 const (
 	followUps      = 6
 	followUpGap    = 10 * time.Second
@@ -179,6 +182,11 @@ func (r *stormRelease) check(now time.Time) bool {
 	r.releases.Inc()
 	r.released.Add(float64(gave))
 	if followUp {
+		if gave < followUpFree {
+			r.mu.Lock()
+			r.follow = 0
+			r.mu.Unlock()
+		}
 		r.log.Info("returned free heap to the OS again after a storm: its aftermath had grown the heap", "released_bytes", gave, "took", took.Round(time.Millisecond))
 		return true
 	}

@@ -187,6 +187,10 @@ func TestStormReleaseFollowUps(t *testing.T) {
 	r, calls := testStormRelease(t, 100)
 	free := uint64(followUpFree)
 	r.heapFree = func() uint64 { return free }
+	// Each release returns what is free.
+	var released uint64
+	r.release = func() { *calls++; released += free }
+	r.heapReleased = func() uint64 { return released }
 	c := &releaseClock{r: r, now: time.Unix(1_000_000, 0)}
 	gap := int(followUpGap / time.Second)
 	// untilRelease ticks until a check releases, failing after limit.
@@ -235,8 +239,27 @@ func TestStormReleaseFollowUps(t *testing.T) {
 	if n := c.ticks(2 * gap); n != 0 {
 		t.Fatalf("%d follow-ups with the objects unchanged since the last", n)
 	}
+	// That follow-up returned less than followUpFree (the growth was live
+	// heap): it was the last, however much grows or is free after it.
+	objects = 4 * followUpFree
+	free = followUpFree
+	if n := c.ticks(5 * gap); n != 0 {
+		t.Fatalf("%d follow-ups after one that returned %d bytes", n, followUpFree-1)
+	}
+	// A new storm: a follow-up that returns followUpFree leaves the rest.
+	c.now = c.now.Add(time.Hour)
+	c.open(200)
+	untilRelease(10)
+	if n := c.ticks(gap); n != 1 {
+		t.Fatalf("%d follow-ups %v after the storm's release with the free heap large, want 1", n, followUpGap)
+	}
+	if n := c.ticks(gap); n != 1 {
+		t.Fatalf("%d follow-ups %v after one that returned %d bytes, want 1", n, followUpGap, followUpFree)
+	}
 	// Past the window, a large free heap releases no more.
 	c.now = c.now.Add(followUpWindow)
+	objects = 0
+	r.heapObjects = func() uint64 { return objects }
 	free = followUpFree
 	if n := c.ticks(10 * gap); n != 0 {
 		t.Fatalf("%d follow-ups past the window", n)

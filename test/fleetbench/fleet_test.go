@@ -991,6 +991,10 @@ type p3Extra struct {
 	// handler returned: it does not see a result queued behind a store
 	// write).
 	stored []time.Duration
+	// received: create to each result off its agent's stream at the
+	// controller (the same line's received_at), before its store write:
+	// the floor's measure, an answer back at the server.
+	received []time.Duration
 	// marks: the controller's "recorded command deliveries" lines, each
 	// a delivery-mark write: when it began after the create call, its
 	// marks and how long it took.
@@ -1065,7 +1069,7 @@ func fanOut(ctx context.Context, b *testing.B, fc fleetv1.FleetServiceClient, ct
 			}
 		}
 	}
-	if x.stored, x.marks, err = storedTimes(ct.p.logPath, t0, ids); err != nil {
+	if x.stored, x.received, x.marks, err = storedTimes(ct.p.logPath, t0, ids); err != nil {
 		b.Logf("P3: result-stored times from the controller's log: %v", err)
 	}
 	return lat, deliver, x, ""
@@ -1073,10 +1077,10 @@ func fanOut(ctx context.Context, b *testing.B, fc fleetv1.FleetServiceClient, ct
 
 // storedTimes reads the controller's log for when each of ids had its
 // result stored, and its delivery-mark writes since t0.
-func storedTimes(logPath string, t0 time.Time, ids map[string]bool) (stored []time.Duration, marks []string, err error) {
+func storedTimes(logPath string, t0 time.Time, ids map[string]bool) (stored, received []time.Duration, marks []string, err error) {
 	f, err := os.Open(logPath)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
@@ -1090,6 +1094,7 @@ func storedTimes(logPath string, t0 time.Time, ids map[string]bool) (stored []ti
 		}
 		var e struct {
 			Time     time.Time `json:"time"`
+			Received time.Time `json:"received_at"`
 			ID       string    `json:"command_id"`
 			Commands int       `json:"commands"`
 			Took     string    `json:"took"`
@@ -1100,17 +1105,20 @@ func storedTimes(logPath string, t0 time.Time, ids map[string]bool) (stored []ti
 		switch {
 		case finished && ids[e.ID]:
 			stored = append(stored, e.Time.Sub(t0))
+			if !e.Received.IsZero() {
+				received = append(received, e.Received.Sub(t0))
+			}
 		case marked:
 			marks = append(marks, fmt.Sprintf("%d marks written at +%s in %s", e.Commands, e.Time.Sub(t0).Round(time.Millisecond), e.Took))
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return stored, marks, err
+		return stored, received, marks, err
 	}
 	if len(stored) != len(ids) {
-		return stored, marks, fmt.Errorf("found %d of %d results in the log", len(stored), len(ids))
+		return stored, received, marks, fmt.Errorf("found %d of %d results in the log", len(stored), len(ids))
 	}
-	return stored, marks, nil
+	return stored, received, marks, nil
 }
 
 // per100ms counts ds in 100 ms slices: "0.8-0.9s 1234" for each slice that
@@ -1372,6 +1380,13 @@ func reportFleet(b *testing.B, c config, fl *floorResult, r *fleetResult) {
 			}
 			fmt.Fprintf(&t, "| P3 create to result stored, controller log: p50 / p99 / max | | %s / %s / %s | %s | |\n", pct(x, 50).Round(time.Millisecond), pct(x, 99).Round(time.Millisecond), pct(x, 100).Round(time.Millisecond), ratio)
 		}
+		if x := r.p3x.received; len(x) > 0 {
+			ratio := ""
+			if len(fl.p3) > 0 {
+				ratio = fmt.Sprintf("%.2fx (p99)", pct(x, 99).Seconds()/pct(fl.p3, 99).Seconds())
+			}
+			fmt.Fprintf(&t, "| P3 create to result received at the controller (floor: answer at its server), controller log: p50 / p99 / max | | %s / %s / %s | %s | |\n", pct(x, 50).Round(time.Millisecond), pct(x, 99).Round(time.Millisecond), pct(x, 100).Round(time.Millisecond), ratio)
+		}
 		if n := len(r.p3Lat); n > 0 && len(fl.p3) > 0 {
 			fmt.Fprintf(&t, "\nP3 CPU per command: controller %.0f µs, simulators %.0f µs; floor server %.0f µs, clients %.0f µs\n",
 				float64(r.p3x.ctlCPU.Microseconds())/float64(n), float64(r.p3x.simCPU.Microseconds())/float64(n),
@@ -1476,6 +1491,10 @@ func writeP3Extra(t *strings.Builder, x p3Extra, n int) {
 		fmt.Fprintf(t, "\nP3 create to result stored (controller log): p50 %s, p99 %s, max %s",
 			pct(x.stored, 50).Round(time.Millisecond), pct(x.stored, 99).Round(time.Millisecond), pct(x.stored, 100).Round(time.Millisecond))
 		fmt.Fprintf(t, "\nP3 results stored per 100 ms: %s", per100ms(x.stored))
+	}
+	if len(x.received) > 0 {
+		fmt.Fprintf(t, "\nP3 create to result received at the controller (controller log): p50 %s, p99 %s, max %s",
+			pct(x.received, 50).Round(time.Millisecond), pct(x.received, 99).Round(time.Millisecond), pct(x.received, 100).Round(time.Millisecond))
 	}
 	for _, m := range x.marks {
 		fmt.Fprintf(t, "\nP3 delivery marks: %s", m)
