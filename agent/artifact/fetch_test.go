@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
+	"github.com/bud-ecosystem/budfleet/agent/transport"
 	"github.com/bud-ecosystem/budfleet/pki"
 	artifactv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/artifact/v1"
 )
@@ -166,7 +167,7 @@ func newRig(t testing.TB, blobs ...[]byte) *rig {
 	artifactv1.RegisterNodeArtifactServiceServer(gs, s)
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(cliTLS)))
+	conn, err := grpc.NewClient(lis.Addr().String(), append([]grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(cliTLS))}, transport.FlowControl()...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

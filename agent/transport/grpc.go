@@ -25,9 +25,21 @@ import (
 	agentv1 "github.com/bud-ecosystem/budfleet/proto/budfleet/agent/v1"
 )
 
-// streamWindowBytes is the agent's flow-control window per stream (see
-// dial).
+// streamWindowBytes is the agent's flow-control window per stream.
 const streamWindowBytes = 4 << 20
+
+// FlowControl is the agent's HTTP/2 flow control toward the controller:
+// static windows. grpc-go's dynamic ones answer every data frame received
+// while no BDP ping is out with a window update and a ping, so each
+// command the controller sends cost a ping round trip. 4 MiB a stream
+// keeps an artifact download's pipe full at 400 MB/s over a 10 ms round
+// trip. The artifact fetcher's benchmark dials with these too.
+func FlowControl() []grpc.DialOption {
+	return []grpc.DialOption{
+		grpc.WithStaticStreamWindowSize(streamWindowBytes),
+		grpc.WithStaticConnWindowSize(2 * streamWindowBytes),
+	}
+}
 
 // ErrCertExpired means the node's certificate expired: the controller will
 // refuse the node until it joins again.
@@ -229,15 +241,8 @@ func (g *GRPC) dial() (*grpc.ClientConn, error) {
 		return nil, fmt.Errorf("stored CA: %w", err)
 	}
 	tc := pki.ClientTLS(ca, &tls.Certificate{Certificate: [][]byte{id.CertDER}, PrivateKey: key, Leaf: cert}, serverName)
-	return grpc.NewClient(addr,
+	return grpc.NewClient(addr, append([]grpc.DialOption{
 		grpc.WithTransportCredentials(credentials.NewTLS(tc)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
-		// Static windows: grpc-go's dynamic ones answer every data frame
-		// received while no BDP ping is out with a window update and a
-		// ping, so each command the controller sends cost a ping round
-		// trip. 4 MiB a stream keeps an artifact download's pipe full at
-		// 400 MB/s over a 10 ms round trip.
-		grpc.WithStaticStreamWindowSize(streamWindowBytes),
-		grpc.WithStaticConnWindowSize(2*streamWindowBytes),
-	)
+	}, FlowControl()...)...)
 }
