@@ -7,6 +7,7 @@ import (
 	"runtime/debug"
 	rtmetrics "runtime/metrics"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -41,11 +42,16 @@ const (
 // followUpFree ends them: the heap grew with live data (an etcd store's
 // caches), and every further release would be a full GC for nothing (four
 // in a minute doubled the steady CPU of a 10,000-agent controller on etcd).
+// A follow-up also waits while the controller is busy (more than
+// followUpBusy of a core's CPU since the check before): a release is a full
+// GC, and one taken in the middle of a fan-out to 10,000 agents, whose
+// allocations had grown the heap, delayed every result by half a second.
 const (
 	followUps      = 6
 	followUpGap    = 10 * time.Second
 	followUpWindow = 2 * time.Minute
 	followUpFree   = 64 << 20
+	followUpBusy   = 0.25
 )
 
 // stormRelease gives free heap back to the OS once a burst of session opens
@@ -69,9 +75,12 @@ type stormRelease struct {
 	// returned, and heapObjects the heap its objects (live or not yet
 	// collected) take, for the follow-ups.
 	heapFree, heapObjects func() uint64
-	log                   *slog.Logger
-	releases              prometheus.Counter
-	released              prometheus.Counter
+	// cpuTime reads the process's CPU time (user and system), to tell a
+	// busy controller from a settled one.
+	cpuTime  func() time.Duration
+	log      *slog.Logger
+	releases prometheus.Counter
+	released prometheus.Counter
 
 	mu     sync.Mutex
 	opens  int // session opens since the last release
@@ -87,6 +96,9 @@ type stormRelease struct {
 	follow       int
 	stormRel     time.Time
 	objectsAtRel uint64
+	// lastCheck and cpuAtCheck: the check before and the CPU time then.
+	lastCheck  time.Time
+	cpuAtCheck time.Duration
 }
 
 // trickle is how many opens between two checks (a second apart in run)
@@ -100,6 +112,7 @@ func newStormRelease(burst int, quiet, interval time.Duration, log *slog.Logger,
 		heapReleased: heapReleasedBytes,
 		heapFree:     heapFreeBytes,
 		heapObjects:  heapObjectBytes,
+		cpuTime:      processCPU,
 		log:          log,
 		releases: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bud_controller_memory_releases_total",
@@ -151,7 +164,7 @@ func (r *stormRelease) check(now time.Time) bool {
 		r.opens, r.lastRel, r.stormRel, r.follow = 0, now, now, followUps
 	} else if r.follow > 0 && now.Sub(r.stormRel) > followUpWindow {
 		r.follow = 0
-	} else if r.follow > 0 && now.Sub(r.lastRel) >= followUpGap {
+	} else if r.follow > 0 && now.Sub(r.lastRel) >= followUpGap && !r.busy(now) {
 		// Read only while follow-ups remain: they are metrics reads.
 		grown := uint64(0)
 		if o := r.heapObjects(); o > r.objectsAtRel {
@@ -162,6 +175,9 @@ func (r *stormRelease) check(now time.Time) bool {
 			r.lastRel = now
 			due, followUp = true, true
 		}
+	}
+	if r.follow > 0 {
+		r.noteCPU(now)
 	}
 	r.mu.Unlock()
 	if !due {
@@ -194,6 +210,22 @@ func (r *stormRelease) check(now time.Time) bool {
 	return true
 }
 
+// busy reports whether the process used more than followUpBusy of a core
+// since the check before; it needs two checks in a row to tell, so the
+// first check of a run counts as busy.
+func (r *stormRelease) busy(now time.Time) bool {
+	if r.lastCheck.IsZero() || now.Sub(r.lastCheck) > 3*time.Second {
+		return true
+	}
+	used := r.cpuTime() - r.cpuAtCheck
+	return used.Seconds() > followUpBusy*now.Sub(r.lastCheck).Seconds()
+}
+
+// noteCPU keeps the CPU time at this check for the next one's busy.
+func (r *stormRelease) noteCPU(now time.Time) {
+	r.lastCheck, r.cpuAtCheck = now, r.cpuTime()
+}
+
 // run checks every second until ctx ends; a storm is over seconds after its
 // last open, so a second's lag is nothing.
 func (r *stormRelease) run(ctx context.Context, now func() time.Time) error {
@@ -221,6 +253,15 @@ func heapFreeBytes() uint64 {
 		return 0
 	}
 	return s[0].Value.Uint64()
+}
+
+// processCPU is the process's user and system CPU time so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // heapObjectBytes is the heap that objects take, live or not yet collected.

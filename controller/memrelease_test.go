@@ -19,6 +19,7 @@ func testStormRelease(t *testing.T, burst int) (*stormRelease, *int) {
 	r.heapReleased = func() uint64 { return released }
 	r.heapFree = func() uint64 { return 0 }
 	r.heapObjects = func() uint64 { return 0 }
+	r.cpuTime = func() time.Duration { return 0 } // idle
 	return r, &calls
 }
 
@@ -246,10 +247,22 @@ func TestStormReleaseFollowUps(t *testing.T) {
 	if n := c.ticks(5 * gap); n != 0 {
 		t.Fatalf("%d follow-ups after one that returned %d bytes", n, followUpFree-1)
 	}
-	// A new storm: a follow-up that returns followUpFree leaves the rest.
+	// A new storm: a follow-up that returns followUpFree leaves the rest;
+	// none while the process is busy (half a core), one once it is not.
 	c.now = c.now.Add(time.Hour)
 	c.open(200)
+	var cpu time.Duration
+	r.cpuTime = func() time.Duration { return cpu }
 	untilRelease(10)
+	for range 3 * gap {
+		cpu += time.Second / 2
+		if c.tick() {
+			t.Fatal("a follow-up while the process used half a core")
+		}
+	}
+	if n := c.ticks(2); n != 1 {
+		t.Fatalf("%d follow-ups in the first 2 s the process was idle, want 1", n)
+	}
 	if n := c.ticks(gap); n != 1 {
 		t.Fatalf("%d follow-ups %v after the storm's release with the free heap large, want 1", n, followUpGap)
 	}
@@ -274,6 +287,9 @@ func TestHeapFreeMetricExists(t *testing.T) {
 	}
 	if heapObjectBytes() == 0 {
 		t.Error("heapObjectBytes read 0")
+	}
+	if processCPU() <= 0 {
+		t.Error("processCPU read no CPU time for a running process")
 	}
 }
 
