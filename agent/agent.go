@@ -221,7 +221,6 @@ func New(opts Options) (*Agent, error) {
 		now:         opts.Now,
 		stopTimeout: opts.CommandStopTimeout,
 		log:         a.log,
-		delivered:   make(chan delivery, 64),
 		settle:      a.upgrader.settle,
 	}
 	a.upgrader.report = a.commands.report

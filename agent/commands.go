@@ -58,10 +58,6 @@ type commands struct {
 	// the agent running after the restart knows. mine is false for any
 	// other command; done is false while the result is not known yet.
 	settle func(rec state.CommandRecord) (out state.CommandRecord, mine, done bool)
-	// delivered hands commands from the receiving goroutine to the
-	// session's loop, so that a running command does not hold up other
-	// messages.
-	delivered chan delivery
 
 	// The worker runs commands for the agent's lifetime, not a session's:
 	// a session that breaks while a command runs is replaced at once, and
@@ -77,77 +73,71 @@ type commands struct {
 	workerDone chan struct{}
 }
 
-// delivery is a command and the session that brought it. One not yet
-// handed to the worker when its session ends is dropped: the controller
-// delivers it again on the next session. One the worker has runs whatever
-// happens to the session.
-type delivery struct {
-	s   *session.Session
-	cmd *agentv1.Command
-}
-
 func (*commands) Name() string { return "commands" }
 
 func (m *commands) Handlers() []session.Handler {
 	return []session.Handler{session.On(m.handleCommand)}
 }
 
+// queueLen is how many commands may wait for the worker before the
+// receiving goroutine waits for room.
+const queueLen = 64
+
+// handleCommand queues a delivered command for the worker, in the
+// receiving goroutine: a command delivered again while it is queued or
+// running is not queued twice, and one the queue has no room for waits
+// here, as the stream's reads do. One not yet queued when its session
+// ends is dropped: the controller delivers it again on the next session.
 func (m *commands) handleCommand(ctx context.Context, s *session.Session, msg *agentv1.ConnectResponse_Command) error {
+	m.start(s)
+	id := msg.Command.GetId()
+	m.mu.Lock()
+	// Results go to the session that delivers, even before Run has
+	// begun on it.
+	m.current = s
+	dup := m.queued[id]
+	if !dup {
+		m.queued[id] = true
+	}
+	m.mu.Unlock()
+	if dup {
+		m.log.Info("command delivered again while queued or running; its result follows when it ends", "command_id", id)
+		return nil
+	}
 	select {
-	case m.delivered <- delivery{s, msg.Command}:
+	case m.work <- msg.Command:
 	case <-ctx.Done():
+		m.unqueue(id) // delivered again on the next session
 	}
 	return nil
 }
 
-// Run hands the session's deliveries to the worker, which runs them one at
-// a time, in delivery order. It returns as soon as the session ends, even
-// with a command running.
-func (m *commands) Run(ctx context.Context, s *session.Session) error {
+// start starts the worker, once for the agent's lifetime.
+func (m *commands) start(s *session.Session) {
 	m.workerOnce.Do(func() {
 		m.mu.Lock()
 		m.queued = map[string]bool{}
-		m.work = make(chan *agentv1.Command, cap(m.delivered))
+		m.work = make(chan *agentv1.Command, queueLen)
 		m.workerDone = make(chan struct{})
 		m.mu.Unlock()
 		go m.worker(s.AgentContext())
 	})
+}
+
+// Run makes s the session results go to, for as long as it lasts. It
+// returns as soon as the session ends, even with a command running.
+func (m *commands) Run(ctx context.Context, s *session.Session) error {
+	m.start(s)
 	m.mu.Lock()
 	m.current = s
 	m.mu.Unlock()
-	defer func() {
-		m.mu.Lock()
-		if m.current == s {
-			m.current = nil
-		}
-		m.mu.Unlock()
-	}()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case d := <-m.delivered:
-			if d.s != s {
-				continue
-			}
-			m.mu.Lock()
-			dup := m.queued[d.cmd.GetId()]
-			if !dup {
-				m.queued[d.cmd.GetId()] = true
-			}
-			m.mu.Unlock()
-			if dup {
-				m.log.Info("command delivered again while queued or running; its result follows when it ends", "command_id", d.cmd.GetId())
-				continue
-			}
-			select {
-			case m.work <- d.cmd:
-			case <-ctx.Done():
-				m.unqueue(d.cmd.GetId()) // delivered again on the next session
-				return nil
-			}
-		}
+	<-ctx.Done()
+	m.mu.Lock()
+	if m.current == s {
+		m.current = nil
 	}
+	m.mu.Unlock()
+	return nil
 }
 
 // worker runs queued commands until the agent stops. A command cut short
@@ -236,12 +226,24 @@ func (m *commands) execute(ctx context.Context, c *agentv1.Command, progress fun
 	if err != nil {
 		return rec, nil, err
 	}
-	log := m.log.With("command_id", c.GetId(), "kind", c.GetKind())
+	// The command's logger is made only when a line is logged: With
+	// formats its attributes at once, on every command, even with Info
+	// lines off.
+	var clog *slog.Logger
+	info := func(msg string, args ...any) {
+		if !m.log.Enabled(ctx, slog.LevelInfo) {
+			return
+		}
+		if clog == nil {
+			clog = m.log.With("command_id", c.GetId(), "kind", c.GetKind())
+		}
+		clog.Info(msg, args...)
+	}
 	if !first {
 		if !rec.Finished() && m.settle != nil {
 			if out, mine, done := m.settle(rec); mine {
 				if !done {
-					log.Info("command delivered again; its result follows once the agent knows it")
+					info("command delivered again; its result follows once the agent knows it")
 					return rec, nil, nil
 				}
 				if err := m.state.FinishCommand(out); err != nil {
@@ -260,7 +262,7 @@ func (m *commands) execute(ctx context.Context, c *agentv1.Command, progress fun
 				return rec, nil, err
 			}
 		}
-		log.Info("command delivered again; reporting the stored result", "deliveries", rec.Deliveries)
+		info("command delivered again; reporting the stored result", "deliveries", rec.Deliveries)
 		return rec, nil, nil
 	}
 	h, ok := m.handlers[c.GetKind()]
@@ -282,14 +284,14 @@ func (m *commands) execute(ctx context.Context, c *agentv1.Command, progress fun
 		}
 	})
 	defer stop()
-	log.Info("running command")
+	info("running command")
 	if progress == nil {
 		progress = func(*agentv1.CommandProgress) {}
 	}
 	cl := &call{id: c.GetId(), params: c.GetParams(), progress: progress}
 	out, herr := h(runCtx, cl)
 	if errors.Is(herr, errResultAfterRestart) {
-		log.Info("command's result follows after the restart")
+		info("command's result follows after the restart")
 		return rec, cl.after, nil
 	}
 	rec.FinishedAt = m.now()
@@ -299,7 +301,7 @@ func (m *commands) execute(ctx context.Context, c *agentv1.Command, progress fun
 	if herr != nil {
 		rec.Message = herr.Error()
 	}
-	log.Info("command finished", "success", rec.Success, "message", rec.Message)
+	info("command finished", "success", rec.Success, "message", rec.Message)
 	if err := m.state.FinishCommand(rec); err != nil {
 		// Not recorded: what was to follow the result must not happen.
 		return rec, nil, err
