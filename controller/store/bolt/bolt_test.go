@@ -2,6 +2,7 @@ package bolt
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -773,5 +774,48 @@ func TestConcurrentDeliveryAndResults(t *testing.T) {
 	c2, err := s.GetCommand(t.Context(), "c2")
 	if err != nil || c2.State != store.CommandSucceeded || c2.Deliveries == 0 || c2.Deliveries > n {
 		t.Errorf("c2 = %+v, %v; want succeeded, with the marks that came before the result", c2, err)
+	}
+}
+
+// A fan-out that names a command id twice is refused whole: the bolt store
+// writes the index in id order, after the queues, and checks for the
+// repeat there.
+func TestEnqueueCommandsRepeatedID(t *testing.T) {
+	s, _ := newStore(t)
+	enrollNode(t, s, testNode("n1", "h1"))
+	enrollNode(t, s, testNode("n2", "h2"))
+	var cs []store.Command
+	for _, id := range []string{"c2", "c1", "c3", "c1"} {
+		c := cmd(id, "n1", store.CommandPending)
+		if id == "c3" {
+			c.NodeID = "n2"
+		}
+		c.BatchID = "b"
+		cs = append(cs, c)
+	}
+	err := s.EnqueueCommands(context.Background(), storetest.NewBatch("b"), cs)
+	if !errors.Is(err, store.ErrAlreadyExists) || !strings.Contains(err.Error(), "c1") {
+		t.Fatalf("EnqueueCommands with c1 twice = %v, want ErrAlreadyExists naming c1", err)
+	}
+	all, err := s.ListCommands(context.Background(), "")
+	if err != nil || len(all) != 0 {
+		t.Errorf("after the refused batch: %v stored, %v; want none", commandIDs(all), err)
+	}
+	if _, _, err := s.GetCommandBatch(context.Background(), "b"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("GetCommandBatch(b) after the refused batch = %v, want ErrNotFound", err)
+	}
+	cs = cs[:3]
+	if err := s.EnqueueCommands(context.Background(), storetest.NewBatch("b"), cs); err != nil {
+		t.Fatal(err)
+	}
+	_, n, err := s.GetCommandBatch(context.Background(), "b")
+	if err != nil || n.Total != 3 || n.Pending != 3 {
+		t.Errorf("batch b = %+v, %v; want 3 pending", n, err)
+	}
+	for _, c := range cs {
+		got, err := s.GetCommand(context.Background(), c.ID)
+		if err != nil || got.NodeID != c.NodeID {
+			t.Errorf("GetCommand(%s) = %+v, %v", c.ID, got, err)
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	bbolt "go.etcd.io/bbolt"
 
 	"github.com/bud-ecosystem/budfleet/controller/store"
@@ -15,7 +16,8 @@ import (
 // BenchmarkFanOut is a fan-out's store writes on a fleet of nodes: the
 // batch queued in one EnqueueCommands, then every node's result written
 // at once through UpdateCommand, as 10,000 sessions do (the group commit
-// folds them). The fleet is 10,000 nodes, P3's.
+// folds them). The fleet is 10,000 nodes, P3's; command ids are random
+// UUIDs, as the controller makes them.
 //
 //	go test ./controller/store/bolt -run '^$' -bench FanOut -benchtime=3x
 func BenchmarkFanOut(b *testing.B) {
@@ -49,7 +51,7 @@ func BenchmarkFanOut(b *testing.B) {
 		batch := store.CommandBatch{ID: fmt.Sprintf("b%d", i), Kind: "inventory.collect", Selector: "all", CreatedAt: time.Now()}
 		cs := make([]store.Command, nodes)
 		for j, id := range ids {
-			cs[j] = store.Command{ID: fmt.Sprintf("b%d-c%05d", i, j), NodeID: id, Kind: batch.Kind, State: store.CommandPending, CreatedAt: batch.CreatedAt, BatchID: batch.ID}
+			cs[j] = store.Command{ID: uuid.NewString(), NodeID: id, Kind: batch.Kind, State: store.CommandPending, CreatedAt: batch.CreatedAt, BatchID: batch.ID}
 		}
 		t0 := time.Now()
 		if err := s.EnqueueCommands(ctx, batch, cs); err != nil {
