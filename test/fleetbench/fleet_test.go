@@ -45,7 +45,9 @@
 // CPUs and the simulators and the floor's clients to others: on a machine
 // with cores to spare, a controller of a given size measured without the
 // agents' side taking its CPU, as in a fleet, where agents run on their
-// own nodes.
+// own nodes. BUD_FLEET_CLIENT_GOGC (default 400) is the GOGC of the
+// agents' side, the simulators and the floor's clients alike; the servers
+// keep Go's default.
 //
 // Memory is read twice, each time after a forced GC: 30 s after the last
 // agent connected (the P1 figures) and again after the steady window (the
