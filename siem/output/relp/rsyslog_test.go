@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/bud-ecosystem/budfleet/internal/rsyslogtest"
+	"github.com/bud-ecosystem/budfleet/internal/tcpvalve"
 	"github.com/bud-ecosystem/budfleet/siem"
 	"github.com/bud-ecosystem/budfleet/siem/output"
 	"github.com/bud-ecosystem/budfleet/siem/output/relp"
@@ -138,20 +139,39 @@ func TestRsyslogRELP10000(t *testing.T) {
 	}
 }
 
+// holdBytes is how much of a batch's stream reaches rsyslog before the
+// valve holds the rest: about 2,000 of the tests' audit events.
+const holdBytes = 1 << 20
+
+// viaValve points the client at a valve in front of rsyslog's RELP port.
+func viaValve(v *tcpvalve.Valve) func(*relp.Config) {
+	return func(c *relp.Config) { c.Addr = v.Addr }
+}
+
 // TestRsyslogRELPStoppedMidBatch stops rsyslog while a batch is in flight:
 // Send must fail; after a restart the resent batch arrives whole
-// (duplicates allowed, nothing lost).
+// (duplicates allowed, nothing lost). The batch's first MiB reaches rsyslog
+// and the valve holds the rest, so the stop always lands mid-batch
+// (unheld, a fast machine had all 50,000 acknowledged before the stop).
 func TestRsyslogRELPStoppedMidBatch(t *testing.T) {
 	s := rsyslogtest.Start(t, rsyslogtest.Options{})
-	cl := newClient(t, s, goodTLS(t, s), nil)
+	v := tcpvalve.Start(t, s.RELPAddr)
+	cl := newClient(t, s, goodTLS(t, s), viaValve(v))
 	const n = 50000
 	batch := events(n, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	held := v.HoldAfter(holdBytes)
 	errc := make(chan error, 1)
 	go func() { errc <- cl.Send(ctx, batch) }()
-	s.WaitFor(t, 2000, 30*time.Second)
+	select {
+	case <-held:
+	case err := <-errc:
+		t.Fatalf("Send returned (%v) before %d bytes were sent", err, holdBytes)
+	}
+	s.WaitFor(t, 1000, 30*time.Second)
 	s.Stop()
+	v.Open()
 	err := <-errc
 	if err == nil {
 		t.Fatalf("Send succeeded although rsyslog was stopped after %d of %d messages", s.Count(), n)
@@ -284,15 +304,19 @@ func BenchmarkRELPRsyslog(b *testing.B) {
 func TestRsyslogRELPPipelineStoppedMidWindow(t *testing.T) {
 	s := rsyslogtest.Start(t, rsyslogtest.Options{})
 	const window, size, batches = 2000, 500, 100
-	cl := newClient(t, s, goodTLS(t, s), func(c *relp.Config) { c.Window = window })
+	v := tcpvalve.Start(t, s.RELPAddr)
+	cl := newClient(t, s, goodTLS(t, s), func(c *relp.Config) { c.Window = window; c.Addr = v.Addr })
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	all := events(size*batches, 0)
 	var started []output.Pending
+	held := v.HoldAfter(holdBytes)
 	stopped := make(chan struct{})
 	go func() {
-		s.WaitFor(t, 3000, 30*time.Second)
+		<-held
+		s.WaitFor(t, 1000, 30*time.Second)
 		s.Stop()
+		v.Open()
 		close(stopped)
 	}()
 	for i := range batches {
