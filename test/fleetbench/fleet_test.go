@@ -965,6 +965,19 @@ func simMem(sims []*sim) int64 {
 	return sum
 }
 
+// simGCCycles is the GC cycles the simulators completed, together.
+func simGCCycles(sims []*sim) (uint64, error) {
+	var sum uint64
+	for _, s := range sims {
+		var st fleetsim.Stats
+		if err := s.get("/stats", &st); err != nil {
+			return 0, err
+		}
+		sum += st.GCCycles
+	}
+	return sum, nil
+}
+
 func simTicks(sims []*sim) int64 {
 	ps := make([]*proc, len(sims))
 	for i, s := range sims {
@@ -1007,6 +1020,9 @@ type p3Extra struct {
 	// CPU the controller and the simulators used from the create call
 	// until the batch was finished (polled every 100 ms).
 	ctlCPU, simCPU time.Duration
+	// simGC: GC cycles the simulators ran over the same span (-1: not
+	// read).
+	simGC int64
 	// The controller's GC cycles and bytes allocated over the same span,
 	// from its /metrics (-1: not read).
 	gcCycles, allocBytes float64
@@ -1018,10 +1034,11 @@ type p3Extra struct {
 // controller does not offer the fan-out. beforeList, when set, runs once
 // the batch is finished, before the harness lists it.
 func fanOut(ctx context.Context, b *testing.B, fc fleetv1.FleetServiceClient, ct *ctl, sims []*sim, n int, beforeList func()) (lat, deliver []time.Duration, x p3Extra, why string) {
-	x.gcCycles, x.allocBytes = -1, -1
+	x.gcCycles, x.allocBytes, x.simGC = -1, -1, -1
 	m0, merr := scrape(ct.murl())
 	ctl0, _ := cpuTicks(ct.p.pid())
 	sim0 := simTicks(sims)
+	simGC0, simGCErr := simGCCycles(sims)
 	t0 := time.Now()
 	resp, err := fc.CreateCommands(ctx, &fleetv1.CreateCommandsRequest{Kind: command.InventoryCollect, AllNodes: true})
 	x.created = time.Since(t0)
@@ -1040,6 +1057,10 @@ func fanOut(ctx context.Context, b *testing.B, fc fleetv1.FleetServiceClient, ct
 	ctl1, _ := cpuTicks(ct.p.pid())
 	x.ctlCPU = time.Duration(ctl1-ctl0) * time.Second / ticksPerSecond
 	x.simCPU = time.Duration(simTicks(sims)-sim0) * time.Second / ticksPerSecond
+	x.simGC = -1
+	if gc1, err := simGCCycles(sims); err == nil && simGCErr == nil {
+		x.simGC = int64(gc1 - simGC0)
+	}
 	if m1, err := scrape(ct.murl()); err == nil && merr == nil {
 		x.gcCycles = m1["go_gc_duration_seconds_count"] - m0["go_gc_duration_seconds_count"]
 		x.allocBytes = m1["go_memstats_alloc_bytes_total"] - m0["go_memstats_alloc_bytes_total"]
@@ -1506,6 +1527,9 @@ func writeP3Extra(t *strings.Builder, x p3Extra, n int) {
 			x.ctlCPU, float64(x.ctlCPU.Microseconds())/float64(n), x.simCPU, float64(x.simCPU.Microseconds())/float64(n))
 		if x.gcCycles >= 0 {
 			fmt.Fprintf(t, "\nP3 controller allocations over the same span: %.0f KiB per command, %.0f GC cycles", x.allocBytes/1024/float64(n), x.gcCycles)
+		}
+		if x.simGC >= 0 {
+			fmt.Fprintf(t, "\nP3 simulators' GC cycles over the same span: %d", x.simGC)
 		}
 	}
 }

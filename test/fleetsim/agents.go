@@ -20,6 +20,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"runtime/metrics"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -114,6 +115,10 @@ type Stats struct {
 	EnrollError string `json:"enroll_error,omitempty"`
 	Running     bool   `json:"running"`
 	Sessions    int64  `json:"sessions"`
+	// GCCycles is the process's completed GC cycles: a collection in a
+	// simulator during a measurement is CPU taken from the controller's
+	// cores on a shared machine.
+	GCCycles uint64 `json:"gc_cycles"`
 }
 
 // Commands is GET /commands.
@@ -270,6 +275,11 @@ func (s *Agents) stats() Stats {
 	s.mu.Unlock()
 	for _, sa := range s.agents {
 		st.Sessions += sa.sessions.Load()
+	}
+	gc := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}}
+	metrics.Read(gc)
+	if gc[0].Value.Kind() == metrics.KindUint64 {
+		st.GCCycles = gc[0].Value.Uint64()
 	}
 	return st
 }
